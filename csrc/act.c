@@ -1,0 +1,127 @@
+/* act.c - ReLU, residual add, pools (max, average, global average). */
+#include <float.h>
+
+#include "csub.h"
+
+#define PAR_FOR _Pragma("omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > 65536)")
+
+/* y[n] = max(x, 0) */
+void csub_relu_forward(const float *x, float *y, int64_t n)
+{
+    PAR_FOR
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+/* dx[n] = dy * (x > 0) */
+void csub_relu_backward(const float *x, const float *dy, float *dx, int64_t n)
+{
+    PAR_FOR
+    for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+/* y[n] = a + b */
+void csub_add(const float *a, const float *b, float *y, int64_t n)
+{
+    PAR_FOR
+    for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
+/* x[N,C,H,W] -> y[N,C,P,Q], argmax[N,C,P,Q] (flat index in the H*W plane; first maximum wins) */
+void csub_maxpool2d_forward(const float *x, float *y, int32_t *argmax,
+                            int64_t N, int64_t C, int64_t H, int64_t W, int64_t k, int64_t s)
+{
+    int64_t P = (H - k) / s + 1, Q = (W - k) / s + 1;
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
+    for (int64_t nc = 0; nc < N * C; nc++) {
+        const float *xp = x + nc * H * W;
+        for (int64_t p = 0; p < P; p++)
+            for (int64_t q = 0; q < Q; q++) {
+                float best = -FLT_MAX;
+                int64_t bi = (p * s) * W + q * s;
+                for (int64_t i = 0; i < k; i++)
+                    for (int64_t j = 0; j < k; j++) {
+                        int64_t idx = (p * s + i) * W + q * s + j;
+                        if (xp[idx] > best || xp[idx] != xp[idx]) { /* NaN propagates */
+                            best = xp[idx];
+                            bi = idx;
+                            if (best != best) goto done;
+                        }
+                    }
+            done:
+                y[(nc * P + p) * Q + q] = xp[bi];
+                argmax[(nc * P + p) * Q + q] = (int32_t)bi;
+            }
+    }
+}
+
+/* dy[N,C,P,Q] -> dx[N,C,H,W] (=) */
+void csub_maxpool2d_backward(const float *dy, const int32_t *argmax, float *dx,
+                             int64_t N, int64_t C, int64_t H, int64_t W, int64_t k, int64_t s)
+{
+    int64_t P = (H - k) / s + 1, Q = (W - k) / s + 1;
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
+    for (int64_t nc = 0; nc < N * C; nc++) {
+        float *dxp = dx + nc * H * W;
+        for (int64_t i = 0; i < H * W; i++) dxp[i] = 0.0f;
+        for (int64_t i = 0; i < P * Q; i++) dxp[argmax[nc * P * Q + i]] += dy[nc * P * Q + i];
+    }
+}
+
+/* x[N,C,H,W] -> y[N,C,P,Q], mean over each k x k window */
+void csub_avgpool2d_forward(const float *x, float *y,
+                            int64_t N, int64_t C, int64_t H, int64_t W, int64_t k, int64_t s)
+{
+    int64_t P = (H - k) / s + 1, Q = (W - k) / s + 1;
+    float inv = 1.0f / (float)(k * k);
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
+    for (int64_t nc = 0; nc < N * C; nc++) {
+        const float *xp = x + nc * H * W;
+        for (int64_t p = 0; p < P; p++)
+            for (int64_t q = 0; q < Q; q++) {
+                float acc = 0.0f;
+                for (int64_t i = 0; i < k; i++)
+                    for (int64_t j = 0; j < k; j++) acc += xp[(p * s + i) * W + q * s + j];
+                y[(nc * P + p) * Q + q] = acc * inv;
+            }
+    }
+}
+
+/* dy[N,C,P,Q] -> dx[N,C,H,W] (=) */
+void csub_avgpool2d_backward(const float *dy, float *dx,
+                             int64_t N, int64_t C, int64_t H, int64_t W, int64_t k, int64_t s)
+{
+    int64_t P = (H - k) / s + 1, Q = (W - k) / s + 1;
+    float inv = 1.0f / (float)(k * k);
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
+    for (int64_t nc = 0; nc < N * C; nc++) {
+        float *dxp = dx + nc * H * W;
+        for (int64_t i = 0; i < H * W; i++) dxp[i] = 0.0f;
+        for (int64_t p = 0; p < P; p++)
+            for (int64_t q = 0; q < Q; q++) {
+                float g = dy[(nc * P + p) * Q + q] * inv;
+                for (int64_t i = 0; i < k; i++)
+                    for (int64_t j = 0; j < k; j++) dxp[(p * s + i) * W + q * s + j] += g;
+            }
+    }
+}
+
+/* x[NC,HW] -> y[NC] */
+void csub_gap_forward(const float *x, float *y, int64_t NC, int64_t HW)
+{
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (NC * HW > 65536)
+    for (int64_t i = 0; i < NC; i++) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < HW; j++) acc += x[i * HW + j];
+        y[i] = acc / (float)HW;
+    }
+}
+
+/* dy[NC] -> dx[NC,HW] = dy / HW */
+void csub_gap_backward(const float *dy, float *dx, int64_t NC, int64_t HW)
+{
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (NC * HW > 65536)
+    for (int64_t i = 0; i < NC; i++) {
+        float g = dy[i] / (float)HW;
+        for (int64_t j = 0; j < HW; j++) dx[i * HW + j] = g;
+    }
+}

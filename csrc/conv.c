@@ -1,0 +1,177 @@
+/* conv.c - 2-D convolution (cross-correlation), forward and backward.
+ *
+ * Lowered to matmuls per image: col[C*R*S, P*Q] = im2col(x[n]),
+ * y[n][K, P*Q] = w[K, C*R*S] . col. A 1x1 convolution with stride 1 and no
+ * padding is a plain matmul on x[n][C, H*W] (no im2col). Threads split the
+ * batch; each thread owns its column buffer and, in backward, its partial
+ * weight gradient, reduced in a fixed order so results do not depend on
+ * scheduling.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#include "csub.h"
+
+int64_t csub_conv_out_size(int64_t H, int64_t R, int64_t stride, int64_t pad)
+{
+    return (H + 2 * pad - R) / stride + 1;
+}
+
+/* x[C,H,W] -> col[C*R*S, P*Q] */
+static void im2col(const float *x, float *col, int64_t C, int64_t H, int64_t W,
+                   int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t P, int64_t Q)
+{
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t s = 0; s < S; s++) {
+                float *row = col + ((c * R + r) * S + s) * P * Q;
+                const float *xc = x + c * H * W;
+                for (int64_t p = 0; p < P; p++) {
+                    int64_t h = p * stride - pad + r;
+                    float *out = row + p * Q;
+                    if (h < 0 || h >= H) {
+                        memset(out, 0, sizeof(float) * Q);
+                        continue;
+                    }
+                    const float *xr = xc + h * W;
+                    if (stride == 1) {
+                        int64_t q0 = pad - s > 0 ? pad - s : 0;            /* first q with w >= 0 */
+                        int64_t q1 = W + pad - s < Q ? W + pad - s : Q;     /* first q with w >= W */
+                        if (q1 < q0) q1 = q0;
+                        for (int64_t q = 0; q < q0; q++) out[q] = 0.0f;
+                        if (q1 > q0) memcpy(out + q0, xr + q0 - pad + s, sizeof(float) * (q1 - q0));
+                        for (int64_t q = q1; q < Q; q++) out[q] = 0.0f;
+                    } else {
+                        for (int64_t q = 0; q < Q; q++) {
+                            int64_t w = q * stride - pad + s;
+                            out[q] = (w >= 0 && w < W) ? xr[w] : 0.0f;
+                        }
+                    }
+                }
+            }
+}
+
+/* col[C*R*S, P*Q] -> dx[C,H,W] (+=) */
+static void col2im(const float *col, float *dx, int64_t C, int64_t H, int64_t W,
+                   int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t P, int64_t Q)
+{
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t s = 0; s < S; s++) {
+                const float *row = col + ((c * R + r) * S + s) * P * Q;
+                float *xc = dx + c * H * W;
+                for (int64_t p = 0; p < P; p++) {
+                    int64_t h = p * stride - pad + r;
+                    if (h < 0 || h >= H) continue;
+                    float *xr = xc + h * W;
+                    const float *in = row + p * Q;
+                    for (int64_t q = 0; q < Q; q++) {
+                        int64_t w = q * stride - pad + s;
+                        if (w >= 0 && w < W) xr[w] += in[q];
+                    }
+                }
+            }
+}
+
+static int is_pointwise(int64_t R, int64_t S, int64_t stride, int64_t pad)
+{
+    return R == 1 && S == 1 && stride == 1 && pad == 0;
+}
+
+/* x[N,C,H,W], w[K,C,R,S], b[K] -> y[N,K,P,Q] */
+int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y,
+                        int64_t N, int64_t C, int64_t H, int64_t W,
+                        int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad)
+{
+    int64_t P = csub_conv_out_size(H, R, stride, pad), Q = csub_conv_out_size(W, S, stride, pad);
+    int64_t CRS = C * R * S, PQ = P * Q;
+    int pw = is_pointwise(R, S, stride, pad);
+    int nt = csub_get_num_threads();
+    if (nt > N) nt = (int)N;
+    float *cols = NULL;
+    if (!pw && !(cols = malloc(sizeof(float) * (size_t)(CRS * PQ) * nt))) return CSUB_ERR_NOMEM;
+    #pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *xn = x + n * C * H * W;
+        float *yn = y + n * K * PQ;
+        if (pw) {
+            csub_gemm_serial(0, 0, K, PQ, C, 1.0f, w, C, xn, PQ, 0.0f, yn, PQ);
+        } else {
+            float *col = cols + (size_t)omp_get_thread_num() * CRS * PQ;
+            im2col(xn, col, C, H, W, R, S, stride, pad, P, Q);
+            csub_gemm_serial(0, 0, K, PQ, CRS, 1.0f, w, CRS, col, PQ, 0.0f, yn, PQ);
+        }
+        if (b)
+            for (int64_t k = 0; k < K; k++)
+                for (int64_t i = 0; i < PQ; i++) yn[k * PQ + i] += b[k];
+    }
+    free(cols);
+    return CSUB_OK;
+}
+
+/* dy[N,K,P,Q] -> dx[N,C,H,W] (=), dw[K,C,R,S] (+=), db[K] (+=) */
+int csub_conv2d_backward(const float *x, const float *w, const float *dy,
+                         float *dx, float *dw, float *db,
+                         int64_t N, int64_t C, int64_t H, int64_t W,
+                         int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad)
+{
+    int64_t P = csub_conv_out_size(H, R, stride, pad), Q = csub_conv_out_size(W, S, stride, pad);
+    int64_t CRS = C * R * S, PQ = P * Q;
+    int pw = is_pointwise(R, S, stride, pad);
+    int nt = csub_get_num_threads();
+    if (nt > N) nt = (int)N;
+    float *cols = NULL, *dws = NULL;
+    if (!pw && !(cols = malloc(sizeof(float) * (size_t)(CRS * PQ) * nt))) return CSUB_ERR_NOMEM;
+    if (dw && !(dws = calloc((size_t)(K * CRS) * nt, sizeof(float)))) {
+        free(cols);
+        return CSUB_ERR_NOMEM;
+    }
+    #pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+        float *col = pw ? NULL : cols + (size_t)t * CRS * PQ;
+        float *dwt = dws ? dws + (size_t)t * K * CRS : NULL;
+        #pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            const float *xn = x + n * C * H * W, *dyn = dy + n * K * PQ;
+            if (dwt) { /* dw[K, CRS] += dy[n][K, PQ] . col^T */
+                if (pw) {
+                    csub_gemm_serial(0, 1, K, C, PQ, 1.0f, dyn, PQ, xn, PQ, 1.0f, dwt, C);
+                } else {
+                    im2col(xn, col, C, H, W, R, S, stride, pad, P, Q);
+                    csub_gemm_serial(0, 1, K, CRS, PQ, 1.0f, dyn, PQ, col, PQ, 1.0f, dwt, CRS);
+                }
+            }
+            if (dx) { /* col = w^T . dy[n] */
+                float *dxn = dx + n * C * H * W;
+                if (pw) {
+                    csub_gemm_serial(1, 0, C, PQ, K, 1.0f, w, C, dyn, PQ, 0.0f, dxn, PQ);
+                } else {
+                    csub_gemm_serial(1, 0, CRS, PQ, K, 1.0f, w, CRS, dyn, PQ, 0.0f, col, PQ);
+                    memset(dxn, 0, sizeof(float) * C * H * W);
+                    col2im(col, dxn, C, H, W, R, S, stride, pad, P, Q);
+                }
+            }
+        }
+        if (dwt) { /* reduce the per-thread partials in thread order */
+            #pragma omp for schedule(static)
+            for (int64_t i = 0; i < K * CRS; i++) {
+                float acc = 0.0f;
+                for (int u = 0; u < nt; u++) acc += dws[(size_t)u * K * CRS + i];
+                dw[i] += acc;
+            }
+        }
+    }
+    if (db)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) {
+                const float *d = dy + (n * K + k) * PQ;
+                float acc = 0.0f;
+                for (int64_t i = 0; i < PQ; i++) acc += d[i];
+                db[k] += acc;
+            }
+    free(cols);
+    free(dws);
+    return CSUB_OK;
+}

@@ -1,0 +1,209 @@
+/*
+ * csub.h - the public C API of csub's core.
+ *
+ * Conventions
+ *   - float32, C-contiguous, images NCHW. Every array is a raw pointer with
+ *     its sizes passed explicitly; the shapes are written above each function.
+ *   - Forward functions write their outputs; backward functions write input
+ *     gradients (dx) and ACCUMULATE (+=) parameter gradients (dw, db, ...),
+ *     so a layer used several times in one step sums its gradients.
+ *     A NULL gradient pointer means "not needed".
+ *   - Functions that may allocate workspace return an int status
+ *     (CSUB_OK or a negative CSUB_ERR_*); the others cannot fail.
+ *   - No hidden state: the only global is the thread count. Randomness lives
+ *     in an explicit csub_rng the caller owns.
+ */
+#ifndef CSUB_H
+#define CSUB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CSUB_OK 0
+#define CSUB_ERR_ARG (-1)     /* invalid argument (sizes, ranges) */
+#define CSUB_ERR_NOMEM (-2)   /* workspace allocation failed */
+
+/* ------------------------------------------------------------------ core */
+
+/* Number of threads csub's kernels use (OpenMP); n >= 1. BLAS calls made by
+ * csub are single-threaded and csub splits the work itself, so the two
+ * never oversubscribe the cores. */
+void csub_set_num_threads(int n);
+int csub_get_num_threads(void);
+
+/* Row-major C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C.
+ * op(A) = A (lda >= K) or A^T when transa (A is [K,M], lda >= M); same for B.
+ * Parallel over the larger of M and N when called outside a parallel region. */
+void csub_gemm(int transa, int transb, int64_t M, int64_t N, int64_t K,
+               float alpha, const float *A, int64_t lda,
+               const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
+/* Single-threaded variant, for use inside a caller's parallel region. */
+void csub_gemm_serial(int transa, int transb, int64_t M, int64_t N, int64_t K,
+                      float alpha, const float *A, int64_t lda,
+                      const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
+/* --------------------------------------------------------- linear, conv */
+
+/* x[N,IN], w[O,IN], b[O] (may be NULL) -> y[N,O] = x w^T + b */
+void csub_linear_forward(const float *x, const float *w, const float *b, float *y,
+                         int64_t N, int64_t IN, int64_t O);
+/* dy[N,O] -> dx[N,IN] (=), dw[O,IN] (+=), db[O] (+=); any output may be NULL */
+void csub_linear_backward(const float *x, const float *w, const float *dy,
+                          float *dx, float *dw, float *db,
+                          int64_t N, int64_t IN, int64_t O);
+
+/* Output size of a convolution along one axis: (H + 2 pad - R) / stride + 1. */
+int64_t csub_conv_out_size(int64_t H, int64_t R, int64_t stride, int64_t pad);
+
+/* x[N,C,H,W], w[K,C,R,S], b[K] (may be NULL) -> y[N,K,P,Q] */
+int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y,
+                        int64_t N, int64_t C, int64_t H, int64_t W,
+                        int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
+/* dy[N,K,P,Q] -> dx[N,C,H,W] (=), dw[K,C,R,S] (+=), db[K] (+=); any may be NULL */
+int csub_conv2d_backward(const float *x, const float *w, const float *dy,
+                         float *dx, float *dw, float *db,
+                         int64_t N, int64_t C, int64_t H, int64_t W,
+                         int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
+
+/* ---------------------------------------------------------------- norms */
+
+/* Batch norm over (N, H*W) per channel. x[N,C,HW], gamma/beta[C].
+ * Training (training != 0): batch statistics; mean[C], invstd[C] are saved
+ * for backward; running_mean/var[C] (may be NULL) are updated with
+ * r = (1 - momentum) r + momentum * stat (variance unbiased, as PyTorch).
+ * Evaluation: uses running_mean/var; mean/invstd receive them too. */
+void csub_batchnorm_forward(const float *x, const float *gamma, const float *beta,
+                            float *y, float *mean, float *invstd,
+                            float *running_mean, float *running_var,
+                            int64_t N, int64_t C, int64_t HW,
+                            float momentum, float eps, int training);
+/* dx[N,C,HW] (=), dgamma/dbeta[C] (+=). training selects the batch-statistics
+ * gradient (statistics depend on x) or the evaluation one (constants). */
+void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy,
+                             const float *mean, const float *invstd,
+                             float *dx, float *dgamma, float *dbeta,
+                             int64_t N, int64_t C, int64_t HW, int training);
+
+/* Group norm: C channels in G groups (C % G == 0), statistics per (sample,
+ * group) over (C/G)*HW values; per-channel affine gamma/beta[C].
+ * Instance norm is G = C. mean/invstd[N,G] are saved for backward. */
+void csub_groupnorm_forward(const float *x, const float *gamma, const float *beta,
+                            float *y, float *mean, float *invstd,
+                            int64_t N, int64_t C, int64_t HW, int64_t G, float eps);
+void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy,
+                             const float *mean, const float *invstd,
+                             float *dx, float *dgamma, float *dbeta,
+                             int64_t N, int64_t C, int64_t HW, int64_t G);
+
+/* ------------------------------------------- activations, pools, residual */
+
+/* y[n] = max(x[n], 0); dx = dy * (x > 0) */
+void csub_relu_forward(const float *x, float *y, int64_t n);
+void csub_relu_backward(const float *x, const float *dy, float *dx, int64_t n);
+
+/* y[n] = a[n] + b[n] (the residual add; its backward is a copy) */
+void csub_add(const float *a, const float *b, float *y, int64_t n);
+
+/* Max pool, window k x k, stride s, no padding: x[N,C,H,W] -> y[N,C,P,Q],
+ * argmax[N,C,P,Q] (index into the H*W plane) saved for backward. */
+void csub_maxpool2d_forward(const float *x, float *y, int32_t *argmax,
+                            int64_t N, int64_t C, int64_t H, int64_t W,
+                            int64_t k, int64_t s);
+void csub_maxpool2d_backward(const float *dy, const int32_t *argmax, float *dx,
+                             int64_t N, int64_t C, int64_t H, int64_t W,
+                             int64_t k, int64_t s);
+
+/* Average pool, window k x k, stride s, no padding. */
+void csub_avgpool2d_forward(const float *x, float *y,
+                            int64_t N, int64_t C, int64_t H, int64_t W,
+                            int64_t k, int64_t s);
+void csub_avgpool2d_backward(const float *dy, float *dx,
+                             int64_t N, int64_t C, int64_t H, int64_t W,
+                             int64_t k, int64_t s);
+
+/* Global average pool: x[N,C,HW] -> y[N,C]; backward spreads dy / HW. */
+void csub_gap_forward(const float *x, float *y, int64_t NC, int64_t HW);
+void csub_gap_backward(const float *dy, float *dx, int64_t NC, int64_t HW);
+
+/* -------------------------------------------------------------- loss */
+
+/* Softmax cross-entropy, mean over the batch.
+ * logits[N,K], labels[N] in [0,K) -> returns the loss; prob[N,K] receives
+ * softmax(logits) (kept for backward). */
+double csub_cross_entropy_forward(const float *logits, const int64_t *labels,
+                                  float *prob, int64_t N, int64_t K);
+/* dlogits[N,K] = (prob - onehot(labels)) * scale / N */
+void csub_cross_entropy_backward(const float *prob, const int64_t *labels,
+                                 float *dlogits, int64_t N, int64_t K, float scale);
+
+/* ----------------------------------------------------------- optimizer */
+
+/* SGD with momentum, weight decay (coupled, added to the gradient) and
+ * optional Nesterov, as torch.optim.SGD:
+ *   g = grad + wd * w;  v = momentum * v + g  (v = g on the first step);
+ *   w -= lr * (nesterov ? g + momentum * v : v)
+ * velocity may be NULL when momentum == 0. */
+void csub_sgd_step(float *w, const float *grad, float *velocity, int64_t n,
+                   float lr, float momentum, float weight_decay, int nesterov,
+                   int first_step);
+
+/* ------------------------------------------------------------ subspace */
+
+/* Line: out[n] = (1 - alpha) * w0[n] + alpha * w1[n]. */
+void csub_line_forward(const float *w0, const float *w1, float alpha, float *out, int64_t n);
+/* g0[n] += (1 - alpha) * g[n];  g1[n] += alpha * g[n] */
+void csub_line_backward(const float *g, float alpha, float *g0, float *g1, int64_t n);
+
+/* Sums over one tensor pair of a line: s[0] += w0.w1, s[1] += |w0|^2,
+ * s[2] += |w1|^2 (double accumulators). */
+void csub_line_dots(const float *w0, const float *w1, int64_t n, double s[3]);
+/* Gradient of beta * S01^2 / (S00 S11) for one tensor pair, given the sums
+ * over all pairs: g0 += beta * (2 S01/(S00 S11) w1 - 2 S01^2/(S00^2 S11) w0),
+ * g1 likewise with the roles swapped. */
+void csub_line_reg_backward(const float *w0, const float *w1, int64_t n,
+                            const double s[3], float beta, float *g0, float *g1);
+
+/* ---------------------------------------------------------------- random */
+
+/* xoshiro256** state, seeded with splitmix64. The caller owns it. */
+typedef struct { uint64_t s[4]; } csub_rng;
+void csub_rng_seed(csub_rng *rng, uint64_t seed);
+uint64_t csub_rng_next(csub_rng *rng);
+/* uniform in [0, 1) with 24 random bits (float) or 53 (double) */
+double csub_rng_uniform(csub_rng *rng);
+/* out[n] ~ N(mean, std^2), Box-Muller */
+void csub_rng_normal(csub_rng *rng, float *out, int64_t n, float mean, float std);
+/* out[n] ~ U[lo, hi) */
+void csub_rng_uniform_fill(csub_rng *rng, float *out, int64_t n, float lo, float hi);
+
+/* Alpha samplers of the method (LCS-SPEC section 4). */
+/* Biased endpoints: with probability p an endpoint (lo or hi, each 1/2),
+ * otherwise U[lo, hi]. */
+double csub_sample_alpha_biased(csub_rng *rng, double lo, double hi, double p);
+/* Uniform over the K discrete values k/K, k = 1..K. */
+double csub_sample_alpha_discrete(csub_rng *rng, int64_t K);
+/* Sandwich rule: out[0] = 0 (smallest), out[1] = 1 (largest), the n - 2
+ * others U[0, 1]. */
+void csub_sample_alpha_sandwich(csub_rng *rng, double *out, int64_t n);
+
+/* ---------------------------------------------------------------- sparse */
+
+/* Number of entries that magnitude top-k keeps: n - floor((1 - topk) n). */
+int64_t csub_topk_count(int64_t n, double topk);
+/* mask[n] = 1 on the keep = csub_topk_count(n, topk) entries of largest |w|,
+ * 0 elsewhere; exactly keep ones (ties broken by lower index first).
+ * Expected O(n): quickselect on |w| for the threshold, then a counting pass.
+ * Returns CSUB_OK or CSUB_ERR_NOMEM. */
+int csub_topk_mask(const float *w, int64_t n, double topk, uint8_t *mask);
+/* out[n] = w[n] * mask[n]  (also the masked gradient: g * mask) */
+void csub_apply_mask(const float *w, const uint8_t *mask, float *out, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CSUB_H */

@@ -1,0 +1,1139 @@
+/*
+ * module.c - csub._core, the only file that sees Python and NumPy.
+ *
+ * Every function here validates its arguments (type, dtype, contiguity,
+ * rank, shapes, ranges) and raises TypeError/ValueError naming the argument,
+ * so the C kernels never see a bad pointer or size; then it releases the GIL
+ * and calls the kernel. Outputs marked "=" are allocated here and returned;
+ * gradients that accumulate ("+=") are passed in by the caller and updated in
+ * place.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <numpy/arrayobject.h>
+#include <math.h>
+#include <string.h>
+
+#include "csub.h"
+
+/* ------------------------------------------------------------ validation */
+
+#define MAXDIM 8
+
+/* Render a shape as "(2, 3, 4)". */
+static void shape_str(char *buf, size_t len, int nd, const npy_intp *d)
+{
+    size_t used = 0;
+    used += (size_t)snprintf(buf + used, len - used, "(");
+    for (int i = 0; i < nd && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, i ? ", %ld" : "%ld", (long)d[i]);
+    if (used < len) snprintf(buf + used, len - used, nd == 1 ? ",)" : ")");
+}
+
+/* obj must be a C-contiguous ndarray of the given dtype (NPY_FLOAT32 etc.),
+ * aligned, writable when `writable`. ndim < 0 accepts any rank, else exact.
+ * Returns the array (borrowed) or NULL with an exception set. */
+static PyArrayObject *arr_check(PyObject *obj, const char *name, int typenum,
+                                int ndim, int writable)
+{
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s",
+                     name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != typenum) {
+        PyArray_Descr *want = PyArray_DescrFromType(typenum);
+        PyErr_Format(PyExc_TypeError, "%s: expected dtype %S, got %S",
+                     name, (PyObject *)want, (PyObject *)PyArray_DESCR(a));
+        Py_DECREF(want);
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: expected a C-contiguous, aligned array "
+                     "(use numpy.ascontiguousarray)", name);
+        return NULL;
+    }
+    if (writable && !PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: array is read-only", name);
+        return NULL;
+    }
+    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
+        char s[128];
+        shape_str(s, sizeof s, PyArray_NDIM(a), PyArray_DIMS(a));
+        PyErr_Format(PyExc_ValueError, "%s: expected a %d-D array, got shape %s",
+                     name, ndim, s);
+        return NULL;
+    }
+    return a;
+}
+
+/* The shape of a must equal want[0..nd) (entries < 0 are free).
+ * `what` describes the expected shape for the message, e.g. "(N, C, H, W)". */
+static int shape_check(PyArrayObject *a, const char *name, int nd,
+                       const npy_intp *want, const char *what)
+{
+    int ok = PyArray_NDIM(a) == nd;
+    for (int i = 0; ok && i < nd; i++)
+        if (want[i] >= 0 && PyArray_DIM(a, i) != want[i]) ok = 0;
+    if (ok) return 0;
+    char got[128], exp[128];
+    shape_str(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
+    npy_intp w[MAXDIM];
+    for (int i = 0; i < nd && i < MAXDIM; i++) w[i] = want[i];
+    shape_str(exp, sizeof exp, nd, w);
+    PyErr_Format(PyExc_ValueError, "%s: expected shape %s = %s (-1: any), got %s",
+                 name, what, exp, got);
+    return -1;
+}
+
+/* Same shape as the reference array. */
+static int same_shape(PyArrayObject *a, const char *name, PyArrayObject *ref, const char *refname)
+{
+    if (PyArray_NDIM(a) == PyArray_NDIM(ref) &&
+        memcmp(PyArray_DIMS(a), PyArray_DIMS(ref), sizeof(npy_intp) * PyArray_NDIM(a)) == 0)
+        return 0;
+    char s1[128], s2[128];
+    shape_str(s1, sizeof s1, PyArray_NDIM(a), PyArray_DIMS(a));
+    shape_str(s2, sizeof s2, PyArray_NDIM(ref), PyArray_DIMS(ref));
+    PyErr_Format(PyExc_ValueError, "%s: expected the shape of %s %s, got %s",
+                 name, refname, s2, s1);
+    return -1;
+}
+
+#define F32(a) ((float *)PyArray_DATA(a))
+#define OPT_F32(a) ((a) ? (float *)PyArray_DATA(a) : NULL)
+
+/* Optional float32 array argument: None -> NULL (no error). */
+static int opt_arr(PyObject *obj, const char *name, int ndim, int writable, PyArrayObject **out)
+{
+    *out = NULL;
+    if (obj == NULL || obj == Py_None) return 0;
+    *out = arr_check(obj, name, NPY_FLOAT32, ndim, writable);
+    return *out ? 0 : -1;
+}
+
+static PyArrayObject *new_f32(int nd, const npy_intp *dims)
+{
+    return (PyArrayObject *)PyArray_SimpleNew(nd, (npy_intp *)dims, NPY_FLOAT32);
+}
+
+static PyArrayObject *zeros_f32(int nd, const npy_intp *dims)
+{
+    return (PyArrayObject *)PyArray_ZEROS(nd, (npy_intp *)dims, NPY_FLOAT32, 0);
+}
+
+static int positive(long long v, const char *name)
+{
+    if (v >= 1) return 0;
+    PyErr_Format(PyExc_ValueError, "%s: expected an integer >= 1, got %lld", name, v);
+    return -1;
+}
+
+typedef struct { char s[32]; } numstr;
+static numstr fmt_g(double v)
+{
+    numstr r;
+    snprintf(r.s, sizeof r.s, "%g", v);
+    return r;
+}
+
+static int finite_range(double v, double lo, double hi, const char *name)
+{
+    if (isfinite(v) && v >= lo && v <= hi) return 0;
+    char buf[64];
+    snprintf(buf, sizeof buf, "%g", v);
+    PyErr_Format(PyExc_ValueError, "%s: expected a number in [%s, %s], got %s",
+                 name, fmt_g(lo).s, fmt_g(hi).s, buf);
+    return -1;
+}
+
+static int status_ok(int status, const char *where)
+{
+    if (status == CSUB_OK) return 0;
+    if (status == CSUB_ERR_NOMEM) PyErr_Format(PyExc_MemoryError, "%s: out of memory for workspace", where);
+    else PyErr_Format(PyExc_ValueError, "%s: invalid arguments (status %d)", where, status);
+    return -1;
+}
+
+/* Shape tuple argument, e.g. input_shape=(N, C, H, W). */
+static int parse_shape(PyObject *obj, const char *name, int nd, npy_intp *dims)
+{
+    if (!PySequence_Check(obj) || PySequence_Size(obj) != nd) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a sequence of %d integers", name, nd);
+        return -1;
+    }
+    for (int i = 0; i < nd; i++) {
+        PyObject *it = PySequence_GetItem(obj, i);
+        if (!it) return -1;
+        long long v = PyLong_AsLongLong(it);
+        Py_DECREF(it);
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (v < 1) {
+            PyErr_Format(PyExc_ValueError, "%s: entries must be >= 1", name);
+            return -1;
+        }
+        dims[i] = (npy_intp)v;
+    }
+    return 0;
+}
+
+#define KW(...) static char *kwlist[] = {__VA_ARGS__, NULL}
+
+/* ------------------------------------------------------------------ core */
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *args, PyObject *kw)
+{
+    int n;
+    KW("n");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i", kwlist, &n)) return NULL;
+    if (positive(n, "n")) return NULL;
+    csub_set_num_threads(n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs)
+{
+    return PyLong_FromLong(csub_get_num_threads());
+}
+
+static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *oa, *ob;
+    int ta = 0, tb = 0;
+    KW("a", "b", "transa", "transb");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pp", kwlist, &oa, &ob, &ta, &tb)) return NULL;
+    PyArrayObject *a = arr_check(oa, "a", NPY_FLOAT32, 2, 0);
+    PyArrayObject *b = a ? arr_check(ob, "b", NPY_FLOAT32, 2, 0) : NULL;
+    if (!b) return NULL;
+    npy_intp M = PyArray_DIM(a, ta ? 1 : 0), K = PyArray_DIM(a, ta ? 0 : 1);
+    npy_intp Kb = PyArray_DIM(b, tb ? 1 : 0), N = PyArray_DIM(b, tb ? 0 : 1);
+    if (K != Kb) {
+        PyErr_Format(PyExc_ValueError, "b: inner dimension %ld does not match a's %ld", (long)Kb, (long)K);
+        return NULL;
+    }
+    npy_intp d[2] = {M, N};
+    PyArrayObject *c = zeros_f32(2, d);
+    if (!c) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_gemm(ta, tb, M, N, K, 1.0f, F32(a), PyArray_DIM(a, 1), F32(b), PyArray_DIM(b, 1),
+              0.0f, F32(c), N);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)c;
+}
+
+/* --------------------------------------------------------- linear, conv */
+
+static PyObject *py_linear_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *ow, *ob = Py_None;
+    KW("x", "w", "b");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &ox, &ow, &ob)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 2, 0);
+    PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 2, 0) : NULL, *b;
+    if (!w || opt_arr(ob, "b", 1, 0, &b)) return NULL;
+    npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = PyArray_DIM(w, 0);
+    npy_intp ws[2] = {O, IN}, bs[1] = {O};
+    if (shape_check(w, "w", 2, ws, "(out_features, in_features)")) return NULL;
+    if (b && shape_check(b, "b", 1, bs, "(out_features,)")) return NULL;
+    npy_intp d[2] = {N, O};
+    PyArrayObject *y = new_f32(2, d);
+    if (!y) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_linear_forward(F32(x), F32(w), OPT_F32(b), F32(y), N, IN, O);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)y;
+}
+
+static PyObject *py_linear_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *ow, *ody, *odw = Py_None, *odb = Py_None;
+    int need_dx = 1;
+    KW("x", "w", "dy", "dw", "db", "need_dx");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOp", kwlist, &ox, &ow, &ody, &odw, &odb, &need_dx))
+        return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 2, 0);
+    PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 2, 0) : NULL;
+    PyArrayObject *dy = w ? arr_check(ody, "dy", NPY_FLOAT32, 2, 0) : NULL, *dw, *db;
+    if (!dy || opt_arr(odw, "dw", 2, 1, &dw) || opt_arr(odb, "db", 1, 1, &db)) return NULL;
+    npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = PyArray_DIM(w, 0);
+    npy_intp ws[2] = {O, IN}, ys[2] = {N, O}, bs[1] = {O};
+    if (shape_check(w, "w", 2, ws, "(out_features, in_features)") ||
+        shape_check(dy, "dy", 2, ys, "(N, out_features)") ||
+        (dw && shape_check(dw, "dw", 2, ws, "(out_features, in_features)")) ||
+        (db && shape_check(db, "db", 1, bs, "(out_features,)")))
+        return NULL;
+    PyArrayObject *dx = NULL;
+    if (need_dx) {
+        npy_intp d[2] = {N, IN};
+        if (!(dx = new_f32(2, d))) return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    csub_linear_backward(F32(x), F32(w), F32(dy), OPT_F32(dx), OPT_F32(dw), OPT_F32(db), N, IN, O);
+    Py_END_ALLOW_THREADS
+    if (!dx) Py_RETURN_NONE;
+    return (PyObject *)dx;
+}
+
+/* Shared parsing of conv arguments: x[N,C,H,W], w[K,C,R,S]. */
+typedef struct { npy_intp N, C, H, W, K, R, S, P, Q; } conv_dims;
+
+static int conv_check(PyArrayObject *x, PyArrayObject *w, long long stride, long long pad, conv_dims *d)
+{
+    if (positive(stride, "stride")) return -1;
+    if (pad < 0) {
+        PyErr_Format(PyExc_ValueError, "padding: expected an integer >= 0, got %lld", pad);
+        return -1;
+    }
+    d->N = PyArray_DIM(x, 0); d->C = PyArray_DIM(x, 1); d->H = PyArray_DIM(x, 2); d->W = PyArray_DIM(x, 3);
+    d->K = PyArray_DIM(w, 0); d->R = PyArray_DIM(w, 2); d->S = PyArray_DIM(w, 3);
+    if (PyArray_DIM(w, 1) != d->C) {
+        PyErr_Format(PyExc_ValueError, "w: expected %ld input channels (x has shape (N, C, H, W) with C = %ld), got %ld",
+                     (long)d->C, (long)d->C, (long)PyArray_DIM(w, 1));
+        return -1;
+    }
+    if (d->N < 1 || d->C < 1 || d->K < 1 || d->R < 1 || d->S < 1) {
+        PyErr_SetString(PyExc_ValueError, "x, w: every dimension must be >= 1");
+        return -1;
+    }
+    if (d->H + 2 * pad < d->R || d->W + 2 * pad < d->S) {
+        PyErr_Format(PyExc_ValueError, "x: spatial size %ldx%ld with padding %lld is smaller than the kernel %ldx%ld",
+                     (long)d->H, (long)d->W, pad, (long)d->R, (long)d->S);
+        return -1;
+    }
+    d->P = csub_conv_out_size(d->H, d->R, stride, pad);
+    d->Q = csub_conv_out_size(d->W, d->S, stride, pad);
+    return 0;
+}
+
+static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *ow, *ob = Py_None;
+    long long stride = 1, pad = 0;
+    KW("x", "w", "b", "stride", "padding");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OLL", kwlist, &ox, &ow, &ob, &stride, &pad)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
+    PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 4, 0) : NULL, *b;
+    if (!w || opt_arr(ob, "b", 1, 0, &b)) return NULL;
+    conv_dims d;
+    if (conv_check(x, w, stride, pad, &d)) return NULL;
+    npy_intp bs[1] = {d.K};
+    if (b && shape_check(b, "b", 1, bs, "(out_channels,)")) return NULL;
+    npy_intp ys[4] = {d.N, d.K, d.P, d.Q};
+    PyArrayObject *y = new_f32(4, ys);
+    if (!y) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = csub_conv2d_forward(F32(x), F32(w), OPT_F32(b), F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad);
+    Py_END_ALLOW_THREADS
+    if (status_ok(st, "conv2d_forward")) { Py_DECREF(y); return NULL; }
+    return (PyObject *)y;
+}
+
+static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *ow, *ody, *odw = Py_None, *odb = Py_None;
+    long long stride = 1, pad = 0;
+    int need_dx = 1;
+    KW("x", "w", "dy", "dw", "db", "stride", "padding", "need_dx");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOLLp", kwlist, &ox, &ow, &ody, &odw, &odb,
+                                     &stride, &pad, &need_dx))
+        return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
+    PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 4, 0) : NULL;
+    PyArrayObject *dy = w ? arr_check(ody, "dy", NPY_FLOAT32, 4, 0) : NULL, *dw, *db;
+    if (!dy || opt_arr(odw, "dw", 4, 1, &dw) || opt_arr(odb, "db", 1, 1, &db)) return NULL;
+    conv_dims d;
+    if (conv_check(x, w, stride, pad, &d)) return NULL;
+    npy_intp ys[4] = {d.N, d.K, d.P, d.Q}, bs[1] = {d.K};
+    if (shape_check(dy, "dy", 4, ys, "(N, out_channels, P, Q)") ||
+        (dw && same_shape(dw, "dw", w, "w")) ||
+        (db && shape_check(db, "db", 1, bs, "(out_channels,)")))
+        return NULL;
+    PyArrayObject *dx = NULL;
+    if (need_dx && !(dx = new_f32(4, PyArray_DIMS(x)))) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = csub_conv2d_backward(F32(x), F32(w), F32(dy), OPT_F32(dx), OPT_F32(dw), OPT_F32(db),
+                              d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad);
+    Py_END_ALLOW_THREADS
+    if (status_ok(st, "conv2d_backward")) { Py_XDECREF(dx); return NULL; }
+    if (!dx) Py_RETURN_NONE;
+    return (PyObject *)dx;
+}
+
+/* ---------------------------------------------------------------- norms */
+
+/* x is (N, C, ...) with rank >= 2; returns N, C, and the product of the rest. */
+static int nc_rest(PyArrayObject *x, const char *name, npy_intp *N, npy_intp *C, npy_intp *HW)
+{
+    if (PyArray_NDIM(x) < 2) {
+        PyErr_Format(PyExc_ValueError, "%s: expected shape (N, C, ...) of rank >= 2, got rank %d",
+                     name, PyArray_NDIM(x));
+        return -1;
+    }
+    *N = PyArray_DIM(x, 0);
+    *C = PyArray_DIM(x, 1);
+    *HW = 1;
+    for (int i = 2; i < PyArray_NDIM(x); i++) *HW *= PyArray_DIM(x, i);
+    if (*N < 1 || *C < 1 || *HW < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: every dimension must be >= 1", name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *og, *ob, *orm = Py_None, *orv = Py_None;
+    double momentum = 0.1, eps = 1e-5;
+    int training = 1;
+    KW("x", "gamma", "beta", "running_mean", "running_var", "momentum", "eps", "training");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOddp", kwlist, &ox, &og, &ob, &orm, &orv,
+                                     &momentum, &eps, &training))
+        return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
+    PyArrayObject *b = g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL, *rm, *rv;
+    if (!b || opt_arr(orm, "running_mean", 1, 1, &rm) || opt_arr(orv, "running_var", 1, 1, &rv)) return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
+    npy_intp cs[1] = {C};
+    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(b, "beta", 1, cs, "(C,)") ||
+        (rm && shape_check(rm, "running_mean", 1, cs, "(C,)")) ||
+        (rv && shape_check(rv, "running_var", 1, cs, "(C,)")))
+        return NULL;
+    if ((rm == NULL) != (rv == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "running_mean, running_var: give both or neither");
+        return NULL;
+    }
+    if (!training && !rm) {
+        PyErr_SetString(PyExc_ValueError, "running_mean: required when training is False");
+        return NULL;
+    }
+    if (finite_range(momentum, 0.0, 1.0, "momentum") || finite_range(eps, 0.0, 1.0, "eps")) return NULL;
+    if (training && N * HW < 2) {
+        PyErr_SetString(PyExc_ValueError, "x: batch norm in training needs more than one value per channel");
+        return NULL;
+    }
+    PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    PyArrayObject *mean = new_f32(1, cs), *invstd = new_f32(1, cs);
+    if (!y || !mean || !invstd) { Py_XDECREF(y); Py_XDECREF(mean); Py_XDECREF(invstd); return NULL; }
+    Py_BEGIN_ALLOW_THREADS
+    csub_batchnorm_forward(F32(x), F32(g), F32(b), F32(y), F32(mean), F32(invstd),
+                           OPT_F32(rm), OPT_F32(rv), N, C, HW, (float)momentum, (float)eps, training);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("NNN", y, mean, invstd);
+}
+
+static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *og, *ody, *om, *oi, *odg = Py_None, *odb = Py_None;
+    int training = 1;
+    KW("x", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta", "training");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|OOp", kwlist, &ox, &og, &ody, &om, &oi,
+                                     &odg, &odb, &training))
+        return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
+    PyArrayObject *dy = g ? arr_check(ody, "dy", NPY_FLOAT32, -1, 0) : NULL;
+    PyArrayObject *m = dy ? arr_check(om, "mean", NPY_FLOAT32, 1, 0) : NULL;
+    PyArrayObject *is = m ? arr_check(oi, "invstd", NPY_FLOAT32, 1, 0) : NULL, *dg, *db;
+    if (!is || opt_arr(odg, "dgamma", 1, 1, &dg) || opt_arr(odb, "dbeta", 1, 1, &db)) return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW) || same_shape(dy, "dy", x, "x")) return NULL;
+    npy_intp cs[1] = {C};
+    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(m, "mean", 1, cs, "(C,)") ||
+        shape_check(is, "invstd", 1, cs, "(C,)") ||
+        (dg && shape_check(dg, "dgamma", 1, cs, "(C,)")) || (db && shape_check(db, "dbeta", 1, cs, "(C,)")))
+        return NULL;
+    PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    if (!dx) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_batchnorm_backward(F32(x), F32(g), F32(dy), F32(m), F32(is), F32(dx), OPT_F32(dg), OPT_F32(db),
+                            N, C, HW, training);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)dx;
+}
+
+static PyObject *py_groupnorm_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *og, *ob;
+    long long G;
+    double eps = 1e-5;
+    KW("x", "gamma", "beta", "num_groups", "eps");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOL|d", kwlist, &ox, &og, &ob, &G, &eps)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
+    PyArrayObject *b = g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL;
+    if (!b) return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
+    npy_intp cs[1] = {C};
+    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(b, "beta", 1, cs, "(C,)")) return NULL;
+    if (G < 1 || C % G) {
+        PyErr_Format(PyExc_ValueError, "num_groups: must be >= 1 and divide the %ld channels, got %lld",
+                     (long)C, G);
+        return NULL;
+    }
+    if (finite_range(eps, 0.0, 1.0, "eps")) return NULL;
+    npy_intp ss[2] = {N, G};
+    PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    PyArrayObject *mean = new_f32(2, ss), *invstd = new_f32(2, ss);
+    if (!y || !mean || !invstd) { Py_XDECREF(y); Py_XDECREF(mean); Py_XDECREF(invstd); return NULL; }
+    Py_BEGIN_ALLOW_THREADS
+    csub_groupnorm_forward(F32(x), F32(g), F32(b), F32(y), F32(mean), F32(invstd), N, C, HW, G, (float)eps);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("NNN", y, mean, invstd);
+}
+
+static PyObject *py_groupnorm_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *og, *ody, *om, *oi, *odg = Py_None, *odb = Py_None;
+    KW("x", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|OO", kwlist, &ox, &og, &ody, &om, &oi, &odg, &odb))
+        return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
+    PyArrayObject *dy = g ? arr_check(ody, "dy", NPY_FLOAT32, -1, 0) : NULL;
+    PyArrayObject *m = dy ? arr_check(om, "mean", NPY_FLOAT32, 2, 0) : NULL;
+    PyArrayObject *is = m ? arr_check(oi, "invstd", NPY_FLOAT32, 2, 0) : NULL, *dg, *db;
+    if (!is || opt_arr(odg, "dgamma", 1, 1, &dg) || opt_arr(odb, "dbeta", 1, 1, &db)) return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW) || same_shape(dy, "dy", x, "x")) return NULL;
+    npy_intp G = PyArray_DIM(m, 1), cs[1] = {C}, ss[2] = {N, G};
+    if (G < 1 || C % G) {
+        PyErr_Format(PyExc_ValueError, "mean: its %ld groups do not divide the %ld channels", (long)G, (long)C);
+        return NULL;
+    }
+    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(m, "mean", 2, ss, "(N, num_groups)") ||
+        shape_check(is, "invstd", 2, ss, "(N, num_groups)") ||
+        (dg && shape_check(dg, "dgamma", 1, cs, "(C,)")) || (db && shape_check(db, "dbeta", 1, cs, "(C,)")))
+        return NULL;
+    PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    if (!dx) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_groupnorm_backward(F32(x), F32(g), F32(dy), F32(m), F32(is), F32(dx), OPT_F32(dg), OPT_F32(db),
+                            N, C, HW, G);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)dx;
+}
+
+/* ------------------------------------------- activations, pools, residual */
+
+static PyObject *py_relu_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox;
+    KW("x");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &ox)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    if (!x) return NULL;
+    PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    if (!y) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_relu_forward(F32(x), F32(y), PyArray_SIZE(x));
+    Py_END_ALLOW_THREADS
+    return (PyObject *)y;
+}
+
+static PyObject *py_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *ody;
+    KW("x", "dy");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &ox, &ody)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    PyArrayObject *dy = x ? arr_check(ody, "dy", NPY_FLOAT32, -1, 0) : NULL;
+    if (!dy || same_shape(dy, "dy", x, "x")) return NULL;
+    PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    if (!dx) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_relu_backward(F32(x), F32(dy), F32(dx), PyArray_SIZE(x));
+    Py_END_ALLOW_THREADS
+    return (PyObject *)dx;
+}
+
+static PyObject *py_add(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *oa, *ob;
+    KW("a", "b");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &oa, &ob)) return NULL;
+    PyArrayObject *a = arr_check(oa, "a", NPY_FLOAT32, -1, 0);
+    PyArrayObject *b = a ? arr_check(ob, "b", NPY_FLOAT32, -1, 0) : NULL;
+    if (!b || same_shape(b, "b", a, "a")) return NULL;
+    PyArrayObject *y = new_f32(PyArray_NDIM(a), PyArray_DIMS(a));
+    if (!y) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_add(F32(a), F32(b), F32(y), PyArray_SIZE(a));
+    Py_END_ALLOW_THREADS
+    return (PyObject *)y;
+}
+
+static int pool_check(long long k, long long s, npy_intp H, npy_intp W, npy_intp *P, npy_intp *Q)
+{
+    if (positive(k, "kernel_size") || positive(s, "stride")) return -1;
+    if (H < k || W < k) {
+        PyErr_Format(PyExc_ValueError, "x: spatial size %ldx%ld is smaller than kernel_size %lld",
+                     (long)H, (long)W, k);
+        return -1;
+    }
+    *P = (H - k) / s + 1;
+    *Q = (W - k) / s + 1;
+    return 0;
+}
+
+static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox;
+    long long k, s;
+    KW("x", "kernel_size", "stride");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL", kwlist, &ox, &k, &s)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
+    if (!x) return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), P, Q;
+    if (pool_check(k, s, H, W, &P, &Q)) return NULL;
+    npy_intp ys[4] = {N, C, P, Q};
+    PyArrayObject *y = new_f32(4, ys);
+    PyArrayObject *am = (PyArrayObject *)PyArray_SimpleNew(4, ys, NPY_INT32);
+    if (!y || !am) { Py_XDECREF(y); Py_XDECREF(am); return NULL; }
+    Py_BEGIN_ALLOW_THREADS
+    csub_maxpool2d_forward(F32(x), F32(y), (int32_t *)PyArray_DATA(am), N, C, H, W, k, s);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("NN", y, am);
+}
+
+static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ody, *oam, *oshape;
+    long long k, s;
+    KW("dy", "argmax", "input_shape", "kernel_size", "stride");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLL", kwlist, &ody, &oam, &oshape, &k, &s)) return NULL;
+    PyArrayObject *dy = arr_check(ody, "dy", NPY_FLOAT32, 4, 0);
+    PyArrayObject *am = dy ? arr_check(oam, "argmax", NPY_INT32, 4, 0) : NULL;
+    npy_intp xs[4], P, Q;
+    if (!am || parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
+    npy_intp ys[4] = {xs[0], xs[1], P, Q};
+    if (shape_check(dy, "dy", 4, ys, "(N, C, P, Q)") || same_shape(am, "argmax", dy, "dy")) return NULL;
+    /* argmax indexes the H*W plane; out-of-range values would write outside dx */
+    const int32_t *ai = (const int32_t *)PyArray_DATA(am);
+    for (npy_intp i = 0, n = PyArray_SIZE(am); i < n; i++)
+        if (ai[i] < 0 || ai[i] >= xs[2] * xs[3]) {
+            PyErr_SetString(PyExc_ValueError, "argmax: index outside the input plane");
+            return NULL;
+        }
+    PyArrayObject *dx = new_f32(4, xs);
+    if (!dx) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_maxpool2d_backward(F32(dy), ai, F32(dx), xs[0], xs[1], xs[2], xs[3], k, s);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)dx;
+}
+
+static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox;
+    long long k, s;
+    KW("x", "kernel_size", "stride");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL", kwlist, &ox, &k, &s)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
+    if (!x) return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), P, Q;
+    if (pool_check(k, s, H, W, &P, &Q)) return NULL;
+    npy_intp ys[4] = {N, C, P, Q};
+    PyArrayObject *y = new_f32(4, ys);
+    if (!y) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_avgpool2d_forward(F32(x), F32(y), N, C, H, W, k, s);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)y;
+}
+
+static PyObject *py_avgpool2d_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ody, *oshape;
+    long long k, s;
+    KW("dy", "input_shape", "kernel_size", "stride");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLL", kwlist, &ody, &oshape, &k, &s)) return NULL;
+    PyArrayObject *dy = arr_check(ody, "dy", NPY_FLOAT32, 4, 0);
+    npy_intp xs[4], P, Q;
+    if (!dy || parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
+    npy_intp ys[4] = {xs[0], xs[1], P, Q};
+    if (shape_check(dy, "dy", 4, ys, "(N, C, P, Q)")) return NULL;
+    PyArrayObject *dx = new_f32(4, xs);
+    if (!dx) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_avgpool2d_backward(F32(dy), F32(dx), xs[0], xs[1], xs[2], xs[3], k, s);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)dx;
+}
+
+static PyObject *py_gap_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox;
+    KW("x");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &ox)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
+    if (!x) return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
+    npy_intp ys[2] = {N, C};
+    PyArrayObject *y = new_f32(2, ys);
+    if (!y) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_gap_forward(F32(x), F32(y), N * C, HW);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)y;
+}
+
+static PyObject *py_gap_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ody, *oshape;
+    KW("dy", "input_shape");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &ody, &oshape)) return NULL;
+    PyArrayObject *dy = arr_check(ody, "dy", NPY_FLOAT32, 2, 0);
+    npy_intp xs[4];
+    if (!dy || parse_shape(oshape, "input_shape", 4, xs)) return NULL;
+    npy_intp ys[2] = {xs[0], xs[1]};
+    if (shape_check(dy, "dy", 2, ys, "(N, C)")) return NULL;
+    PyArrayObject *dx = new_f32(4, xs);
+    if (!dx) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_gap_backward(F32(dy), F32(dx), xs[0] * xs[1], xs[2] * xs[3]);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)dx;
+}
+
+/* -------------------------------------------------------------- loss */
+
+static PyArrayObject *labels_check(PyObject *obj, npy_intp N, npy_intp K)
+{
+    PyArrayObject *y = arr_check(obj, "labels", NPY_INT64, 1, 0);
+    if (!y) return NULL;
+    if (PyArray_DIM(y, 0) != N) {
+        PyErr_Format(PyExc_ValueError, "labels: expected shape (%ld,) to match logits, got (%ld,)",
+                     (long)N, (long)PyArray_DIM(y, 0));
+        return NULL;
+    }
+    const int64_t *l = (const int64_t *)PyArray_DATA(y);
+    for (npy_intp i = 0; i < N; i++)
+        if (l[i] < 0 || l[i] >= K) {
+            PyErr_Format(PyExc_ValueError, "labels: value %lld at index %ld is outside [0, %ld)",
+                         (long long)l[i], (long)i, (long)K);
+            return NULL;
+        }
+    return y;
+}
+
+static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ol, *oy;
+    KW("logits", "labels");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &ol, &oy)) return NULL;
+    PyArrayObject *lg = arr_check(ol, "logits", NPY_FLOAT32, 2, 0);
+    if (!lg) return NULL;
+    npy_intp N = PyArray_DIM(lg, 0), K = PyArray_DIM(lg, 1);
+    if (N < 1 || K < 1) {
+        PyErr_SetString(PyExc_ValueError, "logits: expected shape (N, K) with N, K >= 1");
+        return NULL;
+    }
+    PyArrayObject *y = labels_check(oy, N, K);
+    if (!y) return NULL;
+    PyArrayObject *prob = new_f32(2, PyArray_DIMS(lg));
+    if (!prob) return NULL;
+    double loss;
+    Py_BEGIN_ALLOW_THREADS
+    loss = csub_cross_entropy_forward(F32(lg), (const int64_t *)PyArray_DATA(y), F32(prob), N, K);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("dN", loss, prob);
+}
+
+static PyObject *py_cross_entropy_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *op, *oy;
+    double scale = 1.0;
+    KW("prob", "labels", "scale");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|d", kwlist, &op, &oy, &scale)) return NULL;
+    PyArrayObject *p = arr_check(op, "prob", NPY_FLOAT32, 2, 0);
+    if (!p) return NULL;
+    npy_intp N = PyArray_DIM(p, 0), K = PyArray_DIM(p, 1);
+    PyArrayObject *y = labels_check(oy, N, K);
+    if (!y) return NULL;
+    if (!isfinite(scale)) {
+        PyErr_SetString(PyExc_ValueError, "scale: expected a finite number");
+        return NULL;
+    }
+    PyArrayObject *d = new_f32(2, PyArray_DIMS(p));
+    if (!d) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_cross_entropy_backward(F32(p), (const int64_t *)PyArray_DATA(y), F32(d), N, K, (float)scale);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)d;
+}
+
+/* ----------------------------------------------------------- optimizer */
+
+static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ow, *og, *ov = Py_None;
+    double lr, momentum = 0.0, wd = 0.0;
+    int nesterov = 0, first = 0;
+    KW("w", "grad", "velocity", "lr", "momentum", "weight_decay", "nesterov", "first_step");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOd|ddpp", kwlist, &ow, &og, &ov, &lr, &momentum, &wd,
+                                     &nesterov, &first))
+        return NULL;
+    PyArrayObject *w = arr_check(ow, "w", NPY_FLOAT32, -1, 1);
+    PyArrayObject *g = w ? arr_check(og, "grad", NPY_FLOAT32, -1, 0) : NULL, *v;
+    if (!g || same_shape(g, "grad", w, "w") || opt_arr(ov, "velocity", -1, 1, &v)) return NULL;
+    if (v && same_shape(v, "velocity", w, "w")) return NULL;
+    if (!isfinite(lr) || lr < 0) {
+        PyErr_Format(PyExc_ValueError, "lr: expected a finite number >= 0, got %s", fmt_g(lr).s);
+        return NULL;
+    }
+    if (finite_range(momentum, 0.0, 1.0, "momentum") || finite_range(wd, 0.0, INFINITY, "weight_decay"))
+        return NULL;
+    if (momentum > 0 && !v) {
+        PyErr_SetString(PyExc_ValueError, "velocity: required when momentum > 0");
+        return NULL;
+    }
+    if (nesterov && momentum <= 0) {
+        PyErr_SetString(PyExc_ValueError, "nesterov: requires momentum > 0");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    csub_sgd_step(F32(w), F32(g), OPT_F32(v), PyArray_SIZE(w), (float)lr, (float)momentum, (float)wd,
+                  nesterov, first);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------ subspace */
+
+static PyObject *py_line_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *o0, *o1, *oo = Py_None;
+    double alpha;
+    KW("w0", "w1", "alpha", "out");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|O", kwlist, &o0, &o1, &alpha, &oo)) return NULL;
+    PyArrayObject *w0 = arr_check(o0, "w0", NPY_FLOAT32, -1, 0);
+    PyArrayObject *w1 = w0 ? arr_check(o1, "w1", NPY_FLOAT32, -1, 0) : NULL, *out;
+    if (!w1 || same_shape(w1, "w1", w0, "w0") || finite_range(alpha, 0.0, 1.0, "alpha") ||
+        opt_arr(oo, "out", -1, 1, &out))
+        return NULL;
+    if (out) {
+        if (same_shape(out, "out", w0, "w0")) return NULL;
+        Py_INCREF(out);
+    } else if (!(out = new_f32(PyArray_NDIM(w0), PyArray_DIMS(w0)))) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    csub_line_forward(F32(w0), F32(w1), (float)alpha, F32(out), PyArray_SIZE(w0));
+    Py_END_ALLOW_THREADS
+    return (PyObject *)out;
+}
+
+static PyObject *py_line_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *og, *o0, *o1;
+    double alpha;
+    KW("g", "alpha", "g0", "g1");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OdOO", kwlist, &og, &alpha, &o0, &o1)) return NULL;
+    PyArrayObject *g = arr_check(og, "g", NPY_FLOAT32, -1, 0);
+    PyArrayObject *g0 = g ? arr_check(o0, "g0", NPY_FLOAT32, -1, 1) : NULL;
+    PyArrayObject *g1 = g0 ? arr_check(o1, "g1", NPY_FLOAT32, -1, 1) : NULL;
+    if (!g1 || same_shape(g0, "g0", g, "g") || same_shape(g1, "g1", g, "g") ||
+        finite_range(alpha, 0.0, 1.0, "alpha"))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_line_backward(F32(g), (float)alpha, F32(g0), F32(g1), PyArray_SIZE(g));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_line_dots(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *o0, *o1;
+    KW("w0", "w1");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &o0, &o1)) return NULL;
+    PyArrayObject *w0 = arr_check(o0, "w0", NPY_FLOAT32, -1, 0);
+    PyArrayObject *w1 = w0 ? arr_check(o1, "w1", NPY_FLOAT32, -1, 0) : NULL;
+    if (!w1 || same_shape(w1, "w1", w0, "w0")) return NULL;
+    double s[3] = {0, 0, 0};
+    Py_BEGIN_ALLOW_THREADS
+    csub_line_dots(F32(w0), F32(w1), PyArray_SIZE(w0), s);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("ddd", s[0], s[1], s[2]);
+}
+
+static PyObject *py_line_reg_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *o0, *o1, *og0, *og1;
+    double s[3], beta;
+    KW("w0", "w1", "sums", "beta", "g0", "g1");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO(ddd)dOO", kwlist, &o0, &o1, &s[0], &s[1], &s[2], &beta,
+                                     &og0, &og1))
+        return NULL;
+    PyArrayObject *w0 = arr_check(o0, "w0", NPY_FLOAT32, -1, 0);
+    PyArrayObject *w1 = w0 ? arr_check(o1, "w1", NPY_FLOAT32, -1, 0) : NULL;
+    PyArrayObject *g0 = w1 ? arr_check(og0, "g0", NPY_FLOAT32, -1, 1) : NULL;
+    PyArrayObject *g1 = g0 ? arr_check(og1, "g1", NPY_FLOAT32, -1, 1) : NULL;
+    if (!g1 || same_shape(w1, "w1", w0, "w0") || same_shape(g0, "g0", w0, "w0") || same_shape(g1, "g1", w0, "w0"))
+        return NULL;
+    if (!(s[1] > 0) || !(s[2] > 0) || !isfinite(s[0]) || !isfinite(s[1]) || !isfinite(s[2])) {
+        PyErr_SetString(PyExc_ValueError, "sums: S00 and S11 must be finite and > 0 (an endpoint is all zero)");
+        return NULL;
+    }
+    if (!isfinite(beta)) {
+        PyErr_SetString(PyExc_ValueError, "beta: expected a finite number");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    csub_line_reg_backward(F32(w0), F32(w1), PyArray_SIZE(w0), s, (float)beta, F32(g0), F32(g1));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------- random */
+
+/* The generator state is a uint64 array of 4 owned by Python (csub.random). */
+static csub_rng *rng_arg(PyObject *obj)
+{
+    PyArrayObject *a = arr_check(obj, "state", NPY_UINT64, 1, 1);
+    if (!a) return NULL;
+    if (PyArray_DIM(a, 0) != 4) {
+        PyErr_SetString(PyExc_ValueError, "state: expected a uint64 array of shape (4,)");
+        return NULL;
+    }
+    const uint64_t *s = (const uint64_t *)PyArray_DATA(a);
+    if (!(s[0] | s[1] | s[2] | s[3])) {
+        PyErr_SetString(PyExc_ValueError, "state: the all-zero state is invalid");
+        return NULL;
+    }
+    return (csub_rng *)PyArray_DATA(a);
+}
+
+static PyObject *py_rng_seed(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *os;
+    unsigned long long seed;
+    KW("state", "seed");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OK", kwlist, &os, &seed)) return NULL;
+    PyArrayObject *a = arr_check(os, "state", NPY_UINT64, 1, 1);
+    if (!a) return NULL;
+    if (PyArray_DIM(a, 0) != 4) {
+        PyErr_SetString(PyExc_ValueError, "state: expected a uint64 array of shape (4,)");
+        return NULL;
+    }
+    csub_rng_seed((csub_rng *)PyArray_DATA(a), seed);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_rng_uniform(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *os;
+    KW("state");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &os)) return NULL;
+    csub_rng *r = rng_arg(os);
+    if (!r) return NULL;
+    return PyFloat_FromDouble(csub_rng_uniform(r));
+}
+
+static PyObject *py_rng_fill(PyObject *self, PyObject *args, PyObject *kw, int normal)
+{
+    PyObject *os, *oo;
+    double a, b;
+    static char *kw_normal[] = {"state", "out", "mean", "std", NULL};
+    static char *kw_uniform[] = {"state", "out", "low", "high", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOdd", normal ? kw_normal : kw_uniform, &os, &oo, &a, &b))
+        return NULL;
+    csub_rng *r = rng_arg(os);
+    PyArrayObject *out = r ? arr_check(oo, "out", NPY_FLOAT32, -1, 1) : NULL;
+    if (!out) return NULL;
+    if (!isfinite(a) || !isfinite(b) || (normal ? b < 0 : b < a)) {
+        PyErr_SetString(PyExc_ValueError, normal ? "std: expected a finite number >= 0"
+                                                 : "high: expected finite bounds with low <= high");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (normal) csub_rng_normal(r, F32(out), PyArray_SIZE(out), (float)a, (float)b);
+    else csub_rng_uniform_fill(r, F32(out), PyArray_SIZE(out), (float)a, (float)b);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_rng_normal(PyObject *self, PyObject *args, PyObject *kw)
+{
+    return py_rng_fill(self, args, kw, 1);
+}
+
+static PyObject *py_rng_uniform_fill(PyObject *self, PyObject *args, PyObject *kw)
+{
+    return py_rng_fill(self, args, kw, 0);
+}
+
+static PyObject *py_sample_alpha_biased(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *os;
+    double lo, hi, p;
+    KW("state", "lo", "hi", "p");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oddd", kwlist, &os, &lo, &hi, &p)) return NULL;
+    csub_rng *r = rng_arg(os);
+    if (!r || finite_range(lo, 0.0, 1.0, "lo") || finite_range(hi, lo, 1.0, "hi") ||
+        finite_range(p, 0.0, 1.0, "p"))
+        return NULL;
+    return PyFloat_FromDouble(csub_sample_alpha_biased(r, lo, hi, p));
+}
+
+static PyObject *py_sample_alpha_discrete(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *os;
+    long long K;
+    KW("state", "K");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL", kwlist, &os, &K)) return NULL;
+    csub_rng *r = rng_arg(os);
+    if (!r || positive(K, "K")) return NULL;
+    return PyFloat_FromDouble(csub_sample_alpha_discrete(r, K));
+}
+
+static PyObject *py_sample_alpha_sandwich(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *os;
+    long long n;
+    KW("state", "n");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL", kwlist, &os, &n)) return NULL;
+    csub_rng *r = rng_arg(os);
+    if (!r) return NULL;
+    if (n < 2 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "n: expected 2 <= n <= 1024 samples, got %lld", n);
+        return NULL;
+    }
+    double buf[1024];
+    csub_sample_alpha_sandwich(r, buf, n);
+    PyObject *list = PyList_New(n);
+    if (!list) return NULL;
+    for (long long i = 0; i < n; i++) PyList_SET_ITEM(list, i, PyFloat_FromDouble(buf[i]));
+    return list;
+}
+
+/* ---------------------------------------------------------------- sparse */
+
+static int topk_arg(double topk)
+{
+    if (isfinite(topk) && topk > 0.0 && topk <= 1.0) return 0;
+    PyErr_Format(PyExc_ValueError, "topk: expected a keep fraction in (0, 1], got %s", fmt_g(topk).s);
+    return -1;
+}
+
+static PyObject *py_topk_count(PyObject *self, PyObject *args, PyObject *kw)
+{
+    long long n;
+    double topk;
+    KW("n", "topk");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Ld", kwlist, &n, &topk)) return NULL;
+    if (positive(n, "n") || topk_arg(topk)) return NULL;
+    return PyLong_FromLongLong(csub_topk_count(n, topk));
+}
+
+static PyObject *py_topk_mask(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ow;
+    double topk;
+    KW("w", "topk");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Od", kwlist, &ow, &topk)) return NULL;
+    PyArrayObject *w = arr_check(ow, "w", NPY_FLOAT32, -1, 0);
+    if (!w || topk_arg(topk)) return NULL;
+    npy_intp n = PyArray_SIZE(w);
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "w: expected at least one element");
+        return NULL;
+    }
+    const float *d = F32(w);
+    for (npy_intp i = 0; i < n; i++)
+        if (isnan(d[i])) {
+            PyErr_Format(PyExc_ValueError, "w: NaN at flat index %ld; magnitude top-k is undefined", (long)i);
+            return NULL;
+        }
+    PyArrayObject *mask = (PyArrayObject *)PyArray_SimpleNew(PyArray_NDIM(w), PyArray_DIMS(w), NPY_UINT8);
+    if (!mask) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = csub_topk_mask(d, n, topk, (uint8_t *)PyArray_DATA(mask));
+    Py_END_ALLOW_THREADS
+    if (status_ok(st, "topk_mask")) { Py_DECREF(mask); return NULL; }
+    return (PyObject *)mask;
+}
+
+static PyObject *py_apply_mask(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ow, *om, *oo = Py_None;
+    KW("w", "mask", "out");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &ow, &om, &oo)) return NULL;
+    PyArrayObject *w = arr_check(ow, "w", NPY_FLOAT32, -1, 0);
+    PyArrayObject *m = w ? arr_check(om, "mask", NPY_UINT8, -1, 0) : NULL, *out;
+    if (!m || same_shape(m, "mask", w, "w") || opt_arr(oo, "out", -1, 1, &out)) return NULL;
+    if (out) {
+        if (same_shape(out, "out", w, "w")) return NULL;
+        Py_INCREF(out);
+    } else if (!(out = new_f32(PyArray_NDIM(w), PyArray_DIMS(w)))) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    csub_apply_mask(F32(w), (const uint8_t *)PyArray_DATA(m), F32(out), PyArray_SIZE(w));
+    Py_END_ALLOW_THREADS
+    return (PyObject *)out;
+}
+
+/* ---------------------------------------------------------------- module */
+
+#define M(name, doc) {#name, (PyCFunction)(void (*)(void))py_##name, METH_VARARGS | METH_KEYWORDS, doc}
+
+static PyMethodDef methods[] = {
+    M(set_num_threads, "set_num_threads(n): threads used by csub's kernels"),
+    {"get_num_threads", (PyCFunction)py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
+    M(gemm, "gemm(a, b, transa=False, transb=False) -> op(a) @ op(b), float32"),
+    M(linear_forward, "linear_forward(x[N,I], w[O,I], b[O]=None) -> y[N,O]"),
+    M(linear_backward, "linear_backward(x, w, dy[N,O], dw=None, db=None, need_dx=True) -> dx; dw, db +="),
+    M(conv2d_forward, "conv2d_forward(x[N,C,H,W], w[K,C,R,S], b=None, stride=1, padding=0) -> y[N,K,P,Q]"),
+    M(conv2d_backward, "conv2d_backward(x, w, dy, dw=None, db=None, stride=1, padding=0, need_dx=True) -> dx; dw, db +="),
+    M(batchnorm_forward, "batchnorm_forward(x[N,C,...], gamma, beta, running_mean=None, running_var=None, "
+                         "momentum=0.1, eps=1e-5, training=True) -> (y, mean[C], invstd[C])"),
+    M(batchnorm_backward, "batchnorm_backward(x, gamma, dy, mean, invstd, dgamma=None, dbeta=None, training=True) -> dx"),
+    M(groupnorm_forward, "groupnorm_forward(x[N,C,...], gamma, beta, num_groups, eps=1e-5) -> (y, mean[N,G], invstd[N,G])"),
+    M(groupnorm_backward, "groupnorm_backward(x, gamma, dy, mean, invstd, dgamma=None, dbeta=None) -> dx"),
+    M(relu_forward, "relu_forward(x) -> y"),
+    M(relu_backward, "relu_backward(x, dy) -> dx"),
+    M(add, "add(a, b) -> a + b"),
+    M(maxpool2d_forward, "maxpool2d_forward(x, kernel_size, stride) -> (y, argmax int32)"),
+    M(maxpool2d_backward, "maxpool2d_backward(dy, argmax, input_shape, kernel_size, stride) -> dx"),
+    M(avgpool2d_forward, "avgpool2d_forward(x, kernel_size, stride) -> y"),
+    M(avgpool2d_backward, "avgpool2d_backward(dy, input_shape, kernel_size, stride) -> dx"),
+    M(gap_forward, "gap_forward(x[N,C,H,W]) -> y[N,C]"),
+    M(gap_backward, "gap_backward(dy[N,C], input_shape) -> dx"),
+    M(cross_entropy_forward, "cross_entropy_forward(logits[N,K], labels int64[N]) -> (loss, prob)"),
+    M(cross_entropy_backward, "cross_entropy_backward(prob, labels, scale=1.0) -> dlogits"),
+    M(sgd_step, "sgd_step(w, grad, velocity, lr, momentum=0, weight_decay=0, nesterov=False, first_step=False)"),
+    M(line_forward, "line_forward(w0, w1, alpha, out=None) -> (1 - alpha) w0 + alpha w1"),
+    M(line_backward, "line_backward(g, alpha, g0, g1): g0 += (1 - alpha) g, g1 += alpha g"),
+    M(line_dots, "line_dots(w0, w1) -> (w0.w1, |w0|^2, |w1|^2)"),
+    M(line_reg_backward, "line_reg_backward(w0, w1, sums, beta, g0, g1): gradient of beta S01^2/(S00 S11)"),
+    M(rng_seed, "rng_seed(state uint64[4], seed)"),
+    M(rng_uniform, "rng_uniform(state) -> float in [0, 1)"),
+    M(rng_normal, "rng_normal(state, out, mean, std): fill out ~ N(mean, std^2)"),
+    M(rng_uniform_fill, "rng_uniform_fill(state, out, low, high): fill out ~ U[low, high)"),
+    M(sample_alpha_biased, "sample_alpha_biased(state, lo, hi, p) -> alpha"),
+    M(sample_alpha_discrete, "sample_alpha_discrete(state, K) -> k/K"),
+    M(sample_alpha_sandwich, "sample_alpha_sandwich(state, n) -> [0, 1, U, ...]"),
+    M(topk_count, "topk_count(n, topk) -> number of kept entries"),
+    M(topk_mask, "topk_mask(w, topk) -> uint8 mask of the largest |w|"),
+    M(apply_mask, "apply_mask(w, mask, out=None) -> w * mask"),
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_core", "csub's C core: kernels with forward and backward.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    import_array();
+    return PyModule_Create(&moduledef);
+}

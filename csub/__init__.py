@@ -1,0 +1,44 @@
+"""csub: compressible subspaces of neural networks.
+
+Train one subspace of networks indexed by alpha in [0, 1] whose compression
+level (unstructured sparsity, width, bit width) follows alpha, then run any
+alpha compressed for real. The kernels are C (``csub._core``); this package
+is a thin layer over them.
+"""
+import ctypes as _ctypes
+import os as _os
+
+
+def _load_blas():
+    # _core links against scipy-openblas32's libscipy_openblas.so; load it by
+    # its full path first so the dynamic linker finds it wherever pip put it.
+    import scipy_openblas32
+
+    libdir = scipy_openblas32.get_lib_dir()
+    name = scipy_openblas32.get_library(fullname=True)
+    _ctypes.CDLL(_os.path.join(libdir, name), mode=_ctypes.RTLD_GLOBAL)
+
+
+_load_blas()
+
+from . import _core  # noqa: E402
+from . import functional, nn, optim, random  # noqa: E402
+from .random import manual_seed  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(n):
+    """Set the number of threads csub's kernels use (n >= 1)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads():
+    """Number of threads csub's kernels use."""
+    return _core.get_num_threads()
+
+
+__all__ = ["functional", "nn", "optim", "random", "manual_seed", "set_num_threads",
+           "get_num_threads", "__version__"]

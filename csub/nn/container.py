@@ -1,0 +1,61 @@
+"""Containers: Sequential and Residual."""
+from .. import _core
+from .module import Module
+
+
+class Sequential(Module):
+    """Applies its modules in order; backward runs them in reverse."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"modules[{i}]: expected a csub.nn.Module, got {type(m).__name__}")
+            setattr(self, str(i), m)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, dy):
+        for m in reversed(list(self._modules.values())):
+            dy = m.backward(dy)
+        return dy
+
+
+class Residual(Module):
+    """y = body(x) + shortcut(x); the shortcut is the identity when None.
+
+    Shapes: body and shortcut must map x to arrays of one shape.
+    """
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        if not isinstance(body, Module):
+            raise TypeError(f"body: expected a csub.nn.Module, got {type(body).__name__}")
+        if shortcut is not None and not isinstance(shortcut, Module):
+            raise TypeError(f"shortcut: expected a csub.nn.Module or None, got {type(shortcut).__name__}")
+        self.body = body
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        s = x if self.shortcut is None else self.shortcut(x)
+        y = self.body(x)
+        if y.shape != s.shape:
+            raise ValueError(f"Residual: body output {y.shape} and shortcut output {s.shape} differ")
+        return _core.add(y, s)
+
+    def backward(self, dy):
+        dx = self.body.backward(dy)
+        ds = dy if self.shortcut is None else self.shortcut.backward(dy)
+        return _core.add(dx, ds)

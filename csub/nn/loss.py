@@ -1,0 +1,36 @@
+"""Softmax cross-entropy."""
+import numpy as np
+
+from .. import _core
+from .module import check_input
+
+
+class CrossEntropyLoss:
+    """Mean softmax cross-entropy over the batch.
+
+    ``loss = crit(logits, labels)`` with logits (N, K) float32 and labels (N,)
+    integers in [0, K) returns a Python float; ``crit.backward()`` returns
+    d loss / d logits, (N, K) float32.
+    """
+
+    def __call__(self, logits, labels):
+        logits = check_input(logits, "logits", 2)
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels: expected an integer array, got dtype {labels.dtype}")
+        self._labels = np.ascontiguousarray(labels, dtype=np.int64)
+        loss, self._prob = _core.cross_entropy_forward(logits, self._labels)
+        return loss
+
+    forward = __call__
+
+    def backward(self, scale=1.0):
+        """d (scale * loss) / d logits."""
+        if not hasattr(self, "_prob"):
+            raise RuntimeError("CrossEntropyLoss.backward() called before the loss was computed")
+        return _core.cross_entropy_backward(self._prob, self._labels, float(scale))
+
+    @property
+    def prob(self):
+        """softmax(logits) of the last call, (N, K)."""
+        return self._prob

@@ -1,0 +1,234 @@
+"""Module, Parameter and the machinery for subspace parameters.
+
+A ``Module`` computes ``forward(x)`` and, given the gradient of the loss with
+respect to its output, ``backward(dy)`` returns the gradient with respect to
+its input and *accumulates* the gradients of its parameters into
+``Parameter.grad``. Each module caches what its backward needs during
+forward, so call ``backward`` once after each ``forward``.
+
+Subspace parameters: a layer built with ``subspace="line"`` holds each
+trainable tensor twice, ``weight`` (the alpha = 0 end) and ``weight1`` (the
+alpha = 1 end); its forward uses ``(1 - alpha) * weight + alpha * weight1``
+and its backward splits the gradient as ``(1 - alpha) * g`` and ``alpha * g``.
+``subspace="point"`` and ``None`` hold one tensor.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import _core
+from ..random import default_generator
+
+SUBSPACES = (None, "point", "line")
+
+
+class Parameter:
+    """A trainable float32 tensor and its gradient (same shape, C-contiguous)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape})"
+
+
+def check_subspace(subspace):
+    if subspace not in SUBSPACES:
+        raise ValueError(f"subspace: expected None, 'point' or 'line', got {subspace!r}")
+    return subspace
+
+
+def check_alpha(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)):
+        raise TypeError(f"alpha: expected a number, got {type(alpha).__name__}")
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:  # also rejects NaN
+        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha}")
+    return alpha
+
+
+def check_input(x, name="x", ndim=None, channels=None, channel_axis=1):
+    """Validate a layer input: float32 numpy array of the given rank (and channel count)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"{name}: expected dtype float32, got {x.dtype}")
+    if ndim is not None and x.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {x.shape}")
+    if channels is not None and x.shape[channel_axis] != channels:
+        raise ValueError(f"{name}: expected {channels} channels on axis {channel_axis}, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+class Module:
+    """Base class of every layer and network.
+
+    Attributes:
+        training: True in training mode (``train()``), False after ``eval()``.
+        alpha: the position in the subspace, in [0, 1] (``set_alpha``).
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", [])
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "alpha", 1.0)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError("Module.__init__() must be called before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        """A float32/int array saved in ``state_dict`` but not trained (e.g. running statistics)."""
+        if name not in self._buffers:
+            self._buffers.append(name)
+        object.__setattr__(self, name, array)
+
+    # -- computation --
+
+    def forward(self, *args):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, *args):
+        return self.forward(*args)
+
+    # -- traversal --
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def named_parameters(self, prefix=""):
+        for mname, m in self.named_modules(prefix):
+            for pname, p in m._parameters.items():
+                yield (f"{mname}.{pname}" if mname else pname), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        for mname, m in self.named_modules():
+            for b in m._buffers:
+                yield (f"{mname}.{b}" if mname else b), getattr(m, b)
+
+    # -- state --
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad.fill(0.0)
+
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def set_alpha(self, alpha):
+        """Move every layer of this module to the point alpha in [0, 1] of the subspace."""
+        alpha = check_alpha(alpha)
+        for m in self.modules():
+            object.__setattr__(m, "alpha", alpha)
+        return self
+
+    def state_dict(self):
+        """Ordered name -> array copies of all parameters and buffers."""
+        sd = OrderedDict((n, p.data.copy()) for n, p in self.named_parameters())
+        sd.update((n, np.array(b, copy=True)) for n, b in self.named_buffers())
+        return sd
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays into the parameters and buffers, in place, checking names and shapes."""
+        own = OrderedDict((n, p.data) for n, p in self.named_parameters())
+        own.update(self.named_buffers())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for k, dst in own.items():
+            if k not in state_dict:
+                continue
+            src = np.asarray(state_dict[k])
+            if src.shape != dst.shape:
+                raise ValueError(f"state_dict[{k!r}]: expected shape {dst.shape}, got {src.shape}")
+            np.copyto(dst, src, casting="same_kind")
+        return self
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
+
+    # -- subspace parameters (used by layers with trainable tensors) --
+
+    def _subspace_param(self, name, init, subspace):
+        """Create ``name`` (and ``name + '1'`` for a line), each from its own call of init()."""
+        setattr(self, name, Parameter(init()))
+        if subspace == "line":
+            setattr(self, name + "1", Parameter(init()))
+
+    def _value(self, name):
+        """The tensor at the current alpha (a fresh array for a line, the data otherwise)."""
+        p0 = getattr(self, name)
+        if self.subspace == "line":
+            return _core.line_forward(p0.data, getattr(self, name + "1").data, self.alpha)
+        return p0.data
+
+    def _accumulate(self, name, g):
+        """Add g, the gradient of the tensor at the current alpha, to the endpoints' grads."""
+        p0 = getattr(self, name)
+        if self.subspace == "line":
+            _core.line_backward(g, self.alpha, p0.grad, getattr(self, name + "1").grad)
+        else:
+            p0.grad += g
+
+    def line_pairs(self):
+        """(theta0, theta1) Parameter pairs of this module itself (not its children)."""
+        if getattr(self, "subspace", None) != "line":
+            return []
+        return [(p, self._parameters[n + "1"]) for n, p in self._parameters.items()
+                if n + "1" in self._parameters]
+
+
+def kaiming_normal(shape, fan, generator=None):
+    """N(0, 2 / fan) float32 array (He initialisation for ReLU networks)."""
+    gen = generator or default_generator
+    return gen.normal(shape, 0.0, float(np.sqrt(2.0 / fan)))

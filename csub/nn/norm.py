@@ -1,0 +1,118 @@
+"""Normalisation layers: BatchNorm2d, GroupNorm, InstanceNorm2d (all affine).
+
+The affine scale ``weight`` (gamma) and shift ``bias`` (beta) may form a
+subspace like any other parameter (``subspace="line"`` adds ``weight1`` and
+``bias1``); they start at 1 and 0 at both ends.
+"""
+import numpy as np
+
+from .. import _core
+from .module import Module, check_input, check_subspace
+
+
+class _AffineNorm(Module):
+    def __init__(self, num_channels, eps, subspace):
+        super().__init__()
+        if isinstance(num_channels, bool) or not isinstance(num_channels, (int, np.integer)) or num_channels < 1:
+            raise ValueError(f"num_channels: expected an int >= 1, got {num_channels!r}")
+        if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+            raise ValueError(f"eps: expected a number in (0, 1), got {eps!r}")
+        self.num_channels = int(num_channels)
+        self.eps = float(eps)
+        self.subspace = check_subspace(subspace)
+        C = self.num_channels
+        self._subspace_param("weight", lambda: np.ones(C, np.float32), subspace)
+        self._subspace_param("bias", lambda: np.zeros(C, np.float32), subspace)
+
+    def _grad_buffers(self):
+        if self.subspace == "line":
+            return np.zeros(self.num_channels, np.float32), np.zeros(self.num_channels, np.float32)
+        return self.weight.grad, self.bias.grad
+
+    def _route(self, dg, db):
+        if self.subspace == "line":
+            self._accumulate("weight", dg)
+            self._accumulate("bias", db)
+
+
+class BatchNorm2d(_AffineNorm):
+    """Batch normalisation over (N, H, W) per channel, with running statistics.
+
+    Training mode normalises with the batch statistics and updates
+    ``running_mean``/``running_var`` (unbiased variance) with ``momentum``;
+    evaluation mode uses the running statistics.
+    Shapes: x (N, C, H, W) or (N, C) float32 -> y of x's shape.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, subspace=None):
+        super().__init__(num_features, eps, subspace)
+        if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
+            raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
+        self.momentum = float(momentum)
+        self.register_buffer("running_mean", np.zeros(self.num_channels, np.float32))
+        self.register_buffer("running_var", np.ones(self.num_channels, np.float32))
+
+    def forward(self, x):
+        x = check_input(x, "x", (2, 4), self.num_channels)
+        self._x = x
+        self._g = self._value("weight")
+        y, self._mean, self._invstd = _core.batchnorm_forward(
+            x, self._g, self._value("bias"), self.running_mean, self.running_var,
+            self.momentum, self.eps, self.training)
+        self._training_stats = self.training
+        return y
+
+    def backward(self, dy):
+        dg, db = self._grad_buffers()
+        dx = _core.batchnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db,
+                                      self._training_stats)
+        self._route(dg, db)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_channels}, subspace={self.subspace!r}"
+
+
+class GroupNorm(_AffineNorm):
+    """Group normalisation: statistics per sample over each group of C / G channels.
+
+    No running statistics: training and evaluation compute the same thing, at
+    any batch size. ``GroupNorm(C, C)`` is instance norm; ``GroupNorm(1, C)``
+    normalises each sample as a whole.
+    Shapes: x (N, C, ...) float32 -> y of x's shape.
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, subspace=None):
+        super().__init__(num_channels, eps, subspace)
+        if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) \
+                or num_groups < 1 or self.num_channels % num_groups:
+            raise ValueError(f"num_groups: expected an int >= 1 dividing num_channels={self.num_channels}, "
+                             f"got {num_groups!r}")
+        self.num_groups = int(num_groups)
+
+    def forward(self, x):
+        x = check_input(x, "x", (2, 3, 4), self.num_channels)
+        self._x = x
+        self._g = self._value("weight")
+        y, self._mean, self._invstd = _core.groupnorm_forward(x, self._g, self._value("bias"),
+                                                              self.num_groups, self.eps)
+        return y
+
+    def backward(self, dy):
+        dg, db = self._grad_buffers()
+        dx = _core.groupnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db)
+        self._route(dg, db)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, subspace={self.subspace!r}"
+
+
+class InstanceNorm2d(GroupNorm):
+    """Instance normalisation (affine): group norm with one group per channel."""
+
+    def __init__(self, num_features, eps=1e-5, subspace=None):
+        super().__init__(num_features, num_features, eps, subspace)
+
+    def extra_repr(self):
+        return f"{self.num_channels}, subspace={self.subspace!r}"

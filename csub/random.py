@@ -1,0 +1,80 @@
+"""The one seeded generator behind all of csub's randomness.
+
+``Generator`` is xoshiro256** in C with its 256-bit state held here as a
+``uint64`` array, so it can be saved in a checkpoint and restored exactly.
+``manual_seed(seed)`` reseeds the default generator that layer initialisation
+and the alpha samplers use when no generator is given.
+"""
+import numpy as np
+
+from . import _core
+
+
+class Generator:
+    """A seeded random number generator.
+
+    Args:
+        seed: non-negative int.
+    """
+
+    def __init__(self, seed=0):
+        self.state = np.zeros(4, dtype=np.uint64)
+        self.manual_seed(seed)
+
+    def manual_seed(self, seed):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+        if seed < 0 or seed >= 2**64:
+            raise ValueError(f"seed: expected 0 <= seed < 2**64, got {seed}")
+        _core.rng_seed(self.state, int(seed))
+        return self
+
+    def get_state(self):
+        """Copy of the 4 x uint64 state."""
+        return self.state.copy()
+
+    def set_state(self, state):
+        state = np.asarray(state)
+        if state.shape != (4,) or state.dtype != np.uint64:
+            raise ValueError(f"state: expected a uint64 array of shape (4,), got {state.dtype} {state.shape}")
+        if not state.any():
+            raise ValueError("state: the all-zero state is invalid")
+        self.state[...] = state
+
+    def random(self):
+        """One float uniform in [0, 1)."""
+        return _core.rng_uniform(self.state)
+
+    def normal(self, shape, mean=0.0, std=1.0):
+        """float32 array of the given shape, N(mean, std^2)."""
+        out = np.empty(shape, dtype=np.float32)
+        _core.rng_normal(self.state, out, float(mean), float(std))
+        return out
+
+    def uniform(self, shape, low=0.0, high=1.0):
+        """float32 array of the given shape, U[low, high)."""
+        out = np.empty(shape, dtype=np.float32)
+        _core.rng_uniform_fill(self.state, out, float(low), float(high))
+        return out
+
+    # -- the alpha samplers of the method (LCS-SPEC section 4) --
+
+    def alpha_biased(self, lo=0.025, hi=1.0, p=0.5):
+        """With probability p an endpoint (lo or hi, 1/2 each), else U[lo, hi]."""
+        return _core.sample_alpha_biased(self.state, float(lo), float(hi), float(p))
+
+    def alpha_discrete(self, K):
+        """k / K with k uniform in 1..K."""
+        return _core.sample_alpha_discrete(self.state, int(K))
+
+    def alpha_sandwich(self, n=4):
+        """[0, 1, U, ..., U]: the sandwich rule's n alphas for one step."""
+        return _core.sample_alpha_sandwich(self.state, int(n))
+
+
+default_generator = Generator(0)
+
+
+def manual_seed(seed):
+    """Reseed the default generator; returns it."""
+    return default_generator.manual_seed(seed)
