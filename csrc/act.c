@@ -5,18 +5,19 @@
 
 #define PAR_FOR _Pragma("omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > 65536)")
 
-/* y[n] = max(x, 0) */
+/* y[n] = max(x, 0); NaN propagates (as in the max pool below and in PyTorch),
+ * so a diverging run shows up in the loss instead of being zeroed here. */
 void csub_relu_forward(const float *x, float *y, int64_t n)
 {
     PAR_FOR
-    for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] <= 0.0f ? 0.0f : x[i];
 }
 
-/* dx[n] = dy * (x > 0) */
+/* dx[n] = dy where x > 0 (or x is NaN), 0 where x <= 0 */
 void csub_relu_backward(const float *x, const float *dy, float *dx, int64_t n)
 {
     PAR_FOR
-    for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+    for (int64_t i = 0; i < n; i++) dx[i] = x[i] <= 0.0f ? 0.0f : dy[i];
 }
 
 /* y[n] = a + b */

@@ -2,6 +2,7 @@
  * Statistics are accumulated in double; the variance is the biased one
  * (divide by the count) for normalisation, as every framework does. */
 #include <math.h>
+#include <stdlib.h>
 
 #include "csub.h"
 
@@ -41,16 +42,25 @@ void csub_batchnorm_forward(const float *x, const float *gamma, const float *bet
         float is = (float)(1.0 / sqrt(var + eps));
         mean[c] = (float)mu;
         invstd[c] = is;
-        float a = gamma[c] * is, b = beta[c] - (float)mu * a;
+        /* y = (x - mu) * a + beta, centred first: folding mu into the shift
+         * (x * a + (beta - mu * a)) cancels catastrophically when |mu| >> std.
+         * mu is split into float hi + lo so that x - hi is exact near mu. */
+        float mh = (float)mu, ml = (float)(mu - (double)mh);
+        float a = gamma[c] * is, b = beta[c];
         for (int64_t n = 0; n < N; n++) {
             const float *xc = x + (n * C + c) * HW;
             float *yc = y + (n * C + c) * HW;
-            for (int64_t i = 0; i < HW; i++) yc[i] = xc[i] * a + b;
+            for (int64_t i = 0; i < HW; i++) yc[i] = ((xc[i] - mh) - ml) * a + b;
         }
     }
 }
 
-/* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=) */
+/* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=).
+ * The saved mean is the batch mean rounded to float; when |mean| >> std that
+ * rounding is a visible fraction of a standard deviation. In training the
+ * statistics are the batch's own, so the residual delta = mean(x - mean) is
+ * measured here (in double) and xhat = (x - mean - delta) * invstd is exact
+ * to float rounding. In evaluation the running mean is used as given. */
 void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy,
                              const float *mean, const float *invstd,
                              float *dx, float *dgamma, float *dbeta,
@@ -60,23 +70,28 @@ void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy
     #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
     for (int64_t c = 0; c < C; c++) {
         float mu = mean[c], is = invstd[c];
-        double sdy = 0.0, sdyx = 0.0; /* sum dy, sum dy * xhat */
+        /* sum dy, sum dy * (x - mu), sum (x - mu) */
+        double sdy = 0.0, sdyd = 0.0, sd = 0.0;
         for (int64_t n = 0; n < N; n++) {
             const float *xc = x + (n * C + c) * HW, *dc = dy + (n * C + c) * HW;
             for (int64_t i = 0; i < HW; i++) {
+                float d = xc[i] - mu;
                 sdy += dc[i];
-                sdyx += (double)dc[i] * ((xc[i] - mu) * is);
+                sdyd += (double)dc[i] * d;
+                sd += d;
             }
         }
+        double delta = training ? sd / m : 0.0;
+        double sdyx = (sdyd - delta * sdy) * is; /* sum dy * xhat */
         if (dgamma) dgamma[c] += (float)sdyx;
         if (dbeta) dbeta[c] += (float)sdy;
-        float g = gamma[c] * is;
+        float g = gamma[c] * is, df = (float)delta;
         float k1 = training ? (float)(sdy / m) : 0.0f, k2 = training ? (float)(sdyx / m) : 0.0f;
         for (int64_t n = 0; n < N; n++) {
             const float *xc = x + (n * C + c) * HW, *dc = dy + (n * C + c) * HW;
             float *dxc = dx + (n * C + c) * HW;
             for (int64_t i = 0; i < HW; i++)
-                dxc[i] = g * (dc[i] - k1 - (xc[i] - mu) * is * k2);
+                dxc[i] = g * (dc[i] - k1 - ((xc[i] - mu) - df) * is * k2);
         }
     }
 }
@@ -99,16 +114,19 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
         mean[ng] = (float)mu;
         invstd[ng] = is;
         int64_t c0 = (ng % G) * Cg;
+        float mh = (float)mu, ml = (float)(mu - (double)mh); /* centred, as in batch norm */
         for (int64_t j = 0; j < Cg; j++) {
-            float a = gamma[c0 + j] * is, b = beta[c0 + j] - (float)mu * a;
+            float a = gamma[c0 + j] * is, b = beta[c0 + j];
             const float *xc = xg + j * HW;
             float *yc = yg + j * HW;
-            for (int64_t i = 0; i < HW; i++) yc[i] = xc[i] * a + b;
+            for (int64_t i = 0; i < HW; i++) yc[i] = ((xc[i] - mh) - ml) * a + b;
         }
     }
 }
 
-/* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=) */
+/* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=). As in batch norm, the
+ * residual delta = mean(x - mean) of each (sample, group) corrects the float
+ * rounding of the saved mean (the statistics are always the data's own). */
 void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy,
                              const float *mean, const float *invstd,
                              float *dx, float *dgamma, float *dbeta,
@@ -116,6 +134,9 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
 {
     int64_t Cg = C / G, m = Cg * HW;
     int nt = csub_get_num_threads();
+    /* per (sample, group) residual, for the dgamma pass; without the
+     * workspace the correction is left out (delta = 0) */
+    float *deltas = (dgamma || dbeta) ? malloc(sizeof(float) * (size_t)(N * G)) : NULL;
     #pragma omp parallel num_threads(nt)
     {
         #pragma omp for schedule(static)
@@ -124,20 +145,25 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
             float *dxg = dx + ng * m;
             float mu = mean[ng], is = invstd[ng];
             int64_t c0 = (ng % G) * Cg;
-            double s1 = 0.0, s2 = 0.0; /* sum dxhat, sum dxhat * xhat */
+            double s1 = 0.0, s2d = 0.0, sd = 0.0; /* sum dxhat, sum dxhat * (x - mu), sum (x - mu) */
             for (int64_t j = 0; j < Cg; j++) {
                 float gm = gamma[c0 + j];
                 for (int64_t i = 0; i < HW; i++) {
+                    float d = xg[j * HW + i] - mu;
                     float dxh = dg[j * HW + i] * gm;
                     s1 += dxh;
-                    s2 += (double)dxh * ((xg[j * HW + i] - mu) * is);
+                    s2d += (double)dxh * d;
+                    sd += d;
                 }
             }
-            float k1 = (float)(s1 / (double)m), k2 = (float)(s2 / (double)m);
+            double delta = sd / (double)m;
+            float df = (float)delta;
+            if (deltas) deltas[ng] = df;
+            float k1 = (float)(s1 / (double)m), k2 = (float)((s2d - delta * s1) * is / (double)m);
             for (int64_t j = 0; j < Cg; j++) {
                 float gm = gamma[c0 + j];
                 for (int64_t i = 0; i < HW; i++) {
-                    float xh = (xg[j * HW + i] - mu) * is;
+                    float xh = ((xg[j * HW + i] - mu) - df) * is;
                     dxg[j * HW + i] = is * (dg[j * HW + i] * gm - k1 - xh * k2);
                 }
             }
@@ -150,14 +176,18 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
                 for (int64_t n = 0; n < N; n++) {
                     const float *xc = x + (n * C + c) * HW, *dc = dy + (n * C + c) * HW;
                     float mu = mean[n * G + g], is = invstd[n * G + g];
+                    float df = deltas ? deltas[n * G + g] : 0.0f;
+                    double sgn = 0.0;
                     for (int64_t i = 0; i < HW; i++) {
                         sb += dc[i];
-                        sg += (double)dc[i] * ((xc[i] - mu) * is);
+                        sgn += (double)dc[i] * ((xc[i] - mu) - df);
                     }
+                    sg += sgn * is;
                 }
                 if (dgamma) dgamma[c] += (float)sg;
                 if (dbeta) dbeta[c] += (float)sb;
             }
         }
     }
+    free(deltas);
 }

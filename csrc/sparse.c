@@ -11,11 +11,13 @@
 
 #include "csub.h"
 
+/* Exactly n - floor((1 - topk) n) in double, as the method defines it. For a
+ * keep fraction of at most 2^-54, 1 - topk rounds to 1 and nothing is kept. */
 int64_t csub_topk_count(int64_t n, double topk)
 {
     int64_t zeros = (int64_t)floor((1.0 - topk) * (double)n);
     int64_t keep = n - zeros;
-    return keep < 1 ? 1 : (keep > n ? n : keep);
+    return keep < 0 ? 0 : (keep > n ? n : keep);
 }
 
 static inline uint32_t mag_bits(float v)
@@ -28,8 +30,8 @@ static inline uint32_t mag_bits(float v)
 int csub_topk_mask(const float *w, int64_t n, double topk, uint8_t *mask)
 {
     int64_t keep = csub_topk_count(n, topk);
-    if (keep >= n) {
-        memset(mask, 1, (size_t)n);
+    if (keep >= n || keep <= 0) {
+        memset(mask, keep > 0, (size_t)n);
         return CSUB_OK;
     }
     /* passes over bits [20,31), [9,20), [0,9) of the 31-bit magnitude */

@@ -34,16 +34,21 @@ void csub_line_dots(const float *w0, const float *w1, int64_t n, double s[3])
     s[2] += s11;
 }
 
-/* d/dw0 of beta S01^2 / (S00 S11) = beta (2 S01 / (S00 S11) w1 - 2 S01^2 / (S00^2 S11) w0); w1 symmetric */
+/* d/dw0 of beta S01^2 / (S00 S11) = beta (2 S01 / (S00 S11) w1 - 2 S01^2 / (S00^2 S11) w0); w1 symmetric.
+ * The coefficients scale like 1/|w|^2 and stay in double: as floats they
+ * overflow (inf - inf = NaN) for weights of magnitude ~1e-20, and underflow
+ * for very large ones, although the gradient itself (~1/|w|) is representable. */
 void csub_line_reg_backward(const float *w0, const float *w1, int64_t n,
                             const double s[3], float beta, float *g0, float *g1)
 {
     double s01 = s[0], s00 = s[1], s11 = s[2];
-    float c = (float)(2.0 * beta * s01 / (s00 * s11));
-    float c0 = (float)(2.0 * beta * s01 * s01 / (s00 * s00 * s11));
-    float c1 = (float)(2.0 * beta * s01 * s01 / (s00 * s11 * s11));
+    double r = (double)beta * s01 / (s00 * s11);
+    double c = 2.0 * r;
+    double c0 = c * (s01 / s00);
+    double c1 = c * (s01 / s11);
     for (int64_t i = 0; i < n; i++) {
-        g0[i] += c * w1[i] - c0 * w0[i];
-        g1[i] += c * w0[i] - c1 * w1[i];
+        double a = w0[i], b = w1[i];
+        g0[i] += (float)(c * b - c0 * a);
+        g1[i] += (float)(c * a - c1 * b);
     }
 }

@@ -11,9 +11,17 @@ def _as_f32(x, name):
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _fraction(topk):
+    if isinstance(topk, bool) or not isinstance(topk, (int, float, np.integer, np.floating)):
+        raise TypeError(f"topk: expected a real number, got {type(topk).__name__}")
+    return float(topk)
+
+
 def topk_count(n, topk):
     """Number of entries magnitude top-k keeps out of n: ``n - floor((1 - topk) * n)``."""
-    return _core.topk_count(int(n), float(topk))
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    return _core.topk_count(int(n), _fraction(topk))
 
 
 def topk_mask(w, topk):
@@ -27,7 +35,7 @@ def topk_mask(w, topk):
     Returns:
         bool array of w's shape.
     """
-    return _core.topk_mask(_as_f32(w, "w"), float(topk)).view(bool)
+    return _core.topk_mask(_as_f32(w, "w"), _fraction(topk)).view(bool)
 
 
 def line(w0, w1, alpha):

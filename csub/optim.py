@@ -1,5 +1,6 @@
 """Optimiser and learning-rate schedule."""
 import math
+import numbers
 
 import numpy as np
 
@@ -20,7 +21,7 @@ class SGD:
             if not isinstance(p, Parameter):
                 raise TypeError(f"params[{i}]: expected a csub.nn.Parameter, got {type(p).__name__}")
         for v, name in ((lr, "lr"), (momentum, "momentum"), (weight_decay, "weight_decay")):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
         if momentum > 1:
             raise ValueError(f"momentum: expected a number in [0, 1], got {momentum}")
@@ -51,8 +52,8 @@ class SGD:
         return sd
 
     def load_state_dict(self, sd):
-        self.steps = int(sd["steps"])
-        self.lr = float(sd["lr"])
+        self.steps = int(np.asarray(sd["steps"]).reshape(-1)[0])
+        self.lr = float(np.asarray(sd["lr"]).reshape(-1)[0])
         if self.velocity is not None:
             for i, v in enumerate(self.velocity):
                 src = np.asarray(sd[f"velocity.{i}"])

@@ -10,6 +10,18 @@ import numpy as np
 from . import _core
 
 
+def _int_arg(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    return int(v)
+
+
+def _real_arg(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
+    return float(v)
+
+
 class Generator:
     """A seeded random number generator.
 
@@ -48,28 +60,34 @@ class Generator:
     def normal(self, shape, mean=0.0, std=1.0):
         """float32 array of the given shape, N(mean, std^2)."""
         out = np.empty(shape, dtype=np.float32)
-        _core.rng_normal(self.state, out, float(mean), float(std))
+        _core.rng_normal(self.state, out, _real_arg(mean, "mean"), _real_arg(std, "std"))
         return out
 
     def uniform(self, shape, low=0.0, high=1.0):
         """float32 array of the given shape, U[low, high)."""
         out = np.empty(shape, dtype=np.float32)
-        _core.rng_uniform_fill(self.state, out, float(low), float(high))
+        _core.rng_uniform_fill(self.state, out, _real_arg(low, "low"), _real_arg(high, "high"))
         return out
 
     # -- the alpha samplers of the method (LCS-SPEC section 4) --
 
     def alpha_biased(self, lo=0.025, hi=1.0, p=0.5):
-        """With probability p an endpoint (lo or hi, 1/2 each), else U[lo, hi]."""
-        return _core.sample_alpha_biased(self.state, float(lo), float(hi), float(p))
+        """With probability p an endpoint (lo or hi, 1/2 each), else U[lo, hi].
+
+        Requires 0 <= lo <= hi <= 1 and p in [0, 1].
+        """
+        lo, hi, p = _real_arg(lo, "lo"), _real_arg(hi, "hi"), _real_arg(p, "p")
+        if lo > hi:
+            raise ValueError(f"lo: expected lo <= hi, got lo={lo}, hi={hi}")
+        return _core.sample_alpha_biased(self.state, lo, hi, p)
 
     def alpha_discrete(self, K):
-        """k / K with k uniform in 1..K."""
-        return _core.sample_alpha_discrete(self.state, int(K))
+        """k / K with k uniform in 1..K (K an int >= 1)."""
+        return _core.sample_alpha_discrete(self.state, _int_arg(K, "K"))
 
     def alpha_sandwich(self, n=4):
-        """[0, 1, U, ..., U]: the sandwich rule's n alphas for one step."""
-        return _core.sample_alpha_sandwich(self.state, int(n))
+        """[0, 1, U, ..., U]: the sandwich rule's n alphas for one step (2 <= n <= 1024)."""
+        return _core.sample_alpha_sandwich(self.state, _int_arg(n, "n"))
 
 
 default_generator = Generator(0)

@@ -4,6 +4,9 @@ LCS-SPEC section 5: for a line, ``loss += beta * S01^2 / (S00 * S11)`` with
 ``S01 = sum w0 . w1``, ``S00 = sum |w0|^2``, ``S11 = sum |w1|^2``, the sums
 running over all the tensor pairs that form the line (``line_pairs``).
 """
+import math
+import numbers
+
 from . import _core
 
 
@@ -37,6 +40,12 @@ def line_regularizer(pairs, beta=1.0, backward=True):
     Returns the value (a float); with ``backward`` its gradient is added to
     the pairs' ``.grad``. Returns 0.0 for no pairs.
     """
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
+    beta = float(beta)
+    if not math.isfinite(beta):
+        raise ValueError(f"beta: expected a finite number, got {beta}")
+    pairs = list(pairs)
     if not pairs:
         return 0.0
     s = [0.0, 0.0, 0.0]
@@ -48,5 +57,5 @@ def line_regularizer(pairs, beta=1.0, backward=True):
     value = beta * s[0] ** 2 / (s[1] * s[2])
     if backward and beta != 0.0:
         for p0, p1 in pairs:
-            _core.line_reg_backward(p0.data, p1.data, tuple(s), float(beta), p0.grad, p1.grad)
+            _core.line_reg_backward(p0.data, p1.data, tuple(s), beta, p0.grad, p1.grad)
     return value

@@ -102,7 +102,7 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
 
 /* ------------------------------------------- activations, pools, residual */
 
-/* y[n] = max(x[n], 0); dx = dy * (x > 0) */
+/* y[n] = x[n] > 0 ? x : 0, NaN propagates; dx = x <= 0 ? 0 : dy */
 void csub_relu_forward(const float *x, float *y, int64_t n);
 void csub_relu_backward(const float *x, const float *dy, float *dx, int64_t n);
 
@@ -174,7 +174,7 @@ void csub_line_reg_backward(const float *w0, const float *w1, int64_t n,
 typedef struct { uint64_t s[4]; } csub_rng;
 void csub_rng_seed(csub_rng *rng, uint64_t seed);
 uint64_t csub_rng_next(csub_rng *rng);
-/* uniform in [0, 1) with 24 random bits (float) or 53 (double) */
+/* uniform in [0, 1) with 53 random bits */
 double csub_rng_uniform(csub_rng *rng);
 /* out[n] ~ N(mean, std^2), Box-Muller */
 void csub_rng_normal(csub_rng *rng, float *out, int64_t n, float mean, float std);
@@ -197,7 +197,7 @@ void csub_sample_alpha_sandwich(csub_rng *rng, double *out, int64_t n);
 int64_t csub_topk_count(int64_t n, double topk);
 /* mask[n] = 1 on the keep = csub_topk_count(n, topk) entries of largest |w|,
  * 0 elsewhere; exactly keep ones (ties broken by lower index first).
- * Expected O(n): quickselect on |w| for the threshold, then a counting pass.
+ * O(n): radix selection on the bit patterns of |w|, then a counting pass.
  * Returns CSUB_OK or CSUB_ERR_NOMEM. */
 int csub_topk_mask(const float *w, int64_t n, double topk, uint8_t *mask);
 /* out[n] = w[n] * mask[n]  (also the masked gradient: g * mask) */

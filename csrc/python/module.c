@@ -149,6 +149,13 @@ static int finite_range(double v, double lo, double hi, const char *name)
     return -1;
 }
 
+static int eps_check(double eps)
+{
+    if (isfinite(eps) && eps > 0.0 && eps < 1.0) return 0;
+    PyErr_Format(PyExc_ValueError, "eps: expected a number in (0, 1), got %s", fmt_g(eps).s);
+    return -1;
+}
+
 static int status_ok(int status, const char *where)
 {
     if (status == CSUB_OK) return 0;
@@ -278,12 +285,17 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args, PyObject *kw
 
 /* Shared parsing of conv arguments: x[N,C,H,W], w[K,C,R,S]. */
 typedef struct { npy_intp N, C, H, W, K, R, S, P, Q; } conv_dims;
+#define CONV_MAX_ARG (1 << 20) /* stride/padding bound: keeps every size computation far from overflow */
 
 static int conv_check(PyArrayObject *x, PyArrayObject *w, long long stride, long long pad, conv_dims *d)
 {
     if (positive(stride, "stride")) return -1;
-    if (pad < 0) {
-        PyErr_Format(PyExc_ValueError, "padding: expected an integer >= 0, got %lld", pad);
+    if (stride > CONV_MAX_ARG) {
+        PyErr_Format(PyExc_ValueError, "stride: expected at most %d, got %lld", CONV_MAX_ARG, stride);
+        return -1;
+    }
+    if (pad < 0 || pad > CONV_MAX_ARG) {
+        PyErr_Format(PyExc_ValueError, "padding: expected an integer in [0, %d], got %lld", CONV_MAX_ARG, pad);
         return -1;
     }
     d->N = PyArray_DIM(x, 0); d->C = PyArray_DIM(x, 1); d->H = PyArray_DIM(x, 2); d->W = PyArray_DIM(x, 3);
@@ -293,7 +305,7 @@ static int conv_check(PyArrayObject *x, PyArrayObject *w, long long stride, long
                      (long)d->C, (long)d->C, (long)PyArray_DIM(w, 1));
         return -1;
     }
-    if (d->N < 1 || d->C < 1 || d->K < 1 || d->R < 1 || d->S < 1) {
+    if (d->N < 1 || d->C < 1 || d->H < 1 || d->W < 1 || d->K < 1 || d->R < 1 || d->S < 1) {
         PyErr_SetString(PyExc_ValueError, "x, w: every dimension must be >= 1");
         return -1;
     }
@@ -412,7 +424,7 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *
         PyErr_SetString(PyExc_ValueError, "running_mean: required when training is False");
         return NULL;
     }
-    if (finite_range(momentum, 0.0, 1.0, "momentum") || finite_range(eps, 0.0, 1.0, "eps")) return NULL;
+    if (finite_range(momentum, 0.0, 1.0, "momentum") || eps_check(eps)) return NULL;
     if (training && N * HW < 2) {
         PyErr_SetString(PyExc_ValueError, "x: batch norm in training needs more than one value per channel");
         return NULL;
@@ -477,7 +489,7 @@ static PyObject *py_groupnorm_forward(PyObject *self, PyObject *args, PyObject *
                      (long)C, G);
         return NULL;
     }
-    if (finite_range(eps, 0.0, 1.0, "eps")) return NULL;
+    if (eps_check(eps)) return NULL;
     npy_intp ss[2] = {N, G};
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     PyArrayObject *mean = new_f32(2, ss), *invstd = new_f32(2, ss);

@@ -18,7 +18,9 @@ class ReLU(Module):
 
 def _pool_args(kernel_size, stride):
     for v, name in ((kernel_size, "kernel_size"), (stride, "stride")):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+        if v is None and name == "stride":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
     return int(kernel_size), int(stride if stride is not None else kernel_size)
 

@@ -5,6 +5,18 @@ from .. import _core
 from .module import Module, check_input, check_subspace, kaiming_normal
 
 
+def _check_topk(topk):
+    """None (dense) or a keep fraction in (0, 1]; anything else raises, naming topk."""
+    if topk is None:
+        return None
+    if isinstance(topk, bool) or not isinstance(topk, (int, float, np.integer, np.floating)):
+        raise TypeError(f"topk: expected None or a keep fraction in (0, 1], got {type(topk).__name__}")
+    topk = float(topk)
+    if not 0.0 < topk <= 1.0:  # also rejects NaN
+        raise ValueError(f"topk: expected a keep fraction in (0, 1], got {topk}")
+    return topk
+
+
 def _check_int(v, name, lo):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
         raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
@@ -27,10 +39,11 @@ class _Weighted(Module):
 
     def effective_weight(self):
         """The weight this layer computes with now: interpolated, then masked."""
+        topk = _check_topk(self.topk)
         w = self._value("weight")
         self._mask = None
-        if self.topk is not None and self.topk < 1.0:
-            self._mask = _core.topk_mask(w, float(self.topk))
+        if topk is not None and topk < 1.0:
+            self._mask = _core.topk_mask(w, topk)
             w = _core.apply_mask(w, self._mask)
         return w
 

@@ -1,4 +1,6 @@
 """Softmax cross-entropy."""
+import numbers
+
 import numpy as np
 
 from .. import _core
@@ -28,6 +30,8 @@ class CrossEntropyLoss:
         """d (scale * loss) / d logits."""
         if not hasattr(self, "_prob"):
             raise RuntimeError("CrossEntropyLoss.backward() called before the loss was computed")
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"scale: expected a real number, got {type(scale).__name__}")
         return _core.cross_entropy_backward(self._prob, self._labels, float(scale))
 
     @property

@@ -175,12 +175,18 @@ class Module:
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        # Check every entry before copying any, so a failed load leaves the module unchanged.
+        pairs = []
         for k, dst in own.items():
             if k not in state_dict:
                 continue
             src = np.asarray(state_dict[k])
             if src.shape != dst.shape:
                 raise ValueError(f"state_dict[{k!r}]: expected shape {dst.shape}, got {src.shape}")
+            if not np.can_cast(src.dtype, dst.dtype, casting="same_kind"):
+                raise TypeError(f"state_dict[{k!r}]: cannot load dtype {src.dtype} into {dst.dtype}")
+            pairs.append((dst, src))
+        for dst, src in pairs:
             np.copyto(dst, src, casting="same_kind")
         return self
 

@@ -4,18 +4,30 @@ The affine scale ``weight`` (gamma) and shift ``bias`` (beta) may form a
 subspace like any other parameter (``subspace="line"`` adds ``weight1`` and
 ``bias1``); they start at 1 and 0 at both ends.
 """
+import math
+import numbers
+
 import numpy as np
 
 from .. import _core
 from .module import Module, check_input, check_subspace
 
 
+def _is_real(v):
+    """A real number that is not a bool (numpy scalars included)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+
+
+def _check_channels(n, name):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {n!r}")
+
+
 class _AffineNorm(Module):
-    def __init__(self, num_channels, eps, subspace):
+    def __init__(self, num_channels, eps, subspace, channels_name="num_channels"):
         super().__init__()
-        if isinstance(num_channels, bool) or not isinstance(num_channels, (int, np.integer)) or num_channels < 1:
-            raise ValueError(f"num_channels: expected an int >= 1, got {num_channels!r}")
-        if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+        _check_channels(num_channels, channels_name)
+        if not (_is_real(eps) and 0 < eps < 1):
             raise ValueError(f"eps: expected a number in (0, 1), got {eps!r}")
         self.num_channels = int(num_channels)
         self.eps = float(eps)
@@ -45,8 +57,8 @@ class BatchNorm2d(_AffineNorm):
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, subspace=None):
-        super().__init__(num_features, eps, subspace)
-        if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
+        super().__init__(num_features, eps, subspace, "num_features")
+        if not (_is_real(momentum) and 0 <= momentum <= 1):
             raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
         self.momentum = float(momentum)
         self.register_buffer("running_mean", np.zeros(self.num_channels, np.float32))
@@ -112,6 +124,7 @@ class InstanceNorm2d(GroupNorm):
     """Instance normalisation (affine): group norm with one group per channel."""
 
     def __init__(self, num_features, eps=1e-5, subspace=None):
+        _check_channels(num_features, "num_features")
         super().__init__(num_features, num_features, eps, subspace)
 
     def extra_repr(self):
