@@ -22,7 +22,7 @@ def _load_blas():
 _load_blas()
 
 from . import _core  # noqa: E402
-from . import functional, nn, optim, random  # noqa: E402
+from . import functional, nn, optim, random  # noqa: E402  (data, models, train: import explicitly)
 from .random import manual_seed  # noqa: E402
 
 __version__ = "0.1.0"

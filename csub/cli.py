@@ -1,0 +1,157 @@
+"""Command line: ``python -m csub train|eval|demo``.
+
+  python -m csub train --method lcs_l --model cnn --dataset fashion-mnist --epochs 10 --out runs/lcs_l
+  python -m csub eval runs/lcs_l --alphas 0.05 0.1 0.5 1
+  python -m csub demo
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import __version__, checkpoint, data, models, train
+
+DATASETS = {
+    "fashion-mnist": lambda split: data.fashion_mnist(split),
+    "fashion-mnist-bundled": lambda split: data.fashion_mnist(split, bundled=True),
+    "mnist": lambda split: data.mnist(split),
+    "cifar10": lambda split: data.cifar10(split),
+}
+SUBSPACE_OF = {"standard": None, "lcs_l": "line", "lcs_p": "point", "target_topk": None}
+
+
+def _model_kwargs(args, images):
+    in_channels, size = images.shape[1], images.shape[2]
+    kw = dict(regime=None if args.method == "standard" else args.regime, subspace=SUBSPACE_OF[args.method])
+    if args.model == "mlp":
+        kw.update(in_features=int(images[0].size), in_channels=in_channels)
+    elif args.model == "cnn":
+        kw.update(in_channels=in_channels, image_size=size, norm=args.norm)
+    else:
+        kw.update(in_channels=in_channels, num_classes=10, norm=args.norm)
+    return kw
+
+
+def build_model(config, images):
+    """The model a run's config.json describes, for images shaped like `images`."""
+    args = argparse.Namespace(**config)
+    return models.build(args.model, **_model_kwargs(args, images))
+
+
+def cmd_train(args):
+    import csub
+
+    csub.manual_seed(args.seed)
+    if args.threads:
+        csub.set_num_threads(args.threads)
+    tr, te = DATASETS[args.dataset]("train"), DATASETS[args.dataset]("test")
+    config = {k: getattr(args, k) for k in ("model", "dataset", "regime", "method", "norm", "seed", "topk")}
+    model = build_model(config, tr[0])
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint.atomic_write(os.path.join(args.out, "config.json"), json.dumps(config, indent=1).encode())
+    lr = args.lr if args.lr is not None else 0.1
+    train.fit(model, tr, te, method=args.method, regime=args.regime, epochs=args.epochs,
+              batch_size=args.batch_size, lr=lr, seed=args.seed, out=args.out, resume=args.resume,
+              topk=args.topk, progress=not args.quiet)
+    with open(os.path.join(args.out, "eval.json")) as f:
+        print(train.format_table(json.load(f)))
+    return 0
+
+
+def load_run(run):
+    """(model, config) of a finished or interrupted run directory."""
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    te = DATASETS[config["dataset"]]("test")
+    model = build_model(config, te[0])
+    state = checkpoint.load(os.path.join(run, train.CHECKPOINT))
+    model.load_state_dict(state["model"])
+    return model, config, te
+
+
+def cmd_eval(args):
+    model, config, te = load_run(args.run)
+    alphas = args.alphas or train.default_alphas(config["method"], config.get("topk"))
+    results = train.evaluate(model, te, alphas)
+    train.save_results(args.run, results, name="eval_cli")
+    print(train.format_table(results))
+    if args.plot:
+        from . import plot
+
+        print("plot:", plot.accuracy_curve({config["method"]: results}, args.plot))
+    return 0
+
+
+def cmd_demo(args):
+    """Train a small lcs_l line on the bundled Fashion-MNIST subset, print and plot the curve."""
+    import csub
+
+    csub.manual_seed(0)
+    tr = data.fashion_mnist("train", bundled=True)
+    te = data.fashion_mnist("test", bundled=True)
+    out = args.out
+    print(f"csub {__version__} demo: an LCS line for unstructured sparsity on the bundled "
+          f"Fashion-MNIST subset ({len(tr[1])} train / {len(te[1])} test images), "
+          f"{args.epochs} epochs, {csub.get_num_threads()} threads. Output: {out}/")
+    t0 = time.time()
+    model = models.cnn(widths=(16, 32, 64), regime="unstructured", subspace="line")
+    train.fit(model, tr, te, method="lcs_l", epochs=args.epochs, lr=0.1, out=out, progress=not args.quiet)
+    results = train.evaluate(model, te, train.UNSTRUCTURED_ALPHAS)
+    train.save_results(out, results)
+    print(train.format_table(results))
+    print(f"trained and evaluated in {time.time() - t0:.0f} s")
+    try:
+        from . import plot
+
+        print("plot:", plot.accuracy_curve({"lcs_l (demo)": results}, os.path.join(out, "accuracy.png")))
+    except ImportError as e:
+        print(f"no plot: {e}")
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m csub", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"csub {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a subspace or a baseline")
+    t.add_argument("--model", choices=sorted(models.MODELS), default="cnn")
+    t.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
+    t.add_argument("--regime", choices=train.REGIMES, default="unstructured")
+    t.add_argument("--method", choices=train.METHODS, default="lcs_l")
+    t.add_argument("--norm", choices=["bn", "gn", "in"], default="gn")
+    t.add_argument("--topk", type=float, default=None, help="keep fraction for target_topk")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--out", required=True)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run over an alpha grid")
+    e.add_argument("run")
+    e.add_argument("--alphas", type=float, nargs="+")
+    e.add_argument("--plot", help="write a PNG of accuracy against sparsity here")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="train a small line on the bundled data, print and plot the curve")
+    d.add_argument("--epochs", type=int, default=8)
+    d.add_argument("--out", default="csub_demo")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    args = p.parse_args(argv)
+    if getattr(args, "epochs", 1) < 1:
+        p.error("--epochs must be >= 1")
+    if getattr(args, "method", None) == "target_topk" and args.topk is None:
+        p.error("--method target_topk needs --topk")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

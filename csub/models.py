@@ -1,0 +1,354 @@
+"""Networks of the method: an MLP, a small VGG-style CNN, cPreResNet20 and ResNet18.
+
+Every constructor takes
+  regime:   None (dense) or "unstructured" (magnitude top-k on the layers
+            inside the blocks; the first layer and the classifier stay dense);
+  subspace: None, "point" or "line" for every trainable tensor;
+  norm:     "bn" (batch norm, running statistics), "gn" (group norm, one
+            group per channel by default, as the method's reference), "in"
+            (instance norm) or None (MLP only).
+A model's ``set_alpha(alpha)`` moves every layer to alpha and sets the
+compression level that alpha maps to (unstructured: keep fraction
+``topk = alpha``); ``set_alpha(alpha, topk=...)`` overrides the level, which
+the training loop uses for the warm-up annealing.
+"""
+import numpy as np
+
+from . import _core, nn
+from .nn.layers import _Weighted
+from .nn.module import Module, check_alpha, check_subspace
+
+REGIMES = (None, "unstructured")
+NORMS = ("bn", "gn", "in", None)
+
+
+def _check_regime(regime):
+    if regime not in REGIMES:
+        raise ValueError(f"regime: expected one of {REGIMES}, got {regime!r}")
+    return regime
+
+
+def make_norm(norm, channels, subspace, groups=None):
+    """A norm layer over `channels` channels, or None for norm=None."""
+    if norm == "bn":
+        return nn.BatchNorm2d(channels, subspace=subspace)
+    if norm == "gn":
+        return nn.GroupNorm(groups or channels, channels, subspace=subspace)
+    if norm == "in":
+        return nn.InstanceNorm2d(channels, subspace=subspace)
+    if norm is None:
+        return None
+    raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+
+
+class SubspaceNet(Module):
+    """Base of csub's networks: regime bookkeeping and compression measurement.
+
+    Subclasses build their layers, mark the compressible ones with
+    ``self._compressible(layer)`` and implement forward/backward.
+    """
+
+    def __init__(self, regime, subspace, norm):
+        super().__init__()
+        self.regime = _check_regime(regime)
+        self.subspace = check_subspace(subspace)
+        if norm not in NORMS:
+            raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+        self.norm = norm
+        self.topk = 1.0
+        object.__setattr__(self, "_compressible_layers", [])
+
+    def _input_stats(self, in_channels):
+        """Buffers for the per-channel input normalisation (set by ``fit`` from the training data)."""
+        self.in_channels = in_channels
+        self.register_buffer("input_mean", np.zeros(in_channels, np.float32))
+        self.register_buffer("input_std", np.ones(in_channels, np.float32))
+
+    def _compressible(self, layer):
+        self._compressible_layers.append(layer)
+        return layer
+
+    def compressible_layers(self):
+        """The conv/linear layers whose weights the regime compresses."""
+        return list(self._compressible_layers)
+
+    def weight_layers(self):
+        """Every conv/linear layer, compressible or not."""
+        return [m for m in self.modules() if isinstance(m, _Weighted)]
+
+    def set_alpha(self, alpha, topk=None):
+        """Move to alpha in [0, 1]; the compression level follows (unless topk is given)."""
+        alpha = check_alpha(alpha)
+        super().set_alpha(alpha)
+        if self.regime == "unstructured":
+            level = alpha if topk is None else float(topk)
+            if not 0.0 < level <= 1.0:
+                raise ValueError(f"topk: expected a keep fraction in (0, 1], got {level}"
+                                 + (" (alpha = 0 keeps nothing; use alpha > 0)" if topk is None else ""))
+            self.topk = level
+            for layer in self._compressible_layers:
+                layer.topk = level
+        return self
+
+    def sparsity(self):
+        """Fraction of zeros over all conv/linear weights (dense layers included), at the current alpha."""
+        zeros = total = 0
+        for layer in self.weight_layers():
+            w = layer.effective_weight()
+            zeros += int(w.size - np.count_nonzero(w))
+            total += w.size
+        return zeros / total
+
+    def num_weights(self):
+        return sum(layer.weight.size for layer in self.weight_layers())
+
+
+class MLP(SubspaceNet):
+    """Multilayer perceptron: Flatten -> [Linear -> norm -> ReLU] * len(hidden) -> Linear.
+
+    Shapes: x (N, ...) with prod(...) = in_features -> logits (N, num_classes).
+    The first and last Linear stay dense; the hidden-to-hidden ones are compressible.
+    Norms on (N, C) features: "bn" batch norm, "gn"/"in" group norm with one group.
+    """
+
+    def __init__(self, in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None,
+                 norm=None, in_channels=1):
+        super().__init__(regime, subspace, norm)
+        self._input_stats(in_channels)
+        layers = [nn.Flatten()]
+        prev = in_features
+        for i, h in enumerate(hidden):
+            lin = nn.Linear(prev, h, bias=norm is None, subspace=subspace)
+            if i > 0:
+                self._compressible(lin)
+            layers.append(lin)
+            if norm is not None:
+                layers.append(make_norm(norm if norm == "bn" else "gn", h, subspace, groups=1))
+            layers.append(nn.ReLU())
+            prev = h
+        layers.append(nn.Linear(prev, num_classes, subspace=subspace))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+
+    def backward(self, dy):
+        return self.body.backward(dy)
+
+
+class CNN(SubspaceNet):
+    """Small VGG-style CNN for 28x28 or 32x32 images.
+
+    conv3x3(in -> w0) -> norm -> ReLU, then per stage i: conv3x3 -> norm -> ReLU
+    (twice in stages after the first) with 2x2 max pooling between stages,
+    then 2x2 average pooling -> Flatten -> Linear(classes) over that small map
+    (not a global average: after an instance/group norm per channel the
+    channel means carry little information). The first conv and the classifier stay dense.
+    Shapes: x (N, in_channels, image_size, image_size) -> logits (N, num_classes).
+    """
+
+    def __init__(self, in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspace=None,
+                 norm="gn", image_size=28):
+        super().__init__(regime, subspace, norm)
+        if norm is None:
+            raise ValueError("norm: the CNN needs a norm ('bn', 'gn' or 'in')")
+        self._input_stats(in_channels)
+        layers = [nn.Conv2d(in_channels, widths[0], 3, padding=1, subspace=subspace),
+                  make_norm(norm, widths[0], subspace), nn.ReLU()]
+        prev, size = widths[0], image_size
+        for i, w in enumerate(widths):
+            if i > 0:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            for _ in range(1 if i == 0 else 2):
+                conv = self._compressible(nn.Conv2d(prev, w, 3, padding=1, subspace=subspace))
+                layers += [conv, make_norm(norm, w, subspace), nn.ReLU()]
+                prev = w
+        if size < 2:
+            raise ValueError(f"image_size: {image_size} is too small for {len(widths)} stages")
+        size //= 2
+        layers += [nn.AvgPool2d(2), nn.Flatten(), nn.Linear(prev * size * size, num_classes, subspace=subspace)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+
+    def backward(self, dy):
+        return self.body.backward(dy)
+
+
+class PreActBottleneck(Module):
+    """norm -> relu -> conv1x1 -> norm -> relu -> conv3x3(stride) -> norm -> relu -> conv1x1, plus shortcut.
+
+    The shortcut is the identity, or where the shape changes a 1x1 conv with the
+    block's stride (no norm) applied to the first pre-activation, as in
+    pre-activation ResNets. Output channels: planes * 4.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_planes, planes, stride, norm, subspace, mark):
+        super().__init__()
+        out = planes * self.expansion
+        self.n1 = make_norm(norm, in_planes, subspace)
+        self.r1 = nn.ReLU()
+        self.conv1 = mark(nn.Conv2d(in_planes, planes, 1, subspace=subspace))
+        self.n2 = make_norm(norm, planes, subspace)
+        self.r2 = nn.ReLU()
+        self.conv2 = mark(nn.Conv2d(planes, planes, 3, stride=stride, padding=1, subspace=subspace))
+        self.n3 = make_norm(norm, planes, subspace)
+        self.r3 = nn.ReLU()
+        self.conv3 = mark(nn.Conv2d(planes, out, 1, subspace=subspace))
+        self.shortcut = None
+        if stride != 1 or in_planes != out:
+            self.shortcut = mark(nn.Conv2d(in_planes, out, 1, stride=stride, subspace=subspace))
+
+    def forward(self, x):
+        a = self.r1(self.n1(x))
+        s = x if self.shortcut is None else self.shortcut(a)
+        h = self.conv1(a)
+        h = self.conv2(self.r2(self.n2(h)))
+        h = self.conv3(self.r3(self.n3(h)))
+        return _core.add(h, s)
+
+    def backward(self, dy):
+        dh = self.conv3.backward(dy)                    # d/d relu3 output
+        dh = self.conv2.backward(self.n3.backward(self.r3.backward(dh)))
+        da = self.conv1.backward(self.n2.backward(self.r2.backward(dh)))
+        if self.shortcut is not None:
+            da = _core.add(da, self.shortcut.backward(dy))
+            return self.n1.backward(self.r1.backward(da))
+        return _core.add(self.n1.backward(self.r1.backward(da)), dy)
+
+
+class BasicBlock(Module):
+    """ResNet18's block: conv3x3(stride) -> norm -> relu -> conv3x3 -> norm, plus shortcut, then relu.
+
+    The shortcut is the identity or a 1x1 conv (stride) followed by a norm.
+    """
+
+    def __init__(self, in_planes, planes, stride, norm, subspace, mark):
+        super().__init__()
+        self.conv1 = mark(nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, subspace=subspace))
+        self.n1 = make_norm(norm, planes, subspace)
+        self.r1 = nn.ReLU()
+        self.conv2 = mark(nn.Conv2d(planes, planes, 3, padding=1, subspace=subspace))
+        self.n2 = make_norm(norm, planes, subspace)
+        self.short = None
+        if stride != 1 or in_planes != planes:
+            self.short = nn.Sequential(mark(nn.Conv2d(in_planes, planes, 1, stride=stride, subspace=subspace)),
+                                       make_norm(norm, planes, subspace))
+        self.out = nn.ReLU()
+
+    def forward(self, x):
+        h = self.n2(self.conv2(self.r1(self.n1(self.conv1(x)))))
+        s = x if self.short is None else self.short(x)
+        return self.out(_core.add(h, s))
+
+    def backward(self, dy):
+        dy = self.out.backward(dy)
+        dx = self.conv1.backward(self.n1.backward(self.r1.backward(self.conv2.backward(self.n2.backward(dy)))))
+        return _core.add(dx, dy if self.short is None else self.short.backward(dy))
+
+
+class _Stages(SubspaceNet):
+    """stem -> blocks -> head (optional norm -> relu) -> global average pool -> linear classifier."""
+
+    def forward(self, x):
+        h = self.stem(x)
+        for b in self.blocks:
+            h = b(h)
+        return self.fc(self.pool(self.head(h)))
+
+    def backward(self, dy):
+        dh = self.head.backward(self.pool.backward(self.fc.backward(dy)))
+        for b in reversed(list(self.blocks)):
+            dh = b.backward(dh)
+        return self.stem.backward(dh)
+
+
+class CPreResNet20(_Stages):
+    """cPreResNet20 of LCS-SPEC section 8: pre-activation bottleneck ResNet, depth 9n + 2 with n = 2.
+
+    conv3x3(in -> 16); stages of n bottleneck blocks with planes 16, 32, 64
+    (outputs 64, 128, 256), stride 2 at the first block of stages 2 and 3;
+    norm -> relu -> global average pool -> classifier (256 -> classes, the
+    1x1 conv written as a bias-free Linear on the pooled features). No biases.
+    Shapes: x (N, in_channels, H, W) -> logits (N, num_classes).
+    """
+
+    def __init__(self, in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", n=2):
+        super().__init__(regime, subspace, norm)
+        if norm is None:
+            raise ValueError("norm: cPreResNet20 needs a norm ('bn', 'gn' or 'in')")
+        self._input_stats(in_channels)
+        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, subspace=subspace)
+        blocks, in_planes = [], 16
+        for stage, planes in enumerate((16, 32, 64)):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(PreActBottleneck(in_planes, planes, stride, norm, subspace, self._compressible))
+                in_planes = planes * PreActBottleneck.expansion
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(make_norm(norm, in_planes, subspace), nn.ReLU())
+        self.pool = nn.GlobalAvgPool2d()
+        self.fc = nn.Linear(in_planes, num_classes, bias=False, subspace=subspace)
+
+
+class ResNet18(_Stages):
+    """ResNet18 (ImageNet layout): conv7x7/2 -> norm -> relu -> maxpool 3/2 (unpadded) -> 4 stages of
+    2 basic blocks (64, 128, 256, 512) -> global average pool -> Linear(classes).
+
+    Shapes: x (N, in_channels, H, W) -> logits (N, num_classes). Built and
+    shape-tested; at 224x224 the unpadded max pool gives 55x55 after the stem.
+    """
+
+    def __init__(self, in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn"):
+        super().__init__(regime, subspace, norm)
+        if norm is None:
+            raise ValueError("norm: ResNet18 needs a norm ('bn', 'gn' or 'in')")
+        self._input_stats(in_channels)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, subspace=subspace),
+                                  make_norm(norm, 64, subspace), nn.ReLU(), nn.MaxPool2d(3, 2))
+        blocks, in_planes = [], 64
+        for stage, planes in enumerate((64, 128, 256, 512)):
+            for i in range(2):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(in_planes, planes, stride, norm, subspace, self._compressible))
+                in_planes = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential()
+        self.pool = nn.GlobalAvgPool2d()
+        self.fc = nn.Linear(in_planes, num_classes, subspace=subspace)
+
+
+def mlp(in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None, norm=None,
+        in_channels=1):
+    """MLP (see ``MLP``)."""
+    return MLP(in_features, hidden, num_classes, regime, subspace, norm, in_channels)
+
+
+def cnn(in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspace=None, norm="gn",
+        image_size=28):
+    """Small VGG-style CNN (see ``CNN``)."""
+    return CNN(in_channels, num_classes, widths, regime, subspace, norm, image_size)
+
+
+def cpreresnet20(in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn"):
+    """cPreResNet20 (see ``CPreResNet20``)."""
+    return CPreResNet20(in_channels, num_classes, regime, subspace, norm)
+
+
+def resnet18(in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn"):
+    """ResNet18 (see ``ResNet18``)."""
+    return ResNet18(in_channels, num_classes, regime, subspace, norm)
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "cpreresnet20": cpreresnet20, "resnet18": resnet18}
+
+
+def build(name, **kwargs):
+    """Build a model by name ("mlp", "cnn", "cpreresnet20", "resnet18")."""
+    if name not in MODELS:
+        raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r}")
+    return MODELS[name](**kwargs)

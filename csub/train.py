@@ -1,0 +1,301 @@
+"""Training and evaluation of compressible subspaces (LCS-SPEC sections 3-7, 9).
+
+``fit`` trains a model with one of the methods
+
+  standard     a plain network, dense (alpha = 1);
+  lcs_l        a line subspace (model built with subspace="line");
+  lcs_p        a point subspace (subspace="point");
+  target_topk  a plain network pruned to one keep fraction ``topk``;
+
+for the unstructured regime: per step it samples alpha, anneals the keep
+fraction over the compression warm-up (the first ``warmup`` fraction of all
+iterations), adds the endpoint regulariser for lines, and takes one SGD step
+with the cosine learning-rate schedule. One checkpoint per epoch is written
+atomically to ``out/checkpoint.safetensors``; ``fit(..., resume=True)``
+continues from it and gives the same numbers as an uninterrupted run.
+"""
+import csv
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from . import checkpoint
+from .data import DataLoader, channel_stats
+from .nn import CrossEntropyLoss
+from .optim import SGD, cosine_lr
+from .random import Generator
+from .subspace import line_pairs, line_regularizer
+
+METHODS = ("standard", "lcs_l", "lcs_p", "target_topk")
+REGIMES = ("unstructured",)
+UNSTRUCTURED_ALPHAS = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def _check_data(data, name):
+    if isinstance(data, DataLoader):
+        return data
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError(f"{name}: expected an (images, labels) tuple or a csub.data.DataLoader")
+    images, labels = data
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise TypeError(f"{name}: images must be a uint8 array (N, C, H, W)")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"{name}: labels must be 1-D with one label per image")
+    return images, labels
+
+
+def _method_check(model, method, regime, topk):
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if regime not in REGIMES:
+        raise ValueError(f"regime: expected one of {REGIMES}, got {regime!r}")
+    want = {"lcs_l": "line", "lcs_p": "point"}.get(method)
+    if want and model.subspace != want:
+        raise ValueError(f"model: method {method!r} needs a model built with subspace={want!r}, "
+                         f"got subspace={model.subspace!r}")
+    if method in ("standard", "target_topk") and model.subspace == "line":
+        raise ValueError(f"model: method {method!r} trains one network; build it with subspace=None")
+    if method != "standard" and model.regime != regime:
+        raise ValueError(f"model: method {method!r} needs a model built with regime={regime!r}, "
+                         f"got regime={model.regime!r}")
+    if method == "target_topk":
+        if topk is None or not 0.0 < float(topk) <= 1.0:
+            raise ValueError(f"topk: target_topk needs a keep fraction in (0, 1], got {topk!r}")
+
+
+class AlphaSchedule:
+    """Per-step alpha and keep fraction for a method (LCS-SPEC sections 3 and 4).
+
+    ``ramp(it) = max(1 - it / warmup_its, 0)`` anneals from dense: the keep
+    fraction is ``topk = alpha + (1 - alpha) * ramp``.
+    """
+
+    def __init__(self, method, warmup_its, generator, lo=0.025, hi=1.0, p=0.5, topk=None):
+        self.method, self.warmup_its, self.gen = method, warmup_its, generator
+        self.lo, self.hi, self.p, self.target = lo, hi, p, topk
+
+    def ramp(self, it):
+        return max(1.0 - it / self.warmup_its, 0.0) if self.warmup_its > 0 else 0.0
+
+    def __call__(self, it):
+        """(alpha, topk) for iteration ``it`` (0-based)."""
+        if self.method == "standard":
+            return 1.0, 1.0
+        if self.method == "lcs_l":
+            a = self.gen.alpha_biased(self.lo, self.hi, self.p)
+            return a, a + (1.0 - a) * self.ramp(it)
+        if self.method == "lcs_p":
+            if it < self.warmup_its:
+                return self.hi, self.hi
+            a = self.lo + (self.hi - self.lo) * self.gen.random()
+            return a, a
+        t = float(self.target)  # target_topk
+        return t, t + (1.0 - t) * self.ramp(it)
+
+
+def _progress(iterable, enabled, desc, total):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=10, batch_size=128,
+        lr=0.1, momentum=0.9, weight_decay=5e-4, warmup=0.8, lr_warmup_epochs=5, seed=0, out=None,
+        progress=True, resume=False, topk=None, beta=1.0, alpha_sampling=(0.025, 1.0, 0.5),
+        augment=True, eval_alphas=None):
+    """Train ``model`` with ``method``; returns the history (a list of per-epoch dicts).
+
+    Args:
+        model: a ``csub.models`` network built with the method's subspace and regime.
+        train, test: ``(images uint8 (N, C, H, W), labels (N,))`` tuples, or DataLoaders.
+        method: "standard", "lcs_l", "lcs_p" or "target_topk" (with ``topk``).
+        epochs, batch_size: training length; the schedule counts iterations over all epochs.
+        lr: base learning rate (cosine schedule with ``lr_warmup_epochs`` of linear warm-up,
+            shortened to epochs - 1 for runs of at most that many epochs).
+        momentum, weight_decay: SGD settings (weight decay on all parameters).
+        warmup: fraction of all iterations over which compression is annealed from dense.
+        seed: seeds data order, augmentation and alpha sampling.
+        out: directory for checkpoints, history.json and eval.json/csv (None: nothing saved).
+        resume: continue from ``out/checkpoint.safetensors`` if it exists.
+        beta: weight of the line regulariser (lcs_l).
+        alpha_sampling: (lo, hi, p) of the biased endpoint sampler.
+        augment: random crop (padding 4) and horizontal flip.
+        eval_alphas: alphas evaluated on ``test`` at the end (default: the method's grid).
+    """
+    _method_check(model, method, regime, topk)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
+    if not 0.0 <= warmup <= 1.0:
+        raise ValueError(f"warmup: expected a fraction in [0, 1], got {warmup!r}")
+    lo, hi, p = (float(v) for v in alpha_sampling)
+    if not (0.0 < lo <= hi <= 1.0 and 0.0 <= p <= 1.0):
+        raise ValueError(f"alpha_sampling: expected (lo, hi, p) with 0 < lo <= hi <= 1, 0 <= p <= 1, "
+                         f"got {alpha_sampling!r}")
+    if resume and out is None:
+        raise ValueError("resume: needs out= (the directory holding the checkpoint)")
+
+    train = _check_data(train, "train")
+    if isinstance(train, DataLoader):
+        loader = train
+    else:
+        mean, std = channel_stats(train[0])
+        model.input_mean[...] = mean
+        model.input_std[...] = std
+        loader = DataLoader(train[0], train[1], batch_size=batch_size, shuffle=True, augment=augment,
+                            mean=mean, std=std, drop_last=True, seed=seed)
+    if test is not None:
+        test = _check_data(test, "test")
+
+    config = dict(method=method, regime=regime, epochs=epochs, batch_size=loader.batch_size, lr=lr,
+                  momentum=momentum, weight_decay=weight_decay, warmup=warmup,
+                  lr_warmup_epochs=lr_warmup_epochs, seed=seed, topk=topk, beta=beta,
+                  alpha_sampling=[lo, hi, p], augment=bool(augment))
+    its_per_epoch = len(loader)
+    total_its = its_per_epoch * epochs
+    gen = Generator(seed)
+    schedule = AlphaSchedule(method, warmup * total_its, gen, lo, hi, p, topk)
+    opt = SGD(model.parameters(), lr, momentum=momentum, weight_decay=weight_decay)
+    crit = CrossEntropyLoss()
+    pairs = line_pairs(model, "weights") if method == "lcs_l" else []
+    lr_warm = min(lr_warmup_epochs, epochs - 1)
+
+    history, start = [], 0
+    path = os.path.join(out, CHECKPOINT) if out else None
+    if out:
+        os.makedirs(out, exist_ok=True)
+    if resume and os.path.exists(path):
+        state = checkpoint.load(path)
+        if state["meta"]["config"] != json.loads(json.dumps(config)):
+            raise ValueError(f"resume: {path} was written with another configuration: "
+                             f"{state['meta']['config']}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        gen.set_state(state["rng"]["state"])
+        history = state["meta"]["history"]
+        start = state["meta"]["epoch"]
+
+    for epoch in range(start, epochs):
+        opt.lr = cosine_lr(lr, epoch, epochs, lr_warm)
+        loader.set_epoch(epoch)
+        model.train()
+        t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
+        bar = _progress(loader, progress, f"{method} epoch {epoch + 1}/{epochs}", its_per_epoch)
+        for i, (x, y) in enumerate(bar):
+            it = epoch * its_per_epoch + i
+            alpha, keep = schedule(it)
+            model.set_alpha(alpha, topk=keep if model.regime == "unstructured" else None)
+            opt.zero_grad()
+            logits = model(x)
+            loss = crit(logits, y)
+            model.backward(crit.backward())
+            if pairs and beta:
+                loss += line_regularizer(pairs, beta)
+            opt.step()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch + 1}, iteration {i}: loss {loss}")
+            seen += len(y)
+            correct += int(np.sum(np.argmax(logits, 1) == y))
+            loss_sum += loss * len(y)
+            if progress and i % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", alpha=f"{alpha:.2f}")
+        record = dict(epoch=epoch + 1, lr=opt.lr, train_loss=loss_sum / seen, train_accuracy=correct / seen,
+                      seconds=time.perf_counter() - t0)
+        if test is not None:
+            ends = _end_alphas(method, lo, topk)
+            for a, r in zip(ends, evaluate(model, test, ends)):
+                record[f"test_accuracy@{a:g}"] = r["accuracy"]
+        history.append(record)
+        if progress:
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                  flush=True)
+        if out:
+            checkpoint.save(path, {"model": model.state_dict(), "optim": opt.state_dict(),
+                                   "rng": {"state": gen.get_state()}},
+                            {"epoch": epoch + 1, "config": config, "history": history})
+            _write_json(os.path.join(out, "history.json"), history)
+
+    if test is not None and out:
+        alphas = eval_alphas or default_alphas(method, topk)
+        results = evaluate(model, test, alphas)
+        save_results(out, results)
+    return history
+
+
+def _end_alphas(method, lo, topk):
+    if method == "standard":
+        return [1.0]
+    if method == "target_topk":
+        return [float(topk)]
+    return [lo, 1.0]
+
+
+def default_alphas(method, topk=None):
+    """The evaluation grid of a method (LCS-SPEC section 9)."""
+    if method == "standard":
+        return [1.0]
+    if method == "target_topk":
+        return [float(topk)]
+    return list(UNSTRUCTURED_ALPHAS)
+
+
+def evaluate(model, data, alphas, batch_size=500):
+    """Accuracy and loss of ``model`` at each alpha.
+
+    Args:
+        data: ``(images uint8, labels)`` (normalised with the model's input
+            statistics) or a DataLoader.
+        alphas: iterable of alphas in [0, 1] (unstructured: alpha > 0).
+    Returns:
+        list of dicts with keys alpha, topk (keep fraction), sparsity (zeros over
+        all conv/linear weights), accuracy (fraction in [0, 1]) and loss.
+    """
+    data = _check_data(data, "data")
+    if not isinstance(data, DataLoader):
+        data = DataLoader(data[0], data[1], batch_size=batch_size, shuffle=False, augment=False,
+                          mean=model.input_mean, std=model.input_std)
+    crit = CrossEntropyLoss()
+    was_training = model.training
+    model.eval()
+    results = []
+    for a in alphas:
+        model.set_alpha(a)
+        n = correct = 0
+        loss_sum = 0.0
+        for x, y in data:
+            logits = model(x)
+            loss_sum += crit(logits, y) * len(y)
+            correct += int(np.sum(np.argmax(logits, 1) == y))
+            n += len(y)
+        results.append(dict(alpha=float(a), topk=float(model.topk), sparsity=model.sparsity(),
+                            accuracy=correct / n, loss=loss_sum / n))
+    model.train(was_training)
+    return results
+
+
+def _write_json(path, obj):
+    checkpoint.atomic_write(path, json.dumps(obj, indent=1).encode())
+
+
+def save_results(out, results, name="eval"):
+    """Write results as ``out/<name>.json`` and ``out/<name>.csv``."""
+    _write_json(os.path.join(out, f"{name}.json"), results)
+    keys = list(results[0])
+    lines = [",".join(keys)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+                                for r in results]
+    checkpoint.atomic_write(os.path.join(out, f"{name}.csv"), ("\n".join(lines) + "\n").encode())
+
+
+def format_table(results):
+    """Results as an aligned text table."""
+    keys = list(results[0])
+    rows = [[f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in results]
+    widths = [max(len(k), *(len(row[i]) for row in rows)) for i, k in enumerate(keys)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*keys)] + [fmt.format(*row) for row in rows])
