@@ -22,7 +22,7 @@ def _load_blas():
 _load_blas()
 
 from . import _core  # noqa: E402
-from . import functional, nn, optim, random  # noqa: E402  (data, models, train: import explicitly)
+from . import data, functional, models, nn, optim, random, subspace, train  # noqa: E402
 from .random import manual_seed  # noqa: E402
 
 __version__ = "0.1.0"
@@ -40,5 +40,5 @@ def get_num_threads():
     return _core.get_num_threads()
 
 
-__all__ = ["functional", "nn", "optim", "random", "manual_seed", "set_num_threads",
-           "get_num_threads", "__version__"]
+__all__ = ["data", "functional", "models", "nn", "optim", "random", "subspace", "train", "manual_seed",
+           "set_num_threads", "get_num_threads", "__version__"]

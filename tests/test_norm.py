@@ -792,8 +792,6 @@ def test_groupnorm_forward_bad_input(changes, exc, name):
         _core.groupnorm_forward(**args)
 
 
-@pytest.mark.xfail(strict=True, reason="csrc/python/module.c: argument parsing of num_groups/momentum "
-                                       "raises a TypeError that does not name the argument")
 @pytest.mark.parametrize("fn,kw,name", [
     ("groupnorm_forward", dict(num_groups=3.0), "num_groups"),
     ("groupnorm_forward", dict(num_groups="3"), "num_groups"),
@@ -808,6 +806,13 @@ def test_argument_parsing_errors_name_the_argument(fn, kw, name):
     args.update(kw)
     with pytest.raises(TypeError, match=name):
         getattr(_core, fn)(**args)
+
+
+def test_argument_overflow_names_the_argument():
+    args = _gn_args()
+    args.update(num_groups=2**70)
+    with pytest.raises(ValueError, match="num_groups"):
+        _core.groupnorm_forward(**args)
 
 
 def _gn_bwd_args():

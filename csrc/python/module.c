@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <numpy/arrayobject.h>
 #include <math.h>
+#include <stdarg.h>
 #include <string.h>
 
 #include "csub.h"
@@ -188,13 +189,75 @@ static int parse_shape(PyObject *obj, const char *name, int nd, npy_intp *dims)
 
 #define KW(...) static char *kwlist[] = {__VA_ARGS__, NULL}
 
+/* After a failed parse, find the argument whose value did not convert and
+ * raise an error that names it (CPython's own messages do not, for numbers). */
+static void name_bad_argument(PyObject *args, PyObject *kw, const char *fmt, char **kwlist)
+{
+    if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_OverflowError)) return;
+    Py_ssize_t npos = PyTuple_GET_SIZE(args);
+    int i = 0;
+    for (const char *f = fmt; *f && kwlist[i]; f++) {
+        char c = *f;
+        if (c == '|' || c == ')') continue;
+        if (c == ':' || c == ';') break;
+        if (c == '(') { /* a group such as (ddd): one argument, a sequence of numbers */
+            while (*f && *f != ')') f++;
+            i++;
+            continue;
+        }
+        PyObject *o = i < npos ? PyTuple_GET_ITEM(args, i) : (kw ? PyDict_GetItemString(kw, kwlist[i]) : NULL);
+        const char *name = kwlist[i++];
+        if (!o) continue;
+        if (c == 'i' || c == 'L' || c == 'K') {
+            if (!PyIndex_Check(o) || PyBool_Check(o)) {
+                PyErr_Format(PyExc_TypeError, "%s: expected an int, got %s", name, Py_TYPE(o)->tp_name);
+                return;
+            }
+            PyObject *t, *v, *tb;
+            PyErr_Fetch(&t, &v, &tb);
+            int overflow = 0;
+            PyObject *n = PyNumber_Index(o);
+            if (n) {
+                (void)PyLong_AsLongLongAndOverflow(n, &overflow);
+                Py_DECREF(n);
+            }
+            PyErr_Clear();
+            PyErr_Restore(t, v, tb);
+            if (overflow) {
+                PyErr_Format(PyExc_ValueError, "%s: integer out of range", name);
+                return;
+            }
+        } else if (c == 'd') {
+            if (!PyFloat_Check(o) && !PyLong_Check(o) && !PyIndex_Check(o) && !PyNumber_Check(o)) {
+                PyErr_Format(PyExc_TypeError, "%s: expected a number, got %s", name, Py_TYPE(o)->tp_name);
+                return;
+            }
+            if (PyBool_Check(o) || PyUnicode_Check(o) || PyBytes_Check(o)) {
+                PyErr_Format(PyExc_TypeError, "%s: expected a number, got %s", name, Py_TYPE(o)->tp_name);
+                return;
+            }
+        }
+    }
+}
+
+/* PyArg_ParseTupleAndKeywords that names the offending argument on failure. */
+static int parse(PyObject *args, PyObject *kw, const char *fmt, char **kwlist, ...)
+{
+    va_list va;
+    va_start(va, kwlist);
+    int ok = PyArg_VaParseTupleAndKeywords(args, kw, fmt, kwlist, va);
+    va_end(va);
+    if (!ok) name_bad_argument(args, kw, fmt, kwlist);
+    return ok;
+}
+
 /* ------------------------------------------------------------------ core */
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *args, PyObject *kw)
 {
     int n;
     KW("n");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "i", kwlist, &n)) return NULL;
+    if (!parse(args, kw, "i", kwlist, &n)) return NULL;
     if (positive(n, "n")) return NULL;
     csub_set_num_threads(n);
     Py_RETURN_NONE;
@@ -210,7 +273,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *oa, *ob;
     int ta = 0, tb = 0;
     KW("a", "b", "transa", "transb");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pp", kwlist, &oa, &ob, &ta, &tb)) return NULL;
+    if (!parse(args, kw, "OO|pp", kwlist, &oa, &ob, &ta, &tb)) return NULL;
     PyArrayObject *a = arr_check(oa, "a", NPY_FLOAT32, 2, 0);
     PyArrayObject *b = a ? arr_check(ob, "b", NPY_FLOAT32, 2, 0) : NULL;
     if (!b) return NULL;
@@ -236,7 +299,7 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ox, *ow, *ob = Py_None;
     KW("x", "w", "b");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &ox, &ow, &ob)) return NULL;
+    if (!parse(args, kw, "OO|O", kwlist, &ox, &ow, &ob)) return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 2, 0);
     PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 2, 0) : NULL, *b;
     if (!w || opt_arr(ob, "b", 1, 0, &b)) return NULL;
@@ -258,7 +321,7 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args, PyObject *kw
     PyObject *ox, *ow, *ody, *odw = Py_None, *odb = Py_None;
     int need_dx = 1;
     KW("x", "w", "dy", "dw", "db", "need_dx");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOp", kwlist, &ox, &ow, &ody, &odw, &odb, &need_dx))
+    if (!parse(args, kw, "OOO|OOp", kwlist, &ox, &ow, &ody, &odw, &odb, &need_dx))
         return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 2, 0);
     PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 2, 0) : NULL;
@@ -324,7 +387,7 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *ox, *ow, *ob = Py_None;
     long long stride = 1, pad = 0;
     KW("x", "w", "b", "stride", "padding");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OLL", kwlist, &ox, &ow, &ob, &stride, &pad)) return NULL;
+    if (!parse(args, kw, "OO|OLL", kwlist, &ox, &ow, &ob, &stride, &pad)) return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
     PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 4, 0) : NULL, *b;
     if (!w || opt_arr(ob, "b", 1, 0, &b)) return NULL;
@@ -349,7 +412,7 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     long long stride = 1, pad = 0;
     int need_dx = 1;
     KW("x", "w", "dy", "dw", "db", "stride", "padding", "need_dx");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOLLp", kwlist, &ox, &ow, &ody, &odw, &odb,
+    if (!parse(args, kw, "OOO|OOLLp", kwlist, &ox, &ow, &ody, &odw, &odb,
                                      &stride, &pad, &need_dx))
         return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
@@ -402,7 +465,7 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *
     double momentum = 0.1, eps = 1e-5;
     int training = 1;
     KW("x", "gamma", "beta", "running_mean", "running_var", "momentum", "eps", "training");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOddp", kwlist, &ox, &og, &ob, &orm, &orv,
+    if (!parse(args, kw, "OOO|OOddp", kwlist, &ox, &og, &ob, &orm, &orv,
                                      &momentum, &eps, &training))
         return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
@@ -444,7 +507,7 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
     PyObject *ox, *og, *ody, *om, *oi, *odg = Py_None, *odb = Py_None;
     int training = 1;
     KW("x", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta", "training");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|OOp", kwlist, &ox, &og, &ody, &om, &oi,
+    if (!parse(args, kw, "OOOOO|OOp", kwlist, &ox, &og, &ody, &om, &oi,
                                      &odg, &odb, &training))
         return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
@@ -475,7 +538,7 @@ static PyObject *py_groupnorm_forward(PyObject *self, PyObject *args, PyObject *
     long long G;
     double eps = 1e-5;
     KW("x", "gamma", "beta", "num_groups", "eps");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOL|d", kwlist, &ox, &og, &ob, &G, &eps)) return NULL;
+    if (!parse(args, kw, "OOOL|d", kwlist, &ox, &og, &ob, &G, &eps)) return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
     PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
     PyArrayObject *b = g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL;
@@ -504,7 +567,7 @@ static PyObject *py_groupnorm_backward(PyObject *self, PyObject *args, PyObject 
 {
     PyObject *ox, *og, *ody, *om, *oi, *odg = Py_None, *odb = Py_None;
     KW("x", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|OO", kwlist, &ox, &og, &ody, &om, &oi, &odg, &odb))
+    if (!parse(args, kw, "OOOOO|OO", kwlist, &ox, &og, &ody, &om, &oi, &odg, &odb))
         return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
     PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
@@ -538,7 +601,7 @@ static PyObject *py_relu_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ox;
     KW("x");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &ox)) return NULL;
+    if (!parse(args, kw, "O", kwlist, &ox)) return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
     if (!x) return NULL;
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
@@ -553,7 +616,7 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ox, *ody;
     KW("x", "dy");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &ox, &ody)) return NULL;
+    if (!parse(args, kw, "OO", kwlist, &ox, &ody)) return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
     PyArrayObject *dy = x ? arr_check(ody, "dy", NPY_FLOAT32, -1, 0) : NULL;
     if (!dy || same_shape(dy, "dy", x, "x")) return NULL;
@@ -569,7 +632,7 @@ static PyObject *py_add(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *oa, *ob;
     KW("a", "b");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &oa, &ob)) return NULL;
+    if (!parse(args, kw, "OO", kwlist, &oa, &ob)) return NULL;
     PyArrayObject *a = arr_check(oa, "a", NPY_FLOAT32, -1, 0);
     PyArrayObject *b = a ? arr_check(ob, "b", NPY_FLOAT32, -1, 0) : NULL;
     if (!b || same_shape(b, "b", a, "a")) return NULL;
@@ -599,7 +662,7 @@ static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args, PyObject *
     PyObject *ox;
     long long k, s;
     KW("x", "kernel_size", "stride");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL", kwlist, &ox, &k, &s)) return NULL;
+    if (!parse(args, kw, "OLL", kwlist, &ox, &k, &s)) return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
     if (!x) return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), P, Q;
@@ -619,7 +682,7 @@ static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args, PyObject 
     PyObject *ody, *oam, *oshape;
     long long k, s;
     KW("dy", "argmax", "input_shape", "kernel_size", "stride");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLL", kwlist, &ody, &oam, &oshape, &k, &s)) return NULL;
+    if (!parse(args, kw, "OOOLL", kwlist, &ody, &oam, &oshape, &k, &s)) return NULL;
     PyArrayObject *dy = arr_check(ody, "dy", NPY_FLOAT32, 4, 0);
     PyArrayObject *am = dy ? arr_check(oam, "argmax", NPY_INT32, 4, 0) : NULL;
     npy_intp xs[4], P, Q;
@@ -646,7 +709,7 @@ static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args, PyObject *
     PyObject *ox;
     long long k, s;
     KW("x", "kernel_size", "stride");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL", kwlist, &ox, &k, &s)) return NULL;
+    if (!parse(args, kw, "OLL", kwlist, &ox, &k, &s)) return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
     if (!x) return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), P, Q;
@@ -665,7 +728,7 @@ static PyObject *py_avgpool2d_backward(PyObject *self, PyObject *args, PyObject 
     PyObject *ody, *oshape;
     long long k, s;
     KW("dy", "input_shape", "kernel_size", "stride");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLL", kwlist, &ody, &oshape, &k, &s)) return NULL;
+    if (!parse(args, kw, "OOLL", kwlist, &ody, &oshape, &k, &s)) return NULL;
     PyArrayObject *dy = arr_check(ody, "dy", NPY_FLOAT32, 4, 0);
     npy_intp xs[4], P, Q;
     if (!dy || parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
@@ -683,7 +746,7 @@ static PyObject *py_gap_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ox;
     KW("x");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &ox)) return NULL;
+    if (!parse(args, kw, "O", kwlist, &ox)) return NULL;
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
     if (!x) return NULL;
     npy_intp N, C, HW;
@@ -701,7 +764,7 @@ static PyObject *py_gap_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ody, *oshape;
     KW("dy", "input_shape");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &ody, &oshape)) return NULL;
+    if (!parse(args, kw, "OO", kwlist, &ody, &oshape)) return NULL;
     PyArrayObject *dy = arr_check(ody, "dy", NPY_FLOAT32, 2, 0);
     npy_intp xs[4];
     if (!dy || parse_shape(oshape, "input_shape", 4, xs)) return NULL;
@@ -740,7 +803,7 @@ static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args, PyObje
 {
     PyObject *ol, *oy;
     KW("logits", "labels");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &ol, &oy)) return NULL;
+    if (!parse(args, kw, "OO", kwlist, &ol, &oy)) return NULL;
     PyArrayObject *lg = arr_check(ol, "logits", NPY_FLOAT32, 2, 0);
     if (!lg) return NULL;
     npy_intp N = PyArray_DIM(lg, 0), K = PyArray_DIM(lg, 1);
@@ -764,7 +827,7 @@ static PyObject *py_cross_entropy_backward(PyObject *self, PyObject *args, PyObj
     PyObject *op, *oy;
     double scale = 1.0;
     KW("prob", "labels", "scale");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|d", kwlist, &op, &oy, &scale)) return NULL;
+    if (!parse(args, kw, "OO|d", kwlist, &op, &oy, &scale)) return NULL;
     PyArrayObject *p = arr_check(op, "prob", NPY_FLOAT32, 2, 0);
     if (!p) return NULL;
     npy_intp N = PyArray_DIM(p, 0), K = PyArray_DIM(p, 1);
@@ -790,7 +853,7 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw)
     double lr, momentum = 0.0, wd = 0.0;
     int nesterov = 0, first = 0;
     KW("w", "grad", "velocity", "lr", "momentum", "weight_decay", "nesterov", "first_step");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOd|ddpp", kwlist, &ow, &og, &ov, &lr, &momentum, &wd,
+    if (!parse(args, kw, "OOOd|ddpp", kwlist, &ow, &og, &ov, &lr, &momentum, &wd,
                                      &nesterov, &first))
         return NULL;
     PyArrayObject *w = arr_check(ow, "w", NPY_FLOAT32, -1, 1);
@@ -825,7 +888,7 @@ static PyObject *py_line_forward(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *o0, *o1, *oo = Py_None;
     double alpha;
     KW("w0", "w1", "alpha", "out");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|O", kwlist, &o0, &o1, &alpha, &oo)) return NULL;
+    if (!parse(args, kw, "OOd|O", kwlist, &o0, &o1, &alpha, &oo)) return NULL;
     PyArrayObject *w0 = arr_check(o0, "w0", NPY_FLOAT32, -1, 0);
     PyArrayObject *w1 = w0 ? arr_check(o1, "w1", NPY_FLOAT32, -1, 0) : NULL, *out;
     if (!w1 || same_shape(w1, "w1", w0, "w0") || finite_range(alpha, 0.0, 1.0, "alpha") ||
@@ -848,7 +911,7 @@ static PyObject *py_line_backward(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *og, *o0, *o1;
     double alpha;
     KW("g", "alpha", "g0", "g1");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OdOO", kwlist, &og, &alpha, &o0, &o1)) return NULL;
+    if (!parse(args, kw, "OdOO", kwlist, &og, &alpha, &o0, &o1)) return NULL;
     PyArrayObject *g = arr_check(og, "g", NPY_FLOAT32, -1, 0);
     PyArrayObject *g0 = g ? arr_check(o0, "g0", NPY_FLOAT32, -1, 1) : NULL;
     PyArrayObject *g1 = g0 ? arr_check(o1, "g1", NPY_FLOAT32, -1, 1) : NULL;
@@ -865,7 +928,7 @@ static PyObject *py_line_dots(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *o0, *o1;
     KW("w0", "w1");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &o0, &o1)) return NULL;
+    if (!parse(args, kw, "OO", kwlist, &o0, &o1)) return NULL;
     PyArrayObject *w0 = arr_check(o0, "w0", NPY_FLOAT32, -1, 0);
     PyArrayObject *w1 = w0 ? arr_check(o1, "w1", NPY_FLOAT32, -1, 0) : NULL;
     if (!w1 || same_shape(w1, "w1", w0, "w0")) return NULL;
@@ -881,7 +944,7 @@ static PyObject *py_line_reg_backward(PyObject *self, PyObject *args, PyObject *
     PyObject *o0, *o1, *og0, *og1;
     double s[3], beta;
     KW("w0", "w1", "sums", "beta", "g0", "g1");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO(ddd)dOO", kwlist, &o0, &o1, &s[0], &s[1], &s[2], &beta,
+    if (!parse(args, kw, "OO(ddd)dOO", kwlist, &o0, &o1, &s[0], &s[1], &s[2], &beta,
                                      &og0, &og1))
         return NULL;
     PyArrayObject *w0 = arr_check(o0, "w0", NPY_FLOAT32, -1, 0);
@@ -928,7 +991,7 @@ static PyObject *py_rng_seed(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *os;
     unsigned long long seed;
     KW("state", "seed");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OK", kwlist, &os, &seed)) return NULL;
+    if (!parse(args, kw, "OK", kwlist, &os, &seed)) return NULL;
     PyArrayObject *a = arr_check(os, "state", NPY_UINT64, 1, 1);
     if (!a) return NULL;
     if (PyArray_DIM(a, 0) != 4) {
@@ -943,7 +1006,7 @@ static PyObject *py_rng_uniform(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *os;
     KW("state");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &os)) return NULL;
+    if (!parse(args, kw, "O", kwlist, &os)) return NULL;
     csub_rng *r = rng_arg(os);
     if (!r) return NULL;
     return PyFloat_FromDouble(csub_rng_uniform(r));
@@ -955,7 +1018,7 @@ static PyObject *py_rng_fill(PyObject *self, PyObject *args, PyObject *kw, int n
     double a, b;
     static char *kw_normal[] = {"state", "out", "mean", "std", NULL};
     static char *kw_uniform[] = {"state", "out", "low", "high", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOdd", normal ? kw_normal : kw_uniform, &os, &oo, &a, &b))
+    if (!parse(args, kw, "OOdd", normal ? kw_normal : kw_uniform, &os, &oo, &a, &b))
         return NULL;
     csub_rng *r = rng_arg(os);
     PyArrayObject *out = r ? arr_check(oo, "out", NPY_FLOAT32, -1, 1) : NULL;
@@ -987,7 +1050,7 @@ static PyObject *py_sample_alpha_biased(PyObject *self, PyObject *args, PyObject
     PyObject *os;
     double lo, hi, p;
     KW("state", "lo", "hi", "p");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oddd", kwlist, &os, &lo, &hi, &p)) return NULL;
+    if (!parse(args, kw, "Oddd", kwlist, &os, &lo, &hi, &p)) return NULL;
     csub_rng *r = rng_arg(os);
     if (!r || finite_range(lo, 0.0, 1.0, "lo") || finite_range(hi, lo, 1.0, "hi") ||
         finite_range(p, 0.0, 1.0, "p"))
@@ -1000,7 +1063,7 @@ static PyObject *py_sample_alpha_discrete(PyObject *self, PyObject *args, PyObje
     PyObject *os;
     long long K;
     KW("state", "K");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL", kwlist, &os, &K)) return NULL;
+    if (!parse(args, kw, "OL", kwlist, &os, &K)) return NULL;
     csub_rng *r = rng_arg(os);
     if (!r || positive(K, "K")) return NULL;
     return PyFloat_FromDouble(csub_sample_alpha_discrete(r, K));
@@ -1011,7 +1074,7 @@ static PyObject *py_sample_alpha_sandwich(PyObject *self, PyObject *args, PyObje
     PyObject *os;
     long long n;
     KW("state", "n");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL", kwlist, &os, &n)) return NULL;
+    if (!parse(args, kw, "OL", kwlist, &os, &n)) return NULL;
     csub_rng *r = rng_arg(os);
     if (!r) return NULL;
     if (n < 2 || n > 1024) {
@@ -1040,7 +1103,7 @@ static PyObject *py_topk_count(PyObject *self, PyObject *args, PyObject *kw)
     long long n;
     double topk;
     KW("n", "topk");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Ld", kwlist, &n, &topk)) return NULL;
+    if (!parse(args, kw, "Ld", kwlist, &n, &topk)) return NULL;
     if (positive(n, "n") || topk_arg(topk)) return NULL;
     return PyLong_FromLongLong(csub_topk_count(n, topk));
 }
@@ -1050,7 +1113,7 @@ static PyObject *py_topk_mask(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *ow;
     double topk;
     KW("w", "topk");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Od", kwlist, &ow, &topk)) return NULL;
+    if (!parse(args, kw, "Od", kwlist, &ow, &topk)) return NULL;
     PyArrayObject *w = arr_check(ow, "w", NPY_FLOAT32, -1, 0);
     if (!w || topk_arg(topk)) return NULL;
     npy_intp n = PyArray_SIZE(w);
@@ -1078,7 +1141,7 @@ static PyObject *py_apply_mask(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ow, *om, *oo = Py_None;
     KW("w", "mask", "out");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &ow, &om, &oo)) return NULL;
+    if (!parse(args, kw, "OO|O", kwlist, &ow, &om, &oo)) return NULL;
     PyArrayObject *w = arr_check(ow, "w", NPY_FLOAT32, -1, 0);
     PyArrayObject *m = w ? arr_check(om, "mask", NPY_UINT8, -1, 0) : NULL, *out;
     if (!m || same_shape(m, "mask", w, "w") || opt_arr(oo, "out", -1, 1, &out)) return NULL;
