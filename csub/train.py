@@ -107,7 +107,7 @@ def _progress(iterable, enabled, desc, total):
 
 
 def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=10, batch_size=128,
-        lr=0.1, momentum=0.9, weight_decay=5e-4, warmup=0.8, lr_warmup_epochs=5, seed=0, out=None,
+        lr=0.1, momentum=0.9, weight_decay=5e-4, warmup=0.8, lr_warmup_epochs=None, seed=0, out=None,
         progress=True, resume=False, topk=None, beta=1.0, alpha_sampling=(0.025, 1.0, 0.5),
         augment=True, eval_alphas=None):
     """Train ``model`` with ``method``; returns the history (a list of per-epoch dicts).
@@ -117,8 +117,9 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
         train, test: ``(images uint8 (N, C, H, W), labels (N,))`` tuples, or DataLoaders.
         method: "standard", "lcs_l", "lcs_p" or "target_topk" (with ``topk``).
         epochs, batch_size: training length; the schedule counts iterations over all epochs.
-        lr: base learning rate (cosine schedule with ``lr_warmup_epochs`` of linear warm-up,
-            shortened to epochs - 1 for runs of at most that many epochs).
+        lr: base learning rate, cosine schedule after ``lr_warmup_epochs`` of linear warm-up
+            (default ``min(5, epochs // 10)``: the spec's 5 epochs at 50 epochs and more, a
+            proportional share of shorter runs, none below 10 epochs).
         momentum, weight_decay: SGD settings (weight decay on all parameters).
         warmup: fraction of all iterations over which compression is annealed from dense.
         seed: seeds data order, augmentation and alpha sampling.
@@ -164,7 +165,7 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
     opt = SGD(model.parameters(), lr, momentum=momentum, weight_decay=weight_decay)
     crit = CrossEntropyLoss()
     pairs = line_pairs(model, "weights") if method == "lcs_l" else []
-    lr_warm = min(lr_warmup_epochs, epochs - 1)
+    lr_warm = min(5, epochs // 10) if lr_warmup_epochs is None else min(int(lr_warmup_epochs), epochs - 1)
 
     history, start = [], 0
     path = os.path.join(out, CHECKPOINT) if out else None

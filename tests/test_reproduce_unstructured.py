@@ -12,7 +12,7 @@ import pytest
 import csub
 from csub import data, models, train
 
-EPOCHS = int(os.environ.get("CSUB_REPRO_EPOCHS", "6"))
+EPOCHS = int(os.environ.get("CSUB_REPRO_EPOCHS", "8"))
 OUT = os.environ.get("CSUB_REPRO_DIR", "runs/repro-unstructured")
 WIDTHS = (16, 32, 64)
 
