@@ -18,25 +18,35 @@ DATASETS = {
     "mnist": lambda split: data.mnist(split),
     "cifar10": lambda split: data.cifar10(split),
 }
-SUBSPACE_OF = {"standard": None, "lcs_l": "line", "lcs_p": "point", "target_topk": None}
+SUBSPACE_OF = {"standard": None, "lcs_l": "line", "lcs_p": "point", "target_topk": None, "target_bits": None}
+DEFAULT_NORM = {"mlp": None, "cnn": "gn", "cpreresnet20": "gn", "resnet18": "bn"}
+
+
+class CLIError(Exception):
+    """A problem with the command's arguments or files, reported without a traceback."""
 
 
 def _model_kwargs(args, images):
     in_channels, size = images.shape[1], images.shape[2]
-    kw = dict(regime=None if args.method == "standard" else args.regime, subspace=SUBSPACE_OF[args.method])
+    norm = args.norm if args.norm is not None else DEFAULT_NORM[args.model]
+    kw = dict(regime=None if args.method == "standard" else args.regime, subspace=SUBSPACE_OF[args.method],
+              norm=norm)
     if args.model == "mlp":
         kw.update(in_features=int(images[0].size), in_channels=in_channels)
     elif args.model == "cnn":
-        kw.update(in_channels=in_channels, image_size=size, norm=args.norm)
+        kw.update(in_channels=in_channels, image_size=size)
     else:
-        kw.update(in_channels=in_channels, num_classes=10, norm=args.norm)
+        kw.update(in_channels=in_channels, num_classes=10)
     return kw
 
 
 def build_model(config, images):
     """The model a run's config.json describes, for images shaped like `images`."""
     args = argparse.Namespace(**config)
-    return models.build(args.model, **_model_kwargs(args, images))
+    kw = _model_kwargs(args, images)
+    if "widths" in config:
+        kw["widths"] = tuple(config["widths"])
+    return models.build(args.model, **kw)
 
 
 def cmd_train(args):
@@ -45,24 +55,38 @@ def cmd_train(args):
     csub.manual_seed(args.seed)
     if args.threads:
         csub.set_num_threads(args.threads)
+    config = {k: getattr(args, k) for k in ("model", "dataset", "regime", "method", "norm", "seed", "topk",
+                                            "num_bits")}
+    cfg_path = os.path.join(args.out, "config.json")
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            old = json.load(f)
+        if not args.resume:
+            raise CLIError(f"--out: {args.out} already holds a run; use --resume to continue it or another --out")
+        if old != config:
+            diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+            raise CLIError(f"--resume: {args.out} was trained with other settings (old, new): {diff}")
     tr, te = DATASETS[args.dataset]("train"), DATASETS[args.dataset]("test")
-    config = {k: getattr(args, k) for k in ("model", "dataset", "regime", "method", "norm", "seed", "topk")}
     model = build_model(config, tr[0])
+    train._method_check(model, args.method, args.regime, args.topk, args.num_bits)
     os.makedirs(args.out, exist_ok=True)
-    checkpoint.atomic_write(os.path.join(args.out, "config.json"), json.dumps(config, indent=1).encode())
-    lr = args.lr if args.lr is not None else 0.1
+    checkpoint.atomic_write(cfg_path, json.dumps(config, indent=1).encode())
     train.fit(model, tr, te, method=args.method, regime=args.regime, epochs=args.epochs,
-              batch_size=args.batch_size, lr=lr, seed=args.seed, out=args.out, resume=args.resume,
-              topk=args.topk, progress=not args.quiet)
+              batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, resume=args.resume,
+              topk=args.topk, num_bits=args.num_bits, progress=not args.quiet)
     with open(os.path.join(args.out, "eval.json")) as f:
         print(train.format_table(json.load(f)))
     return 0
 
 
 def load_run(run):
-    """(model, config) of a finished or interrupted run directory."""
+    """(model, config, test data) of a finished or interrupted run directory."""
+    for name in ("config.json", train.CHECKPOINT):
+        if not os.path.exists(os.path.join(run, name)):
+            raise CLIError(f"run: {run} has no {name} (not a csub run directory?)")
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)
+    config.setdefault("num_bits", None)
     te = DATASETS[config["dataset"]]("test")
     model = build_model(config, te[0])
     state = checkpoint.load(os.path.join(run, train.CHECKPOINT))
@@ -72,7 +96,8 @@ def load_run(run):
 
 def cmd_eval(args):
     model, config, te = load_run(args.run)
-    alphas = args.alphas or train.default_alphas(config["method"], config.get("topk"))
+    alphas = args.alphas or train.default_alphas(config["method"], config.get("topk"), config["regime"],
+                                                 model.bit_range, config.get("num_bits"))
     results = train.evaluate(model, te, alphas)
     train.save_results(args.run, results, name="eval_cli")
     print(train.format_table(results))
@@ -96,9 +121,14 @@ def cmd_demo(args):
           f"{args.epochs} epochs, {csub.get_num_threads()} threads. Output: {out}/")
     t0 = time.time()
     model = models.cnn(widths=(16, 32, 64), regime="unstructured", subspace="line")
-    train.fit(model, tr, te, method="lcs_l", epochs=args.epochs, lr=0.1, out=out, progress=not args.quiet)
-    results = train.evaluate(model, te, train.UNSTRUCTURED_ALPHAS)
-    train.save_results(out, results)
+    os.makedirs(out, exist_ok=True)
+    config = dict(model="cnn", dataset="fashion-mnist-bundled", regime="unstructured", method="lcs_l",
+                  norm="gn", seed=0, topk=None, num_bits=None, widths=[16, 32, 64])
+    checkpoint.atomic_write(os.path.join(out, "config.json"), json.dumps(config, indent=1).encode())
+    train.fit(model, tr, te, method="lcs_l", epochs=args.epochs, lr=0.1, out=out, progress=not args.quiet,
+              eval_alphas=train.UNSTRUCTURED_ALPHAS)
+    with open(os.path.join(out, "eval.json")) as f:
+        results = json.load(f)
     print(train.format_table(results))
     print(f"trained and evaluated in {time.time() - t0:.0f} s")
     try:
@@ -121,11 +151,13 @@ def main(argv=None):
     t.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
     t.add_argument("--regime", choices=train.REGIMES, default="unstructured")
     t.add_argument("--method", choices=train.METHODS, default="lcs_l")
-    t.add_argument("--norm", choices=["bn", "gn", "in"], default="gn")
+    t.add_argument("--norm", choices=["bn", "gn", "in"], default=None,
+                   help="default: none for mlp, gn for cnn and cpreresnet20, bn for resnet18")
     t.add_argument("--topk", type=float, default=None, help="keep fraction for target_topk")
+    t.add_argument("--num-bits", type=int, default=None, help="bit width for target_bits")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--lr", type=float, default=None, help="default 0.1 (unstructured), 0.025 (quantized)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--out", required=True)
@@ -150,7 +182,13 @@ def main(argv=None):
         p.error("--epochs must be >= 1")
     if getattr(args, "method", None) == "target_topk" and args.topk is None:
         p.error("--method target_topk needs --topk")
-    return args.func(args)
+    if getattr(args, "method", None) == "target_bits" and args.num_bits is None:
+        p.error("--method target_bits needs --num-bits")
+    try:
+        return args.func(args)
+    except (CLIError, ValueError, FileNotFoundError) as e:
+        print(f"python -m csub {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -41,3 +41,54 @@ def topk_mask(w, topk):
 def line(w0, w1, alpha):
     """``(1 - alpha) * w0 + alpha * w1`` for float32 arrays of one shape."""
     return _core.line_forward(_as_f32(w0, "w0"), _as_f32(w1, "w1"), float(alpha))
+
+
+def _real(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
+    return float(v)
+
+
+def fake_quantize(x, num_bits, rmin=None, rmax=None):
+    """Affine per-tensor fake quantization to ``num_bits`` signed bits (LCS-SPEC section 3).
+
+    The range ``[rmin, rmax]`` (widened to include 0) defaults to x's own
+    min/max. With ``qmin = -2^(b-1)``, ``qmax = 2^(b-1) - 1``::
+
+        scale = (rmax - rmin) / (qmax - qmin)
+        zero_point = clip(round(qmin - rmin / scale), qmin, qmax)
+        q = clip(round(x / scale) + zero_point, qmin, qmax)
+        y = (q - zero_point) * scale
+
+    rounding half to even; an all-zero range gives y = 0. The backward of
+    fake quantization is the straight-through estimator: the gradient passes
+    unchanged.
+
+    Args:
+        x: array of any shape (converted to float32, C-contiguous); no NaN.
+        num_bits: int in [2, 16].
+        rmin, rmax: finite reals with rmin <= rmax, or None for x's min / max.
+    Returns:
+        float32 array of x's shape.
+    """
+    x = _as_f32(x, "x")
+    if isinstance(num_bits, bool) or not isinstance(num_bits, (int, np.integer)):
+        raise TypeError(f"num_bits: expected an int, got {type(num_bits).__name__}")
+    rmin = None if rmin is None else _real(rmin, "rmin")
+    rmax = None if rmax is None else _real(rmax, "rmax")
+    if rmin is None or rmax is None:
+        mn, mx = _core.minmax(x)
+        if np.isnan(mn):
+            raise ValueError("x: contains NaN; fake quantization is undefined for NaN")
+        if not (np.isfinite(mn) and np.isfinite(mx)):
+            raise ValueError("x: contains inf; pass a finite rmin and rmax to quantize it")
+        rmin = mn if rmin is None else rmin
+        rmax = mx if rmax is None else rmax
+    return _core.fake_quantize(x, int(num_bits), rmin, rmax)
+
+
+def quant_params(rmin, rmax, num_bits):
+    """``(scale, zero_point)`` of ``num_bits``-bit affine quantization of ``[rmin, rmax]`` (see fake_quantize)."""
+    if isinstance(num_bits, bool) or not isinstance(num_bits, (int, np.integer)):
+        raise TypeError(f"num_bits: expected an int, got {type(num_bits).__name__}")
+    return _core.quant_params(_real(rmin, "rmin"), _real(rmax, "rmax"), int(num_bits))

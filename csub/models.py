@@ -1,16 +1,20 @@
 """Networks of the method: an MLP, a small VGG-style CNN, cPreResNet20 and ResNet18.
 
 Every constructor takes
-  regime:   None (dense) or "unstructured" (magnitude top-k on the layers
-            inside the blocks; the first layer and the classifier stay dense);
+  regime:   None (dense), "unstructured" (magnitude top-k on the layers
+            inside the blocks) or "quantized" (fake quantization of those
+            layers' weights and inputs at a bit width; with batch norm its
+            scale is folded into the preceding conv's weight first); the
+            first layer and the classifier always stay dense float32;
   subspace: None, "point" or "line" for every trainable tensor;
   norm:     "bn" (batch norm, running statistics), "gn" (group norm, one
             group per channel by default, as the method's reference), "in"
             (instance norm) or None (MLP only).
 A model's ``set_alpha(alpha)`` moves every layer to alpha and sets the
 compression level that alpha maps to (unstructured: keep fraction
-``topk = alpha``); ``set_alpha(alpha, topk=...)`` overrides the level, which
-the training loop uses for the warm-up annealing.
+``topk = alpha``; quantized: ``num_bits = bits_for_alpha(alpha)``, K equal
+bins of [0, 1] over ``bit_range``); ``set_alpha(alpha, topk=...)`` overrides
+the keep fraction, which the training loop uses for the warm-up annealing.
 """
 import numpy as np
 
@@ -18,7 +22,7 @@ from . import _core, nn
 from .nn.layers import _Weighted
 from .nn.module import Module, check_alpha, check_subspace
 
-REGIMES = (None, "unstructured")
+REGIMES = (None, "unstructured", "quantized")
 NORMS = ("bn", "gn", "in", None)
 
 
@@ -48,9 +52,14 @@ class SubspaceNet(Module):
     ``self._compressible(layer)`` and implement forward/backward.
     """
 
-    def __init__(self, regime, subspace, norm):
+    def __init__(self, regime, subspace, norm, bit_range=(3, 8)):
         super().__init__()
         self.regime = _check_regime(regime)
+        lo, hi = bit_range
+        if not (isinstance(lo, int) and isinstance(hi, int) and 2 <= lo <= hi <= 16):
+            raise ValueError(f"bit_range: expected (min_bits, max_bits) with 2 <= min <= max <= 16, got {bit_range!r}")
+        self.bit_range = (lo, hi)
+        self.num_bits = None
         self.subspace = check_subspace(subspace)
         if norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
@@ -66,7 +75,14 @@ class SubspaceNet(Module):
 
     def _compressible(self, layer):
         self._compressible_layers.append(layer)
+        if self.regime == "quantized":
+            layer.enable_quantization()
         return layer
+
+    def _fold(self, conv, norm):
+        """Quantized regime with batch norm: fold norm's scale into conv's weight before quantizing."""
+        if self.regime == "quantized" and isinstance(norm, nn.BatchNorm2d) and conv in self._compressible_layers:
+            conv.set_fold_norm(norm)
 
     def compressible_layers(self):
         """The conv/linear layers whose weights the regime compresses."""
@@ -88,7 +104,34 @@ class SubspaceNet(Module):
             self.topk = level
             for layer in self._compressible_layers:
                 layer.topk = level
+        elif self.regime == "quantized":
+            from .nn.quant import bits_for_alpha
+
+            self.num_bits = bits_for_alpha(alpha, *self.bit_range)
+            for layer in self._compressible_layers:
+                layer.num_bits = self.num_bits
         return self
+
+    def set_quantize_inputs(self, on):
+        """Quantized regime: quantize the compressible layers' inputs in training (off during warm-up)."""
+        for layer in self._compressible_layers:
+            layer.quantize_input = bool(on)
+
+    def model_bytes(self):
+        """Bytes of the network at the current alpha: quantized weights packed at num_bits (plus a
+        float32 scale and an int32 zero point per tensor), everything else float32, one tensor per
+        parameter (a line's two endpoints collapse to the one network at alpha)."""
+        quantized = set(map(id, self._compressible_layers)) if self.num_bits else set()
+        total = 0
+        for m in self.modules():
+            for name, p in m._parameters.items():
+                if m.__dict__.get("subspace") == "line" and name.endswith("1") and name[:-1] in m._parameters:
+                    continue
+                if name == "weight" and id(m) in quantized:
+                    total += (p.size * self.num_bits + 7) // 8 + 8
+                else:
+                    total += 4 * p.size
+        return total
 
     def sparsity(self):
         """Fraction of zeros over all conv/linear weights (dense layers included), at the current alpha."""
@@ -112,8 +155,8 @@ class MLP(SubspaceNet):
     """
 
     def __init__(self, in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None,
-                 norm=None, in_channels=1):
-        super().__init__(regime, subspace, norm)
+                 norm=None, in_channels=1, bit_range=(3, 8)):
+        super().__init__(regime, subspace, norm, bit_range)
         self._input_stats(in_channels)
         layers = [nn.Flatten()]
         prev = in_features
@@ -148,8 +191,8 @@ class CNN(SubspaceNet):
     """
 
     def __init__(self, in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspace=None,
-                 norm="gn", image_size=28):
-        super().__init__(regime, subspace, norm)
+                 norm="gn", image_size=28, bit_range=(3, 8)):
+        super().__init__(regime, subspace, norm, bit_range)
         if norm is None:
             raise ValueError("norm: the CNN needs a norm ('bn', 'gn' or 'in')")
         self._input_stats(in_channels)
@@ -163,6 +206,7 @@ class CNN(SubspaceNet):
             for _ in range(1 if i == 0 else 2):
                 conv = self._compressible(nn.Conv2d(prev, w, 3, padding=1, subspace=subspace))
                 layers += [conv, make_norm(norm, w, subspace), nn.ReLU()]
+                self._fold(conv, layers[-2])
                 prev = w
         if size < 2:
             raise ValueError(f"image_size: {image_size} is too small for {len(widths)} stages")
@@ -187,7 +231,7 @@ class PreActBottleneck(Module):
 
     expansion = 4
 
-    def __init__(self, in_planes, planes, stride, norm, subspace, mark):
+    def __init__(self, in_planes, planes, stride, norm, subspace, mark, fold=None):
         super().__init__()
         out = planes * self.expansion
         self.n1 = make_norm(norm, in_planes, subspace)
@@ -202,6 +246,9 @@ class PreActBottleneck(Module):
         self.shortcut = None
         if stride != 1 or in_planes != out:
             self.shortcut = mark(nn.Conv2d(in_planes, out, 1, stride=stride, subspace=subspace))
+        if fold is not None:
+            fold(self.conv1, self.n2)
+            fold(self.conv2, self.n3)
 
     def forward(self, x):
         a = self.r1(self.n1(x))
@@ -277,8 +324,9 @@ class CPreResNet20(_Stages):
     Shapes: x (N, in_channels, H, W) -> logits (N, num_classes).
     """
 
-    def __init__(self, in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", n=2):
-        super().__init__(regime, subspace, norm)
+    def __init__(self, in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", n=2,
+                 bit_range=(3, 8)):
+        super().__init__(regime, subspace, norm, bit_range)
         if norm is None:
             raise ValueError("norm: cPreResNet20 needs a norm ('bn', 'gn' or 'in')")
         self._input_stats(in_channels)
@@ -287,7 +335,8 @@ class CPreResNet20(_Stages):
         for stage, planes in enumerate((16, 32, 64)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(PreActBottleneck(in_planes, planes, stride, norm, subspace, self._compressible))
+                blocks.append(PreActBottleneck(in_planes, planes, stride, norm, subspace, self._compressible,
+                                               self._fold))
                 in_planes = planes * PreActBottleneck.expansion
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(make_norm(norm, in_planes, subspace), nn.ReLU())
@@ -303,8 +352,9 @@ class ResNet18(_Stages):
     shape-tested; at 224x224 the unpadded max pool gives 55x55 after the stem.
     """
 
-    def __init__(self, in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn"):
-        super().__init__(regime, subspace, norm)
+    def __init__(self, in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn",
+                 bit_range=(3, 8)):
+        super().__init__(regime, subspace, norm, bit_range)
         if norm is None:
             raise ValueError("norm: ResNet18 needs a norm ('bn', 'gn' or 'in')")
         self._input_stats(in_channels)
@@ -323,25 +373,25 @@ class ResNet18(_Stages):
 
 
 def mlp(in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None, norm=None,
-        in_channels=1):
+        in_channels=1, bit_range=(3, 8)):
     """MLP (see ``MLP``)."""
-    return MLP(in_features, hidden, num_classes, regime, subspace, norm, in_channels)
+    return MLP(in_features, hidden, num_classes, regime, subspace, norm, in_channels, bit_range)
 
 
 def cnn(in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspace=None, norm="gn",
-        image_size=28):
+        image_size=28, bit_range=(3, 8)):
     """Small VGG-style CNN (see ``CNN``)."""
-    return CNN(in_channels, num_classes, widths, regime, subspace, norm, image_size)
+    return CNN(in_channels, num_classes, widths, regime, subspace, norm, image_size, bit_range)
 
 
-def cpreresnet20(in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn"):
+def cpreresnet20(in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", bit_range=(3, 8)):
     """cPreResNet20 (see ``CPreResNet20``)."""
-    return CPreResNet20(in_channels, num_classes, regime, subspace, norm)
+    return CPreResNet20(in_channels, num_classes, regime, subspace, norm, bit_range=bit_range)
 
 
-def resnet18(in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn"):
+def resnet18(in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn", bit_range=(3, 8)):
     """ResNet18 (see ``ResNet18``)."""
-    return ResNet18(in_channels, num_classes, regime, subspace, norm)
+    return ResNet18(in_channels, num_classes, regime, subspace, norm, bit_range)
 
 
 MODELS = {"mlp": mlp, "cnn": cnn, "cpreresnet20": cpreresnet20, "resnet18": resnet18}

@@ -25,7 +25,8 @@ def accuracy_curve(runs, path, x="sparsity", title="Accuracy against sparsity"):
         style = "o" if len(pts) == 1 else ".-"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
     ax.set_xlabel({"sparsity": "sparsity (zeros over all conv/linear weights)",
-                   "topk": "keep fraction (top-k)", "alpha": "alpha"}.get(x, x))
+                   "topk": "keep fraction (top-k)", "alpha": "alpha", "bits": "bit width",
+                   "width": "width factor"}.get(x, x))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

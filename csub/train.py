@@ -5,12 +5,15 @@
   standard     a plain network, dense (alpha = 1);
   lcs_l        a line subspace (model built with subspace="line");
   lcs_p        a point subspace (subspace="point");
-  target_topk  a plain network pruned to one keep fraction ``topk``;
+  target_topk  a plain network pruned to one keep fraction ``topk`` (unstructured);
+  target_bits  a plain network quantized to one bit width ``num_bits`` (quantized);
 
-for the unstructured regime: per step it samples alpha, anneals the keep
-fraction over the compression warm-up (the first ``warmup`` fraction of all
-iterations), adds the endpoint regulariser for lines, and takes one SGD step
-with the cosine learning-rate schedule. One checkpoint per epoch is written
+for the "unstructured" and "quantized" regimes. Per step it samples alpha
+(the method's sampler), anneals the keep fraction over the compression
+warm-up (the first ``warmup`` fraction of all iterations; for quantization
+the inputs stay float over the warm-up instead), adds the endpoint
+regulariser for lines, and takes one SGD step with the cosine
+learning-rate schedule. One checkpoint per epoch is written
 atomically to ``out/checkpoint.safetensors``; ``fit(..., resume=True)``
 continues from it and gives the same numbers as an uninterrupted run.
 """
@@ -19,18 +22,20 @@ import json
 import math
 import os
 import time
+import warnings
 
 import numpy as np
 
 from . import checkpoint
 from .data import DataLoader, channel_stats
-from .nn import CrossEntropyLoss
+from .nn import BatchNorm2d, CrossEntropyLoss
 from .optim import SGD, cosine_lr
 from .random import Generator
 from .subspace import line_pairs, line_regularizer
 
-METHODS = ("standard", "lcs_l", "lcs_p", "target_topk")
-REGIMES = ("unstructured",)
+METHODS = ("standard", "lcs_l", "lcs_p", "target_topk", "target_bits")
+REGIMES = ("unstructured", "quantized")
+DEFAULT_LR = {"unstructured": 0.1, "quantized": 0.025}
 UNSTRUCTURED_ALPHAS = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -49,35 +54,51 @@ def _check_data(data, name):
     return images, labels
 
 
-def _method_check(model, method, regime, topk):
+def _method_check(model, method, regime, topk, num_bits):
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     if regime not in REGIMES:
         raise ValueError(f"regime: expected one of {REGIMES}, got {regime!r}")
+    if (method == "target_topk" and regime != "unstructured") or (method == "target_bits" and regime != "quantized"):
+        raise ValueError(f"method: {method!r} does not belong to regime {regime!r}")
     want = {"lcs_l": "line", "lcs_p": "point"}.get(method)
     if want and model.subspace != want:
         raise ValueError(f"model: method {method!r} needs a model built with subspace={want!r}, "
                          f"got subspace={model.subspace!r}")
-    if method in ("standard", "target_topk") and model.subspace == "line":
+    if method in ("standard", "target_topk", "target_bits") and model.subspace == "line":
         raise ValueError(f"model: method {method!r} trains one network; build it with subspace=None")
     if method != "standard" and model.regime != regime:
         raise ValueError(f"model: method {method!r} needs a model built with regime={regime!r}, "
                          f"got regime={model.regime!r}")
+    if method in ("lcs_l", "lcs_p") and any(isinstance(m, BatchNorm2d) for m in model.modules()):
+        warnings.warn("model: batch norm keeps one set of running statistics for the whole subspace, which "
+                      "is wrong at most alphas; the method uses group or instance norm for subspaces",
+                      stacklevel=3)
     if method == "target_topk":
         if topk is None or not 0.0 < float(topk) <= 1.0:
             raise ValueError(f"topk: target_topk needs a keep fraction in (0, 1], got {topk!r}")
+    if method == "target_bits":
+        lo, hi = model.bit_range
+        if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not lo <= num_bits <= hi:
+            raise ValueError(f"num_bits: target_bits needs an int in the model's bit_range {model.bit_range}, "
+                             f"got {num_bits!r}")
 
 
 class AlphaSchedule:
-    """Per-step alpha and keep fraction for a method (LCS-SPEC sections 3 and 4).
+    """Per-step alpha and keep fraction for a method and regime (LCS-SPEC sections 3 and 4).
 
-    ``ramp(it) = max(1 - it / warmup_its, 0)`` anneals from dense: the keep
-    fraction is ``topk = alpha + (1 - alpha) * ramp``.
+    Unstructured: ``ramp(it) = max(1 - it / warmup_its, 0)`` anneals from dense,
+    ``topk = alpha + (1 - alpha) * ramp``. Quantized: alpha is one of the K
+    discrete values k / K (one per bit width); lcs_p stays at the largest
+    bit width over the warm-up. The returned keep fraction is 1 there.
     """
 
-    def __init__(self, method, warmup_its, generator, lo=0.025, hi=1.0, p=0.5, topk=None):
+    def __init__(self, method, warmup_its, generator, lo=0.025, hi=1.0, p=0.5, topk=None,
+                 regime="unstructured", bit_range=(3, 8), num_bits=None):
         self.method, self.warmup_its, self.gen = method, warmup_its, generator
         self.lo, self.hi, self.p, self.target = lo, hi, p, topk
+        self.regime, self.bit_range, self.num_bits = regime, bit_range, num_bits
+        self.K = bit_range[1] - bit_range[0] + 1
 
     def ramp(self, it):
         return max(1.0 - it / self.warmup_its, 0.0) if self.warmup_its > 0 else 0.0
@@ -86,6 +107,14 @@ class AlphaSchedule:
         """(alpha, topk) for iteration ``it`` (0-based)."""
         if self.method == "standard":
             return 1.0, 1.0
+        if self.regime == "quantized":
+            from .nn.quant import alpha_for_bits
+
+            if self.method == "target_bits":
+                return alpha_for_bits(self.num_bits, *self.bit_range), 1.0
+            if self.method == "lcs_p" and it < self.warmup_its:
+                return 1.0, 1.0
+            return self.gen.alpha_discrete(self.K), 1.0
         if self.method == "lcs_l":
             a = self.gen.alpha_biased(self.lo, self.hi, self.p)
             return a, a + (1.0 - a) * self.ramp(it)
@@ -107,17 +136,19 @@ def _progress(iterable, enabled, desc, total):
 
 
 def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=10, batch_size=128,
-        lr=0.1, momentum=0.9, weight_decay=5e-4, warmup=0.8, lr_warmup_epochs=None, seed=0, out=None,
+        lr=None, momentum=0.9, weight_decay=5e-4, warmup=0.8, lr_warmup_epochs=None, seed=0, out=None,
         progress=True, resume=False, topk=None, beta=1.0, alpha_sampling=(0.025, 1.0, 0.5),
-        augment=True, eval_alphas=None):
+        augment=True, eval_alphas=None, num_bits=None):
     """Train ``model`` with ``method``; returns the history (a list of per-epoch dicts).
 
     Args:
         model: a ``csub.models`` network built with the method's subspace and regime.
         train, test: ``(images uint8 (N, C, H, W), labels (N,))`` tuples, or DataLoaders.
-        method: "standard", "lcs_l", "lcs_p" or "target_topk" (with ``topk``).
+        method: "standard", "lcs_l", "lcs_p", "target_topk" (with ``topk``) or "target_bits"
+            (with ``num_bits``).
+        regime: "unstructured" or "quantized" (the model must be built with the same).
         epochs, batch_size: training length; the schedule counts iterations over all epochs.
-        lr: base learning rate, cosine schedule after ``lr_warmup_epochs`` of linear warm-up
+        lr: base learning rate (default 0.1 unstructured, 0.025 quantized), cosine schedule after ``lr_warmup_epochs`` of linear warm-up
             (default ``min(5, epochs // 10)``: the spec's 5 epochs at 50 epochs and more, a
             proportional share of shorter runs, none below 10 epochs).
         momentum, weight_decay: SGD settings (weight decay on all parameters).
@@ -130,7 +161,9 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
         augment: random crop (padding 4) and horizontal flip.
         eval_alphas: alphas evaluated on ``test`` at the end (default: the method's grid).
     """
-    _method_check(model, method, regime, topk)
+    _method_check(model, method, regime, topk, num_bits)
+    if lr is None:
+        lr = DEFAULT_LR[regime]
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
     if not 0.0 <= warmup <= 1.0:
@@ -157,11 +190,11 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
     config = dict(method=method, regime=regime, epochs=epochs, batch_size=loader.batch_size, lr=lr,
                   momentum=momentum, weight_decay=weight_decay, warmup=warmup,
                   lr_warmup_epochs=lr_warmup_epochs, seed=seed, topk=topk, beta=beta,
-                  alpha_sampling=[lo, hi, p], augment=bool(augment))
+                  alpha_sampling=[lo, hi, p], augment=bool(augment), num_bits=num_bits)
     its_per_epoch = len(loader)
     total_its = its_per_epoch * epochs
     gen = Generator(seed)
-    schedule = AlphaSchedule(method, warmup * total_its, gen, lo, hi, p, topk)
+    schedule = AlphaSchedule(method, warmup * total_its, gen, lo, hi, p, topk, regime, model.bit_range, num_bits)
     opt = SGD(model.parameters(), lr, momentum=momentum, weight_decay=weight_decay)
     crit = CrossEntropyLoss()
     pairs = line_pairs(model, "weights") if method == "lcs_l" else []
@@ -192,6 +225,8 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
             it = epoch * its_per_epoch + i
             alpha, keep = schedule(it)
             model.set_alpha(alpha, topk=keep if model.regime == "unstructured" else None)
+            if model.regime == "quantized":  # activation quantization starts after the warm-up
+                model.set_quantize_inputs(it >= schedule.warmup_its)
             opt.zero_grad()
             logits = model(x)
             loss = crit(logits, y)
@@ -209,7 +244,7 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
         record = dict(epoch=epoch + 1, lr=opt.lr, train_loss=loss_sum / seen, train_accuracy=correct / seen,
                       seconds=time.perf_counter() - t0)
         if test is not None:
-            ends = _end_alphas(method, lo, topk)
+            ends = _end_alphas(method, lo, topk, regime, model.bit_range, num_bits)
             for a, r in zip(ends, evaluate(model, test, ends)):
                 record[f"test_accuracy@{a:g}"] = r["accuracy"]
         history.append(record)
@@ -223,26 +258,34 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
             _write_json(os.path.join(out, "history.json"), history)
 
     if test is not None and out:
-        alphas = eval_alphas or default_alphas(method, topk)
+        alphas = eval_alphas or default_alphas(method, topk, regime, model.bit_range, num_bits)
         results = evaluate(model, test, alphas)
         save_results(out, results)
     return history
 
 
-def _end_alphas(method, lo, topk):
+def _end_alphas(method, lo, topk, regime="unstructured", bit_range=(3, 8), num_bits=None):
+    from .nn.quant import alpha_for_bits
+
     if method == "standard":
         return [1.0]
     if method == "target_topk":
         return [float(topk)]
+    if method == "target_bits":
+        return [alpha_for_bits(num_bits, *bit_range)]
+    if regime == "quantized":
+        return [alpha_for_bits(bit_range[0], *bit_range), 1.0]
     return [lo, 1.0]
 
 
-def default_alphas(method, topk=None):
+def default_alphas(method, topk=None, regime="unstructured", bit_range=(3, 8), num_bits=None):
     """The evaluation grid of a method (LCS-SPEC section 9)."""
-    if method == "standard":
-        return [1.0]
-    if method == "target_topk":
-        return [float(topk)]
+    from .nn.quant import alpha_for_bits
+
+    if method in ("standard", "target_topk", "target_bits"):
+        return _end_alphas(method, None, topk, regime, bit_range, num_bits)
+    if regime == "quantized":
+        return [alpha_for_bits(b, *bit_range) for b in range(bit_range[0], bit_range[1] + 1)]
     return list(UNSTRUCTURED_ALPHAS)
 
 
@@ -254,8 +297,11 @@ def evaluate(model, data, alphas, batch_size=500):
             statistics) or a DataLoader.
         alphas: iterable of alphas in [0, 1] (unstructured: alpha > 0).
     Returns:
-        list of dicts with keys alpha, topk (keep fraction), sparsity (zeros over
-        all conv/linear weights), accuracy (fraction in [0, 1]) and loss.
+        list of dicts, one per alpha, with keys alpha, then for the unstructured
+        regime (and dense models) topk (keep fraction) and sparsity (zeros over
+        all conv/linear weights), for the quantized regime bits and model_bytes
+        (the network at that alpha, quantized weights packed), then accuracy
+        (a fraction in [0, 1]) and loss.
     """
     data = _check_data(data, "data")
     if not isinstance(data, DataLoader):
@@ -274,8 +320,13 @@ def evaluate(model, data, alphas, batch_size=500):
             loss_sum += crit(logits, y) * len(y)
             correct += int(np.sum(np.argmax(logits, 1) == y))
             n += len(y)
-        results.append(dict(alpha=float(a), topk=float(model.topk), sparsity=model.sparsity(),
-                            accuracy=correct / n, loss=loss_sum / n))
+        r = dict(alpha=float(a))
+        if model.regime == "quantized":
+            r.update(bits=int(model.num_bits), model_bytes=int(model.model_bytes()))
+        else:
+            r.update(topk=float(model.topk), sparsity=model.sparsity())
+        r.update(accuracy=correct / n, loss=loss_sum / n)
+        results.append(r)
     model.train(was_training)
     return results
 

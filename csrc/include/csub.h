@@ -203,6 +203,52 @@ int csub_topk_mask(const float *w, int64_t n, double topk, uint8_t *mask);
 /* out[n] = w[n] * mask[n]  (also the masked gradient: g * mask) */
 void csub_apply_mask(const float *w, const uint8_t *mask, float *out, int64_t n);
 
+/* ----------------------------------------------------------------- quant */
+
+/* Fake quantization, affine, per tensor (LCS-SPEC section 3), b-bit signed:
+ * qmin = -2^(b-1), qmax = 2^(b-1) - 1, 2 <= bits <= 16.
+ *
+ * Parameters from a real range. The range is widened to include 0
+ * (rmin = min(rmin, 0), rmax = max(rmax, 0)); then
+ *   scale = (rmax - rmin) / (qmax - qmin)           (in double, rounded to float)
+ *   zero_point = clip(round(qmin - rmin / scale), qmin, qmax)
+ * with round half to even; the zero point uses the exact scale (computed as
+ * qmin - rmin (qmax - qmin) / (rmax - rmin) in double), so exact ties such as
+ * symmetric ranges round to even rather than by the float scale's rounding.
+ * x = 0 maps to q = zero_point and back to exactly 0. When rmin = rmax = 0 (or
+ * the range is so small that scale rounds to 0 in float): scale = 0,
+ * zero_point = 0. */
+void csub_quant_params(float rmin, float rmax, int bits, float *scale, int32_t *zero_point);
+
+/* x[n] -> y[n] on the quantization grid:
+ *   q = clip(round(x / scale) + zero_point, qmin, qmax)   (x / scale a float
+ *       division, round half to even, as numpy.round and nearbyintf)
+ *   y = (q - zero_point) * scale
+ * scale == 0 (or not a positive finite number): y = 0. +-inf go to the end of
+ * the grid; NaN gives NaN. y may alias x. Parallel over large n, one pass.
+ * Backward is the straight-through estimator: dx = dy everywhere, clipped
+ * entries included (no kernel needed; a layer passes its gradient through). */
+void csub_fake_quant_forward(const float *x, float *y, int64_t n, float scale,
+                             int32_t zero_point, int bits);
+/* The same, returning the number of NaN entries of x, so a caller can reject
+ * them without a second pass over x. */
+int64_t csub_fake_quant_forward_count_nan(const float *x, float *y, int64_t n, float scale,
+                                          int32_t zero_point, int bits);
+
+/* Smallest and largest entry of x[n] (parallel reduction). NaN propagates as
+ * in numpy.min/max: if any entry is NaN, *mn = *mx = NaN. +-inf are ordinary
+ * values. n == 0: *mn = +inf, *mx = -inf. */
+void csub_minmax(const float *x, int64_t n, float *mn, float *mx);
+
+/* Per-channel scaling: y[n,c,i] = x[n,c,i] * s[c] for x, y [N,C,HW], s[C];
+ * y may alias x. Batch-norm folding uses it twice: the fold scale
+ * gamma / sqrt(var + eps) of each output channel into a conv weight [K, C*R*S]
+ * (N = 1, C = K, HW = C*R*S), and its inverse out of the conv output
+ * [N, K, P*Q] (s = 1 / scale). The gradient with respect to x is
+ * channel_scale(dy, s); ds[c] = sum over n, i of dy * x is not provided. */
+void csub_channel_scale(const float *x, const float *s, float *y,
+                        int64_t N, int64_t C, int64_t HW);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1157,6 +1157,116 @@ static PyObject *py_apply_mask(PyObject *self, PyObject *args, PyObject *kw)
     return (PyObject *)out;
 }
 
+/* ----------------------------------------------------------------- quant */
+
+#include <float.h>
+
+static int bits_check(int bits)
+{
+    if (bits >= 2 && bits <= 16) return 0;
+    PyErr_Format(PyExc_ValueError, "num_bits: expected an int in [2, 16], got %d", bits);
+    return -1;
+}
+
+/* rmin <= rmax, both finite floats (float32 range). */
+static int qrange_check(double rmin, double rmax)
+{
+    if (finite_range(rmin, -FLT_MAX, FLT_MAX, "rmin") || finite_range(rmax, -FLT_MAX, FLT_MAX, "rmax"))
+        return -1;
+    if (rmin <= rmax) return 0;
+    PyErr_Format(PyExc_ValueError, "rmin: expected rmin <= rmax, got rmin = %s > rmax = %s",
+                 fmt_g(rmin).s, fmt_g(rmax).s);
+    return -1;
+}
+
+static PyObject *py_quant_params(PyObject *self, PyObject *args, PyObject *kw)
+{
+    double rmin, rmax;
+    int bits;
+    KW("rmin", "rmax", "num_bits");
+    if (!parse(args, kw, "ddi", kwlist, &rmin, &rmax, &bits)) return NULL;
+    if (qrange_check(rmin, rmax) || bits_check(bits)) return NULL;
+    float scale;
+    int32_t zp;
+    csub_quant_params((float)rmin, (float)rmax, bits, &scale, &zp);
+    return Py_BuildValue("(dl)", (double)scale, (long)zp);
+}
+
+static PyObject *py_fake_quantize(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *oo = Py_None;
+    double rmin, rmax;
+    int bits;
+    KW("x", "num_bits", "rmin", "rmax", "out");
+    if (!parse(args, kw, "Oidd|O", kwlist, &ox, &bits, &rmin, &rmax, &oo)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0), *out;
+    if (!x || bits_check(bits) || qrange_check(rmin, rmax) || opt_arr(oo, "out", -1, 1, &out))
+        return NULL;
+    if (out) {
+        if (same_shape(out, "out", x, "x")) return NULL;
+        Py_INCREF(out);
+    } else if (!(out = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) {
+        return NULL;
+    }
+    float scale;
+    int32_t zp;
+    csub_quant_params((float)rmin, (float)rmax, bits, &scale, &zp);
+    int64_t nan;
+    Py_BEGIN_ALLOW_THREADS
+    nan = csub_fake_quant_forward_count_nan(F32(x), F32(out), PyArray_SIZE(x), scale, zp, bits);
+    Py_END_ALLOW_THREADS
+    if (nan) {
+        PyErr_Format(PyExc_ValueError, "x: %lld NaN entries; fake quantization is undefined for NaN",
+                     (long long)nan);
+        Py_DECREF(out);
+        return NULL;
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_minmax(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox;
+    KW("x");
+    if (!parse(args, kw, "O", kwlist, &ox)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    if (!x) return NULL;
+    if (PyArray_SIZE(x) < 1) {
+        PyErr_SetString(PyExc_ValueError, "x: expected at least one element");
+        return NULL;
+    }
+    float mn, mx;
+    Py_BEGIN_ALLOW_THREADS
+    csub_minmax(F32(x), PyArray_SIZE(x), &mn, &mx);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(dd)", (double)mn, (double)mx);
+}
+
+static PyObject *py_channel_scale(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *os, *oo = Py_None;
+    KW("x", "s", "out");
+    if (!parse(args, kw, "OO|O", kwlist, &ox, &os, &oo)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    PyArrayObject *sc = x ? arr_check(os, "s", NPY_FLOAT32, 1, 0) : NULL, *out;
+    if (!sc) return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
+    npy_intp cs[1] = {C};
+    if (shape_check(sc, "s", 1, cs, "(C,) with C = x.shape[1]") || opt_arr(oo, "out", -1, 1, &out))
+        return NULL;
+    if (out) {
+        if (same_shape(out, "out", x, "x")) return NULL;
+        Py_INCREF(out);
+    } else if (!(out = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    csub_channel_scale(F32(x), F32(sc), F32(out), N, C, HW);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)out;
+}
+
 /* ---------------------------------------------------------------- module */
 
 #define M(name, doc) {#name, (PyCFunction)(void (*)(void))py_##name, METH_VARARGS | METH_KEYWORDS, doc}
@@ -1200,6 +1310,10 @@ static PyMethodDef methods[] = {
     M(topk_count, "topk_count(n, topk) -> number of kept entries"),
     M(topk_mask, "topk_mask(w, topk) -> uint8 mask of the largest |w|"),
     M(apply_mask, "apply_mask(w, mask, out=None) -> w * mask"),
+    M(quant_params, "quant_params(rmin, rmax, num_bits) -> (scale, zero_point), range widened to include 0"),
+    M(fake_quantize, "fake_quantize(x, num_bits, rmin, rmax, out=None) -> y on the num_bits grid of [rmin, rmax]"),
+    M(minmax, "minmax(x) -> (min, max) as floats; NaN if x has a NaN"),
+    M(channel_scale, "channel_scale(x[N,C,...], s[C], out=None) -> y = x * s[c] per channel"),
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,8 +1,9 @@
-"""Linear and Conv2d: the layers with weights, optionally a subspace and a top-k mask."""
+"""Linear and Conv2d: the layers with weights, optionally a subspace, a top-k mask and fake quantization."""
 import numpy as np
 
 from .. import _core
 from .module import Module, check_input, check_subspace, kaiming_normal
+from .quant import MinMaxObserver
 
 
 def _check_topk(topk):
@@ -24,11 +25,22 @@ def _check_int(v, name, lo):
 
 
 class _Weighted(Module):
-    """Shared weight handling: subspace interpolation, magnitude top-k, gradient routing.
+    """Shared weight handling: subspace interpolation, compression, gradient routing.
 
     ``topk`` (None or a keep fraction in (0, 1]) masks the weight at the
     current alpha to its largest-magnitude entries; the masked entries get no
     gradient.
+
+    ``num_bits`` (None or 2..16, after ``enable_quantization()``) fake-quantizes
+    the weight at the current alpha from its own min/max and the layer's input
+    from a running min/max (exponential average, momentum 0.1, initialised
+    from the first batch it quantizes); in training the input is quantized
+    only while ``quantize_input`` is true (the training loop keeps it false
+    during the warm-up), in evaluation always. Backward is the straight-through
+    estimator: gradients pass the quantizers unchanged. ``fold_norm`` (a
+    BatchNorm2d following this layer) folds the norm's scale
+    ``gamma / sqrt(running_var + eps)`` into the weight before quantizing and
+    divides it out of the output (the scale is treated as a constant in backward).
     """
 
     def __init__(self, subspace):
@@ -36,24 +48,85 @@ class _Weighted(Module):
         self.subspace = check_subspace(subspace)
         self.topk = None
         self._mask = None
+        self.num_bits = None
+        self.quantize_input = True
+        self.fold_norm = None
+        self._fold = None
+
+    def set_fold_norm(self, norm):
+        """Fold this BatchNorm2d's scale into the weight before quantizing (None: no folding)."""
+        if norm is not None and not hasattr(norm, "fold_scale"):
+            raise TypeError(f"norm: expected a BatchNorm2d or None, got {type(norm).__name__}")
+        object.__setattr__(self, "fold_norm", norm)  # a reference, not a child module
+        return self
+
+    def enable_quantization(self, momentum=0.1):
+        """Make the layer quantizable: an input observer whose state is the buffer ``act_range``
+        = [running min, running max, initialised]."""
+        self.observer = MinMaxObserver(momentum)
+        self.register_buffer("act_range", self.observer.state)
+        return self
+
+    def _bits(self):
+        bits = self.num_bits
+        if bits is None:
+            return None
+        if "act_range" not in self._buffers:
+            raise RuntimeError("num_bits: call enable_quantization() before setting num_bits")
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 16:
+            raise ValueError(f"num_bits: expected None or an int in [2, 16], got {bits!r}")
+        return int(bits)
 
     def effective_weight(self):
-        """The weight this layer computes with now: interpolated, then masked."""
+        """The weight this layer computes with now: interpolated, masked, (folded,) quantized."""
         topk = _check_topk(self.topk)
+        bits = self._bits()
         w = self._value("weight")
         self._mask = None
         if topk is not None and topk < 1.0:
             self._mask = _core.topk_mask(w, topk)
             w = _core.apply_mask(w, self._mask)
+        self._fold = None
+        if bits is not None:
+            if self.fold_norm is not None:
+                self._fold = self.fold_norm.fold_scale()
+                w = _core.channel_scale(w.reshape(1, w.shape[0], -1), self._fold).reshape(w.shape)
+            mn, mx = _core.minmax(w)
+            w = _core.fake_quantize(w, bits, mn, mx)
         return w
+
+    def quantize_input_array(self, x):
+        """The layer's input after fake quantization (x itself when not quantizing)."""
+        bits = self._bits()
+        if bits is None or (self.training and not self.quantize_input):
+            return x
+        obs = self.observer
+        if self.training:
+            obs.update(x)
+        elif not obs.initialized:  # never observed: use the batch's own range
+            mn, mx = _core.minmax(x)
+            return _core.fake_quantize(x, bits, mn, mx)
+        return _core.fake_quantize(x, bits, obs.running_min, obs.running_max)
+
+    def _unfold_output(self, y):
+        if self._fold is None:
+            return y
+        return _core.channel_scale(y, (1.0 / self._fold).astype(np.float32))
+
+    def _unfold_grad_out(self, dy):
+        if self._fold is None:
+            return dy
+        return _core.channel_scale(np.ascontiguousarray(dy), (1.0 / self._fold).astype(np.float32))
 
     def _weight_grad_buffer(self):
         # Accumulate straight into .grad when nothing sits between the kernel and it.
-        if self.subspace != "line" and self._mask is None:
+        if self.subspace != "line" and self._mask is None and self._fold is None:
             return self.weight.grad, False
         return np.zeros_like(self.weight.data), True
 
     def _route_weight_grad(self, dw):
+        if self._fold is not None:
+            dw = _core.channel_scale(dw.reshape(1, dw.shape[0], -1), self._fold).reshape(dw.shape)
         if self._mask is not None:
             _core.apply_mask(dw, self._mask, dw)
         self._accumulate("weight", dw)
@@ -90,10 +163,10 @@ class Linear(_Weighted):
 
     def forward(self, x):
         x = check_input(x, "x", 2, self.in_features)
-        self._x = x
         self._w = self.effective_weight()
+        self._x = self.quantize_input_array(x)
         b = None if self.bias is None else self._value("bias")
-        return _core.linear_forward(x, self._w, b)
+        return _core.linear_forward(self._x, self._w, b)
 
     def backward(self, dy):
         dw, routed = self._weight_grad_buffer()
@@ -143,12 +216,15 @@ class Conv2d(_Weighted):
 
     def forward(self, x):
         x = check_input(x, "x", 4, self.in_channels)
-        self._x = x
         self._w = self.effective_weight()
+        self._x = self.quantize_input_array(x)
+        if self._fold is not None and self.bias is not None:
+            raise ValueError("fold_norm: folding a norm into a conv with a bias is not supported")
         b = None if self.bias is None else self._value("bias")
-        return _core.conv2d_forward(x, self._w, b, self.stride, self.padding)
+        return self._unfold_output(_core.conv2d_forward(self._x, self._w, b, self.stride, self.padding))
 
     def backward(self, dy):
+        dy = self._unfold_grad_out(dy)
         dw, routed = self._weight_grad_buffer()
         db, b_routed = self._bias_grad_buffer()
         dx = _core.conv2d_backward(self._x, self._w, dy, dw, db, self.stride, self.padding)

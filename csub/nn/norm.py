@@ -74,6 +74,10 @@ class BatchNorm2d(_AffineNorm):
         self._training_stats = self.training
         return y
 
+    def fold_scale(self):
+        """gamma / sqrt(running_var + eps) at the current alpha, (C,) float32 (batch-norm folding)."""
+        return (self._value("weight") / np.sqrt(self.running_var + self.eps)).astype(np.float32)
+
     def backward(self, dy):
         dg, db = self._grad_buffers()
         dx = _core.batchnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db,
