@@ -18,7 +18,9 @@ DATASETS = {
     "mnist": lambda split: data.mnist(split),
     "cifar10": lambda split: data.cifar10(split),
 }
-SUBSPACE_OF = {"standard": None, "lcs_l": "line", "lcs_p": "point", "target_topk": None, "target_bits": None}
+SUBSPACE_OF = {"standard": None, "lcs_l": "line", "lcs_p": "point", "target_topk": None, "target_bits": None,
+               "ns": "point", "us": "point"}
+CURVE_X = {"unstructured": "sparsity", "quantized": "bits", "structured": "width"}
 DEFAULT_NORM = {"mlp": None, "cnn": "gn", "cpreresnet20": "gn", "resnet18": "bn"}
 
 
@@ -97,14 +99,15 @@ def load_run(run):
 def cmd_eval(args):
     model, config, te = load_run(args.run)
     alphas = args.alphas or train.default_alphas(config["method"], config.get("topk"), config["regime"],
-                                                 model.bit_range, config.get("num_bits"))
+                                                 model.bit_range, config.get("num_bits"), model.width_range)
     results = train.evaluate(model, te, alphas)
     train.save_results(args.run, results, name="eval_cli")
     print(train.format_table(results))
     if args.plot:
         from . import plot
 
-        print("plot:", plot.accuracy_curve({config["method"]: results}, args.plot))
+        x = CURVE_X[config["regime"]] if config["method"] != "standard" else "alpha"
+        print("plot:", plot.accuracy_curve({config["method"]: results}, args.plot, x=x))
     return 0
 
 

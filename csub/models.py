@@ -5,7 +5,10 @@ Every constructor takes
             inside the blocks) or "quantized" (fake quantization of those
             layers' weights and inputs at a bit width; with batch norm its
             scale is folded into the preceding conv's weight first); the
-            first layer and the classifier always stay dense float32;
+            first layer and the classifier always stay dense float32) or
+            "structured" (every hidden layer runs with its first
+            ``max(1, round(C * w))`` channels, width factor ``w`` from alpha;
+            the input channels and the classes never change);
   subspace: None, "point" or "line" for every trainable tensor;
   norm:     "bn" (batch norm, running statistics), "gn" (group norm, one
             group per channel by default, as the method's reference), "in"
@@ -15,6 +18,10 @@ compression level that alpha maps to (unstructured: keep fraction
 ``topk = alpha``; quantized: ``num_bits = bits_for_alpha(alpha)``, K equal
 bins of [0, 1] over ``bit_range``); ``set_alpha(alpha, topk=...)`` overrides
 the keep fraction, which the training loop uses for the warm-up annealing.
+Structured: ``w = w_lo + (w_hi - w_lo) * alpha`` over ``width_range``;
+a structured line interpolates only the norm parameters and shares the
+conv/linear weights between its ends (the method's default), and norms must
+keep no running statistics ("gn" with one group per channel, or "in").
 """
 import numpy as np
 
@@ -22,7 +29,7 @@ from . import _core, nn
 from .nn.layers import _Weighted
 from .nn.module import Module, check_alpha, check_subspace
 
-REGIMES = (None, "unstructured", "quantized")
+REGIMES = (None, "unstructured", "quantized", "structured")
 NORMS = ("bn", "gn", "in", None)
 
 
@@ -52,9 +59,17 @@ class SubspaceNet(Module):
     ``self._compressible(layer)`` and implement forward/backward.
     """
 
-    def __init__(self, regime, subspace, norm, bit_range=(3, 8)):
+    def __init__(self, regime, subspace, norm, bit_range=(3, 8), width_range=(0.25, 1.0)):
         super().__init__()
         self.regime = _check_regime(regime)
+        wlo, whi = (float(v) for v in width_range)
+        if not 0.0 < wlo <= whi <= 1.0:
+            raise ValueError(f"width_range: expected (w_lo, w_hi) with 0 < w_lo <= w_hi <= 1, got {width_range!r}")
+        self.width_range = (wlo, whi)
+        self.width = 1.0
+        if regime == "structured" and norm == "bn":
+            raise ValueError("norm: batch norm keeps running statistics that are wrong at other widths; "
+                             "structured subspaces need 'gn' (one group per channel) or 'in'")
         lo, hi = bit_range
         if not (isinstance(lo, int) and isinstance(hi, int) and 2 <= lo <= hi <= 16):
             raise ValueError(f"bit_range: expected (min_bits, max_bits) with 2 <= min <= max <= 16, got {bit_range!r}")
@@ -64,6 +79,8 @@ class SubspaceNet(Module):
         if norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
         self.norm = norm
+        # a structured line shares conv/linear weights between its ends; only the norms form the line
+        self.wsub = "point" if regime == "structured" and subspace == "line" else subspace
         self.topk = 1.0
         object.__setattr__(self, "_compressible_layers", [])
 
@@ -104,6 +121,9 @@ class SubspaceNet(Module):
             self.topk = level
             for layer in self._compressible_layers:
                 layer.topk = level
+        elif self.regime == "structured":
+            lo, hi = self.width_range
+            self.set_width_factor(lo + (hi - lo) * alpha)
         elif self.regime == "quantized":
             from .nn.quant import bits_for_alpha
 
@@ -111,6 +131,49 @@ class SubspaceNet(Module):
             for layer in self._compressible_layers:
                 layer.num_bits = self.num_bits
         return self
+
+    def set_width_factor(self, w):
+        """Run every hidden layer with its first ``max(1, round(C * w))`` channels (w in (0, 1])."""
+        w = float(w)
+        if not 0.0 < w <= 1.0:
+            raise ValueError(f"w: expected a width factor in (0, 1], got {w}")
+        self.width = w
+
+        def c(n):
+            return max(1, int(np.floor(n * w + 0.5)))
+
+        layers = self.weight_layers()
+        for i, layer in enumerate(layers):
+            unit = getattr(layer, "in_unit", 1)  # a classifier over flattened (C, h, w) features
+            full_in, full_out = layer.weight.shape[1], layer.weight.shape[0]
+            layer.set_width(None if i == 0 else c(full_in // unit) * unit,
+                            None if i == len(layers) - 1 else c(full_out))
+        for m in self.modules():
+            if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)):
+                m.set_width(c(m.num_channels))
+        return self
+
+    def flops(self, input_shape):
+        """FLOPs (2 per multiply-accumulate) of one forward pass of one sample of ``input_shape``
+        (C, H, W) through the conv/linear layers at the current width; norms and activations
+        are not counted (cPreResNet20 at width 1 on 32x32: 67.5 MFLOP)."""
+        was = self.training
+        self.eval()
+        self.forward(np.zeros((1,) + tuple(input_shape), np.float32))
+        self.train(was)
+        return 2 * sum(layer.macs for layer in self.weight_layers())
+
+    def active_parameters(self):
+        """Number of parameter values the network at the current width uses (one per line pair)."""
+        total = 0
+        for m in self.modules():
+            for name, p in m._parameters.items():
+                if m.__dict__.get("subspace") == "line" and name.endswith("1") and name[:-1] in m._parameters:
+                    continue
+                sl = m._active.get(name)
+                total += p.size if sl is None else int(np.prod([x.stop for x in sl])
+                                                       * np.prod(p.shape[len(sl):], dtype=np.int64))
+        return total
 
     def set_quantize_inputs(self, on):
         """Quantized regime: quantize the compressible layers' inputs in training (off during warm-up)."""
@@ -155,13 +218,13 @@ class MLP(SubspaceNet):
     """
 
     def __init__(self, in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None,
-                 norm=None, in_channels=1, bit_range=(3, 8)):
-        super().__init__(regime, subspace, norm, bit_range)
+                 norm=None, in_channels=1, bit_range=(3, 8), width_range=(0.25, 1.0)):
+        super().__init__(regime, subspace, norm, bit_range, width_range)
         self._input_stats(in_channels)
         layers = [nn.Flatten()]
         prev = in_features
         for i, h in enumerate(hidden):
-            lin = nn.Linear(prev, h, bias=norm is None, subspace=subspace)
+            lin = nn.Linear(prev, h, bias=norm is None, subspace=self.wsub)
             if i > 0:
                 self._compressible(lin)
             layers.append(lin)
@@ -169,7 +232,7 @@ class MLP(SubspaceNet):
                 layers.append(make_norm(norm if norm == "bn" else "gn", h, subspace, groups=1))
             layers.append(nn.ReLU())
             prev = h
-        layers.append(nn.Linear(prev, num_classes, subspace=subspace))
+        layers.append(nn.Linear(prev, num_classes, subspace=self.wsub))
         self.body = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -191,12 +254,12 @@ class CNN(SubspaceNet):
     """
 
     def __init__(self, in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspace=None,
-                 norm="gn", image_size=28, bit_range=(3, 8)):
-        super().__init__(regime, subspace, norm, bit_range)
+                 norm="gn", image_size=28, bit_range=(3, 8), width_range=(0.25, 1.0)):
+        super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: the CNN needs a norm ('bn', 'gn' or 'in')")
         self._input_stats(in_channels)
-        layers = [nn.Conv2d(in_channels, widths[0], 3, padding=1, subspace=subspace),
+        layers = [nn.Conv2d(in_channels, widths[0], 3, padding=1, subspace=self.wsub),
                   make_norm(norm, widths[0], subspace), nn.ReLU()]
         prev, size = widths[0], image_size
         for i, w in enumerate(widths):
@@ -204,14 +267,16 @@ class CNN(SubspaceNet):
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
             for _ in range(1 if i == 0 else 2):
-                conv = self._compressible(nn.Conv2d(prev, w, 3, padding=1, subspace=subspace))
+                conv = self._compressible(nn.Conv2d(prev, w, 3, padding=1, subspace=self.wsub))
                 layers += [conv, make_norm(norm, w, subspace), nn.ReLU()]
                 self._fold(conv, layers[-2])
                 prev = w
         if size < 2:
             raise ValueError(f"image_size: {image_size} is too small for {len(widths)} stages")
         size //= 2
-        layers += [nn.AvgPool2d(2), nn.Flatten(), nn.Linear(prev * size * size, num_classes, subspace=subspace)]
+        fc = nn.Linear(prev * size * size, num_classes, subspace=self.wsub)
+        fc.in_unit = size * size  # flattened (channels, size, size) features: a width keeps whole channels
+        layers += [nn.AvgPool2d(2), nn.Flatten(), fc]
         self.body = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -231,21 +296,22 @@ class PreActBottleneck(Module):
 
     expansion = 4
 
-    def __init__(self, in_planes, planes, stride, norm, subspace, mark, fold=None):
+    def __init__(self, in_planes, planes, stride, norm, subspace, mark, fold=None, wsub=None):
         super().__init__()
+        wsub = subspace if wsub is None else wsub
         out = planes * self.expansion
         self.n1 = make_norm(norm, in_planes, subspace)
         self.r1 = nn.ReLU()
-        self.conv1 = mark(nn.Conv2d(in_planes, planes, 1, subspace=subspace))
+        self.conv1 = mark(nn.Conv2d(in_planes, planes, 1, subspace=wsub))
         self.n2 = make_norm(norm, planes, subspace)
         self.r2 = nn.ReLU()
-        self.conv2 = mark(nn.Conv2d(planes, planes, 3, stride=stride, padding=1, subspace=subspace))
+        self.conv2 = mark(nn.Conv2d(planes, planes, 3, stride=stride, padding=1, subspace=wsub))
         self.n3 = make_norm(norm, planes, subspace)
         self.r3 = nn.ReLU()
-        self.conv3 = mark(nn.Conv2d(planes, out, 1, subspace=subspace))
+        self.conv3 = mark(nn.Conv2d(planes, out, 1, subspace=wsub))
         self.shortcut = None
         if stride != 1 or in_planes != out:
-            self.shortcut = mark(nn.Conv2d(in_planes, out, 1, stride=stride, subspace=subspace))
+            self.shortcut = mark(nn.Conv2d(in_planes, out, 1, stride=stride, subspace=wsub))
         if fold is not None:
             fold(self.conv1, self.n2)
             fold(self.conv2, self.n3)
@@ -274,16 +340,17 @@ class BasicBlock(Module):
     The shortcut is the identity or a 1x1 conv (stride) followed by a norm.
     """
 
-    def __init__(self, in_planes, planes, stride, norm, subspace, mark):
+    def __init__(self, in_planes, planes, stride, norm, subspace, mark, wsub=None):
         super().__init__()
-        self.conv1 = mark(nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, subspace=subspace))
+        wsub = subspace if wsub is None else wsub
+        self.conv1 = mark(nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, subspace=wsub))
         self.n1 = make_norm(norm, planes, subspace)
         self.r1 = nn.ReLU()
-        self.conv2 = mark(nn.Conv2d(planes, planes, 3, padding=1, subspace=subspace))
+        self.conv2 = mark(nn.Conv2d(planes, planes, 3, padding=1, subspace=wsub))
         self.n2 = make_norm(norm, planes, subspace)
         self.short = None
         if stride != 1 or in_planes != planes:
-            self.short = nn.Sequential(mark(nn.Conv2d(in_planes, planes, 1, stride=stride, subspace=subspace)),
+            self.short = nn.Sequential(mark(nn.Conv2d(in_planes, planes, 1, stride=stride, subspace=wsub)),
                                        make_norm(norm, planes, subspace))
         self.out = nn.ReLU()
 
@@ -325,23 +392,23 @@ class CPreResNet20(_Stages):
     """
 
     def __init__(self, in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", n=2,
-                 bit_range=(3, 8)):
-        super().__init__(regime, subspace, norm, bit_range)
+                 bit_range=(3, 8), width_range=(0.25, 1.0)):
+        super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: cPreResNet20 needs a norm ('bn', 'gn' or 'in')")
         self._input_stats(in_channels)
-        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, subspace=subspace)
+        self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, subspace=self.wsub)
         blocks, in_planes = [], 16
         for stage, planes in enumerate((16, 32, 64)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
                 blocks.append(PreActBottleneck(in_planes, planes, stride, norm, subspace, self._compressible,
-                                               self._fold))
+                                               self._fold, self.wsub))
                 in_planes = planes * PreActBottleneck.expansion
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(make_norm(norm, in_planes, subspace), nn.ReLU())
         self.pool = nn.GlobalAvgPool2d()
-        self.fc = nn.Linear(in_planes, num_classes, bias=False, subspace=subspace)
+        self.fc = nn.Linear(in_planes, num_classes, bias=False, subspace=self.wsub)
 
 
 class ResNet18(_Stages):
@@ -353,45 +420,48 @@ class ResNet18(_Stages):
     """
 
     def __init__(self, in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn",
-                 bit_range=(3, 8)):
-        super().__init__(regime, subspace, norm, bit_range)
+                 bit_range=(3, 8), width_range=(0.25, 1.0)):
+        super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: ResNet18 needs a norm ('bn', 'gn' or 'in')")
         self._input_stats(in_channels)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, subspace=subspace),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, subspace=self.wsub),
                                   make_norm(norm, 64, subspace), nn.ReLU(), nn.MaxPool2d(3, 2))
         blocks, in_planes = [], 64
         for stage, planes in enumerate((64, 128, 256, 512)):
             for i in range(2):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(in_planes, planes, stride, norm, subspace, self._compressible))
+                blocks.append(BasicBlock(in_planes, planes, stride, norm, subspace, self._compressible, self.wsub))
                 in_planes = planes
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential()
         self.pool = nn.GlobalAvgPool2d()
-        self.fc = nn.Linear(in_planes, num_classes, subspace=subspace)
+        self.fc = nn.Linear(in_planes, num_classes, subspace=self.wsub)
 
 
 def mlp(in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None, norm=None,
-        in_channels=1, bit_range=(3, 8)):
+        in_channels=1, bit_range=(3, 8), width_range=(0.25, 1.0)):
     """MLP (see ``MLP``)."""
-    return MLP(in_features, hidden, num_classes, regime, subspace, norm, in_channels, bit_range)
+    return MLP(in_features, hidden, num_classes, regime, subspace, norm, in_channels, bit_range, width_range)
 
 
 def cnn(in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspace=None, norm="gn",
-        image_size=28, bit_range=(3, 8)):
+        image_size=28, bit_range=(3, 8), width_range=(0.25, 1.0)):
     """Small VGG-style CNN (see ``CNN``)."""
-    return CNN(in_channels, num_classes, widths, regime, subspace, norm, image_size, bit_range)
+    return CNN(in_channels, num_classes, widths, regime, subspace, norm, image_size, bit_range, width_range)
 
 
-def cpreresnet20(in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", bit_range=(3, 8)):
+def cpreresnet20(in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", bit_range=(3, 8),
+                 width_range=(0.25, 1.0)):
     """cPreResNet20 (see ``CPreResNet20``)."""
-    return CPreResNet20(in_channels, num_classes, regime, subspace, norm, bit_range=bit_range)
+    return CPreResNet20(in_channels, num_classes, regime, subspace, norm, bit_range=bit_range,
+                        width_range=width_range)
 
 
-def resnet18(in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn", bit_range=(3, 8)):
+def resnet18(in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn", bit_range=(3, 8),
+             width_range=(0.25, 1.0)):
     """ResNet18 (see ``ResNet18``)."""
-    return ResNet18(in_channels, num_classes, regime, subspace, norm, bit_range)
+    return ResNet18(in_channels, num_classes, regime, subspace, norm, bit_range, width_range)
 
 
 MODELS = {"mlp": mlp, "cnn": cnn, "cpreresnet20": cpreresnet20, "resnet18": resnet18}

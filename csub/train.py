@@ -7,8 +7,10 @@
   lcs_p        a point subspace (subspace="point");
   target_topk  a plain network pruned to one keep fraction ``topk`` (unstructured);
   target_bits  a plain network quantized to one bit width ``num_bits`` (quantized);
+  ns           slimmable: widths 1, 0.75, 0.5, 0.25 every step, losses summed (structured);
+  us           universally slimmable: the sandwich rule on one point (structured);
 
-for the "unstructured" and "quantized" regimes. Per step it samples alpha
+for the "unstructured", "quantized" and "structured" regimes. Per step it samples alpha
 (the method's sampler), anneals the keep fraction over the compression
 warm-up (the first ``warmup`` fraction of all iterations; for quantization
 the inputs stay float over the warm-up instead), adds the endpoint
@@ -33,9 +35,11 @@ from .optim import SGD, cosine_lr
 from .random import Generator
 from .subspace import line_pairs, line_regularizer
 
-METHODS = ("standard", "lcs_l", "lcs_p", "target_topk", "target_bits")
-REGIMES = ("unstructured", "quantized")
-DEFAULT_LR = {"unstructured": 0.1, "quantized": 0.025}
+METHODS = ("standard", "lcs_l", "lcs_p", "target_topk", "target_bits", "ns", "us")
+REGIMES = ("unstructured", "quantized", "structured")
+DEFAULT_LR = {"unstructured": 0.1, "quantized": 0.025, "structured": 0.1}
+NS_WIDTHS = (1.0, 0.75, 0.5, 0.25)
+STRUCTURED_WIDTHS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 UNSTRUCTURED_ALPHAS = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -59,13 +63,14 @@ def _method_check(model, method, regime, topk, num_bits):
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     if regime not in REGIMES:
         raise ValueError(f"regime: expected one of {REGIMES}, got {regime!r}")
-    if (method == "target_topk" and regime != "unstructured") or (method == "target_bits" and regime != "quantized"):
+    if ((method == "target_topk" and regime != "unstructured") or (method == "target_bits" and regime != "quantized")
+            or (method in ("ns", "us") and regime != "structured")):
         raise ValueError(f"method: {method!r} does not belong to regime {regime!r}")
     want = {"lcs_l": "line", "lcs_p": "point"}.get(method)
     if want and model.subspace != want:
         raise ValueError(f"model: method {method!r} needs a model built with subspace={want!r}, "
                          f"got subspace={model.subspace!r}")
-    if method in ("standard", "target_topk", "target_bits") and model.subspace == "line":
+    if method in ("standard", "target_topk", "target_bits", "ns", "us") and model.subspace == "line":
         raise ValueError(f"model: method {method!r} trains one network; build it with subspace=None")
     if method != "standard" and model.regime != regime:
         raise ValueError(f"model: method {method!r} needs a model built with regime={regime!r}, "
@@ -94,14 +99,25 @@ class AlphaSchedule:
     """
 
     def __init__(self, method, warmup_its, generator, lo=0.025, hi=1.0, p=0.5, topk=None,
-                 regime="unstructured", bit_range=(3, 8), num_bits=None):
+                 regime="unstructured", bit_range=(3, 8), num_bits=None, width_range=(0.25, 1.0), n=4):
         self.method, self.warmup_its, self.gen = method, warmup_its, generator
+        self.width_range, self.n = width_range, n
         self.lo, self.hi, self.p, self.target = lo, hi, p, topk
         self.regime, self.bit_range, self.num_bits = regime, bit_range, num_bits
         self.K = bit_range[1] - bit_range[0] + 1
 
     def ramp(self, it):
         return max(1.0 - it / self.warmup_its, 0.0) if self.warmup_its > 0 else 0.0
+
+    def samples(self, it):
+        """The (alpha, topk) of each forward pass of iteration ``it``: the structured methods take
+        several per step (sandwich rule: alphas 0, 1 and n - 2 uniform; ns: its fixed widths)."""
+        if self.regime == "structured" and self.method != "standard":
+            if self.method == "ns":
+                lo, hi = self.width_range
+                return [((w - lo) / (hi - lo) if hi > lo else 1.0, 1.0) for w in NS_WIDTHS if w >= lo]
+            return [(a, 1.0) for a in self.gen.alpha_sandwich(self.n)]
+        return [self(it)]
 
     def __call__(self, it):
         """(alpha, topk) for iteration ``it`` (0-based)."""
@@ -194,10 +210,12 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
     its_per_epoch = len(loader)
     total_its = its_per_epoch * epochs
     gen = Generator(seed)
-    schedule = AlphaSchedule(method, warmup * total_its, gen, lo, hi, p, topk, regime, model.bit_range, num_bits)
+    schedule = AlphaSchedule(method, warmup * total_its, gen, lo, hi, p, topk, regime, model.bit_range, num_bits,
+                             model.width_range)
     opt = SGD(model.parameters(), lr, momentum=momentum, weight_decay=weight_decay)
     crit = CrossEntropyLoss()
-    pairs = line_pairs(model, "weights") if method == "lcs_l" else []
+    # the regulariser runs over the tensors that form the line: norms for structured, weights otherwise
+    pairs = line_pairs(model, "norms" if regime == "structured" else "weights") if method == "lcs_l" else []
     lr_warm = min(5, epochs // 10) if lr_warmup_epochs is None else min(int(lr_warmup_epochs), epochs - 1)
 
     history, start = [], 0
@@ -223,14 +241,19 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
         bar = _progress(loader, progress, f"{method} epoch {epoch + 1}/{epochs}", its_per_epoch)
         for i, (x, y) in enumerate(bar):
             it = epoch * its_per_epoch + i
-            alpha, keep = schedule(it)
-            model.set_alpha(alpha, topk=keep if model.regime == "unstructured" else None)
+            samples = schedule.samples(it)  # one (alpha, keep) per forward; the losses add up
             if model.regime == "quantized":  # activation quantization starts after the warm-up
                 model.set_quantize_inputs(it >= schedule.warmup_its)
             opt.zero_grad()
-            logits = model(x)
-            loss = crit(logits, y)
-            model.backward(crit.backward())
+            loss = 0.0
+            for alpha, keep in samples:
+                model.set_alpha(alpha, topk=keep if model.regime == "unstructured" else None)
+                z = model(x)
+                loss += crit(z, y)
+                model.backward(crit.backward())
+                if alpha == max(a for a, _ in samples):
+                    logits = z  # training accuracy is tracked at the step's largest alpha
+            loss /= len(samples)
             if pairs and beta:
                 loss += line_regularizer(pairs, beta)
             opt.step()
@@ -240,11 +263,11 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
             correct += int(np.sum(np.argmax(logits, 1) == y))
             loss_sum += loss * len(y)
             if progress and i % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", alpha=f"{alpha:.2f}")
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         record = dict(epoch=epoch + 1, lr=opt.lr, train_loss=loss_sum / seen, train_accuracy=correct / seen,
                       seconds=time.perf_counter() - t0)
         if test is not None:
-            ends = _end_alphas(method, lo, topk, regime, model.bit_range, num_bits)
+            ends = _end_alphas(method, lo, topk, regime, model.bit_range, num_bits, model.width_range)
             for a, r in zip(ends, evaluate(model, test, ends)):
                 record[f"test_accuracy@{a:g}"] = r["accuracy"]
         history.append(record)
@@ -258,17 +281,20 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
             _write_json(os.path.join(out, "history.json"), history)
 
     if test is not None and out:
-        alphas = eval_alphas or default_alphas(method, topk, regime, model.bit_range, num_bits)
+        alphas = eval_alphas or default_alphas(method, topk, regime, model.bit_range, num_bits, model.width_range)
         results = evaluate(model, test, alphas)
         save_results(out, results)
     return history
 
 
-def _end_alphas(method, lo, topk, regime="unstructured", bit_range=(3, 8), num_bits=None):
+def _end_alphas(method, lo, topk, regime="unstructured", bit_range=(3, 8), num_bits=None,
+                width_range=(0.25, 1.0)):
     from .nn.quant import alpha_for_bits
 
     if method == "standard":
         return [1.0]
+    if regime == "structured":
+        return [0.0, 1.0]
     if method == "target_topk":
         return [float(topk)]
     if method == "target_bits":
@@ -278,12 +304,16 @@ def _end_alphas(method, lo, topk, regime="unstructured", bit_range=(3, 8), num_b
     return [lo, 1.0]
 
 
-def default_alphas(method, topk=None, regime="unstructured", bit_range=(3, 8), num_bits=None):
+def default_alphas(method, topk=None, regime="unstructured", bit_range=(3, 8), num_bits=None,
+                   width_range=(0.25, 1.0)):
     """The evaluation grid of a method (LCS-SPEC section 9)."""
     from .nn.quant import alpha_for_bits
 
     if method in ("standard", "target_topk", "target_bits"):
         return _end_alphas(method, None, topk, regime, bit_range, num_bits)
+    if regime == "structured":
+        lo, hi = width_range
+        return [(w - lo) / (hi - lo) if hi > lo else 1.0 for w in STRUCTURED_WIDTHS if lo <= w <= hi]
     if regime == "quantized":
         return [alpha_for_bits(b, *bit_range) for b in range(bit_range[0], bit_range[1] + 1)]
     return list(UNSTRUCTURED_ALPHAS)
@@ -300,8 +330,9 @@ def evaluate(model, data, alphas, batch_size=500):
         list of dicts, one per alpha, with keys alpha, then for the unstructured
         regime (and dense models) topk (keep fraction) and sparsity (zeros over
         all conv/linear weights), for the quantized regime bits and model_bytes
-        (the network at that alpha, quantized weights packed), then accuracy
-        (a fraction in [0, 1]) and loss.
+        (the network at that alpha, quantized weights packed), for the structured
+        regime width, params (parameter values in use) and flops (per sample,
+        2 per multiply-accumulate), then accuracy (a fraction in [0, 1]) and loss.
     """
     data = _check_data(data, "data")
     if not isinstance(data, DataLoader):
@@ -321,7 +352,10 @@ def evaluate(model, data, alphas, batch_size=500):
             correct += int(np.sum(np.argmax(logits, 1) == y))
             n += len(y)
         r = dict(alpha=float(a))
-        if model.regime == "quantized":
+        if model.regime == "structured":
+            r.update(width=model.width, params=int(model.active_parameters()),
+                     flops=int(model.flops(data.images.shape[1:])))
+        elif model.regime == "quantized":
             r.update(bits=int(model.num_bits), model_bytes=int(model.model_bytes()))
         else:
             r.update(topk=float(model.topk), sparsity=model.sparsity())

@@ -17,9 +17,11 @@ TIMEOUT = 300  # seconds per cell
 # Per notebook (by file name): text it must print, files it must write (relative to its cwd).
 EXPECTED_OUTPUT = {
     "unstructured.ipynb": ["picked alpha = "],
+    "quantized.ipynb": ["picked bits = ", "model bytes"],
 }
 EXPECTED_FILES = {
     "unstructured.ipynb": ["notebook_out/accuracy.png"],
+    "quantized.ipynb": ["notebook_out/accuracy_vs_bits.png"],
 }
 
 

@@ -120,9 +120,9 @@ class _Weighted(Module):
 
     def _weight_grad_buffer(self):
         # Accumulate straight into .grad when nothing sits between the kernel and it.
-        if self.subspace != "line" and self._mask is None and self._fold is None:
+        if self.subspace != "line" and self._mask is None and self._fold is None and "weight" not in self._active:
             return self.weight.grad, False
-        return np.zeros_like(self.weight.data), True
+        return np.zeros(self._w.shape, np.float32), True
 
     def _route_weight_grad(self, dw):
         if self._fold is not None:
@@ -131,12 +131,36 @@ class _Weighted(Module):
             _core.apply_mask(dw, self._mask, dw)
         self._accumulate("weight", dw)
 
+    def set_width(self, in_active=None, out_active=None):
+        """Structured width: compute with the first ``in_active`` inputs and ``out_active`` outputs
+        (None: all). The weight is used as the prefix ``weight[:out_active, :in_active]``."""
+        full_in, full_out = self.weight.shape[1], self.weight.shape[0]
+        i = full_in if in_active is None else _check_int(in_active, "in_active", 1)
+        o = full_out if out_active is None else _check_int(out_active, "out_active", 1)
+        if i > full_in or o > full_out:
+            raise ValueError(f"in_active, out_active: ({i}, {o}) exceed the layer's ({full_in}, {full_out})")
+        full = i == full_in and o == full_out
+        self._set_active("weight", None if full else (slice(0, o), slice(0, i)))
+        if self.bias is not None:
+            self._set_active("bias", None if o == full_out else (slice(0, o),))
+        return self
+
+    @property
+    def active_in(self):
+        sl = self._active.get("weight")
+        return self.weight.shape[1] if sl is None else sl[1].stop
+
+    @property
+    def active_out(self):
+        sl = self._active.get("weight")
+        return self.weight.shape[0] if sl is None else sl[0].stop
+
     def _bias_grad_buffer(self):
         if self.bias is None:
             return None, False
-        if self.subspace != "line":
+        if self.subspace != "line" and "bias" not in self._active:
             return self.bias.grad, False
-        return np.zeros_like(self.bias.data), True
+        return np.zeros(self.active_out, np.float32), True
 
 
 class Linear(_Weighted):
@@ -162,10 +186,11 @@ class Linear(_Weighted):
             self.bias = None
 
     def forward(self, x):
-        x = check_input(x, "x", 2, self.in_features)
+        x = check_input(x, "x", 2, self.active_in)
         self._w = self.effective_weight()
         self._x = self.quantize_input_array(x)
         b = None if self.bias is None else self._value("bias")
+        self.macs = self._w.size  # multiply-accumulates per sample
         return _core.linear_forward(self._x, self._w, b)
 
     def backward(self, dy):
@@ -215,13 +240,15 @@ class Conv2d(_Weighted):
             self.bias = None
 
     def forward(self, x):
-        x = check_input(x, "x", 4, self.in_channels)
+        x = check_input(x, "x", 4, self.active_in)
         self._w = self.effective_weight()
         self._x = self.quantize_input_array(x)
         if self._fold is not None and self.bias is not None:
             raise ValueError("fold_norm: folding a norm into a conv with a bias is not supported")
         b = None if self.bias is None else self._value("bias")
-        return self._unfold_output(_core.conv2d_forward(self._x, self._w, b, self.stride, self.padding))
+        y = _core.conv2d_forward(self._x, self._w, b, self.stride, self.padding)
+        self.macs = self._w.size * y.shape[2] * y.shape[3]  # multiply-accumulates per sample
+        return self._unfold_output(y)
 
     def backward(self, dy):
         dy = self._unfold_grad_out(dy)

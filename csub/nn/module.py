@@ -85,6 +85,7 @@ class Module:
         object.__setattr__(self, "_buffers", [])
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "alpha", 1.0)
+        object.__setattr__(self, "_active", {})  # parameter name -> slices in use (structured width)
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
@@ -211,20 +212,37 @@ class Module:
         if subspace == "line":
             setattr(self, name + "1", Parameter(init()))
 
+    def _set_active(self, name, slices):
+        """Use only ``param[slices]`` of parameter ``name`` (and its line partner); None: all of it."""
+        if slices is None:
+            self._active.pop(name, None)
+        else:
+            self._active[name] = tuple(slices)
+
     def _value(self, name):
-        """The tensor at the current alpha (a fresh array for a line, the data otherwise)."""
+        """The tensor at the current alpha (its active slice, contiguous): a fresh array for a line or
+        a slice, the parameter's own data otherwise."""
         p0 = getattr(self, name)
+        sl = self._active.get(name)
         if self.subspace == "line":
-            return _core.line_forward(p0.data, getattr(self, name + "1").data, self.alpha)
-        return p0.data
+            v = _core.line_forward(p0.data, getattr(self, name + "1").data, self.alpha)
+            return v if sl is None else np.ascontiguousarray(v[sl])
+        return p0.data if sl is None else np.ascontiguousarray(p0.data[sl])
 
     def _accumulate(self, name, g):
-        """Add g, the gradient of the tensor at the current alpha, to the endpoints' grads."""
+        """Add g, the gradient of the tensor at the current alpha (of its active slice), to the grads."""
         p0 = getattr(self, name)
-        if self.subspace == "line":
-            _core.line_backward(g, self.alpha, p0.grad, getattr(self, name + "1").grad)
+        sl = self._active.get(name)
+        if sl is None:
+            if self.subspace == "line":
+                _core.line_backward(g, self.alpha, p0.grad, getattr(self, name + "1").grad)
+            else:
+                p0.grad += g
+        elif self.subspace == "line":
+            p0.grad[sl] += (1.0 - self.alpha) * g
+            getattr(self, name + "1").grad[sl] += self.alpha * g
         else:
-            p0.grad += g
+            p0.grad[sl] += g
 
     def line_pairs(self):
         """(theta0, theta1) Parameter pairs of this module itself (not its children)."""

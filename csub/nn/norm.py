@@ -36,13 +36,30 @@ class _AffineNorm(Module):
         self._subspace_param("weight", lambda: np.ones(C, np.float32), subspace)
         self._subspace_param("bias", lambda: np.zeros(C, np.float32), subspace)
 
+    @property
+    def active_channels(self):
+        sl = self._active.get("weight")
+        return self.num_channels if sl is None else sl[0].stop
+
+    def set_width(self, channels=None):
+        """Structured width: normalise only the first ``channels`` channels with their own
+        scale and shift (None: all)."""
+        c = self.num_channels if channels is None else int(channels)
+        if not 1 <= c <= self.num_channels:
+            raise ValueError(f"channels: expected 1..{self.num_channels}, got {channels!r}")
+        sl = None if c == self.num_channels else (slice(0, c),)
+        self._set_active("weight", sl)
+        self._set_active("bias", sl)
+        return self
+
     def _grad_buffers(self):
-        if self.subspace == "line":
-            return np.zeros(self.num_channels, np.float32), np.zeros(self.num_channels, np.float32)
+        if self.subspace == "line" or self._active:
+            c = self.active_channels
+            return np.zeros(c, np.float32), np.zeros(c, np.float32)
         return self.weight.grad, self.bias.grad
 
     def _route(self, dg, db):
-        if self.subspace == "line":
+        if self.subspace == "line" or self._active:
             self._accumulate("weight", dg)
             self._accumulate("bias", db)
 
@@ -63,6 +80,12 @@ class BatchNorm2d(_AffineNorm):
         self.momentum = float(momentum)
         self.register_buffer("running_mean", np.zeros(self.num_channels, np.float32))
         self.register_buffer("running_var", np.ones(self.num_channels, np.float32))
+
+    def set_width(self, channels=None):
+        if channels is not None and channels != self.num_channels:
+            raise ValueError("channels: batch norm's running statistics are only valid at the width they were "
+                             "collected at; use group or instance norm for structured subspaces")
+        return super().set_width(channels)
 
     def forward(self, x):
         x = check_input(x, "x", (2, 4), self.num_channels)
@@ -107,11 +130,12 @@ class GroupNorm(_AffineNorm):
         self.num_groups = int(num_groups)
 
     def forward(self, x):
-        x = check_input(x, "x", (2, 3, 4), self.num_channels)
+        c = self.active_channels
+        x = check_input(x, "x", (2, 3, 4), c)
         self._x = x
         self._g = self._value("weight")
         y, self._mean, self._invstd = _core.groupnorm_forward(x, self._g, self._value("bias"),
-                                                              self.num_groups, self.eps)
+                                                              self._active_groups(c), self.eps)
         return y
 
     def backward(self, dy):
@@ -119,6 +143,21 @@ class GroupNorm(_AffineNorm):
         dx = _core.groupnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db)
         self._route(dg, db)
         return dx
+
+    def _active_groups(self, c):
+        if c == self.num_channels:
+            return self.num_groups
+        if self.num_groups == self.num_channels:
+            return c  # one group per channel at any width
+        if self.num_groups == 1:
+            return 1
+        raise ValueError(f"channels: group norm with {self.num_groups} groups of {self.num_channels} channels "
+                         "has no consistent grouping at other widths; use one group or one per channel")
+
+    def set_width(self, channels=None):
+        super().set_width(channels)
+        self._active_groups(self.active_channels)  # reject inconsistent groupings now
+        return self
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, subspace={self.subspace!r}"
