@@ -70,7 +70,7 @@ def cmd_train(args):
             raise CLIError(f"--resume: {args.out} was trained with other settings (old, new): {diff}")
     tr, te = DATASETS[args.dataset]("train"), DATASETS[args.dataset]("test")
     model = build_model(config, tr[0])
-    train._method_check(model, args.method, args.regime, args.topk, args.num_bits)
+    train.check_method(model, args.method, args.regime, args.topk, args.num_bits)
     os.makedirs(args.out, exist_ok=True)
     checkpoint.atomic_write(cfg_path, json.dumps(config, indent=1).encode())
     train.fit(model, tr, te, method=args.method, regime=args.regime, epochs=args.epochs,

@@ -28,6 +28,7 @@ import numpy as np
 from . import _core, nn
 from .nn.layers import _Weighted
 from .nn.module import Module, check_alpha, check_subspace
+from .nn.quant import bits_for_alpha
 
 REGIMES = (None, "unstructured", "quantized", "structured")
 NORMS = ("bn", "gn", "in", None)
@@ -125,8 +126,6 @@ class SubspaceNet(Module):
             lo, hi = self.width_range
             self.set_width_factor(lo + (hi - lo) * alpha)
         elif self.regime == "quantized":
-            from .nn.quant import bits_for_alpha
-
             self.num_bits = bits_for_alpha(alpha, *self.bit_range)
             for layer in self._compressible_layers:
                 layer.num_bits = self.num_bits

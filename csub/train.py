@@ -31,6 +31,7 @@ import numpy as np
 from . import checkpoint
 from .data import DataLoader, channel_stats
 from .nn import BatchNorm2d, CrossEntropyLoss
+from .nn.quant import alpha_for_bits
 from .optim import SGD, cosine_lr
 from .random import Generator
 from .subspace import line_pairs, line_regularizer
@@ -58,7 +59,8 @@ def _check_data(data, name):
     return images, labels
 
 
-def _method_check(model, method, regime, topk, num_bits):
+def check_method(model, method, regime, topk=None, num_bits=None):
+    """Raise ValueError (naming the argument) unless ``model`` can be trained with method and regime."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     if regime not in REGIMES:
@@ -124,8 +126,6 @@ class AlphaSchedule:
         if self.method == "standard":
             return 1.0, 1.0
         if self.regime == "quantized":
-            from .nn.quant import alpha_for_bits
-
             if self.method == "target_bits":
                 return alpha_for_bits(self.num_bits, *self.bit_range), 1.0
             if self.method == "lcs_p" and it < self.warmup_its:
@@ -160,24 +160,26 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
     Args:
         model: a ``csub.models`` network built with the method's subspace and regime.
         train, test: ``(images uint8 (N, C, H, W), labels (N,))`` tuples, or DataLoaders.
-        method: "standard", "lcs_l", "lcs_p", "target_topk" (with ``topk``) or "target_bits"
-            (with ``num_bits``).
-        regime: "unstructured" or "quantized" (the model must be built with the same).
+        method: "standard", "lcs_l", "lcs_p", "target_topk" (with ``topk``), "target_bits"
+            (with ``num_bits``), "ns" or "us".
+        regime: "unstructured", "quantized" or "structured" (the model must be built with the same).
         epochs, batch_size: training length; the schedule counts iterations over all epochs.
-        lr: base learning rate (default 0.1 unstructured, 0.025 quantized), cosine schedule after ``lr_warmup_epochs`` of linear warm-up
-            (default ``min(5, epochs // 10)``: the spec's 5 epochs at 50 epochs and more, a
-            proportional share of shorter runs, none below 10 epochs).
+        lr: base learning rate (default 0.1 for sparsity, 0.025 for quantization), cosine
+            schedule after ``lr_warmup_epochs`` of linear warm-up (default
+            ``min(5, epochs // 10)``: the spec's 5 epochs from 50 epochs on, a proportional
+            share of shorter runs, none below 10 epochs).
         momentum, weight_decay: SGD settings (weight decay on all parameters).
         warmup: fraction of all iterations over which compression is annealed from dense.
         seed: seeds data order, augmentation and alpha sampling.
         out: directory for checkpoints, history.json and eval.json/csv (None: nothing saved).
         resume: continue from ``out/checkpoint.safetensors`` if it exists.
         beta: weight of the line regulariser (lcs_l).
-        alpha_sampling: (lo, hi, p) of the biased endpoint sampler.
+        alpha_sampling: (lo, hi, p) of the biased endpoint sampler (unstructured).
         augment: random crop (padding 4) and horizontal flip.
         eval_alphas: alphas evaluated on ``test`` at the end (default: the method's grid).
+        num_bits: the bit width of target_bits.
     """
-    _method_check(model, method, regime, topk, num_bits)
+    check_method(model, method, regime, topk, num_bits)
     if lr is None:
         lr = DEFAULT_LR[regime]
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -289,8 +291,6 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
 
 def _end_alphas(method, lo, topk, regime="unstructured", bit_range=(3, 8), num_bits=None,
                 width_range=(0.25, 1.0)):
-    from .nn.quant import alpha_for_bits
-
     if method == "standard":
         return [1.0]
     if regime == "structured":
@@ -307,8 +307,6 @@ def _end_alphas(method, lo, topk, regime="unstructured", bit_range=(3, 8), num_b
 def default_alphas(method, topk=None, regime="unstructured", bit_range=(3, 8), num_bits=None,
                    width_range=(0.25, 1.0)):
     """The evaluation grid of a method (LCS-SPEC section 9)."""
-    from .nn.quant import alpha_for_bits
-
     if method in ("standard", "target_topk", "target_bits"):
         return _end_alphas(method, None, topk, regime, bit_range, num_bits)
     if regime == "structured":
