@@ -31,6 +31,8 @@ class CLIError(Exception):
 def _model_kwargs(args, images):
     in_channels, size = images.shape[1], images.shape[2]
     norm = args.norm if args.norm is not None else DEFAULT_NORM[args.model]
+    if norm is None and args.regime == "structured" and args.method != "standard":
+        norm = "gn"  # a structured line lives in its norms: the MLP gets group norm (one group)
     kw = dict(regime=None if args.method == "standard" else args.regime, subspace=SUBSPACE_OF[args.method],
               norm=norm)
     if args.model == "mlp":
@@ -155,12 +157,13 @@ def main(argv=None):
     t.add_argument("--regime", choices=train.REGIMES, default="unstructured")
     t.add_argument("--method", choices=train.METHODS, default="lcs_l")
     t.add_argument("--norm", choices=["bn", "gn", "in"], default=None,
-                   help="default: none for mlp, gn for cnn and cpreresnet20, bn for resnet18")
+                   help="default: gn for cnn and cpreresnet20, bn for resnet18; for mlp none "
+                        "(gn with one group in the structured regime)")
     t.add_argument("--topk", type=float, default=None, help="keep fraction for target_topk")
     t.add_argument("--num-bits", type=int, default=None, help="bit width for target_bits")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=None, help="default 0.1 (unstructured), 0.025 (quantized)")
+    t.add_argument("--lr", type=float, default=None, help="default 0.1 (unstructured, structured), 0.025 (quantized)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--out", required=True)
@@ -171,7 +174,7 @@ def main(argv=None):
     e = sub.add_parser("eval", help="evaluate a run over an alpha grid")
     e.add_argument("run")
     e.add_argument("--alphas", type=float, nargs="+")
-    e.add_argument("--plot", help="write a PNG of accuracy against sparsity here")
+    e.add_argument("--plot", help="write a PNG of accuracy against the regime's level (sparsity, width or bits)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="train a small line on the bundled data, print and plot the curve")

@@ -1029,11 +1029,14 @@ class DataLoader:
         return np.random.Generator(np.random.PCG64(self.seed).jumped(epoch))
 
     def __iter__(self):
+        # A generator: the epoch is taken (and advanced) when iteration starts,
+        # so an iterator made and dropped unused (as progress bars may do)
+        # does not skip an epoch.
         rng = self.generator(self.epoch)
         self.epoch += 1
         n = self.num_samples
         order = rng.permutation(n) if self.shuffle else None
-        return self._batches(rng, order, len(self))
+        yield from self._batches(rng, order, len(self))
 
     def _normalise(self, img):
         if img.shape[1] == 1:

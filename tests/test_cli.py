@@ -30,11 +30,12 @@ def ok(proc):
     return proc
 
 
-def table_rows(stdout):
-    """{alpha: row dict} of the table format_table prints (header 'alpha topk sparsity accuracy loss')."""
+def parse_table(stdout, columns, key):
+    """{row[key]: row dict} of the table format_table prints, whose header must be ``columns``."""
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["alpha", "topk"])
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == columns[:2])
     keys = lines[start].split()
+    assert keys == columns
     rows = {}
     for line in lines[start + 1:]:
         parts = line.split()
@@ -44,8 +45,13 @@ def table_rows(stdout):
             row = dict(zip(keys, map(float, parts)))
         except ValueError:
             break
-        rows[row["alpha"]] = row
+        rows[row[key]] = row
     return rows
+
+
+def table_rows(stdout):
+    """{alpha: row} of an unstructured results table."""
+    return parse_table(stdout, ["alpha", "topk", "sparsity", "accuracy", "loss"], "alpha")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from csub.nn.quant import alpha_for_bits
-from test_cli import PNG_SIGNATURE, ok, run_csub
+from test_cli import PNG_SIGNATURE, ok, parse_table, run_csub
 
 BITS = list(range(3, 9))  # the default bit_range (3, 8)
 TRAIN = ["train", "--dataset", "fashion-mnist-bundled", "--model", "mlp", "--regime", "quantized",
@@ -16,23 +16,9 @@ TRAIN = ["train", "--dataset", "fashion-mnist-bundled", "--model", "mlp", "--reg
 
 
 def bits_rows(stdout):
-    """{bits: row dict} of the table format_table prints for quantized results
-    (header 'alpha bits model_bytes accuracy loss')."""
-    lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["alpha", "bits"])
-    keys = lines[start].split()
-    assert keys == ["alpha", "bits", "model_bytes", "accuracy", "loss"]
-    rows = {}
-    for line in lines[start + 1:]:
-        parts = line.split()
-        if len(parts) != len(keys):
-            break
-        try:
-            row = dict(zip(keys, map(float, parts)))
-        except ValueError:
-            break
-        rows[int(row["bits"])] = row
-    return rows
+    """{bits: row} of a quantized results table."""
+    rows = parse_table(stdout, ["alpha", "bits", "model_bytes", "accuracy", "loss"], "bits")
+    return {int(b): r for b, r in rows.items()}
 
 
 @pytest.fixture(scope="module")

@@ -835,3 +835,17 @@ def test_loader_argument_validation():
         loader.set_epoch(-1)
     with pytest.raises(TypeError, match="epoch"):
         loader.set_epoch("1")
+
+
+def test_an_unused_iterator_does_not_skip_an_epoch():
+    images = np.arange(8 * 4, dtype=np.uint8).reshape(8, 1, 2, 2)
+    labels = np.arange(8, dtype=np.int64)
+    a = data.DataLoader(images, labels, batch_size=8, shuffle=True, seed=3)
+    b = data.DataLoader(images, labels, batch_size=8, shuffle=True, seed=3)
+    iter(b)  # made and dropped, as a progress bar may do
+    np.testing.assert_array_equal(next(iter(a))[1], next(iter(b))[1])
+    b.set_epoch(0)
+    it = iter(b)
+    iter(b)
+    np.testing.assert_array_equal(next(it)[1], data.DataLoader(images, labels, batch_size=8, shuffle=True,
+                                                               seed=3).__iter__().__next__()[1])

@@ -18,10 +18,12 @@ TIMEOUT = 300  # seconds per cell
 EXPECTED_OUTPUT = {
     "unstructured.ipynb": ["picked alpha = "],
     "quantized.ipynb": ["picked bits = ", "model bytes"],
+    "structured.ipynb": ["picked width = ", "FLOPs"],
 }
 EXPECTED_FILES = {
     "unstructured.ipynb": ["notebook_out/accuracy.png"],
     "quantized.ipynb": ["notebook_out/accuracy_vs_bits.png"],
+    "structured.ipynb": ["notebook_out/accuracy_vs_width.png", "notebook_out/cost_vs_width.png"],
 }
 
 
