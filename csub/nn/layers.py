@@ -108,15 +108,11 @@ class _Weighted(Module):
             return _core.fake_quantize(x, bits, mn, mx)
         return _core.fake_quantize(x, bits, obs.running_min, obs.running_max)
 
-    def _unfold_output(self, y):
+    def _unfold(self, a):
+        """Divide the folded norm scale out of an output (or out of its gradient) (N, K, ...)."""
         if self._fold is None:
-            return y
-        return _core.channel_scale(y, (1.0 / self._fold).astype(np.float32))
-
-    def _unfold_grad_out(self, dy):
-        if self._fold is None:
-            return dy
-        return _core.channel_scale(np.ascontiguousarray(dy), (1.0 / self._fold).astype(np.float32))
+            return a
+        return _core.channel_scale(np.ascontiguousarray(a), (1.0 / self._fold).astype(np.float32))
 
     def _weight_grad_buffer(self):
         # Accumulate straight into .grad when nothing sits between the kernel and it.
@@ -248,10 +244,10 @@ class Conv2d(_Weighted):
         b = None if self.bias is None else self._value("bias")
         y = _core.conv2d_forward(self._x, self._w, b, self.stride, self.padding)
         self.macs = self._w.size * y.shape[2] * y.shape[3]  # multiply-accumulates per sample
-        return self._unfold_output(y)
+        return self._unfold(y)
 
     def backward(self, dy):
-        dy = self._unfold_grad_out(dy)
+        dy = self._unfold(dy)
         dw, routed = self._weight_grad_buffer()
         db, b_routed = self._bias_grad_buffer()
         dx = _core.conv2d_backward(self._x, self._w, dy, dw, db, self.stride, self.padding)
