@@ -37,9 +37,9 @@ def test_unstructured_reproduction():
         pytest.skip("full Fashion-MNIST not installed")
     std = _run("standard", "standard", None, regime=None)[0]["accuracy"]
     lcs_l = {r["alpha"]: r for r in _run("lcs_l", "lcs_l", "line")}
-    lcs_p = {r["alpha"]: r for r in _run("lcs_p", "lcs_p", "point")}
     t90 = _run("target_topk_0.1", "target_topk", None, topk=0.1)[0]
     t95 = _run("target_topk_0.05", "target_topk", None, topk=0.05)[0]
+    lcs_p = {r["alpha"]: r for r in _run("lcs_p", "lcs_p", "point")}
 
     from csub import plot
     plot.accuracy_curve({"lcs_l": list(lcs_l.values()), "lcs_p": list(lcs_p.values()),
