@@ -65,25 +65,6 @@ static void lsums3(const float *x, const float *dy, int64_t n, float mu, float g
     s[0] += s0, s[1] += s1, s[2] += s2;
 }
 
-/* s[0] += sum dy, s[1] += sum dy * ((x - mu) - df) */
-static void lsums2(const float *x, const float *dy, int64_t n, float mu, float df, double s[2])
-{
-    double a0[NL] = {0}, a1[NL] = {0};
-    int64_t i = 0;
-    for (; i + NL <= n; i += NL)
-        for (int l = 0; l < NL; l++) {
-            a0[l] += dy[i + l];
-            a1[l] += (double)dy[i + l] * ((x[i + l] - mu) - df);
-        }
-    double s0 = 0.0, s1 = 0.0;
-    for (; i < n; i++) {
-        s0 += dy[i];
-        s1 += (double)dy[i] * ((x[i] - mu) - df);
-    }
-    for (int l = 0; l < NL; l++) s0 += a0[l], s1 += a1[l];
-    s[0] += s0, s[1] += s1;
-}
-
 /* x[N,C,HW], gamma/beta[C] -> y[N,C,HW], mean/invstd[C]; running stats updated in training */
 void csub_batchnorm_forward(const float *x, const float *gamma, const float *beta,
                             float *y, float *mean, float *invstd,
@@ -190,7 +171,11 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
 
 /* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=). As in batch norm, the
  * residual delta = mean(x - mean) of each (sample, group) corrects the float
- * rounding of the saved mean (the statistics are always the data's own). */
+ * rounding of the saved mean (the statistics are always the data's own).
+ * One pass over x and dy gathers, per (sample, channel), A = sum dy,
+ * B = sum dy (x - mean) and D = sum (x - mean); the group sums for dx and the
+ * parameter gradients dgamma = sum_n invstd (B - delta A), dbeta = sum_n A
+ * follow from them, so a second pass only writes dx. */
 void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy,
                              const float *mean, const float *invstd,
                              float *dx, float *dgamma, float *dbeta,
@@ -198,9 +183,15 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
 {
     int64_t Cg = C / G, m = Cg * HW;
     int nt = csub_get_num_threads();
-    /* per (sample, group) residual, for the dgamma pass; without the
-     * workspace the correction is left out (delta = 0) */
-    float *deltas = (dgamma || dbeta) ? malloc(sizeof(float) * (size_t)(N * G)) : NULL;
+    /* per (sample, channel) A and B, per (sample, group) delta, for the parameter
+     * gradients; without the workspace they are computed without the correction */
+    int params = dgamma || dbeta;
+    double *ab = params ? malloc(sizeof(double) * 2 * (size_t)(N * C)) : NULL;
+    float *deltas = params ? malloc(sizeof(float) * (size_t)(N * G)) : NULL;
+    if (params && (!ab || !deltas)) {
+        free(ab), free(deltas);
+        ab = NULL, deltas = NULL;
+    }
     #pragma omp parallel num_threads(nt)
     {
         #pragma omp for schedule(static)
@@ -209,9 +200,19 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
             float *dxg = dx + ng * m;
             float mu = mean[ng], is = invstd[ng];
             int64_t c0 = (ng % G) * Cg;
-            double sums[3] = {0.0, 0.0, 0.0}; /* sum dxhat, sum dxhat * (x - mu), sum (x - mu) */
-            for (int64_t j = 0; j < Cg; j++) lsums3(xg + j * HW, dg + j * HW, HW, mu, gamma[c0 + j], sums);
-            double s1 = sums[0], s2d = sums[1], sd = sums[2];
+            double s1 = 0.0, s2d = 0.0, sd = 0.0; /* sum dxhat, sum dxhat * (x - mu), sum (x - mu) */
+            for (int64_t j = 0; j < Cg; j++) {
+                double sums[3] = {0.0, 0.0, 0.0};
+                lsums3(xg + j * HW, dg + j * HW, HW, mu, 1.0f, sums);
+                double gm = gamma[c0 + j];
+                s1 += gm * sums[0];
+                s2d += gm * sums[1];
+                sd += sums[2];
+                if (ab) {
+                    ab[2 * (ng * Cg + j)] = sums[0];
+                    ab[2 * (ng * Cg + j) + 1] = sums[1];
+                }
+            }
             double delta = sd / (double)m;
             float df = (float)delta;
             if (deltas) deltas[ng] = df;
@@ -224,22 +225,30 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
                 }
             }
         }
-        if (dgamma || dbeta) {
+        if (params) {
             #pragma omp for schedule(static)
             for (int64_t c = 0; c < C; c++) {
                 int64_t g = c / Cg;
                 double sg = 0.0, sb = 0.0;
                 for (int64_t n = 0; n < N; n++) {
-                    float df = deltas ? deltas[n * G + g] : 0.0f;
-                    double sums[2] = {0.0, 0.0};
-                    lsums2(x + (n * C + c) * HW, dy + (n * C + c) * HW, HW, mean[n * G + g], df, sums);
-                    sb += sums[0];
-                    sg += sums[1] * invstd[n * G + g];
+                    int64_t ng = n * G + g;
+                    double A, B;
+                    if (ab) {
+                        A = ab[2 * (n * C + c)], B = ab[2 * (n * C + c) + 1];
+                    } else { /* no workspace: recompute, without the delta correction */
+                        double sums[3] = {0.0, 0.0, 0.0};
+                        lsums3(x + (n * C + c) * HW, dy + (n * C + c) * HW, HW, mean[ng], 1.0f, sums);
+                        A = sums[0], B = sums[1];
+                    }
+                    double df = deltas ? deltas[ng] : 0.0;
+                    sb += A;
+                    sg += (B - df * A) * invstd[ng];
                 }
                 if (dgamma) dgamma[c] += (float)sg;
                 if (dbeta) dbeta[c] += (float)sb;
             }
         }
     }
+    free(ab);
     free(deltas);
 }
