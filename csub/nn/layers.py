@@ -6,6 +6,16 @@ from .module import Module, check_input, check_subspace, kaiming_normal
 from .quant import MinMaxObserver
 
 
+# Keep fraction at or below which a masked Conv2d / Linear computes with its
+# kept weights only (CSR, csub._core.*_sparse_*): the forward multiplies the
+# kept weights, the input gradient uses them transposed and the weight gradient
+# is computed at the kept positions only. Above it, the dense kernels run on the
+# masked weight. Both give the same results (to float rounding). The values are
+# the measured crossovers of benchmarks/bench_sparse.py (see
+# benchmarks/sparse_crossover.md for the run that set them).
+SPARSE_CROSSOVER = {"conv": 0.3, "linear": 0.3}
+
+
 def _check_topk(topk):
     """None (dense) or a keep fraction in (0, 1]; anything else raises, naming topk."""
     if topk is None:
@@ -48,6 +58,7 @@ class _Weighted(Module):
         self.subspace = check_subspace(subspace)
         self.topk = None
         self._mask = None
+        self._csr = None
         self.num_bits = None
         self.quantize_input = True
         self.fold_norm = None
@@ -95,6 +106,16 @@ class _Weighted(Module):
             w = _core.fake_quantize(w, bits, mn, mx)
         return w
 
+    def _sparse_weight(self, kind):
+        """CSR (rowptr, colidx, values) of the masked weight self._w when the layer takes the
+        sparse path (a top-k mask at a keep fraction <= SPARSE_CROSSOVER[kind], no
+        quantization), else None."""
+        if self._mask is None or self._fold is not None or self._bits() is not None:
+            return None
+        if _check_topk(self.topk) > SPARSE_CROSSOVER[kind]:
+            return None
+        return _core.csr_from_mask(self._w, self._mask)
+
     def quantize_input_array(self, x):
         """The layer's input after fake quantization (x itself when not quantizing)."""
         bits = self._bits()
@@ -127,7 +148,7 @@ class _Weighted(Module):
     def _route_weight_grad(self, dw):
         if self._fold is not None:
             dw = _core.channel_scale(dw.reshape(1, dw.shape[0], -1), self._fold).reshape(dw.shape)
-        if self._mask is not None:
+        if self._mask is not None and self._csr is None:  # the sparse kernels write kept positions only
             _core.apply_mask(dw, self._mask, dw)
         self._accumulate("weight", dw)
 
@@ -188,15 +209,21 @@ class Linear(_Weighted):
     def forward(self, x):
         x = check_input(x, "x", 2, self.active_in)
         self._w = self.effective_weight()
+        self._csr = self._sparse_weight("linear")
         self._x = self.quantize_input_array(x)
         b = None if self.bias is None else self._value("bias")
         self.macs = self._w.size  # multiply-accumulates per sample
+        if self._csr is not None:
+            return _core.linear_sparse_forward(self._x, *self._csr, self._w.shape, b)
         return _core.linear_forward(self._x, self._w, b)
 
     def backward(self, dy):
         dw, routed = self._weight_grad_buffer()
         db, b_routed = self._bias_grad_buffer()
-        dx = _core.linear_backward(self._x, self._w, dy, dw, db)
+        if self._csr is not None:
+            dx = _core.linear_sparse_backward(self._x, *self._csr, self._w.shape, dy, dw, db)
+        else:
+            dx = _core.linear_backward(self._x, self._w, dy, dw, db)
         if routed:
             self._route_weight_grad(dw)
         if b_routed:
@@ -246,7 +273,11 @@ class Conv2d(_Weighted):
         if self._fold is not None and self.bias is not None:
             raise ValueError("fold_norm: folding a norm into a conv with a bias is not supported")
         b = None if self.bias is None else self._value("bias")
-        y = _core.conv2d_forward(self._x, self._w, b, self.stride, self.padding)
+        self._csr = self._sparse_weight("conv")
+        if self._csr is not None:
+            y = _core.conv2d_sparse_forward(self._x, *self._csr, self._w.shape, b, self.stride, self.padding)
+        else:
+            y = _core.conv2d_forward(self._x, self._w, b, self.stride, self.padding)
         self.macs = self._w.size * y.shape[2] * y.shape[3]  # multiply-accumulates per sample
         return self._unfold_output(y)
 
@@ -254,7 +285,11 @@ class Conv2d(_Weighted):
         dy = self._unfold_grad_out(dy)
         dw, routed = self._weight_grad_buffer()
         db, b_routed = self._bias_grad_buffer()
-        dx = _core.conv2d_backward(self._x, self._w, dy, dw, db, self.stride, self.padding)
+        if self._csr is not None:
+            dx = _core.conv2d_sparse_backward(self._x, *self._csr, self._w.shape, dy, dw, db,
+                                              self.stride, self.padding)
+        else:
+            dx = _core.conv2d_backward(self._x, self._w, dy, dw, db, self.stride, self.padding)
         if routed:
             self._route_weight_grad(dw)
         if b_routed:
