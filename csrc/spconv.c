@@ -49,8 +49,10 @@
 #define SP_CLONES
 #endif
 
-/* 16 floats; unaligned, may alias float data */
+/* 16, 8 and 4 floats; unaligned, may alias float data */
 typedef float vf __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float vf4 __attribute__((vector_size(16), aligned(4), may_alias));
 
 #define vload(p) (*(const vf *)(p))
 #define vstore(p, v) (*(vf *)(p) = (v))
@@ -84,8 +86,16 @@ void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
     for (int64_t k = 0; k < K; k++) {
         const uint8_t *m = mask + k * cols;
         const float *wr = w + k * cols;
-        int64_t t = rowptr[k];
-        for (int64_t j = 0; j < cols; j++)
+        int64_t t = rowptr[k], end = rowptr[k + 1];
+        /* branch-free: write every entry at t, advance t only past kept ones
+         * (the last row's tail is clipped so nothing is written beyond nnz) */
+        int64_t j = 0;
+        for (; j < cols && t < end - 1; j++) {
+            colidx[t] = (int32_t)j;
+            values[t] = wr[j];
+            t += m[j] != 0;
+        }
+        for (; j < cols && t < end; j++)
             if (m[j]) {
                 colidx[t] = (int32_t)j;
                 values[t++] = wr[j];
@@ -124,6 +134,20 @@ static void sp_gather(float *restrict out, int64_t L, const float *base, const i
         for (int64_t t = 0; t < T; t++) a0 += v[t] * vload(base + off[t] + i0);
         vstore(out + i0, a0);
     }
+    if (i0 + 8 <= L) {
+        vf8 a0 = {0};
+        a0 += init;
+        for (int64_t t = 0; t < T; t++) a0 += v[t] * *(const vf8 *)(base + off[t] + i0);
+        *(vf8 *)(out + i0) = a0;
+        i0 += 8;
+    }
+    if (i0 + 4 <= L) {
+        vf4 a0 = {0};
+        a0 += init;
+        for (int64_t t = 0; t < T; t++) a0 += v[t] * *(const vf4 *)(base + off[t] + i0);
+        *(vf4 *)(out + i0) = a0;
+        i0 += 4;
+    }
     for (; i0 < L; i0++) {
         float a = init;
         for (int64_t t = 0; t < T; t++) a += v[t] * base[off[t] + i0];
@@ -131,9 +155,14 @@ static void sp_gather(float *restrict out, int64_t L, const float *base, const i
     }
 }
 
-/* s + sum_{i in [i0, L)} a[i] b[i] */
-static float dot_tail(const float *a, const float *b, int64_t i0, int64_t L, float s)
+/* s + sum_{i in [i0, L)} a[i] b[i], i0 + 16 > L */
+static inline float dot_tail(const float *a, const float *b, int64_t i0, int64_t L, float s)
 {
+    if (i0 + 8 <= L) {
+        vf8 p = *(const vf8 *)(a + i0) * *(const vf8 *)(b + i0);
+        for (int l = 0; l < 8; l++) s += p[l];
+        i0 += 8;
+    }
     for (int64_t i = i0; i < L; i++) s += a[i] * b[i];
     return s;
 }
@@ -218,12 +247,21 @@ static geom make_geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int
     return g;
 }
 
-/* Plane index and shift of column j = (c * R + r) * S + s of the weight. */
-static void tap(const geom *g, int64_t j, int64_t *pi, int64_t *shift)
+/* For every weight column j = (c * R + r) * S + s: tab[2j] = its plane index
+ * (c * sa + r % st) * sb + s % st, tab[2j + 1] = its shift (r / st) * Wph + s / st.
+ * Built by loops, so that no kept weight pays for divisions. NULL when out of memory. */
+static int64_t *tap_table(const geom *g)
 {
-    int64_t s = j % g->S, r = (j / g->S) % g->R, c = j / (g->S * g->R);
-    *pi = (c * g->sa + r % g->st) * g->sb + s % g->st;
-    *shift = (r / g->st) * g->Wph + s / g->st;
+    int64_t *tab = malloc(sizeof(int64_t) * 2 * (size_t)(g->C * g->R * g->S));
+    if (!tab) return NULL;
+    int64_t j = 0;
+    for (int64_t c = 0; c < g->C; c++)
+        for (int64_t r = 0; r < g->R; r++)
+            for (int64_t s = 0; s < g->S; s++, j++) {
+                tab[2 * j] = (c * g->sa + r % g->st) * g->sb + s % g->st;
+                tab[2 * j + 1] = (r / g->st) * g->Wph + s / g->st;
+            }
+    return tab;
 }
 
 /* First j >= 0 with j * st + b - pad >= 0, and first j with j * st + b - pad >= W, within [0, Wph]. */
@@ -350,17 +388,15 @@ int csub_conv2d_sparse_forward(const float *x, const int64_t *rowptr, const int3
     int nbuf = outer ? nt : 1;
     size_t plane_floats = g.direct_x ? 0 : (size_t)(g.nplanes * g.plane + g.Wph);
     int64_t *foff = malloc(sizeof(int64_t) * (size_t)(nnz > 0 ? nnz : 1));
+    int64_t *tab = tap_table(&g);
     float *planes = plane_floats ? calloc(plane_floats * nbuf, sizeof(float)) : NULL;
     float *wide = g.direct_y ? NULL : malloc(sizeof(float) * (size_t)g.L * nt);
-    if (!foff || (plane_floats && !planes) || (!g.direct_y && !wide)) {
-        free(foff), free(planes), free(wide);
+    if (!foff || !tab || (plane_floats && !planes) || (!g.direct_y && !wide)) {
+        free(foff), free(tab), free(planes), free(wide);
         return CSUB_ERR_NOMEM;
     }
-    for (int64_t t = 0; t < nnz; t++) {
-        int64_t pi, sh;
-        tap(&g, colidx[t], &pi, &sh);
-        foff[t] = pi * g.plane + sh;
-    }
+    for (int64_t t = 0; t < nnz; t++) foff[t] = tab[2 * colidx[t]] * g.plane + tab[2 * colidx[t] + 1];
+    free(tab);
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -406,34 +442,29 @@ typedef struct {
 } tplan;
 
 static int make_tplan(const geom *g, const int64_t *rowptr, const int32_t *colidx, const float *values,
-                      tplan *tp)
+                      const int64_t *tab, tplan *tp)
 {
     int64_t nnz = rowptr[g->K], np = g->nplanes;
     tp->ptr = calloc((size_t)np + 1, sizeof(int64_t));
     tp->off = malloc(sizeof(int64_t) * (size_t)(nnz > 0 ? nnz : 1));
     tp->val = malloc(sizeof(float) * (size_t)(nnz > 0 ? nnz : 1));
-    int64_t *pis = malloc(sizeof(int64_t) * (size_t)(nnz > 0 ? nnz : 1));
-    int64_t *shs = malloc(sizeof(int64_t) * (size_t)(nnz > 0 ? nnz : 1));
-    if (!tp->ptr || !tp->off || !tp->val || !pis || !shs) {
-        free(tp->ptr), free(tp->off), free(tp->val), free(pis), free(shs);
+    if (!tp->ptr || !tp->off || !tp->val) {
+        free(tp->ptr), free(tp->off), free(tp->val);
+        tp->ptr = NULL, tp->off = NULL, tp->val = NULL;
         return CSUB_ERR_NOMEM;
     }
-    for (int64_t t = 0; t < nnz; t++) {
-        tap(g, colidx[t], &pis[t], &shs[t]);
-        tp->ptr[pis[t] + 1]++;
-    }
+    for (int64_t t = 0; t < nnz; t++) tp->ptr[tab[2 * colidx[t]] + 1]++;
     for (int64_t i = 0; i < np; i++) tp->ptr[i + 1] += tp->ptr[i];
     /* stable counting sort: within a plane, rows k ascending */
     for (int64_t k = 0; k < g->K; k++)
         for (int64_t t = rowptr[k]; t < rowptr[k + 1]; t++) {
-            int64_t dst = tp->ptr[pis[t]]++;
-            tp->off[dst] = k * g->Ld + g->offmax - shs[t];
+            const int64_t *e = tab + 2 * colidx[t];
+            int64_t dst = tp->ptr[e[0]]++;
+            tp->off[dst] = k * g->Ld + g->offmax - e[1];
             tp->val[dst] = values[t];
         }
     for (int64_t i = np; i > 0; i--) tp->ptr[i] = tp->ptr[i - 1];
     tp->ptr[0] = 0;
-    free(pis);
-    free(shs);
     return CSUB_OK;
 }
 
@@ -472,25 +503,22 @@ int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int
     size_t plane_floats = (size_t)(g.nplanes * g.plane + g.Wph);
     size_t dyz_floats = g.direct_dy ? 0 : (size_t)(K * g.Ld);
     size_t dxph_floats = (size_t)(g.nplanes * g.plane);
-    int64_t *foff = NULL;
+    int64_t *foff = NULL, *tab = tap_table(&g);
     float *planes = NULL, *dyzs = NULL, *dxphs = NULL, *dvs = NULL;
     tplan tp = {NULL, NULL, NULL};
-    int st = CSUB_OK;
-    if (dvalues && nnz > 0) {
+    int st = tab ? CSUB_OK : CSUB_ERR_NOMEM;
+    if (st == CSUB_OK && dvalues && nnz > 0) {
         if (!(foff = malloc(sizeof(int64_t) * (size_t)nnz)) ||
             !(dvs = calloc((size_t)nnz * nbuf, sizeof(float))) ||
             (need_planes && !(planes = calloc(plane_floats * nbuf, sizeof(float))))) st = CSUB_ERR_NOMEM;
         else
-            for (int64_t t = 0; t < nnz; t++) {
-                int64_t pi, sh;
-                tap(&g, colidx[t], &pi, &sh);
-                foff[t] = pi * g.plane + sh;
-            }
+            for (int64_t t = 0; t < nnz; t++) foff[t] = tab[2 * colidx[t]] * g.plane + tab[2 * colidx[t] + 1];
     }
     if (st == CSUB_OK && dyz_floats && (dx || (dvalues && nnz > 0)) &&
         !(dyzs = malloc(sizeof(float) * dyz_floats * nbuf))) st = CSUB_ERR_NOMEM;
     if (st == CSUB_OK && need_dxph && !(dxphs = malloc(sizeof(float) * dxph_floats * nbuf))) st = CSUB_ERR_NOMEM;
-    if (st == CSUB_OK && dx) st = make_tplan(&g, rowptr, colidx, values, &tp);
+    if (st == CSUB_OK && dx) st = make_tplan(&g, rowptr, colidx, values, tab, &tp);
+    free(tab);
     if (st != CSUB_OK) {
         free(foff), free(planes), free(dyzs), free(dxphs), free(dvs);
         return st;
@@ -576,16 +604,21 @@ int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int
 
 /* --------------------------------------------------------------- linear */
 
-/* a[R, C] -> t[C, R] */
+/* a[R, C] -> t[C, R]: eight rows at a time, so that the reads are eight
+ * sequential streams and each write is eight consecutive floats */
 static void transpose(const float *a, float *t, int64_t R, int64_t C)
 {
+    int64_t R8 = R / 8 * 8;
     #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (R * C > 65536)
-    for (int64_t c0 = 0; c0 < C; c0 += 32)
-        for (int64_t r0 = 0; r0 < R; r0 += 32) {
-            int64_t c1 = c0 + 32 < C ? c0 + 32 : C, r1 = r0 + 32 < R ? r0 + 32 : R;
-            for (int64_t c = c0; c < c1; c++)
-                for (int64_t r = r0; r < r1; r++) t[c * R + r] = a[r * C + c];
+    for (int64_t r0 = 0; r0 < R8; r0 += 8) {
+        const float *a0 = a + r0 * C;
+        for (int64_t c = 0; c < C; c++) {
+            float *o = t + c * R + r0;
+            for (int l = 0; l < 8; l++) o[l] = a0[l * C + c];
         }
+    }
+    for (int64_t r = R8; r < R; r++)
+        for (int64_t c = 0; c < C; c++) t[c * R + r] = a[r * C + c];
 }
 
 /* A linear layer is a 1x1 convolution of one image with C = IN channels of
