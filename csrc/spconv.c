@@ -579,16 +579,13 @@ int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int
                 #pragma omp barrier
             }
         }
-        #pragma omp barrier
-        if (do_dw) { /* reduce the per-thread partials in thread order */
-            #pragma omp for schedule(static)
-            for (int64_t i = 0; i < nnz; i++) {
-                float acc = 0.0f;
-                for (int u = 0; u < nbuf; u++) acc += dvs[(size_t)u * nnz + i];
-                dvalues[i] += acc;
-            }
-        }
     }
+    if (do_dw) /* reduce the per-thread partials in thread order (small: nnz each) */
+        for (int64_t i = 0; i < nnz; i++) {
+            float acc = 0.0f;
+            for (int u = 0; u < nbuf; u++) acc += dvs[(size_t)u * nnz + i];
+            dvalues[i] += acc;
+        }
     if (db)
         for (int64_t n = 0; n < N; n++)
             for (int64_t k = 0; k < K; k++) {
