@@ -911,14 +911,18 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_add(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *oa, *ob;
-    KW("a", "b");
-    if (!parse(args, kw, "OO", kwlist, &oa, &ob)) return NULL;
+    PyObject *oa, *ob, *oo = Py_None;
+    KW("a", "b", "out");
+    if (!parse(args, kw, "OO|O", kwlist, &oa, &ob, &oo)) return NULL;
     PyArrayObject *a = arr_check(oa, "a", NPY_FLOAT32, -1, 0);
-    PyArrayObject *b = a ? arr_check(ob, "b", NPY_FLOAT32, -1, 0) : NULL;
-    if (!b || same_shape(b, "b", a, "a")) return NULL;
-    PyArrayObject *y = new_f32(PyArray_NDIM(a), PyArray_DIMS(a));
-    if (!y) return NULL;
+    PyArrayObject *b = a ? arr_check(ob, "b", NPY_FLOAT32, -1, 0) : NULL, *y;
+    if (!b || same_shape(b, "b", a, "a") || opt_arr(oo, "out", -1, 1, &y)) return NULL;
+    if (y) { /* may be a or b itself: the sum is elementwise */
+        if (same_shape(y, "out", a, "a")) return NULL;
+        Py_INCREF(y);
+    } else if (!(y = new_f32(PyArray_NDIM(a), PyArray_DIMS(a)))) {
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
     csub_add(F32(a), F32(b), F32(y), PyArray_SIZE(a));
     Py_END_ALLOW_THREADS
@@ -1574,7 +1578,7 @@ static PyMethodDef methods[] = {
     M(groupnorm_backward, "groupnorm_backward(x, gamma, dy, mean, invstd, dgamma=None, dbeta=None) -> dx"),
     M(relu_forward, "relu_forward(x) -> y"),
     M(relu_backward, "relu_backward(x, dy) -> dx"),
-    M(add, "add(a, b) -> a + b"),
+    M(add, "add(a, b, out=None) -> a + b (out may be a or b)"),
     M(maxpool2d_forward, "maxpool2d_forward(x, kernel_size, stride) -> (y, argmax int32)"),
     M(maxpool2d_backward, "maxpool2d_backward(dy, argmax, input_shape, kernel_size, stride) -> dx"),
     M(avgpool2d_forward, "avgpool2d_forward(x, kernel_size, stride) -> y"),
