@@ -265,6 +265,15 @@ def bench_step(reps):
     print("   (targets: alpha 0.05 <= 0.50, alpha 0.10 <= 0.65 of the alpha = 1.0 step)")
 
 
+def region_cost(n):
+    """Median ms of one tiny parallel kernel on n threads (70000 floats: ReLU splits it over the
+    threads). Tens of microseconds on an idle machine; on a loaded one each parallel region
+    waits for a time slice, which then dominates many-threaded timings."""
+    csub.set_num_threads(n)
+    x = np.ones(70000, np.float32)
+    return bench_alternating([lambda: _core.relu_forward(x)], 15, min_sample=0)[0] * 1e3
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -276,8 +285,9 @@ def main():
     header(args)
     t0 = time.perf_counter()
     for n in args.threads:
+        cost = region_cost(n)
         csub.set_num_threads(n)
-        print(f"\n===== {n} thread{'s' if n > 1 else ''} =====")
+        print(f"\n===== {n} thread{'s' if n > 1 else ''} ===== (one tiny parallel kernel: {cost:.3f} ms)")
         if not args.skip_layers:
             bench_layers(layer_reps)
         if not args.skip_step:

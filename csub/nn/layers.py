@@ -10,10 +10,14 @@ from .quant import MinMaxObserver
 # kept weights only (CSR, csub._core.*_sparse_*): the forward multiplies the
 # kept weights, the input gradient uses them transposed and the weight gradient
 # is computed at the kept positions only. Above it, the dense kernels run on the
-# masked weight. Both give the same results (to float rounding). The values are
-# the measured crossovers of benchmarks/bench_sparse.py (see
-# benchmarks/sparse_crossover.md for the run that set them).
-SPARSE_CROSSOVER = {"conv": 0.3, "linear": 0.3}
+# masked weight. Both give the same results (to float rounding).
+# Measured, not guessed: `python benchmarks/bench_sparse.py --threads 1 2`
+# times forward + backward of both paths at keep fractions 1 .. 0.02.
+# conv: where cPreResNet20's convs summed over the network break even (0.53
+# on one thread, 0.67 on two; single shapes 0.26 .. >= 1); linear: the Linear
+# shapes' crossovers (0.19 .. 0.21, one thread). The run and the reasoning are
+# in benchmarks/sparse_crossover.md.
+SPARSE_CROSSOVER = {"conv": 0.5, "linear": 0.2}
 
 
 def _check_topk(topk):
