@@ -13,10 +13,10 @@ from .quant import MinMaxObserver
 # masked weight. Both give the same results (to float rounding).
 # Measured, not guessed: `python benchmarks/bench_sparse.py --threads 1 2`
 # times forward + backward of both paths at keep fractions 1 .. 0.02.
-# conv: where cPreResNet20's convs summed over the network break even (0.53
-# on one thread, 0.67 on two; single shapes 0.26 .. >= 1); linear: the Linear
-# shapes' crossovers (0.19 .. 0.21, one thread). The run and the reasoning are
-# in benchmarks/sparse_crossover.md.
+# conv: where cPreResNet20's convs summed over the network break even (0.53 ..
+# 0.56 on one thread, 0.58 .. 0.67 on two, over three runs; single shapes
+# 0.23 .. >= 1); linear: the Linear shapes' crossovers (0.18 .. 0.22, one
+# thread). The run and the reasoning are in benchmarks/sparse_crossover.md.
 SPARSE_CROSSOVER = {"conv": 0.5, "linear": 0.2}
 
 
@@ -43,7 +43,9 @@ class _Weighted(Module):
 
     ``topk`` (None or a keep fraction in (0, 1]) masks the weight at the
     current alpha to its largest-magnitude entries; the masked entries get no
-    gradient.
+    gradient. At a keep fraction <= ``SPARSE_CROSSOVER`` the layer computes
+    with the kept weights only (sparse kernels), else with the dense kernels
+    on the masked weight; the results agree to float rounding.
 
     ``num_bits`` (None or 2..16, after ``enable_quantization()``) fake-quantizes
     the weight at the current alpha from its own min/max and the layer's input
