@@ -13,11 +13,15 @@ void csub_relu_forward(const float *x, float *y, int64_t n)
     for (int64_t i = 0; i < n; i++) y[i] = x[i] <= 0.0f ? 0.0f : x[i];
 }
 
-/* dx[n] = dy where x > 0 (or x is NaN), 0 where x <= 0 */
+/* dx[n] = dy where x > 0 (or x is NaN), 0 where x <= 0. dy is read
+ * unconditionally so that the select vectorises instead of branching. */
 void csub_relu_backward(const float *x, const float *dy, float *dx, int64_t n)
 {
     PAR_FOR
-    for (int64_t i = 0; i < n; i++) dx[i] = x[i] <= 0.0f ? 0.0f : dy[i];
+    for (int64_t i = 0; i < n; i++) {
+        float d = dy[i];
+        dx[i] = x[i] <= 0.0f ? 0.0f : d;
+    }
 }
 
 /* y[n] = a + b */

@@ -6,6 +6,65 @@
 
 #include "csub.h"
 
+/* Sums over a run of floats in double with NL independent partial sums
+ * (combined in a fixed order), so that the additions pipeline and vectorise
+ * instead of waiting on one another. */
+#define NL 8
+
+static double lsum(const float *x, int64_t n)
+{
+    double acc[NL] = {0};
+    int64_t i = 0;
+    for (; i + NL <= n; i += NL)
+        for (int l = 0; l < NL; l++) acc[l] += x[i + l];
+    double s = 0.0;
+    for (; i < n; i++) s += x[i];
+    for (int l = 0; l < NL; l++) s += acc[l];
+    return s;
+}
+
+/* sum (x - mu)^2 */
+static double lsumsq(const float *x, int64_t n, double mu)
+{
+    double acc[NL] = {0};
+    int64_t i = 0;
+    for (; i + NL <= n; i += NL)
+        for (int l = 0; l < NL; l++) {
+            double d = x[i + l] - mu;
+            acc[l] += d * d;
+        }
+    double s = 0.0;
+    for (; i < n; i++) {
+        double d = x[i] - mu;
+        s += d * d;
+    }
+    for (int l = 0; l < NL; l++) s += acc[l];
+    return s;
+}
+
+/* With d = x - mu and e = dy * gm in float: s[0] += sum e, s[1] += sum e * d, s[2] += sum d. */
+static void lsums3(const float *x, const float *dy, int64_t n, float mu, float gm, double s[3])
+{
+    double a0[NL] = {0}, a1[NL] = {0}, a2[NL] = {0};
+    int64_t i = 0;
+    for (; i + NL <= n; i += NL)
+        for (int l = 0; l < NL; l++) {
+            float d = x[i + l] - mu, e = dy[i + l] * gm;
+            a0[l] += e;
+            a1[l] += (double)e * d;
+            a2[l] += d;
+        }
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+    for (; i < n; i++) {
+        float d = x[i] - mu, e = dy[i] * gm;
+        s0 += e;
+        s1 += (double)e * d;
+        s2 += d;
+    }
+    for (int l = 0; l < NL; l++) s0 += a0[l], s1 += a1[l], s2 += a2[l];
+    s[0] += s0, s[1] += s1, s[2] += s2;
+}
+
 /* x[N,C,HW], gamma/beta[C] -> y[N,C,HW], mean/invstd[C]; running stats updated in training */
 void csub_batchnorm_forward(const float *x, const float *gamma, const float *beta,
                             float *y, float *mean, float *invstd,
@@ -19,16 +78,10 @@ void csub_batchnorm_forward(const float *x, const float *gamma, const float *bet
         double mu, var;
         if (training) {
             double s = 0.0;
-            for (int64_t n = 0; n < N; n++) {
-                const float *xc = x + (n * C + c) * HW;
-                for (int64_t i = 0; i < HW; i++) s += xc[i];
-            }
+            for (int64_t n = 0; n < N; n++) s += lsum(x + (n * C + c) * HW, HW);
             mu = s / (double)m;
             double v = 0.0;
-            for (int64_t n = 0; n < N; n++) {
-                const float *xc = x + (n * C + c) * HW;
-                for (int64_t i = 0; i < HW; i++) { double d = xc[i] - mu; v += d * d; }
-            }
+            for (int64_t n = 0; n < N; n++) v += lsumsq(x + (n * C + c) * HW, HW, mu);
             var = v / (double)m;
             if (running_mean) {
                 running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mu);
@@ -71,16 +124,10 @@ void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy
     for (int64_t c = 0; c < C; c++) {
         float mu = mean[c], is = invstd[c];
         /* sum dy, sum dy * (x - mu), sum (x - mu) */
-        double sdy = 0.0, sdyd = 0.0, sd = 0.0;
-        for (int64_t n = 0; n < N; n++) {
-            const float *xc = x + (n * C + c) * HW, *dc = dy + (n * C + c) * HW;
-            for (int64_t i = 0; i < HW; i++) {
-                float d = xc[i] - mu;
-                sdy += dc[i];
-                sdyd += (double)dc[i] * d;
-                sd += d;
-            }
-        }
+        double sums[3] = {0.0, 0.0, 0.0};
+        for (int64_t n = 0; n < N; n++)
+            lsums3(x + (n * C + c) * HW, dy + (n * C + c) * HW, HW, mu, 1.0f, sums);
+        double sdy = sums[0], sdyd = sums[1], sd = sums[2];
         double delta = training ? sd / m : 0.0;
         double sdyx = (sdyd - delta * sdy) * is; /* sum dy * xhat */
         if (dgamma) dgamma[c] += (float)sdyx;
@@ -106,10 +153,8 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
     for (int64_t ng = 0; ng < N * G; ng++) {
         const float *xg = x + ng * m; /* the group's channels are contiguous */
         float *yg = y + ng * m;
-        double s = 0.0, v = 0.0;
-        for (int64_t i = 0; i < m; i++) s += xg[i];
-        double mu = s / (double)m;
-        for (int64_t i = 0; i < m; i++) { double d = xg[i] - mu; v += d * d; }
+        double mu = lsum(xg, m) / (double)m;
+        double v = lsumsq(xg, m, mu);
         float is = (float)(1.0 / sqrt(v / (double)m + eps));
         mean[ng] = (float)mu;
         invstd[ng] = is;
@@ -126,7 +171,11 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
 
 /* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=). As in batch norm, the
  * residual delta = mean(x - mean) of each (sample, group) corrects the float
- * rounding of the saved mean (the statistics are always the data's own). */
+ * rounding of the saved mean (the statistics are always the data's own).
+ * One pass over x and dy gathers, per (sample, channel), A = sum dy,
+ * B = sum dy (x - mean) and D = sum (x - mean); the group sums for dx and the
+ * parameter gradients dgamma = sum_n invstd (B - delta A), dbeta = sum_n A
+ * follow from them, so a second pass only writes dx. */
 void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy,
                              const float *mean, const float *invstd,
                              float *dx, float *dgamma, float *dbeta,
@@ -134,9 +183,15 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
 {
     int64_t Cg = C / G, m = Cg * HW;
     int nt = csub_get_num_threads();
-    /* per (sample, group) residual, for the dgamma pass; without the
-     * workspace the correction is left out (delta = 0) */
-    float *deltas = (dgamma || dbeta) ? malloc(sizeof(float) * (size_t)(N * G)) : NULL;
+    /* per (sample, channel) A and B, per (sample, group) delta, for the parameter
+     * gradients; without the workspace they are computed without the correction */
+    int params = dgamma || dbeta;
+    double *ab = params ? malloc(sizeof(double) * 2 * (size_t)(N * C)) : NULL;
+    float *deltas = params ? malloc(sizeof(float) * (size_t)(N * G)) : NULL;
+    if (params && (!ab || !deltas)) {
+        free(ab), free(deltas);
+        ab = NULL, deltas = NULL;
+    }
     #pragma omp parallel num_threads(nt)
     {
         #pragma omp for schedule(static)
@@ -147,13 +202,15 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
             int64_t c0 = (ng % G) * Cg;
             double s1 = 0.0, s2d = 0.0, sd = 0.0; /* sum dxhat, sum dxhat * (x - mu), sum (x - mu) */
             for (int64_t j = 0; j < Cg; j++) {
-                float gm = gamma[c0 + j];
-                for (int64_t i = 0; i < HW; i++) {
-                    float d = xg[j * HW + i] - mu;
-                    float dxh = dg[j * HW + i] * gm;
-                    s1 += dxh;
-                    s2d += (double)dxh * d;
-                    sd += d;
+                double sums[3] = {0.0, 0.0, 0.0};
+                lsums3(xg + j * HW, dg + j * HW, HW, mu, 1.0f, sums);
+                double gm = gamma[c0 + j];
+                s1 += gm * sums[0];
+                s2d += gm * sums[1];
+                sd += sums[2];
+                if (ab) {
+                    ab[2 * (ng * Cg + j)] = sums[0];
+                    ab[2 * (ng * Cg + j) + 1] = sums[1];
                 }
             }
             double delta = sd / (double)m;
@@ -168,26 +225,30 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
                 }
             }
         }
-        if (dgamma || dbeta) {
+        if (params) {
             #pragma omp for schedule(static)
             for (int64_t c = 0; c < C; c++) {
                 int64_t g = c / Cg;
                 double sg = 0.0, sb = 0.0;
                 for (int64_t n = 0; n < N; n++) {
-                    const float *xc = x + (n * C + c) * HW, *dc = dy + (n * C + c) * HW;
-                    float mu = mean[n * G + g], is = invstd[n * G + g];
-                    float df = deltas ? deltas[n * G + g] : 0.0f;
-                    double sgn = 0.0;
-                    for (int64_t i = 0; i < HW; i++) {
-                        sb += dc[i];
-                        sgn += (double)dc[i] * ((xc[i] - mu) - df);
+                    int64_t ng = n * G + g;
+                    double A, B;
+                    if (ab) {
+                        A = ab[2 * (n * C + c)], B = ab[2 * (n * C + c) + 1];
+                    } else { /* no workspace: recompute, without the delta correction */
+                        double sums[3] = {0.0, 0.0, 0.0};
+                        lsums3(x + (n * C + c) * HW, dy + (n * C + c) * HW, HW, mean[ng], 1.0f, sums);
+                        A = sums[0], B = sums[1];
                     }
-                    sg += sgn * is;
+                    double df = deltas ? deltas[ng] : 0.0;
+                    sb += A;
+                    sg += (B - df * A) * invstd[ng];
                 }
                 if (dgamma) dgamma[c] += (float)sg;
                 if (dbeta) dbeta[c] += (float)sb;
             }
         }
     }
+    free(ab);
     free(deltas);
 }

@@ -321,16 +321,17 @@ class PreActBottleneck(Module):
         h = self.conv1(a)
         h = self.conv2(self.r2(self.n2(h)))
         h = self.conv3(self.r3(self.n3(h)))
-        return _core.add(h, s)
+        return _core.add(h, s, out=h)  # h is this block's own temporary: add in place
 
     def backward(self, dy):
         dh = self.conv3.backward(dy)                    # d/d relu3 output
         dh = self.conv2.backward(self.n3.backward(self.r3.backward(dh)))
         da = self.conv1.backward(self.n2.backward(self.r2.backward(dh)))
         if self.shortcut is not None:
-            da = _core.add(da, self.shortcut.backward(dy))
+            da = _core.add(da, self.shortcut.backward(dy), out=da)
             return self.n1.backward(self.r1.backward(da))
-        return _core.add(self.n1.backward(self.r1.backward(da)), dy)
+        dx = self.n1.backward(self.r1.backward(da))
+        return _core.add(dx, dy, out=dx)
 
 
 class BasicBlock(Module):
@@ -356,12 +357,12 @@ class BasicBlock(Module):
     def forward(self, x):
         h = self.n2(self.conv2(self.r1(self.n1(self.conv1(x)))))
         s = x if self.short is None else self.short(x)
-        return self.out(_core.add(h, s))
+        return self.out(_core.add(h, s, out=h))
 
     def backward(self, dy):
         dy = self.out.backward(dy)
         dx = self.conv1.backward(self.n1.backward(self.r1.backward(self.conv2.backward(self.n2.backward(dy)))))
-        return _core.add(dx, dy if self.short is None else self.short.backward(dy))
+        return _core.add(dx, dy if self.short is None else self.short.backward(dy), out=dx)
 
 
 class _Stages(SubspaceNet):

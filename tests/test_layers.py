@@ -118,6 +118,26 @@ def test_add_kernel(rng, shape):
     assert_close(y, misc.add_forward(a, b), 1e-6, 1e-7)
 
 
+def test_add_out_may_alias_an_operand(rng):
+    a, b = (rng.standard_normal((3, 70001)).astype(F32) for _ in range(2))
+    want = a + b
+    out = np.empty_like(a)
+    assert _core.add(a, b, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    a2 = a.copy()
+    assert _core.add(a2, b, out=a2) is a2
+    np.testing.assert_array_equal(a2, want)
+    b2 = b.copy()
+    assert _core.add(a, b2, out=b2) is b2
+    np.testing.assert_array_equal(b2, want)
+    ro = np.zeros_like(a)
+    ro.flags.writeable = False
+    for bad, exc in ((np.zeros((3, 5), F32), ValueError), (np.zeros(a.shape), TypeError), (ro, ValueError),
+                     (np.zeros((70001, 3), F32).T, ValueError)):
+        with pytest.raises(exc, match="^out"):
+            _core.add(a, b, out=bad)
+
+
 def test_relu_layer(rng):
     m = nn.ReLU()
     x = away_from_zero(rng, (2, 3, 5, 5))

@@ -203,6 +203,42 @@ int csub_topk_mask(const float *w, int64_t n, double topk, uint8_t *mask);
 /* out[n] = w[n] * mask[n]  (also the masked gradient: g * mask) */
 void csub_apply_mask(const float *w, const uint8_t *mask, float *out, int64_t n);
 
+/* ---------------------------------------------- masked sparse matmul */
+
+/* A masked weight w[K, cols] (row-major; a conv weight [K, C, R, S] has
+ * cols = C*R*S) in CSR: rowptr[K+1] (rowptr[0] = 0), then for each kept entry
+ * in row-major order its column colidx[nnz] and value values[nnz], with
+ * nnz = rowptr[K]. Kept means mask != 0, whatever the weight's value.
+ * csub_csr_count fills rowptr and returns nnz; csub_csr_fill the rest. */
+int64_t csub_csr_count(const uint8_t *mask, int64_t K, int64_t cols, int64_t *rowptr);
+void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
+                   const int64_t *rowptr, int32_t *colidx, float *values);
+
+/* Convolution with a CSR weight of K rows over cols = C*R*S (columns strictly
+ * increasing within a row, each < C*R*S): the same result as
+ * csub_conv2d_forward with the masked dense weight, computed from the kept
+ * weights only. x[N,C,H,W], b[K] (may be NULL) -> y[N,K,P,Q]. */
+int csub_conv2d_sparse_forward(const float *x, const int64_t *rowptr, const int32_t *colidx,
+                               const float *values, const float *b, float *y,
+                               int64_t N, int64_t C, int64_t H, int64_t W,
+                               int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
+/* dy[N,K,P,Q] -> dx[N,C,H,W] (=), dvalues[nnz] (+=, the weight gradient at the
+ * kept positions; the others are zero by definition), db[K] (+=); any may be NULL. */
+int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int32_t *colidx,
+                                const float *values, const float *dy,
+                                float *dx, float *dvalues, float *db,
+                                int64_t N, int64_t C, int64_t H, int64_t W,
+                                int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
+/* Linear with a CSR weight of O rows over IN columns: x[N,IN], b[O] -> y[N,O]. */
+int csub_linear_sparse_forward(const float *x, const int64_t *rowptr, const int32_t *colidx,
+                               const float *values, const float *b, float *y,
+                               int64_t N, int64_t IN, int64_t O);
+/* dy[N,O] -> dx[N,IN] (=), dvalues[nnz] (+=), db[O] (+=); any may be NULL. */
+int csub_linear_sparse_backward(const float *x, const int64_t *rowptr, const int32_t *colidx,
+                                const float *values, const float *dy,
+                                float *dx, float *dvalues, float *db,
+                                int64_t N, int64_t IN, int64_t O);
+
 /* ----------------------------------------------------------------- quant */
 
 /* Fake quantization, affine, per tensor (LCS-SPEC section 3), b-bit signed:

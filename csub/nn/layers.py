@@ -6,6 +6,20 @@ from .module import Module, check_input, check_subspace, kaiming_normal
 from .quant import MinMaxObserver
 
 
+# Keep fraction at or below which a masked Conv2d / Linear computes with its
+# kept weights only (CSR, csub._core.*_sparse_*): the forward multiplies the
+# kept weights, the input gradient uses them transposed and the weight gradient
+# is computed at the kept positions only. Above it, the dense kernels run on the
+# masked weight. Both give the same results (to float rounding).
+# Measured, not guessed: `python benchmarks/bench_sparse.py --threads 1 2`
+# times forward + backward of both paths at keep fractions 1 .. 0.02.
+# conv: where cPreResNet20's convs summed over the network break even (0.53 ..
+# 0.56 on one thread, 0.58 .. 0.67 on two, over three runs; single shapes
+# 0.23 .. >= 1); linear: the Linear shapes' crossovers (0.18 .. 0.22, one
+# thread). The run and the reasoning are in benchmarks/sparse_crossover.md.
+SPARSE_CROSSOVER = {"conv": 0.5, "linear": 0.2}
+
+
 def _check_topk(topk):
     """None (dense) or a keep fraction in (0, 1]; anything else raises, naming topk."""
     if topk is None:
@@ -29,7 +43,9 @@ class _Weighted(Module):
 
     ``topk`` (None or a keep fraction in (0, 1]) masks the weight at the
     current alpha to its largest-magnitude entries; the masked entries get no
-    gradient.
+    gradient. At a keep fraction <= ``SPARSE_CROSSOVER`` the layer computes
+    with the kept weights only (sparse kernels), else with the dense kernels
+    on the masked weight; the results agree to float rounding.
 
     ``num_bits`` (None or 2..16, after ``enable_quantization()``) fake-quantizes
     the weight at the current alpha from its own min/max and the layer's input
@@ -48,6 +64,7 @@ class _Weighted(Module):
         self.subspace = check_subspace(subspace)
         self.topk = None
         self._mask = None
+        self._csr = None
         self.num_bits = None
         self.quantize_input = True
         self.fold_norm = None
@@ -95,6 +112,16 @@ class _Weighted(Module):
             w = _core.fake_quantize(w, bits, mn, mx)
         return w
 
+    def _sparse_weight(self, kind):
+        """CSR (rowptr, colidx, values) of the masked weight self._w when the layer takes the
+        sparse path (a top-k mask at a keep fraction <= SPARSE_CROSSOVER[kind], no
+        quantization), else None."""
+        if self._mask is None or self._fold is not None or self._bits() is not None:
+            return None
+        if _check_topk(self.topk) > SPARSE_CROSSOVER[kind]:
+            return None
+        return _core.csr_from_mask(self._w, self._mask)
+
     def quantize_input_array(self, x):
         """The layer's input after fake quantization (x itself when not quantizing)."""
         bits = self._bits()
@@ -123,7 +150,7 @@ class _Weighted(Module):
     def _route_weight_grad(self, dw):
         if self._fold is not None:
             dw = _core.channel_scale(dw.reshape(1, dw.shape[0], -1), self._fold).reshape(dw.shape)
-        if self._mask is not None:
+        if self._mask is not None and self._csr is None:  # the sparse kernels write kept positions only
             _core.apply_mask(dw, self._mask, dw)
         self._accumulate("weight", dw)
 
@@ -184,15 +211,21 @@ class Linear(_Weighted):
     def forward(self, x):
         x = check_input(x, "x", 2, self.active_in)
         self._w = self.effective_weight()
+        self._csr = self._sparse_weight("linear")
         self._x = self.quantize_input_array(x)
         b = None if self.bias is None else self._value("bias")
         self.macs = self._w.size  # multiply-accumulates per sample
+        if self._csr is not None:
+            return _core.linear_sparse_forward(self._x, *self._csr, self._w.shape, b)
         return _core.linear_forward(self._x, self._w, b)
 
     def backward(self, dy):
         dw, routed = self._weight_grad_buffer()
         db, b_routed = self._bias_grad_buffer()
-        dx = _core.linear_backward(self._x, self._w, dy, dw, db)
+        if self._csr is not None:
+            dx = _core.linear_sparse_backward(self._x, *self._csr, self._w.shape, dy, dw, db)
+        else:
+            dx = _core.linear_backward(self._x, self._w, dy, dw, db)
         if routed:
             self._route_weight_grad(dw)
         if b_routed:
@@ -242,7 +275,11 @@ class Conv2d(_Weighted):
         if self._fold is not None and self.bias is not None:
             raise ValueError("fold_norm: folding a norm into a conv with a bias is not supported")
         b = None if self.bias is None else self._value("bias")
-        y = _core.conv2d_forward(self._x, self._w, b, self.stride, self.padding)
+        self._csr = self._sparse_weight("conv")
+        if self._csr is not None:
+            y = _core.conv2d_sparse_forward(self._x, *self._csr, self._w.shape, b, self.stride, self.padding)
+        else:
+            y = _core.conv2d_forward(self._x, self._w, b, self.stride, self.padding)
         self.macs = self._w.size * y.shape[2] * y.shape[3]  # multiply-accumulates per sample
         return self._unfold(y)
 
@@ -250,7 +287,11 @@ class Conv2d(_Weighted):
         dy = self._unfold(dy)
         dw, routed = self._weight_grad_buffer()
         db, b_routed = self._bias_grad_buffer()
-        dx = _core.conv2d_backward(self._x, self._w, dy, dw, db, self.stride, self.padding)
+        if self._csr is not None:
+            dx = _core.conv2d_sparse_backward(self._x, *self._csr, self._w.shape, dy, dw, db,
+                                              self.stride, self.padding)
+        else:
+            dx = _core.conv2d_backward(self._x, self._w, dy, dw, db, self.stride, self.padding)
         if routed:
             self._route_weight_grad(dw)
         if b_routed:

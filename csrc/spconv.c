@@ -1,0 +1,662 @@
+/* spconv.c - masked sparse convolution and linear layers, forward and backward.
+ *
+ * The weight w[K, C*R*S] under a fixed top-k mask is compressed to CSR (row
+ * pointers, column indices, values). Every product then touches only the kept
+ * weights:
+ *
+ *   forward     y[n][k]  = sum over kept (k, c, r, s) of w * shifted x[n][c]
+ *   input grad  dx[n][c] = sum over kept (k, c, r, s) of w * shifted dy[n][k]
+ *   weight grad dw[k, c, r, s] += sum_n <dy[n][k], shifted x[n][c]>  (kept only;
+ *               the others are zero by the method, so they are not computed)
+ *
+ * No im2col. Each image is laid out once as "phase planes": for stride st the
+ * zero-padded input splits into the st x st sub-grids xpad[c][i*st + a][j*st + b],
+ * each a plane of Hph x Wph values. In a plane, the window of kernel tap
+ * (r, s) is a plain shift: output (p, q) reads plane (r % st, s % st) at
+ * (p + r / st, q + s / st). Output rows are computed "wide", Wph values per
+ * row instead of Q (the extra Wph - Q columns are discarded), so a kept weight
+ * is one contiguous multiply-add of length P * Wph, in the order the hardware
+ * streams best. A 1x1 convolution with stride 1 and no padding uses x itself.
+ *
+ * Forward and input gradient are gathers: each output row is accumulated in
+ * registers over its kept weights (forward: the CSR row; input gradient: the
+ * kept weights of one input channel and phase, a transposed index built per
+ * call). The weight gradient is one dot product per kept weight and image.
+ *
+ * Threads split the batch (each owns its planes and a partial weight gradient
+ * reduced in thread order); a batch smaller than the thread count splits the
+ * rows of each image instead. Results depend on the thread count only through
+ * that fixed reduction order.
+ *
+ * The inner kernels are plain C with GCC vector types; on x86-64 Linux with
+ * GCC each is compiled for AVX-512, AVX2 + FMA and the baseline, picked at
+ * load time from the CPU (target_clones), never with -march=native.
+ *
+ * Caveat: the discarded wide columns multiply real neighbouring inputs by a
+ * zero output gradient, so an infinite input can turn into NaN in the weight
+ * gradient where the dense path gives an infinity.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#include "csub.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#pragma GCC optimize("fp-contract=fast") /* fused multiply-add where the clone has FMA */
+#define SP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SP_CLONES
+#endif
+
+/* 16, 8 and 4 floats; unaligned, may alias float data */
+typedef float vf __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float vf4 __attribute__((vector_size(16), aligned(4), may_alias));
+
+#define vload(p) (*(const vf *)(p))
+#define vstore(p, v) (*(vf *)(p) = (v))
+
+/* lanes of a vf summed in order (a macro: vector arguments would change the ABI in the baseline clone) */
+#define HSUM(v, out)                                  \
+    do {                                              \
+        float hs_ = 0.0f;                             \
+        for (int l_ = 0; l_ < 16; l_++) hs_ += (v)[l_]; \
+        (out) = hs_;                                  \
+    } while (0)
+
+/* ------------------------------------------------------------------ CSR */
+
+int64_t csub_csr_count(const uint8_t *mask, int64_t K, int64_t cols, int64_t *rowptr)
+{
+    rowptr[0] = 0;
+    for (int64_t k = 0; k < K; k++) {
+        const uint8_t *m = mask + k * cols;
+        int64_t c = 0;
+        for (int64_t j = 0; j < cols; j++) c += m[j] != 0;
+        rowptr[k + 1] = rowptr[k] + c;
+    }
+    return rowptr[K];
+}
+
+void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
+                   const int64_t *rowptr, int32_t *colidx, float *values)
+{
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (K * cols > 65536)
+    for (int64_t k = 0; k < K; k++) {
+        const uint8_t *m = mask + k * cols;
+        const float *wr = w + k * cols;
+        int64_t t = rowptr[k], end = rowptr[k + 1];
+        /* branch-free: write every entry at t, advance t only past kept ones
+         * (the last row's tail is clipped so nothing is written beyond nnz) */
+        int64_t j = 0;
+        for (; j < cols && t < end - 1; j++) {
+            colidx[t] = (int32_t)j;
+            values[t] = wr[j];
+            t += m[j] != 0;
+        }
+        for (; j < cols && t < end; j++)
+            if (m[j]) {
+                colidx[t] = (int32_t)j;
+                values[t++] = wr[j];
+            }
+    }
+}
+
+/* -------------------------------------------------------------- kernels */
+
+/* out[i] = init + sum_t v[t] * base[off[t] + i], i in [0, L) */
+SP_CLONES
+static void sp_gather(float *restrict out, int64_t L, const float *base, const int64_t *restrict off,
+                      const float *restrict v, int64_t T, float init)
+{
+    int64_t i0 = 0;
+    for (; i0 + 64 <= L; i0 += 64) {
+        vf a0 = {0}, a1, a2, a3;
+        a0 += init;
+        a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t t = 0; t < T; t++) {
+            const float *s = base + off[t] + i0;
+            float vt = v[t];
+            a0 += vt * vload(s);
+            a1 += vt * vload(s + 16);
+            a2 += vt * vload(s + 32);
+            a3 += vt * vload(s + 48);
+        }
+        vstore(out + i0, a0);
+        vstore(out + i0 + 16, a1);
+        vstore(out + i0 + 32, a2);
+        vstore(out + i0 + 48, a3);
+    }
+    for (; i0 + 16 <= L; i0 += 16) {
+        vf a0 = {0};
+        a0 += init;
+        for (int64_t t = 0; t < T; t++) a0 += v[t] * vload(base + off[t] + i0);
+        vstore(out + i0, a0);
+    }
+    if (i0 + 8 <= L) {
+        vf8 a0 = {0};
+        a0 += init;
+        for (int64_t t = 0; t < T; t++) a0 += v[t] * *(const vf8 *)(base + off[t] + i0);
+        *(vf8 *)(out + i0) = a0;
+        i0 += 8;
+    }
+    if (i0 + 4 <= L) {
+        vf4 a0 = {0};
+        a0 += init;
+        for (int64_t t = 0; t < T; t++) a0 += v[t] * *(const vf4 *)(base + off[t] + i0);
+        *(vf4 *)(out + i0) = a0;
+        i0 += 4;
+    }
+    for (; i0 < L; i0++) {
+        float a = init;
+        for (int64_t t = 0; t < T; t++) a += v[t] * base[off[t] + i0];
+        out[i0] = a;
+    }
+}
+
+/* s + sum_{i in [i0, L)} a[i] b[i], i0 + 16 > L */
+static inline float dot_tail(const float *a, const float *b, int64_t i0, int64_t L, float s)
+{
+    if (i0 + 8 <= L) {
+        vf8 p = *(const vf8 *)(a + i0) * *(const vf8 *)(b + i0);
+        for (int l = 0; l < 8; l++) s += p[l];
+        i0 += 8;
+    }
+    for (int64_t i = i0; i < L; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* dv[t] += <a, base + off[t]> over [0, L), four kept weights at a time sharing the loads of a */
+SP_CLONES
+static void sp_dots(float *restrict dv, const float *a, int64_t L, const float *base,
+                    const int64_t *restrict off, int64_t T)
+{
+    int64_t L16 = L / 16 * 16, t = 0;
+    for (; t + 4 <= T; t += 4) {
+        const float *b0 = base + off[t], *b1 = base + off[t + 1], *b2 = base + off[t + 2], *b3 = base + off[t + 3];
+        vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+        for (int64_t i = 0; i < L16; i += 16) {
+            vf va = vload(a + i);
+            s0 += va * vload(b0 + i);
+            s1 += va * vload(b1 + i);
+            s2 += va * vload(b2 + i);
+            s3 += va * vload(b3 + i);
+        }
+        float h0, h1, h2, h3;
+        HSUM(s0, h0);
+        HSUM(s1, h1);
+        HSUM(s2, h2);
+        HSUM(s3, h3);
+        dv[t] += dot_tail(a, b0, L16, L, h0);
+        dv[t + 1] += dot_tail(a, b1, L16, L, h1);
+        dv[t + 2] += dot_tail(a, b2, L16, L, h2);
+        dv[t + 3] += dot_tail(a, b3, L16, L, h3);
+    }
+    for (; t < T; t++) {
+        const float *b0 = base + off[t];
+        vf s0 = {0}, s1 = {0};
+        int64_t i = 0;
+        for (; i + 32 <= L16; i += 32) {
+            s0 += vload(a + i) * vload(b0 + i);
+            s1 += vload(a + i + 16) * vload(b0 + i + 16);
+        }
+        for (; i < L16; i += 16) s0 += vload(a + i) * vload(b0 + i);
+        float h0;
+        s0 += s1;
+        HSUM(s0, h0);
+        dv[t] += dot_tail(a, b0, L16, L, h0);
+    }
+}
+
+/* ------------------------------------------------------------ geometry */
+
+typedef struct {
+    int64_t N, C, H, W, K, R, S, st, pad, P, Q;
+    int64_t sa, sb;      /* phases used along each axis: min(st, R), min(st, S) */
+    int64_t Hph, Wph;    /* plane size: P + (R-1)/st rows, Q + (S-1)/st columns */
+    int64_t plane;       /* Hph * Wph */
+    int64_t nplanes;     /* C * sa * sb */
+    int64_t L;           /* P * Wph: one wide output row */
+    int64_t offmax;      /* largest tap shift ((R-1)/st) * Wph + (S-1)/st */
+    int64_t Ld;          /* row length of the zero-margined output gradient: offmax + plane */
+    int direct_x;        /* the planes are x[n] itself (1x1, stride 1, no padding) */
+    int direct_y;        /* wide rows are the real rows (Wph == Q) */
+    int direct_dy;       /* dy[n] serves as the margined gradient (no shift, no wide columns) */
+} geom;
+
+static geom make_geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                      int64_t st, int64_t pad)
+{
+    geom g;
+    g.N = N, g.C = C, g.H = H, g.W = W, g.K = K, g.R = R, g.S = S, g.st = st, g.pad = pad;
+    g.P = csub_conv_out_size(H, R, st, pad);
+    g.Q = csub_conv_out_size(W, S, st, pad);
+    g.sa = st < R ? st : R;
+    g.sb = st < S ? st : S;
+    g.Hph = g.P + (R - 1) / st;
+    g.Wph = g.Q + (S - 1) / st;
+    g.plane = g.Hph * g.Wph;
+    g.nplanes = C * g.sa * g.sb;
+    g.L = g.P * g.Wph;
+    g.offmax = ((R - 1) / st) * g.Wph + (S - 1) / st;
+    g.Ld = g.offmax + g.plane;
+    g.direct_x = R == 1 && S == 1 && st == 1 && pad == 0;
+    g.direct_y = g.Wph == g.Q;
+    g.direct_dy = g.offmax == 0 && g.direct_y && g.Hph == g.P;
+    return g;
+}
+
+/* For every weight column j = (c * R + r) * S + s: tab[2j] = its plane index
+ * (c * sa + r % st) * sb + s % st, tab[2j + 1] = its shift (r / st) * Wph + s / st.
+ * Built by loops, so that no kept weight pays for divisions. NULL when out of memory. */
+static int64_t *tap_table(const geom *g)
+{
+    int64_t *tab = malloc(sizeof(int64_t) * 2 * (size_t)(g->C * g->R * g->S));
+    if (!tab) return NULL;
+    int64_t j = 0;
+    for (int64_t c = 0; c < g->C; c++)
+        for (int64_t r = 0; r < g->R; r++)
+            for (int64_t s = 0; s < g->S; s++, j++) {
+                tab[2 * j] = (c * g->sa + r % g->st) * g->sb + s % g->st;
+                tab[2 * j + 1] = (r / g->st) * g->Wph + s / g->st;
+            }
+    return tab;
+}
+
+/* First j >= 0 with j * st + b - pad >= 0, and first j with j * st + b - pad >= W, within [0, Wph]. */
+static void valid_cols(const geom *g, int64_t b, int64_t *j0, int64_t *j1)
+{
+    int64_t st = g->st, lo = g->pad - b, hi = g->W + g->pad - b;
+    *j0 = lo > 0 ? (lo + st - 1) / st : 0;
+    *j1 = hi > 0 ? (hi + st - 1) / st : 0;
+    if (*j0 > g->Wph) *j0 = g->Wph;
+    if (*j1 > g->Wph) *j1 = g->Wph;
+    if (*j1 < *j0) *j1 = *j0;
+}
+
+/* planes[(c*sa + a)*sb + b][i*Wph + j] = xpad[c][i*st + a][j*st + b] (0 outside x), channels [c0, c1) */
+static void build_planes(const geom *g, const float *xn, float *planes, int64_t c0, int64_t c1)
+{
+    int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph;
+    for (int64_t c = c0; c < c1; c++)
+        for (int64_t a = 0; a < g->sa; a++)
+            for (int64_t b = 0; b < g->sb; b++) {
+                float *pl = planes + ((c * g->sa + a) * g->sb + b) * g->plane;
+                const float *xc = xn + c * H * W;
+                int64_t j0, j1;
+                valid_cols(g, b, &j0, &j1);
+                for (int64_t i = 0; i < g->Hph; i++) {
+                    float *row = pl + i * Wph;
+                    int64_t h = i * st + a - pad;
+                    if (h < 0 || h >= H) {
+                        memset(row, 0, sizeof(float) * Wph);
+                        continue;
+                    }
+                    const float *xr = xc + h * W + b - pad; /* column j reads xr[j * st] */
+                    for (int64_t j = 0; j < j0; j++) row[j] = 0.0f;
+                    if (st == 1) {
+                        if (j1 > j0) memcpy(row + j0, xr + j0, sizeof(float) * (j1 - j0));
+                    } else {
+                        for (int64_t j = j0; j < j1; j++) row[j] = xr[j * st];
+                    }
+                    for (int64_t j = j1; j < Wph; j++) row[j] = 0.0f;
+                }
+            }
+}
+
+/* dyz[k][0, Ld) = zeros, then dy[n][k] in wide rows at offmax, wide columns zero; rows [k0, k1) */
+static void build_dyz(const geom *g, const float *dyn, float *dyz, int64_t k0, int64_t k1)
+{
+    int64_t P = g->P, Q = g->Q, Wph = g->Wph, PQ = P * Q;
+    for (int64_t k = k0; k < k1; k++) {
+        float *d = dyz + k * g->Ld;
+        const float *src = dyn + k * PQ;
+        memset(d, 0, sizeof(float) * g->offmax);
+        d += g->offmax;
+        for (int64_t p = 0; p < P; p++) {
+            memcpy(d + p * Wph, src + p * Q, sizeof(float) * Q);
+            for (int64_t q = Q; q < Wph; q++) d[p * Wph + q] = 0.0f;
+        }
+        memset(d + P * Wph, 0, sizeof(float) * (g->plane - P * Wph));
+    }
+}
+
+/* dx[n][c][h][w] = the plane value of padded position (h + pad, w + pad), 0 where no
+ * plane covers it (inputs no output reads), channels [c0, c1) */
+static void unphase(const geom *g, const float *dxph, float *dxn, int64_t c0, int64_t c1)
+{
+    int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph;
+    if (st > 1 || g->Wph < W + pad || g->Hph < H + pad) /* some inputs are read by no plane */
+        memset(dxn + c0 * H * W, 0, sizeof(float) * (size_t)((c1 - c0) * H * W));
+    for (int64_t c = c0; c < c1; c++)
+        for (int64_t a = 0; a < g->sa; a++)
+            for (int64_t b = 0; b < g->sb; b++) {
+                const float *pl = dxph + ((c * g->sa + a) * g->sb + b) * g->plane;
+                int64_t j0, j1;
+                valid_cols(g, b, &j0, &j1);
+                for (int64_t i = 0; i < g->Hph; i++) {
+                    int64_t h = i * st + a - pad;
+                    if (h < 0 || h >= H) continue;
+                    const float *row = pl + i * Wph;
+                    float *out = dxn + (c * H + h) * W + b - pad; /* column j writes out[j * st] */
+                    if (st == 1) {
+                        if (j1 > j0) memcpy(out + j0, row + j0, sizeof(float) * (j1 - j0));
+                    } else {
+                        for (int64_t j = j0; j < j1; j++) out[j * st] = row[j];
+                    }
+                }
+            }
+}
+
+/* [lo, hi) of thread t's share of n items split in T contiguous blocks */
+static void split(int64_t n, int t, int T, int64_t *lo, int64_t *hi)
+{
+    *lo = n * t / T;
+    *hi = n * (t + 1) / T;
+}
+
+/* ------------------------------------------------------------- forward */
+
+/* One image's output rows [k0, k1): y[n][k] = b[k] + sum over row k of w * shifted planes. */
+static void fwd_rows(const geom *g, const int64_t *rowptr, const int64_t *foff, const float *values,
+                     const float *b, const float *planes, float *yn, float *wide, int64_t k0, int64_t k1)
+{
+    int64_t PQ = g->P * g->Q;
+    for (int64_t k = k0; k < k1; k++) {
+        int64_t t0 = rowptr[k], T = rowptr[k + 1] - t0;
+        float init = b ? b[k] : 0.0f;
+        if (g->direct_y) {
+            sp_gather(yn + k * PQ, PQ, planes, foff + t0, values + t0, T, init);
+        } else {
+            sp_gather(wide, g->L, planes, foff + t0, values + t0, T, init);
+            for (int64_t p = 0; p < g->P; p++)
+                memcpy(yn + k * PQ + p * g->Q, wide + p * g->Wph, sizeof(float) * g->Q);
+        }
+    }
+}
+
+int csub_conv2d_sparse_forward(const float *x, const int64_t *rowptr, const int32_t *colidx,
+                               const float *values, const float *b, float *y,
+                               int64_t N, int64_t C, int64_t H, int64_t W,
+                               int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad)
+{
+    geom g = make_geom(N, C, H, W, K, R, S, stride, pad);
+    int64_t nnz = rowptr[K], PQ = g.P * g.Q;
+    int nt = csub_get_num_threads();
+    int outer = N >= nt; /* threads split the batch, else the rows of each image */
+    int nbuf = outer ? nt : 1;
+    size_t plane_floats = g.direct_x ? 0 : (size_t)(g.nplanes * g.plane + g.Wph);
+    int64_t *foff = malloc(sizeof(int64_t) * (size_t)(nnz > 0 ? nnz : 1));
+    int64_t *tab = tap_table(&g);
+    float *planes = plane_floats ? calloc(plane_floats * nbuf, sizeof(float)) : NULL;
+    float *wide = g.direct_y ? NULL : malloc(sizeof(float) * (size_t)g.L * nt);
+    if (!foff || !tab || (plane_floats && !planes) || (!g.direct_y && !wide)) {
+        free(foff), free(tab), free(planes), free(wide);
+        return CSUB_ERR_NOMEM;
+    }
+    for (int64_t t = 0; t < nnz; t++) foff[t] = tab[2 * colidx[t]] * g.plane + tab[2 * colidx[t] + 1];
+    free(tab);
+    #pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        float *wt = wide ? wide + (size_t)t * g.L : NULL;
+        if (outer) {
+            int64_t n0, n1;
+            split(N, t, T, &n0, &n1);
+            float *pl = planes ? planes + (size_t)t * plane_floats : NULL;
+            for (int64_t n = n0; n < n1; n++) {
+                const float *xn = x + n * C * H * W;
+                if (pl) build_planes(&g, xn, pl, 0, C);
+                fwd_rows(&g, rowptr, foff, values, b, pl ? pl : xn, y + n * K * PQ, wt, 0, K);
+            }
+        } else {
+            for (int64_t n = 0; n < N; n++) {
+                const float *xn = x + n * C * H * W;
+                int64_t lo, hi;
+                if (planes) {
+                    split(C, t, T, &lo, &hi);
+                    build_planes(&g, xn, planes, lo, hi);
+                    #pragma omp barrier
+                }
+                split(K, t, T, &lo, &hi);
+                fwd_rows(&g, rowptr, foff, values, b, planes ? planes : xn, y + n * K * PQ, wt, lo, hi);
+                #pragma omp barrier
+            }
+        }
+    }
+    free(foff);
+    free(planes);
+    free(wide);
+    return CSUB_OK;
+}
+
+/* ------------------------------------------------------------ backward */
+
+/* The kept weights grouped by the input plane they read (the transpose of the
+ * CSR), each with its source offset into the margined output gradient. */
+typedef struct {
+    int64_t *ptr;  /* [nplanes + 1] */
+    int64_t *off;  /* [nnz]: k * Ld + offmax - shift */
+    float *val;    /* [nnz] */
+} tplan;
+
+static int make_tplan(const geom *g, const int64_t *rowptr, const int32_t *colidx, const float *values,
+                      const int64_t *tab, tplan *tp)
+{
+    int64_t nnz = rowptr[g->K], np = g->nplanes;
+    tp->ptr = calloc((size_t)np + 1, sizeof(int64_t));
+    tp->off = malloc(sizeof(int64_t) * (size_t)(nnz > 0 ? nnz : 1));
+    tp->val = malloc(sizeof(float) * (size_t)(nnz > 0 ? nnz : 1));
+    if (!tp->ptr || !tp->off || !tp->val) {
+        free(tp->ptr), free(tp->off), free(tp->val);
+        tp->ptr = NULL, tp->off = NULL, tp->val = NULL;
+        return CSUB_ERR_NOMEM;
+    }
+    for (int64_t t = 0; t < nnz; t++) tp->ptr[tab[2 * colidx[t]] + 1]++;
+    for (int64_t i = 0; i < np; i++) tp->ptr[i + 1] += tp->ptr[i];
+    /* stable counting sort: within a plane, rows k ascending */
+    for (int64_t k = 0; k < g->K; k++)
+        for (int64_t t = rowptr[k]; t < rowptr[k + 1]; t++) {
+            const int64_t *e = tab + 2 * colidx[t];
+            int64_t dst = tp->ptr[e[0]]++;
+            tp->off[dst] = k * g->Ld + g->offmax - e[1];
+            tp->val[dst] = values[t];
+        }
+    for (int64_t i = np; i > 0; i--) tp->ptr[i] = tp->ptr[i - 1];
+    tp->ptr[0] = 0;
+    return CSUB_OK;
+}
+
+/* weight gradient of one image, CSR rows [k0, k1), into dv (+=) */
+static void dw_rows(const geom *g, const int64_t *rowptr, const int64_t *foff, const float *planes,
+                    const float *dyz, float *dv, int64_t k0, int64_t k1)
+{
+    for (int64_t k = k0; k < k1; k++) {
+        int64_t t0 = rowptr[k], T = rowptr[k + 1] - t0;
+        if (T) sp_dots(dv + t0, dyz + k * g->Ld + g->offmax, g->L, planes, foff + t0, T);
+    }
+}
+
+/* input gradient planes [p0, p1) of one image */
+static void dx_planes(const geom *g, const tplan *tp, const float *dyz, float *dxph, int64_t p0, int64_t p1)
+{
+    for (int64_t i = p0; i < p1; i++) {
+        int64_t t0 = tp->ptr[i];
+        sp_gather(dxph + i * g->plane, g->plane, dyz, tp->off + t0, tp->val + t0, tp->ptr[i + 1] - t0, 0.0f);
+    }
+}
+
+int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int32_t *colidx,
+                                const float *values, const float *dy,
+                                float *dx, float *dvalues, float *db,
+                                int64_t N, int64_t C, int64_t H, int64_t W,
+                                int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad)
+{
+    geom g = make_geom(N, C, H, W, K, R, S, stride, pad);
+    int64_t nnz = rowptr[K], PQ = g.P * g.Q, CHW = C * H * W;
+    int nt = csub_get_num_threads();
+    int outer = N >= nt;
+    int nbuf = outer ? nt : 1;
+    int need_planes = dvalues && nnz > 0 && !g.direct_x;
+    int need_dxph = dx && !g.direct_x;
+    size_t plane_floats = (size_t)(g.nplanes * g.plane + g.Wph);
+    size_t dyz_floats = g.direct_dy ? 0 : (size_t)(K * g.Ld);
+    size_t dxph_floats = (size_t)(g.nplanes * g.plane);
+    int64_t *foff = NULL, *tab = tap_table(&g);
+    float *planes = NULL, *dyzs = NULL, *dxphs = NULL, *dvs = NULL;
+    tplan tp = {NULL, NULL, NULL};
+    int st = tab ? CSUB_OK : CSUB_ERR_NOMEM;
+    if (st == CSUB_OK && dvalues && nnz > 0) {
+        if (!(foff = malloc(sizeof(int64_t) * (size_t)nnz)) ||
+            !(dvs = calloc((size_t)nnz * nbuf, sizeof(float))) ||
+            (need_planes && !(planes = calloc(plane_floats * nbuf, sizeof(float))))) st = CSUB_ERR_NOMEM;
+        else
+            for (int64_t t = 0; t < nnz; t++) foff[t] = tab[2 * colidx[t]] * g.plane + tab[2 * colidx[t] + 1];
+    }
+    if (st == CSUB_OK && dyz_floats && (dx || (dvalues && nnz > 0)) &&
+        !(dyzs = malloc(sizeof(float) * dyz_floats * nbuf))) st = CSUB_ERR_NOMEM;
+    if (st == CSUB_OK && need_dxph && !(dxphs = malloc(sizeof(float) * dxph_floats * nbuf))) st = CSUB_ERR_NOMEM;
+    if (st == CSUB_OK && dx) st = make_tplan(&g, rowptr, colidx, values, tab, &tp);
+    free(tab);
+    if (st != CSUB_OK) {
+        free(foff), free(planes), free(dyzs), free(dxphs), free(dvs);
+        return st;
+    }
+    int do_dw = dvalues && nnz > 0;
+    #pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        if (outer) {
+            int64_t n0, n1;
+            split(N, t, T, &n0, &n1);
+            float *pl = planes ? planes + (size_t)t * plane_floats : NULL;
+            float *dz = dyzs ? dyzs + (size_t)t * dyz_floats : NULL;
+            float *dph = dxphs ? dxphs + (size_t)t * dxph_floats : NULL;
+            float *dv = dvs ? dvs + (size_t)t * nnz : NULL;
+            for (int64_t n = n0; n < n1; n++) {
+                const float *xn = x + n * CHW, *dyn = dy + n * K * PQ;
+                if (dz) build_dyz(&g, dyn, dz, 0, K);
+                const float *d = dz ? dz : dyn;
+                if (do_dw) {
+                    if (pl) build_planes(&g, xn, pl, 0, C);
+                    dw_rows(&g, rowptr, foff, pl ? pl : xn, d, dv, 0, K);
+                }
+                if (dx) {
+                    float *dxn = dx + n * CHW;
+                    dx_planes(&g, &tp, d, dph ? dph : dxn, 0, g.nplanes);
+                    if (dph) unphase(&g, dph, dxn, 0, C);
+                }
+            }
+        } else {
+            for (int64_t n = 0; n < N; n++) {
+                const float *xn = x + n * CHW, *dyn = dy + n * K * PQ;
+                int64_t lo, hi;
+                if (dyzs) {
+                    split(K, t, T, &lo, &hi);
+                    build_dyz(&g, dyn, dyzs, lo, hi);
+                }
+                if (do_dw && planes) {
+                    split(C, t, T, &lo, &hi);
+                    build_planes(&g, xn, planes, lo, hi);
+                }
+                #pragma omp barrier
+                const float *d = dyzs ? dyzs : dyn;
+                if (do_dw) { /* each thread owns whole CSR rows of dvs[0] */
+                    split(K, t, T, &lo, &hi);
+                    dw_rows(&g, rowptr, foff, planes ? planes : xn, d, dvs, lo, hi);
+                }
+                if (dx) {
+                    float *dxn = dx + n * CHW;
+                    split(g.nplanes, t, T, &lo, &hi);
+                    dx_planes(&g, &tp, d, dxphs ? dxphs : dxn, lo, hi);
+                    if (dxphs) {
+                        #pragma omp barrier
+                        split(C, t, T, &lo, &hi);
+                        unphase(&g, dxphs, dxn, lo, hi);
+                    }
+                }
+                #pragma omp barrier
+            }
+        }
+    }
+    if (do_dw) /* reduce the per-thread partials in thread order (small: nnz each) */
+        for (int64_t i = 0; i < nnz; i++) {
+            float acc = 0.0f;
+            for (int u = 0; u < nbuf; u++) acc += dvs[(size_t)u * nnz + i];
+            dvalues[i] += acc;
+        }
+    if (db)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) {
+                const float *d = dy + (n * K + k) * PQ;
+                float acc = 0.0f;
+                for (int64_t i = 0; i < PQ; i++) acc += d[i];
+                db[k] += acc;
+            }
+    free(foff), free(planes), free(dyzs), free(dxphs), free(dvs);
+    free(tp.ptr), free(tp.off), free(tp.val);
+    return CSUB_OK;
+}
+
+/* --------------------------------------------------------------- linear */
+
+/* a[R, C] -> t[C, R]: eight rows at a time, so that the reads are eight
+ * sequential streams and each write is eight consecutive floats */
+static void transpose(const float *a, float *t, int64_t R, int64_t C)
+{
+    int64_t R8 = R / 8 * 8;
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (R * C > 65536)
+    for (int64_t r0 = 0; r0 < R8; r0 += 8) {
+        const float *a0 = a + r0 * C;
+        for (int64_t c = 0; c < C; c++) {
+            float *o = t + c * R + r0;
+            for (int l = 0; l < 8; l++) o[l] = a0[l * C + c];
+        }
+    }
+    for (int64_t r = R8; r < R; r++)
+        for (int64_t c = 0; c < C; c++) t[c * R + r] = a[r * C + c];
+}
+
+/* A linear layer is a 1x1 convolution of one image with C = IN channels of
+ * H x W = 1 x N pixels: x^T[IN, N] -> y^T[O, N]. */
+int csub_linear_sparse_forward(const float *x, const int64_t *rowptr, const int32_t *colidx,
+                               const float *values, const float *b, float *y,
+                               int64_t N, int64_t IN, int64_t O)
+{
+    float *xt = malloc(sizeof(float) * (size_t)(N * IN)), *yt = malloc(sizeof(float) * (size_t)(N * O));
+    int st = CSUB_ERR_NOMEM;
+    if (xt && yt) {
+        transpose(x, xt, N, IN);
+        st = csub_conv2d_sparse_forward(xt, rowptr, colidx, values, b, yt, 1, IN, 1, N, O, 1, 1, 1, 0);
+        if (st == CSUB_OK) transpose(yt, y, O, N);
+    }
+    free(xt);
+    free(yt);
+    return st;
+}
+
+int csub_linear_sparse_backward(const float *x, const int64_t *rowptr, const int32_t *colidx,
+                                const float *values, const float *dy,
+                                float *dx, float *dvalues, float *db,
+                                int64_t N, int64_t IN, int64_t O)
+{
+    float *xt = dvalues ? malloc(sizeof(float) * (size_t)(N * IN)) : NULL;
+    float *dyt = malloc(sizeof(float) * (size_t)(N * O));
+    float *dxt = dx ? malloc(sizeof(float) * (size_t)(N * IN)) : NULL;
+    int st = CSUB_ERR_NOMEM;
+    if (dyt && (!dvalues || xt) && (!dx || dxt)) {
+        if (xt) transpose(x, xt, N, IN);
+        transpose(dy, dyt, N, O);
+        st = csub_conv2d_sparse_backward(xt ? xt : x, rowptr, colidx, values, dyt, dxt, dvalues, NULL,
+                                         1, IN, 1, N, O, 1, 1, 1, 0);
+        if (st == CSUB_OK && dx) transpose(dxt, dx, IN, N);
+    }
+    if (st == CSUB_OK && db)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t o = 0; o < O; o++) db[o] += dy[n * O + o];
+    free(xt);
+    free(dyt);
+    free(dxt);
+    return st;
+}
