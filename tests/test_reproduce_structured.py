@@ -14,7 +14,7 @@ import pytest
 import csub
 from csub import data, models, train
 
-EPOCHS = int(os.environ.get("CSUB_REPRO_EPOCHS", "10"))
+EPOCHS = int(os.environ.get("CSUB_REPRO_EPOCHS", "5"))
 OUT = os.environ.get("CSUB_REPRO_DIR", "runs/repro-structured")
 HIDDEN = (512, 256, 256, 128)
 
