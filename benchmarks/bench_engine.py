@@ -37,6 +37,7 @@ import sys
 import time
 
 import numpy as np
+from machine import print_machine
 
 try:
     import csub
@@ -125,17 +126,6 @@ def fmt_time(s):
 
 # ---------------------------------------------------------------- machine
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _corename(lib, symbol):
     try:
         fn = getattr(lib, symbol)
@@ -191,17 +181,7 @@ def numpy_blas_threads(lib, n):
 
 
 def header(args, np_desc, np_lib, cs_desc, cs_lib, np_threads):
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    print(f"machine : {cpu_model()}, {os.cpu_count()} logical cores ({affinity} usable), "
-          f"{platform.system()} {platform.machine()}")
-    try:
-        la = os.getloadavg()
-        print(f"load    : {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (1/5/15 min average at start)")
-    except OSError:
-        pass
+    print_machine()
     print(f"versions: csub {csub.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
           f"python {platform.python_version()}")
     print(f"threads : csub {csub.get_num_threads()}, torch {torch.get_num_threads()} "

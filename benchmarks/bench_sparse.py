@@ -35,6 +35,7 @@ import sys
 import time
 
 import numpy as np
+from machine import print_machine
 
 try:
     import csub
@@ -91,29 +92,8 @@ def crossover(keeps, ratios):
 
 # ---------------------------------------------------------------- machine
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def header(args):
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    print(f"machine : {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), "
-          f"{platform.system()} {platform.machine()}")
-    try:
-        la = os.getloadavg()
-        print(f"load    : {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (1/5/15 min average at start)")
-    except OSError:
-        pass
+    print_machine()
     print(f"versions: csub {csub.__version__}, numpy {np.__version__}, python {platform.python_version()}")
     print(f"threads : csub {', '.join(map(str, args.threads))} (each section runs once per count)")
     env = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "OMP_", "OPENBLAS_", "GOMP_"))}

@@ -7,12 +7,11 @@ the first channels of every hidden layer, so the matmuls really shrink. The
 ideal ratios are the FLOP ratios, printed beside the measured ones.
 """
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import numpy as np
+from machine import print_machine
 
 import csub
 from csub import models, nn
@@ -36,9 +35,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     csub.set_num_threads(args.threads)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores; csub {csub.__version__}, {csub.get_num_threads()} threads")
+    print_machine()
+    print(f"csub {csub.__version__}, {csub.get_num_threads()} threads")
     print(f"cPreResNet20 (structured, instance norm), training batch {args.batch}, inference batch "
           f"{args.infer_batch}, median of {args.reps}\n")
     csub.manual_seed(0)

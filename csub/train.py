@@ -19,7 +19,6 @@ learning-rate schedule. One checkpoint per epoch is written
 atomically to ``out/checkpoint.safetensors``; ``fit(..., resume=True)``
 continues from it and gives the same numbers as an uninterrupted run.
 """
-import csv
 import json
 import math
 import os
