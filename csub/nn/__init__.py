@@ -5,8 +5,8 @@ from .layers import Conv2d, Linear
 from .loss import CrossEntropyLoss
 from .module import Module, Parameter
 from .norm import BatchNorm2d, GroupNorm, InstanceNorm2d
-from . import quant  # noqa: F401  (csub.nn.quant: observer and bit-width maps)
+from . import quant
 
 __all__ = ["Module", "Parameter", "Linear", "Conv2d", "BatchNorm2d", "GroupNorm", "InstanceNorm2d",
            "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten", "Sequential", "Residual",
-           "CrossEntropyLoss"]
+           "CrossEntropyLoss", "quant"]
