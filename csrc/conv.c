@@ -79,6 +79,18 @@ static int is_pointwise(int64_t R, int64_t S, int64_t stride, int64_t pad)
     return R == 1 && S == 1 && stride == 1 && pad == 0;
 }
 
+/* dy[N,K,PQ] -> db[K] (+=): the bias gradient, summed over the batch and the plane */
+void csub_conv_bias_backward(const float *dy, float *db, int64_t N, int64_t K, int64_t PQ)
+{
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) {
+            const float *d = dy + (n * K + k) * PQ;
+            float acc = 0.0f;
+            for (int64_t i = 0; i < PQ; i++) acc += d[i];
+            db[k] += acc;
+        }
+}
+
 /* x[N,C,H,W], w[K,C,R,S], b[K] -> y[N,K,P,Q] */
 int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y,
                         int64_t N, int64_t C, int64_t H, int64_t W,
@@ -163,14 +175,7 @@ int csub_conv2d_backward(const float *x, const float *w, const float *dy,
             }
         }
     }
-    if (db)
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t k = 0; k < K; k++) {
-                const float *d = dy + (n * K + k) * PQ;
-                float acc = 0.0f;
-                for (int64_t i = 0; i < PQ; i++) acc += d[i];
-                db[k] += acc;
-            }
+    if (db) csub_conv_bias_backward(dy, db, N, K, PQ);
     free(cols);
     free(dws);
     return CSUB_OK;

@@ -586,14 +586,7 @@ int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int
             for (int u = 0; u < nbuf; u++) acc += dvs[(size_t)u * nnz + i];
             dvalues[i] += acc;
         }
-    if (db)
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t k = 0; k < K; k++) {
-                const float *d = dy + (n * K + k) * PQ;
-                float acc = 0.0f;
-                for (int64_t i = 0; i < PQ; i++) acc += d[i];
-                db[k] += acc;
-            }
+    if (db) csub_conv_bias_backward(dy, db, N, K, PQ);
     free(foff), free(planes), free(dyzs), free(dxphs), free(dvs);
     free(tp.ptr), free(tp.off), free(tp.val);
     return CSUB_OK;

@@ -60,6 +60,9 @@ void csub_linear_backward(const float *x, const float *w, const float *dy,
 /* Output size of a convolution along one axis: (H + 2 pad - R) / stride + 1. */
 int64_t csub_conv_out_size(int64_t H, int64_t R, int64_t stride, int64_t pad);
 
+/* dy[N,K,PQ] -> db[K] (+=): a convolution's bias gradient */
+void csub_conv_bias_backward(const float *dy, float *db, int64_t N, int64_t K, int64_t PQ);
+
 /* x[N,C,H,W], w[K,C,R,S], b[K] (may be NULL) -> y[N,K,P,Q] */
 int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y,
                         int64_t N, int64_t C, int64_t H, int64_t W,
