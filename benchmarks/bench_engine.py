@@ -37,7 +37,7 @@ import sys
 import time
 
 import numpy as np
-from machine import print_machine
+from common import print_machine
 
 try:
     import csub

@@ -21,24 +21,15 @@ asserts a timing.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
+from common import best_time
 
 try:
     from csub import _core
 except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from csub import _core
-
-
-def best_time(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def numpy_fake_quantize(x, y, scale, zp, qmin, qmax):

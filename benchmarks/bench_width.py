@@ -11,7 +11,7 @@ import statistics
 import time
 
 import numpy as np
-from machine import print_machine
+from common import print_machine
 
 import csub
 from csub import models, nn

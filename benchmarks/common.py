@@ -1,6 +1,7 @@
-"""What every benchmark prints first: the machine it ran on and how loaded it was."""
+"""Shared by the benchmarks: the machine header every one prints first, and a timer."""
 import os
 import platform
+import time
 
 
 def cpu_model():
@@ -27,3 +28,13 @@ def print_machine():
         print(f"load    : {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (1/5/15 min average at start)")
     except OSError:
         pass
+
+
+def best_time(fn, repeat):
+    """The fastest of ``repeat`` calls of fn(), in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
