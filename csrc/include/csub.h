@@ -26,6 +26,9 @@ extern "C" {
 #define CSUB_OK 0
 #define CSUB_ERR_ARG (-1)     /* invalid argument (sizes, ranges) */
 #define CSUB_ERR_NOMEM (-2)   /* workspace allocation failed */
+#define CSUB_ERR_IO (-3)      /* a file could not be opened or read */
+#define CSUB_ERR_FORMAT (-4)  /* a model file or header is malformed */
+#define CSUB_ERR_UNSUPPORTED (-5) /* well formed, but asks for something csub cannot run */
 
 /* ------------------------------------------------------------------ core */
 
@@ -287,6 +290,113 @@ void csub_minmax(const float *x, int64_t n, float *mn, float *mx);
  * channel_scale(dy, s); ds[c] = sum over n, i of dy * x is not provided. */
 void csub_channel_scale(const float *x, const float *s, float *y,
                         int64_t N, int64_t C, int64_t HW);
+
+/* ------------------------------------------------- integer kernels (int8.c) */
+
+/* A conv or linear weight w[K, cols] (cols = C*R*S) quantized once per alpha
+ * to b <= 8 bits with its own min/max, on the grid of csub_quant_params /
+ * csub_fake_quant_forward: q = clip(round(w / scale) + zero_point, qmin, qmax),
+ * so (q - zero_point) * scale equals csub_fake_quant_forward's output exactly.
+ * Stored in whatever layout the integer product wants; the fields below are
+ * public, the layout of q is the kernel's (see int8.c). */
+typedef struct {
+    int64_t K, cols;       /* output channels, inputs per output */
+    int64_t cols_pad;      /* cols rounded up for the kernel */
+    int bits;
+    float scale;
+    int32_t zero_point;
+    int8_t *q;             /* weight codes, kernel layout, zero padding */
+    int32_t *rowsum;       /* [K] sum of each row's codes (for the zero-point terms) */
+} csub_qweight;
+
+/* Quantize w[K, cols] into qw (allocates; csub_qweight_free releases).
+ * 2 <= bits <= 8. Returns CSUB_OK, CSUB_ERR_ARG or CSUB_ERR_NOMEM. */
+int csub_qweight_init(csub_qweight *qw, const float *w, int64_t K, int64_t cols, int bits);
+void csub_qweight_free(csub_qweight *qw);
+/* Bytes the quantized weight occupies (codes and row sums). */
+int64_t csub_qweight_bytes(const csub_qweight *qw);
+
+/* Quantized convolution: the input x[N,C,H,W] is quantized on the activation
+ * grid (xscale, xzero_point, qw->bits; same grid as csub_fake_quant_forward, the
+ * padding is real 0 = xzero_point), the products are integer with 32-bit
+ * accumulation, acc[n,k,p,q] = sum (qw - zw)(qx - zx), and
+ *   y[n,k,p,q] = acc * xscale * qw->scale * (oscale ? oscale[k] : 1) + (b ? b[k] : 0).
+ * Equals csub_conv2d_forward on the fake-quantized weight and input, times
+ * oscale, plus b, up to float rounding. xscale <= 0 (an all-zero range) gives
+ * y = b. The kernel is chosen at run time (AVX-512 VNNI, AVX-512BW, AVX2,
+ * portable C). Returns CSUB_OK, CSUB_ERR_ARG or CSUB_ERR_NOMEM. */
+int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
+                             const csub_qweight *qw, const float *oscale, const float *b, float *y,
+                             int64_t N, int64_t C, int64_t H, int64_t W,
+                             int64_t R, int64_t S, int64_t stride, int64_t pad);
+/* The same for a linear layer: x[N,IN] (IN = qw->cols) -> y[N,O] (O = qw->K). */
+int csub_linear_int8_forward(const float *x, float xscale, int32_t xzero_point,
+                             const csub_qweight *qw, const float *oscale, const float *b, float *y,
+                             int64_t N);
+/* Name of the integer kernel this CPU runs: "avx512vnni", "avx512bw", "avx2" or "portable". */
+const char *csub_int8_kernel(void);
+
+/* ------------------------------------------ JSON and safetensors (json.c, safetensors.c) */
+
+/* A parsed JSON value (RFC 8259). Strings are NUL-terminated UTF-8 (an
+ * escaped \u0000 is an error); objects keep their keys in file order. */
+typedef enum { CSUB_JSON_NULL, CSUB_JSON_BOOL, CSUB_JSON_NUMBER, CSUB_JSON_STRING,
+               CSUB_JSON_ARRAY, CSUB_JSON_OBJECT } csub_json_type;
+typedef struct csub_json {
+    csub_json_type type;
+    int boolean;               /* BOOL */
+    double number;             /* NUMBER */
+    const char *string;        /* STRING */
+    size_t n;                  /* ARRAY, OBJECT: number of items */
+    struct csub_json *items;   /* ARRAY, OBJECT: items[n] */
+    const char **keys;         /* OBJECT: keys[n] */
+} csub_json;
+/* Parse text[len] (need not be NUL-terminated). Nesting deeper than 64 levels,
+ * trailing garbage, invalid escapes or UTF-8 are errors. On success *out is a
+ * tree that csub_json_free releases at once. Returns CSUB_OK, CSUB_ERR_FORMAT
+ * (with a message in err[errlen], which may be NULL) or CSUB_ERR_NOMEM. */
+int csub_json_parse(const char *text, size_t len, csub_json **out, char *err, size_t errlen);
+void csub_json_free(csub_json *v);
+/* Member `key` of an object (NULL when v is not an object or has no such key). */
+const csub_json *csub_json_get(const csub_json *v, const char *key);
+/* A number that is an integer in [lo, hi] into *out; CSUB_OK or CSUB_ERR_FORMAT. */
+int csub_json_int(const csub_json *v, int64_t lo, int64_t hi, int64_t *out);
+
+/* safetensors: an 8-byte little-endian header length, a JSON header (an
+ * object: tensor name -> {"dtype", "shape", "data_offsets": [begin, end]},
+ * optional "__metadata__": string -> string), then the tensor bytes. */
+typedef enum { CSUB_DT_F32, CSUB_DT_F64, CSUB_DT_F16, CSUB_DT_BF16, CSUB_DT_I64, CSUB_DT_I32,
+               CSUB_DT_I16, CSUB_DT_I8, CSUB_DT_U8, CSUB_DT_BOOL } csub_dtype;
+typedef struct {
+    const char *name;
+    csub_dtype dtype;
+    int ndim;                  /* 0 .. 8 */
+    int64_t shape[8];
+    int64_t numel;
+    const uint8_t *data;       /* numel * itemsize bytes, inside the file buffer; may be unaligned */
+} csub_st_tensor;
+typedef struct {
+    uint8_t *buf;              /* the whole file */
+    size_t len;
+    csub_json *header;
+    const csub_json *metadata; /* "__metadata__" or NULL */
+    csub_st_tensor *tensors;
+    size_t n;
+} csub_st_file;
+/* Every check is made before a byte is trusted: header length within the
+ * file (and at most 100 MB), a JSON object, known dtypes, shapes of at most 8
+ * non-negative dimensions whose product (no overflow) times the item size
+ * equals end - begin, offsets within the data section. Tensors may not
+ * overlap. */
+/* Read and parse the file at path. CSUB_OK, CSUB_ERR_IO, CSUB_ERR_FORMAT or CSUB_ERR_NOMEM. */
+int csub_st_read(const char *path, csub_st_file *f, char *err, size_t errlen);
+/* Parse buf[len] (copied: the caller keeps its buffer). */
+int csub_st_parse(const uint8_t *buf, size_t len, csub_st_file *f, char *err, size_t errlen);
+const csub_st_tensor *csub_st_find(const csub_st_file *f, const char *name);
+/* Metadata string for key, or NULL. */
+const char *csub_st_meta(const csub_st_file *f, const char *key);
+size_t csub_dtype_size(csub_dtype dt);
+void csub_st_free(csub_st_file *f);
 
 #ifdef __cplusplus
 }
