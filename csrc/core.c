@@ -1,14 +1,29 @@
 /* core.c - thread count and the one dense matmul (OpenBLAS sgemm). */
+#include <stdlib.h>
 #include <omp.h>
 
 #include "csub.h"
 
-/* From scipy-openblas32 (symbols prefixed scipy_). */
+/* The BLAS: scipy-openblas32 (symbols prefixed scipy_, the Python build), a
+ * system OpenBLAS (-DCSUB_BLAS_OPENBLAS, plain cblas_ names), or none
+ * (-DCSUB_BLAS_NONE: csub's own blocked sgemm below, for devices without a BLAS). */
 enum { CblasRowMajor = 101, CblasNoTrans = 111, CblasTrans = 112 };
-void scipy_cblas_sgemm(int order, int transa, int transb, int M, int N, int K, float alpha,
-                       const float *A, int lda, const float *B, int ldb, float beta,
-                       float *C, int ldc);
-void scipy_openblas_set_num_threads(int n);
+#if defined(CSUB_BLAS_NONE)
+static void blas_sgemm(int order, int transa, int transb, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+static void blas_set_num_threads(int n) { (void)n; }
+#else
+#if defined(CSUB_BLAS_OPENBLAS)
+#define blas_sgemm cblas_sgemm
+#define blas_set_num_threads openblas_set_num_threads
+#else
+#define blas_sgemm scipy_cblas_sgemm
+#define blas_set_num_threads scipy_openblas_set_num_threads
+#endif
+void blas_sgemm(int order, int transa, int transb, int M, int N, int K, float alpha,
+                const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+void blas_set_num_threads(int n);
+#endif
 
 static int g_threads;      /* 0: not set yet, use OpenMP's default */
 static int g_blas_serial;  /* OpenBLAS switched to one thread */
@@ -35,10 +50,10 @@ void csub_gemm_serial(int transa, int transb, int64_t M, int64_t N, int64_t K,
         return;
     }
     if (!g_blas_serial) { /* csub threads itself; BLAS must not add its own */
-        scipy_openblas_set_num_threads(1);
+        blas_set_num_threads(1);
         g_blas_serial = 1;
     }
-    scipy_cblas_sgemm(CblasRowMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans,
+    blas_sgemm(CblasRowMajor, transa ? CblasTrans : CblasNoTrans, transb ? CblasTrans : CblasNoTrans,
                       (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
 }
 
@@ -53,7 +68,7 @@ void csub_gemm(int transa, int transb, int64_t M, int64_t N, int64_t K,
         csub_gemm_serial(transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    if (!g_blas_serial) { scipy_openblas_set_num_threads(1); g_blas_serial = 1; }
+    if (!g_blas_serial) { blas_set_num_threads(1); g_blas_serial = 1; }
     int split_n = N >= M;
     int64_t len = split_n ? N : M;
     #pragma omp parallel num_threads(nt)
@@ -73,3 +88,40 @@ void csub_gemm(int transa, int transb, int64_t M, int64_t N, int64_t K,
         }
     }
 }
+
+#if defined(CSUB_BLAS_NONE)
+/* Row-major C = alpha op(A) op(B) + beta C without a BLAS: blocks of 64 rows
+ * of op(B) kept hot, the inner loop over a row of op(B) contiguous (the
+ * compiler vectorises it); op(B) = B^T is transposed once. */
+static void blas_sgemm(int order, int transa, int transb, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    (void)order;
+    float *bt = transb ? malloc(sizeof(float) * (size_t)K * (size_t)N) : NULL;
+    int strided = transb && !bt; /* no memory for the transpose: read B^T in place, slowly */
+    if (bt) { /* B is [N, K]: make it [K, N] */
+        for (int j = 0; j < N; j++)
+            for (int k = 0; k < K; k++) bt[(int64_t)k * N + j] = B[(int64_t)j * ldb + k];
+        B = bt;
+        ldb = N;
+    }
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) C[(int64_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(int64_t)i * ldc + j];
+    for (int k0 = 0; k0 < K; k0 += 64) {
+        int k1 = k0 + 64 < K ? k0 + 64 : K;
+        for (int i = 0; i < M; i++) {
+            float *c = C + (int64_t)i * ldc;
+            for (int k = k0; k < k1; k++) {
+                float a = alpha * (transa ? A[(int64_t)k * lda + i] : A[(int64_t)i * lda + k]);
+                if (strided) {
+                    for (int j = 0; j < N; j++) c[j] += a * B[(int64_t)j * ldb + k];
+                    continue;
+                }
+                const float *b = B + (int64_t)k * ldb;
+                for (int j = 0; j < N; j++) c[j] += a * b[j];
+            }
+        }
+    }
+    free(bt);
+}
+#endif

@@ -23,6 +23,9 @@ a structured line interpolates only the norm parameters and shares the
 conv/linear weights between its ends (the method's default), and norms must
 keep no running statistics ("gn" with one group per channel, or "in").
 """
+import functools
+import inspect
+
 import numpy as np
 
 from . import _core, nn
@@ -51,6 +54,23 @@ def make_norm(norm, channels, subspace, groups=None):
     if norm is None:
         return None
     raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+
+
+def _records_config(name):
+    """Decorate a network's __init__ so the instance keeps ``config``: the constructor's name
+    in ``MODELS`` and its arguments (tuples as lists), enough to build it again (``csub.load``)."""
+    def deco(init):
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def wrapped(self, *args, **kwargs):
+            bound = sig.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            init(self, *args, **kwargs)
+            cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items() if k != "self"}
+            object.__setattr__(self, "config", dict(model=name, **cfg))
+        return wrapped
+    return deco
 
 
 class SubspaceNet(Module):
@@ -216,6 +236,7 @@ class MLP(SubspaceNet):
     Norms on (N, C) features: "bn" batch norm, "gn"/"in" group norm with one group.
     """
 
+    @_records_config("mlp")
     def __init__(self, in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None,
                  norm=None, in_channels=1, bit_range=(3, 8), width_range=(0.25, 1.0)):
         super().__init__(regime, subspace, norm, bit_range, width_range)
@@ -252,6 +273,7 @@ class CNN(SubspaceNet):
     Shapes: x (N, in_channels, image_size, image_size) -> logits (N, num_classes).
     """
 
+    @_records_config("cnn")
     def __init__(self, in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspace=None,
                  norm="gn", image_size=28, bit_range=(3, 8), width_range=(0.25, 1.0)):
         super().__init__(regime, subspace, norm, bit_range, width_range)
@@ -391,6 +413,7 @@ class CPreResNet20(_Stages):
     Shapes: x (N, in_channels, H, W) -> logits (N, num_classes).
     """
 
+    @_records_config("cpreresnet20")
     def __init__(self, in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", n=2,
                  bit_range=(3, 8), width_range=(0.25, 1.0)):
         super().__init__(regime, subspace, norm, bit_range, width_range)
@@ -419,6 +442,7 @@ class ResNet18(_Stages):
     shape-tested; at 224x224 the unpadded max pool gives 55x55 after the stem.
     """
 
+    @_records_config("resnet18")
     def __init__(self, in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn",
                  bit_range=(3, 8), width_range=(0.25, 1.0)):
         super().__init__(regime, subspace, norm, bit_range, width_range)

@@ -29,6 +29,7 @@ extern "C" {
 #define CSUB_ERR_IO (-3)      /* a file could not be opened or read */
 #define CSUB_ERR_FORMAT (-4)  /* a model file or header is malformed */
 #define CSUB_ERR_UNSUPPORTED (-5) /* well formed, but asks for something csub cannot run */
+#define CSUB_ERR_BUDGET (-6)  /* no level of the subspace fits the budget */
 
 /* ------------------------------------------------------------------ core */
 
@@ -397,6 +398,74 @@ const csub_st_tensor *csub_st_find(const csub_st_file *f, const char *name);
 const char *csub_st_meta(const csub_st_file *f, const char *key);
 size_t csub_dtype_size(csub_dtype dt);
 void csub_st_free(csub_st_file *f);
+
+/* ------------------------------------------------------ runtime (runtime.c) */
+
+/* A deployed subspace: load an exported model file (csub.export), move it to
+ * any alpha (the compressed weights for that alpha are built once: CSR for
+ * unstructured sparsity, smaller dense layers for width, integer codes for
+ * bit width), run batches. Every function returns CSUB_OK or a CSUB_ERR_*
+ * code; the message of a model's last failure is csub_model_error(model), the
+ * load functions write theirs to err[errlen] (err may be NULL). A model may
+ * be used by one thread at a time. */
+typedef struct csub_model csub_model;
+
+/* Message for a status code. */
+const char *csub_strerror(int code);
+
+/* Load the file at path, or an in-memory copy of one, and set alpha = 1. */
+int csub_model_load(const char *path, csub_model **model, char *err, size_t errlen);
+int csub_model_load_memory(const uint8_t *buf, size_t len, csub_model **model, char *err, size_t errlen);
+void csub_model_free(csub_model *model);
+const char *csub_model_error(const csub_model *model);
+
+/* Materialise the network at alpha in [0, 1] (unstructured: alpha > 0). On
+ * failure the model refuses to run until a set_alpha succeeds. */
+int csub_model_set_alpha(csub_model *model, double alpha);
+
+/* input[batch, C, H, W] (normalised as in training: see csub_model_input_u8)
+ * -> output[batch, num_classes] logits. */
+int csub_model_forward(csub_model *model, const float *input, int64_t batch, float *output);
+
+/* pixels[batch, C, H, W] 0..255 -> out = (pixel / 255 - mean[c]) / std[c], the
+ * training normalisation stored in the file. */
+int csub_model_input_u8(const csub_model *model, const uint8_t *pixels, int64_t batch, float *out);
+
+typedef struct {
+    const char *regime;          /* "dense", "unstructured", "structured", "quantized" */
+    int64_t input_c, input_h, input_w, num_classes;
+    double alpha, keep, width;   /* the current level: keep fraction, width factor */
+    int bits;                    /* bit width (quantized regime), else 0 */
+    int bit_lo, bit_hi;
+    double width_lo, width_hi;
+    int64_t weight_bytes;        /* the network at alpha: CSR, integer codes or float weights */
+    int64_t subspace_bytes;      /* the stored subspace (both ends of a line) */
+    int64_t flops;               /* per sample, 2 per multiply-accumulate of kept weights */
+    int num_levels;              /* accuracy levels stored at export */
+} csub_model_desc;
+void csub_model_info(const csub_model *model, csub_model_desc *desc);
+/* Accuracy level i stored at export (alpha, accuracy). */
+int csub_model_level(const csub_model *model, int i, double *alpha, double *accuracy);
+/* Bytes the model needs at the current alpha to run a batch: subspace,
+ * materialised weights and activation buffers. */
+int64_t csub_model_memory(const csub_model *model, int64_t batch);
+/* Bit width of alpha: K = hi - lo + 1 equal bins of [0, 1], alpha in
+ * ((k - 1)/K, k/K] -> lo + k - 1 (boundaries robust to float rounding). */
+int csub_bits_for_alpha(double alpha, int lo, int hi);
+
+/* Budget controller. calibrate measures, on this machine, for each alpha:
+ * the time of set_alpha, the median forward latency of `batch` samples over
+ * `reps` runs (after one warm-up), the memory (csub_model_memory) and the
+ * accuracy stored at export for that alpha (NaN if none); it leaves the model
+ * at the alpha it had. pick_alpha returns the most accurate level whose
+ * latency and memory fit (a budget <= 0 is no limit): by stored accuracy when
+ * every level has one, else the largest alpha; CSUB_ERR_BUDGET if none fits. */
+typedef struct {
+    double alpha, latency_ms, set_alpha_ms, accuracy;
+    int64_t memory_bytes;
+} csub_level;
+int csub_model_calibrate(csub_model *model, const double *alphas, int n, int64_t batch, int reps, csub_level *out);
+int csub_pick_alpha(const csub_level *levels, int n, double latency_ms, int64_t memory_bytes, double *alpha);
 
 #ifdef __cplusplus
 }

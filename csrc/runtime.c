@@ -1,0 +1,1057 @@
+/* runtime.c - standalone inference of an exported subspace at any alpha.
+ *
+ * A model file (csub/export.py writes it) is safetensors: the subspace's
+ * tensors (a line keeps both ends) and a JSON description: regime, level
+ * maps, input shape and the inference graph, a list of operations each
+ * reading value ids and writing a new one (value 0 is the input).
+ *
+ *   load        parse and check everything (names, shapes, sizes, value ids,
+ *               graph order), copy the tensors into aligned arrays, infer every
+ *               value's shape, assign values to reusable buffers by liveness.
+ *   set_alpha   materialise the network at alpha once: interpolate the line,
+ *               then per regime
+ *                 unstructured  exact magnitude top-k (keep fraction alpha) of
+ *                               each compressible layer, stored as CSR when the
+ *                               keep fraction is at most RT_SPARSE_CROSSOVER
+ *                               (the forward then touches kept weights only),
+ *                               else as the masked dense weight;
+ *                 structured    width w from alpha; every hidden layer's weight
+ *                               copied to a contiguous prefix, so the products
+ *                               are really smaller;
+ *                 quantized     bits from alpha; weights (batch-norm scale
+ *                               folded in first) to integer codes, activations
+ *                               quantized on their recorded range, integer
+ *                               products with 32-bit accumulation (bits <= 8;
+ *                               wider grids run fake-quantized in float).
+ *   forward     run the graph on a batch with the materialised weights.
+ *
+ * Everything a file declares is checked before it is used; every failure
+ * returns a CSUB_ERR_* code and leaves a message (csub_model_error, or the
+ * err buffer of the load functions). A model is not safe to use from two
+ * threads at once; the kernels themselves use OpenMP.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "csub.h"
+
+/* Keep fraction at or below which a compressed layer runs its CSR kernel at
+ * inference (benchmarks/bench_deploy.py measures the crossover). */
+#define RT_SPARSE_CROSSOVER 0.5
+#define RT_MAX_OPS 100000
+
+enum { OP_CONV, OP_LINEAR, OP_NORM, OP_RELU, OP_MAXPOOL, OP_AVGPOOL, OP_GAP, OP_FLATTEN, OP_ADD };
+enum { REG_NONE, REG_UNSTRUCTURED, REG_STRUCTURED, REG_QUANTIZED };
+enum { PATH_DENSE, PATH_SPARSE, PATH_INT8, PATH_FAKEQ };
+
+typedef struct {     /* a tensor of the subspace: one point, or the two ends of a line */
+    float *p0, *p1;  /* p1 NULL unless a line */
+    int64_t n;
+} param;
+
+typedef struct {
+    int kind, x, x2, y;
+    /* conv, linear */
+    int64_t cin, cout, k, stride, pad;
+    int compress, fold;          /* fold: op index of the batch norm folded in, or -1 */
+    int last;                    /* the network's last weight layer (its outputs never narrow) */
+    param w, b;
+    float act[3];                /* activation range: min, max, initialised */
+    int has_act;
+    /* norm */
+    int bn;
+    int64_t groups, c;
+    float eps;
+    param g, beta;
+    float *rmean, *rvar;
+    /* pools */
+    int64_t pk, ps;
+    /* materialised by set_alpha */
+    int path;
+    int64_t ain, aout;           /* active inputs (conv: channels, linear: features), outputs */
+    int64_t agroups;
+    float *wa, *ba, *ga;         /* dense weight (active prefix), bias, norm gamma (active) */
+    int64_t *rowptr;
+    int32_t *colidx;
+    float *vals;
+    int64_t nnz;
+    csub_qweight qw;
+    int has_qw;
+    float *oscale;               /* 1 / folded scale per output channel, or NULL */
+    float xscale;
+    int32_t xzp;
+    int bits, act_dynamic;
+} op_t;
+
+typedef struct { int64_t c, h, w; } shape3;
+
+struct csub_model {
+    char err[256];
+    int regime, bit_lo, bit_hi;
+    double w_lo, w_hi;
+    int64_t in_c, in_h, in_w, classes;
+    op_t *ops;
+    int nops, nvals, out_val;
+    shape3 *vshape;              /* full shape of each value (per sample) */
+    int64_t *vc;                 /* active channels of each value at the current alpha */
+    int *vslot;                  /* buffer of each value (-1: the input) */
+    int nslots;
+    int64_t *slot_size;          /* floats per sample at full width */
+    float **slots;
+    int64_t batch_cap, scratch_size;
+    float *scratch;
+    float *tmp;                  /* one full tensor (interpolation) */
+    uint8_t *mask;
+    int64_t tmp_size;
+    float *input_mean, *input_std;
+    int nlevels;
+    double *level_alpha, *level_acc;
+    double alpha, width, keep;
+    int bits, ready;
+};
+
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+#define MFAIL(m, code, ...) fail((m)->err, sizeof (m)->err, code, __VA_ARGS__)
+
+const char *csub_strerror(int code)
+{
+    switch (code) {
+    case CSUB_OK: return "ok";
+    case CSUB_ERR_ARG: return "invalid argument";
+    case CSUB_ERR_NOMEM: return "out of memory";
+    case CSUB_ERR_IO: return "input/output error";
+    case CSUB_ERR_FORMAT: return "malformed model file";
+    case CSUB_ERR_UNSUPPORTED: return "unsupported model";
+    case CSUB_ERR_BUDGET: return "no level fits the budget";
+    default: return "unknown error";
+    }
+}
+
+const char *csub_model_error(const csub_model *m)
+{
+    return m ? m->err : "no model";
+}
+
+/* ------------------------------------------------------------ loading */
+
+static void *xcalloc(size_t n, size_t size)
+{
+    return n && size ? calloc(n, size) : calloc(1, 1);
+}
+
+static float *falloc(int64_t n)
+{
+    return (float *)xcalloc((size_t)(n > 0 ? n : 1), sizeof(float));
+}
+
+/* A float32 tensor of the file into a fresh aligned array; numel must be `want` (or any when want < 0). */
+static int copy_tensor(const csub_st_file *f, const char *name, int64_t want, float **out, int64_t *numel,
+                       char *err, size_t errlen)
+{
+    const csub_st_tensor *t = csub_st_find(f, name);
+    if (!t) return fail(err, errlen, CSUB_ERR_FORMAT, "model file: tensor '%s' is missing", name);
+    if (t->dtype != CSUB_DT_F32) return fail(err, errlen, CSUB_ERR_FORMAT, "model file: tensor '%s' is not float32", name);
+    if (want >= 0 && t->numel != want)
+        return fail(err, errlen, CSUB_ERR_FORMAT, "model file: tensor '%s' has %lld values, expected %lld", name,
+                    (long long)t->numel, (long long)want);
+    if (!(*out = falloc(t->numel))) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
+    memcpy(*out, t->data, (size_t)t->numel * sizeof(float));
+    if (numel) *numel = t->numel;
+    return CSUB_OK;
+}
+
+static int load_param(const csub_st_file *f, const char *name, int line, int64_t want, param *p,
+                      char *err, size_t errlen)
+{
+    int st = copy_tensor(f, name, want, &p->p0, &p->n, err, errlen);
+    if (st || !line) return st;
+    char n1[512];
+    if (snprintf(n1, sizeof n1, "%s1", name) >= (int)sizeof n1)
+        return fail(err, errlen, CSUB_ERR_FORMAT, "model file: tensor name too long");
+    /* a line's tensor name "x.weight" has its partner "x.weight1" */
+    return copy_tensor(f, n1, p->n, &p->p1, NULL, err, errlen);
+}
+
+static const char *jstr(const csub_json *o, const char *key)
+{
+    const csub_json *v = csub_json_get(o, key);
+    return v && v->type == CSUB_JSON_STRING ? v->string : NULL;
+}
+
+static int jint(const csub_json *o, const char *key, int64_t lo, int64_t hi, int64_t *out, char *err, size_t errlen,
+                int idx)
+{
+    if (csub_json_int(csub_json_get(o, key), lo, hi, out))
+        return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d].%s must be an integer in [%lld, %lld]", idx,
+                    key, (long long)lo, (long long)hi);
+    return CSUB_OK;
+}
+
+static int jbool(const csub_json *o, const char *key, int *out)
+{
+    const csub_json *v = csub_json_get(o, key);
+    if (!v || v->type != CSUB_JSON_BOOL) return CSUB_ERR_FORMAT;
+    *out = v->boolean;
+    return CSUB_OK;
+}
+
+#define DIM_MAX ((int64_t)1 << 24)
+
+static int parse_op(csub_model *m, const csub_st_file *f, const csub_json *o, int i, char *err, size_t errlen)
+{
+    op_t *op = &m->ops[i];
+    const char *kind = jstr(o, "op");
+    int64_t v;
+    int st;
+    op->fold = -1;
+    op->x2 = -1;
+    if (!kind) return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d].op must be a string", i);
+    static const char *names[] = {"conv", "linear", "norm", "relu", "maxpool", "avgpool", "gap", "flatten", "add"};
+    op->kind = -1;
+    for (int k = 0; k < 9; k++)
+        if (!strcmp(kind, names[k])) op->kind = k;
+    if (op->kind < 0) return fail(err, errlen, CSUB_ERR_UNSUPPORTED, "model file: graph[%d]: unknown op '%s'", i, kind);
+    /* values are produced in order: op i reads values < i + 1 and writes value i + 1 */
+    if ((st = jint(o, "x", 0, i, &v, err, errlen, i))) return st;
+    op->x = (int)v;
+    if ((st = jint(o, "y", i + 1, i + 1, &v, err, errlen, i))) return st;
+    op->y = (int)v;
+    if (op->kind == OP_ADD) {
+        if ((st = jint(o, "x2", 0, i, &v, err, errlen, i))) return st;
+        op->x2 = (int)v;
+    }
+    if (op->kind == OP_MAXPOOL || op->kind == OP_AVGPOOL) {
+        if ((st = jint(o, "k", 1, 64, &op->pk, err, errlen, i))) return st;
+        if ((st = jint(o, "s", 1, 64, &op->ps, err, errlen, i))) return st;
+    }
+    if (op->kind == OP_CONV || op->kind == OP_LINEAR) {
+        int line;
+        if ((st = jint(o, "cin", 1, DIM_MAX, &op->cin, err, errlen, i))) return st;
+        if ((st = jint(o, "cout", 1, DIM_MAX, &op->cout, err, errlen, i))) return st;
+        op->k = 1;
+        if (op->kind == OP_CONV) {
+            if ((st = jint(o, "k", 1, 64, &op->k, err, errlen, i))) return st;
+            if ((st = jint(o, "stride", 1, 64, &op->stride, err, errlen, i))) return st;
+            if ((st = jint(o, "pad", 0, 64, &op->pad, err, errlen, i))) return st;
+        }
+        if (jbool(o, "line", &line) || jbool(o, "compress", &op->compress))
+            return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: line and compress must be booleans", i);
+        const char *w = jstr(o, "w"), *b = jstr(o, "b"), *fold = jstr(o, "fold"), *act = jstr(o, "act");
+        if (!w) return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d].w must be a tensor name", i);
+        if (op->cout * op->cin > ((int64_t)1 << 40) / (op->k * op->k))
+            return fail(err, errlen, CSUB_ERR_UNSUPPORTED, "model file: graph[%d]: weight too large", i);
+        if ((st = load_param(f, w, line, op->cout * op->cin * op->k * op->k, &op->w, err, errlen))) return st;
+        if (b && (st = load_param(f, b, line, op->cout, &op->b, err, errlen))) return st;
+        if (act) {
+            float *a = NULL;
+            if ((st = copy_tensor(f, act, 3, &a, NULL, err, errlen))) return st;
+            memcpy(op->act, a, sizeof op->act);
+            free(a);
+            op->has_act = 1;
+        }
+        if (fold) { /* the batch norm applied to this op's output: found after the graph is read */
+            op->fold = -2;
+        }
+        return CSUB_OK;
+    }
+    if (op->kind == OP_NORM) {
+        const char *nk = jstr(o, "kind"), *w = jstr(o, "w"), *b = jstr(o, "b");
+        const csub_json *eps = csub_json_get(o, "eps");
+        int line;
+        if (!nk || (strcmp(nk, "bn") && strcmp(nk, "gn")))
+            return fail(err, errlen, CSUB_ERR_UNSUPPORTED, "model file: graph[%d].kind must be 'bn' or 'gn'", i);
+        op->bn = !strcmp(nk, "bn");
+        if ((st = jint(o, "c", 1, DIM_MAX, &op->c, err, errlen, i))) return st;
+        if ((st = jint(o, "groups", 1, op->c, &op->groups, err, errlen, i))) return st;
+        if (op->c % op->groups)
+            return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: groups must divide c", i);
+        if (!eps || eps->type != CSUB_JSON_NUMBER || !(eps->number > 0 && eps->number < 1))
+            return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d].eps must be a number in (0, 1)", i);
+        op->eps = (float)eps->number;
+        if (jbool(o, "line", &line) || !w || !b)
+            return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: norm needs w, b and line", i);
+        if ((st = load_param(f, w, line, op->c, &op->g, err, errlen))) return st;
+        if ((st = load_param(f, b, line, op->c, &op->beta, err, errlen))) return st;
+        if (op->bn) {
+            const char *mean = jstr(o, "mean"), *var = jstr(o, "var");
+            if (!mean || !var)
+                return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: batch norm needs mean and var", i);
+            if ((st = copy_tensor(f, mean, op->c, &op->rmean, NULL, err, errlen))) return st;
+            if ((st = copy_tensor(f, var, op->c, &op->rvar, NULL, err, errlen))) return st;
+            for (int64_t c = 0; c < op->c; c++)
+                if (!(op->rvar[c] >= 0.0f))
+                    return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: negative or NaN running_var", i);
+        }
+    }
+    return CSUB_OK;
+}
+
+/* Shapes of every value, checked against each op. */
+static int infer_shapes(csub_model *m, char *err, size_t errlen)
+{
+    m->vshape[0] = (shape3){m->in_c, m->in_h, m->in_w};
+    for (int i = 0; i < m->nops; i++) {
+        op_t *op = &m->ops[i];
+        shape3 s = m->vshape[op->x], o = s;
+        switch (op->kind) {
+        case OP_CONV:
+            if (s.c != op->cin)
+                return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: conv expects %lld channels, gets %lld",
+                            i, (long long)op->cin, (long long)s.c);
+            if (s.h + 2 * op->pad < op->k || s.w + 2 * op->pad < op->k)
+                return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: input smaller than the kernel", i);
+            o = (shape3){op->cout, csub_conv_out_size(s.h, op->k, op->stride, op->pad),
+                         csub_conv_out_size(s.w, op->k, op->stride, op->pad)};
+            break;
+        case OP_LINEAR:
+            if (s.c * s.h * s.w != op->cin)
+                return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: linear expects %lld features, gets %lld",
+                            i, (long long)op->cin, (long long)(s.c * s.h * s.w));
+            o = (shape3){op->cout, 1, 1};
+            break;
+        case OP_NORM:
+            if (s.c != op->c)
+                return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: norm of %lld channels gets %lld", i,
+                            (long long)op->c, (long long)s.c);
+            break;
+        case OP_MAXPOOL: case OP_AVGPOOL:
+            if (s.h < op->pk || s.w < op->pk)
+                return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: input smaller than the pool window", i);
+            o = (shape3){s.c, (s.h - op->pk) / op->ps + 1, (s.w - op->pk) / op->ps + 1};
+            break;
+        case OP_GAP:
+            o = (shape3){s.c, 1, 1};
+            break;
+        case OP_ADD: {
+            shape3 t = m->vshape[op->x2];
+            if (t.c != s.c || t.h != s.h || t.w != s.w)
+                return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: add of different shapes", i);
+            break;
+        }
+        default:
+            break;
+        }
+        if (o.c * o.h * o.w > ((int64_t)1 << 32))
+            return fail(err, errlen, CSUB_ERR_UNSUPPORTED, "model file: graph[%d]: value too large", i);
+        m->vshape[op->y] = o;
+    }
+    return CSUB_OK;
+}
+
+/* Buffers by liveness: a value's buffer is free again after its last reader.
+ * A flatten's output is its input's buffer (its root value). */
+static int assign_slots(csub_model *m)
+{
+    int nv = m->nvals;
+    int *root = malloc(sizeof(int) * nv), *last = malloc(sizeof(int) * nv), *freed = calloc((size_t)nv, sizeof(int));
+    int *free_slot = malloc(sizeof(int) * nv);
+    int st = CSUB_OK;
+    if (!root || !last || !freed || !free_slot) { st = CSUB_ERR_NOMEM; goto done; }
+    root[0] = 0;
+    for (int v = 0; v < nv; v++) last[v] = -1;
+    for (int i = 0; i < m->nops; i++) {
+        op_t *op = &m->ops[i];
+        root[op->y] = op->kind == OP_FLATTEN ? root[op->x] : op->y;
+        last[root[op->x]] = i;
+        if (op->x2 >= 0) last[root[op->x2]] = i;
+    }
+    last[root[m->out_val]] = m->nops;
+    m->vslot[0] = -1;
+    int nfree = 0;
+    m->nslots = 0;
+    for (int i = 0; i < m->nops; i++) {
+        op_t *op = &m->ops[i];
+        if (op->kind == OP_FLATTEN) {
+            m->vslot[op->y] = m->vslot[op->x];
+        } else { /* the output's buffer is taken before the inputs' are released: never in place */
+            int s = nfree ? free_slot[--nfree] : m->nslots++;
+            int64_t size = m->vshape[op->y].c * m->vshape[op->y].h * m->vshape[op->y].w;
+            m->vslot[op->y] = s;
+            if (m->slot_size[s] < size) m->slot_size[s] = size;
+        }
+        int ins[2] = {op->x, op->x2};
+        for (int j = 0; j < 2; j++) {
+            if (ins[j] < 0) continue;
+            int r = root[ins[j]];
+            if (r > 0 && last[r] == i && !freed[r]) {
+                free_slot[nfree++] = m->vslot[r];
+                freed[r] = 1;
+            }
+        }
+    }
+done:
+    free(root); free(last); free(freed); free(free_slot);
+    return st;
+}
+
+static void free_materialised(op_t *op)
+{
+    free(op->wa); free(op->ba); free(op->ga); free(op->rowptr); free(op->colidx); free(op->vals); free(op->oscale);
+    op->wa = op->ba = op->ga = op->vals = op->oscale = NULL;
+    op->rowptr = NULL;
+    op->colidx = NULL;
+    if (op->has_qw) csub_qweight_free(&op->qw);
+    op->has_qw = 0;
+}
+
+void csub_model_free(csub_model *m)
+{
+    if (!m) return;
+    for (int i = 0; m->ops && i < m->nops; i++) {
+        op_t *op = &m->ops[i];
+        free_materialised(op);
+        free(op->w.p0); free(op->w.p1); free(op->b.p0); free(op->b.p1);
+        free(op->g.p0); free(op->g.p1); free(op->beta.p0); free(op->beta.p1);
+        free(op->rmean); free(op->rvar);
+    }
+    for (int s = 0; m->slots && s < m->nslots; s++) free(m->slots[s]);
+    free(m->slots); free(m->slot_size); free(m->ops); free(m->vshape); free(m->vc); free(m->vslot);
+    free(m->scratch); free(m->tmp); free(m->mask); free(m->input_mean); free(m->input_std);
+    free(m->level_alpha); free(m->level_acc);
+    free(m);
+}
+
+static int parse_model(csub_model *m, const csub_st_file *f, char *err, size_t errlen)
+{
+    const char *text = csub_st_meta(f, "csub");
+    if (!text) return fail(err, errlen, CSUB_ERR_FORMAT, "model file: no 'csub' metadata (not an exported csub model)");
+    csub_json *meta = NULL;
+    int st = csub_json_parse(text, strlen(text), &meta, err, errlen);
+    if (st) return st;
+    const char *fmt = jstr(meta, "format"), *regime = jstr(meta, "regime");
+    const csub_json *graph = csub_json_get(meta, "graph"), *shape = csub_json_get(meta, "input_shape");
+    const csub_json *bits = csub_json_get(meta, "bit_range"), *widths = csub_json_get(meta, "width_range");
+    const csub_json *levels = csub_json_get(meta, "levels");
+    int64_t version, out, v;
+    st = CSUB_ERR_FORMAT;
+    if (!fmt || strcmp(fmt, "csub-model")) { fail(err, errlen, st, "model file: format is not 'csub-model'"); goto done; }
+    if (csub_json_int(csub_json_get(meta, "version"), 1, 1, &version)) {
+        fail(err, errlen, CSUB_ERR_UNSUPPORTED, "model file: unsupported version (this runtime reads version 1)");
+        st = CSUB_ERR_UNSUPPORTED;
+        goto done;
+    }
+    m->regime = !regime ? REG_NONE : !strcmp(regime, "unstructured") ? REG_UNSTRUCTURED
+              : !strcmp(regime, "structured") ? REG_STRUCTURED : !strcmp(regime, "quantized") ? REG_QUANTIZED : -1;
+    if (m->regime < 0) { fail(err, errlen, st, "model file: unknown regime '%s'", regime); goto done; }
+    if (!shape || shape->type != CSUB_JSON_ARRAY || shape->n != 3
+        || csub_json_int(&shape->items[0], 1, DIM_MAX, &m->in_c) || csub_json_int(&shape->items[1], 1, DIM_MAX, &m->in_h)
+        || csub_json_int(&shape->items[2], 1, DIM_MAX, &m->in_w) || m->in_c * m->in_h * m->in_w > ((int64_t)1 << 32)) {
+        fail(err, errlen, st, "model file: input_shape must be [C, H, W] of positive integers");
+        goto done;
+    }
+    int64_t lo, hi;
+    if (!bits || bits->type != CSUB_JSON_ARRAY || bits->n != 2 || csub_json_int(&bits->items[0], 2, 16, &lo)
+        || csub_json_int(&bits->items[1], lo, 16, &hi)) {
+        fail(err, errlen, st, "model file: bit_range must be [min, max] with 2 <= min <= max <= 16");
+        goto done;
+    }
+    m->bit_lo = (int)lo;
+    m->bit_hi = (int)hi;
+    if (!widths || widths->type != CSUB_JSON_ARRAY || widths->n != 2 || widths->items[0].type != CSUB_JSON_NUMBER
+        || widths->items[1].type != CSUB_JSON_NUMBER || !(widths->items[0].number > 0)
+        || !(widths->items[0].number <= widths->items[1].number) || !(widths->items[1].number <= 1)) {
+        fail(err, errlen, st, "model file: width_range must be [lo, hi] with 0 < lo <= hi <= 1");
+        goto done;
+    }
+    m->w_lo = widths->items[0].number;
+    m->w_hi = widths->items[1].number;
+    if (!graph || graph->type != CSUB_JSON_ARRAY || graph->n < 1 || graph->n > RT_MAX_OPS) {
+        fail(err, errlen, st, "model file: graph must be a non-empty array of operations");
+        goto done;
+    }
+    m->nops = (int)graph->n;
+    m->nvals = m->nops + 1;
+    if (csub_json_int(csub_json_get(meta, "output"), 1, m->nops, &out)) {
+        fail(err, errlen, st, "model file: output must be a value id in [1, %d]", m->nops);
+        goto done;
+    }
+    m->out_val = (int)out;
+    m->ops = xcalloc((size_t)m->nops, sizeof(op_t));
+    m->vshape = xcalloc((size_t)m->nvals, sizeof(shape3));
+    m->vc = xcalloc((size_t)m->nvals, sizeof(int64_t));
+    m->vslot = xcalloc((size_t)m->nvals, sizeof(int));
+    m->slot_size = xcalloc((size_t)m->nvals, sizeof(int64_t));
+    if (!m->ops || !m->vshape || !m->vc || !m->vslot || !m->slot_size) {
+        st = fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < m->nops; i++) {
+        if (graph->items[i].type != CSUB_JSON_OBJECT) { fail(err, errlen, st, "model file: graph[%d] is not an object", i); goto done; }
+        if ((st = parse_op(m, f, &graph->items[i], i, err, errlen))) goto done;
+        st = CSUB_ERR_FORMAT;
+    }
+    /* folds: a conv's output goes straight into the batch norm whose scale it folds */
+    int lastw = -1;
+    for (int i = 0; i < m->nops; i++) {
+        op_t *op = &m->ops[i];
+        if (op->kind == OP_CONV || op->kind == OP_LINEAR) lastw = i;
+        if (op->fold != -2) continue;
+        op->fold = -1;
+        for (int j = i + 1; j < m->nops; j++)
+            if (m->ops[j].kind == OP_NORM && m->ops[j].x == op->y && m->ops[j].bn) op->fold = j;
+        if (op->fold < 0 || op->b.p0) {
+            fail(err, errlen, st, "model file: graph[%d]: fold needs a bias-free layer followed by a batch norm", i);
+            goto done;
+        }
+    }
+    if (lastw < 0) { fail(err, errlen, st, "model file: the graph has no conv or linear layer"); goto done; }
+    m->ops[lastw].last = 1;
+    if ((st = infer_shapes(m, err, errlen))) goto done;
+    st = CSUB_ERR_FORMAT;
+    m->classes = m->vshape[m->out_val].c * m->vshape[m->out_val].h * m->vshape[m->out_val].w;
+    if (csub_json_int(csub_json_get(meta, "num_classes"), m->classes, m->classes, &v)) {
+        fail(err, errlen, st, "model file: num_classes does not match the graph's output (%lld)", (long long)m->classes);
+        goto done;
+    }
+    if (levels) {
+        if (levels->type != CSUB_JSON_ARRAY || levels->n > 100000) { fail(err, errlen, st, "model file: levels must be an array"); goto done; }
+        m->nlevels = (int)levels->n;
+        m->level_alpha = xcalloc(levels->n, sizeof(double));
+        m->level_acc = xcalloc(levels->n, sizeof(double));
+        if (!m->level_alpha || !m->level_acc) { st = fail(err, errlen, CSUB_ERR_NOMEM, "out of memory"); goto done; }
+        for (size_t i = 0; i < levels->n; i++) {
+            const csub_json *a = csub_json_get(&levels->items[i], "alpha"), *c = csub_json_get(&levels->items[i], "accuracy");
+            if (!a || !c || a->type != CSUB_JSON_NUMBER || c->type != CSUB_JSON_NUMBER || !(a->number >= 0 && a->number <= 1)) {
+                fail(err, errlen, st, "model file: levels[%zu] needs alpha in [0, 1] and accuracy", i);
+                goto done;
+            }
+            m->level_alpha[i] = a->number;
+            m->level_acc[i] = c->number;
+        }
+    }
+    st = CSUB_OK;
+done:
+    csub_json_free(meta);
+    return st;
+}
+
+static int build(csub_model *m, const csub_st_file *f, char *err, size_t errlen)
+{
+    int st = parse_model(m, f, err, errlen);
+    if (st) return st;
+    /* per-channel input statistics (csub_model_input_u8) */
+    if ((st = copy_tensor(f, "input_mean", m->in_c, &m->input_mean, NULL, err, errlen))) return st;
+    if ((st = copy_tensor(f, "input_std", m->in_c, &m->input_std, NULL, err, errlen))) return st;
+    if (assign_slots(m)) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
+    m->slots = xcalloc((size_t)m->nslots + 1, sizeof(float *));
+    int64_t big = 1;
+    for (int i = 0; i < m->nops; i++)
+        if (m->ops[i].w.n > big) big = m->ops[i].w.n;
+    m->tmp_size = big;
+    m->tmp = falloc(big);
+    m->mask = malloc((size_t)big);
+    if (!m->slots || !m->tmp || !m->mask) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
+    /* scratch per sample: a quantized copy of a layer's input, maxpool indices, norm statistics */
+    for (int v = 0; v < m->nvals; v++) {
+        int64_t s = m->vshape[v].c * m->vshape[v].h * m->vshape[v].w;
+        if (s > m->scratch_size) m->scratch_size = s;
+        if (2 * m->vshape[v].c > m->scratch_size) m->scratch_size = 2 * m->vshape[v].c;
+    }
+    return CSUB_OK;
+}
+
+static int finish_load(csub_model *m, csub_st_file *f, int st, csub_model **out, char *err, size_t errlen)
+{
+    if (!st) st = build(m, f, err, errlen);
+    csub_st_free(f);
+    if (!st) {
+        st = csub_model_set_alpha(m, 1.0);
+        if (st) fail(err, errlen, st, "%s", m->err);
+    }
+    if (st) {
+        csub_model_free(m);
+        *out = NULL;
+        return st;
+    }
+    *out = m;
+    return CSUB_OK;
+}
+
+int csub_model_load(const char *path, csub_model **out, char *err, size_t errlen)
+{
+    if (!out) return fail(err, errlen, CSUB_ERR_ARG, "model: NULL output pointer");
+    *out = NULL;
+    if (!path) return fail(err, errlen, CSUB_ERR_ARG, "path: NULL");
+    csub_model *m = xcalloc(1, sizeof *m);
+    if (!m) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
+    csub_st_file f;
+    memset(&f, 0, sizeof f);
+    int st = csub_st_read(path, &f, err, errlen);
+    return finish_load(m, &f, st, out, err, errlen);
+}
+
+int csub_model_load_memory(const uint8_t *buf, size_t len, csub_model **out, char *err, size_t errlen)
+{
+    if (!out) return fail(err, errlen, CSUB_ERR_ARG, "model: NULL output pointer");
+    *out = NULL;
+    if (!buf && len) return fail(err, errlen, CSUB_ERR_ARG, "buf: NULL");
+    csub_model *m = xcalloc(1, sizeof *m);
+    if (!m) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
+    csub_st_file f;
+    memset(&f, 0, sizeof f);
+    int st = csub_st_parse(buf, len, &f, err, errlen);
+    return finish_load(m, &f, st, out, err, errlen);
+}
+
+/* ----------------------------------------------------------- set_alpha */
+
+/* Bits for alpha: K = hi - lo + 1 bins, alpha in ((k-1)/K, k/K] -> lo + k - 1, robust at the
+ * boundaries as csub.nn.quant.bits_for_alpha. */
+int csub_bits_for_alpha(double alpha, int lo, int hi)
+{
+    int K = hi - lo + 1;
+    double r = alpha * K;
+    double k = nearbyint(r);
+    int kk = fabs(r - k) <= 1e-6 ? (int)k : (int)ceil(r);
+    if (kk < 1) kk = 1;
+    if (kk > K) kk = K;
+    return lo + kk - 1;
+}
+
+static int64_t width_of(int64_t n, double w)
+{
+    int64_t c = (int64_t)floor((double)n * w + 0.5);
+    return c < 1 ? 1 : c;
+}
+
+/* The tensor at alpha (interpolated for a line) into dst. */
+static const float *at_alpha(const param *p, double alpha, float *dst)
+{
+    if (!p->p1) return p->p0;
+    csub_line_forward(p->p0, p->p1, (float)alpha, dst, p->n);
+    return dst;
+}
+
+/* dst[rows, cols] = the top-left block of src[R, C] (R >= rows, C >= cols) */
+static void copy_block(const float *src, int64_t C, float *dst, int64_t rows, int64_t cols)
+{
+    for (int64_t r = 0; r < rows; r++) memcpy(dst + r * cols, src + r * C, sizeof(float) * (size_t)cols);
+}
+
+static int materialise_weight(csub_model *m, op_t *op, int i)
+{
+    int64_t kk = op->k * op->k;
+    int64_t cols_full = op->kind == OP_CONV ? op->cin * kk : op->cin;
+    int64_t cols = op->kind == OP_CONV ? op->ain * kk : op->ain;
+    const float *w = at_alpha(&op->w, m->alpha, m->tmp);
+    op->path = PATH_DENSE;
+    if (!op->wa && !(op->wa = falloc(op->w.n))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+    if (op->b.p0) {
+        if (!op->ba && !(op->ba = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        const float *b = at_alpha(&op->b, m->alpha, op->ba);
+        if (b != op->ba) memcpy(op->ba, b, sizeof(float) * (size_t)op->cout);
+    }
+    if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0) {
+        if (csub_topk_mask(w, op->w.n, m->keep, m->mask)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        if (m->keep <= RT_SPARSE_CROSSOVER) {
+            if (!op->rowptr) {
+                op->rowptr = malloc(sizeof(int64_t) * (size_t)(op->cout + 1));
+                op->colidx = malloc(sizeof(int32_t) * (size_t)(op->w.n > 0 ? op->w.n : 1));
+                op->vals = falloc(op->w.n);
+                if (!op->rowptr || !op->colidx || !op->vals) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+            }
+            op->nnz = csub_csr_count(m->mask, op->cout, cols_full, op->rowptr);
+            csub_csr_fill(w, m->mask, op->cout, cols_full, op->rowptr, op->colidx, op->vals);
+            op->path = PATH_SPARSE;
+            return CSUB_OK;
+        }
+        csub_apply_mask(w, m->mask, op->wa, op->w.n);
+        return CSUB_OK;
+    }
+    if (m->regime == REG_QUANTIZED && op->compress) {
+        float *wf = op->wa;
+        memcpy(wf, w, sizeof(float) * (size_t)op->w.n);
+        if (op->fold >= 0) { /* gamma / sqrt(running_var + eps) of the next batch norm, folded in */
+            op_t *bn = &m->ops[op->fold];
+            const float *g = at_alpha(&bn->g, m->alpha, m->tmp);
+            if (!op->oscale && !(op->oscale = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+            for (int64_t k = 0; k < op->cout; k++) {
+                float s = g[k] / sqrtf(bn->rvar[k] + bn->eps);
+                for (int64_t j = 0; j < cols_full; j++) wf[k * cols_full + j] *= s;
+                op->oscale[k] = 1.0f / s;
+            }
+        }
+        float mn, mx;
+        op->act_dynamic = op->act[2] == 0.0f || !op->has_act; /* never observed: each batch's own range */
+        if (!op->act_dynamic) csub_quant_params(op->act[0], op->act[1], m->bits, &op->xscale, &op->xzp);
+        if (m->bits <= 8) {
+            int st = csub_qweight_init(&op->qw, wf, op->cout, cols_full, m->bits);
+            if (st) return MFAIL(m, st, "graph[%d]: quantizing the weight failed (%s)", i, csub_strerror(st));
+            op->has_qw = 1;
+            op->path = PATH_INT8;
+        } else {
+            csub_minmax(wf, op->w.n, &mn, &mx);
+            float scale;
+            int32_t zp;
+            csub_quant_params(mn, mx, m->bits, &scale, &zp);
+            csub_fake_quant_forward(wf, wf, op->w.n, scale, zp, m->bits);
+            op->path = PATH_FAKEQ;
+        }
+        return CSUB_OK;
+    }
+    if (cols == cols_full && op->aout == op->cout) memcpy(op->wa, w, sizeof(float) * (size_t)op->w.n);
+    else copy_block(w, cols_full, op->wa, op->aout, cols);
+    return CSUB_OK;
+}
+
+int csub_model_set_alpha(csub_model *m, double alpha)
+{
+    if (!m) return CSUB_ERR_ARG;
+    if (!(alpha >= 0.0 && alpha <= 1.0)) return MFAIL(m, CSUB_ERR_ARG, "alpha: expected a number in [0, 1], got %g", alpha);
+    if (m->regime == REG_UNSTRUCTURED && alpha <= 0.0)
+        return MFAIL(m, CSUB_ERR_ARG, "alpha: 0 keeps no weight in the unstructured regime; use alpha > 0");
+    m->ready = 0;
+    m->alpha = alpha;
+    m->keep = m->regime == REG_UNSTRUCTURED ? alpha : 1.0;
+    m->width = m->regime == REG_STRUCTURED ? m->w_lo + (m->w_hi - m->w_lo) * alpha : 1.0;
+    m->bits = m->regime == REG_QUANTIZED ? csub_bits_for_alpha(alpha, m->bit_lo, m->bit_hi) : 0;
+    for (int i = 0; i < m->nops; i++) {
+        op_t *op = &m->ops[i];
+        if (op->has_qw) { csub_qweight_free(&op->qw); op->has_qw = 0; }
+    }
+    m->vc[0] = m->in_c;
+    for (int i = 0; i < m->nops; i++) {
+        op_t *op = &m->ops[i];
+        int64_t cin = m->vc[op->x];
+        shape3 s = m->vshape[op->x];
+        int st;
+        switch (op->kind) {
+        case OP_CONV: case OP_LINEAR:
+            op->ain = op->kind == OP_CONV ? cin : cin * s.h * s.w;
+            op->aout = op->last ? op->cout : width_of(op->cout, m->width);
+            if ((st = materialise_weight(m, op, i))) return st;
+            m->vc[op->y] = op->aout;
+            break;
+        case OP_NORM: {
+            int64_t c = cin;
+            if (c != op->c && op->bn)
+                return MFAIL(m, CSUB_ERR_UNSUPPORTED, "graph[%d]: batch norm cannot run at another width", i);
+            op->agroups = c == op->c ? op->groups : op->groups == op->c ? c : op->groups == 1 ? 1 : -1;
+            if (op->agroups < 0)
+                return MFAIL(m, CSUB_ERR_UNSUPPORTED, "graph[%d]: group norm with %lld groups has no grouping at width %g",
+                             i, (long long)op->groups, m->width);
+            if (!op->ga && !((op->ga = falloc(op->c)) && (op->ba = falloc(op->c))))
+                return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+            const float *g = at_alpha(&op->g, alpha, op->ga), *b = at_alpha(&op->beta, alpha, op->ba);
+            if (g != op->ga) memcpy(op->ga, g, sizeof(float) * (size_t)op->c);
+            if (b != op->ba) memcpy(op->ba, b, sizeof(float) * (size_t)op->c);
+            op->ain = op->aout = c;
+            m->vc[op->y] = c;
+            break;
+        }
+        case OP_ADD:
+            if (m->vc[op->x2] != cin) return MFAIL(m, CSUB_ERR_FORMAT, "graph[%d]: add of different widths", i);
+            m->vc[op->y] = cin;
+            break;
+        default:
+            m->vc[op->y] = cin;
+        }
+    }
+    if (m->vc[m->out_val] * m->vshape[m->out_val].h * m->vshape[m->out_val].w != m->classes)
+        return MFAIL(m, CSUB_ERR_FORMAT, "the output narrows at width %g", m->width);
+    m->ready = 1;
+    return CSUB_OK;
+}
+
+/* ------------------------------------------------------------- forward */
+
+static int ensure_batch(csub_model *m, int64_t N)
+{
+    if (N <= m->batch_cap) return CSUB_OK;
+    for (int s = 0; s < m->nslots; s++) {
+        free(m->slots[s]);
+        if (!(m->slots[s] = falloc(m->slot_size[s] * N))) { m->batch_cap = 0; return CSUB_ERR_NOMEM; }
+    }
+    free(m->scratch);
+    if (!(m->scratch = falloc(m->scratch_size * N))) { m->batch_cap = 0; return CSUB_ERR_NOMEM; }
+    m->batch_cap = N;
+    return CSUB_OK;
+}
+
+static float *value_ptr(csub_model *m, const float *input, int v)
+{
+    return m->vslot[v] < 0 ? (float *)input : m->slots[m->vslot[v]];
+}
+
+/* Fake-quantize x[n] into dst on the layer's activation grid (dynamic: the batch's own range). */
+static void quantize_input(const op_t *op, int bits, const float *x, float *dst, int64_t n, float *scale, int32_t *zp)
+{
+    *scale = op->xscale;
+    *zp = op->xzp;
+    if (op->act_dynamic) {
+        float mn, mx;
+        csub_minmax(x, n, &mn, &mx);
+        csub_quant_params(mn, mx, bits, scale, zp);
+    }
+    if (dst) csub_fake_quant_forward(x, dst, n, *scale, *zp, bits);
+}
+
+static int run_weighted(csub_model *m, op_t *op, const float *x, float *y, int64_t N, shape3 s, int i)
+{
+    int st = CSUB_OK;
+    int64_t C = m->vc[op->x], n_in = N * C * s.h * s.w;
+    float xs;
+    int32_t xz;
+    if (op->path == PATH_INT8) {
+        quantize_input(op, m->bits, x, NULL, n_in, &xs, &xz);
+        if (op->kind == OP_CONV)
+            st = csub_conv2d_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N, C, s.h, s.w, op->k, op->k,
+                                          op->stride, op->pad);
+        else
+            st = csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
+    } else {
+        if (op->path == PATH_FAKEQ) {
+            quantize_input(op, m->bits, x, m->scratch, n_in, &xs, &xz);
+            x = m->scratch;
+        }
+        const float *b = op->b.p0 ? op->ba : NULL;
+        if (op->kind == OP_CONV && op->path == PATH_SPARSE)
+            st = csub_conv2d_sparse_forward(x, op->rowptr, op->colidx, op->vals, b, y, N, C, s.h, s.w, op->aout, op->k,
+                                            op->k, op->stride, op->pad);
+        else if (op->kind == OP_CONV)
+            st = csub_conv2d_forward(x, op->wa, b, y, N, C, s.h, s.w, op->aout, op->k, op->k, op->stride, op->pad);
+        else if (op->path == PATH_SPARSE)
+            st = csub_linear_sparse_forward(x, op->rowptr, op->colidx, op->vals, b, y, N, op->ain, op->aout);
+        else
+            csub_linear_forward(x, op->wa, b, y, N, op->ain, op->aout);
+        if (!st && op->oscale) {
+            shape3 o = m->vshape[op->y];
+            csub_channel_scale(y, op->oscale, y, N, op->aout, o.h * o.w);
+        }
+    }
+    if (st) return MFAIL(m, st, "graph[%d]: %s", i, csub_strerror(st));
+    return CSUB_OK;
+}
+
+int csub_model_forward(csub_model *m, const float *input, int64_t batch, float *output)
+{
+    if (!m) return CSUB_ERR_ARG;
+    if (!input || !output) return MFAIL(m, CSUB_ERR_ARG, "input, output: NULL pointer");
+    if (batch < 1 || batch > ((int64_t)1 << 24)) return MFAIL(m, CSUB_ERR_ARG, "batch: expected 1..2^24, got %lld", (long long)batch);
+    if (!m->ready) return MFAIL(m, CSUB_ERR_ARG, "model: no alpha set (the last set_alpha failed)");
+    if (ensure_batch(m, batch)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for a batch of %lld", (long long)batch);
+    int64_t N = batch;
+    for (int i = 0; i < m->nops; i++) {
+        op_t *op = &m->ops[i];
+        shape3 s = m->vshape[op->x], o = m->vshape[op->y];
+        int64_t C = m->vc[op->x], HW = s.h * s.w;
+        const float *x = value_ptr(m, input, op->x);
+        float *y = value_ptr(m, input, op->y);
+        int st = CSUB_OK;
+        switch (op->kind) {
+        case OP_CONV: case OP_LINEAR:
+            st = run_weighted(m, op, x, y, N, s, i);
+            break;
+        case OP_NORM: {
+            float *mean = m->scratch, *invstd = m->scratch + N * (op->bn ? C : op->agroups);
+            if (op->bn) {
+                csub_batchnorm_forward(x, op->ga, op->ba, y, mean, invstd, op->rmean, op->rvar, N, C, HW, 0.0f,
+                                       op->eps, 0);
+            } else {
+                csub_groupnorm_forward(x, op->ga, op->ba, y, mean, invstd, N, C, HW, op->agroups, op->eps);
+            }
+            break;
+        }
+        case OP_RELU:
+            csub_relu_forward(x, y, N * C * HW);
+            break;
+        case OP_MAXPOOL:
+            csub_maxpool2d_forward(x, y, (int32_t *)m->scratch, N, C, s.h, s.w, op->pk, op->ps);
+            break;
+        case OP_AVGPOOL:
+            csub_avgpool2d_forward(x, y, N, C, s.h, s.w, op->pk, op->ps);
+            break;
+        case OP_GAP:
+            csub_gap_forward(x, y, N * C, HW);
+            break;
+        case OP_ADD:
+            csub_add(x, value_ptr(m, input, op->x2), y, N * C * HW);
+            break;
+        default: /* flatten: the same buffer */
+            break;
+        }
+        if (st) return st;
+        (void)o;
+    }
+    memcpy(output, value_ptr(m, input, m->out_val), sizeof(float) * (size_t)(N * m->classes));
+    return CSUB_OK;
+}
+
+/* --------------------------------------------------------------- info */
+
+void csub_model_info(const csub_model *m, csub_model_desc *d)
+{
+    memset(d, 0, sizeof *d);
+    if (!m) return;
+    static const char *reg[] = {"dense", "unstructured", "structured", "quantized"};
+    d->regime = reg[m->regime];
+    d->input_c = m->in_c;
+    d->input_h = m->in_h;
+    d->input_w = m->in_w;
+    d->num_classes = m->classes;
+    d->alpha = m->alpha;
+    d->keep = m->keep;
+    d->width = m->width;
+    d->bits = m->bits;
+    d->bit_lo = m->bit_lo;
+    d->bit_hi = m->bit_hi;
+    d->width_lo = m->w_lo;
+    d->width_hi = m->w_hi;
+    int64_t wb = 0, flops = 0;
+    for (int i = 0; i < m->nops; i++) {
+        const op_t *op = &m->ops[i];
+        if (op->kind == OP_CONV || op->kind == OP_LINEAR) {
+            int64_t kk = op->k * op->k, cols = op->kind == OP_CONV ? op->ain * kk : op->ain;
+            shape3 o = m->vshape[op->y];
+            int64_t macs;
+            if (op->path == PATH_SPARSE) {
+                wb += op->nnz * (4 + 4) + (op->cout + 1) * 8;
+                macs = op->nnz;
+            } else if (op->path == PATH_INT8) {
+                wb += csub_qweight_bytes(&op->qw);
+                macs = op->aout * cols;
+            } else {
+                macs = op->aout * cols;
+                if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0)
+                    macs = csub_topk_count(op->w.n, m->keep);
+                wb += 4 * op->aout * cols;
+            }
+            if (op->ba) wb += 4 * op->aout;
+            flops += 2 * macs * o.h * o.w;
+        } else if (op->kind == OP_NORM) {
+            wb += 4 * 2 * op->ain + (op->bn ? 8 * op->c : 0);
+        }
+    }
+    d->weight_bytes = wb;
+    d->flops = flops;
+    int64_t sub = 0;
+    for (int i = 0; i < m->nops; i++) {
+        const op_t *op = &m->ops[i];
+        sub += 4 * (op->w.n + op->b.n + op->g.n + op->beta.n) * (op->w.p1 || op->g.p1 ? 2 : 1);
+    }
+    d->subspace_bytes = sub;
+    d->num_levels = m->nlevels;
+}
+
+int64_t csub_model_memory(const csub_model *m, int64_t batch)
+{
+    if (!m || batch < 1) return -1;
+    csub_model_desc d;
+    csub_model_info(m, &d);
+    int64_t act = 0;
+    for (int s = 0; s < m->nslots; s++) act += m->slot_size[s];
+    act = (act + m->scratch_size) * batch;
+    return d.subspace_bytes + d.weight_bytes + 4 * act;
+}
+
+int csub_model_level(const csub_model *m, int i, double *alpha, double *accuracy)
+{
+    if (!m || i < 0 || i >= m->nlevels) return CSUB_ERR_ARG;
+    *alpha = m->level_alpha[i];
+    *accuracy = m->level_acc[i];
+    return CSUB_OK;
+}
+
+int csub_model_input_u8(const csub_model *m, const uint8_t *pixels, int64_t batch, float *out)
+{
+    if (!m || !pixels || !out || batch < 1) return CSUB_ERR_ARG;
+    int64_t HW = m->in_h * m->in_w;
+    for (int64_t n = 0; n < batch; n++)
+        for (int64_t c = 0; c < m->in_c; c++) {
+            double mean = m->input_mean ? m->input_mean[c] : 0.0, std = m->input_std ? m->input_std[c] : 1.0;
+            const uint8_t *p = pixels + (n * m->in_c + c) * HW;
+            float *o = out + (n * m->in_c + c) * HW;
+            for (int64_t i = 0; i < HW; i++) o[i] = (float)(((double)p[i] / 255.0 - mean) / std);
+        }
+    return CSUB_OK;
+}
+
+/* ------------------------------------------------------ budget controller */
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int csub_model_calibrate(csub_model *m, const double *alphas, int n, int64_t batch, int reps, csub_level *out)
+{
+    if (!m) return CSUB_ERR_ARG;
+    if (!alphas || !out || n < 1) return MFAIL(m, CSUB_ERR_ARG, "alphas, out: expected n >= 1 levels");
+    if (batch < 1 || batch > 65536) return MFAIL(m, CSUB_ERR_ARG, "batch: expected 1..65536, got %lld", (long long)batch);
+    if (reps < 1 || reps > 10000) return MFAIL(m, CSUB_ERR_ARG, "reps: expected 1..10000, got %d", reps);
+    int64_t per = m->in_c * m->in_h * m->in_w;
+    float *x = falloc(per * batch), *y = falloc(m->classes * batch);
+    double *t = malloc(sizeof(double) * (size_t)reps);
+    double prev = m->alpha;
+    int st = CSUB_OK;
+    if (!x || !y || !t) { st = MFAIL(m, CSUB_ERR_NOMEM, "out of memory"); goto done; }
+    for (int64_t i = 0; i < per * batch; i++) x[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+    for (int j = 0; j < n; j++) {
+        double t0 = now_ms();
+        if ((st = csub_model_set_alpha(m, alphas[j]))) goto done;
+        out[j].set_alpha_ms = now_ms() - t0;
+        if ((st = csub_model_forward(m, x, batch, y))) goto done; /* warm-up */
+        for (int r = 0; r < reps; r++) {
+            t0 = now_ms();
+            if ((st = csub_model_forward(m, x, batch, y))) goto done;
+            t[r] = now_ms() - t0;
+        }
+        qsort(t, (size_t)reps, sizeof(double), cmp_double);
+        out[j].alpha = alphas[j];
+        out[j].latency_ms = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+        out[j].memory_bytes = csub_model_memory(m, batch);
+        out[j].accuracy = NAN;
+        for (int l = 0; l < m->nlevels; l++)
+            if (fabs(m->level_alpha[l] - alphas[j]) < 1e-9) out[j].accuracy = m->level_acc[l];
+    }
+done:
+    free(x); free(y); free(t);
+    char keep[sizeof m->err];
+    memcpy(keep, m->err, sizeof keep);
+    int st2 = csub_model_set_alpha(m, prev); /* back where the caller was */
+    if (st) memcpy(m->err, keep, sizeof keep);
+    return st ? st : st2;
+}
+
+int csub_pick_alpha(const csub_level *levels, int n, double latency_ms, int64_t memory_bytes, double *alpha)
+{
+    if (!levels || !alpha || n < 1) return CSUB_ERR_ARG;
+    int best = -1, all_acc = 1;
+    for (int j = 0; j < n; j++)
+        if (isnan(levels[j].accuracy)) all_acc = 0;
+    for (int j = 0; j < n; j++) {
+        const csub_level *l = &levels[j];
+        if ((latency_ms > 0 && l->latency_ms > latency_ms) || (memory_bytes > 0 && l->memory_bytes > memory_bytes))
+            continue;
+        /* the most accurate that fits: measured accuracy when every level has one, else the
+         * largest alpha (the least compressed end of the subspace is its most accurate) */
+        if (best < 0) { best = j; continue; }
+        double a = all_acc ? l->accuracy : l->alpha, b = all_acc ? levels[best].accuracy : levels[best].alpha;
+        if (a > b || (a == b && l->alpha > levels[best].alpha)) best = j;
+    }
+    if (best < 0) return CSUB_ERR_BUDGET;
+    *alpha = levels[best].alpha;
+    return CSUB_OK;
+}

@@ -1,0 +1,196 @@
+"""Export a subspace to one file, load it back; the operation graph the C runtime runs.
+
+The file is safetensors: every parameter and buffer of the model under its
+``state_dict`` name (a line keeps both endpoints, ``weight`` and ``weight1``),
+and one metadata entry ``csub`` holding a JSON object:
+
+    format, version        "csub-model", 1
+    model, config          the constructor and its arguments (``csub.load`` rebuilds the model)
+    regime, subspace       as the model's
+    bit_range, width_range the level maps of the quantized and structured regimes
+    input_shape            (C, H, W) of one sample the graph was traced for
+    num_classes            outputs per sample
+    graph                  the inference operations in order (below)
+    output                 the value id holding the logits
+    levels                 optional: [{"alpha", "accuracy"}, ...] measured at export,
+                           used by the budget controller to rank alphas
+
+Each operation reads value ids and writes a new one (value 0 is the input):
+``conv`` / ``linear`` (``w``, ``b``: tensor names; ``line``: the names have a
+``1`` partner; ``compress``: the regime compresses this layer; ``fold``: the
+batch norm whose scale is folded before quantizing; ``act``: the activation
+range buffer), ``norm`` (``kind`` "bn" or "gn", ``groups``), ``relu``,
+``maxpool`` / ``avgpool`` (``k``, ``s``), ``gap``, ``flatten``, ``add`` (``x``,
+``x2``). The same description drives ``csrc/runtime.c``, which computes the
+network at any alpha with compressed kernels, from Python
+(``model.compress(alpha)``) and from C (``csub_model_load``).
+"""
+import json
+
+import numpy as np
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save
+
+from . import models, nn
+from .checkpoint import atomic_write
+
+FORMAT, VERSION = "csub-model", 1
+
+
+class _Graph:
+    def __init__(self, model):
+        self.names = {id(m): name for name, m in model.named_modules()}
+        self.compressible = set(map(id, model.compressible_layers()))
+        self.ops = []
+        self.n = 1  # value 0 is the input
+
+    def add(self, op, x, **attrs):
+        y = self.n
+        self.n += 1
+        self.ops.append(dict(op=op, x=x, y=y, **attrs))
+        return y
+
+    def name(self, m, pname):
+        prefix = self.names[id(m)]
+        return f"{prefix}.{pname}" if prefix else pname
+
+
+def _emit(m, g, x):
+    """Append module m applied to value x to the graph g; return the output value."""
+    if isinstance(m, nn.Sequential):
+        for sub in m:
+            x = _emit(sub, g, x)
+        return x
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        attrs = dict(w=g.name(m, "weight"), b=None if m.bias is None else g.name(m, "bias"),
+                     line=m.subspace == "line", compress=id(m) in g.compressible,
+                     fold=None if m.fold_norm is None else g.names[id(m.fold_norm)],
+                     act=g.name(m, "act_range") if "act_range" in m._buffers else None)
+        if isinstance(m, nn.Conv2d):
+            return g.add("conv", x, cin=m.in_channels, cout=m.out_channels, k=m.kernel_size, stride=m.stride,
+                         pad=m.padding, **attrs)
+        return g.add("linear", x, cin=m.in_features, cout=m.out_features, **attrs)
+    if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        bn = isinstance(m, nn.BatchNorm2d)
+        return g.add("norm", x, kind="bn" if bn else "gn", groups=1 if bn else m.num_groups, c=m.num_channels,
+                     eps=m.eps, w=g.name(m, "weight"), b=g.name(m, "bias"), line=m.subspace == "line",
+                     mean=g.name(m, "running_mean") if bn else None, var=g.name(m, "running_var") if bn else None)
+    if isinstance(m, nn.ReLU):
+        return g.add("relu", x)
+    if isinstance(m, nn.MaxPool2d):
+        return g.add("maxpool", x, k=m.kernel_size, s=m.stride)
+    if isinstance(m, nn.AvgPool2d):
+        return g.add("avgpool", x, k=m.kernel_size, s=m.stride)
+    if isinstance(m, nn.GlobalAvgPool2d):
+        return g.add("gap", x)
+    if isinstance(m, nn.Flatten):
+        return g.add("flatten", x)
+    if isinstance(m, models.PreActBottleneck):
+        a = _emit(m.r1, g, _emit(m.n1, g, x))
+        s = x if m.shortcut is None else _emit(m.shortcut, g, a)
+        h = _emit(m.conv1, g, a)
+        h = _emit(m.conv2, g, _emit(m.r2, g, _emit(m.n2, g, h)))
+        h = _emit(m.conv3, g, _emit(m.r3, g, _emit(m.n3, g, h)))
+        return g.add("add", h, x2=s)
+    if isinstance(m, models.BasicBlock):
+        h = _emit(m.n2, g, _emit(m.conv2, g, _emit(m.r1, g, _emit(m.n1, g, _emit(m.conv1, g, x)))))
+        s = x if m.short is None else _emit(m.short, g, x)
+        return _emit(m.out, g, g.add("add", h, x2=s))
+    if isinstance(m, models._Stages):
+        h = _emit(m.stem, g, x)
+        h = _emit(m.blocks, g, h)
+        return _emit(m.fc, g, _emit(m.pool, g, _emit(m.head, g, h)))
+    if isinstance(m, (models.MLP, models.CNN)):
+        return _emit(m.body, g, x)
+    raise TypeError(f"model: cannot export a {type(m).__name__} (csub exports the networks of csub.models)")
+
+
+def default_input_shape(model):
+    """(C, H, W) of one sample for the networks of csub.models."""
+    cfg = model.config
+    if cfg["model"] == "mlp":
+        return (cfg["in_features"], 1, 1)
+    if cfg["model"] == "cnn":
+        return (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+    if cfg["model"] == "resnet18":
+        return (cfg["in_channels"], 224, 224)
+    return (cfg["in_channels"], 32, 32)
+
+
+def describe(model, input_shape=None, levels=None):
+    """The metadata object of an exported model (see the module docstring)."""
+    if not isinstance(model, models.SubspaceNet):
+        raise TypeError(f"model: expected a network of csub.models, got {type(model).__name__}")
+    shape = tuple(int(v) for v in (input_shape or default_input_shape(model)))
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape: expected (C, H, W) of positive ints, got {input_shape!r}")
+    g = _Graph(model)
+    out = _emit(model, g, 0)
+    # the logits' width: the last weight layer's outputs
+    last = [op for op in g.ops if op["op"] in ("conv", "linear")][-1]
+    meta = dict(format=FORMAT, version=VERSION, model=model.config["model"], config=model.config,
+                regime=model.regime, subspace=model.subspace, bit_range=list(model.bit_range),
+                width_range=list(model.width_range), input_shape=list(shape), num_classes=last["cout"],
+                graph=g.ops, output=out)
+    if levels is not None:
+        meta["levels"] = [dict(alpha=float(r["alpha"]), accuracy=float(r["accuracy"])) for r in levels]
+    return meta
+
+
+def to_bytes(model, input_shape=None, levels=None):
+    """The exported file's bytes (see ``export``)."""
+    meta = describe(model, input_shape, levels)
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.state_dict().items()}
+    return _st_save(tensors, metadata={"csub": json.dumps(meta)})
+
+
+def export(model, path, input_shape=None, levels=None):
+    """Write the whole subspace of ``model`` (both ends of a line), its regime, level maps and
+    architecture to ``path`` (safetensors, written atomically).
+
+    Args:
+        input_shape: (C, H, W) of one sample (default: the model's natural input).
+        levels: optional ``evaluate`` results (dicts with alpha and accuracy), stored so the
+            budget controller ranks alphas by measured accuracy.
+    Returns:
+        path.
+    """
+    atomic_write(path, to_bytes(model, input_shape, levels))
+    return path
+
+
+def read_meta(data):
+    """The ``csub`` metadata object of an exported file's bytes (ValueError if there is none)."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(bytes(data[8:8 + n]))
+        meta = json.loads(header["__metadata__"]["csub"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"not a csub model file ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError("not a csub model file (no csub-model metadata)")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"csub model file version {meta.get('version')!r}; this csub reads {VERSION}")
+    return meta
+
+
+def load(path):
+    """Rebuild the model exported to ``path``: the same class, configuration and state, in
+    evaluation mode at alpha 1 (``set_alpha``, ``compress``, forward as the original).
+    ``model.levels`` holds the exported accuracy levels (or None)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    meta = read_meta(data)
+    try:
+        tensors = _st_load(data)
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    cfg = dict(meta["config"])
+    name = cfg.pop("model")
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    model = models.build(name, **cfg)
+    model.load_state_dict(tensors)
+    model.eval()
+    model.set_alpha(1.0)
+    object.__setattr__(model, "levels", meta.get("levels"))
+    return model
