@@ -22,8 +22,10 @@ def _load_blas():
 _load_blas()
 
 from . import _core  # noqa: E402
-from . import data, functional, models, nn, optim, random, subspace, train  # noqa: E402
+from . import data, functional, models, modelfile, nn, optim, random, runtime, subspace, train  # noqa: E402
+from .modelfile import export, load  # noqa: E402
 from .random import manual_seed  # noqa: E402
+from .runtime import CompressedNet  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -40,5 +42,6 @@ def get_num_threads():
     return _core.get_num_threads()
 
 
-__all__ = ["data", "functional", "models", "nn", "optim", "random", "subspace", "train", "manual_seed",
+__all__ = ["data", "functional", "models", "modelfile", "nn", "optim", "random", "runtime", "subspace", "train",
+           "export", "load", "CompressedNet", "manual_seed",
            "set_num_threads", "get_num_threads", "__version__"]

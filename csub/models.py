@@ -194,6 +194,12 @@ class SubspaceNet(Module):
                                                        * np.prod(p.shape[len(sl):], dtype=np.int64))
         return total
 
+    def compress(self, alpha, input_shape=None):
+        """An inference-only copy of the network at alpha with real compressed kernels (sparse,
+        narrower or integer: ``csub.runtime.CompressedNet``); this model is unchanged."""
+        from .runtime import compress
+        return compress(self, alpha, input_shape)
+
     def set_quantize_inputs(self, on):
         """Quantized regime: quantize the compressible layers' inputs in training (off during warm-up)."""
         for layer in self._compressible_layers:

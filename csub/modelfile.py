@@ -108,7 +108,12 @@ def _emit(m, g, x):
 def default_input_shape(model):
     """(C, H, W) of one sample for the networks of csub.models."""
     cfg = model.config
-    if cfg["model"] == "mlp":
+    if cfg["model"] == "mlp":  # images of in_channels square planes when the features allow it
+        c = cfg["in_channels"]
+        hw = cfg["in_features"] // c
+        side = int(round(hw ** 0.5))
+        if c * hw == cfg["in_features"] and side * side == hw:
+            return (c, side, side)
         return (cfg["in_features"], 1, 1)
     if cfg["model"] == "cnn":
         return (cfg["in_channels"], cfg["image_size"], cfg["image_size"])

@@ -1,0 +1,129 @@
+"""Compressed inference from an exported subspace, and the budget controller.
+
+``CompressedNet`` runs the C runtime (``csrc/runtime.c``, the same code as
+the standalone library) on a model file's bytes: ``set_alpha`` materialises
+the network at alpha with real compressed kernels (CSR sparse products for
+unstructured sparsity, smaller dense layers for width, integer products for
+bit width), ``forward`` runs a batch. ``calibrate`` measures latency and
+memory over an alpha grid on this machine; ``Calibration.pick_alpha`` returns
+the most accurate alpha that fits a budget.
+"""
+import numpy as np
+
+from . import _core
+from . import modelfile
+from .nn.module import check_alpha
+from .nn.quant import alpha_for_bits
+
+
+class CompressedNet:
+    """An inference-only network at one alpha of an exported subspace.
+
+    Args:
+        data: the bytes of a model file (``csub.export``), or a path to one.
+        alpha: where to start, in [0, 1] (unstructured: > 0).
+    Shapes: x (N, C, H, W) float32, normalised as in training -> logits (N, num_classes).
+    Outputs equal the training-mode network's at the same alpha (evaluation
+    mode) to float rounding; integer products at <= 8 bits add the rounding
+    of a different summation order only (they are exact in int32).
+    """
+
+    def __init__(self, data, alpha=1.0):
+        if isinstance(data, str) or hasattr(data, "__fspath__"):
+            with open(data, "rb") as f:
+                data = f.read()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data: expected the bytes of a model file or a path, got {type(data).__name__}")
+        self.meta = modelfile.read_meta(bytes(data))
+        self._m = _core.model_load(bytes(data))
+        self.set_alpha(alpha)
+
+    def set_alpha(self, alpha):
+        """Materialise the network at alpha (milliseconds; see ``calibrate`` for the time)."""
+        _core.model_set_alpha(self._m, check_alpha(alpha))
+        return self
+
+    @property
+    def alpha(self):
+        return _core.model_info(self._m)["alpha"]
+
+    @property
+    def regime(self):
+        return self.meta["regime"]
+
+    def info(self):
+        """dict: regime, input_shape, num_classes, alpha, keep, width, bits, weight_bytes (the
+        network at alpha), subspace_bytes (the stored subspace), flops (per sample, 2 per
+        multiply-accumulate), int8_kernel (the integer kernel this CPU runs)."""
+        return _core.model_info(self._m)
+
+    def forward(self, x):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return _core.model_forward(self._m, x)
+
+    __call__ = forward
+
+    def predict(self, x):
+        """Class index per sample."""
+        return np.argmax(self.forward(x), axis=1)
+
+    def memory_bytes(self, batch_size=1):
+        """Bytes to run a batch at the current alpha: subspace, weights at alpha, activations."""
+        return _core.model_memory(self._m, int(batch_size))
+
+    def default_alphas(self):
+        """The alphas of the stored accuracy levels, else a grid of the regime's levels."""
+        if self.meta.get("levels"):
+            return [lv["alpha"] for lv in self.meta["levels"]]
+        regime = self.meta["regime"]
+        if regime == "quantized":
+            lo, hi = self.meta["bit_range"]
+            return [alpha_for_bits(b, lo, hi) for b in range(lo, hi + 1)]
+        if regime in ("unstructured", "structured"):
+            return [0.05, 0.1, 0.25, 0.5, 0.75, 1.0] if regime == "unstructured" else [0.0, 1 / 3, 2 / 3, 1.0]
+        return [1.0]
+
+    def calibrate(self, alphas=None, batch_size=1, reps=5):
+        """Measure each alpha on this machine (see ``Calibration``); the model stays at its alpha."""
+        alphas = self.default_alphas() if alphas is None else [check_alpha(a) for a in alphas]
+        rows = _core.model_calibrate(self._m, np.asarray(alphas, np.float64), int(batch_size), int(reps))
+        return Calibration(rows, batch_size)
+
+
+class Calibration:
+    """Latency and memory of a deployed subspace over an alpha grid, measured on this machine.
+
+    ``levels``: one dict per alpha with alpha, latency_ms (median forward time of
+    one batch), set_alpha_ms, memory_bytes and accuracy (stored at export, NaN
+    where unknown).
+    """
+
+    def __init__(self, levels, batch_size):
+        self.levels = list(levels)
+        self.batch_size = batch_size
+
+    def _arrays(self):
+        lv = self.levels
+        return (np.array([r["alpha"] for r in lv], np.float64), np.array([r["latency_ms"] for r in lv], np.float64),
+                np.array([r["memory_bytes"] for r in lv], np.int64), np.array([r["accuracy"] for r in lv], np.float64))
+
+    def pick_alpha(self, latency_ms=None, memory_bytes=None):
+        """The most accurate alpha whose latency and memory fit (None: no limit), by stored accuracy
+        when every level has one, else the largest alpha (the least compressed). None if nothing fits."""
+        for v, name in ((latency_ms, "latency_ms"), (memory_bytes, "memory_bytes")):
+            if v is not None and not (isinstance(v, (int, float, np.integer, np.floating)) and v > 0):
+                raise ValueError(f"{name}: expected a positive number or None, got {v!r}")
+        return _core.pick_alpha(*self._arrays(), float(latency_ms or 0.0), int(memory_bytes or 0))
+
+    def table(self):
+        lines = [f"{'alpha':>7} {'latency ms':>11} {'set_alpha ms':>13} {'memory MB':>10} {'accuracy':>9}"]
+        for r in self.levels:
+            lines.append(f"{r['alpha']:7.4f} {r['latency_ms']:11.3f} {r['set_alpha_ms']:13.3f} "
+                         f"{r['memory_bytes'] / 1e6:10.3f} {r['accuracy']:9.4f}")
+        return "\n".join(lines)
+
+
+def compress(model, alpha, input_shape=None):
+    """The network ``model`` (a subspace of csub.models) at alpha, compressed for real
+    (``CompressedNet``, run by the C runtime)."""
+    return CompressedNet(modelfile.to_bytes(model, input_shape), alpha)
