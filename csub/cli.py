@@ -1,7 +1,9 @@
-"""Command line: ``python -m csub train|eval|demo``.
+"""Command line: ``python -m csub train|eval|export|budget|demo``.
 
   python -m csub train --method lcs_l --model cnn --dataset fashion-mnist --epochs 10 --out runs/lcs_l
   python -m csub eval runs/lcs_l --alphas 0.05 0.1 0.5 1
+  python -m csub export runs/lcs_l runs/lcs_l/model.safetensors
+  python -m csub budget runs/lcs_l/model.safetensors --latency-ms 2 0.5 1
   python -m csub demo
 """
 import argparse
@@ -10,7 +12,7 @@ import os
 import sys
 import time
 
-from . import __version__, checkpoint, data, models, train
+from . import __version__, checkpoint, data, modelfile, models, train
 
 DATASETS = {
     "fashion-mnist": lambda split: data.fashion_mnist(split),
@@ -113,6 +115,59 @@ def cmd_eval(args):
     return 0
 
 
+def cmd_export(args):
+    """Evaluate a run over its alpha grid and export the subspace with those accuracy levels."""
+    model, config, te = load_run(args.run)
+    alphas = train.default_alphas(config["method"], config.get("topk"), config["regime"], model.bit_range,
+                                  config.get("num_bits"), model.width_range)
+    results = train.evaluate(model, te, alphas)
+    modelfile.export(model, args.out, input_shape=te[0].shape[1:], levels=results)
+    print(train.format_table(results))
+    print(f"exported: {args.out} ({os.path.getsize(args.out)} bytes)")
+    return 0
+
+
+def follow_budget(net, images, labels, latencies_ms, memory_bytes=None, batch_size=1, reps=10, out=print):
+    """Calibrate ``net`` (a CompressedNet) on this machine, then for each latency budget in turn pick
+    the most accurate alpha that fits, move there and classify a batch. Returns the picks."""
+    cal = net.calibrate(batch_size=batch_size, reps=reps)
+    out(f"calibration (batch {batch_size}, median of {reps}):")
+    out(cal.table())
+    mean, std = net.meta_input_stats()
+    x = ((images[:batch_size] / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]).astype("float32")
+    picks = []
+    for budget in latencies_ms:
+        alpha = cal.pick_alpha(latency_ms=budget, memory_bytes=memory_bytes)
+        if alpha is None:
+            out(f"budget {budget:8.3f} ms: nothing fits")
+            picks.append(None)
+            continue
+        net.set_alpha(alpha)
+        t = time.perf_counter()
+        pred = net.predict(x)
+        ms = (time.perf_counter() - t) * 1e3
+        info = net.info()
+        level = dict(unstructured=f"keep {info['keep']:.3f}", structured=f"width {info['width']:.3f}",
+                     quantized=f"{info['bits']} bits").get(info["regime"], "dense")
+        out(f"budget {budget:8.3f} ms: alpha {alpha:.4f} ({level}), {ms:.3f} ms, "
+            f"{int((pred == labels[:batch_size]).sum())}/{batch_size} correct")
+        picks.append(alpha)
+    return picks
+
+
+def cmd_budget(args):
+    import csub
+
+    net = csub.CompressedNet(args.model)
+    te = DATASETS[args.dataset]("test")
+    if tuple(te[0].shape[1:]) != tuple(net.info()["input_shape"]):
+        raise CLIError(f"--dataset {args.dataset}: images {te[0].shape[1:]} do not fit the model's "
+                       f"input {net.info()['input_shape']}")
+    memory = int(args.memory_mb * 1e6) if args.memory_mb else None
+    follow_budget(net, te[0], te[1], args.latency_ms, memory, args.batch, args.reps)
+    return 0
+
+
 def cmd_demo(args):
     """Train a small lcs_l line on the bundled Fashion-MNIST subset, print and plot the curve."""
     import csub
@@ -142,6 +197,13 @@ def cmd_demo(args):
         print("plot:", plot.accuracy_curve({"lcs_l (demo)": results}, os.path.join(out, "accuracy.png")))
     except ImportError as e:
         print(f"no plot: {e}")
+    path = modelfile.export(model, os.path.join(out, "model.safetensors"), levels=results)
+    print(f"\nexported the line: {path}; the C runtime follows a changing latency budget:")
+    from .runtime import CompressedNet
+
+    net = CompressedNet(path)
+    fastest = min(net.calibrate(batch_size=1, reps=5).levels, key=lambda r: r["latency_ms"])["latency_ms"]
+    follow_budget(net, te[0], te[1], [fastest * f for f in (100, 1.05, 1.6, 100)], batch_size=1)
     return 0
 
 
@@ -176,6 +238,20 @@ def main(argv=None):
     e.add_argument("--alphas", type=float, nargs="+")
     e.add_argument("--plot", help="write a PNG of accuracy against the regime's level (sparsity, width or bits)")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="evaluate a run over its alpha grid and export it to one model file")
+    x.add_argument("run")
+    x.add_argument("out")
+    x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("budget", help="run an exported model under a changing latency budget")
+    b.add_argument("model")
+    b.add_argument("--latency-ms", type=float, nargs="+", required=True, help="budgets in turn, milliseconds")
+    b.add_argument("--memory-mb", type=float, default=None)
+    b.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist-bundled")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--reps", type=int, default=10)
+    b.set_defaults(func=cmd_budget)
 
     d = sub.add_parser("demo", help="train a small line on the bundled data, print and plot the curve")
     d.add_argument("--epochs", type=int, default=8)

@@ -179,6 +179,12 @@ def read_meta(data):
     return meta
 
 
+def input_stats(data):
+    """{"input_mean", "input_std"} float32 arrays of an exported file's bytes."""
+    tensors = _st_load(data)
+    return {k: tensors[k] for k in ("input_mean", "input_std")}
+
+
 def load(path):
     """Rebuild the model exported to ``path``: the same class, configuration and state, in
     evaluation mode at alpha 1 (``set_alpha``, ``compress``, forward as the original).

@@ -34,8 +34,10 @@ class CompressedNet:
                 data = f.read()
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expected the bytes of a model file or a path, got {type(data).__name__}")
-        self.meta = modelfile.read_meta(bytes(data))
-        self._m = _core.model_load(bytes(data))
+        data = bytes(data)
+        self.meta = modelfile.read_meta(data)
+        self._m = _core.model_load(data)
+        self._stats = modelfile.input_stats(data)
         self.set_alpha(alpha)
 
     def set_alpha(self, alpha):
@@ -66,6 +68,11 @@ class CompressedNet:
     def predict(self, x):
         """Class index per sample."""
         return np.argmax(self.forward(x), axis=1)
+
+    def meta_input_stats(self):
+        """(mean, std) per input channel, float32: inputs are (pixel / 255 - mean) / std."""
+        st = self._stats
+        return st["input_mean"], st["input_std"]
 
     def memory_bytes(self, batch_size=1):
         """Bytes to run a batch at the current alpha: subspace, weights at alpha, activations."""

@@ -1,0 +1,145 @@
+"""Compressed inference of cPreResNet20 with the C runtime (model.compress / csub_model_*), as ratios in one run.
+
+    python benchmarks/bench_deploy.py [--reps 20] [--threads 2] [--batches 1 64] [--no-torch]
+
+For batch 1 and batch 64 at 32x32, medians of --reps forwards after a warm-up:
+  unstructured  keep 1.0 (dense) vs keep 0.10 (90 % of the block weights pruned, CSR kernels)
+  structured    width 1.0 vs width 0.5 (really smaller layers)
+  quantized     8-bit integer products vs the float32 network (regime None)
+  dense float32 csub runtime vs PyTorch CPU inference (torch.inference_mode, same network)
+and the time of set_alpha (materialising a new alpha) per regime.
+Targets: 90 % sparse >= 3x faster than dense, width 0.5 >= 3x faster than
+width 1.0, 8-bit >= 2x faster than float32, set_alpha under 5 ms.
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+from common import print_machine
+
+import csub
+from csub import models
+
+
+def median_ms(fn, reps):
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def set_alpha_ms(net, alphas, reps=5):
+    times = []
+    for _ in range(reps):
+        for a in alphas:
+            t = time.perf_counter()
+            net.set_alpha(a)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def torch_net(model, torch):
+    """The same float network in PyTorch (group norm), weights copied from the csub model at alpha 1."""
+    tnn = torch.nn
+
+    class Block(tnn.Module):
+        def __init__(self, b):
+            super().__init__()
+            def conv(c):
+                t = tnn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
+                t.weight.data = torch.from_numpy(c.weight.data.copy())
+                return t
+
+            def norm(n):
+                t = tnn.GroupNorm(n.num_groups, n.num_channels)
+                t.weight.data = torch.from_numpy(n.weight.data.copy())
+                t.bias.data = torch.from_numpy(n.bias.data.copy())
+                return t
+            self.n1, self.n2, self.n3 = norm(b.n1), norm(b.n2), norm(b.n3)
+            self.c1, self.c2, self.c3 = conv(b.conv1), conv(b.conv2), conv(b.conv3)
+            self.sc = None if b.shortcut is None else conv(b.shortcut)
+
+        def forward(self, x):
+            a = torch.relu(self.n1(x))
+            s = x if self.sc is None else self.sc(a)
+            h = self.c1(a)
+            h = self.c2(torch.relu(self.n2(h)))
+            h = self.c3(torch.relu(self.n3(h)))
+            return h + s
+
+    stem = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
+    stem.weight.data = torch.from_numpy(model.stem.weight.data.copy())
+    head = tnn.GroupNorm(model.head[0].num_groups, model.head[0].num_channels)
+    head.weight.data = torch.from_numpy(model.head[0].weight.data.copy())
+    head.bias.data = torch.from_numpy(model.head[0].bias.data.copy())
+    fc = tnn.Linear(256, 10, bias=False)
+    fc.weight.data = torch.from_numpy(model.fc.weight.data.copy())
+    net = tnn.Sequential(stem, *[Block(b) for b in model.blocks], head, tnn.ReLU(),
+                         tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), fc)
+    return net.eval()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args()
+    csub.set_num_threads(args.threads)
+    print_machine()
+    print(f"csub {csub.__version__}, {csub.get_num_threads()} threads, int8 kernel {csub._core.int8_kernel()}")
+    print(f"cPreResNet20, 32x32 inputs, group norm, median of {args.reps} forwards\n")
+    csub.manual_seed(0)
+    rng = np.random.default_rng(0)
+    uns = models.cpreresnet20(regime="unstructured", subspace="line")
+    st = models.cpreresnet20(regime="structured", subspace="line")
+    q = models.cpreresnet20(regime="quantized", subspace="line")
+    x64 = rng.standard_normal((64, 3, 32, 32)).astype(np.float32)
+    q.train()
+    q.set_quantize_inputs(True)
+    q.set_alpha(1.0)
+    q(x64[:16])  # record activation ranges
+    q.eval()
+    dense = models.cpreresnet20()
+    dense.load_state_dict({k: v for k, v in uns.state_dict().items() if k in dense.state_dict()}, strict=False)
+    nets = dict(uns=uns.compress(1.0), st=st.compress(1.0), q=q.compress(1.0), dense=dense.compress(1.0))
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+            tnet = torch_net(dense, torch)
+        except ImportError:
+            torch = None
+
+    def run(name, alpha, x):
+        net = nets[name].set_alpha(alpha)
+        return median_ms(lambda: net(x), args.reps)
+
+    print(f"{'batch':>5} | {'what':<34} {'ms':>9} {'vs':>9} {'speedup':>8} {'target':>7}")
+    for b in args.batches:
+        x = np.ascontiguousarray(x64[:b]) if b <= 64 else rng.standard_normal((b, 3, 32, 32)).astype(np.float32)
+        rows = [("unstructured keep 0.10 vs dense", run("uns", 0.1, x), run("uns", 1.0, x), 3.0),
+                ("structured width 0.5 vs 1.0", run("st", 1 / 3, x), run("st", 1.0, x), 3.0),
+                ("quantized 8-bit vs float32", run("q", 1.0, x), run("dense", 1.0, x), 2.0)]
+        if torch is not None:
+            xt = torch.from_numpy(x)
+            with torch.inference_mode():
+                t_ms = median_ms(lambda: tnet(xt), args.reps)
+                err = float(np.max(np.abs(tnet(xt).numpy() - nets["dense"].set_alpha(1.0)(x))))
+            rows.append((f"dense float32 vs PyTorch (|diff| {err:.1e})", run("dense", 1.0, x), t_ms, 1.0))
+        for what, t, ref, target in rows:
+            print(f"{b:5d} | {what:<34} {t:9.3f} {ref:9.3f} {ref / t:7.2f}x {target:6.1f}x")
+    print("\nset_alpha (materialise a new alpha), median ms (target < 5 ms):")
+    for name, alphas in (("uns", [0.1, 0.5, 1.0, 0.05]), ("st", [0.0, 1 / 3, 1.0]), ("q", [0.0, 0.5, 1.0])):
+        print(f"  {dict(uns='unstructured', st='structured', q='quantized')[name]:<13} "
+              f"{set_alpha_ms(nets[name], alphas):7.3f}")
+
+
+if __name__ == "__main__":
+    main()
