@@ -100,8 +100,22 @@ int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y
     int64_t CRS = C * R * S, PQ = P * Q;
     int pw = is_pointwise(R, S, stride, pad);
     int nt = csub_get_num_threads();
-    if (nt > N) nt = (int)N;
     float *cols = NULL;
+    if (N < nt && !omp_in_parallel()) { /* fewer images than threads (inference at batch 1): thread each product */
+        if (!pw && !(cols = malloc(sizeof(float) * (size_t)(CRS * PQ)))) return CSUB_ERR_NOMEM;
+        for (int64_t n = 0; n < N; n++) {
+            const float *xn = x + n * C * H * W;
+            float *yn = y + n * K * PQ;
+            if (!pw) im2col(xn, cols, C, H, W, R, S, stride, pad, P, Q);
+            csub_gemm(0, 0, K, PQ, pw ? C : CRS, 1.0f, w, pw ? C : CRS, pw ? xn : cols, PQ, 0.0f, yn, PQ);
+            if (b)
+                for (int64_t k = 0; k < K; k++)
+                    for (int64_t i = 0; i < PQ; i++) yn[k * PQ + i] += b[k];
+        }
+        free(cols);
+        return CSUB_OK;
+    }
+    if (nt > N) nt = (int)N;
     if (!pw && !(cols = malloc(sizeof(float) * (size_t)(CRS * PQ) * nt))) return CSUB_ERR_NOMEM;
     #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t n = 0; n < N; n++) {
