@@ -15,8 +15,8 @@
  * tensor's byte size) and overlaps between tensors. Gaps between tensors and
  * bytes after the last one are allowed; empty tensors may sit anywhere in the
  * data section. Every failure is CSUB_ERR_FORMAT (CSUB_ERR_NOMEM, CSUB_ERR_IO
- * where they apply) with a message naming the tensor and field, and leaves
- * the csub_st_file freed.
+ * where they apply, CSUB_ERR_IO for a file over 16 GiB) with a message naming
+ * the tensor and field, and leaves the csub_st_file freed.
  *
  * The file buffer is owned by the csub_st_file; tensor data pointers point
  * into it, at whatever alignment the file gives (readers memcpy).
@@ -42,7 +42,8 @@ static const struct {
     {"F32", CSUB_DT_F32, 4}, {"F64", CSUB_DT_F64, 8}, {"F16", CSUB_DT_F16, 2},
     {"BF16", CSUB_DT_BF16, 2}, {"I64", CSUB_DT_I64, 8}, {"I32", CSUB_DT_I32, 4},
     {"I16", CSUB_DT_I16, 2}, {"I8", CSUB_DT_I8, 1}, {"U8", CSUB_DT_U8, 1},
-    {"BOOL", CSUB_DT_BOOL, 1},
+    {"BOOL", CSUB_DT_BOOL, 1}, {"U16", CSUB_DT_U16, 2}, {"U32", CSUB_DT_U32, 4},
+    {"U64", CSUB_DT_U64, 8},
 };
 #define N_DTYPES (sizeof dtypes / sizeof dtypes[0])
 
@@ -325,7 +326,7 @@ int csub_st_read(const char *path, csub_st_file *f, char *err, size_t errlen)
         goto done;
     }
     if ((uint64_t)size > ST_MAX_FILE || (uint64_t)size > SIZE_MAX) {
-        st = seterr(err, errlen, CSUB_ERR_FORMAT, "safetensors: %s is %ld bytes, over the %llu-byte limit",
+        st = seterr(err, errlen, CSUB_ERR_IO, "safetensors: cannot read %s: %ld bytes, over the %llu-byte limit",
                     path, size, (unsigned long long)ST_MAX_FILE);
         goto done;
     }

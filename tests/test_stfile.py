@@ -25,7 +25,8 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NP_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64,
-             "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+             "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+             "U16": np.uint16, "U32": np.uint32, "U64": np.uint64}
 
 
 # ----------------------------------------------------------------- helpers
@@ -79,6 +80,9 @@ def test_all_dtypes_round_trip():
         "i16": rng.integers(-2**15, 2**15, (3,), dtype=np.int16),
         "i8": rng.integers(-128, 128, (1, 1, 1, 5), dtype=np.int8),
         "u8": rng.integers(0, 256, (9,), dtype=np.uint8),
+        "u16": rng.integers(0, 2**16, (3,), dtype=np.uint16),
+        "u32": rng.integers(0, 2**32, (2, 1), dtype=np.uint32),
+        "u64": rng.integers(0, 2**64, (4,), dtype=np.uint64),
         "bool": rng.random((2, 5)) < 0.5,
         "special": np.array([np.nan, np.inf, -np.inf, -0.0, 1e-45], np.float32),
     }
@@ -87,7 +91,8 @@ def test_all_dtypes_round_trip():
     assert meta is None
     assert {k: v[0] for k, v in tensors.items()} == {
         "f32": "F32", "f64": "F64", "f16": "F16", "i64": "I64", "i32": "I32", "i16": "I16",
-        "i8": "I8", "u8": "U8", "bool": "BOOL", "special": "F32"}
+        "i8": "I8", "u8": "U8", "bool": "BOOL", "special": "F32", "u16": "U16", "u32": "U32",
+        "u64": "U64"}
 
 
 def test_bf16_round_trip():
@@ -125,11 +130,13 @@ def test_checkpoint_written_by_csub(tmp_path):
     from csub import checkpoint
     path = tmp_path / "ck.safetensors"
     checkpoint.save(str(path), {"model": {"w": np.ones((2, 2), np.float32), "s": np.float32(2.0)},
-                                "optim": {"step": np.array([5], np.int64)}},
+                                "optim": {"step": np.array([5], np.int64)},
+                                "rng": {"state": np.array([1, 2**64 - 1, 3, 4], np.uint64)}},
                     {"epoch": 1, "config": {"lr": 0.1}})
     meta, tensors = assert_matches_reference(path.read_bytes())
     assert json.loads(meta["csub"]) == {"epoch": 1, "config": {"lr": 0.1}}
     assert tensors["model.s"] == ("F32", (1,), struct.pack("<f", 2.0))
+    assert tensors["rng.state"][0] == "U64"
 
 
 def test_layouts_the_reference_writer_does_not_make():
@@ -183,7 +190,8 @@ CORRUPT = {
     "extra_field": (st_file({"a": dict(entry(), extra=1)}, DATA8), 'unexpected field "extra"'),
     "dtype_number": (st_file({"a": entry(4)}, DATA8), "dtype is not a string"),
     "dtype_lower": (st_file({"a": entry("f32")}, DATA8), 'unknown dtype "f32"'),
-    "dtype_u32": (st_file({"a": entry("U32")}, DATA8), 'unknown dtype "U32"'),
+    "dtype_c64": (st_file({"a": entry("C64", (1,))}, DATA8), 'unknown dtype "C64"'),
+    "dtype_u128": (st_file({"a": entry("U128", (1,), (0, 16))}, DATA8 * 2), 'unknown dtype "U128"'),
     "dtype_f8": (st_file({"a": entry("F8_E4M3", (8,))}, DATA8), "unknown dtype"),
     "dtype_space": (st_file({"a": entry("F32 ")}, DATA8), "unknown dtype"),
     "dtype_empty": (st_file({"a": entry("")}, DATA8), "unknown dtype"),
@@ -626,11 +634,22 @@ def test_sanitizer_build(tmp_path):
     binary = os.path.join(ROOT, "build", "st_check-asan")
     st, js = sanitizer_corpus(tmp_path)
 
-    r = run_checker(binary, [str(p) for p in st] + [str(tmp_path / "missing.st"), str(tmp_path)])
+    huge = tmp_path / "huge.st"  # sparse: refused by its size before a byte is read
+    with open(huge, "wb") as f:
+        try:
+            f.truncate((16 << 30) + 1)
+        except OSError:
+            pass
+    r = run_checker(binary, [str(p) for p in st] + [str(huge), str(tmp_path / "missing.st"), str(tmp_path)])
     assert r.returncode == 0, r.stderr[-4000:]
     assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr, r.stderr[-4000:]
     lines = r.stdout.splitlines()
-    assert len(lines) == len(st) + 2
+    assert len(lines) == len(st) + 3
+    huge_size = huge.stat().st_size
+    huge.unlink()
+    if huge_size > 16 << 30:
+        assert lines[-3].endswith(f"error -3 safetensors: cannot read {huge}: 17179869185 bytes, "
+                                  "over the 17179869184-byte limit"), lines[-3]
     # files that cannot be read: CSUB_ERR_IO naming the path and the reason
     assert lines[-2].endswith(f"error -3 safetensors: cannot open {tmp_path / 'missing.st'}: "
                               "No such file or directory"), lines[-2]

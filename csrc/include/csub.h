@@ -371,9 +371,12 @@ int csub_json_int(const csub_json *v, int64_t lo, int64_t hi, int64_t *out);
 
 /* safetensors: an 8-byte little-endian header length, a JSON header (an
  * object: tensor name -> {"dtype", "shape", "data_offsets": [begin, end]},
- * optional "__metadata__": string -> string), then the tensor bytes. */
+ * optional "__metadata__": string -> string), then the tensor bytes.
+ * The dtypes are safetensors' names without the prefix (U64 holds the state
+ * of csub's generator in checkpoints); F8, F6, F4 and C64 are not read. */
 typedef enum { CSUB_DT_F32, CSUB_DT_F64, CSUB_DT_F16, CSUB_DT_BF16, CSUB_DT_I64, CSUB_DT_I32,
-               CSUB_DT_I16, CSUB_DT_I8, CSUB_DT_U8, CSUB_DT_BOOL } csub_dtype;
+               CSUB_DT_I16, CSUB_DT_I8, CSUB_DT_U8, CSUB_DT_BOOL,
+               CSUB_DT_U16, CSUB_DT_U32, CSUB_DT_U64 } csub_dtype;
 typedef struct {
     const char *name;
     csub_dtype dtype;
@@ -400,8 +403,9 @@ typedef struct {
  * message naming the tensor and field in err[errlen] (err may be NULL).
  * f need not be initialised; on failure it is left zeroed, nothing allocated.
  * tensors[] are in header order. */
-/* Read and parse the file at path (at most 16 GiB). CSUB_OK, CSUB_ERR_IO
- * (naming the path and the system's reason), CSUB_ERR_FORMAT or CSUB_ERR_NOMEM. */
+/* Read and parse the file at path. CSUB_OK, CSUB_ERR_IO (naming the path and
+ * the system's reason; also for a file over 16 GiB, which is not read),
+ * CSUB_ERR_FORMAT or CSUB_ERR_NOMEM. */
 int csub_st_read(const char *path, csub_st_file *f, char *err, size_t errlen);
 /* Parse buf[len] (copied: the caller keeps its buffer). */
 int csub_st_parse(const uint8_t *buf, size_t len, csub_st_file *f, char *err, size_t errlen);

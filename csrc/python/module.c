@@ -1626,7 +1626,8 @@ static PyObject *py_json_parse(PyObject *self, PyObject *args, PyObject *kw)
 
 static const char *dtype_name(csub_dtype dt)
 {
-    static const char *names[] = {"F32", "F64", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"};
+    static const char *names[] = {"F32", "F64", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL",
+                                  "U16", "U32", "U64"};
     return (unsigned)dt < sizeof names / sizeof names[0] ? names[dt] : "?";
 }
 

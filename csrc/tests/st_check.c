@@ -21,7 +21,10 @@
 
 #include "csub.h"
 
-/* Read a whole file into an exactly sized buffer (NULL for an empty file). */
+#define SLURP_MAX ((size_t)1 << 30)
+
+/* Read a whole file into an exactly sized buffer (NULL for an empty file, or
+ * one over SLURP_MAX). */
 static uint8_t *slurp(const char *path, size_t *len)
 {
     *len = 0;
@@ -33,6 +36,11 @@ static uint8_t *slurp(const char *path, size_t *len)
         uint8_t chunk[4096];
         size_t r = fread(chunk, 1, sizeof chunk, fp);
         if (r == 0) break;
+        if (r > SLURP_MAX - n) {
+            free(buf);
+            fclose(fp);
+            return NULL;
+        }
         if (!buf || n + r > cap) {
             cap = (n + r) * 2;
             uint8_t *b = realloc(buf, cap);
@@ -99,7 +107,7 @@ static int check_st(const char *path)
     csub_st_file f;
     char err[512];
     int st = csub_st_read(path, &f, err, sizeof err);
-    reparse_header(path);
+    if (st != CSUB_ERR_IO) reparse_header(path);
     if (st) {
         printf("error %d %s\n", st, err);
         csub_st_free(&f);   /* already freed: must be harmless */
