@@ -352,22 +352,32 @@ typedef struct csub_json {
     struct csub_json *items;   /* ARRAY, OBJECT: items[n] */
     const char **keys;         /* OBJECT: keys[n] */
 } csub_json;
-/* Parse text[len] (need not be NUL-terminated). Nesting deeper than 64 levels,
- * trailing garbage, invalid escapes or UTF-8 are errors. On success *out is a
- * tree that csub_json_free releases at once. Returns CSUB_OK, CSUB_ERR_FORMAT
- * (with a message in err[errlen], which may be NULL) or CSUB_ERR_NOMEM. */
+/* Parse text[len] (need not be NUL-terminated; no byte past len is read).
+ * Nesting deeper than 64 levels, trailing garbage, invalid escapes or UTF-8,
+ * unpaired surrogates, \u0000 and repeated keys in an object are errors;
+ * numbers beyond the double range become +-inf. On success *out is a tree
+ * that csub_json_free releases at once. Returns CSUB_OK, CSUB_ERR_FORMAT
+ * (with a message naming the byte offset in err[errlen], which may be NULL)
+ * or CSUB_ERR_NOMEM; *out is NULL on failure. */
 int csub_json_parse(const char *text, size_t len, csub_json **out, char *err, size_t errlen);
+/* Release a tree: v must be the root csub_json_parse returned (or NULL). */
 void csub_json_free(csub_json *v);
 /* Member `key` of an object (NULL when v is not an object or has no such key). */
 const csub_json *csub_json_get(const csub_json *v, const char *key);
-/* A number that is an integer in [lo, hi] into *out; CSUB_OK or CSUB_ERR_FORMAT. */
+/* A number that is an integer in [lo, hi] into *out; CSUB_OK or CSUB_ERR_FORMAT.
+ * The value decides, not the spelling (2.0 and 2e0 are 2); NaN, +-inf and
+ * magnitudes of 2^53 or more (where distinct integers share a double) are
+ * refused. */
 int csub_json_int(const csub_json *v, int64_t lo, int64_t hi, int64_t *out);
 
 /* safetensors: an 8-byte little-endian header length, a JSON header (an
  * object: tensor name -> {"dtype", "shape", "data_offsets": [begin, end]},
- * optional "__metadata__": string -> string), then the tensor bytes. */
+ * optional "__metadata__": string -> string), then the tensor bytes.
+ * The dtypes are safetensors' names without the prefix (U64 holds the state
+ * of csub's generator in checkpoints); F8, F6, F4 and C64 are not read. */
 typedef enum { CSUB_DT_F32, CSUB_DT_F64, CSUB_DT_F16, CSUB_DT_BF16, CSUB_DT_I64, CSUB_DT_I32,
-               CSUB_DT_I16, CSUB_DT_I8, CSUB_DT_U8, CSUB_DT_BOOL } csub_dtype;
+               CSUB_DT_I16, CSUB_DT_I8, CSUB_DT_U8, CSUB_DT_BOOL,
+               CSUB_DT_U16, CSUB_DT_U32, CSUB_DT_U64 } csub_dtype;
 typedef struct {
     const char *name;
     csub_dtype dtype;
@@ -385,18 +395,28 @@ typedef struct {
     size_t n;
 } csub_st_file;
 /* Every check is made before a byte is trusted: header length within the
- * file (and at most 100 MB), a JSON object, known dtypes, shapes of at most 8
+ * file (and at most 100 MB), a JSON object, entries with exactly the fields
+ * dtype, shape and data_offsets, known dtypes, shapes of at most 8
  * non-negative dimensions whose product (no overflow) times the item size
- * equals end - begin, offsets within the data section. Tensors may not
- * overlap. */
-/* Read and parse the file at path. CSUB_OK, CSUB_ERR_IO, CSUB_ERR_FORMAT or CSUB_ERR_NOMEM. */
+ * equals end - begin, offsets within the data section, "__metadata__" an
+ * object of strings. Tensors may not overlap (gaps and trailing bytes are
+ * allowed). Any failure, an unknown dtype included, is CSUB_ERR_FORMAT with a
+ * message naming the tensor and field in err[errlen] (err may be NULL).
+ * f need not be initialised; on failure it is left zeroed, nothing allocated.
+ * tensors[] are in header order. */
+/* Read and parse the file at path. CSUB_OK, CSUB_ERR_IO (naming the path and
+ * the system's reason; also for a file over 16 GiB, which is not read),
+ * CSUB_ERR_FORMAT or CSUB_ERR_NOMEM. */
 int csub_st_read(const char *path, csub_st_file *f, char *err, size_t errlen);
 /* Parse buf[len] (copied: the caller keeps its buffer). */
 int csub_st_parse(const uint8_t *buf, size_t len, csub_st_file *f, char *err, size_t errlen);
+/* Tensor called name, or NULL (a linear search). */
 const csub_st_tensor *csub_st_find(const csub_st_file *f, const char *name);
 /* Metadata string for key, or NULL. */
 const char *csub_st_meta(const csub_st_file *f, const char *key);
+/* Bytes per element (BOOL: 1); 0 for a value outside the enum. */
 size_t csub_dtype_size(csub_dtype dt);
+/* Release f and zero it: harmless on a zeroed or failed struct, or twice. */
 void csub_st_free(csub_st_file *f);
 
 /* ------------------------------------------------------ runtime (runtime.c) */
