@@ -689,7 +689,8 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
         op->act_dynamic = op->act[2] == 0.0f || !op->has_act; /* never observed: each batch's own range */
         if (!op->act_dynamic) csub_quant_params(op->act[0], op->act[1], m->bits, &op->xscale, &op->xzp);
         if (m->bits <= 8) {
-            int st = csub_qweight_init(&op->qw, wf, op->cout, cols_full, m->bits);
+            int st = op->kind == OP_CONV ? csub_qweight_init_conv(&op->qw, wf, op->cout, op->cin, op->k, op->k, m->bits)
+                                         : csub_qweight_init(&op->qw, wf, op->cout, cols_full, m->bits);
             if (st) return MFAIL(m, st, "graph[%d]: quantizing the weight failed (%s)", i, csub_strerror(st));
             op->has_qw = 1;
             op->path = PATH_INT8;
