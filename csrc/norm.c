@@ -169,6 +169,59 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
     }
 }
 
+/* Inference, one pass per (sample, group) or (sample, channel), ReLU fused
+ * when relu != 0; the arithmetic of the forward functions above. */
+void csub_groupnorm_infer(const float *x, const float *gamma, const float *beta, float *y,
+                          int64_t N, int64_t C, int64_t HW, int64_t G, float eps, int relu)
+{
+    int64_t Cg = C / G, m = Cg * HW;
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
+    for (int64_t ng = 0; ng < N * G; ng++) {
+        const float *xg = x + ng * m;
+        float *yg = y + ng * m;
+        double mu = lsum(xg, m) / (double)m;
+        double v = lsumsq(xg, m, mu);
+        float is = (float)(1.0 / sqrt(v / (double)m + eps));
+        int64_t c0 = (ng % G) * Cg;
+        float mh = (float)mu, ml = (float)(mu - (double)mh);
+        for (int64_t j = 0; j < Cg; j++) {
+            float a = gamma[c0 + j] * is, b = beta[c0 + j];
+            const float *xc = xg + j * HW;
+            float *yc = yg + j * HW;
+            if (relu)
+                for (int64_t i = 0; i < HW; i++) {
+                    float t = ((xc[i] - mh) - ml) * a + b;
+                    yc[i] = t <= 0.0f ? 0.0f : t;
+                }
+            else
+                for (int64_t i = 0; i < HW; i++) yc[i] = ((xc[i] - mh) - ml) * a + b;
+        }
+    }
+}
+
+void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
+                          const float *running_mean, const float *running_var, float *y,
+                          int64_t N, int64_t C, int64_t HW, float eps, int relu)
+{
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
+    for (int64_t nc = 0; nc < N * C; nc++) {
+        int64_t c = nc % C;
+        double mu = running_mean[c];
+        float is = (float)(1.0 / sqrt((double)running_var[c] + eps));
+        float mh = (float)mu, ml = (float)(mu - (double)mh);
+        float a = gamma[c] * is, b = beta[c];
+        const float *xc = x + nc * HW;
+        float *yc = y + nc * HW;
+        if (relu)
+            for (int64_t i = 0; i < HW; i++) {
+                float t = ((xc[i] - mh) - ml) * a + b;
+                yc[i] = t <= 0.0f ? 0.0f : t;
+            }
+        else
+            for (int64_t i = 0; i < HW; i++) yc[i] = ((xc[i] - mh) - ml) * a + b;
+    }
+}
+
 /* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=). As in batch norm, the
  * residual delta = mean(x - mean) of each (sample, group) corrects the float
  * rounding of the saved mean (the statistics are always the data's own).

@@ -44,7 +44,7 @@
 #define RT_SPARSE_CROSSOVER 0.5
 #define RT_MAX_OPS 100000
 
-enum { OP_CONV, OP_LINEAR, OP_NORM, OP_RELU, OP_MAXPOOL, OP_AVGPOOL, OP_GAP, OP_FLATTEN, OP_ADD };
+enum { OP_CONV, OP_LINEAR, OP_NORM, OP_RELU, OP_MAXPOOL, OP_AVGPOOL, OP_GAP, OP_FLATTEN, OP_ADD, OP_ALIAS };
 enum { REG_NONE, REG_UNSTRUCTURED, REG_STRUCTURED, REG_QUANTIZED };
 enum { PATH_DENSE, PATH_SPARSE, PATH_INT8, PATH_FAKEQ };
 
@@ -63,7 +63,7 @@ typedef struct {
     float act[3];                /* activation range: min, max, initialised */
     int has_act;
     /* norm */
-    int bn;
+    int bn, relu;                /* relu: a ReLU fused into the norm (the next op became an alias) */
     int64_t groups, c;
     float eps;
     param g, beta;
@@ -365,7 +365,7 @@ static int assign_slots(csub_model *m)
     for (int v = 0; v < nv; v++) last[v] = -1;
     for (int i = 0; i < m->nops; i++) {
         op_t *op = &m->ops[i];
-        root[op->y] = op->kind == OP_FLATTEN ? root[op->x] : op->y;
+        root[op->y] = op->kind == OP_FLATTEN || op->kind == OP_ALIAS ? root[op->x] : op->y;
         last[root[op->x]] = i;
         if (op->x2 >= 0) last[root[op->x2]] = i;
     }
@@ -375,7 +375,7 @@ static int assign_slots(csub_model *m)
     m->nslots = 0;
     for (int i = 0; i < m->nops; i++) {
         op_t *op = &m->ops[i];
-        if (op->kind == OP_FLATTEN) {
+        if (op->kind == OP_FLATTEN || op->kind == OP_ALIAS) {
             m->vslot[op->y] = m->vslot[op->x];
         } else { /* the output's buffer is taken before the inputs' are released: never in place */
             int s = nfree ? free_slot[--nfree] : m->nslots++;
@@ -509,6 +509,18 @@ static int parse_model(csub_model *m, const csub_st_file *f, char *err, size_t e
         }
     }
     if (lastw < 0) { fail(err, errlen, st, "model file: the graph has no conv or linear layer"); goto done; }
+    /* a norm whose only reader is the ReLU right after it runs that ReLU itself */
+    for (int i = 0; i + 1 < m->nops; i++) {
+        op_t *op = &m->ops[i], *next = &m->ops[i + 1];
+        if (op->kind != OP_NORM || next->kind != OP_RELU || next->x != op->y || m->out_val == op->y) continue;
+        int readers = 0;
+        for (int j = i + 1; j < m->nops; j++)
+            readers += (m->ops[j].x == op->y) + (m->ops[j].x2 == op->y);
+        if (readers == 1) {
+            op->relu = 1;
+            next->kind = OP_ALIAS;
+        }
+    }
     m->ops[lastw].last = 1;
     if ((st = infer_shapes(m, err, errlen))) goto done;
     st = CSUB_ERR_FORMAT;
@@ -555,11 +567,10 @@ static int build(csub_model *m, const csub_st_file *f, char *err, size_t errlen)
     m->tmp = falloc(big);
     m->mask = malloc((size_t)big);
     if (!m->slots || !m->tmp || !m->mask) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
-    /* scratch per sample: a quantized copy of a layer's input, maxpool indices, norm statistics */
+    /* scratch per sample: a quantized copy of a layer's input, maxpool indices */
     for (int v = 0; v < m->nvals; v++) {
         int64_t s = m->vshape[v].c * m->vshape[v].h * m->vshape[v].w;
         if (s > m->scratch_size) m->scratch_size = s;
-        if (2 * m->vshape[v].c > m->scratch_size) m->scratch_size = 2 * m->vshape[v].c;
     }
     return CSUB_OK;
 }
@@ -857,16 +868,12 @@ int csub_model_forward(csub_model *m, const float *input, int64_t batch, float *
         case OP_CONV: case OP_LINEAR:
             st = run_weighted(m, op, x, y, N, s, i);
             break;
-        case OP_NORM: {
-            float *mean = m->scratch, *invstd = m->scratch + N * (op->bn ? C : op->agroups);
-            if (op->bn) {
-                csub_batchnorm_forward(x, op->ga, op->ba, y, mean, invstd, op->rmean, op->rvar, N, C, HW, 0.0f,
-                                       op->eps, 0);
-            } else {
-                csub_groupnorm_forward(x, op->ga, op->ba, y, mean, invstd, N, C, HW, op->agroups, op->eps);
-            }
+        case OP_NORM:
+            if (op->bn)
+                csub_batchnorm_infer(x, op->ga, op->ba, op->rmean, op->rvar, y, N, C, HW, op->eps, op->relu);
+            else
+                csub_groupnorm_infer(x, op->ga, op->ba, y, N, C, HW, op->agroups, op->eps, op->relu);
             break;
-        }
         case OP_RELU:
             csub_relu_forward(x, y, N * C * HW);
             break;
@@ -882,7 +889,7 @@ int csub_model_forward(csub_model *m, const float *input, int64_t batch, float *
         case OP_ADD:
             csub_add(x, value_ptr(m, input, op->x2), y, N * C * HW);
             break;
-        default: /* flatten: the same buffer */
+        default: /* flatten, alias: the same buffer */
             break;
         }
         if (st) return st;

@@ -107,6 +107,15 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
                              float *dx, float *dgamma, float *dbeta,
                              int64_t N, int64_t C, int64_t HW, int64_t G);
 
+/* Inference forms, no saved statistics, ReLU fused when relu != 0
+ * (y = max(norm(x), 0)); the same arithmetic as the forward functions (batch
+ * norm: evaluation mode, running statistics). */
+void csub_groupnorm_infer(const float *x, const float *gamma, const float *beta, float *y,
+                          int64_t N, int64_t C, int64_t HW, int64_t G, float eps, int relu);
+void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
+                          const float *running_mean, const float *running_var, float *y,
+                          int64_t N, int64_t C, int64_t HW, float eps, int relu);
+
 /* ------------------------------------------- activations, pools, residual */
 
 /* y[n] = x[n] > 0 ? x : 0, NaN propagates; dx = x <= 0 ? 0 : dy */
