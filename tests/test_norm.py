@@ -903,3 +903,34 @@ def test_layer_backward_bad_gradient(rng):
             layer.backward(np.ones((2, 3, 2, 3), F32))
         with pytest.raises(TypeError, match="dy"):
             layer.backward(np.ones((2, 3, 2, 2)))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape,groups", [((2, 6, 5, 3), 3), ((3, 4, 7), 4), ((1, 8, 2, 2), 1), ((5, 3), 1)])
+def test_norm_infer_kernels_match_the_twins(shape, groups, relu, rng):
+    """Inference forms (runtime): group norm / evaluation batch norm, optionally with the ReLU fused."""
+    C = shape[1]
+    x = (rng.normal(0, 2, shape) + 3).astype(np.float32)
+    g, b = rng.normal(1, 0.3, C).astype(np.float32), rng.normal(0, 0.3, C).astype(np.float32)
+    rm, rv = rng.normal(3, 0.5, C).astype(np.float32), rng.uniform(0.5, 4, C).astype(np.float32)
+    act = (lambda v: np.maximum(v, 0)) if relu else (lambda v: v)
+    want = act(ref.groupnorm_forward(x, g, b, groups)[0])
+    np.testing.assert_allclose(_core.groupnorm_infer(x, g, b, groups, relu=relu), want, rtol=1e-5, atol=1e-5)
+    want = act(ref.batchnorm_forward(x, g, b, rm, rv, training=False)[0])
+    np.testing.assert_allclose(_core.batchnorm_infer(x, g, b, rm, rv, relu=relu), want, rtol=1e-5, atol=1e-5)
+    # the same arithmetic as the training kernels' forward
+    y = _core.groupnorm_forward(x, g, b, groups)[0]
+    np.testing.assert_array_equal(_core.groupnorm_infer(x, g, b, groups, relu=relu), act(y))
+    y = _core.batchnorm_forward(x, g, b, rm.copy(), rv.copy(), training=False)[0]
+    np.testing.assert_array_equal(_core.batchnorm_infer(x, g, b, rm, rv, relu=relu), act(y))
+
+
+def test_norm_infer_bad_arguments(rng):
+    x = np.zeros((2, 4, 3), np.float32)
+    g = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="num_groups"):
+        _core.groupnorm_infer(x, g, g, 3)
+    with pytest.raises(ValueError, match="running_var"):
+        _core.batchnorm_infer(x, g, g, g, np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="gamma"):
+        _core.groupnorm_infer(x, g.astype(np.float64), g, 1)

@@ -844,6 +844,64 @@ static PyObject *py_groupnorm_forward(PyObject *self, PyObject *args, PyObject *
     return Py_BuildValue("NNN", y, mean, invstd);
 }
 
+static PyObject *py_groupnorm_infer(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *og, *ob;
+    long long G;
+    double eps = 1e-5;
+    int relu = 0;
+    KW("x", "gamma", "beta", "num_groups", "eps", "relu");
+    if (!parse(args, kw, "OOOL|dp", kwlist, &ox, &og, &ob, &G, &eps, &relu)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
+    PyArrayObject *b = g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL;
+    if (!b) return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
+    npy_intp cs[1] = {C};
+    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(b, "beta", 1, cs, "(C,)")) return NULL;
+    if (G < 1 || C % G) {
+        PyErr_Format(PyExc_ValueError, "num_groups: must be >= 1 and divide the %ld channels, got %lld",
+                     (long)C, G);
+        return NULL;
+    }
+    if (eps_check(eps)) return NULL;
+    PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    if (!y) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_groupnorm_infer(F32(x), F32(g), F32(b), F32(y), N, C, HW, G, (float)eps, relu);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)y;
+}
+
+static PyObject *py_batchnorm_infer(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *og, *ob, *om, *ov;
+    double eps = 1e-5;
+    int relu = 0;
+    KW("x", "gamma", "beta", "running_mean", "running_var", "eps", "relu");
+    if (!parse(args, kw, "OOOOO|dp", kwlist, &ox, &og, &ob, &om, &ov, &eps, &relu)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
+    PyArrayObject *b = g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL;
+    PyArrayObject *rm = b ? arr_check(om, "running_mean", NPY_FLOAT32, 1, 0) : NULL;
+    PyArrayObject *rv = rm ? arr_check(ov, "running_var", NPY_FLOAT32, 1, 0) : NULL;
+    if (!rv) return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
+    npy_intp cs[1] = {C};
+    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(b, "beta", 1, cs, "(C,)") ||
+        shape_check(rm, "running_mean", 1, cs, "(C,)") || shape_check(rv, "running_var", 1, cs, "(C,)"))
+        return NULL;
+    if (eps_check(eps)) return NULL;
+    PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    if (!y) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    csub_batchnorm_infer(F32(x), F32(g), F32(b), F32(rm), F32(rv), F32(y), N, C, HW, (float)eps, relu);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)y;
+}
+
 static PyObject *py_groupnorm_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ox, *og, *ody, *om, *oi, *odg = Py_None, *odb = Py_None;
@@ -1915,6 +1973,8 @@ static PyMethodDef methods[] = {
                          "momentum=0.1, eps=1e-5, training=True) -> (y, mean[C], invstd[C])"),
     M(batchnorm_backward, "batchnorm_backward(x, gamma, dy, mean, invstd, dgamma=None, dbeta=None, training=True) -> dx"),
     M(groupnorm_forward, "groupnorm_forward(x[N,C,...], gamma, beta, num_groups, eps=1e-5) -> (y, mean[N,G], invstd[N,G])"),
+    M(groupnorm_infer, "groupnorm_infer(x, gamma, beta, num_groups, eps=1e-5, relu=False) -> y (inference, ReLU fused)"),
+    M(batchnorm_infer, "batchnorm_infer(x, gamma, beta, running_mean, running_var, eps=1e-5, relu=False) -> y"),
     M(groupnorm_backward, "groupnorm_backward(x, gamma, dy, mean, invstd, dgamma=None, dbeta=None) -> dx"),
     M(relu_forward, "relu_forward(x) -> y"),
     M(relu_backward, "relu_backward(x, dy) -> dx"),
