@@ -308,10 +308,13 @@ void csub_channel_scale(const float *x, const float *s, float *y,
  * csub_fake_quant_forward: q = clip(round(w / scale) + zero_point, qmin, qmax),
  * so (q - zero_point) * scale equals csub_fake_quant_forward's output exactly.
  * Stored in whatever layout the integer product wants; the fields below are
- * public, the layout of q is the kernel's (see int8.c). */
+ * public, the layout of q is the kernel's (see int8.c): codes of four input
+ * channels at one kernel tap side by side, so the codes depend on how cols
+ * splits into C channels and taps = R*S kernel positions. */
 typedef struct {
     int64_t K, cols;       /* output channels, inputs per output */
-    int64_t cols_pad;      /* cols rounded up for the kernel */
+    int64_t cols_pad;      /* cols rounded up for the kernel: 4 * ceil(C/4) * taps */
+    int64_t taps;          /* R*S of the convolution the layout is made for (1: linear, 1x1) */
     int bits;
     float scale;
     int32_t zero_point;
@@ -319,9 +322,21 @@ typedef struct {
     int32_t *rowsum;       /* [K] sum of each row's codes (for the zero-point terms) */
 } csub_qweight;
 
-/* Quantize w[K, cols] into qw (allocates; csub_qweight_free releases).
- * 2 <= bits <= 8. Returns CSUB_OK, CSUB_ERR_ARG or CSUB_ERR_NOMEM. */
+/* Largest cols the 32-bit accumulators hold exactly: |(qw - zw)(qx - zx)| <= 255^2
+ * per product and 33025 * 255^2 < 2^31. */
+#define CSUB_INT8_MAX_COLS 33025
+
+/* Quantize w[K, cols] into qw (allocates; csub_qweight_free releases), with
+ * taps = 1: the layout for linear layers and 1x1 convolutions.
+ * 2 <= bits <= 8, 1 <= cols <= CSUB_INT8_MAX_COLS; NaN or infinite weights are
+ * an error. Returns CSUB_OK, CSUB_ERR_ARG or CSUB_ERR_NOMEM. */
 int csub_qweight_init(csub_qweight *qw, const float *w, int64_t K, int64_t cols, int bits);
+/* The same for a convolution weight w[K, C, R, S] (cols = C*R*S, taps = R*S):
+ * the layout csub_conv2d_int8_forward reads directly. (A weight made by
+ * csub_qweight_init also works for an R x S convolution, regrouped on every
+ * call.) */
+int csub_qweight_init_conv(csub_qweight *qw, const float *w, int64_t K, int64_t C,
+                           int64_t R, int64_t S, int bits);
 void csub_qweight_free(csub_qweight *qw);
 /* Bytes the quantized weight occupies (codes and row sums). */
 int64_t csub_qweight_bytes(const csub_qweight *qw);
@@ -334,12 +349,15 @@ int64_t csub_qweight_bytes(const csub_qweight *qw);
  * Equals csub_conv2d_forward on the fake-quantized weight and input, times
  * oscale, plus b, up to float rounding. xscale <= 0 (an all-zero range) gives
  * y = b. The kernel is chosen at run time (AVX-512 VNNI, AVX-512BW, AVX2,
- * portable C). Returns CSUB_OK, CSUB_ERR_ARG or CSUB_ERR_NOMEM. */
+ * portable C; the environment variable CSUB_INT8_KERNEL, read once, may name
+ * one of those the CPU supports). qw->cols must be C*R*S and xzero_point on the
+ * b-bit grid; x with a NaN (no code represents it) is CSUB_ERR_ARG, y then
+ * undefined. Returns CSUB_OK, CSUB_ERR_ARG or CSUB_ERR_NOMEM. */
 int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
                              const csub_qweight *qw, const float *oscale, const float *b, float *y,
                              int64_t N, int64_t C, int64_t H, int64_t W,
                              int64_t R, int64_t S, int64_t stride, int64_t pad);
-/* The same for a linear layer: x[N,IN] (IN = qw->cols) -> y[N,O] (O = qw->K). */
+/* The same for a linear layer: x[N,IN] (IN = qw->cols, qw->taps = 1) -> y[N,O] (O = qw->K). */
 int csub_linear_int8_forward(const float *x, float xscale, int32_t xzero_point,
                              const csub_qweight *qw, const float *oscale, const float *b, float *y,
                              int64_t N);

@@ -1,0 +1,1082 @@
+/* int8.c - integer inference: quantized convolution and linear layers.
+ *
+ * Semantics: csrc/include/csub.h, section "integer kernels (int8.c)".
+ *
+ * Method. Weight codes qw (signed, b <= 8 bits, zero point zw) and activation
+ * codes qx (zero point zx) enter the product as
+ *   acc = sum (qw - zw)(qx - zx)
+ *       = sum qw u - zu sum qw - zw sum u + cols zw zu,
+ * with u = qx - qmin in [0, 2^b - 1] (unsigned, its zero point zu = zx - qmin).
+ * The kernels compute the raw sum of qw (int8) times u (uint8) in int32; the
+ * three correction terms are a per-row constant (rowsum = sum qw is stored with
+ * the weight) and a per-column one, -zw * colsum(u), which only exists when
+ * zw != 0 and is computed per image by a cheap box filter (below).
+ *
+ * Layout: no im2col. The reduction index of the product is grouped into
+ * "cells" of four input channels at one kernel tap, so one int32 of
+ * activations holds the codes of channels 4c'..4c'+3 at one pixel, exactly the
+ * 4-byte groups VPDPBUSD (and the madd_epi16 fallbacks) reduce. Each image is
+ * quantized once into planes of such cells (NCHW with channels in quadruples:
+ * [C/4][Hp][Wp] cells, padding = the zero point, the missing channels of a
+ * last partial quadruple 0 on both sides). For stride st the padded image is
+ * split into st x st phase planes xpad[i*st + a][j*st + b], as in spconv.c;
+ * then kernel tap (r, s) is a plain shift of plane (r % st, s % st) by
+ * (r / st, s / st), and the output is computed "wide": P rows of Wph columns
+ * (Wph - Q of them discarded), so for a tap the 16 activations of 16
+ * consecutive outputs are 64 contiguous bytes at a fixed offset from the
+ * output index. The GEMM
+ *   C[k, o] = sum over groups g = (c', r, s) of <A[k, g], B[off[g] + o]>
+ * reads B straight from the planes through a table of G offsets; a 1x1
+ * stride-1 convolution is the planes themselves (no shift, no wide columns).
+ * A linear layer is the same product with the batch as the columns.
+ *
+ * Weights are stored once, per row blocks of MR output channels:
+ * q[K/MR][G][MR][4] int8 (rows and channels padded with zero codes), so the
+ * microkernel broadcasts the 4 codes of one row and group with one load.
+ *
+ * Microkernel: MR rows x NV*16 columns of int32 accumulators in registers;
+ * per group: NV vector loads of B and MR broadcasts of A. The epilogue adds
+ * the corrections, converts to float, multiplies by
+ * xscale * wscale * oscale[k], adds b[k] and stores (masked at the edge).
+ * Variants, picked once at run time from the CPU (never -march=native),
+ * overridable with CSUB_INT8_KERNEL=portable|avx2|avx512bw|avx512vnni:
+ *   avx512vnni  VPDPBUSD on zmm, 8 x 48 tile
+ *   avx512bw    bytes widened to int16 pairs, VPMADDWD, 8 x 32 tile
+ *   avx2        the same on ymm, 8 x 8 tile
+ *   portable    C loops (any CPU)
+ * Every variant computes the same integers, so results are identical.
+ *
+ * Activation quantization is q = clip(round(x / xscale) + zx, qmin, qmax)
+ * with x / xscale a float division rounded to float and round half to even,
+ * bit for bit as csub_fake_quant_forward. The vector variants use
+ * v = x * (1 / xscale) instead (no division) and recompute with a real
+ * division any vector in which some v lies within 2^-14 of a half-integer:
+ * |v - fl(x / xscale)| <= 3 * 2^-24 * |v| < 2^-14 for |v| <= 256 (beyond the
+ * clip range the rounding does not matter), so everywhere else both round to
+ * the same integer. A NaN input is an error (no code represents it).
+ *
+ * Overflow: |qw - zw| <= 255 and |u - zu| <= 255, so |acc| <= cols * 65025 fits
+ * in int32 for cols <= CSUB_INT8_MAX_COLS = 33025; the raw sum (|qw| <= 128,
+ * u <= 255) fits too. The corrections are added with wrap-around (two's
+ * complement) arithmetic, exact because the final value fits.
+ *
+ * Threads: whole images per thread while there are at least as many images
+ * as threads; the remaining images (and a batch of 1) are split inside: the
+ * planes by channel quadruples, the product by column panels (or row blocks
+ * when the columns are few). Integer sums are exact, so the result does not
+ * depend on the thread count.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#include "csub.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define I8_X86 1
+#include <immintrin.h>
+#define T_AVX2 __attribute__((target("avx2")))
+#define T_AVX512 __attribute__((target("avx512f,avx512bw")))
+#define T_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define I8_X86 0
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define I8_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define I8_CLONES
+#endif
+
+#define MR 8 /* output channels per microkernel tile (and per weight row block) */
+
+/* 4 bytes of codes read as one int32, wherever they lie */
+typedef int32_t i32u __attribute__((may_alias, aligned(1)));
+
+/* ------------------------------------------------------------- dispatch */
+
+enum { K_PORTABLE, K_AVX2, K_AVX512BW, K_AVX512VNNI, K_COUNT };
+static const char *const kernel_names[K_COUNT] = {"portable", "avx2", "avx512bw", "avx512vnni"};
+static int g_kernel = -1; /* the dispatch choice, made once */
+
+static int best_kernel(void)
+{
+#if I8_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
+        if (__builtin_cpu_supports("avx512vnni")) return K_AVX512VNNI;
+        return K_AVX512BW;
+    }
+    if (__builtin_cpu_supports("avx2")) return K_AVX2;
+#endif
+    return K_PORTABLE;
+}
+
+/* The best variant the CPU runs, or the one CSUB_INT8_KERNEL names if the CPU runs it. */
+static int kernel_id(void)
+{
+    int k = __atomic_load_n(&g_kernel, __ATOMIC_RELAXED);
+    if (k >= 0) return k;
+    k = best_kernel();
+    const char *env = getenv("CSUB_INT8_KERNEL");
+    if (env)
+        for (int i = 0; i <= k; i++)
+            if (strcmp(env, kernel_names[i]) == 0) {
+                k = i;
+                break;
+            }
+    __atomic_store_n(&g_kernel, k, __ATOMIC_RELAXED);
+    return k;
+}
+
+const char *csub_int8_kernel(void)
+{
+    return kernel_names[kernel_id()];
+}
+
+/* ------------------------------------------------------------ weights */
+
+static void qrange(int bits, int32_t *qmin, int32_t *qmax)
+{
+    *qmin = -(int32_t)(1u << (bits - 1));
+    *qmax = (int32_t)(1u << (bits - 1)) - 1;
+}
+
+/* w[K, C, taps] -> qw: codes grouped (c / 4, tap) with the 4 channels inner,
+ * q[Kpad/MR][G][MR][4], G = ceil(C/4) * taps. */
+static int qweight_make(csub_qweight *qw, const float *w, int64_t K, int64_t C, int64_t taps, int bits)
+{
+    memset(qw, 0, sizeof *qw);
+    if (K < 1 || C < 1 || taps < 1 || bits < 2 || bits > 8 || C > CSUB_INT8_MAX_COLS ||
+        taps > CSUB_INT8_MAX_COLS || C * taps > CSUB_INT8_MAX_COLS || K > ((int64_t)1 << 40))
+        return CSUB_ERR_ARG;
+    int64_t cols = C * taps;
+    float mn, mx;
+    csub_minmax(w, K * cols, &mn, &mx);
+    if (!isfinite(mn) || !isfinite(mx)) return CSUB_ERR_ARG; /* NaN or infinite weights */
+    float scale;
+    int32_t zp, qmin, qmax;
+    csub_quant_params(mn, mx, bits, &scale, &zp);
+    qrange(bits, &qmin, &qmax);
+    int64_t Kpad = (K + MR - 1) / MR * MR, Cg = (C + 3) / 4, G = Cg * taps;
+    int8_t *q = calloc((size_t)(Kpad * G * 4), 1);
+    int32_t *rowsum = malloc(sizeof(int32_t) * (size_t)K);
+    if (!q || !rowsum) {
+        free(q);
+        free(rowsum);
+        return CSUB_ERR_NOMEM;
+    }
+    float lo = (float)(qmin - zp), hi = (float)(qmax - zp);
+    for (int64_t k = 0; k < K; k++) {
+        int32_t sum = 0;
+        int8_t *qk = q + (k / MR) * G * MR * 4 + (k % MR) * 4;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t t = 0; t < taps; t++) {
+                int32_t code = 0; /* scale 0: every weight is 0, zero point 0 */
+                if (scale > 0.0f) {
+                    float v = w[(k * C + c) * taps + t] / scale;
+                    v = v < lo ? lo : v;
+                    v = v > hi ? hi : v;
+                    code = (int32_t)nearbyintf(v) + zp;
+                }
+                qk[((c / 4) * taps + t) * MR * 4 + c % 4] = (int8_t)code;
+                sum += code;
+            }
+        rowsum[k] = sum;
+    }
+    qw->K = K;
+    qw->cols = cols;
+    qw->cols_pad = G * 4;
+    qw->taps = taps;
+    qw->bits = bits;
+    qw->scale = scale;
+    qw->zero_point = zp;
+    qw->q = q;
+    qw->rowsum = rowsum;
+    return CSUB_OK;
+}
+
+int csub_qweight_init(csub_qweight *qw, const float *w, int64_t K, int64_t cols, int bits)
+{
+    return qweight_make(qw, w, K, cols, 1, bits);
+}
+
+int csub_qweight_init_conv(csub_qweight *qw, const float *w, int64_t K, int64_t C,
+                           int64_t R, int64_t S, int bits)
+{
+    if (R < 1 || S < 1 || R > CSUB_INT8_MAX_COLS || S > CSUB_INT8_MAX_COLS) {
+        memset(qw, 0, sizeof *qw);
+        return CSUB_ERR_ARG;
+    }
+    return qweight_make(qw, w, K, C, R * S, bits);
+}
+
+void csub_qweight_free(csub_qweight *qw)
+{
+    free(qw->q);
+    free(qw->rowsum);
+    memset(qw, 0, sizeof *qw);
+}
+
+int64_t csub_qweight_bytes(const csub_qweight *qw)
+{
+    int64_t Kpad = (qw->K + MR - 1) / MR * MR;
+    return Kpad * qw->cols_pad + (int64_t)sizeof(int32_t) * qw->K;
+}
+
+/* The codes of a weight stored with taps = 1 (cols = C * taps, in (c, tap)
+ * order) regrouped for `taps` taps into q[Kpad/MR][ceil(C/4) * taps][MR][4]. */
+static int8_t *regroup(const csub_qweight *qw, int64_t taps)
+{
+    int64_t K = qw->K, C = qw->cols / taps, G0 = qw->cols_pad / 4, G = (C + 3) / 4 * taps;
+    int64_t Kpad = (K + MR - 1) / MR * MR;
+    int8_t *q = calloc((size_t)(Kpad * G * 4), 1);
+    if (!q) return NULL;
+    for (int64_t k = 0; k < K; k++) {
+        const int8_t *src = qw->q + (k / MR) * G0 * MR * 4 + (k % MR) * 4;
+        int8_t *dst = q + (k / MR) * G * MR * 4 + (k % MR) * 4;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t t = 0; t < taps; t++) {
+                int64_t j = c * taps + t;
+                dst[((c / 4) * taps + t) * MR * 4 + c % 4] = src[(j / 4) * MR * 4 + j % 4];
+            }
+    }
+    return q;
+}
+
+/* -------------------------------------------------- activation codes */
+
+/* One input's grid: u = round(clip(x / scale, lo, hi)) + zu, lo = qmin - zx, hi = qmax - zx. */
+typedef struct {
+    float scale, inv; /* inv = 1 / scale, used only when fast */
+    int fast;         /* 1 / scale is a normal float: the multiply-and-check path applies */
+    float lo, hi;
+    int32_t zu;       /* zx - qmin */
+} xgrid;
+
+static xgrid make_xgrid(float scale, int32_t zx, int bits)
+{
+    int32_t qmin, qmax;
+    qrange(bits, &qmin, &qmax);
+    xgrid g;
+    g.scale = scale;
+    g.inv = 1.0f / scale;
+    g.fast = scale > 0x1p-120f && scale < 0x1p120f;
+    g.lo = (float)(qmin - zx);
+    g.hi = (float)(qmax - zx);
+    g.zu = zx - qmin;
+    return g;
+}
+
+/* The code u of one value (exact division); a NaN sets *nan and gives zu. */
+static inline uint32_t ucode(float x, const xgrid *g, int *nan)
+{
+    float v = x / g->scale;
+    if (v != v) {
+        *nan = 1;
+        v = 0.0f;
+    }
+    v = v < g->lo ? g->lo : v;
+    v = v > g->hi ? g->hi : v;
+    return (uint32_t)((int32_t)nearbyintf(v) + g->zu);
+}
+
+/* Quantizers: quant4 packs four channel rows x[j][0, n) into cells
+ * dst[i] = (u(x0[i]) | u(x1[i]) << 8 | u(x2[i]) << 16 | u(x3[i]) << 24) & chmask;
+ * quant_bytes writes dst[i] = u(x[i]). Both return 1 if some x is NaN. */
+typedef int (*quant4_fn)(const float *const x[4], int64_t n, uint32_t *dst, const xgrid *g, uint32_t chmask);
+typedef int (*quantb_fn)(const float *x, int64_t n, uint8_t *dst, const xgrid *g);
+
+static int quant4_portable(const float *const x[4], int64_t n, uint32_t *dst, const xgrid *g, uint32_t chmask)
+{
+    int nan = 0;
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = (ucode(x[0][i], g, &nan) | ucode(x[1][i], g, &nan) << 8 |
+                  ucode(x[2][i], g, &nan) << 16 | ucode(x[3][i], g, &nan) << 24) & chmask;
+    return nan;
+}
+
+static int quantb_portable(const float *x, int64_t n, uint8_t *dst, const xgrid *g)
+{
+    int nan = 0;
+    for (int64_t i = 0; i < n; i++) dst[i] = (uint8_t)ucode(x[i], g, &nan);
+    return nan;
+}
+
+#if I8_X86
+/* 16 codes (int32) of x; NaN lanes are or-ed into *nan */
+T_AVX512 INLINE __m512i ucode16(__m512 x, const xgrid *g, __mmask16 *nan)
+{
+    const __m512 lo = _mm512_set1_ps(g->lo), hi = _mm512_set1_ps(g->hi);
+    *nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    /* max(v, lo) returns lo for a NaN v: the lane is valid, and reported */
+    __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(g->inv)), lo), hi);
+    __m512 r = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 d = _mm512_abs_ps(_mm512_sub_ps(v, r));
+    if (_mm512_cmp_ps_mask(d, _mm512_set1_ps(0.5f - 0x1p-14f), _CMP_GE_OQ)) { /* near a tie: divide */
+        v = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(x, _mm512_set1_ps(g->scale)), lo), hi);
+        r = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    return _mm512_add_epi32(_mm512_cvtps_epi32(r), _mm512_set1_epi32(g->zu));
+}
+
+T_AVX512 static int quant4_avx512(const float *const x[4], int64_t n, uint32_t *dst, const xgrid *g,
+                                  uint32_t chmask)
+{
+    if (!g->fast) return quant4_portable(x, n, dst, g, chmask);
+    __mmask16 nan = 0;
+    int64_t i = 0;
+    const __m512i m = _mm512_set1_epi32((int32_t)chmask);
+    for (; i + 16 <= n; i += 16) {
+        __m512i c = ucode16(_mm512_loadu_ps(x[0] + i), g, &nan);
+        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_loadu_ps(x[1] + i), g, &nan), 8));
+        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_loadu_ps(x[2] + i), g, &nan), 16));
+        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_loadu_ps(x[3] + i), g, &nan), 24));
+        _mm512_storeu_si512(dst + i, _mm512_and_si512(c, m));
+    }
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1), nt = 0;
+        __m512i c = ucode16(_mm512_maskz_loadu_ps(k, x[0] + i), g, &nt);
+        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_maskz_loadu_ps(k, x[1] + i), g, &nt), 8));
+        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_maskz_loadu_ps(k, x[2] + i), g, &nt), 16));
+        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_maskz_loadu_ps(k, x[3] + i), g, &nt), 24));
+        _mm512_mask_storeu_epi32(dst + i, k, _mm512_and_si512(c, m));
+        nan |= nt & k;
+    }
+    return nan != 0;
+}
+
+T_AVX512 static int quantb_avx512(const float *x, int64_t n, uint8_t *dst, const xgrid *g)
+{
+    if (!g->fast) return quantb_portable(x, n, dst, g);
+    __mmask16 nan = 0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(ucode16(_mm512_loadu_ps(x + i), g, &nan)));
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1), nt = 0;
+        __m512i c = ucode16(_mm512_maskz_loadu_ps(k, x + i), g, &nt);
+        _mm512_mask_cvtepi32_storeu_epi8(dst + i, k, c);
+        nan |= nt & k;
+    }
+    return nan != 0;
+}
+
+/* 8 codes of x; NaN lanes are or-ed into *nan (a movemask) */
+T_AVX2 INLINE __m256i ucode8(__m256 x, const xgrid *g, int *nan)
+{
+    const __m256 lo = _mm256_set1_ps(g->lo), hi = _mm256_set1_ps(g->hi);
+    *nan |= _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(x, _mm256_set1_ps(g->inv)), lo), hi);
+    __m256 r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 d = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(v, r));
+    if (_mm256_movemask_ps(_mm256_cmp_ps(d, _mm256_set1_ps(0.5f - 0x1p-14f), _CMP_GE_OQ))) {
+        v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(x, _mm256_set1_ps(g->scale)), lo), hi);
+        r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    return _mm256_add_epi32(_mm256_cvtps_epi32(r), _mm256_set1_epi32(g->zu));
+}
+
+T_AVX2 static int quant4_avx2(const float *const x[4], int64_t n, uint32_t *dst, const xgrid *g,
+                              uint32_t chmask)
+{
+    if (!g->fast) return quant4_portable(x, n, dst, g, chmask);
+    int nan = 0;
+    int64_t i = 0;
+    const __m256i m = _mm256_set1_epi32((int32_t)chmask);
+    for (; i + 8 <= n; i += 8) {
+        __m256i c = ucode8(_mm256_loadu_ps(x[0] + i), g, &nan);
+        c = _mm256_or_si256(c, _mm256_slli_epi32(ucode8(_mm256_loadu_ps(x[1] + i), g, &nan), 8));
+        c = _mm256_or_si256(c, _mm256_slli_epi32(ucode8(_mm256_loadu_ps(x[2] + i), g, &nan), 16));
+        c = _mm256_or_si256(c, _mm256_slli_epi32(ucode8(_mm256_loadu_ps(x[3] + i), g, &nan), 24));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_and_si256(c, m));
+    }
+    const float *const xt[4] = {x[0] + i, x[1] + i, x[2] + i, x[3] + i};
+    return (nan != 0) | quant4_portable(xt, n - i, dst + i, g, chmask);
+}
+
+T_AVX2 static int quantb_avx2(const float *x, int64_t n, uint8_t *dst, const xgrid *g)
+{
+    if (!g->fast) return quantb_portable(x, n, dst, g);
+    int nan = 0;
+    int64_t i = 0;
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (; i + 8 <= n; i += 8) {
+        __m256i c = _mm256_shuffle_epi8(ucode8(_mm256_loadu_ps(x + i), g, &nan), pick);
+        int32_t a = _mm256_extract_epi32(c, 0), b = _mm256_extract_epi32(c, 4);
+        memcpy(dst + i, &a, 4);
+        memcpy(dst + i + 4, &b, 4);
+    }
+    return (nan != 0) | quantb_portable(x + i, n - i, dst + i, g);
+}
+#endif
+
+/* ------------------------------------------------------------- product */
+
+/* C[k, o] = (A[k] . B[o] + rowc[k] + colc[o]) * alpha[k] + beta[k] for rows
+ * k < K, columns o < L, where A[k] . B[o] = sum over g of the 4-byte dot
+ * product of the weight cell (k, g) and the activation cell B[off[g] + o]. */
+typedef struct {
+    const int8_t *A;         /* [Kpad/MR][G][MR][4] */
+    int64_t G, K;
+    const uint32_t *B;       /* activation cells */
+    const int64_t *off;      /* [G] cell offset of each group */
+    const int32_t *rowc;     /* [Kpad] */
+    const int32_t *colc;     /* [L + 64] or NULL (no column term) */
+    const float *alpha, *beta; /* [Kpad] */
+    float *C;
+    int64_t ldc;
+} job;
+
+/* rows [kb0 * MR, kb1 * MR) (clipped to K) x columns [o0, o1) */
+typedef void (*gemm_fn)(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1);
+
+static void gemm_portable(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
+{
+    for (int64_t kb = kb0; kb < kb1; kb++) {
+        const int8_t *Ab = jb->A + kb * jb->G * MR * 4;
+        int64_t mrows = jb->K - kb * MR < MR ? jb->K - kb * MR : MR;
+        for (int64_t o = o0; o < o1; o += 16) {
+            int nc = o1 - o < 16 ? (int)(o1 - o) : 16;
+            int32_t acc[MR][16];
+            memset(acc, 0, sizeof acc);
+            for (int64_t g = 0; g < jb->G; g++) {
+                const uint32_t *b = jb->B + jb->off[g] + o;
+                const int8_t *a = Ab + g * MR * 4;
+                for (int m = 0; m < MR; m++)
+                    for (int j = 0; j < 4; j++) {
+                        int32_t w = a[m * 4 + j];
+                        for (int c = 0; c < nc; c++) acc[m][c] += w * (int32_t)((b[c] >> (8 * j)) & 0xff);
+                    }
+            }
+            for (int m = 0; m < mrows; m++) {
+                int64_t k = kb * MR + m;
+                float *cr = jb->C + k * jb->ldc + o;
+                for (int c = 0; c < nc; c++) {
+                    uint32_t v = (uint32_t)acc[m][c] + (uint32_t)jb->rowc[k] + (jb->colc ? (uint32_t)jb->colc[o + c] : 0u);
+                    cr[c] = (float)(int32_t)v * jb->alpha[k] + jb->beta[k];
+                }
+            }
+        }
+    }
+}
+
+#if I8_X86
+/* Epilogue of one row of NV vectors of 16: add corrections, scale, store (the last vector masked). */
+#define EPILOGUE_512(ACC, NV, LAST)                                                            \
+    do {                                                                                         \
+        __m512i cc_[3];                                                                          \
+        for (int v_ = 0; v_ < NV; v_++)                                                          \
+            cc_[v_] = jb->colc ? _mm512_loadu_si512(jb->colc + o + 16 * v_) : _mm512_setzero_si512(); \
+        for (int m_ = 0; m_ < MR; m_++) {                                                        \
+            if (m_ >= mrows) break;                                                              \
+            int64_t k_ = kb * MR + m_;                                                           \
+            __m512i rc_ = _mm512_set1_epi32(jb->rowc[k_]);                                       \
+            __m512 al_ = _mm512_set1_ps(jb->alpha[k_]), be_ = _mm512_set1_ps(jb->beta[k_]);      \
+            float *cr_ = jb->C + k_ * jb->ldc + o;                                               \
+            for (int v_ = 0; v_ < NV; v_++) {                                                    \
+                __m512i s_ = _mm512_add_epi32(_mm512_add_epi32(ACC[m_][v_], rc_), cc_[v_]);      \
+                __m512 f_ = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s_), al_, be_);                   \
+                if (v_ < NV - 1) _mm512_storeu_ps(cr_ + 16 * v_, f_);                            \
+                else _mm512_mask_storeu_ps(cr_ + 16 * v_, LAST, f_);                             \
+            }                                                                                    \
+        }                                                                                        \
+    } while (0)
+
+/* One MR x 16*NV tile with VPDPBUSD: acc += u8(B) x s8(A), 4 products per lane. */
+T_VNNI INLINE void tile_vnni(const job *jb, int64_t kb, int mrows, int64_t o, const int NV, __mmask16 last)
+{
+    const int8_t *Ab = jb->A + kb * jb->G * MR * 4;
+    const uint32_t *B = jb->B + o;
+    __m512i acc[MR][3]; /* NV <= 3, a constant once inlined */
+    #pragma GCC unroll 8
+    for (int m = 0; m < MR; m++)
+        #pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[m][v] = _mm512_setzero_si512();
+    for (int64_t g = 0; g < jb->G; g++) {
+        const uint32_t *b = B + jb->off[g];
+        const i32u *a = (const i32u *)(Ab + g * MR * 4);
+        __m512i bv[3];
+        #pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_si512(b + 16 * v);
+        #pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) {
+            __m512i w = _mm512_set1_epi32(a[m]);
+            #pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[m][v] = _mm512_dpbusd_epi32(acc[m][v], bv[v], w);
+        }
+    }
+    EPILOGUE_512(acc, NV, last);
+}
+
+T_VNNI static void gemm_vnni(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
+{
+    for (int64_t kb = kb0; kb < kb1; kb++) {
+        int mrows = jb->K - kb * MR < MR ? (int)(jb->K - kb * MR) : MR;
+        int64_t o = o0;
+        for (; o + 48 <= o1; o += 48) tile_vnni(jb, kb, mrows, o, 3, 0xffff);
+        int64_t rem = o1 - o;
+        if (rem <= 0) continue;
+        __mmask16 last = (__mmask16)(rem % 16 ? (1u << (rem % 16)) - 1 : 0xffff);
+        if (rem > 32) tile_vnni(jb, kb, mrows, o, 3, last);
+        else if (rem > 16) tile_vnni(jb, kb, mrows, o, 2, last);
+        else tile_vnni(jb, kb, mrows, o, 1, last);
+    }
+}
+
+/* One MR x 16*NV tile without VNNI: the bytes of each cell split into two
+ * int16 pairs (channels 0, 2 and 1, 3), VPMADDWD with the sign-extended
+ * weight pairs; no saturation (|product pair| <= 2 * 255 * 128). */
+T_AVX512 INLINE void tile_bw(const job *jb, int64_t kb, int mrows, int64_t o, const int NV, __mmask16 last)
+{
+    const int8_t *Ab = jb->A + kb * jb->G * MR * 4;
+    const uint32_t *B = jb->B + o;
+    const __m512i lowb = _mm512_set1_epi32(0x00ff00ff);
+    __m512i acc[MR][2]; /* NV <= 2 */
+    #pragma GCC unroll 8
+    for (int m = 0; m < MR; m++)
+        #pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[m][v] = _mm512_setzero_si512();
+    for (int64_t g = 0; g < jb->G; g++) {
+        const uint32_t *b = B + jb->off[g];
+        const i32u *a = (const i32u *)(Ab + g * MR * 4);
+        __m512i be[2], bo[2];
+        #pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) {
+            __m512i x = _mm512_loadu_si512(b + 16 * v);
+            be[v] = _mm512_and_si512(x, lowb);
+            bo[v] = _mm512_srli_epi16(x, 8);
+        }
+        #pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) {
+            __m512i w = _mm512_set1_epi32(a[m]);
+            __m512i we = _mm512_srai_epi16(_mm512_slli_epi16(w, 8), 8), wo = _mm512_srai_epi16(w, 8);
+            #pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                acc[m][v] = _mm512_add_epi32(acc[m][v], _mm512_add_epi32(_mm512_madd_epi16(be[v], we),
+                                                                         _mm512_madd_epi16(bo[v], wo)));
+        }
+    }
+    EPILOGUE_512(acc, NV, last);
+}
+
+T_AVX512 static void gemm_bw(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
+{
+    for (int64_t kb = kb0; kb < kb1; kb++) {
+        int mrows = jb->K - kb * MR < MR ? (int)(jb->K - kb * MR) : MR;
+        int64_t o = o0;
+        for (; o + 32 <= o1; o += 32) tile_bw(jb, kb, mrows, o, 2, 0xffff);
+        int64_t rem = o1 - o;
+        if (rem <= 0) continue;
+        __mmask16 last = (__mmask16)(rem % 16 ? (1u << (rem % 16)) - 1 : 0xffff);
+        if (rem > 16) tile_bw(jb, kb, mrows, o, 2, last);
+        else tile_bw(jb, kb, mrows, o, 1, last);
+    }
+}
+
+/* One MR x 8 tile on ymm, as tile_bw; ncols < 8 stores through a mask. */
+T_AVX2 INLINE void tile_avx2(const job *jb, int64_t kb, int mrows, int64_t o, int ncols)
+{
+    const int8_t *Ab = jb->A + kb * jb->G * MR * 4;
+    const uint32_t *B = jb->B + o;
+    const __m256i lowb = _mm256_set1_epi32(0x00ff00ff);
+    __m256i acc[MR];
+    #pragma GCC unroll 8
+    for (int m = 0; m < MR; m++) acc[m] = _mm256_setzero_si256();
+    for (int64_t g = 0; g < jb->G; g++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(B + jb->off[g]));
+        __m256i be = _mm256_and_si256(x, lowb), bo = _mm256_srli_epi16(x, 8);
+        const i32u *a = (const i32u *)(Ab + g * MR * 4);
+        #pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) {
+            __m256i w = _mm256_set1_epi32(a[m]);
+            __m256i we = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8), wo = _mm256_srai_epi16(w, 8);
+            acc[m] = _mm256_add_epi32(acc[m], _mm256_add_epi32(_mm256_madd_epi16(be, we),
+                                                               _mm256_madd_epi16(bo, wo)));
+        }
+    }
+    __m256i cc = jb->colc ? _mm256_loadu_si256((const __m256i *)(jb->colc + o)) : _mm256_setzero_si256();
+    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(ncols), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int m = 0; m < mrows; m++) {
+        int64_t k = kb * MR + m;
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(acc[m], _mm256_set1_epi32(jb->rowc[k])), cc);
+        __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(jb->alpha[k])),
+                                 _mm256_set1_ps(jb->beta[k]));
+        float *cr = jb->C + k * jb->ldc + o;
+        if (ncols == 8) _mm256_storeu_ps(cr, f);
+        else _mm256_maskstore_ps(cr, mask, f);
+    }
+}
+
+T_AVX2 static void gemm_avx2(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
+{
+    for (int64_t kb = kb0; kb < kb1; kb++) {
+        int mrows = jb->K - kb * MR < MR ? (int)(jb->K - kb * MR) : MR;
+        for (int64_t o = o0; o < o1; o += 8) tile_avx2(jb, kb, mrows, o, o1 - o < 8 ? (int)(o1 - o) : 8);
+    }
+}
+#endif
+
+typedef struct {
+    gemm_fn gemm;
+    quant4_fn quant4;
+    quantb_fn quantb;
+} variant;
+
+static variant get_variant(void)
+{
+    variant v = {gemm_portable, quant4_portable, quantb_portable};
+#if I8_X86
+    switch (kernel_id()) {
+    case K_AVX512VNNI: v = (variant){gemm_vnni, quant4_avx512, quantb_avx512}; break;
+    case K_AVX512BW: v = (variant){gemm_bw, quant4_avx512, quantb_avx512}; break;
+    case K_AVX2: v = (variant){gemm_avx2, quant4_avx2, quantb_avx2}; break;
+    default: break;
+    }
+#endif
+    return v;
+}
+
+/* ------------------------------------------------------------ geometry */
+
+#define SLACK 128 /* cells past the last plane: reads of discarded columns stay in the buffer */
+
+typedef struct {
+    int64_t C, H, W, K, R, S, st, pad, P, Q;
+    int64_t Cg;          /* channel quadruples ceil(C / 4) */
+    int64_t sa, sb;      /* phases used along each axis: min(st, R), min(st, S) */
+    int64_t nph;         /* sa * sb */
+    int64_t Hph, Wph;    /* plane size: P + (R-1)/st rows, Q + (S-1)/st columns */
+    int64_t plane;       /* Hph * Wph cells */
+    int64_t L;           /* P * Wph wide outputs */
+    int64_t G;           /* Cg * R * S groups */
+    int64_t cells;       /* Cg * nph * plane + SLACK */
+    int direct_y;        /* wide rows are the real rows (Wph == Q) */
+} geom;
+
+static geom make_geom(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t st, int64_t pad)
+{
+    geom g;
+    g.C = C, g.H = H, g.W = W, g.K = K, g.R = R, g.S = S, g.st = st, g.pad = pad;
+    g.P = csub_conv_out_size(H, R, st, pad);
+    g.Q = csub_conv_out_size(W, S, st, pad);
+    g.Cg = (C + 3) / 4;
+    g.sa = st < R ? st : R;
+    g.sb = st < S ? st : S;
+    g.nph = g.sa * g.sb;
+    g.Hph = g.P + (R - 1) / st;
+    g.Wph = g.Q + (S - 1) / st;
+    g.plane = g.Hph * g.Wph;
+    g.L = g.P * g.Wph;
+    g.G = g.Cg * R * S;
+    g.cells = g.Cg * g.nph * g.plane + SLACK + g.Wph;
+    g.direct_y = g.Wph == g.Q;
+    return g;
+}
+
+/* cell offset of each group g = (c', r, s), in the order of the weight codes */
+static void make_offsets(const geom *g, int64_t *off)
+{
+    int64_t i = 0;
+    for (int64_t cg = 0; cg < g->Cg; cg++)
+        for (int64_t r = 0; r < g->R; r++)
+            for (int64_t s = 0; s < g->S; s++)
+                off[i++] = ((cg * g->sa + r % g->st) * g->sb + s % g->st) * g->plane +
+                           (r / g->st) * g->Wph + s / g->st;
+}
+
+/* First j with j * st + b - pad >= 0, and first j with j * st + b - pad >= W, within [0, Wph]. */
+static void valid_cols(const geom *g, int64_t b, int64_t *j0, int64_t *j1)
+{
+    int64_t st = g->st, lo = g->pad - b, hi = g->W + g->pad - b;
+    *j0 = lo > 0 ? (lo + st - 1) / st : 0;
+    *j1 = hi > 0 ? (hi + st - 1) / st : 0;
+    if (*j0 > g->Wph) *j0 = g->Wph;
+    if (*j1 > g->Wph) *j1 = g->Wph;
+    if (*j1 < *j0) *j1 = *j0;
+}
+
+static void fill_cells(uint32_t *d, int64_t n, uint32_t v)
+{
+    for (int64_t i = 0; i < n; i++) d[i] = v;
+}
+
+/* planes[(c'*sa + a)*sb + b][i*Wph + j] = cell of xpad[4c'..4c'+3][i*st + a][j*st + b]
+ * for quadruples [cg0, cg1); padding holds the zero point. x[C,H,W], tmp[W]
+ * (stride > 1). Returns 1 if x has a NaN there. */
+static int build_planes(const geom *g, const variant *vr, const xgrid *xg, const float *xn,
+                        uint32_t *planes, uint32_t *tmp, int64_t cg0, int64_t cg1)
+{
+    int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph, HW = H * W;
+    int nan = 0;
+    int64_t jr[4][2]; /* valid columns of each column phase */
+    for (int64_t b = 0; b < g->sb; b++) valid_cols(g, b, &jr[b][0], &jr[b][1]);
+    for (int64_t cg = cg0; cg < cg1; cg++) {
+        int64_t nch = g->C - 4 * cg < 4 ? g->C - 4 * cg : 4;
+        uint32_t chmask = nch == 4 ? 0xffffffffu : (1u << (8 * nch)) - 1;
+        uint32_t padv = (uint32_t)xg->zu * 0x01010101u & chmask;
+        const float *xc = xn + 4 * cg * HW;
+        for (int64_t a = 0; a < g->sa; a++)
+            for (int64_t i = 0; i < g->Hph; i++) {
+                int64_t h = i * st + a - pad;
+                uint32_t *rows = planes + (cg * g->nph + a * g->sb) * g->plane + i * Wph; /* phase b at + b * plane */
+                if (h < 0 || h >= H) {
+                    for (int64_t b = 0; b < g->sb; b++) fill_cells(rows + b * g->plane, Wph, padv);
+                    continue;
+                }
+                const float *xr[4];
+                for (int j = 0; j < 4; j++) xr[j] = xc + (j < nch ? j : 0) * HW + h * W;
+                if (st == 1) { /* one phase, valid columns [pad, pad + W) */
+                    int64_t j0 = jr[0][0], j1 = jr[0][1];
+                    fill_cells(rows, j0, padv);
+                    nan |= vr->quant4(xr, j1 - j0, rows + j0, xg, chmask);
+                    fill_cells(rows + j1, Wph - j1, padv);
+                } else {
+                    nan |= vr->quant4(xr, W, tmp, xg, chmask);
+                    for (int64_t b = 0; b < g->sb; b++) {
+                        uint32_t *row = rows + b * g->plane;
+                        int64_t j0 = jr[b][0], j1 = jr[b][1];
+                        const uint32_t *src = tmp + b - pad; /* column j reads src[j * st] */
+                        fill_cells(row, j0, padv);
+                        for (int64_t j = j0; j < j1; j++) row[j] = src[j * st];
+                        fill_cells(row + j1, Wph - j1, padv);
+                    }
+                }
+            }
+    }
+    return nan;
+}
+
+/* csum[ph * plane + p] = sum over quadruples of the 4 codes of cell (c', ph, p), for p in [p0, p1) */
+I8_CLONES
+static void csum_build(const uint32_t *planes, int32_t *csum, int64_t Cg, int64_t nph, int64_t plane,
+                       int64_t p0, int64_t p1)
+{
+    for (int64_t ph = 0; ph < nph; ph++) {
+        int32_t *cs = csum + ph * plane;
+        for (int64_t p = p0; p < p1; p++) cs[p] = 0;
+        for (int64_t cg = 0; cg < Cg; cg++) {
+            const uint32_t *pl = planes + (cg * nph + ph) * plane;
+            for (int64_t p = p0; p < p1; p++) {
+                uint32_t v = pl[p];
+                cs[p] += (int32_t)((v & 0xff) + ((v >> 8) & 0xff) + ((v >> 16) & 0xff) + (v >> 24));
+            }
+        }
+    }
+}
+
+/* colc[o] = -zw * sum over taps of csum[phase of the tap][o + shift of the tap], o in [o0, o1) */
+I8_CLONES
+static void colc_build(const geom *g, const int32_t *csum, int32_t zw, int32_t *colc, int64_t o0, int64_t o1)
+{
+    for (int64_t o = o0; o < o1; o++) colc[o] = 0;
+    for (int64_t r = 0; r < g->R; r++)
+        for (int64_t s = 0; s < g->S; s++) {
+            const int32_t *cs = csum + ((r % g->st) * g->sb + s % g->st) * g->plane + (r / g->st) * g->Wph + s / g->st;
+            for (int64_t o = o0; o < o1; o++) colc[o] += cs[o];
+        }
+    for (int64_t o = o0; o < o1; o++) colc[o] = (int32_t)(0u - (uint32_t)zw * (uint32_t)colc[o]);
+}
+
+/* [lo, hi) of n items for thread t of T, in blocks of `align` */
+static void split(int64_t n, int64_t align, int t, int T, int64_t *lo, int64_t *hi)
+{
+    int64_t blocks = (n + align - 1) / align, per = blocks / T, extra = blocks % T;
+    int64_t b0 = t * per + (t < extra ? t : extra), b1 = b0 + per + (t < extra);
+    *lo = b0 * align < n ? b0 * align : n;
+    *hi = b1 * align < n ? b1 * align : n;
+}
+
+/* The product over columns [0, L) shared by T threads: column panels when
+ * there are enough columns, else row blocks. */
+static void gemm_share(const variant *vr, const job *jb, int64_t L, int t, int T)
+{
+    int64_t nkb = (jb->K + MR - 1) / MR;
+    if (T == 1) {
+        vr->gemm(jb, 0, nkb, 0, L);
+    } else if (L >= 48 * T || nkb < T) {
+        int64_t o0, o1;
+        split(L, 16, t, T, &o0, &o1);
+        if (o0 < o1) vr->gemm(jb, 0, nkb, o0, o1);
+    } else {
+        int64_t k0, k1;
+        split(nkb, 1, t, T, &k0, &k1);
+        if (k0 < k1) vr->gemm(jb, k0, k1, 0, L);
+    }
+}
+
+/* One thread's buffers. */
+typedef struct {
+    uint32_t *planes; /* [cells] */
+    int32_t *csum;    /* [nph * plane + SLACK + Wph] (zw != 0) */
+    int32_t *colc;    /* [L + 64] (zw != 0) */
+    float *wide;      /* [K * L] (!direct_y) */
+} work;
+
+static size_t work_floats(const geom *g, int zw)
+{
+    size_t n = (size_t)g->cells;
+    if (zw) n += (size_t)(g->nph * g->plane + SLACK + g->Wph) + (size_t)(g->L + 64);
+    if (!g->direct_y) n += (size_t)(g->K * g->L);
+    return n;
+}
+
+static work work_at(const geom *g, int zw, void *base)
+{
+    work w = {0};
+    char *p = base;
+    w.planes = (uint32_t *)p;
+    p += sizeof(uint32_t) * (size_t)g->cells;
+    if (zw) {
+        w.csum = (int32_t *)p;
+        p += sizeof(int32_t) * (size_t)(g->nph * g->plane + SLACK + g->Wph);
+        w.colc = (int32_t *)p;
+        p += sizeof(int32_t) * (size_t)(g->L + 64);
+    }
+    if (!g->direct_y) w.wide = (float *)p;
+    return w;
+}
+
+/* The slack cells past the planes and the sums are read only for discarded
+ * columns; they are set once to zero so that every read is defined. */
+static void work_init(const geom *g, int zw, void *base)
+{
+    work w = work_at(g, zw, base);
+    memset(w.planes + g->Cg * g->nph * g->plane, 0, sizeof(uint32_t) * (size_t)(SLACK + g->Wph));
+    if (zw) {
+        memset(w.csum + g->nph * g->plane, 0, sizeof(int32_t) * (size_t)(SLACK + g->Wph));
+        memset(w.colc + g->L, 0, sizeof(int32_t) * 64);
+    }
+}
+
+/* Shared, read-only inputs of one convolution call. */
+typedef struct {
+    geom g;
+    variant vr;
+    xgrid xg;
+    job jb;      /* A, G, K, off, rowc, alpha, beta; B, colc, C, ldc per image */
+    int32_t zw;
+} conv_ctx;
+
+/* One image x[C,H,W] -> y[K,P,Q] by T threads (thread t of them; T = 1 alone)
+ * sharing the buffers w; tmp[W] is the thread's own. Returns 1 if x has a NaN. */
+static int conv_image(const conv_ctx *cx, const float *xn, float *yn, const work *w, uint32_t *tmp,
+                      int t, int T)
+{
+    const geom *g = &cx->g;
+    int nan;
+    int64_t lo, hi;
+    split(g->Cg, 1, t, T, &lo, &hi);
+    nan = build_planes(g, &cx->vr, &cx->xg, xn, w->planes, tmp, lo, hi);
+    if (T > 1) {
+        #pragma omp barrier
+    }
+    job jb = cx->jb;
+    jb.B = w->planes;
+    jb.colc = NULL;
+    if (cx->zw) {
+        split(g->plane, 64, t, T, &lo, &hi);
+        csum_build(w->planes, w->csum, g->Cg, g->nph, g->plane, lo, hi);
+        if (T > 1) {
+            #pragma omp barrier
+        }
+        split(g->L, 64, t, T, &lo, &hi);
+        colc_build(g, w->csum, cx->zw, w->colc, lo, hi);
+        if (T > 1) {
+            #pragma omp barrier
+        }
+        jb.colc = w->colc;
+    }
+    jb.C = g->direct_y ? yn : w->wide;
+    jb.ldc = g->direct_y ? g->P * g->Q : g->L;
+    gemm_share(&cx->vr, &jb, g->L, t, T);
+    if (!g->direct_y) { /* wide rows -> y */
+        if (T > 1) {
+            #pragma omp barrier
+        }
+        split(g->K, 1, t, T, &lo, &hi);
+        for (int64_t k = lo; k < hi; k++)
+            for (int64_t p = 0; p < g->P; p++)
+                memcpy(yn + (k * g->P + p) * g->Q, w->wide + k * g->L + p * g->Wph, sizeof(float) * (size_t)g->Q);
+    }
+    if (T > 1) { /* the buffers are reused by the next image */
+        #pragma omp barrier
+    }
+    return nan;
+}
+
+/* y[N, K, PQ] = b[k] (or 0): the output of an all-zero quantized input */
+static void fill_bias(float *y, const float *b, int64_t N, int64_t K, int64_t PQ)
+{
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (N * K * PQ > 65536)
+    for (int64_t i = 0; i < N * K; i++) {
+        float v = b ? b[i % K] : 0.0f;
+        for (int64_t j = 0; j < PQ; j++) y[i * PQ + j] = v;
+    }
+}
+
+/* Per-row terms of the epilogue, Kpad entries (rows >= K zero):
+ * rowc = -zu * rowsum + cols * zw * zu (mod 2^32), alpha = xscale * wscale * oscale, beta = b. */
+static int row_terms(const csub_qweight *qw, const xgrid *xg, float xscale, const float *oscale,
+                     const float *b, int32_t **rowc, float **alpha, float **beta)
+{
+    int64_t Kpad = (qw->K + MR - 1) / MR * MR;
+    *rowc = calloc((size_t)Kpad, sizeof(int32_t));
+    *alpha = calloc((size_t)Kpad, sizeof(float));
+    *beta = calloc((size_t)Kpad, sizeof(float));
+    if (!*rowc || !*alpha || !*beta) return CSUB_ERR_NOMEM;
+    uint32_t zu = (uint32_t)xg->zu, zw = (uint32_t)qw->zero_point, cols = (uint32_t)qw->cols;
+    float s = xscale * qw->scale;
+    for (int64_t k = 0; k < qw->K; k++) {
+        (*rowc)[k] = (int32_t)(cols * zw * zu - zu * (uint32_t)qw->rowsum[k]);
+        (*alpha)[k] = oscale ? s * oscale[k] : s;
+        (*beta)[k] = b ? b[k] : 0.0f;
+    }
+    return CSUB_OK;
+}
+
+static int grid_ok(const csub_qweight *qw, int32_t xzero_point)
+{
+    int32_t qmin, qmax;
+    if (!qw || !qw->q || !qw->rowsum || qw->bits < 2 || qw->bits > 8) return 0;
+    qrange(qw->bits, &qmin, &qmax);
+    return xzero_point >= qmin && xzero_point <= qmax;
+}
+
+int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
+                             const csub_qweight *qw, const float *oscale, const float *b, float *y,
+                             int64_t N, int64_t C, int64_t H, int64_t W,
+                             int64_t R, int64_t S, int64_t stride, int64_t pad)
+{
+    if (!grid_ok(qw, xzero_point) || N < 0 || C < 1 || H < 1 || W < 1 || R < 1 || S < 1 ||
+        stride < 1 || pad < 0 || H + 2 * pad < R || W + 2 * pad < S || C * R * S != qw->cols ||
+        (qw->taps != R * S && qw->taps != 1))
+        return CSUB_ERR_ARG;
+    int64_t K = qw->K;
+    geom g = make_geom(C, H, W, K, R, S, stride, pad);
+    if (N == 0) return CSUB_OK;
+    if (!(xscale > 0.0f) || !isfinite(xscale)) { /* every activation code is the zero point */
+        fill_bias(y, b, N, K, g.P * g.Q);
+        return CSUB_OK;
+    }
+    conv_ctx cx;
+    cx.g = g;
+    cx.vr = get_variant();
+    cx.xg = make_xgrid(xscale, xzero_point, qw->bits);
+    cx.zw = qw->zero_point;
+    int8_t *A = qw->taps == R * S ? NULL : regroup(qw, R * S);
+    int64_t *off = malloc(sizeof(int64_t) * (size_t)g.G);
+    int32_t *rowc = NULL;
+    float *alpha = NULL, *beta = NULL;
+    int nt = csub_get_num_threads();
+    int nbuf = N >= nt ? nt : 1;
+    size_t wfloats = work_floats(&g, cx.zw != 0);
+    float *ws = malloc(sizeof(float) * wfloats * (size_t)nbuf);
+    uint32_t *tmps = malloc(sizeof(uint32_t) * (size_t)(W * nt));
+    int st = (!off || !ws || !tmps || (qw->taps != R * S && !A)) ? CSUB_ERR_NOMEM
+                                                         : row_terms(qw, &cx.xg, xscale, oscale, b, &rowc, &alpha, &beta);
+    if (st == CSUB_OK) {
+        make_offsets(&g, off);
+        for (int i = 0; i < nbuf; i++) work_init(&g, cx.zw != 0, ws + (size_t)i * wfloats);
+        cx.jb = (job){.A = A ? A : qw->q, .G = g.G, .K = K, .off = off, .rowc = rowc,
+                      .alpha = alpha, .beta = beta};
+        int64_t C_HW = C * H * W, KPQ = K * g.P * g.Q;
+        int64_t Nper = nt > 1 ? N - N % nt : N; /* images done whole, one per thread at a time */
+        int nan = 0;
+        #pragma omp parallel num_threads(nt) reduction(|:nan)
+        {
+            int t = omp_get_thread_num(), T = omp_get_num_threads();
+            uint32_t *tmp = tmps + (size_t)t * W;
+            if (nbuf > 1) {
+                work w = work_at(&g, cx.zw != 0, ws + (size_t)t * wfloats);
+                #pragma omp for schedule(static)
+                for (int64_t n = 0; n < Nper; n++)
+                    nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &w, tmp, 0, 1);
+            }
+            /* the rest: every thread on each image, in thread 0's buffers */
+            work w0 = work_at(&g, cx.zw != 0, ws);
+            for (int64_t n = nbuf > 1 ? Nper : 0; n < N; n++)
+                nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &w0, tmp, t, T);
+        }
+        if (nan) st = CSUB_ERR_ARG;
+    }
+    free(A);
+    free(off);
+    free(ws);
+    free(tmps);
+    free(rowc);
+    free(alpha);
+    free(beta);
+    return st;
+}
+
+/* x[N, IN] -> y[N, O]: the product with the batch as columns, B[c'][n] the
+ * cell of x[n][4c'..4c'+3], into yt[O][N], then transposed. */
+int csub_linear_int8_forward(const float *x, float xscale, int32_t xzero_point,
+                             const csub_qweight *qw, const float *oscale, const float *b, float *y,
+                             int64_t N)
+{
+    if (!grid_ok(qw, xzero_point) || qw->taps != 1 || N < 0) return CSUB_ERR_ARG;
+    int64_t IN = qw->cols, O = qw->K, Cg = (IN + 3) / 4;
+    if (N == 0) return CSUB_OK;
+    if (!(xscale > 0.0f) || !isfinite(xscale)) {
+        fill_bias(y, b, N, O, 1);
+        return CSUB_OK;
+    }
+    variant vr = get_variant();
+    xgrid xg = make_xgrid(xscale, xzero_point, qw->bits);
+    int32_t zw = qw->zero_point;
+    int nt = csub_get_num_threads();
+    int64_t *off = malloc(sizeof(int64_t) * (size_t)Cg);
+    uint32_t *cells = malloc(sizeof(uint32_t) * (size_t)(Cg * N + SLACK));
+    int32_t *colc = zw ? calloc((size_t)(N + 64), sizeof(int32_t)) : NULL;
+    float *yt = malloc(sizeof(float) * (size_t)(O * N));
+    uint8_t *tmp = malloc((size_t)(4 * Cg) * (size_t)nt);
+    int32_t *rowc = NULL;
+    float *alpha = NULL, *beta = NULL;
+    int st = (!off || !cells || (zw && !colc) || !yt || !tmp) ? CSUB_ERR_NOMEM
+             : row_terms(qw, &xg, xscale, oscale, b, &rowc, &alpha, &beta);
+    if (st == CSUB_OK) {
+        for (int64_t g = 0; g < Cg; g++) off[g] = g * N;
+        memset(cells + Cg * N, 0, sizeof(uint32_t) * SLACK);
+        job jb = {.A = qw->q, .G = Cg, .K = O, .B = cells, .off = off, .rowc = rowc, .colc = colc,
+                  .alpha = alpha, .beta = beta, .C = yt, .ldc = N};
+        int nan = 0;
+        #pragma omp parallel num_threads(nt) reduction(|:nan)
+        {
+            int t = omp_get_thread_num(), T = omp_get_num_threads();
+            uint8_t *u = tmp + (size_t)t * 4 * Cg;
+            memset(u, 0, (size_t)(4 * Cg)); /* the missing channels of the last quadruple: code 0 */
+            #pragma omp for schedule(static)
+            for (int64_t n = 0; n < N; n++) {
+                nan |= vr.quantb(x + n * IN, IN, u, &xg);
+                uint32_t sum = 0;
+                for (int64_t g = 0; g < Cg; g++)
+                    cells[g * N + n] = (uint32_t)u[4 * g] | (uint32_t)u[4 * g + 1] << 8 |
+                                       (uint32_t)u[4 * g + 2] << 16 | (uint32_t)u[4 * g + 3] << 24;
+                if (colc) {
+                    for (int64_t i = 0; i < IN; i++) sum += u[i];
+                    colc[n] = (int32_t)(0u - (uint32_t)zw * sum);
+                }
+            }
+            gemm_share(&vr, &jb, N, t, T);
+            #pragma omp barrier
+            #pragma omp for schedule(static)
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t o = 0; o < O; o++) y[n * O + o] = yt[o * N + n];
+        }
+        if (nan) st = CSUB_ERR_ARG;
+    }
+    free(off);
+    free(cells);
+    free(colc);
+    free(yt);
+    free(tmp);
+    free(rowc);
+    free(alpha);
+    free(beta);
+    return st;
+}
