@@ -283,18 +283,27 @@ static inline uint32_t ucode(float x, const xgrid *g, int *nan)
     return (uint32_t)((int32_t)nearbyintf(v) + g->zu);
 }
 
-/* Quantizers: quant4 packs four channel rows x[j][0, n) into cells
- * dst[i] = (u(x0[i]) | u(x1[i]) << 8 | u(x2[i]) << 16 | u(x3[i]) << 24) & chmask;
+/* Quantizers: quant4 packs four channels x[j] (rows r < rows of n values
+ * taken every `step` floats, row stride xs) into cells, row stride ds:
+ *   dst[r*ds + i] = (u(x0) | u(x1) << 8 | u(x2) << 16 | u(x3) << 24) & chmask at [r*xs + i*step];
  * quant_bytes writes dst[i] = u(x[i]). Both return 1 if some x is NaN. */
-typedef int (*quant4_fn)(const float *const x[4], int64_t n, uint32_t *dst, const xgrid *g, uint32_t chmask);
+typedef int (*quant4_fn)(const float *const x[4], int64_t n, int64_t step, int64_t rows, int64_t xs,
+                         uint32_t *dst, int64_t ds, const xgrid *g, uint32_t chmask);
 typedef int (*quantb_fn)(const float *x, int64_t n, uint8_t *dst, const xgrid *g);
 
-static int quant4_portable(const float *const x[4], int64_t n, uint32_t *dst, const xgrid *g, uint32_t chmask)
+static int quant4_portable(const float *const x[4], int64_t n, int64_t step, int64_t rows, int64_t xs,
+                           uint32_t *dst, int64_t ds, const xgrid *g, uint32_t chmask)
 {
     int nan = 0;
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = (ucode(x[0][i], g, &nan) | ucode(x[1][i], g, &nan) << 8 |
-                  ucode(x[2][i], g, &nan) << 16 | ucode(x[3][i], g, &nan) << 24) & chmask;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x0 = x[0] + r * xs, *x1 = x[1] + r * xs, *x2 = x[2] + r * xs, *x3 = x[3] + r * xs;
+        uint32_t *d = dst + r * ds;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t e = i * step;
+            d[i] = (ucode(x0[e], g, &nan) | ucode(x1[e], g, &nan) << 8 |
+                    ucode(x2[e], g, &nan) << 16 | ucode(x3[e], g, &nan) << 24) & chmask;
+        }
+    }
     return nan;
 }
 
@@ -306,62 +315,138 @@ static int quantb_portable(const float *x, int64_t n, uint8_t *dst, const xgrid 
 }
 
 #if I8_X86
-/* 16 codes (int32) of x; NaN lanes are or-ed into *nan */
-T_AVX512 INLINE __m512i ucode16(__m512 x, const xgrid *g, __mmask16 *nan)
+/* AVX-512 codes without a division or a rounding instruction. With
+ * v = clip(x * (1 / scale), lo, hi) and the constant M = 768.5 + 2^-14 + zu,
+ * t = v + M lies in [512, 1024), where the float spacing is 2^-14, so the
+ * bits of t are a fixed-point number: bits(t) = 0x44000000 + 2^14 (t - 512)
+ * (t rounded to 14 fraction bits). Then
+ *   bits(t) >> 14 (low byte)   = floor(v + zu + 1/2 + 2^-14) = the code u,
+ *   bits(t) & 0x3ffc == 0       when v + zu is within 2^-13 of a half-integer,
+ * the near-tie test of the comment on top (2^-14 for the product's error,
+ * 2^-15 for t's rounding), so those vectors are redone with a division. A NaN
+ * is carried through the clip and turned into 1/2 (VFIXUPIMMPS), a tie, so
+ * that it takes the exact path too, which reports it. */
+typedef struct {
+    __m512 inv, lo, hi, mag;
+    __m512i fix, sel;
+} vgrid;
+
+T_AVX512 INLINE vgrid make_vgrid(const xgrid *g)
 {
-    const __m512 lo = _mm512_set1_ps(g->lo), hi = _mm512_set1_ps(g->hi);
-    *nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    /* max(v, lo) returns lo for a NaN v: the lane is valid, and reported */
-    __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(g->inv)), lo), hi);
-    __m512 r = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 d = _mm512_abs_ps(_mm512_sub_ps(v, r));
-    if (_mm512_cmp_ps_mask(d, _mm512_set1_ps(0.5f - 0x1p-14f), _CMP_GE_OQ)) { /* near a tie: divide */
-        v = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(x, _mm512_set1_ps(g->scale)), lo), hi);
-        r = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    }
-    return _mm512_add_epi32(_mm512_cvtps_epi32(r), _mm512_set1_epi32(g->zu));
+    vgrid v;
+    v.inv = _mm512_set1_ps(g->inv);
+    v.lo = _mm512_set1_ps(g->lo);
+    v.hi = _mm512_set1_ps(g->hi);
+    v.mag = _mm512_set1_ps(768.5f + 0x1p-14f + (float)g->zu);
+    v.fix = _mm512_set1_epi32(0xbb); /* QNaN, SNaN -> +1/2; everything else kept */
+    v.sel = _mm512_set1_epi32(0x3ffc);
+    return v;
 }
 
-T_AVX512 static int quant4_avx512(const float *const x[4], int64_t n, uint32_t *dst, const xgrid *g,
-                                  uint32_t chmask)
+/* the fixed-point bits of t for 16 values; near-ties and NaN set bits of *flag */
+T_AVX512 INLINE __m512i tbits16(__m512 x, const vgrid *v, __mmask16 *flag)
 {
-    if (!g->fast) return quant4_portable(x, n, dst, g, chmask);
-    __mmask16 nan = 0;
-    int64_t i = 0;
-    const __m512i m = _mm512_set1_epi32((int32_t)chmask);
-    for (; i + 16 <= n; i += 16) {
-        __m512i c = ucode16(_mm512_loadu_ps(x[0] + i), g, &nan);
-        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_loadu_ps(x[1] + i), g, &nan), 8));
-        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_loadu_ps(x[2] + i), g, &nan), 16));
-        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_loadu_ps(x[3] + i), g, &nan), 24));
-        _mm512_storeu_si512(dst + i, _mm512_and_si512(c, m));
+    __m512 y = _mm512_mul_ps(x, v->inv);
+    y = _mm512_min_ps(v->hi, _mm512_max_ps(v->lo, y)); /* these operand orders keep a NaN */
+    y = _mm512_fixupimm_ps(y, y, v->fix, 0);
+    __m512i b = _mm512_castps_si512(_mm512_add_ps(y, v->mag));
+    *flag |= _mm512_testn_epi32_mask(b, v->sel);
+    return b;
+}
+
+/* 16 codes (int32) the exact way (division, rounding); NaN lanes set *nan */
+T_AVX512 INLINE __m512i exact16(__m512 x, const xgrid *g, int *nan)
+{
+    __m512 y = _mm512_div_ps(x, _mm512_set1_ps(g->scale));
+    *nan |= _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q) != 0;
+    y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(g->lo)), _mm512_set1_ps(g->hi)); /* NaN -> lo */
+    y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_add_epi32(_mm512_cvtps_epi32(y), _mm512_set1_epi32(g->zu));
+}
+
+/* 16 values p[0], p[step], ..., p[15 step] for step 1 or 2, the first m (<= 16) only */
+T_AVX512 INLINE __m512 load16(const float *p, int m, const int step)
+{
+    if (step == 1) return _mm512_maskz_loadu_ps(m == 16 ? 0xffff : (__mmask16)((1u << m) - 1), p);
+    int f = 2 * m - 1; /* floats spanned */
+    __m512 lo = _mm512_maskz_loadu_ps(f >= 16 ? 0xffff : (__mmask16)((1u << f) - 1), p);
+    __m512 hi = _mm512_maskz_loadu_ps(f > 16 ? (__mmask16)((1u << (f - 16)) - 1) : 0, p + 16);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(lo, even, hi);
+}
+
+/* One vector of 16 cells (the first m) from x[j][i*step ...] */
+T_AVX512 INLINE int cells16(const float *x0, const float *x1, const float *x2, const float *x3, int64_t i,
+                            int m, const int step, uint32_t *dst, const xgrid *g, const vgrid *v,
+                            const __m512i *bm)
+{
+    __mmask16 flag = 0;
+    int64_t e = i * step;
+    __m512 a0 = load16(x0 + e, m, step), a1 = load16(x1 + e, m, step);
+    __m512 a2 = load16(x2 + e, m, step), a3 = load16(x3 + e, m, step);
+    __m512i b0 = tbits16(a0, v, &flag), b1 = tbits16(a1, v, &flag);
+    __m512i b2 = tbits16(a2, v, &flag), b3 = tbits16(a3, v, &flag);
+    __m512i c;
+    int nan = 0;
+    if (!flag) { /* byte j of the cell = bits 14..21 of b_j; ternlog 0xf8: A | (B & C) */
+        c = _mm512_and_si512(_mm512_srli_epi32(b0, 14), bm[0]);
+        c = _mm512_ternarylogic_epi32(c, _mm512_srli_epi32(b1, 6), bm[1], 0xf8);
+        c = _mm512_ternarylogic_epi32(c, _mm512_slli_epi32(b2, 2), bm[2], 0xf8);
+        c = _mm512_ternarylogic_epi32(c, _mm512_slli_epi32(b3, 10), bm[3], 0xf8);
+    } else {
+        c = exact16(a0, g, &nan);
+        c = _mm512_or_si512(c, _mm512_slli_epi32(exact16(a1, g, &nan), 8));
+        c = _mm512_or_si512(c, _mm512_slli_epi32(exact16(a2, g, &nan), 16));
+        c = _mm512_or_si512(c, _mm512_slli_epi32(exact16(a3, g, &nan), 24));
+        c = _mm512_and_si512(c, _mm512_or_si512(_mm512_or_si512(bm[0], bm[1]), _mm512_or_si512(bm[2], bm[3])));
     }
-    if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1), nt = 0;
-        __m512i c = ucode16(_mm512_maskz_loadu_ps(k, x[0] + i), g, &nt);
-        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_maskz_loadu_ps(k, x[1] + i), g, &nt), 8));
-        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_maskz_loadu_ps(k, x[2] + i), g, &nt), 16));
-        c = _mm512_or_si512(c, _mm512_slli_epi32(ucode16(_mm512_maskz_loadu_ps(k, x[3] + i), g, &nt), 24));
-        _mm512_mask_storeu_epi32(dst + i, k, _mm512_and_si512(c, m));
-        nan |= nt & k;
+    _mm512_mask_storeu_epi32(dst + i, m == 16 ? 0xffff : (__mmask16)((1u << m) - 1), c);
+    return nan;
+}
+
+/* rows of n cells, step 1 or 2 (a constant once inlined) */
+T_AVX512 INLINE int cell_rows(const float *const x[4], int64_t n, const int step, int64_t rows, int64_t xs,
+                              uint32_t *dst, int64_t ds, const xgrid *g, const vgrid *v, const __m512i *bm)
+{
+    int nan = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x0 = x[0] + r * xs, *x1 = x[1] + r * xs, *x2 = x[2] + r * xs, *x3 = x[3] + r * xs;
+        uint32_t *d = dst + r * ds;
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) nan |= cells16(x0, x1, x2, x3, i, 16, step, d, g, v, bm);
+        if (i < n) nan |= cells16(x0, x1, x2, x3, i, (int)(n - i), step, d, g, v, bm);
     }
-    return nan != 0;
+    return nan;
+}
+
+T_AVX512 static int quant4_avx512(const float *const x[4], int64_t n, int64_t step, int64_t rows, int64_t xs,
+                                  uint32_t *dst, int64_t ds, const xgrid *g, uint32_t chmask)
+{
+    if (!g->fast || step > 2) return quant4_portable(x, n, step, rows, xs, dst, ds, g, chmask);
+    if (step == 1 && xs == n && ds == n) { /* contiguous rows: one long row */
+        n *= rows;
+        rows = 1;
+    }
+    vgrid v = make_vgrid(g);
+    __m512i bm[4]; /* byte j of the cell, or nothing for a missing channel */
+    for (int j = 0; j < 4; j++) bm[j] = _mm512_set1_epi32((int32_t)((0xffu << (8 * j)) & chmask));
+    if (step == 1) return cell_rows(x, n, 1, rows, xs, dst, ds, g, &v, bm);
+    return cell_rows(x, n, 2, rows, xs, dst, ds, g, &v, bm);
 }
 
 T_AVX512 static int quantb_avx512(const float *x, int64_t n, uint8_t *dst, const xgrid *g)
 {
     if (!g->fast) return quantb_portable(x, n, dst, g);
-    __mmask16 nan = 0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(ucode16(_mm512_loadu_ps(x + i), g, &nan)));
-    if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1), nt = 0;
-        __m512i c = ucode16(_mm512_maskz_loadu_ps(k, x + i), g, &nt);
-        _mm512_mask_cvtepi32_storeu_epi8(dst + i, k, c);
-        nan |= nt & k;
+    vgrid v = make_vgrid(g);
+    int nan = 0;
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = i + 16 <= n ? 0xffff : (__mmask16)((1u << (n - i)) - 1), flag = 0;
+        __m512 a = _mm512_maskz_loadu_ps(k, x + i);
+        __m512i c = _mm512_srli_epi32(tbits16(a, &v, &flag), 14);
+        if (flag) c = exact16(a, g, &nan);
+        _mm512_mask_cvtepi32_storeu_epi8(dst + i, k, c); /* the low byte */
     }
-    return nan != 0;
+    return nan;
 }
 
 /* 8 codes of x; NaN lanes are or-ed into *nan (a movemask) */
@@ -379,22 +464,27 @@ T_AVX2 INLINE __m256i ucode8(__m256 x, const xgrid *g, int *nan)
     return _mm256_add_epi32(_mm256_cvtps_epi32(r), _mm256_set1_epi32(g->zu));
 }
 
-T_AVX2 static int quant4_avx2(const float *const x[4], int64_t n, uint32_t *dst, const xgrid *g,
-                              uint32_t chmask)
+T_AVX2 static int quant4_avx2(const float *const x[4], int64_t n, int64_t step, int64_t rows, int64_t xs,
+                              uint32_t *dst, int64_t ds, const xgrid *g, uint32_t chmask)
 {
-    if (!g->fast) return quant4_portable(x, n, dst, g, chmask);
+    if (!g->fast || step != 1) return quant4_portable(x, n, step, rows, xs, dst, ds, g, chmask);
     int nan = 0;
-    int64_t i = 0;
     const __m256i m = _mm256_set1_epi32((int32_t)chmask);
-    for (; i + 8 <= n; i += 8) {
-        __m256i c = ucode8(_mm256_loadu_ps(x[0] + i), g, &nan);
-        c = _mm256_or_si256(c, _mm256_slli_epi32(ucode8(_mm256_loadu_ps(x[1] + i), g, &nan), 8));
-        c = _mm256_or_si256(c, _mm256_slli_epi32(ucode8(_mm256_loadu_ps(x[2] + i), g, &nan), 16));
-        c = _mm256_or_si256(c, _mm256_slli_epi32(ucode8(_mm256_loadu_ps(x[3] + i), g, &nan), 24));
-        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_and_si256(c, m));
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x0 = x[0] + r * xs, *x1 = x[1] + r * xs, *x2 = x[2] + r * xs, *x3 = x[3] + r * xs;
+        uint32_t *d = dst + r * ds;
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            __m256i c = ucode8(_mm256_loadu_ps(x0 + i), g, &nan);
+            c = _mm256_or_si256(c, _mm256_slli_epi32(ucode8(_mm256_loadu_ps(x1 + i), g, &nan), 8));
+            c = _mm256_or_si256(c, _mm256_slli_epi32(ucode8(_mm256_loadu_ps(x2 + i), g, &nan), 16));
+            c = _mm256_or_si256(c, _mm256_slli_epi32(ucode8(_mm256_loadu_ps(x3 + i), g, &nan), 24));
+            _mm256_storeu_si256((__m256i *)(d + i), _mm256_and_si256(c, m));
+        }
+        const float *const xt[4] = {x0 + i, x1 + i, x2 + i, x3 + i};
+        nan |= quant4_portable(xt, n - i, 1, 1, 0, d + i, 0, g, chmask);
     }
-    const float *const xt[4] = {x[0] + i, x[1] + i, x[2] + i, x[3] + i};
-    return (nan != 0) | quant4_portable(xt, n - i, dst + i, g, chmask);
+    return nan != 0;
 }
 
 T_AVX2 static int quantb_avx2(const float *x, int64_t n, uint8_t *dst, const xgrid *g)
@@ -465,51 +555,68 @@ static void gemm_portable(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, i
 }
 
 #if I8_X86
-/* Epilogue of one row of NV vectors of 16: add corrections, scale, store (the last vector masked). */
-#define EPILOGUE_512(ACC, NV, LAST)                                                            \
-    do {                                                                                         \
-        __m512i cc_[3];                                                                          \
-        for (int v_ = 0; v_ < NV; v_++)                                                          \
-            cc_[v_] = jb->colc ? _mm512_loadu_si512(jb->colc + o + 16 * v_) : _mm512_setzero_si512(); \
-        for (int m_ = 0; m_ < MR; m_++) {                                                        \
-            if (m_ >= mrows) break;                                                              \
-            int64_t k_ = kb * MR + m_;                                                           \
-            __m512i rc_ = _mm512_set1_epi32(jb->rowc[k_]);                                       \
-            __m512 al_ = _mm512_set1_ps(jb->alpha[k_]), be_ = _mm512_set1_ps(jb->beta[k_]);      \
-            float *cr_ = jb->C + k_ * jb->ldc + o;                                               \
-            for (int v_ = 0; v_ < NV; v_++) {                                                    \
-                __m512i s_ = _mm512_add_epi32(_mm512_add_epi32(ACC[m_][v_], rc_), cc_[v_]);      \
-                __m512 f_ = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s_), al_, be_);                   \
-                if (v_ < NV - 1) _mm512_storeu_ps(cr_ + 16 * v_, f_);                            \
-                else _mm512_mask_storeu_ps(cr_ + 16 * v_, LAST, f_);                             \
-            }                                                                                    \
-        }                                                                                        \
-    } while (0)
+/* The tiles keep their accumulators in named variables a<row><vector>
+ * (GCC keeps an array of vectors in memory); NV is a constant once inlined,
+ * so the unused vectors and their branches disappear. */
+#define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 
-/* One MR x 16*NV tile with VPDPBUSD: acc += u8(B) x s8(A), 4 products per lane. */
+/* Epilogue of row m (NV vectors of 16): add the corrections, scale, store
+ * (the last vector through the mask `last`); rows >= mrows are not stored. */
+#define EPI512_ROW(m)                                                                    \
+    if (m < mrows) {                                                                     \
+        int64_t k_ = kb * MR + m;                                                        \
+        __m512i rc_ = _mm512_set1_epi32(jb->rowc[k_]);                                   \
+        __m512 al_ = _mm512_set1_ps(jb->alpha[k_]), be_ = _mm512_set1_ps(jb->beta[k_]);  \
+        float *cr_ = jb->C + k_ * jb->ldc + o;                                           \
+        __m512 f0_ = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##0, rc_), cc0)), al_, be_); \
+        __m512 f1_ = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##1, rc_), cc1)), al_, be_); \
+        __m512 f2_ = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##2, rc_), cc2)), al_, be_); \
+        if (NV == 1) _mm512_mask_storeu_ps(cr_, last, f0_);                              \
+        if (NV == 2) {                                                                   \
+            _mm512_storeu_ps(cr_, f0_);                                                  \
+            _mm512_mask_storeu_ps(cr_ + 16, last, f1_);                                  \
+        }                                                                                \
+        if (NV == 3) {                                                                   \
+            _mm512_storeu_ps(cr_, f0_);                                                  \
+            _mm512_storeu_ps(cr_ + 16, f1_);                                             \
+            _mm512_mask_storeu_ps(cr_ + 32, last, f2_);                                  \
+        }                                                                                \
+    }
+
+#define EPI512_COLS                                                                      \
+    __m512i cc0 = _mm512_setzero_si512(), cc1 = cc0, cc2 = cc0;                          \
+    if (jb->colc) {                                                                      \
+        cc0 = _mm512_loadu_si512(jb->colc + o);                                          \
+        if (NV > 1) cc1 = _mm512_loadu_si512(jb->colc + o + 16);                         \
+        if (NV > 2) cc2 = _mm512_loadu_si512(jb->colc + o + 32);                         \
+    }
+
+#define ACC_ZERO(m) __m512i a##m##0 = _mm512_setzero_si512(), a##m##1 = a##m##0, a##m##2 = a##m##0;
+
+/* One MR x 16*NV tile (NV <= 3) with VPDPBUSD: acc += u8(B) x s8(A), 4 products per lane. */
+#define VNNI_ROW(m)                                                   \
+    {                                                                 \
+        __m512i w_ = _mm512_set1_epi32(a[m]);                         \
+        a##m##0 = _mm512_dpbusd_epi32(a##m##0, b0, w_);               \
+        if (NV > 1) a##m##1 = _mm512_dpbusd_epi32(a##m##1, b1, w_);   \
+        if (NV > 2) a##m##2 = _mm512_dpbusd_epi32(a##m##2, b2, w_);   \
+    }
 T_VNNI INLINE void tile_vnni(const job *jb, int64_t kb, int mrows, int64_t o, const int NV, __mmask16 last)
 {
     const int8_t *Ab = jb->A + kb * jb->G * MR * 4;
     const uint32_t *B = jb->B + o;
-    __m512i acc[MR][3]; /* NV <= 3, a constant once inlined */
-    #pragma GCC unroll 8
-    for (int m = 0; m < MR; m++)
-        #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) acc[m][v] = _mm512_setzero_si512();
+    const int64_t *off = jb->off;
+    ROWS(ACC_ZERO)
     for (int64_t g = 0; g < jb->G; g++) {
-        const uint32_t *b = B + jb->off[g];
+        const uint32_t *b = B + off[g];
         const i32u *a = (const i32u *)(Ab + g * MR * 4);
-        __m512i bv[3];
-        #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_si512(b + 16 * v);
-        #pragma GCC unroll 8
-        for (int m = 0; m < MR; m++) {
-            __m512i w = _mm512_set1_epi32(a[m]);
-            #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) acc[m][v] = _mm512_dpbusd_epi32(acc[m][v], bv[v], w);
-        }
+        __m512i b0 = _mm512_loadu_si512(b), b1 = b0, b2 = b0;
+        if (NV > 1) b1 = _mm512_loadu_si512(b + 16);
+        if (NV > 2) b2 = _mm512_loadu_si512(b + 32);
+        ROWS(VNNI_ROW)
     }
-    EPILOGUE_512(acc, NV, last);
+    EPI512_COLS
+    ROWS(EPI512_ROW)
 }
 
 T_VNNI static void gemm_vnni(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
@@ -527,40 +634,37 @@ T_VNNI static void gemm_vnni(const job *jb, int64_t kb0, int64_t kb1, int64_t o0
     }
 }
 
-/* One MR x 16*NV tile without VNNI: the bytes of each cell split into two
- * int16 pairs (channels 0, 2 and 1, 3), VPMADDWD with the sign-extended
- * weight pairs; no saturation (|product pair| <= 2 * 255 * 128). */
+/* One MR x 16*NV tile (NV <= 2) without VNNI: the bytes of each cell split
+ * into two int16 pairs (channels 0, 2 and 1, 3), VPMADDWD with the
+ * sign-extended weight pairs; no saturation (|product pair| <= 2 * 255 * 128). */
+#define BW_ROW(m)                                                                               \
+    {                                                                                           \
+        __m512i w_ = _mm512_set1_epi32(a[m]);                                                   \
+        __m512i we_ = _mm512_srai_epi16(_mm512_slli_epi16(w_, 8), 8), wo_ = _mm512_srai_epi16(w_, 8); \
+        a##m##0 = _mm512_add_epi32(a##m##0, _mm512_add_epi32(_mm512_madd_epi16(be0, we_),        \
+                                                             _mm512_madd_epi16(bo0, wo_)));      \
+        if (NV > 1)                                                                             \
+            a##m##1 = _mm512_add_epi32(a##m##1, _mm512_add_epi32(_mm512_madd_epi16(be1, we_),    \
+                                                                 _mm512_madd_epi16(bo1, wo_)));  \
+    }
 T_AVX512 INLINE void tile_bw(const job *jb, int64_t kb, int mrows, int64_t o, const int NV, __mmask16 last)
 {
     const int8_t *Ab = jb->A + kb * jb->G * MR * 4;
     const uint32_t *B = jb->B + o;
+    const int64_t *off = jb->off;
     const __m512i lowb = _mm512_set1_epi32(0x00ff00ff);
-    __m512i acc[MR][2]; /* NV <= 2 */
-    #pragma GCC unroll 8
-    for (int m = 0; m < MR; m++)
-        #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) acc[m][v] = _mm512_setzero_si512();
+    ROWS(ACC_ZERO)
     for (int64_t g = 0; g < jb->G; g++) {
-        const uint32_t *b = B + jb->off[g];
+        const uint32_t *b = B + off[g];
         const i32u *a = (const i32u *)(Ab + g * MR * 4);
-        __m512i be[2], bo[2];
-        #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) {
-            __m512i x = _mm512_loadu_si512(b + 16 * v);
-            be[v] = _mm512_and_si512(x, lowb);
-            bo[v] = _mm512_srli_epi16(x, 8);
-        }
-        #pragma GCC unroll 8
-        for (int m = 0; m < MR; m++) {
-            __m512i w = _mm512_set1_epi32(a[m]);
-            __m512i we = _mm512_srai_epi16(_mm512_slli_epi16(w, 8), 8), wo = _mm512_srai_epi16(w, 8);
-            #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++)
-                acc[m][v] = _mm512_add_epi32(acc[m][v], _mm512_add_epi32(_mm512_madd_epi16(be[v], we),
-                                                                         _mm512_madd_epi16(bo[v], wo)));
-        }
+        __m512i x0 = _mm512_loadu_si512(b), x1 = x0;
+        if (NV > 1) x1 = _mm512_loadu_si512(b + 16);
+        __m512i be0 = _mm512_and_si512(x0, lowb), bo0 = _mm512_srli_epi16(x0, 8);
+        __m512i be1 = _mm512_and_si512(x1, lowb), bo1 = _mm512_srli_epi16(x1, 8);
+        ROWS(BW_ROW)
     }
-    EPILOGUE_512(acc, NV, last);
+    EPI512_COLS
+    ROWS(EPI512_ROW)
 }
 
 T_AVX512 static void gemm_bw(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
@@ -642,7 +746,8 @@ static variant get_variant(void)
 
 /* ------------------------------------------------------------ geometry */
 
-#define SLACK 128 /* cells past the last plane: reads of discarded columns stay in the buffer */
+#define SLACK 128             /* cells past the last plane: reads of discarded columns stay in the buffer */
+#define SPLIT_MIN (1L << 23)  /* multiply-adds below which an image is not shared by threads */
 
 typedef struct {
     int64_t C, H, W, K, R, S, st, pad, P, Q;
@@ -653,7 +758,9 @@ typedef struct {
     int64_t plane;       /* Hph * Wph cells */
     int64_t L;           /* P * Wph wide outputs */
     int64_t G;           /* Cg * R * S groups */
-    int64_t cells;       /* Cg * nph * plane + SLACK */
+    int64_t offmax;      /* largest tap shift ((R-1)/st) * Wph + (S-1)/st */
+    int64_t cells;       /* Cg * nph * plane + SLACK + Wph: the planes and their slack */
+    int64_t sums;        /* nph * plane + SLACK + Wph: the code sums of one phase plane set */
     int direct_y;        /* wide rows are the real rows (Wph == Q) */
 } geom;
 
@@ -672,7 +779,9 @@ static geom make_geom(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int
     g.plane = g.Hph * g.Wph;
     g.L = g.P * g.Wph;
     g.G = g.Cg * R * S;
+    g.offmax = ((R - 1) / st) * g.Wph + (S - 1) / st;
     g.cells = g.Cg * g.nph * g.plane + SLACK + g.Wph;
+    g.sums = g.nph * g.plane + SLACK + g.Wph;
     g.direct_y = g.Wph == g.Q;
     return g;
 }
@@ -688,14 +797,13 @@ static void make_offsets(const geom *g, int64_t *off)
                            (r / g->st) * g->Wph + s / g->st;
 }
 
-/* First j with j * st + b - pad >= 0, and first j with j * st + b - pad >= W, within [0, Wph]. */
-static void valid_cols(const geom *g, int64_t b, int64_t *j0, int64_t *j1)
+/* The j in [0, n) with lo <= j * st < hi: [*j0, *j1) (empty: *j0 = *j1). */
+static void valid_range(int64_t lo, int64_t hi, int64_t st, int64_t n, int64_t *j0, int64_t *j1)
 {
-    int64_t st = g->st, lo = g->pad - b, hi = g->W + g->pad - b;
     *j0 = lo > 0 ? (lo + st - 1) / st : 0;
     *j1 = hi > 0 ? (hi + st - 1) / st : 0;
-    if (*j0 > g->Wph) *j0 = g->Wph;
-    if (*j1 > g->Wph) *j1 = g->Wph;
+    if (*j0 > n) *j0 = n;
+    if (*j1 > n) *j1 = n;
     if (*j1 < *j0) *j1 = *j0;
 }
 
@@ -705,47 +813,40 @@ static void fill_cells(uint32_t *d, int64_t n, uint32_t v)
 }
 
 /* planes[(c'*sa + a)*sb + b][i*Wph + j] = cell of xpad[4c'..4c'+3][i*st + a][j*st + b]
- * for quadruples [cg0, cg1); padding holds the zero point. x[C,H,W], tmp[W]
- * (stride > 1). Returns 1 if x has a NaN there. */
+ * for quadruples [cg0, cg1); padding holds the zero point. x[C,H,W].
+ * Returns 1 if x has a NaN there. */
 static int build_planes(const geom *g, const variant *vr, const xgrid *xg, const float *xn,
-                        uint32_t *planes, uint32_t *tmp, int64_t cg0, int64_t cg1)
+                        uint32_t *planes, int64_t cg0, int64_t cg1)
 {
-    int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph, HW = H * W;
+    int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph, Hph = g->Hph, HW = H * W;
     int nan = 0;
-    int64_t jr[4][2]; /* valid columns of each column phase */
-    for (int64_t b = 0; b < g->sb; b++) valid_cols(g, b, &jr[b][0], &jr[b][1]);
     for (int64_t cg = cg0; cg < cg1; cg++) {
         int64_t nch = g->C - 4 * cg < 4 ? g->C - 4 * cg : 4;
         uint32_t chmask = nch == 4 ? 0xffffffffu : (1u << (8 * nch)) - 1;
         uint32_t padv = (uint32_t)xg->zu * 0x01010101u & chmask;
         const float *xc = xn + 4 * cg * HW;
-        for (int64_t a = 0; a < g->sa; a++)
-            for (int64_t i = 0; i < g->Hph; i++) {
-                int64_t h = i * st + a - pad;
-                uint32_t *rows = planes + (cg * g->nph + a * g->sb) * g->plane + i * Wph; /* phase b at + b * plane */
-                if (h < 0 || h >= H) {
-                    for (int64_t b = 0; b < g->sb; b++) fill_cells(rows + b * g->plane, Wph, padv);
-                    continue;
+        for (int64_t a = 0; a < g->sa; a++) {
+            /* plane rows [i0, i1) read x rows h = i * st + a - pad in [0, H) */
+            int64_t i0, i1;
+            valid_range(pad - a, H + pad - a, st, Hph, &i0, &i1);
+            for (int64_t b = 0; b < g->sb; b++) {
+                uint32_t *pl = planes + (cg * g->nph + a * g->sb + b) * g->plane;
+                int64_t j0, j1;
+                valid_range(pad - b, W + pad - b, st, Wph, &j0, &j1);
+                fill_cells(pl, i0 * Wph, padv);
+                fill_cells(pl + i1 * Wph, (Hph - i1) * Wph, padv);
+                if (i1 > i0 && j1 > j0) {
+                    const float *xr[4];
+                    int64_t e = (i0 * st + a - pad) * W + j0 * st + b - pad;
+                    for (int j = 0; j < 4; j++) xr[j] = xc + (j < nch ? j : 0) * HW + e;
+                    nan |= vr->quant4(xr, j1 - j0, st, i1 - i0, st * W, pl + i0 * Wph + j0, Wph, xg, chmask);
                 }
-                const float *xr[4];
-                for (int j = 0; j < 4; j++) xr[j] = xc + (j < nch ? j : 0) * HW + h * W;
-                if (st == 1) { /* one phase, valid columns [pad, pad + W) */
-                    int64_t j0 = jr[0][0], j1 = jr[0][1];
-                    fill_cells(rows, j0, padv);
-                    nan |= vr->quant4(xr, j1 - j0, rows + j0, xg, chmask);
-                    fill_cells(rows + j1, Wph - j1, padv);
-                } else {
-                    nan |= vr->quant4(xr, W, tmp, xg, chmask);
-                    for (int64_t b = 0; b < g->sb; b++) {
-                        uint32_t *row = rows + b * g->plane;
-                        int64_t j0 = jr[b][0], j1 = jr[b][1];
-                        const uint32_t *src = tmp + b - pad; /* column j reads src[j * st] */
-                        fill_cells(row, j0, padv);
-                        for (int64_t j = j0; j < j1; j++) row[j] = src[j * st];
-                        fill_cells(row + j1, Wph - j1, padv);
-                    }
+                for (int64_t i = i0; i < i1; i++) {
+                    fill_cells(pl + i * Wph, j0, padv);
+                    fill_cells(pl + i * Wph + j1, Wph - j1, padv);
                 }
             }
+        }
     }
     return nan;
 }
@@ -790,67 +891,29 @@ static void split(int64_t n, int64_t align, int t, int T, int64_t *lo, int64_t *
     *hi = b1 * align < n ? b1 * align : n;
 }
 
-/* The product over columns [0, L) shared by T threads: column panels when
+/* A product over columns [0, L) shared by T threads: column panels when
  * there are enough columns, else row blocks. */
 static void gemm_share(const variant *vr, const job *jb, int64_t L, int t, int T)
 {
-    int64_t nkb = (jb->K + MR - 1) / MR;
-    if (T == 1) {
-        vr->gemm(jb, 0, nkb, 0, L);
-    } else if (L >= 48 * T || nkb < T) {
-        int64_t o0, o1;
-        split(L, 16, t, T, &o0, &o1);
-        if (o0 < o1) vr->gemm(jb, 0, nkb, o0, o1);
+    int64_t nkb = (jb->K + MR - 1) / MR, lo, hi;
+    if (L >= 48 * T || nkb < T) {
+        split(L, 16, t, T, &lo, &hi);
+        if (lo < hi) vr->gemm(jb, 0, nkb, lo, hi);
     } else {
-        int64_t k0, k1;
-        split(nkb, 1, t, T, &k0, &k1);
-        if (k0 < k1) vr->gemm(jb, k0, k1, 0, L);
+        split(nkb, 1, t, T, &lo, &hi);
+        if (lo < hi) vr->gemm(jb, lo, hi, 0, L);
     }
 }
 
-/* One thread's buffers. */
+/* Buffers of one image (planes, wide output rows) and of one thread (column sums). */
 typedef struct {
     uint32_t *planes; /* [cells] */
-    int32_t *csum;    /* [nph * plane + SLACK + Wph] (zw != 0) */
-    int32_t *colc;    /* [L + 64] (zw != 0) */
     float *wide;      /* [K * L] (!direct_y) */
-} work;
-
-static size_t work_floats(const geom *g, int zw)
-{
-    size_t n = (size_t)g->cells;
-    if (zw) n += (size_t)(g->nph * g->plane + SLACK + g->Wph) + (size_t)(g->L + 64);
-    if (!g->direct_y) n += (size_t)(g->K * g->L);
-    return n;
-}
-
-static work work_at(const geom *g, int zw, void *base)
-{
-    work w = {0};
-    char *p = base;
-    w.planes = (uint32_t *)p;
-    p += sizeof(uint32_t) * (size_t)g->cells;
-    if (zw) {
-        w.csum = (int32_t *)p;
-        p += sizeof(int32_t) * (size_t)(g->nph * g->plane + SLACK + g->Wph);
-        w.colc = (int32_t *)p;
-        p += sizeof(int32_t) * (size_t)(g->L + 64);
-    }
-    if (!g->direct_y) w.wide = (float *)p;
-    return w;
-}
-
-/* The slack cells past the planes and the sums are read only for discarded
- * columns; they are set once to zero so that every read is defined. */
-static void work_init(const geom *g, int zw, void *base)
-{
-    work w = work_at(g, zw, base);
-    memset(w.planes + g->Cg * g->nph * g->plane, 0, sizeof(uint32_t) * (size_t)(SLACK + g->Wph));
-    if (zw) {
-        memset(w.csum + g->nph * g->plane, 0, sizeof(int32_t) * (size_t)(SLACK + g->Wph));
-        memset(w.colc + g->L, 0, sizeof(int32_t) * 64);
-    }
-}
+} img_buf;
+typedef struct {
+    int32_t *csum;    /* [sums] (zw != 0) */
+    int32_t *colc;    /* [L + 64] (zw != 0) */
+} thr_buf;
 
 /* Shared, read-only inputs of one convolution call. */
 typedef struct {
@@ -861,49 +924,54 @@ typedef struct {
     int32_t zw;
 } conv_ctx;
 
-/* One image x[C,H,W] -> y[K,P,Q] by T threads (thread t of them; T = 1 alone)
- * sharing the buffers w; tmp[W] is the thread's own. Returns 1 if x has a NaN. */
-static int conv_image(const conv_ctx *cx, const float *xn, float *yn, const work *w, uint32_t *tmp,
+/* The product for output rows [kb0, kb1) (blocks) x wide columns [o0, o1) of
+ * one image whose planes are built: column terms, product, wide rows -> y. */
+static void conv_part(const conv_ctx *cx, const img_buf *ib, const thr_buf *tb, float *yn,
+                      int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
+{
+    const geom *g = &cx->g;
+    job jb = cx->jb;
+    jb.B = ib->planes;
+    jb.colc = NULL;
+    if (cx->zw) { /* the sums for [o0, o1) read the planes up to o1 + offmax */
+        int64_t p1 = o1 + g->offmax < g->plane ? o1 + g->offmax : g->plane;
+        csum_build(ib->planes, tb->csum, g->Cg, g->nph, g->plane, o0, p1);
+        colc_build(g, tb->csum, cx->zw, tb->colc, o0, o1);
+        jb.colc = tb->colc;
+    }
+    jb.C = g->direct_y ? yn : ib->wide;
+    jb.ldc = g->direct_y ? g->P * g->Q : g->L;
+    cx->vr.gemm(&jb, kb0, kb1, o0, o1);
+    if (!g->direct_y) { /* the real columns of the wide rows [o0, o1) (whole rows) */
+        int64_t k1 = kb1 * MR < g->K ? kb1 * MR : g->K;
+        for (int64_t k = kb0 * MR; k < k1; k++)
+            for (int64_t p = o0 / g->Wph; p < o1 / g->Wph; p++)
+                memcpy(yn + (k * g->P + p) * g->Q, ib->wide + k * g->L + p * g->Wph, sizeof(float) * (size_t)g->Q);
+    }
+}
+
+/* One image x[C,H,W] -> y[K,P,Q] by thread t of T sharing the image buffers
+ * (T = 1: alone). The planes are built by channel quadruples, then the
+ * product is split by output rows (or by row blocks of the weight when the
+ * rows are few), each thread with its own column terms. Returns 1 if x has a NaN. */
+static int conv_image(const conv_ctx *cx, const float *xn, float *yn, const img_buf *ib, const thr_buf *tb,
                       int t, int T)
 {
     const geom *g = &cx->g;
-    int nan;
-    int64_t lo, hi;
+    int64_t lo, hi, nkb = (g->K + MR - 1) / MR;
     split(g->Cg, 1, t, T, &lo, &hi);
-    nan = build_planes(g, &cx->vr, &cx->xg, xn, w->planes, tmp, lo, hi);
+    int nan = build_planes(g, &cx->vr, &cx->xg, xn, ib->planes, lo, hi);
     if (T > 1) {
         #pragma omp barrier
     }
-    job jb = cx->jb;
-    jb.B = w->planes;
-    jb.colc = NULL;
-    if (cx->zw) {
-        split(g->plane, 64, t, T, &lo, &hi);
-        csum_build(w->planes, w->csum, g->Cg, g->nph, g->plane, lo, hi);
-        if (T > 1) {
-            #pragma omp barrier
-        }
-        split(g->L, 64, t, T, &lo, &hi);
-        colc_build(g, w->csum, cx->zw, w->colc, lo, hi);
-        if (T > 1) {
-            #pragma omp barrier
-        }
-        jb.colc = w->colc;
-    }
-    jb.C = g->direct_y ? yn : w->wide;
-    jb.ldc = g->direct_y ? g->P * g->Q : g->L;
-    gemm_share(&cx->vr, &jb, g->L, t, T);
-    if (!g->direct_y) { /* wide rows -> y */
-        if (T > 1) {
-            #pragma omp barrier
-        }
-        split(g->K, 1, t, T, &lo, &hi);
-        for (int64_t k = lo; k < hi; k++)
-            for (int64_t p = 0; p < g->P; p++)
-                memcpy(yn + (k * g->P + p) * g->Q, w->wide + k * g->L + p * g->Wph, sizeof(float) * (size_t)g->Q);
-    }
-    if (T > 1) { /* the buffers are reused by the next image */
-        #pragma omp barrier
+    if (T == 1) {
+        conv_part(cx, ib, tb, yn, 0, nkb, 0, g->L);
+    } else if (g->P >= 2 * T || nkb < T) {
+        split(g->P, 1, t, T, &lo, &hi);
+        if (lo < hi) conv_part(cx, ib, tb, yn, 0, nkb, lo * g->Wph, hi * g->Wph);
+    } else {
+        split(nkb, 1, t, T, &lo, &hi);
+        if (lo < hi) conv_part(cx, ib, tb, yn, lo, hi, 0, g->L);
     }
     return nan;
 }
@@ -967,46 +1035,61 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
     cx.vr = get_variant();
     cx.xg = make_xgrid(xscale, xzero_point, qw->bits);
     cx.zw = qw->zero_point;
+    int zw = cx.zw != 0;
+
+    /* Threads: whole images, or (large images, fewer left than threads) shared images. */
+    int nt = csub_get_num_threads();
+    int shared = nt > 1 && (double)K * (double)g.G * 4.0 * (double)g.L >= (double)SPLIT_MIN;
+    int64_t Nper = shared ? N - N % nt : N; /* images done whole, one per thread */
+    if (!shared && nt > N) nt = (int)N;
+    int nimg = N < nt ? (int)N : nt;         /* image buffers: one per thread, or one shared */
+    size_t img_f = (size_t)g.cells + (g.direct_y ? 0 : (size_t)(K * g.L));
+    size_t thr_f = zw ? (size_t)g.sums + (size_t)(g.L + 64) : 1;
+
     int8_t *A = qw->taps == R * S ? NULL : regroup(qw, R * S);
     int64_t *off = malloc(sizeof(int64_t) * (size_t)g.G);
+    float *ws = malloc(sizeof(float) * (img_f * (size_t)nimg + thr_f * (size_t)nt));
     int32_t *rowc = NULL;
     float *alpha = NULL, *beta = NULL;
-    int nt = csub_get_num_threads();
-    int nbuf = N >= nt ? nt : 1;
-    size_t wfloats = work_floats(&g, cx.zw != 0);
-    float *ws = malloc(sizeof(float) * wfloats * (size_t)nbuf);
-    uint32_t *tmps = malloc(sizeof(uint32_t) * (size_t)(W * nt));
-    int st = (!off || !ws || !tmps || (qw->taps != R * S && !A)) ? CSUB_ERR_NOMEM
+    int st = (!off || !ws || (qw->taps != R * S && !A)) ? CSUB_ERR_NOMEM
                                                          : row_terms(qw, &cx.xg, xscale, oscale, b, &rowc, &alpha, &beta);
     if (st == CSUB_OK) {
         make_offsets(&g, off);
-        for (int i = 0; i < nbuf; i++) work_init(&g, cx.zw != 0, ws + (size_t)i * wfloats);
         cx.jb = (job){.A = A ? A : qw->q, .G = g.G, .K = K, .off = off, .rowc = rowc,
                       .alpha = alpha, .beta = beta};
+        /* the slack cells past the planes and the sums are read only for
+         * discarded columns; they are zero so that every read is defined */
+        for (int i = 0; i < nimg; i++)
+            memset(ws + img_f * (size_t)i + g.Cg * g.nph * g.plane, 0, sizeof(uint32_t) * (size_t)(SLACK + g.Wph));
+        for (int i = 0; i < nt && zw; i++)
+            memset(ws + img_f * (size_t)nimg + thr_f * (size_t)i + g.nph * g.plane, 0,
+                   sizeof(int32_t) * (size_t)(SLACK + g.Wph));
         int64_t C_HW = C * H * W, KPQ = K * g.P * g.Q;
-        int64_t Nper = nt > 1 ? N - N % nt : N; /* images done whole, one per thread at a time */
         int nan = 0;
         #pragma omp parallel num_threads(nt) reduction(|:nan)
         {
             int t = omp_get_thread_num(), T = omp_get_num_threads();
-            uint32_t *tmp = tmps + (size_t)t * W;
-            if (nbuf > 1) {
-                work w = work_at(&g, cx.zw != 0, ws + (size_t)t * wfloats);
-                #pragma omp for schedule(static)
-                for (int64_t n = 0; n < Nper; n++)
-                    nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &w, tmp, 0, 1);
+            float *tw = ws + img_f * (size_t)nimg + thr_f * (size_t)t;
+            thr_buf tb = {zw ? (int32_t *)tw : NULL, zw ? (int32_t *)(tw + g.sums) : NULL};
+            img_buf own = {(uint32_t *)(ws + img_f * (size_t)(t < nimg ? t : 0)), NULL};
+            own.wide = g.direct_y ? NULL : (float *)own.planes + g.cells;
+            #pragma omp for schedule(static)
+            for (int64_t n = 0; n < Nper; n++)
+                nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &own, &tb, 0, 1);
+            /* the rest: every thread on each image, in the first image buffers */
+            img_buf sh = {(uint32_t *)ws, g.direct_y ? NULL : ws + g.cells};
+            for (int64_t n = Nper; n < N; n++) {
+                if (n > Nper) {
+                    #pragma omp barrier
+                }
+                nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &sh, &tb, t, T);
             }
-            /* the rest: every thread on each image, in thread 0's buffers */
-            work w0 = work_at(&g, cx.zw != 0, ws);
-            for (int64_t n = nbuf > 1 ? Nper : 0; n < N; n++)
-                nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &w0, tmp, t, T);
         }
         if (nan) st = CSUB_ERR_ARG;
     }
     free(A);
     free(off);
     free(ws);
-    free(tmps);
     free(rowc);
     free(alpha);
     free(beta);
