@@ -561,16 +561,17 @@ static void gemm_portable(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, i
 #define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 
 /* Epilogue of row m (NV vectors of 16): add the corrections, scale, store
- * (the last vector through the mask `last`); rows >= mrows are not stored. */
+ * (the last vector through the mask `last`); rows >= mrows are not stored.
+ * A multiply then an add, no FMA, as in every variant: identical results. */
 #define EPI512_ROW(m)                                                                    \
     if (m < mrows) {                                                                     \
         int64_t k_ = kb * MR + m;                                                        \
         __m512i rc_ = _mm512_set1_epi32(jb->rowc[k_]);                                   \
         __m512 al_ = _mm512_set1_ps(jb->alpha[k_]), be_ = _mm512_set1_ps(jb->beta[k_]);  \
         float *cr_ = jb->C + k_ * jb->ldc + o;                                           \
-        __m512 f0_ = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##0, rc_), cc0)), al_, be_); \
-        __m512 f1_ = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##1, rc_), cc1)), al_, be_); \
-        __m512 f2_ = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##2, rc_), cc2)), al_, be_); \
+        __m512 f0_ = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##0, rc_), cc0)), al_), be_); \
+        __m512 f1_ = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##1, rc_), cc1)), al_), be_); \
+        __m512 f2_ = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##2, rc_), cc2)), al_), be_); \
         if (NV == 1) _mm512_mask_storeu_ps(cr_, last, f0_);                              \
         if (NV == 2) {                                                                   \
             _mm512_storeu_ps(cr_, f0_);                                                  \
