@@ -18,7 +18,7 @@ layer is listed too. 8-bit grids; the input range is its own min/max.
 The int8 column calls the C library through ctypes (the functions are
 exported by csub._core's shared object). Nothing here asserts a timing.
 
-    python benchmarks/bench_int8.py [--repeat 21] [--batch 1 64] [--bits 8]
+    python benchmarks/bench_int8.py [--repeat 21] [--batch 1 64] [--bits 8] [--threads T]
 """
 import argparse
 import ctypes
@@ -130,9 +130,12 @@ def main():
     ap.add_argument("--repeat", type=int, default=21)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--bits", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="csub threads (default: csub's own count)")
     args = ap.parse_args()
 
     print_machine()
+    if args.threads:
+        _core.set_num_threads(args.threads)
     threads = _core.get_num_threads()
     print(f"threads : {threads} (csub), int8 kernel {_core.int8_kernel()}, {args.bits}-bit grids, "
           f"median of {args.repeat} calls, ms")

@@ -136,114 +136,12 @@ const char *csub_int8_kernel(void)
     return kernel_names[kernel_id()];
 }
 
-/* ------------------------------------------------------------ weights */
+/* ------------------------------------------------------------- grids */
 
 static void qrange(int bits, int32_t *qmin, int32_t *qmax)
 {
     *qmin = -(int32_t)(1u << (bits - 1));
     *qmax = (int32_t)(1u << (bits - 1)) - 1;
-}
-
-/* w[K, C, taps] -> qw: codes grouped (c / 4, tap) with the 4 channels inner,
- * q[Kpad/MR][G][MR][4], G = ceil(C/4) * taps. */
-static int qweight_make(csub_qweight *qw, const float *w, int64_t K, int64_t C, int64_t taps, int bits)
-{
-    memset(qw, 0, sizeof *qw);
-    if (K < 1 || C < 1 || taps < 1 || bits < 2 || bits > 8 || C > CSUB_INT8_MAX_COLS ||
-        taps > CSUB_INT8_MAX_COLS || C * taps > CSUB_INT8_MAX_COLS || K > ((int64_t)1 << 40))
-        return CSUB_ERR_ARG;
-    int64_t cols = C * taps;
-    float mn, mx;
-    csub_minmax(w, K * cols, &mn, &mx);
-    if (!isfinite(mn) || !isfinite(mx)) return CSUB_ERR_ARG; /* NaN or infinite weights */
-    float scale;
-    int32_t zp, qmin, qmax;
-    csub_quant_params(mn, mx, bits, &scale, &zp);
-    qrange(bits, &qmin, &qmax);
-    int64_t Kpad = (K + MR - 1) / MR * MR, Cg = (C + 3) / 4, G = Cg * taps;
-    int8_t *q = calloc((size_t)(Kpad * G * 4), 1);
-    int32_t *rowsum = malloc(sizeof(int32_t) * (size_t)K);
-    if (!q || !rowsum) {
-        free(q);
-        free(rowsum);
-        return CSUB_ERR_NOMEM;
-    }
-    float lo = (float)(qmin - zp), hi = (float)(qmax - zp);
-    for (int64_t k = 0; k < K; k++) {
-        int32_t sum = 0;
-        int8_t *qk = q + (k / MR) * G * MR * 4 + (k % MR) * 4;
-        for (int64_t c = 0; c < C; c++)
-            for (int64_t t = 0; t < taps; t++) {
-                int32_t code = 0; /* scale 0: every weight is 0, zero point 0 */
-                if (scale > 0.0f) {
-                    float v = w[(k * C + c) * taps + t] / scale;
-                    v = v < lo ? lo : v;
-                    v = v > hi ? hi : v;
-                    code = (int32_t)nearbyintf(v) + zp;
-                }
-                qk[((c / 4) * taps + t) * MR * 4 + c % 4] = (int8_t)code;
-                sum += code;
-            }
-        rowsum[k] = sum;
-    }
-    qw->K = K;
-    qw->cols = cols;
-    qw->cols_pad = G * 4;
-    qw->taps = taps;
-    qw->bits = bits;
-    qw->scale = scale;
-    qw->zero_point = zp;
-    qw->q = q;
-    qw->rowsum = rowsum;
-    return CSUB_OK;
-}
-
-int csub_qweight_init(csub_qweight *qw, const float *w, int64_t K, int64_t cols, int bits)
-{
-    return qweight_make(qw, w, K, cols, 1, bits);
-}
-
-int csub_qweight_init_conv(csub_qweight *qw, const float *w, int64_t K, int64_t C,
-                           int64_t R, int64_t S, int bits)
-{
-    if (R < 1 || S < 1 || R > CSUB_INT8_MAX_COLS || S > CSUB_INT8_MAX_COLS) {
-        memset(qw, 0, sizeof *qw);
-        return CSUB_ERR_ARG;
-    }
-    return qweight_make(qw, w, K, C, R * S, bits);
-}
-
-void csub_qweight_free(csub_qweight *qw)
-{
-    free(qw->q);
-    free(qw->rowsum);
-    memset(qw, 0, sizeof *qw);
-}
-
-int64_t csub_qweight_bytes(const csub_qweight *qw)
-{
-    int64_t Kpad = (qw->K + MR - 1) / MR * MR;
-    return Kpad * qw->cols_pad + (int64_t)sizeof(int32_t) * qw->K;
-}
-
-/* The codes of a weight stored with taps = 1 (cols = C * taps, in (c, tap)
- * order) regrouped for `taps` taps into q[Kpad/MR][ceil(C/4) * taps][MR][4]. */
-static int8_t *regroup(const csub_qweight *qw, int64_t taps)
-{
-    int64_t K = qw->K, C = qw->cols / taps, G0 = qw->cols_pad / 4, G = (C + 3) / 4 * taps;
-    int64_t Kpad = (K + MR - 1) / MR * MR;
-    int8_t *q = calloc((size_t)(Kpad * G * 4), 1);
-    if (!q) return NULL;
-    for (int64_t k = 0; k < K; k++) {
-        const int8_t *src = qw->q + (k / MR) * G0 * MR * 4 + (k % MR) * 4;
-        int8_t *dst = q + (k / MR) * G * MR * 4 + (k % MR) * 4;
-        for (int64_t c = 0; c < C; c++)
-            for (int64_t t = 0; t < taps; t++) {
-                int64_t j = c * taps + t;
-                dst[((c / 4) * taps + t) * MR * 4 + c % 4] = src[(j / 4) * MR * 4 + j % 4];
-            }
-    }
-    return q;
 }
 
 /* -------------------------------------------------- activation codes */
@@ -519,13 +417,22 @@ typedef struct {
     const float *alpha, *beta; /* [Kpad] */
     float *C;
     int64_t ldc;
+    const char *pf, *pf_end; /* prefetched into L2 during the product (the next image), or NULL */
+    int64_t pf_lines;        /* cache lines prefetched per 16 columns of a tile row block */
 } job;
+
+/* the next units * pf_lines cache lines of the prefetch range */
+static inline void prefetch_step(const job *jb, const char **cur, int units)
+{
+    for (int64_t i = 0; i < units * jb->pf_lines && *cur < jb->pf_end; i++, *cur += 64) __builtin_prefetch(*cur, 0, 2);
+}
 
 /* rows [kb0 * MR, kb1 * MR) (clipped to K) x columns [o0, o1) */
 typedef void (*gemm_fn)(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1);
 
 static void gemm_portable(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
 {
+    const char *pf = jb->pf;
     for (int64_t kb = kb0; kb < kb1; kb++) {
         const int8_t *Ab = jb->A + kb * jb->G * MR * 4;
         int64_t mrows = jb->K - kb * MR < MR ? jb->K - kb * MR : MR;
@@ -550,6 +457,7 @@ static void gemm_portable(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, i
                     cr[c] = (float)(int32_t)v * jb->alpha[k] + jb->beta[k];
                 }
             }
+            prefetch_step(jb, &pf, 1);
         }
     }
 }
@@ -622,10 +530,14 @@ T_VNNI INLINE void tile_vnni(const job *jb, int64_t kb, int mrows, int64_t o, co
 
 T_VNNI static void gemm_vnni(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
 {
+    const char *pf = jb->pf;
     for (int64_t kb = kb0; kb < kb1; kb++) {
         int mrows = jb->K - kb * MR < MR ? (int)(jb->K - kb * MR) : MR;
         int64_t o = o0;
-        for (; o + 48 <= o1; o += 48) tile_vnni(jb, kb, mrows, o, 3, 0xffff);
+        for (; o + 48 <= o1; o += 48) {
+            tile_vnni(jb, kb, mrows, o, 3, 0xffff);
+            prefetch_step(jb, &pf, 3);
+        }
         int64_t rem = o1 - o;
         if (rem <= 0) continue;
         __mmask16 last = (__mmask16)(rem % 16 ? (1u << (rem % 16)) - 1 : 0xffff);
@@ -670,10 +582,14 @@ T_AVX512 INLINE void tile_bw(const job *jb, int64_t kb, int mrows, int64_t o, co
 
 T_AVX512 static void gemm_bw(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
 {
+    const char *pf = jb->pf;
     for (int64_t kb = kb0; kb < kb1; kb++) {
         int mrows = jb->K - kb * MR < MR ? (int)(jb->K - kb * MR) : MR;
         int64_t o = o0;
-        for (; o + 32 <= o1; o += 32) tile_bw(jb, kb, mrows, o, 2, 0xffff);
+        for (; o + 32 <= o1; o += 32) {
+            tile_bw(jb, kb, mrows, o, 2, 0xffff);
+            prefetch_step(jb, &pf, 2);
+        }
         int64_t rem = o1 - o;
         if (rem <= 0) continue;
         __mmask16 last = (__mmask16)(rem % 16 ? (1u << (rem % 16)) - 1 : 0xffff);
@@ -718,9 +634,13 @@ T_AVX2 INLINE void tile_avx2(const job *jb, int64_t kb, int mrows, int64_t o, in
 
 T_AVX2 static void gemm_avx2(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
 {
+    const char *pf = jb->pf;
     for (int64_t kb = kb0; kb < kb1; kb++) {
         int mrows = jb->K - kb * MR < MR ? (int)(jb->K - kb * MR) : MR;
-        for (int64_t o = o0; o < o1; o += 8) tile_avx2(jb, kb, mrows, o, o1 - o < 8 ? (int)(o1 - o) : 8);
+        for (int64_t o = o0; o < o1; o += 8) {
+            tile_avx2(jb, kb, mrows, o, o1 - o < 8 ? (int)(o1 - o) : 8);
+            prefetch_step(jb, &pf, 1);
+        }
     }
 }
 #endif
@@ -743,6 +663,118 @@ static variant get_variant(void)
     }
 #endif
     return v;
+}
+
+/* ------------------------------------------------------------ weights */
+
+/* w[K, C, taps] -> qw: codes grouped (c / 4, tap) with the 4 channels inner,
+ * q[Kpad/MR][G][MR][4], G = ceil(C/4) * taps. */
+static int qweight_make(csub_qweight *qw, const float *w, int64_t K, int64_t C, int64_t taps, int bits)
+{
+    memset(qw, 0, sizeof *qw);
+    if (K < 1 || C < 1 || taps < 1 || bits < 2 || bits > 8 || C > CSUB_INT8_MAX_COLS ||
+        taps > CSUB_INT8_MAX_COLS || C * taps > CSUB_INT8_MAX_COLS || K > ((int64_t)1 << 40))
+        return CSUB_ERR_ARG;
+    int64_t cols = C * taps;
+    float mn, mx;
+    csub_minmax(w, K * cols, &mn, &mx);
+    if (!isfinite(mn) || !isfinite(mx)) return CSUB_ERR_ARG; /* NaN or infinite weights */
+    float scale;
+    int32_t zp, qmin, qmax;
+    csub_quant_params(mn, mx, bits, &scale, &zp);
+    qrange(bits, &qmin, &qmax);
+    int64_t Kpad = (K + MR - 1) / MR * MR, Cg = (C + 3) / 4, G = Cg * taps;
+    int8_t *q = calloc((size_t)(Kpad * G * 4), 1);
+    int32_t *rowsum = malloc(sizeof(int32_t) * (size_t)K);
+    uint8_t *u = malloc((size_t)(K * cols));
+    if (!q || !rowsum || !u) {
+        free(q);
+        free(rowsum);
+        free(u);
+        return CSUB_ERR_NOMEM;
+    }
+    /* u = code - qmin, the activation quantizer on the weight's grid (the same
+     * formula); scale 0: every weight is 0, zero point 0 */
+    if (scale > 0.0f) {
+        xgrid wg = make_xgrid(scale, zp, bits);
+        (void)get_variant().quantb(w, K * cols, u, &wg);
+    } else {
+        memset(u, -qmin, (size_t)(K * cols));
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const uint8_t *uk = u + k * cols;
+        int8_t *qk = q + (k / MR) * G * MR * 4 + (k % MR) * 4;
+        uint32_t sum = 0;
+        for (int64_t i = 0; i < cols; i++) sum += uk[i];
+        rowsum[k] = (int32_t)sum + (int32_t)cols * qmin;
+        for (int64_t cg = 0; cg < Cg; cg++) {
+            int64_t nch = C - 4 * cg < 4 ? C - 4 * cg : 4;
+            for (int64_t t = 0; t < taps; t++) {
+                int8_t *d = qk + (cg * taps + t) * MR * 4;
+                const uint8_t *s = uk + 4 * cg * taps + t;
+                for (int64_t j = 0; j < nch; j++) d[j] = (int8_t)(s[j * taps] + qmin);
+            }
+        }
+    }
+    free(u);
+    qw->K = K;
+    qw->cols = cols;
+    qw->cols_pad = G * 4;
+    qw->taps = taps;
+    qw->bits = bits;
+    qw->scale = scale;
+    qw->zero_point = zp;
+    qw->q = q;
+    qw->rowsum = rowsum;
+    return CSUB_OK;
+}
+
+int csub_qweight_init(csub_qweight *qw, const float *w, int64_t K, int64_t cols, int bits)
+{
+    return qweight_make(qw, w, K, cols, 1, bits);
+}
+
+int csub_qweight_init_conv(csub_qweight *qw, const float *w, int64_t K, int64_t C,
+                           int64_t R, int64_t S, int bits)
+{
+    if (R < 1 || S < 1 || R > CSUB_INT8_MAX_COLS || S > CSUB_INT8_MAX_COLS) {
+        memset(qw, 0, sizeof *qw);
+        return CSUB_ERR_ARG;
+    }
+    return qweight_make(qw, w, K, C, R * S, bits);
+}
+
+void csub_qweight_free(csub_qweight *qw)
+{
+    free(qw->q);
+    free(qw->rowsum);
+    memset(qw, 0, sizeof *qw);
+}
+
+int64_t csub_qweight_bytes(const csub_qweight *qw)
+{
+    int64_t Kpad = (qw->K + MR - 1) / MR * MR;
+    return Kpad * qw->cols_pad + (int64_t)sizeof(int32_t) * qw->K;
+}
+
+/* The codes of a weight stored with taps = 1 (cols = C * taps, in (c, tap)
+ * order) regrouped for `taps` taps into q[Kpad/MR][ceil(C/4) * taps][MR][4]. */
+static int8_t *regroup(const csub_qweight *qw, int64_t taps)
+{
+    int64_t K = qw->K, C = qw->cols / taps, G0 = qw->cols_pad / 4, G = (C + 3) / 4 * taps;
+    int64_t Kpad = (K + MR - 1) / MR * MR;
+    int8_t *q = calloc((size_t)(Kpad * G * 4), 1);
+    if (!q) return NULL;
+    for (int64_t k = 0; k < K; k++) {
+        const int8_t *src = qw->q + (k / MR) * G0 * MR * 4 + (k % MR) * 4;
+        int8_t *dst = q + (k / MR) * G * MR * 4 + (k % MR) * 4;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t t = 0; t < taps; t++) {
+                int64_t j = c * taps + t;
+                dst[((c / 4) * taps + t) * MR * 4 + c % 4] = src[(j / 4) * MR * 4 + j % 4];
+            }
+    }
+    return q;
 }
 
 /* ------------------------------------------------------------ geometry */
@@ -928,12 +960,19 @@ typedef struct {
 /* The product for output rows [kb0, kb1) (blocks) x wide columns [o0, o1) of
  * one image whose planes are built: column terms, product, wide rows -> y. */
 static void conv_part(const conv_ctx *cx, const img_buf *ib, const thr_buf *tb, float *yn,
-                      int64_t kb0, int64_t kb1, int64_t o0, int64_t o1)
+                      int64_t kb0, int64_t kb1, int64_t o0, int64_t o1, const float *next)
 {
     const geom *g = &cx->g;
     job jb = cx->jb;
     jb.B = ib->planes;
     jb.colc = NULL;
+    if (next) { /* the next image's input, spread over the tiles, comes in while this one computes */
+        int64_t bytes = g->C * g->H * g->W * (int64_t)sizeof(float);
+        int64_t tiles = (kb1 - kb0) * ((o1 - o0 + 15) / 16);
+        jb.pf = (const char *)next;
+        jb.pf_end = jb.pf + bytes;
+        jb.pf_lines = (bytes / 64 + tiles - 1) / tiles + 1;
+    }
     if (cx->zw) { /* the sums for [o0, o1) read the planes up to o1 + offmax */
         int64_t p1 = o1 + g->offmax < g->plane ? o1 + g->offmax : g->plane;
         csum_build(ib->planes, tb->csum, g->Cg, g->nph, g->plane, o0, p1);
@@ -956,7 +995,7 @@ static void conv_part(const conv_ctx *cx, const img_buf *ib, const thr_buf *tb, 
  * product is split by output rows (or by row blocks of the weight when the
  * rows are few), each thread with its own column terms. Returns 1 if x has a NaN. */
 static int conv_image(const conv_ctx *cx, const float *xn, float *yn, const img_buf *ib, const thr_buf *tb,
-                      int t, int T)
+                      int t, int T, const float *next)
 {
     const geom *g = &cx->g;
     int64_t lo, hi, nkb = (g->K + MR - 1) / MR;
@@ -966,13 +1005,13 @@ static int conv_image(const conv_ctx *cx, const float *xn, float *yn, const img_
         #pragma omp barrier
     }
     if (T == 1) {
-        conv_part(cx, ib, tb, yn, 0, nkb, 0, g->L);
+        conv_part(cx, ib, tb, yn, 0, nkb, 0, g->L, next);
     } else if (g->P >= 2 * T || nkb < T) {
         split(g->P, 1, t, T, &lo, &hi);
-        if (lo < hi) conv_part(cx, ib, tb, yn, 0, nkb, lo * g->Wph, hi * g->Wph);
+        if (lo < hi) conv_part(cx, ib, tb, yn, 0, nkb, lo * g->Wph, hi * g->Wph, NULL);
     } else {
         split(nkb, 1, t, T, &lo, &hi);
-        if (lo < hi) conv_part(cx, ib, tb, yn, lo, hi, 0, g->L);
+        if (lo < hi) conv_part(cx, ib, tb, yn, lo, hi, 0, g->L, NULL);
     }
     return nan;
 }
@@ -1076,14 +1115,15 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
             own.wide = g.direct_y ? NULL : (float *)own.planes + g.cells;
             #pragma omp for schedule(static)
             for (int64_t n = 0; n < Nper; n++)
-                nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &own, &tb, 0, 1);
+                nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &own, &tb, 0, 1,
+                                  n + 1 < Nper ? x + (n + 1) * C_HW : NULL);
             /* the rest: every thread on each image, in the first image buffers */
             img_buf sh = {(uint32_t *)ws, g.direct_y ? NULL : ws + g.cells};
             for (int64_t n = Nper; n < N; n++) {
                 if (n > Nper) {
                     #pragma omp barrier
                 }
-                nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &sh, &tb, t, T);
+                nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &sh, &tb, t, T, NULL);
             }
         }
         if (nan) st = CSUB_ERR_ARG;
