@@ -48,23 +48,29 @@
  *
  * Activation quantization is q = clip(round(x / xscale) + zx, qmin, qmax)
  * with x / xscale a float division rounded to float and round half to even,
- * bit for bit as csub_fake_quant_forward. The vector variants use
- * v = x * (1 / xscale) instead (no division) and recompute with a real
- * division any vector in which some v lies within 2^-14 of a half-integer:
- * |v - fl(x / xscale)| <= 3 * 2^-24 * |v| < 2^-14 for |v| <= 256 (beyond the
- * clip range the rounding does not matter), so everywhere else both round to
- * the same integer. A NaN input is an error (no code represents it).
+ * bit for bit as csub_fake_quant_forward (the weight codes go through the
+ * same quantizer). The vector variants use v = x * (1 / xscale) instead (no
+ * division) and recompute with a real division any vector in which some v
+ * lies within about 2^-13 of a half-integer: |v - fl(x / xscale)| <=
+ * 3 * 2^-24 * |v| < 2^-14 for |v| <= 256 (beyond the clip range the rounding
+ * does not matter), so everywhere else both round to the same integer (the
+ * AVX-512 one reads the code and the test from the bits of v + constant, see
+ * tbits16). A NaN input is an error (no code represents it). The planes of a
+ * strided convolution are quantized straight from every st-th input.
  *
  * Overflow: |qw - zw| <= 255 and |u - zu| <= 255, so |acc| <= cols * 65025 fits
  * in int32 for cols <= CSUB_INT8_MAX_COLS = 33025; the raw sum (|qw| <= 128,
  * u <= 255) fits too. The corrections are added with wrap-around (two's
  * complement) arithmetic, exact because the final value fits.
  *
- * Threads: whole images per thread while there are at least as many images
- * as threads; the remaining images (and a batch of 1) are split inside: the
- * planes by channel quadruples, the product by column panels (or row blocks
- * when the columns are few). Integer sums are exact, so the result does not
- * depend on the thread count.
+ * Threads: whole images per thread, each thread prefetching its next image's
+ * input into L2 while it computes the current one. When there are fewer
+ * images left than threads and an image is large (SPLIT_MIN multiply-adds),
+ * the threads share it: the planes by channel quadruples, then (one barrier)
+ * the product by output rows, or by row blocks of the weight when the rows
+ * are few. Small images are never shared: a team costs more than it saves.
+ * Integer sums are exact, so the result does not depend on the thread count.
+ * Workspace is allocated once per call, never in the loops.
  */
 #include <math.h>
 #include <stdlib.h>

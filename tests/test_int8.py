@@ -232,6 +232,42 @@ def test_int8_kernel_name():
     assert _core.int8_kernel() in KERNELS
 
 
+def test_c_api_weight_made_for_taps_1_is_regrouped(rng):
+    """A conv weight from csub_qweight_init (the linear layout) gives the result of csub_qweight_init_conv."""
+    import ctypes
+    lib = ctypes.CDLL(_core.__file__)
+    fp = ctypes.POINTER(ctypes.c_float)
+    lib.csub_qweight_init.argtypes = [ctypes.c_void_p, fp, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.csub_qweight_init_conv.argtypes = [ctypes.c_void_p, fp] + [ctypes.c_int64] * 4 + [ctypes.c_int]
+    lib.csub_qweight_free.argtypes = [ctypes.c_void_p]
+    lib.csub_qweight_bytes.argtypes = [ctypes.c_void_p]
+    lib.csub_qweight_bytes.restype = ctypes.c_int64
+    lib.csub_conv2d_int8_forward.argtypes = [fp, ctypes.c_float, ctypes.c_int32, ctypes.c_void_p, fp, fp, fp] + \
+        [ctypes.c_int64] * 8
+    x = rng.standard_normal((2, 6, 7, 7)).astype(np.float32)
+    w = (rng.standard_normal((5, 6, 3, 3)) + 0.2).astype(np.float32)
+    xs, xz = _core.quant_params(float(x.min()), float(x.max()), 7)
+    ptr = lambda a: a.ctypes.data_as(fp)  # noqa: E731
+    q1, q9 = ctypes.create_string_buffer(256), ctypes.create_string_buffer(256)
+    assert lib.csub_qweight_init(q1, ptr(w), 5, 54, 7) == 0
+    assert lib.csub_qweight_init_conv(q9, ptr(w), 5, 6, 3, 3, 7) == 0
+    try:
+        # 8 rows (5 padded to a block) x 4 * ceil(6/4) * 9 codes, and 5 row sums
+        assert lib.csub_qweight_bytes(q9) == 8 * 72 + 4 * 5
+        assert lib.csub_qweight_bytes(q1) == 8 * 56 + 4 * 5
+        want = _core.conv2d_int8_forward(x, w, 7, xs, xz, None, None, 2, 1)
+        for q in (q1, q9):
+            y = np.empty_like(want)
+            assert lib.csub_conv2d_int8_forward(ptr(x), xs, xz, q, None, None, ptr(y), 2, 6, 7, 7, 3, 3, 2, 1) == 0
+            np.testing.assert_array_equal(y, want)
+        # a weight whose cols do not match C*R*S is refused
+        y = np.empty_like(want)
+        assert lib.csub_conv2d_int8_forward(ptr(x), xs, xz, q9, None, None, ptr(y), 2, 6, 7, 7, 1, 1, 1, 0) == -1
+    finally:
+        lib.csub_qweight_free(q1)
+        lib.csub_qweight_free(q9)
+
+
 # ======================================================== kernel variants
 
 _VARIANT_SCRIPT = r"""
