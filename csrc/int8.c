@@ -423,6 +423,9 @@ typedef struct {
     const float *alpha, *beta; /* [Kpad] */
     float *C;
     int64_t ldc;
+    const uint16_t *vmask;   /* AVX-512 only: wide rows of Wph columns, the first Q real, stored
+                              * straight to C[k * ldc + p * Q + q] (see wide_lanes), or NULL */
+    int64_t Wph, Q;
     const char *pf, *pf_end; /* prefetched into L2 during the product (the next image), or NULL */
     int64_t pf_lines;        /* cache lines prefetched per 16 columns of a tile row block */
 } job;
@@ -474,36 +477,60 @@ static void gemm_portable(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, i
  * so the unused vectors and their branches disappear. */
 #define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 
-/* Epilogue of row m (NV vectors of 16): add the corrections, scale, store
- * (the last vector through the mask `last`); rows >= mrows are not stored.
- * A multiply then an add, no FMA, as in every variant: identical results. */
+/* The vector of wide columns [o, o + 16) (lanes *m, on entry the tile's edge
+ * mask): its lanes of real columns (q < Q) in *m, as many low lanes in *n, and
+ * the output offset of the first, *off. vmask[q0] holds the real lanes of a
+ * vector starting at column q0 of a wide row; the real columns that follow
+ * are consecutive in the output. */
+T_AVX512 INLINE void wide_lanes(const job *jb, int64_t o, __mmask16 *m, __mmask16 *n, int64_t *off)
+{
+    int64_t p = o / jb->Wph, q = o - p * jb->Wph;
+    *m &= jb->vmask[q];
+    *n = (__mmask16)((1u << __builtin_popcount(*m)) - 1);
+    *off = p * jb->Q + (q < jb->Q ? q : jb->Q);
+}
+
+/* Epilogue of row m (NV vectors of 16): add the corrections, scale, store.
+ * A multiply then an add, no FMA, as in every variant: identical results.
+ * Rows >= mrows are not stored. Plain layout: vector v at column o + 16 v,
+ * the last one through the mask `last`. Wide layout (jb->vmask): only the
+ * lanes of real columns wm<v>, compressed, at the row offset wo<v>. */
+#define EPI512_STORE(v)                                                                  \
+    if (NV > v) {                                                                        \
+        if (jb->vmask)                                                                   \
+            _mm512_mask_storeu_ps(cr_ + wo##v, wn##v, _mm512_maskz_compress_ps(wm##v, f##v##_)); \
+        else                                                                             \
+            _mm512_mask_storeu_ps(cr_ + wo##v, wm##v, f##v##_);                          \
+    }
 #define EPI512_ROW(m)                                                                    \
     if (m < mrows) {                                                                     \
         int64_t k_ = kb * MR + m;                                                        \
         __m512i rc_ = _mm512_set1_epi32(jb->rowc[k_]);                                   \
         __m512 al_ = _mm512_set1_ps(jb->alpha[k_]), be_ = _mm512_set1_ps(jb->beta[k_]);  \
-        float *cr_ = jb->C + k_ * jb->ldc + o;                                           \
+        float *cr_ = jb->C + k_ * jb->ldc;                                               \
         __m512 f0_ = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##0, rc_), cc0)), al_), be_); \
         __m512 f1_ = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##1, rc_), cc1)), al_), be_); \
         __m512 f2_ = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##2, rc_), cc2)), al_), be_); \
-        if (NV == 1) _mm512_mask_storeu_ps(cr_, last, f0_);                              \
-        if (NV == 2) {                                                                   \
-            _mm512_storeu_ps(cr_, f0_);                                                  \
-            _mm512_mask_storeu_ps(cr_ + 16, last, f1_);                                  \
-        }                                                                                \
-        if (NV == 3) {                                                                   \
-            _mm512_storeu_ps(cr_, f0_);                                                  \
-            _mm512_storeu_ps(cr_ + 16, f1_);                                             \
-            _mm512_mask_storeu_ps(cr_ + 32, last, f2_);                                  \
-        }                                                                                \
+        EPI512_STORE(0)                                                                  \
+        EPI512_STORE(1)                                                                  \
+        EPI512_STORE(2)                                                                  \
     }
 
+/* Per column vector: the column terms, the lanes stored and where. */
 #define EPI512_COLS                                                                      \
     __m512i cc0 = _mm512_setzero_si512(), cc1 = cc0, cc2 = cc0;                          \
     if (jb->colc) {                                                                      \
         cc0 = _mm512_loadu_si512(jb->colc + o);                                          \
         if (NV > 1) cc1 = _mm512_loadu_si512(jb->colc + o + 16);                         \
         if (NV > 2) cc2 = _mm512_loadu_si512(jb->colc + o + 32);                         \
+    }                                                                                    \
+    __mmask16 wm0 = NV == 1 ? last : 0xffff, wm1 = NV == 2 ? last : 0xffff, wm2 = last;  \
+    __mmask16 wn0 = 0, wn1 = 0, wn2 = 0;                                                 \
+    int64_t wo0 = o, wo1 = o + 16, wo2 = o + 32;                                         \
+    if (jb->vmask) {                                                                     \
+        wide_lanes(jb, o, &wm0, &wn0, &wo0);                                             \
+        if (NV > 1) wide_lanes(jb, o + 16, &wm1, &wn1, &wo1);                            \
+        if (NV > 2) wide_lanes(jb, o + 32, &wm2, &wn2, &wo2);                            \
     }
 
 #define ACC_ZERO(m) __m512i a##m##0 = _mm512_setzero_si512(), a##m##1 = a##m##0, a##m##2 = a##m##0;
@@ -655,16 +682,17 @@ typedef struct {
     gemm_fn gemm;
     quant4_fn quant4;
     quantb_fn quantb;
+    int wide_out;     /* the product stores wide rows straight to the output (job.vmask) */
 } variant;
 
 static variant get_variant(void)
 {
-    variant v = {gemm_portable, quant4_portable, quantb_portable};
+    variant v = {gemm_portable, quant4_portable, quantb_portable, 0};
 #if I8_X86
     switch (kernel_id()) {
-    case K_AVX512VNNI: v = (variant){gemm_vnni, quant4_avx512, quantb_avx512}; break;
-    case K_AVX512BW: v = (variant){gemm_bw, quant4_avx512, quantb_avx512}; break;
-    case K_AVX2: v = (variant){gemm_avx2, quant4_avx2, quantb_avx2}; break;
+    case K_AVX512VNNI: v = (variant){gemm_vnni, quant4_avx512, quantb_avx512, 1}; break;
+    case K_AVX512BW: v = (variant){gemm_bw, quant4_avx512, quantb_avx512, 1}; break;
+    case K_AVX2: v = (variant){gemm_avx2, quant4_avx2, quantb_avx2, 0}; break;
     default: break;
     }
 #endif
@@ -961,6 +989,7 @@ typedef struct {
     xgrid xg;
     job jb;      /* A, G, K, off, rowc, alpha, beta; B, colc, C, ldc per image */
     int32_t zw;
+    const uint16_t *vmask; /* [Wph]: real lanes of a vector from each column of a wide row */
 } conv_ctx;
 
 /* The product for output rows [kb0, kb1) (blocks) x wide columns [o0, o1) of
@@ -985,10 +1014,16 @@ static void conv_part(const conv_ctx *cx, const img_buf *ib, const thr_buf *tb, 
         colc_build(g, tb->csum, cx->zw, tb->colc, o0, o1);
         jb.colc = tb->colc;
     }
-    jb.C = g->direct_y ? yn : ib->wide;
-    jb.ldc = g->direct_y ? g->P * g->Q : g->L;
+    int compact = !g->direct_y && !cx->vr.wide_out; /* wide rows through a buffer */
+    jb.C = compact ? ib->wide : yn;
+    jb.ldc = compact ? g->L : g->P * g->Q;
+    if (!g->direct_y && cx->vr.wide_out) {
+        jb.vmask = cx->vmask;
+        jb.Wph = g->Wph;
+        jb.Q = g->Q;
+    }
     cx->vr.gemm(&jb, kb0, kb1, o0, o1);
-    if (!g->direct_y) { /* the real columns of the wide rows [o0, o1) (whole rows) */
+    if (compact) { /* the real columns of the wide rows [o0, o1) (whole rows) */
         int64_t k1 = kb1 * MR < g->K ? kb1 * MR : g->K;
         for (int64_t k = kb0 * MR; k < k1; k++)
             for (int64_t p = o0 / g->Wph; p < o1 / g->Wph; p++)
@@ -1089,18 +1124,26 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
     int64_t Nper = shared ? N - N % nt : N; /* images done whole, one per thread */
     if (!shared && nt > N) nt = (int)N;
     int nimg = N < nt ? (int)N : nt;         /* image buffers: one per thread, or one shared */
-    size_t img_f = (size_t)g.cells + (g.direct_y ? 0 : (size_t)(K * g.L));
+    int wide_buf = !g.direct_y && !cx.vr.wide_out;
+    size_t img_f = (size_t)g.cells + (wide_buf ? (size_t)(K * g.L) : 0);
     size_t thr_f = zw ? (size_t)g.sums + (size_t)(g.L + 64) : 1;
 
     int8_t *A = qw->taps == R * S ? NULL : regroup(qw, R * S);
     int64_t *off = malloc(sizeof(int64_t) * (size_t)g.G);
+    uint16_t *vmask = malloc(sizeof(uint16_t) * (size_t)g.Wph);
+    cx.vmask = vmask;
     float *ws = malloc(sizeof(float) * (img_f * (size_t)nimg + thr_f * (size_t)nt));
     int32_t *rowc = NULL;
     float *alpha = NULL, *beta = NULL;
-    int st = (!off || !ws || (qw->taps != R * S && !A)) ? CSUB_ERR_NOMEM
+    int st = (!off || !ws || !vmask || (qw->taps != R * S && !A)) ? CSUB_ERR_NOMEM
                                                          : row_terms(qw, &cx.xg, xscale, oscale, b, &rowc, &alpha, &beta);
     if (st == CSUB_OK) {
         make_offsets(&g, off);
+        for (int64_t q0 = 0; q0 < g.Wph; q0++) {
+            unsigned m = 0;
+            for (int l = 0; l < 16; l++) m |= ((q0 + l) % g.Wph < g.Q) << l;
+            vmask[q0] = (uint16_t)m;
+        }
         cx.jb = (job){.A = A ? A : qw->q, .G = g.G, .K = K, .off = off, .rowc = rowc,
                       .alpha = alpha, .beta = beta};
         /* the slack cells past the planes and the sums are read only for
@@ -1118,13 +1161,13 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
             float *tw = ws + img_f * (size_t)nimg + thr_f * (size_t)t;
             thr_buf tb = {zw ? (int32_t *)tw : NULL, zw ? (int32_t *)(tw + g.sums) : NULL};
             img_buf own = {(uint32_t *)(ws + img_f * (size_t)(t < nimg ? t : 0)), NULL};
-            own.wide = g.direct_y ? NULL : (float *)own.planes + g.cells;
+            own.wide = wide_buf ? (float *)own.planes + g.cells : NULL;
             #pragma omp for schedule(static)
             for (int64_t n = 0; n < Nper; n++)
                 nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &own, &tb, 0, 1,
                                   n + 1 < Nper ? x + (n + 1) * C_HW : NULL);
             /* the rest: every thread on each image, in the first image buffers */
-            img_buf sh = {(uint32_t *)ws, g.direct_y ? NULL : ws + g.cells};
+            img_buf sh = {(uint32_t *)ws, wide_buf ? ws + g.cells : NULL};
             for (int64_t n = Nper; n < N; n++) {
                 if (n > Nper) {
                     #pragma omp barrier
@@ -1136,6 +1179,7 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
     }
     free(A);
     free(off);
+    free(vmask);
     free(ws);
     free(rowc);
     free(alpha);
