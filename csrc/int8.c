@@ -815,6 +815,7 @@ static int8_t *regroup(const csub_qweight *qw, int64_t taps)
 
 #define SLACK 128             /* cells past the last plane: reads of discarded columns stay in the buffer */
 #define SPLIT_MIN (1L << 23)  /* multiply-adds below which an image is not shared by threads */
+#define TEAM_MIN (1L << 20)   /* multiply-adds below which a call runs on one thread */
 
 typedef struct {
     int64_t C, H, W, K, R, S, st, pad, P, Q;
@@ -1120,7 +1121,9 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
 
     /* Threads: whole images, or (large images, fewer left than threads) shared images. */
     int nt = csub_get_num_threads();
-    int shared = nt > 1 && (double)K * (double)g.G * 4.0 * (double)g.L >= (double)SPLIT_MIN;
+    double macs = (double)K * (double)g.G * 4.0 * (double)g.L; /* per image */
+    if (macs * (double)N < (double)TEAM_MIN) nt = 1;
+    int shared = nt > 1 && macs >= (double)SPLIT_MIN;
     int64_t Nper = shared ? N - N % nt : N; /* images done whole, one per thread */
     if (!shared && nt > N) nt = (int)N;
     int nimg = N < nt ? (int)N : nt;         /* image buffers: one per thread, or one shared */
@@ -1204,6 +1207,7 @@ int csub_linear_int8_forward(const float *x, float xscale, int32_t xzero_point,
     xgrid xg = make_xgrid(xscale, xzero_point, qw->bits);
     int32_t zw = qw->zero_point;
     int nt = csub_get_num_threads();
+    if ((double)O * (double)Cg * 4.0 * (double)N < (double)TEAM_MIN) nt = 1;
     int64_t *off = malloc(sizeof(int64_t) * (size_t)Cg);
     uint32_t *cells = malloc(sizeof(uint32_t) * (size_t)(Cg * N + SLACK));
     int32_t *colc = zw ? calloc((size_t)(N + 64), sizeof(int32_t)) : NULL;

@@ -215,8 +215,9 @@ def test_conv2d_clipping_and_infinities(rng):
 
 
 def test_conv2d_thread_count_invariance(rng, threads):
-    """Whole images per thread, images shared by threads (large ones), and both in one call."""
-    for shape in [(3, 16, 8, 8, 16, 3, 1, 1), (1, 64, 32, 32, 64, 3, 1, 1), (3, 64, 32, 32, 40, 3, 2, 1),
+    """Whole images per thread, images shared by threads (large ones), and both in one call
+    (calls under 2^20 multiply-adds run on one thread)."""
+    for shape in [(5, 16, 16, 16, 32, 3, 1, 1), (1, 64, 32, 32, 64, 3, 1, 1), (3, 64, 32, 32, 40, 3, 2, 1),
                   (1, 256, 16, 16, 256, 1, 1, 0), (1, 30, 33, 31, 100, 3, 1, 1)]:
         x, w, xs, xz, os_, b = make_case(rng, shape, 8, True, None, True, True)
         out = []
@@ -297,7 +298,7 @@ print(json.dumps(out))
 _VARIANT_CASES = [
     [[3, 5, 7, 7, 11, 3, 1, 1], 8, None, 0.3, 1],
     [[1, 16, 9, 9, 16, 3, 2, 1], 4, 0, 0.0, 2],
-    [[2, 64, 6, 6, 128, 1, 1, 0], 8, -128, 0.4, 2],
+    [[4, 64, 12, 12, 128, 1, 1, 0], 8, -128, 0.4, 2],
     [[1, 32, 11, 13, 24, 1, 2, 0], 2, 1, -0.2, 1],
     [[1, 3, 17, 17, 16, 3, 1, 1], 7, None, 0.1, 2],
     [[1, 64, 32, 32, 64, 3, 1, 1], 8, None, 0.25, 2],  # an image shared by threads
@@ -359,7 +360,7 @@ def test_linear_against_twin(rng, N, I, O):
 
 
 def test_linear_thread_count_invariance(rng, threads):
-    x = rng.standard_normal((70, 200)).astype(np.float32)
+    x = rng.standard_normal((300, 200)).astype(np.float32)  # 3e6 multiply-adds: a team of threads
     w = (rng.uniform(-1, 1, (50, 200)) + 0.3).astype(np.float32)
     xs, xz = _core.quant_params(float(x.min()), float(x.max()), 8)
     threads(1)
