@@ -68,7 +68,8 @@
  * images left than threads and an image is large (SPLIT_MIN multiply-adds),
  * the threads share it: the planes by channel quadruples, then (one barrier)
  * the product by output rows, or by row blocks of the weight when the rows
- * are few. Small images are never shared: a team costs more than it saves.
+ * are few. Small images are never shared, and a call under TEAM_MIN
+ * multiply-adds runs on one thread: a team costs more than it saves.
  * Integer sums are exact, so the result does not depend on the thread count.
  * Workspace is allocated once per call, never in the loops.
  */
