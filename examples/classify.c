@@ -100,7 +100,7 @@ int main(int argc, char **argv)
     if (st) { fprintf(stderr, "error %d (%s): %s\n", st, csub_strerror(st), err); return 1; }
     csub_model_desc d;
     csub_model_info(m, &d);
-    int64_t idims[3], ldims[1];
+    int64_t idims[3], ldims[3];
     uint8_t *images = read_idx(pos[1], 3, idims), *labels = images ? read_idx(pos[2], 1, ldims) : NULL;
     if (!images || !labels) { csub_model_free(m); free(images); return 1; }
     if (d.input_c != 1 || idims[1] != d.input_h || idims[2] != d.input_w || ldims[0] != idims[0]) {
@@ -163,7 +163,7 @@ int main(int argc, char **argv)
             if (st == CSUB_ERR_BUDGET) { printf("budget %.4f ms: no alpha fits\n", budgets[b]); continue; }
             csub_model_set_alpha(m, alpha);
             csub_model_input_u8(m, images, 1, x);
-            t0 = now_ms();
+            double t0 = now_ms();
             csub_model_forward(m, x, 1, y);
             printf("budget %.4f ms: alpha %.4f, one image in %.4f ms\n", budgets[b], alpha, now_ms() - t0);
         }
