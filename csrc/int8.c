@@ -1166,10 +1166,17 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
             thr_buf tb = {zw ? (int32_t *)tw : NULL, zw ? (int32_t *)(tw + g.sums) : NULL};
             img_buf own = {(uint32_t *)(ws + img_f * (size_t)(t < nimg ? t : 0)), NULL};
             own.wide = wide_buf ? (float *)own.planes + g.cells : NULL;
-            #pragma omp for schedule(static)
-            for (int64_t n = 0; n < Nper; n++)
-                nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &own, &tb, 0, 1,
-                                  n + 1 < Nper ? x + (n + 1) * C_HW : NULL);
+            if (Nper == N) { /* whole images only: no barrier before the end of the region */
+                #pragma omp for schedule(static) nowait
+                for (int64_t n = 0; n < N; n++)
+                    nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &own, &tb, 0, 1,
+                                      n + 1 < N ? x + (n + 1) * C_HW : NULL);
+            } else {
+                #pragma omp for schedule(static)
+                for (int64_t n = 0; n < Nper; n++)
+                    nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &own, &tb, 0, 1,
+                                      n + 1 < Nper ? x + (n + 1) * C_HW : NULL);
+            }
             /* the rest: every thread on each image, in the first image buffers */
             img_buf sh = {(uint32_t *)ws, wide_buf ? ws + g.cells : NULL};
             for (int64_t n = Nper; n < N; n++) {
