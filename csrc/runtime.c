@@ -37,7 +37,17 @@
 #include <string.h>
 #include <time.h>
 
+#include <omp.h>
+
 #include "csub.h"
+
+/* Activation buffers for `cap` images: one per buffer slot, and a scratch. */
+typedef struct workspace {
+    float **slots;
+    float *scratch;
+    int64_t cap;
+} workspace;
+static void ws_free(workspace *w, int nslots);
 
 /* Keep fraction at or below which a compressed layer runs its CSR kernel at
  * inference (benchmarks/bench_deploy.py measures the crossover). */
@@ -101,9 +111,9 @@ struct csub_model {
     int *vslot;                  /* buffer of each value (-1: the input) */
     int nslots;
     int64_t *slot_size;          /* floats per sample at full width */
-    float **slots;
-    int64_t batch_cap, scratch_size;
-    float *scratch;
+    int64_t scratch_size;        /* floats per sample */
+    workspace *ws;               /* one per thread (ws[0]: layer-by-layer runs) */
+    int nws;
     float *tmp;                  /* one full tensor (interpolation) */
     uint8_t *mask;
     int64_t tmp_size;
@@ -418,9 +428,9 @@ void csub_model_free(csub_model *m)
         free(op->g.p0); free(op->g.p1); free(op->beta.p0); free(op->beta.p1);
         free(op->rmean); free(op->rvar);
     }
-    for (int s = 0; m->slots && s < m->nslots; s++) free(m->slots[s]);
-    free(m->slots); free(m->slot_size); free(m->ops); free(m->vshape); free(m->vc); free(m->vslot);
-    free(m->scratch); free(m->tmp); free(m->mask); free(m->input_mean); free(m->input_std);
+    for (int t = 0; m->ws && t < m->nws; t++) ws_free(&m->ws[t], m->nslots);
+    free(m->ws); free(m->slot_size); free(m->ops); free(m->vshape); free(m->vc); free(m->vslot);
+    free(m->tmp); free(m->mask); free(m->input_mean); free(m->input_std);
     free(m->level_alpha); free(m->level_acc);
     free(m);
 }
@@ -559,14 +569,17 @@ static int build(csub_model *m, const csub_st_file *f, char *err, size_t errlen)
     if ((st = copy_tensor(f, "input_mean", m->in_c, &m->input_mean, NULL, err, errlen))) return st;
     if ((st = copy_tensor(f, "input_std", m->in_c, &m->input_std, NULL, err, errlen))) return st;
     if (assign_slots(m)) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
-    m->slots = xcalloc((size_t)m->nslots + 1, sizeof(float *));
+    m->nws = omp_get_max_threads() > csub_get_num_threads() ? omp_get_max_threads() : csub_get_num_threads();
+    if (m->nws < 1) m->nws = 1;
+    if (m->nws > 256) m->nws = 256;
+    m->ws = xcalloc((size_t)m->nws, sizeof *m->ws);
     int64_t big = 1;
     for (int i = 0; i < m->nops; i++)
         if (m->ops[i].w.n > big) big = m->ops[i].w.n;
     m->tmp_size = big;
     m->tmp = falloc(big);
     m->mask = malloc((size_t)big);
-    if (!m->slots || !m->tmp || !m->mask) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
+    if (!m->ws || !m->tmp || !m->mask) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
     /* scratch per sample: a quantized copy of a layer's input, maxpool indices */
     for (int v = 0; v < m->nvals; v++) {
         int64_t s = m->vshape[v].c * m->vshape[v].h * m->vshape[v].w;
@@ -781,22 +794,29 @@ int csub_model_set_alpha(csub_model *m, double alpha)
 
 /* ------------------------------------------------------------- forward */
 
-static int ensure_batch(csub_model *m, int64_t N)
+static void ws_free(workspace *w, int nslots)
 {
-    if (N <= m->batch_cap) return CSUB_OK;
-    for (int s = 0; s < m->nslots; s++) {
-        free(m->slots[s]);
-        if (!(m->slots[s] = falloc(m->slot_size[s] * N))) { m->batch_cap = 0; return CSUB_ERR_NOMEM; }
-    }
-    free(m->scratch);
-    if (!(m->scratch = falloc(m->scratch_size * N))) { m->batch_cap = 0; return CSUB_ERR_NOMEM; }
-    m->batch_cap = N;
+    for (int s = 0; w->slots && s < nslots; s++) free(w->slots[s]);
+    free(w->slots);
+    free(w->scratch);
+    memset(w, 0, sizeof *w);
+}
+
+static int ws_ensure(const csub_model *m, workspace *w, int64_t N)
+{
+    if (N <= w->cap) return CSUB_OK;
+    ws_free(w, m->nslots);
+    if (!(w->slots = xcalloc((size_t)m->nslots + 1, sizeof(float *)))) return CSUB_ERR_NOMEM;
+    for (int s = 0; s < m->nslots; s++)
+        if (!(w->slots[s] = falloc(m->slot_size[s] * N))) { ws_free(w, m->nslots); return CSUB_ERR_NOMEM; }
+    if (!(w->scratch = falloc(m->scratch_size * N))) { ws_free(w, m->nslots); return CSUB_ERR_NOMEM; }
+    w->cap = N;
     return CSUB_OK;
 }
 
-static float *value_ptr(csub_model *m, const float *input, int v)
+static float *value_ptr(const csub_model *m, const workspace *w, const float *input, int v)
 {
-    return m->vslot[v] < 0 ? (float *)input : m->slots[m->vslot[v]];
+    return m->vslot[v] < 0 ? (float *)input : w->slots[m->vslot[v]];
 }
 
 /* Fake-quantize x[n] into dst on the layer's activation grid (dynamic: the batch's own range). */
@@ -812,61 +832,58 @@ static void quantize_input(const op_t *op, int bits, const float *x, float *dst,
     if (dst) csub_fake_quant_forward(x, dst, n, *scale, *zp, bits);
 }
 
-static int run_weighted(csub_model *m, op_t *op, const float *x, float *y, int64_t N, shape3 s, int i)
+static int run_weighted(const csub_model *m, const op_t *op, const workspace *w, const float *x, float *y, int64_t N)
 {
     int st = CSUB_OK;
+    shape3 s = m->vshape[op->x];
     int64_t C = m->vc[op->x], n_in = N * C * s.h * s.w;
     float xs;
     int32_t xz;
     if (op->path == PATH_INT8) {
         quantize_input(op, m->bits, x, NULL, n_in, &xs, &xz);
         if (op->kind == OP_CONV)
-            st = csub_conv2d_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N, C, s.h, s.w, op->k, op->k,
-                                          op->stride, op->pad);
-        else
-            st = csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
-    } else {
-        if (op->path == PATH_FAKEQ) {
-            quantize_input(op, m->bits, x, m->scratch, n_in, &xs, &xz);
-            x = m->scratch;
-        }
-        const float *b = op->b.p0 ? op->ba : NULL;
-        if (op->kind == OP_CONV && op->path == PATH_SPARSE)
-            st = csub_conv2d_sparse_forward(x, op->rowptr, op->colidx, op->vals, b, y, N, C, s.h, s.w, op->aout, op->k,
-                                            op->k, op->stride, op->pad);
-        else if (op->kind == OP_CONV)
-            st = csub_conv2d_forward(x, op->wa, b, y, N, C, s.h, s.w, op->aout, op->k, op->k, op->stride, op->pad);
-        else if (op->path == PATH_SPARSE)
-            st = csub_linear_sparse_forward(x, op->rowptr, op->colidx, op->vals, b, y, N, op->ain, op->aout);
-        else
-            csub_linear_forward(x, op->wa, b, y, N, op->ain, op->aout);
-        if (!st && op->oscale) {
-            shape3 o = m->vshape[op->y];
-            csub_channel_scale(y, op->oscale, y, N, op->aout, o.h * o.w);
-        }
+            return csub_conv2d_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N, C, s.h, s.w, op->k, op->k,
+                                            op->stride, op->pad);
+        return csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
     }
-    if (st) return MFAIL(m, st, "graph[%d]: %s", i, csub_strerror(st));
-    return CSUB_OK;
+    if (op->path == PATH_FAKEQ) {
+        quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz);
+        x = w->scratch;
+    }
+    const float *b = op->b.p0 ? op->ba : NULL;
+    if (op->kind == OP_CONV && op->path == PATH_SPARSE)
+        st = csub_conv2d_sparse_forward(x, op->rowptr, op->colidx, op->vals, b, y, N, C, s.h, s.w, op->aout, op->k,
+                                        op->k, op->stride, op->pad);
+    else if (op->kind == OP_CONV)
+        st = csub_conv2d_forward(x, op->wa, b, y, N, C, s.h, s.w, op->aout, op->k, op->k, op->stride, op->pad);
+    else if (op->path == PATH_SPARSE)
+        st = csub_linear_sparse_forward(x, op->rowptr, op->colidx, op->vals, b, y, N, op->ain, op->aout);
+    else
+        csub_linear_forward(x, op->wa, b, y, N, op->ain, op->aout);
+    if (!st && op->oscale) {
+        shape3 o = m->vshape[op->y];
+        csub_channel_scale(y, op->oscale, y, N, op->aout, o.h * o.w);
+    }
+    return st;
 }
 
-int csub_model_forward(csub_model *m, const float *input, int64_t batch, float *output)
+static double now_ms(void);
+
+/* The graph on N images with workspace w. Returns CSUB_OK, or a status with *failed = the op. */
+static int run_graph(const csub_model *m, const workspace *w, const float *input, int64_t N, float *output,
+                     double *op_ms, int *failed)
 {
-    if (!m) return CSUB_ERR_ARG;
-    if (!input || !output) return MFAIL(m, CSUB_ERR_ARG, "input, output: NULL pointer");
-    if (batch < 1 || batch > ((int64_t)1 << 24)) return MFAIL(m, CSUB_ERR_ARG, "batch: expected 1..2^24, got %lld", (long long)batch);
-    if (!m->ready) return MFAIL(m, CSUB_ERR_ARG, "model: no alpha set (the last set_alpha failed)");
-    if (ensure_batch(m, batch)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for a batch of %lld", (long long)batch);
-    int64_t N = batch;
     for (int i = 0; i < m->nops; i++) {
-        op_t *op = &m->ops[i];
-        shape3 s = m->vshape[op->x], o = m->vshape[op->y];
+        const op_t *op = &m->ops[i];
+        shape3 s = m->vshape[op->x];
         int64_t C = m->vc[op->x], HW = s.h * s.w;
-        const float *x = value_ptr(m, input, op->x);
-        float *y = value_ptr(m, input, op->y);
+        const float *x = value_ptr(m, w, input, op->x);
+        float *y = value_ptr(m, w, input, op->y);
         int st = CSUB_OK;
+        double t0 = op_ms ? now_ms() : 0.0;
         switch (op->kind) {
         case OP_CONV: case OP_LINEAR:
-            st = run_weighted(m, op, x, y, N, s, i);
+            st = run_weighted(m, op, w, x, y, N);
             break;
         case OP_NORM:
             if (op->bn)
@@ -878,7 +895,7 @@ int csub_model_forward(csub_model *m, const float *input, int64_t batch, float *
             csub_relu_forward(x, y, N * C * HW);
             break;
         case OP_MAXPOOL:
-            csub_maxpool2d_forward(x, y, (int32_t *)m->scratch, N, C, s.h, s.w, op->pk, op->ps);
+            csub_maxpool2d_forward(x, y, (int32_t *)w->scratch, N, C, s.h, s.w, op->pk, op->ps);
             break;
         case OP_AVGPOOL:
             csub_avgpool2d_forward(x, y, N, C, s.h, s.w, op->pk, op->ps);
@@ -887,16 +904,97 @@ int csub_model_forward(csub_model *m, const float *input, int64_t batch, float *
             csub_gap_forward(x, y, N * C, HW);
             break;
         case OP_ADD:
-            csub_add(x, value_ptr(m, input, op->x2), y, N * C * HW);
+            csub_add(x, value_ptr(m, w, input, op->x2), y, N * C * HW);
             break;
         default: /* flatten, alias: the same buffer */
             break;
         }
-        if (st) return st;
-        (void)o;
+        if (st) { *failed = i; return st; }
+        if (op_ms) op_ms[i] = now_ms() - t0;
     }
-    memcpy(output, value_ptr(m, input, m->out_val), sizeof(float) * (size_t)(N * m->classes));
+    memcpy(output, value_ptr(m, w, input, m->out_val), sizeof(float) * (size_t)(N * m->classes));
     return CSUB_OK;
+}
+
+/* Images per thread and call in the image-parallel mode: a few images keep
+ * every activation of the network in the thread's cache. */
+#define RT_CHUNK 2
+
+/* Image-parallel when the batch has at least two images per thread... or one
+ * each: every thread runs the whole network on its own images, one chunk at a
+ * time, with its own buffers (no barrier between layers, activations stay in
+ * cache); the kernels inside run single-threaded. A single image, or a layer
+ * whose activation range is taken from the batch itself, runs layer by layer
+ * with every thread in each kernel. */
+static int image_parallel(const csub_model *m, int64_t N, int nt)
+{
+    if (nt < 2 || N < nt) return 0;
+    for (int i = 0; i < m->nops; i++)
+        if ((m->ops[i].path == PATH_INT8 || m->ops[i].path == PATH_FAKEQ) && m->ops[i].act_dynamic) return 0;
+    return 1;
+}
+
+static int forward(csub_model *m, const float *input, int64_t batch, float *output, double *op_ms)
+{
+    if (!m) return CSUB_ERR_ARG;
+    if (!input || !output) return MFAIL(m, CSUB_ERR_ARG, "input, output: NULL pointer");
+    if (batch < 1 || batch > ((int64_t)1 << 24)) return MFAIL(m, CSUB_ERR_ARG, "batch: expected 1..2^24, got %lld", (long long)batch);
+    if (!m->ready) return MFAIL(m, CSUB_ERR_ARG, "model: no alpha set (the last set_alpha failed)");
+    int nt = csub_get_num_threads(), failed = -1, st = CSUB_OK;
+    if (op_ms || !image_parallel(m, batch, nt)) {
+        if (ws_ensure(m, &m->ws[0], batch)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for a batch of %lld", (long long)batch);
+        st = run_graph(m, &m->ws[0], input, batch, output, op_ms, &failed);
+    } else {
+        if (nt > m->nws) nt = m->nws;
+        for (int t = 0; t < nt; t++)
+            if (ws_ensure(m, &m->ws[t], RT_CHUNK)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for the workspace");
+        int64_t per = m->in_c * m->in_h * m->in_w, nchunks = (batch + RT_CHUNK - 1) / RT_CHUNK;
+        #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int64_t c = 0; c < nchunks; c++) {
+            int64_t i0 = c * RT_CHUNK, n = batch - i0 < RT_CHUNK ? batch - i0 : RT_CHUNK;
+            int f = -1, s2;
+            #pragma omp atomic read
+            s2 = st;
+            if (s2) continue; /* an earlier chunk failed: skip the rest */
+            s2 = run_graph(m, &m->ws[omp_get_thread_num()], input + i0 * per, n, output + i0 * m->classes, NULL, &f);
+            if (s2) {
+                #pragma omp critical(csub_runtime_error)
+                if (!st) { st = s2; failed = f; }
+            }
+        }
+    }
+    if (st) return MFAIL(m, st, "graph[%d] (%s): %s", failed, csub_model_op_name(m, failed), csub_strerror(st));
+    return CSUB_OK;
+}
+
+int csub_model_forward(csub_model *m, const float *input, int64_t batch, float *output)
+{
+    return forward(m, input, batch, output, NULL);
+}
+
+int csub_model_profile(csub_model *m, const float *input, int64_t batch, float *output, double *op_ms)
+{
+    if (m && !op_ms) return MFAIL(m, CSUB_ERR_ARG, "op_ms: NULL pointer");
+    return forward(m, input, batch, output, op_ms);
+}
+
+int csub_model_num_ops(const csub_model *m)
+{
+    return m ? m->nops : 0;
+}
+
+const char *csub_model_op_name(const csub_model *m, int i)
+{
+    static const char *kinds[] = {"conv", "linear", "norm", "relu", "maxpool", "avgpool", "gap", "flatten", "add",
+                                  "alias"};
+    static const char *weighted[2][4] = {{"conv/dense", "conv/sparse", "conv/int8", "conv/fakequant"},
+                                         {"linear/dense", "linear/sparse", "linear/int8", "linear/fakequant"}};
+    static const char *norms[2][2] = {{"gn", "gn+relu"}, {"bn", "bn+relu"}};
+    if (!m || i < 0 || i >= m->nops) return "";
+    const op_t *op = &m->ops[i];
+    if (op->kind == OP_CONV || op->kind == OP_LINEAR) return weighted[op->kind == OP_LINEAR][op->path];
+    if (op->kind == OP_NORM) return norms[op->bn][op->relu];
+    return kinds[op->kind];
 }
 
 /* --------------------------------------------------------------- info */
@@ -962,7 +1060,9 @@ int64_t csub_model_memory(const csub_model *m, int64_t batch)
     csub_model_info(m, &d);
     int64_t act = 0;
     for (int s = 0; s < m->nslots; s++) act += m->slot_size[s];
-    act = (act + m->scratch_size) * batch;
+    int nt = csub_get_num_threads() < m->nws ? csub_get_num_threads() : m->nws;
+    int64_t images = image_parallel(m, batch, nt) ? (int64_t)nt * RT_CHUNK : batch; /* buffers held at once */
+    act = (act + m->scratch_size) * images;
     return d.subspace_bytes + d.weight_bytes + 4 * act;
 }
 

@@ -65,6 +65,15 @@ class CompressedNet:
 
     __call__ = forward
 
+    def profile(self, x):
+        """Milliseconds per operation of one forward of x, summed by operation name
+        ("conv/sparse", "gn+relu", "add", ...): where the time goes at this alpha."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = {}
+        for name, ms in _core.model_profile(self._m, x):
+            out[name] = out.get(name, 0.0) + ms
+        return out
+
     def predict(self, x):
         """Class index per sample."""
         return np.argmax(self.forward(x), axis=1)

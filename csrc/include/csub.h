@@ -474,6 +474,13 @@ int csub_model_set_alpha(csub_model *model, double alpha);
  * -> output[batch, num_classes] logits. */
 int csub_model_forward(csub_model *model, const float *input, int64_t batch, float *output);
 
+/* The same, timing each operation of the graph: op_ms[csub_model_num_ops()]
+ * receives milliseconds per operation (csub_model_op_name: "conv/sparse",
+ * "gn+relu", "add", ...; a fused ReLU shows as "alias" with ~0 ms). */
+int csub_model_profile(csub_model *model, const float *input, int64_t batch, float *output, double *op_ms);
+int csub_model_num_ops(const csub_model *model);
+const char *csub_model_op_name(const csub_model *model, int i);
+
 /* pixels[batch, C, H, W] 0..255 -> out = (pixel / 255 - mean[c]) / std[c], the
  * training normalisation stored in the file. */
 int csub_model_input_u8(const csub_model *model, const uint8_t *pixels, int64_t batch, float *out);

@@ -1715,6 +1715,44 @@ static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kw)
     return (PyObject *)y;
 }
 
+static PyObject *py_model_profile(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *om, *ox;
+    KW("model", "x");
+    if (!parse(args, kw, "OO", kwlist, &om, &ox)) return NULL;
+    rt_box *b = rt_get(om);
+    PyArrayObject *x = b ? arr_check(ox, "x", NPY_FLOAT32, -1, 0) : NULL;
+    if (!x) return NULL;
+    csub_model_desc d;
+    csub_model_info(b->m, &d);
+    npy_intp per = (npy_intp)(d.input_c * d.input_h * d.input_w);
+    npy_intp N = PyArray_NDIM(x) ? PyArray_DIM(x, 0) : 0;
+    if (PyArray_NDIM(x) < 2 || N < 1 || PyArray_SIZE(x) != N * per) {
+        PyErr_Format(PyExc_ValueError, "x: expected N >= 1 samples of %lld values", (long long)per);
+        return NULL;
+    }
+    int n = csub_model_num_ops(b->m);
+    double *ms = PyMem_Calloc((size_t)n, sizeof(double));
+    float *y = PyMem_Malloc(sizeof(float) * (size_t)(N * d.num_classes));
+    if (!ms || !y) { PyMem_Free(ms); PyMem_Free(y); return PyErr_NoMemory(); }
+    int st;
+    b->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    st = csub_model_profile(b->m, F32(x), N, y, ms);
+    Py_END_ALLOW_THREADS
+    b->busy = 0;
+    PyMem_Free(y);
+    if (st) { PyMem_Free(ms); return rt_error(st, csub_model_error(b->m)); }
+    PyObject *out = PyList_New(n);
+    for (int i = 0; out && i < n; i++) {
+        PyObject *t = Py_BuildValue("(sd)", csub_model_op_name(b->m, i), ms[i]);
+        if (!t) { Py_CLEAR(out); break; }
+        PyList_SET_ITEM(out, i, t);
+    }
+    PyMem_Free(ms);
+    return out;
+}
+
 static PyObject *py_model_info(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *om;
@@ -2133,6 +2171,7 @@ static PyMethodDef methods[] = {
     M(model_load, "model_load(data: bytes) -> model (an exported csub model file, at alpha 1)"),
     M(model_set_alpha, "model_set_alpha(model, alpha): materialise the compressed network at alpha"),
     M(model_forward, "model_forward(model, x[N, C, H, W]) -> logits[N, classes]"),
+    M(model_profile, "model_profile(model, x) -> [(op name, ms), ...] one timed forward"),
     M(model_info, "model_info(model) -> dict (regime, level, sizes, flops)"),
     M(model_memory, "model_memory(model, batch) -> bytes to run a batch at the current alpha"),
     M(model_calibrate, "model_calibrate(model, alphas float64[n], batch=1, reps=5) -> list of dicts"),
