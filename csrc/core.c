@@ -97,6 +97,8 @@ static void blas_sgemm(int order, int transa, int transb, int M, int N, int K, f
                        const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     (void)order;
+    transa = transa == CblasTrans;
+    transb = transb == CblasTrans;
     float *bt = transb ? malloc(sizeof(float) * (size_t)K * (size_t)N) : NULL;
     int strided = transb && !bt; /* no memory for the transpose: read B^T in place, slowly */
     if (bt) { /* B is [N, K]: make it [K, N] */

@@ -1,0 +1,169 @@
+"""The standalone C library (make -C csrc): the example program against Python, and the model loader
+under AddressSanitizer and UndefinedBehaviorSanitizer over corrupt model files."""
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import csub
+from csub import data, models, modelfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, "build")
+
+
+def _make(*targets, **var):
+    if not shutil.which("make") or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("make or a C compiler is missing")
+    import scipy_openblas32
+
+    var.setdefault("BLAS", "scipy")
+    args = ["make", "-s", "-C", os.path.join(ROOT, "csrc"), *targets, f"SCIPY_OPENBLAS={scipy_openblas32.get_lib_dir()}"]
+    args += [f"{k}={v}" for k, v in var.items()]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module", params=["scipy", "none"])
+def classify(request):
+    """The example linked with OpenBLAS, and with csub's own sgemm (BLAS=none)."""
+    out = os.path.join(BUILD, f"blas-{request.param}")
+    _make("lib", "example", BLAS=request.param, BUILD=out)
+    return os.path.join(out, "classify")
+
+
+@pytest.fixture(scope="module")
+def model_check():
+    _make("fuzz-model")
+    return os.path.join(BUILD, "model_check-asan")
+
+
+def _trained_like(regime, rng):
+    """A small cnn with non-trivial state (activation ranges recorded for the quantized regime)."""
+    csub.manual_seed(7)
+    norm = "bn" if regime == "quantized" else "gn"
+    m = models.cnn(widths=(8, 16, 16), regime=regime, subspace="line", norm=norm)
+    x = rng.normal(0, 1, (16, 1, 28, 28)).astype(np.float32)
+    if regime == "quantized":
+        m.train()
+        m.set_quantize_inputs(True)
+        for a in (0.3, 1.0):
+            m.set_alpha(a)
+            m(x)
+    m.eval()
+    return m
+
+
+@pytest.mark.parametrize("regime", ["unstructured", "structured", "quantized"])
+def test_classify_example_agrees_with_python(classify, tmp_path, regime, rng):
+    images, labels = data.fashion_mnist("test", bundled=True)
+    images, labels = images[:300], labels[:300]
+    data.write_idx(str(tmp_path / "images.idx.gz"), images[:, 0])
+    data.write_idx(str(tmp_path / "labels.idx"), labels.astype(np.uint8))
+    model = _trained_like(regime, rng)
+    # the bundled statistics make the inputs realistic
+    model.input_mean[...] = data.FASHION_MNIST_MEAN
+    model.input_std[...] = data.FASHION_MNIST_STD
+    alphas = {"unstructured": [0.05, 0.5, 1.0], "structured": [0.0, 0.5, 1.0], "quantized": [0.0, 0.5, 1.0]}[regime]
+    path = csub.export(model, str(tmp_path / "m.safetensors"))
+    r = subprocess.run([classify, path, str(tmp_path / "images.idx.gz"), str(tmp_path / "labels.idx"),
+                        "-a", ",".join(map(str, alphas)), "-b", "64", "--budget", "1000,0.000001"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = {float(ln.split()[1]): ln.split() for ln in r.stdout.splitlines() if ln.startswith("alpha ")}
+    x = ((images / 255.0 - data.FASHION_MNIST_MEAN[0]) / data.FASHION_MNIST_STD[0]).astype(np.float32)
+    for a in alphas:
+        net = model.compress(a)
+        acc_rt = float(np.mean(net.predict(x) == labels))
+        model.set_alpha(a)
+        acc_py = float(np.mean(np.argmax(model(x), 1) == labels))
+        acc_c = float(lines[a][5])
+        assert acc_c == pytest.approx(acc_rt, abs=5e-5), (a, r.stdout)  # the same C code (printed to 4 digits)
+        assert abs(acc_c - acc_py) <= 2 / len(labels), (a, acc_c, acc_py)  # training forward, to tolerance
+    assert "budget 1000.0000 ms: alpha 1.0000" in r.stdout
+    assert "no alpha fits" in r.stdout
+
+
+def test_classify_example_reports_bad_input(classify, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    r = subprocess.run([classify, str(bad), "x", "y"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "error -4" in r.stderr
+    r = subprocess.run([classify, str(tmp_path / "missing"), "x", "y"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "error -3" in r.stderr
+    r = subprocess.run([classify], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "usage" in r.stderr
+
+
+def _corrupt_models():
+    """(name, bytes) of corrupt and valid model files: graph edits, tensor edits, truncations, flips."""
+    from safetensors.numpy import save
+
+    out = []
+    for regime, norm in (("unstructured", "gn"), ("quantized", "bn"), ("structured", "gn")):
+        csub.manual_seed(1)
+        m = models.cnn(widths=(4, 8, 8), regime=regime, subspace="line", norm=norm)
+        meta = modelfile.describe(m)
+        t = {k: np.ascontiguousarray(v, np.float32) for k, v in m.state_dict().items()}
+        good = save(t, metadata={"csub": json.dumps(meta)})
+        out.append((f"{regime}-good", good))
+        for i, op in enumerate(meta["graph"][:8]):
+            for key in [k for k in op if k != "op"]:
+                for val in (-1, 2 ** 31, 2 ** 62, 1.5, "x", None, [], {"a": 1}):
+                    g = json.loads(json.dumps(meta["graph"]))
+                    g[i][key] = val
+                    out.append((f"{regime}-g{i}-{key}", save(t, metadata={"csub": json.dumps(dict(meta, graph=g))})))
+        for key in ("input_shape", "output", "num_classes", "bit_range", "width_range", "regime", "graph", "levels"):
+            for val in (None, -5, [1, 2, 3], [10 ** 9, 10 ** 9, 10 ** 9], "q", [[1]]):
+                out.append((f"{regime}-{key}", save(t, metadata={"csub": json.dumps(dict(meta, **{key: val}))})))
+        name = meta["graph"][0]["w"]
+        for shape in ((0,), (1,), (3, 3)):
+            t2 = dict(t, **{name: np.zeros(shape, np.float32)})
+            out.append((f"{regime}-tensor{shape}", save(t2, metadata={"csub": json.dumps(meta)})))
+        for n in range(0, len(good), max(1, len(good) // 60)):
+            out.append((f"{regime}-trunc{n}", good[:n]))
+        rng = np.random.default_rng(3)
+        hlen = 8 + int.from_bytes(good[:8], "little")
+        for k in range(60):
+            b = bytearray(good)
+            for i in rng.integers(0, hlen, 4):
+                b[i] = int(rng.integers(0, 256))
+            out.append((f"{regime}-flip{k}", bytes(b)))
+    return out
+
+
+def test_model_loader_under_sanitizers(model_check, tmp_path):
+    files = []
+    for i, (name, blob) in enumerate(_corrupt_models()):
+        p = tmp_path / f"{i:04d}-{name}.safetensors"
+        p.write_bytes(blob)
+        files.append(str(p))
+    files.append(str(tmp_path / "does-not-exist"))
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1",
+               OMP_NUM_THREADS="2")
+    env.pop("LD_PRELOAD", None)
+    r = subprocess.run([model_check, *files], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr, r.stderr[-3000:]
+    verdicts = r.stdout.splitlines()
+    assert len(verdicts) == len(files)
+    for f, v in zip(files, verdicts):
+        if f.endswith("-good.safetensors"):
+            assert v.startswith("ok "), (f, v)
+    assert sum(v.startswith("error") for v in verdicts) > 0.8 * len(files)
+    # the Python binding reaches the same verdict through the same loader
+    for f, v in list(zip(files, verdicts))[::7]:
+        if not os.path.exists(f):
+            continue
+        with open(f, "rb") as fh:
+            blob = fh.read()
+        try:
+            csub._core.model_load(blob)
+            ok = True
+        except (ValueError, MemoryError):
+            ok = False
+        if not ok:  # a file the binding refuses, the C loader refuses too
+            assert v.startswith("error"), (f, v)
