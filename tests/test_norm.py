@@ -918,11 +918,22 @@ def test_norm_infer_kernels_match_the_twins(shape, groups, relu, rng):
     np.testing.assert_allclose(_core.groupnorm_infer(x, g, b, groups, relu=relu), want, rtol=1e-5, atol=1e-5)
     want = act(ref.batchnorm_forward(x, g, b, rm, rv, training=False)[0])
     np.testing.assert_allclose(_core.batchnorm_infer(x, g, b, rm, rv, relu=relu), want, rtol=1e-5, atol=1e-5)
-    # the same arithmetic as the training kernels' forward
+    # the training kernels' forward, to float rounding
     y = _core.groupnorm_forward(x, g, b, groups)[0]
-    np.testing.assert_array_equal(_core.groupnorm_infer(x, g, b, groups, relu=relu), act(y))
+    np.testing.assert_allclose(_core.groupnorm_infer(x, g, b, groups, relu=relu), act(y), rtol=1e-5, atol=1e-5)
     y = _core.batchnorm_forward(x, g, b, rm.copy(), rv.copy(), training=False)[0]
-    np.testing.assert_array_equal(_core.batchnorm_infer(x, g, b, rm, rv, relu=relu), act(y))
+    np.testing.assert_allclose(_core.batchnorm_infer(x, g, b, rm, rv, relu=relu), act(y), rtol=1e-5, atol=1e-5)
+
+
+def test_groupnorm_infer_large_mean_and_long_groups(rng):
+    """Shifted sums: a mean far larger than the spread, and groups longer than one block."""
+    x = (rng.normal(0, 1e-3, (2, 2, 5000)) + 1e3).astype(np.float32)
+    g, b = np.ones(2, np.float32), np.zeros(2, np.float32)
+    want = ref.groupnorm_forward(x, g, b, 1)[0]
+    np.testing.assert_allclose(_core.groupnorm_infer(x, g, b, 1), want, rtol=1e-3, atol=2e-3)
+    x = rng.normal(0, 1, (1, 1, 100003)).astype(np.float32)
+    np.testing.assert_allclose(_core.groupnorm_infer(x, g[:1], b[:1], 1), ref.groupnorm_forward(x, g[:1], b[:1], 1)[0],
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_norm_infer_bad_arguments(rng):
