@@ -3,32 +3,59 @@
 
 #include "csub.h"
 
-#define PAR_FOR _Pragma("omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > 65536)")
+/* The elementwise loops run over chunks of 16384 values, each chunk's loop
+ * compiled for AVX-512, AVX2 and the baseline (target clones, picked at load
+ * time); threads take chunks when n is large. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define ACT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ACT_CLONES
+#endif
+#define CHUNK 16384
+#define PAR_CHUNKS _Pragma("omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > 65536)")
 
-/* y[n] = max(x, 0); NaN propagates (as in the max pool below and in PyTorch),
- * so a diverging run shows up in the loss instead of being zeroed here. */
-void csub_relu_forward(const float *x, float *y, int64_t n)
+ACT_CLONES static void relu_chunk(const float *x, float *y, int64_t n)
 {
-    PAR_FOR
     for (int64_t i = 0; i < n; i++) y[i] = x[i] <= 0.0f ? 0.0f : x[i];
 }
 
-/* dx[n] = dy where x > 0 (or x is NaN), 0 where x <= 0. dy is read
- * unconditionally so that the select vectorises instead of branching. */
-void csub_relu_backward(const float *x, const float *dy, float *dx, int64_t n)
+ACT_CLONES static void relu_back_chunk(const float *x, const float *dy, float *dx, int64_t n)
 {
-    PAR_FOR
     for (int64_t i = 0; i < n; i++) {
         float d = dy[i];
         dx[i] = x[i] <= 0.0f ? 0.0f : d;
     }
 }
 
+ACT_CLONES static void add_chunk(const float *a, const float *b, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
+/* y[n] = max(x, 0); NaN propagates (as in the max pool below and in PyTorch),
+ * so a diverging run shows up in the loss instead of being zeroed here. */
+void csub_relu_forward(const float *x, float *y, int64_t n)
+{
+    PAR_CHUNKS
+    for (int64_t c = 0; c < (n + CHUNK - 1) / CHUNK; c++)
+        relu_chunk(x + c * CHUNK, y + c * CHUNK, n - c * CHUNK < CHUNK ? n - c * CHUNK : CHUNK);
+}
+
+/* dx[n] = dy where x > 0 (or x is NaN), 0 where x <= 0. dy is read
+ * unconditionally so that the select vectorises instead of branching. */
+void csub_relu_backward(const float *x, const float *dy, float *dx, int64_t n)
+{
+    PAR_CHUNKS
+    for (int64_t c = 0; c < (n + CHUNK - 1) / CHUNK; c++)
+        relu_back_chunk(x + c * CHUNK, dy + c * CHUNK, dx + c * CHUNK, n - c * CHUNK < CHUNK ? n - c * CHUNK : CHUNK);
+}
+
 /* y[n] = a + b */
 void csub_add(const float *a, const float *b, float *y, int64_t n)
 {
-    PAR_FOR
-    for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    PAR_CHUNKS
+    for (int64_t c = 0; c < (n + CHUNK - 1) / CHUNK; c++)
+        add_chunk(a + c * CHUNK, b + c * CHUNK, y + c * CHUNK, n - c * CHUNK < CHUNK ? n - c * CHUNK : CHUNK);
 }
 
 /* x[N,C,H,W] -> y[N,C,P,Q], argmax[N,C,P,Q] (flat index in the H*W plane; first maximum wins) */

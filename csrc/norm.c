@@ -6,12 +6,21 @@
 
 #include "csub.h"
 
+/* The loops over a plane are compiled for AVX-512, AVX2 and the baseline,
+ * picked at load time (target clones; never -march=native). ISO C keeps
+ * floating-point contraction off, so every clone computes the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define NORM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define NORM_CLONES
+#endif
+
 /* Sums over a run of floats in double with NL independent partial sums
  * (combined in a fixed order), so that the additions pipeline and vectorise
  * instead of waiting on one another. */
 #define NL 8
 
-static double lsum(const float *x, int64_t n)
+NORM_CLONES static double lsum(const float *x, int64_t n)
 {
     double acc[NL] = {0};
     int64_t i = 0;
@@ -24,7 +33,7 @@ static double lsum(const float *x, int64_t n)
 }
 
 /* sum (x - mu)^2 */
-static double lsumsq(const float *x, int64_t n, double mu)
+NORM_CLONES static double lsumsq(const float *x, int64_t n, double mu)
 {
     double acc[NL] = {0};
     int64_t i = 0;
@@ -43,7 +52,7 @@ static double lsumsq(const float *x, int64_t n, double mu)
 }
 
 /* With d = x - mu and e = dy * gm in float: s[0] += sum e, s[1] += sum e * d, s[2] += sum d. */
-static void lsums3(const float *x, const float *dy, int64_t n, float mu, float gm, double s[3])
+NORM_CLONES static void lsums3(const float *x, const float *dy, int64_t n, float mu, float gm, double s[3])
 {
     double a0[NL] = {0}, a1[NL] = {0}, a2[NL] = {0};
     int64_t i = 0;
@@ -63,6 +72,39 @@ static void lsums3(const float *x, const float *dy, int64_t n, float mu, float g
     }
     for (int l = 0; l < NL; l++) s0 += a0[l], s1 += a1[l], s2 += a2[l];
     s[0] += s0, s[1] += s1, s[2] += s2;
+}
+
+/* y[n] = ((x - mh) - ml) a + b (centred first, mu = mh + ml split in float hi +
+ * lo: folding mu into the shift cancels when |mu| >> std), then max(y, 0) when
+ * relu (NaN propagates) */
+NORM_CLONES static void centred_affine(const float *x, float *y, int64_t n, double mu, float a, float b, int relu)
+{
+    float mh = (float)mu, ml = (float)(mu - (double)mh);
+    if (relu)
+        for (int64_t i = 0; i < n; i++) {
+            float t = ((x[i] - mh) - ml) * a + b;
+            y[i] = t <= 0.0f ? 0.0f : t;
+        }
+    else
+        for (int64_t i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * a + b;
+}
+
+/* Group norm's input gradient over one channel's plane:
+ * dx = is (dy gm - k1 - ((x - mu) - df) is k2) */
+NORM_CLONES static void gn_dx(const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is,
+                              float gm, float k1, float k2)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float xh = ((x[i] - mu) - df) * is;
+        dx[i] = is * (dy[i] * gm - k1 - xh * k2);
+    }
+}
+
+/* Batch norm's input gradient over one plane: dx = g (dy - k1 - ((x - mu) - df) is k2) */
+NORM_CLONES static void bn_dx(const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is,
+                              float g, float k1, float k2)
+{
+    for (int64_t i = 0; i < n; i++) dx[i] = g * (dy[i] - k1 - ((x[i] - mu) - df) * is * k2);
 }
 
 /* x[N,C,HW], gamma/beta[C] -> y[N,C,HW], mean/invstd[C]; running stats updated in training */
@@ -98,13 +140,8 @@ void csub_batchnorm_forward(const float *x, const float *gamma, const float *bet
         /* y = (x - mu) * a + beta, centred first: folding mu into the shift
          * (x * a + (beta - mu * a)) cancels catastrophically when |mu| >> std.
          * mu is split into float hi + lo so that x - hi is exact near mu. */
-        float mh = (float)mu, ml = (float)(mu - (double)mh);
-        float a = gamma[c] * is, b = beta[c];
-        for (int64_t n = 0; n < N; n++) {
-            const float *xc = x + (n * C + c) * HW;
-            float *yc = y + (n * C + c) * HW;
-            for (int64_t i = 0; i < HW; i++) yc[i] = ((xc[i] - mh) - ml) * a + b;
-        }
+        for (int64_t n = 0; n < N; n++)
+            centred_affine(x + (n * C + c) * HW, y + (n * C + c) * HW, HW, mu, gamma[c] * is, beta[c], 0);
     }
 }
 
@@ -134,12 +171,8 @@ void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy
         if (dbeta) dbeta[c] += (float)sdy;
         float g = gamma[c] * is, df = (float)delta;
         float k1 = training ? (float)(sdy / m) : 0.0f, k2 = training ? (float)(sdyx / m) : 0.0f;
-        for (int64_t n = 0; n < N; n++) {
-            const float *xc = x + (n * C + c) * HW, *dc = dy + (n * C + c) * HW;
-            float *dxc = dx + (n * C + c) * HW;
-            for (int64_t i = 0; i < HW; i++)
-                dxc[i] = g * (dc[i] - k1 - ((xc[i] - mu) - df) * is * k2);
-        }
+        for (int64_t n = 0; n < N; n++)
+            bn_dx(x + (n * C + c) * HW, dy + (n * C + c) * HW, dx + (n * C + c) * HW, HW, mu, df, is, g, k1, k2);
     }
 }
 
@@ -159,13 +192,8 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
         mean[ng] = (float)mu;
         invstd[ng] = is;
         int64_t c0 = (ng % G) * Cg;
-        float mh = (float)mu, ml = (float)(mu - (double)mh); /* centred, as in batch norm */
-        for (int64_t j = 0; j < Cg; j++) {
-            float a = gamma[c0 + j] * is, b = beta[c0 + j];
-            const float *xc = xg + j * HW;
-            float *yc = yg + j * HW;
-            for (int64_t i = 0; i < HW; i++) yc[i] = ((xc[i] - mh) - ml) * a + b;
-        }
+        for (int64_t j = 0; j < Cg; j++) /* centred, as in batch norm */
+            centred_affine(xg + j * HW, yg + j * HW, HW, mu, gamma[c0 + j] * is, beta[c0 + j], 0);
     }
 }
 
@@ -176,11 +204,6 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
  * is large) in 32 float lanes over blocks of 2048 values, blocks added in
  * double; they agree with the training kernels' all-double sums to float
  * rounding. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define NORM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define NORM_CLONES
-#endif
 #define NORM_LANES 32
 #define NORM_BLOCK 2048
 
@@ -206,21 +229,6 @@ NORM_CLONES static void shifted_sums(const float *x, int64_t n, float x0, double
     }
     s[0] = t1;
     s[1] = t2;
-}
-
-/* y[n] = ((x - mh) - ml) a + b (centred first, mu = mh + ml split in float hi +
- * lo: folding mu into the shift cancels when |mu| >> std), then max(y, 0) when
- * relu (NaN propagates) */
-NORM_CLONES static void centred_affine(const float *x, float *y, int64_t n, double mu, float a, float b, int relu)
-{
-    float mh = (float)mu, ml = (float)(mu - (double)mh);
-    if (relu)
-        for (int64_t i = 0; i < n; i++) {
-            float t = ((x[i] - mh) - ml) * a + b;
-            y[i] = t <= 0.0f ? 0.0f : t;
-        }
-    else
-        for (int64_t i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * a + b;
 }
 
 void csub_groupnorm_infer(const float *x, const float *gamma, const float *beta, float *y,
@@ -302,13 +310,8 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
             float df = (float)delta;
             if (deltas) deltas[ng] = df;
             float k1 = (float)(s1 / (double)m), k2 = (float)((s2d - delta * s1) * is / (double)m);
-            for (int64_t j = 0; j < Cg; j++) {
-                float gm = gamma[c0 + j];
-                for (int64_t i = 0; i < HW; i++) {
-                    float xh = ((xg[j * HW + i] - mu) - df) * is;
-                    dxg[j * HW + i] = is * (dg[j * HW + i] * gm - k1 - xh * k2);
-                }
-            }
+            for (int64_t j = 0; j < Cg; j++)
+                gn_dx(xg + j * HW, dg + j * HW, dxg + j * HW, HW, mu, df, is, gamma[c0 + j], k1, k2);
         }
         if (params) {
             #pragma omp for schedule(static)
