@@ -207,7 +207,8 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
 #define NORM_LANES 32
 #define NORM_BLOCK 2048
 
-/* s[0] = sum (x - x0), s[1] = sum (x - x0)^2 over x[n] */
+/* s[0] = sum (x - x0), s[1] = sum (x - x0)^2 over x[n]; each block's lanes are
+ * added pairwise in float (a fixed tree), blocks in double */
 NORM_CLONES static void shifted_sums(const float *x, int64_t n, float x0, double s[2])
 {
     double t1 = 0.0, t2 = 0.0;
@@ -220,12 +221,15 @@ NORM_CLONES static void shifted_sums(const float *x, int64_t n, float x0, double
                 a1[l] += d;
                 a2[l] += d * d;
             }
+        for (int w = NORM_LANES / 2; w > 0; w /= 2)
+            for (int l = 0; l < w; l++) a1[l] += a1[l + w], a2[l] += a2[l + w];
+        t1 += a1[0];
+        t2 += a2[0];
         for (; i < e; i++) {
             double d = (double)x[i] - x0;
             t1 += d;
             t2 += d * d;
         }
-        for (int l = 0; l < NORM_LANES; l++) t1 += a1[l], t2 += a2[l];
     }
     s[0] = t1;
     s[1] = t2;
