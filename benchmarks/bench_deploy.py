@@ -1,6 +1,6 @@
 """Compressed inference of cPreResNet20 with the C runtime (model.compress / csub_model_*), as ratios in one run.
 
-    python benchmarks/bench_deploy.py [--reps 20] [--threads 2] [--batches 1 64] [--no-torch]
+    python benchmarks/bench_deploy.py [--reps 20] [--threads 2] [--batches 1 64] [--no-torch] [--crossover]
 
 For batch 1 and batch 64 at 32x32, medians of --reps forwards after a warm-up:
   unstructured  keep 1.0 (dense) vs keep 0.10 (90 % of the block weights pruned, CSR kernels)
@@ -8,6 +8,9 @@ For batch 1 and batch 64 at 32x32, medians of --reps forwards after a warm-up:
   quantized     8-bit integer products vs the float32 network (regime None)
   dense float32 csub runtime vs PyTorch CPU inference (torch.inference_mode, same network)
 and the time of set_alpha (materialising a new alpha) per regime.
+--crossover adds the unstructured network at keep 0.05 .. 0.8 run with CSR
+kernels and with dense kernels on the masked weights: where the CSR kernels
+stop paying (the runtime's default crossover, RT_SPARSE_CROSSOVER).
 Targets: 90 % sparse >= 3x faster than dense, width 0.5 >= 3x faster than
 width 1.0, 8-bit >= 2x faster than float32, set_alpha under 5 ms.
 """
@@ -89,6 +92,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--crossover", action="store_true")
     args = ap.parse_args()
     csub.set_num_threads(args.threads)
     print_machine()
@@ -135,6 +139,20 @@ def main():
             rows.append((f"dense float32 vs PyTorch (|diff| {err:.1e})", run("dense", 1.0, x), t_ms, 1.0))
         for what, t, ref, target in rows:
             print(f"{b:5d} | {what:<34} {t:9.3f} {ref:9.3f} {ref / t:7.2f}x {target:6.1f}x")
+    if args.crossover:
+        print("\nunstructured, CSR kernels vs dense kernels on the masked weights (ratio > 1: CSR faster)")
+        keeps = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+        csr = csub.CompressedNet(csub.modelfile.to_bytes(uns), 1.0, sparse_crossover=1.0)
+        dense_k = csub.CompressedNet(csub.modelfile.to_bytes(uns), 1.0, sparse_crossover=0.0)
+        for b in args.batches:
+            x = np.ascontiguousarray(x64[:b])
+            row = []
+            for k in keeps:
+                csr.set_alpha(k)
+                dense_k.set_alpha(k)
+                t_csr, t_dense = median_ms(lambda: csr(x), args.reps), median_ms(lambda: dense_k(x), args.reps)
+                row.append(t_dense / t_csr)
+            print(f"  batch {b:3d}: " + "  ".join(f"{k:.2f}:{r:.2f}" for k, r in zip(keeps, row)))
     print("\nset_alpha (materialise a new alpha), median ms (target < 5 ms):")
     for name, alphas in (("uns", [0.1, 0.5, 1.0, 0.05]), ("st", [0.0, 1 / 3, 1.0]), ("q", [0.0, 0.5, 1.0])):
         print(f"  {dict(uns='unstructured', st='structured', q='quantized')[name]:<13} "

@@ -22,13 +22,15 @@ class CompressedNet:
     Args:
         data: the bytes of a model file (``csub.export``), or a path to one.
         alpha: where to start, in [0, 1] (unstructured: > 0).
+        sparse_crossover: unstructured regime: keep fraction at or below which layers run
+            their CSR kernels (default 0.6, measured by ``benchmarks/bench_deploy.py --crossover``).
     Shapes: x (N, C, H, W) float32, normalised as in training -> logits (N, num_classes).
     Outputs equal the training-mode network's at the same alpha (evaluation
     mode) to float rounding; integer products at <= 8 bits add the rounding
     of a different summation order only (they are exact in int32).
     """
 
-    def __init__(self, data, alpha=1.0):
+    def __init__(self, data, alpha=1.0, sparse_crossover=None):
         if isinstance(data, str) or hasattr(data, "__fspath__"):
             with open(data, "rb") as f:
                 data = f.read()
@@ -38,6 +40,8 @@ class CompressedNet:
         self.meta = modelfile.read_meta(data)
         self._m = _core.model_load(data)
         self._stats = modelfile.input_stats(data)
+        if sparse_crossover is not None:
+            _core.model_set_sparse_crossover(self._m, float(sparse_crossover))
         self.set_alpha(alpha)
 
     def set_alpha(self, alpha):

@@ -296,3 +296,15 @@ def test_calibrate_measures_every_level():
     assert all(r["latency_ms"] > 0 and r["set_alpha_ms"] >= 0 for r in cal.levels)
     assert cal.pick_alpha(memory_bytes=mem[1]) == 0.5
     assert "latency ms" in cal.table()
+
+
+def test_sparse_crossover_changes_the_path_not_the_result(rng):
+    csub.manual_seed(2)
+    model = models.cnn(widths=(8, 16, 24), regime="unstructured", subspace="line")
+    x = rng.normal(0, 1, (3, 1, 28, 28)).astype(np.float32)
+    csr = model.compress(0.3)
+    dense = csub.CompressedNet(modelfile.to_bytes(model), 0.3, sparse_crossover=0.0)
+    assert csr.info()["weight_bytes"] != dense.info()["weight_bytes"]
+    assert _rel(csr(x), dense(x)) < RTOL_FLOAT
+    with pytest.raises(ValueError, match="keep"):
+        csub._core.model_set_sparse_crossover(csr._m, 1.5)

@@ -470,6 +470,11 @@ const char *csub_model_error(const csub_model *model);
  * failure the model refuses to run until a set_alpha succeeds. */
 int csub_model_set_alpha(csub_model *model, double alpha);
 
+/* Unstructured regime: a layer runs its CSR kernel at keep fractions <= keep
+ * (default 0.6, measured), its dense kernel on the masked weight above (the same
+ * results to float rounding). Rebuilds the weights at the current alpha. */
+int csub_model_set_sparse_crossover(csub_model *model, double keep);
+
 /* input[batch, C, H, W] (normalised as in training: see csub_model_input_u8)
  * -> output[batch, num_classes] logits. */
 int csub_model_forward(csub_model *model, const float *input, int64_t batch, float *output);

@@ -1683,6 +1683,24 @@ static PyObject *py_model_set_alpha(PyObject *self, PyObject *args, PyObject *kw
     Py_RETURN_NONE;
 }
 
+static PyObject *py_model_set_sparse_crossover(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *om;
+    double keep;
+    KW("model", "keep");
+    if (!parse(args, kw, "Od", kwlist, &om, &keep)) return NULL;
+    rt_box *b = rt_get(om);
+    if (!b || finite_range(keep, 0.0, 1.0, "keep")) return NULL;
+    int st;
+    b->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    st = csub_model_set_sparse_crossover(b->m, keep);
+    Py_END_ALLOW_THREADS
+    b->busy = 0;
+    if (st) return rt_error(st, csub_model_error(b->m));
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *om, *ox;
@@ -2171,6 +2189,7 @@ static PyMethodDef methods[] = {
     M(model_load, "model_load(data: bytes) -> model (an exported csub model file, at alpha 1)"),
     M(model_set_alpha, "model_set_alpha(model, alpha): materialise the compressed network at alpha"),
     M(model_forward, "model_forward(model, x[N, C, H, W]) -> logits[N, classes]"),
+    M(model_set_sparse_crossover, "model_set_sparse_crossover(model, keep): CSR kernels at keep fractions <= keep"),
     M(model_profile, "model_profile(model, x) -> [(op name, ms), ...] one timed forward"),
     M(model_info, "model_info(model) -> dict (regime, level, sizes, flops)"),
     M(model_memory, "model_memory(model, batch) -> bytes to run a batch at the current alpha"),
