@@ -813,6 +813,24 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
     return (PyObject *)dx;
 }
 
+/* The arguments of a group norm forward: x[N,C,...], gamma/beta[C], G dividing C, eps. */
+static int gn_args(PyObject *ox, PyObject *og, PyObject *ob, long long G, double eps, PyArrayObject **x,
+                   PyArrayObject **g, PyArrayObject **b, npy_intp *N, npy_intp *C, npy_intp *HW)
+{
+    *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    *g = *x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
+    *b = *g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL;
+    if (!*b || nc_rest(*x, "x", N, C, HW)) return -1;
+    npy_intp cs[1] = {*C};
+    if (shape_check(*g, "gamma", 1, cs, "(C,)") || shape_check(*b, "beta", 1, cs, "(C,)")) return -1;
+    if (G < 1 || *C % G) {
+        PyErr_Format(PyExc_ValueError, "num_groups: must be >= 1 and divide the %ld channels, got %lld",
+                     (long)*C, G);
+        return -1;
+    }
+    return eps_check(eps);
+}
+
 static PyObject *py_groupnorm_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ox, *og, *ob;
@@ -820,20 +838,9 @@ static PyObject *py_groupnorm_forward(PyObject *self, PyObject *args, PyObject *
     double eps = 1e-5;
     KW("x", "gamma", "beta", "num_groups", "eps");
     if (!parse(args, kw, "OOOL|d", kwlist, &ox, &og, &ob, &G, &eps)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
-    PyArrayObject *b = g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL;
-    if (!b) return NULL;
+    PyArrayObject *x, *g, *b;
     npy_intp N, C, HW;
-    if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
-    npy_intp cs[1] = {C};
-    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(b, "beta", 1, cs, "(C,)")) return NULL;
-    if (G < 1 || C % G) {
-        PyErr_Format(PyExc_ValueError, "num_groups: must be >= 1 and divide the %ld channels, got %lld",
-                     (long)C, G);
-        return NULL;
-    }
-    if (eps_check(eps)) return NULL;
+    if (gn_args(ox, og, ob, G, eps, &x, &g, &b, &N, &C, &HW)) return NULL;
     npy_intp ss[2] = {N, G};
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     PyArrayObject *mean = new_f32(2, ss), *invstd = new_f32(2, ss);
@@ -852,20 +859,9 @@ static PyObject *py_groupnorm_infer(PyObject *self, PyObject *args, PyObject *kw
     int relu = 0;
     KW("x", "gamma", "beta", "num_groups", "eps", "relu");
     if (!parse(args, kw, "OOOL|dp", kwlist, &ox, &og, &ob, &G, &eps, &relu)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
-    PyArrayObject *b = g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL;
-    if (!b) return NULL;
+    PyArrayObject *x, *g, *b;
     npy_intp N, C, HW;
-    if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
-    npy_intp cs[1] = {C};
-    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(b, "beta", 1, cs, "(C,)")) return NULL;
-    if (G < 1 || C % G) {
-        PyErr_Format(PyExc_ValueError, "num_groups: must be >= 1 and divide the %ld channels, got %lld",
-                     (long)C, G);
-        return NULL;
-    }
-    if (eps_check(eps)) return NULL;
+    if (gn_args(ox, og, ob, G, eps, &x, &g, &b, &N, &C, &HW)) return NULL;
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!y) return NULL;
     Py_BEGIN_ALLOW_THREADS
