@@ -119,6 +119,24 @@ def test_demo(tmp_path):
     rows = table_rows(proc.stdout)
     assert sorted(rows) == pytest.approx(sorted(UNSTRUCTURED_ALPHAS), abs=1e-4)
     assert (tmp_path / "DEMO" / "accuracy.png").read_bytes()[:8] == PNG_SIGNATURE
+    # the exported line follows a changing budget: the loose budgets get alpha 1, the tight one less
+    assert (tmp_path / "DEMO" / "model.safetensors").stat().st_size > 0
+    picks = [line for line in proc.stdout.splitlines() if line.startswith("budget ")]
+    assert len(picks) == 4 and "alpha 1.0000" in picks[0] and "alpha 1.0000" in picks[3]
+    assert "alpha 1.0000" not in picks[1]
+
+
+def test_export_and_budget(run_dir):
+    cwd, _ = run_dir
+    proc = ok(run_csub(["export", "RUN", "RUN/model.safetensors"], cwd))
+    assert "exported: RUN/model.safetensors" in proc.stdout
+    model = csub.load(str(cwd / "RUN" / "model.safetensors"))
+    assert model.regime == "unstructured" and len(model.levels) == len(UNSTRUCTURED_ALPHAS)
+    proc = ok(run_csub(["budget", "RUN/model.safetensors", "--latency-ms", "1000", "0.000001", "--reps", "2"], cwd))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("budget ")]
+    assert "nothing fits" in lines[1] and "alpha" in lines[0]
+    proc = run_csub(["budget", "RUN/nope.safetensors", "--latency-ms", "1"], cwd)
+    assert proc.returncode != 0 and "nope.safetensors" in proc.stderr
 
 
 @pytest.mark.parametrize("args, problem", [
