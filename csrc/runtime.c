@@ -832,17 +832,20 @@ static float *value_ptr(const csub_model *m, const workspace *w, const float *in
     return m->vslot[v] < 0 ? (float *)input : w->slots[m->vslot[v]];
 }
 
-/* Fake-quantize x[n] into dst on the layer's activation grid (dynamic: the batch's own range). */
-static void quantize_input(const op_t *op, int bits, const float *x, float *dst, int64_t n, float *scale, int32_t *zp)
+/* Fake-quantize x[n] into dst on the layer's activation grid (dynamic: the batch's own range).
+ * CSUB_ERR_ARG when a dynamic range is not finite (NaN or inf in x). */
+static int quantize_input(const op_t *op, int bits, const float *x, float *dst, int64_t n, float *scale, int32_t *zp)
 {
     *scale = op->xscale;
     *zp = op->xzp;
     if (op->act_dynamic) {
         float mn, mx;
         csub_minmax(x, n, &mn, &mx);
+        if (!isfinite(mn) || !isfinite(mx)) return CSUB_ERR_ARG;
         csub_quant_params(mn, mx, bits, scale, zp);
     }
     if (dst) csub_fake_quant_forward(x, dst, n, *scale, *zp, bits);
+    return CSUB_OK;
 }
 
 static int run_weighted(const csub_model *m, const op_t *op, const workspace *w, const float *x, float *y, int64_t N)
@@ -853,14 +856,14 @@ static int run_weighted(const csub_model *m, const op_t *op, const workspace *w,
     float xs;
     int32_t xz;
     if (op->path == PATH_INT8) {
-        quantize_input(op, m->bits, x, NULL, n_in, &xs, &xz);
+        if ((st = quantize_input(op, m->bits, x, NULL, n_in, &xs, &xz))) return st;
         if (op->kind == OP_CONV)
             return csub_conv2d_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N, C, s.h, s.w, op->k, op->k,
                                             op->stride, op->pad);
         return csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
     }
     if (op->path == PATH_FAKEQ) {
-        quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz);
+        if ((st = quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz))) return st;
         x = w->scratch;
     }
     const float *b = op->b.p0 ? op->ba : NULL;
@@ -976,6 +979,9 @@ static int forward(csub_model *m, const float *input, int64_t batch, float *outp
             }
         }
     }
+    if (st == CSUB_ERR_ARG && (m->ops[failed].path == PATH_INT8 || m->ops[failed].path == PATH_FAKEQ))
+        return MFAIL(m, st, "graph[%d] (%s): the layer's input has NaN or infinite values, which no integer code "
+                     "represents (check the input)", failed, csub_model_op_name(m, failed));
     if (st) return MFAIL(m, st, "graph[%d] (%s): %s", failed, csub_model_op_name(m, failed), csub_strerror(st));
     return CSUB_OK;
 }

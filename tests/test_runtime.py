@@ -308,3 +308,16 @@ def test_sparse_crossover_changes_the_path_not_the_result(rng):
     assert _rel(csr(x), dense(x)) < RTOL_FLOAT
     with pytest.raises(ValueError, match="keep"):
         csub._core.model_set_sparse_crossover(csr._m, 1.5)
+
+
+def test_nan_input_is_an_error_on_integer_paths_and_propagates_on_float_ones(rng):
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    x[0, 0, 3, 3] = np.nan
+    q = models.cnn(widths=(4, 8, 8), regime="quantized", subspace="line")
+    for observed in (False, True):  # the batch's own range, then a recorded one
+        if observed:
+            _prepare(q, rng.normal(0, 1, (4, 1, 28, 28)).astype(np.float32), "quantized", rng)
+        with pytest.raises(ValueError, match="NaN"):
+            q.compress(1.0)(x)
+    out = models.cnn(widths=(4, 8, 8), regime="unstructured").compress(0.1)(x)
+    assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
