@@ -51,9 +51,10 @@ static void ws_free(workspace *w, int nslots);
 
 /* Default keep fraction at or below which a compressed layer runs its CSR
  * kernel at inference (csub_model_set_sparse_crossover changes it per model).
- * Measured, `python benchmarks/bench_deploy.py --crossover`: on cPreResNet20
- * the CSR network is 1.09x (batch 1) and 1.18x (batch 64) faster than dense
- * kernels on the masked weights at keep 0.6, 0.96x / 0.92x at keep 0.7. */
+ * Measured, `python benchmarks/bench_deploy.py --crossover` (two runs, see
+ * benchmarks/deploy.md): on cPreResNet20 the CSR network against dense kernels
+ * on the masked weights is 1.09x / 0.99x faster at keep 0.6 (batch 1) and
+ * 1.18x / 0.96x (batch 64), slower at 0.7 in both runs. */
 #define RT_SPARSE_CROSSOVER 0.6
 #define RT_MAX_OPS 100000
 
