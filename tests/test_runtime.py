@@ -321,3 +321,17 @@ def test_nan_input_is_an_error_on_integer_paths_and_propagates_on_float_ones(rng
             q.compress(1.0)(x)
     out = models.cnn(widths=(4, 8, 8), regime="unstructured").compress(0.1)(x)
     assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
+
+
+def test_wide_bit_widths_run_fake_quantized_in_float(rng):
+    """Above 8 bits there is no int8 product: the runtime fake-quantizes in float, as training does."""
+    csub.manual_seed(4)
+    model = models.cnn(widths=(8, 16, 16), regime="quantized", subspace="line", norm="bn", bit_range=(8, 12))
+    x = rng.normal(0, 1, (3, 1, 28, 28)).astype(np.float32)
+    _prepare(model, x, "quantized", rng)
+    net = model.compress(1.0)
+    for a, bits in ((1.0, 12), (0.5, 10), (0.0, 8)):
+        model.set_alpha(a)
+        got = net.set_alpha(a)(x)
+        assert net.info()["bits"] == bits
+        assert _rel(got, model(x)) < (RTOL_FLOAT if bits > 8 else RTOL_INT)
