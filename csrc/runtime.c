@@ -276,6 +276,9 @@ static int parse_op(csub_model *m, const csub_st_file *f, const csub_json *o, in
             memcpy(op->act, a, sizeof op->act);
             free(a);
             op->has_act = 1;
+            if (op->act[2] != 0.0f && !(isfinite(op->act[0]) && isfinite(op->act[1]) && op->act[0] <= op->act[1]))
+                return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d]: activation range '%s' is not a finite "
+                            "[min, max]", i, act);
         }
         if (fold) { /* the batch norm applied to this op's output: found after the graph is read */
             op->fold = -2;
@@ -783,8 +786,9 @@ int csub_model_set_alpha(csub_model *m, double alpha)
             if (op->agroups < 0)
                 return MFAIL(m, CSUB_ERR_UNSUPPORTED, "graph[%d]: group norm with %lld groups has no grouping at width %g",
                              i, (long long)op->groups, m->width);
-            if (!op->ga && !((op->ga = falloc(op->c)) && (op->ba = falloc(op->c))))
-                return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+            if (!op->ga) op->ga = falloc(op->c);
+            if (!op->ba) op->ba = falloc(op->c);
+            if (!op->ga || !op->ba) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
             const float *g = at_alpha(&op->g, alpha, op->ga), *b = at_alpha(&op->beta, alpha, op->ba);
             if (g != op->ga) memcpy(op->ga, g, sizeof(float) * (size_t)op->c);
             if (b != op->ba) memcpy(op->ba, b, sizeof(float) * (size_t)op->c);

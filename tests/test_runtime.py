@@ -335,3 +335,13 @@ def test_wide_bit_widths_run_fake_quantized_in_float(rng):
         got = net.set_alpha(a)(x)
         assert net.info()["bits"] == bits
         assert _rel(got, model(x)) < (RTOL_FLOAT if bits > 8 else RTOL_INT)
+
+
+def test_corrupt_activation_range_is_refused(rng):
+    model = models.cnn(widths=(4, 8, 8), regime="quantized", subspace="line")
+    _prepare(model, rng.normal(0, 1, (4, 1, 28, 28)).astype(np.float32), "quantized", rng)
+    meta, t = _file(model)
+    name = next(op["act"] for op in meta["graph"] if op.get("act"))
+    for bad in ([np.nan, 1.0, 1.0], [2.0, 1.0, 1.0], [0.0, np.inf, 1.0]):
+        t2 = dict(t, **{name: np.array(bad, np.float32)})
+        assert "activation range" in _load_error(_save(meta, t2))
