@@ -1697,25 +1697,33 @@ static PyObject *py_model_set_sparse_crossover(PyObject *self, PyObject *args, P
     Py_RETURN_NONE;
 }
 
+/* The model and a batch x of its inputs: (N, C, H, W) or (N, C*H*W), float32, N >= 1. */
+static int rt_input(PyObject *om, PyObject *ox, rt_box **b, PyArrayObject **x, csub_model_desc *d, npy_intp *N)
+{
+    *b = rt_get(om);
+    *x = *b ? arr_check(ox, "x", NPY_FLOAT32, -1, 0) : NULL;
+    if (!*x) return -1;
+    csub_model_info((*b)->m, d);
+    npy_intp per = (npy_intp)(d->input_c * d->input_h * d->input_w);
+    *N = PyArray_NDIM(*x) ? PyArray_DIM(*x, 0) : 0;
+    if (PyArray_NDIM(*x) >= 2 && *N >= 1 && PyArray_SIZE(*x) == *N * per) return 0;
+    char sh[128];
+    shape_str(sh, sizeof sh, PyArray_NDIM(*x), PyArray_DIMS(*x));
+    PyErr_Format(PyExc_ValueError, "x: expected (N, %lld, %lld, %lld) or (N, %lld) with N >= 1, got %s",
+                 (long long)d->input_c, (long long)d->input_h, (long long)d->input_w, (long long)per, sh);
+    return -1;
+}
+
 static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *om, *ox;
     KW("model", "x");
     if (!parse(args, kw, "OO", kwlist, &om, &ox)) return NULL;
-    rt_box *b = rt_get(om);
-    PyArrayObject *x = b ? arr_check(ox, "x", NPY_FLOAT32, -1, 0) : NULL;
-    if (!x) return NULL;
+    rt_box *b;
+    PyArrayObject *x;
     csub_model_desc d;
-    csub_model_info(b->m, &d);
-    npy_intp per = (npy_intp)(d.input_c * d.input_h * d.input_w);
-    npy_intp N = PyArray_NDIM(x) ? PyArray_DIM(x, 0) : 0;
-    if (PyArray_NDIM(x) < 2 || N < 1 || PyArray_SIZE(x) != N * per) {
-        char sh[128];
-        shape_str(sh, sizeof sh, PyArray_NDIM(x), PyArray_DIMS(x));
-        PyErr_Format(PyExc_ValueError, "x: expected (N, %lld, %lld, %lld) or (N, %lld) with N >= 1, got %s",
-                     (long long)d.input_c, (long long)d.input_h, (long long)d.input_w, (long long)per, sh);
-        return NULL;
-    }
+    npy_intp N;
+    if (rt_input(om, ox, &b, &x, &d, &N)) return NULL;
     npy_intp ys[2] = {N, (npy_intp)d.num_classes};
     PyArrayObject *y = new_f32(2, ys);
     if (!y) return NULL;
@@ -1734,17 +1742,11 @@ static PyObject *py_model_profile(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *om, *ox;
     KW("model", "x");
     if (!parse(args, kw, "OO", kwlist, &om, &ox)) return NULL;
-    rt_box *b = rt_get(om);
-    PyArrayObject *x = b ? arr_check(ox, "x", NPY_FLOAT32, -1, 0) : NULL;
-    if (!x) return NULL;
+    rt_box *b;
+    PyArrayObject *x;
     csub_model_desc d;
-    csub_model_info(b->m, &d);
-    npy_intp per = (npy_intp)(d.input_c * d.input_h * d.input_w);
-    npy_intp N = PyArray_NDIM(x) ? PyArray_DIM(x, 0) : 0;
-    if (PyArray_NDIM(x) < 2 || N < 1 || PyArray_SIZE(x) != N * per) {
-        PyErr_Format(PyExc_ValueError, "x: expected N >= 1 samples of %lld values", (long long)per);
-        return NULL;
-    }
+    npy_intp N;
+    if (rt_input(om, ox, &b, &x, &d, &N)) return NULL;
     int n = csub_model_num_ops(b->m);
     double *ms = PyMem_Calloc((size_t)n, sizeof(double));
     float *y = PyMem_Malloc(sizeof(float) * (size_t)(N * d.num_classes));
