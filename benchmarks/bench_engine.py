@@ -37,7 +37,8 @@ import sys
 import time
 
 import numpy as np
-from common import print_machine
+from common import conv_shapes as common_conv_shapes
+from common import out_size, print_machine
 
 try:
     import csub
@@ -275,20 +276,8 @@ def copy_weights(cmodel, tmodel):
 
 def conv_shapes():
     """Distinct (C, K, R, stride, padding, H, W) of cPreResNet20's convs, with their counts, in order."""
-    model = cpreresnet20(norm="gn")
-    model.train()
-    model(np.zeros((2, 3, IMAGE, IMAGE), np.float32))  # Conv2d.forward keeps its input as _x
-    shapes = {}
-    for m in model.modules():
-        if isinstance(m, Conv2d):
-            _, C, H, W = m._x.shape
-            key = (C, m.out_channels, m.kernel_size, m.stride, m.padding, H, W)
-            shapes[key] = shapes.get(key, 0) + 1
-    return shapes
-
-
-def out_size(h, r, stride, pad):
-    return (h + 2 * pad - r) // stride + 1
+    return common_conv_shapes(cpreresnet20(norm="gn"), lambda m: [c for c in m.modules() if isinstance(c, Conv2d)],
+                              IMAGE)
 
 
 def bench_convs(shapes, reps, warmup, budget):

@@ -28,7 +28,7 @@ import sys
 import time
 
 import numpy as np
-from common import print_machine
+from common import conv_key, print_machine
 
 try:
     import csub
@@ -79,8 +79,7 @@ def layer_shapes():
     seen = {}
     for m in net.modules():
         if isinstance(m, Conv2d):
-            _, C, H, W = m._x.shape
-            key = ("conv", (C, m.out_channels, m.kernel_size, m.stride, m.padding, H, W))
+            key = ("conv", conv_key(m))
         elif isinstance(m, Linear):
             key = ("linear", (m.in_features, m.out_features, 1, 1, 0, 1, 1))
         else:

@@ -35,7 +35,8 @@ import sys
 import time
 
 import numpy as np
-from common import print_machine
+from common import conv_shapes as common_conv_shapes
+from common import out_size, print_machine
 
 try:
     import csub
@@ -106,19 +107,7 @@ def header(args):
 
 def conv_shapes():
     """Distinct (C, K, R, stride, padding, H, W) of cPreResNet20's compressible convs, with counts."""
-    model = cpreresnet20(norm="gn", regime="unstructured")
-    model.train()
-    model(np.zeros((2, 3, IMAGE, IMAGE), np.float32))  # each Conv2d keeps its input as _x
-    shapes = {}
-    for m in model.compressible_layers():
-        _, C, H, W = m._x.shape
-        key = (C, m.out_channels, m.kernel_size, m.stride, m.padding, H, W)
-        shapes[key] = shapes.get(key, 0) + 1
-    return shapes
-
-
-def out_size(h, r, stride, pad):
-    return (h + 2 * pad - r) // stride + 1
+    return common_conv_shapes(cpreresnet20(norm="gn", regime="unstructured"), lambda m: m.compressible_layers(), IMAGE)
 
 
 def conv_case(rng, C, K, R, s, p, H, W):

@@ -1,7 +1,9 @@
-"""Shared by the benchmarks: the machine header every one prints first, and a timer."""
+"""Shared by the benchmarks: the machine header every one prints first, a timer, conv shapes."""
 import os
 import platform
 import time
+
+import numpy as np
 
 
 def cpu_model():
@@ -38,3 +40,26 @@ def best_time(fn, repeat):
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def out_size(h, r, stride, pad):
+    """Output size of a convolution along one axis."""
+    return (h + 2 * pad - r) // stride + 1
+
+
+def conv_key(m):
+    """(C, K, R, stride, padding, H, W) of a Conv2d after a forward (it keeps its input as _x)."""
+    _, C, H, W = m._x.shape
+    return (C, m.out_channels, m.kernel_size, m.stride, m.padding, H, W)
+
+
+def conv_shapes(model, layers, image):
+    """Distinct conv_key of ``layers`` (callable: model -> Conv2d modules) after one forward of two
+    image x image inputs through ``model``, with their counts, in order."""
+    model.train()
+    model(np.zeros((2, model.in_channels, image, image), np.float32))
+    shapes = {}
+    for m in layers(model):
+        key = conv_key(m)
+        shapes[key] = shapes.get(key, 0) + 1
+    return shapes
