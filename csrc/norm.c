@@ -3,6 +3,7 @@
  * (divide by the count) for normalisation, as every framework does. */
 #include <math.h>
 #include <stdlib.h>
+#include <omp.h>
 
 #include "csub.h"
 
@@ -76,8 +77,9 @@ NORM_CLONES static void lsums3(const float *x, const float *dy, int64_t n, float
 
 /* y[n] = ((x - mh) - ml) a + b (centred first, mu = mh + ml split in float hi +
  * lo: folding mu into the shift cancels when |mu| >> std), then max(y, 0) when
- * relu (NaN propagates) */
-NORM_CLONES static void centred_affine(const float *x, float *y, int64_t n, double mu, float a, float b, int relu)
+ * relu (NaN propagates). The body is inlined into each clone that uses it. */
+static inline __attribute__((always_inline)) void affine_body(const float *x, float *y, int64_t n, double mu,
+                                                              float a, float b, int relu)
 {
     float mh = (float)mu, ml = (float)(mu - (double)mh);
     if (relu)
@@ -87,6 +89,11 @@ NORM_CLONES static void centred_affine(const float *x, float *y, int64_t n, doub
         }
     else
         for (int64_t i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * a + b;
+}
+
+NORM_CLONES static void centred_affine(const float *x, float *y, int64_t n, double mu, float a, float b, int relu)
+{
+    affine_body(x, y, n, mu, a, b, relu);
 }
 
 /* Group norm's input gradient over one channel's plane:
@@ -205,11 +212,16 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
  * double; they agree with the training kernels' all-double sums to float
  * rounding. */
 #define NORM_LANES 32
+/* Values below which an inference norm runs on one thread: measured on
+ * cPreResNet20 at batch 1 (benchmarks/deploy.md), two threads lose on a
+ * 64 x 32 x 32 activation (the fork and join, and reading what the other
+ * core's cache holds, cost more than half the work). */
+#define NORM_PAR_MIN 131072
 #define NORM_BLOCK 2048
 
 /* s[0] = sum (x - x0), s[1] = sum (x - x0)^2 over x[n]; each block's lanes are
  * added pairwise in float (a fixed tree), blocks in double */
-NORM_CLONES static void shifted_sums(const float *x, int64_t n, float x0, double s[2])
+static inline __attribute__((always_inline)) void sums_body(const float *x, int64_t n, float x0, double s[2])
 {
     double t1 = 0.0, t2 = 0.0;
     for (int64_t b = 0; b < n; b += NORM_BLOCK) {
@@ -221,8 +233,12 @@ NORM_CLONES static void shifted_sums(const float *x, int64_t n, float x0, double
                 a1[l] += d;
                 a2[l] += d * d;
             }
-        for (int w = NORM_LANES / 2; w > 0; w /= 2)
-            for (int l = 0; l < w; l++) a1[l] += a1[l + w], a2[l] += a2[l + w];
+        /* the fixed tree, step by step (constant trip counts: each step is one vector add) */
+        for (int l = 0; l < 16; l++) a1[l] += a1[l + 16], a2[l] += a2[l + 16];
+        for (int l = 0; l < 8; l++) a1[l] += a1[l + 8], a2[l] += a2[l + 8];
+        for (int l = 0; l < 4; l++) a1[l] += a1[l + 4], a2[l] += a2[l + 4];
+        for (int l = 0; l < 2; l++) a1[l] += a1[l + 2], a2[l] += a2[l + 2];
+        a1[0] += a1[1], a2[0] += a2[1];
         t1 += a1[0];
         t2 += a2[0];
         for (; i < e; i++) {
@@ -235,30 +251,131 @@ NORM_CLONES static void shifted_sums(const float *x, int64_t n, float x0, double
     s[1] = t2;
 }
 
-void csub_groupnorm_infer(const float *x, const float *gamma, const float *beta, float *y,
-                          int64_t N, int64_t C, int64_t HW, int64_t G, float eps, int relu)
+NORM_CLONES static void shifted_sums(const float *x, int64_t n, float x0, double s[2])
 {
-    int64_t Cg = C / G, m = Cg * HW;
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
-    for (int64_t ng = 0; ng < N * G; ng++) {
-        const float *xg = x + ng * m;
-        float *yg = y + ng * m;
-        double s[2];
-        shifted_sums(xg, m, m ? xg[0] : 0.0f, s);
-        double d = s[0] / (double)m, var = s[1] / (double)m - d * d;
-        double mu = (m ? (double)xg[0] : 0.0) + d, is = 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps);
-        int64_t c0 = (ng % G) * Cg;
-        for (int64_t j = 0; j < Cg; j++)
-            centred_affine(xg + j * HW, yg + j * HW, HW, mu, gamma[c0 + j] * (float)is, beta[c0 + j], relu);
+    sums_body(x, n, x0, s);
+}
+
+/* mean and 1 / std of a group from its shifted sums over m values (inv_m = 1 / m) */
+static inline void group_stats(const double s[2], float x0, double inv_m, float eps, double *mu, double *is)
+{
+    double d = s[0] * inv_m, var = s[1] * inv_m - d * d;
+    *mu = (double)x0 + d;
+    *is = 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps);
+}
+
+/* Groups [ng0, ng1) of x[N*G][Cg*HW] whole, GN_CHUNK at a time: the
+ * statistics of the chunk's groups, then their y. Short groups (instance norm
+ * on 8 x 8 planes: 64 values) are bound by the latency from a group's sums to
+ * its scale; computing a chunk's statistics back to back overlaps those
+ * chains, and the chunk is still in L1 for the second pass. */
+#define GN_CHUNK 32
+NORM_CLONES static void gn_groups(const float *x, const float *gamma, const float *beta, float *y, int64_t ng0,
+                                  int64_t ng1, int64_t G, int64_t Cg, int64_t HW, float eps, int relu)
+{
+    int64_t m = Cg * HW;
+    double mu[GN_CHUNK], is[GN_CHUNK], inv_m = 1.0 / (double)m;
+    float xs[GN_CHUNK];
+    for (int64_t b = ng0; b < ng1; b += GN_CHUNK) {
+        int64_t e = b + GN_CHUNK < ng1 ? b + GN_CHUNK : ng1;
+        for (int64_t ng = b; ng < e; ng++) {
+            const float *xg = x + ng * m;
+            double s[2];
+            float x0 = m ? xg[0] : 0.0f;
+            sums_body(xg, m, x0, s);
+            mu[ng - b] = s[0] * inv_m; /* the shifted mean and mean square, for now */
+            is[ng - b] = s[1] * inv_m;
+            xs[ng - b] = x0;
+        }
+        for (int64_t i = 0; i < e - b; i++) { /* as group_stats, a vector of groups at a time */
+            double d = mu[i], var = is[i] - d * d;
+            mu[i] = (double)xs[i] + d;
+            is[i] = 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps);
+        }
+        for (int64_t ng = b; ng < e; ng++) {
+            int64_t c0 = (ng % G) * Cg;
+            for (int64_t j = 0; j < Cg; j++)
+                affine_body(x + ng * m + j * HW, y + ng * m + j * HW, HW, mu[ng - b],
+                            gamma[c0 + j] * (float)is[ng - b], beta[c0 + j], relu);
+        }
+    }
+}
+
+void csub_groupnorm_infer(const float *x, const float *gamma, const float *beta, float *y,
+                          int64_t N, int64_t C, int64_t H, int64_t W, int64_t G, float eps, int relu)
+{
+    int64_t Cg = C / G, HW = H * W, m = Cg * HW;
+    int nt = N * C * HW < NORM_PAR_MIN ? 1 : csub_get_num_threads();
+    /* fewer images than threads: each thread sums and writes the rows of its band
+     * (csub_row_band) of every plane; the bands' sums are added in thread order */
+    double *part = N < nt && H >= nt && W > 0 && !omp_in_parallel() ? malloc(sizeof(double) * 2 * (size_t)(N * G * nt)) : NULL;
+    if (part) {
+        #pragma omp parallel num_threads(nt)
+        {
+            int t = omp_get_thread_num(), T = omp_get_num_threads();
+            int64_t h0, h1;
+            csub_row_band(H, t, T, &h0, &h1);
+            int64_t lo = h0 * W, n = (h1 - h0) * W;
+            for (int64_t ng = 0; ng < N * G; ng++) {
+                const float *xg = x + ng * m;
+                double s[2], acc[2] = {0.0, 0.0};
+                for (int64_t j = 0; j < Cg; j++) {
+                    shifted_sums(xg + j * HW + lo, n, xg[0], s);
+                    acc[0] += s[0];
+                    acc[1] += s[1];
+                }
+                part[2 * (t * N * G + ng)] = acc[0]; /* thread-major: no line shared between threads */
+                part[2 * (t * N * G + ng) + 1] = acc[1];
+            }
+            #pragma omp barrier
+            for (int64_t ng = 0; ng < N * G && n > 0; ng++) {
+                const float *xg = x + ng * m;
+                double st[2] = {0.0, 0.0}, mu, is;
+                for (int u = 0; u < T; u++) st[0] += part[2 * (u * N * G + ng)], st[1] += part[2 * (u * N * G + ng) + 1];
+                group_stats(st, xg[0], 1.0 / (double)m, eps, &mu, &is);
+                int64_t c0 = (ng % G) * Cg;
+                for (int64_t j = 0; j < Cg; j++)
+                    centred_affine(xg + j * HW + lo, y + ng * m + j * HW + lo, n, mu, gamma[c0 + j] * (float)is,
+                                   beta[c0 + j], relu);
+            }
+        }
+        free(part);
+        return;
+    }
+    if (nt == 1 || omp_in_parallel()) {
+        gn_groups(x, gamma, beta, y, 0, N * G, G, Cg, HW, eps, relu);
+        return;
+    }
+    #pragma omp parallel num_threads(nt)
+    {
+        int64_t lo, hi;
+        csub_row_band(N * G, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        gn_groups(x, gamma, beta, y, lo, hi, G, Cg, HW, eps, relu);
     }
 }
 
 /* Batch norm with running statistics: a per-channel affine map. */
 void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
                           const float *running_mean, const float *running_var, float *y,
-                          int64_t N, int64_t C, int64_t HW, float eps, int relu)
+                          int64_t N, int64_t C, int64_t H, int64_t W, float eps, int relu)
 {
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
+    int64_t HW = H * W;
+    int nt = N * C * HW < NORM_PAR_MIN ? 1 : csub_get_num_threads();
+    if (N < nt && H >= nt) { /* the rows of each thread's band (csub_row_band) */
+        #pragma omp parallel num_threads(nt)
+        {
+            int64_t h0, h1;
+            csub_row_band(H, omp_get_thread_num(), omp_get_num_threads(), &h0, &h1);
+            for (int64_t nc = 0; nc < N * C && h1 > h0; nc++) {
+                int64_t c = nc % C;
+                float is = (float)(1.0 / sqrt((double)running_var[c] + eps));
+                centred_affine(x + nc * HW + h0 * W, y + nc * HW + h0 * W, (h1 - h0) * W, running_mean[c],
+                               gamma[c] * is, beta[c], relu);
+            }
+        }
+        return;
+    }
+    #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t nc = 0; nc < N * C; nc++) {
         int64_t c = nc % C;
         float is = (float)(1.0 / sqrt((double)running_var[c] + eps));

@@ -4,6 +4,7 @@ layers BatchNorm2d, GroupNorm, InstanceNorm2d; argument checking."""
 import numpy as np
 import pytest
 
+import csub
 from csub import _core
 from csub.nn import BatchNorm2d, GroupNorm, InstanceNorm2d
 from gradcheck import assert_close, numerical_grad
@@ -923,6 +924,27 @@ def test_norm_infer_kernels_match_the_twins(shape, groups, relu, rng):
     np.testing.assert_allclose(_core.groupnorm_infer(x, g, b, groups, relu=relu), act(y), rtol=1e-5, atol=1e-5)
     y = _core.batchnorm_forward(x, g, b, rm.copy(), rv.copy(), training=False)[0]
     np.testing.assert_allclose(_core.batchnorm_infer(x, g, b, rm, rv, relu=relu), act(y), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,groups", [((1, 8, 130, 128), 8), ((1, 6, 160, 150), 2), ((2, 80, 4, 4), 80),
+                                          ((3, 70, 5, 3), 35)])
+def test_norm_infer_thread_counts(shape, groups, rng):
+    """Inference norms on 1 to 3 threads: one large image split by rows (sums per band, added
+    in thread order), and more groups than one statistics chunk; all agree with the twin."""
+    C = shape[1]
+    x = (rng.normal(0, 2, shape) + 1).astype(np.float32)
+    g, b = rng.normal(1, 0.3, C).astype(np.float32), rng.normal(0, 0.3, C).astype(np.float32)
+    rm, rv = rng.normal(1, 0.5, C).astype(np.float32), rng.uniform(0.5, 4, C).astype(np.float32)
+    want_g = np.maximum(ref.groupnorm_forward(x, g, b, groups)[0], 0)
+    want_b = ref.batchnorm_forward(x, g, b, rm, rv, training=False)[0]
+    old = csub.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            csub.set_num_threads(t)
+            np.testing.assert_allclose(_core.groupnorm_infer(x, g, b, groups, relu=True), want_g, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(_core.batchnorm_infer(x, g, b, rm, rv), want_b, rtol=1e-5, atol=1e-5)
+    finally:
+        csub.set_num_threads(old)
 
 
 def test_groupnorm_infer_large_mean_and_long_groups(rng):
