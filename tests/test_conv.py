@@ -194,6 +194,21 @@ def test_linear_empty_batch_leaves_gradients():
     assert np.all(dw == 2.0) and np.all(db == 2.0)
 
 
+@pytest.mark.parametrize("C,H,W,K,R,stride,pad", [(16, 34, 30, 16, 3, 1, 1), (24, 33, 17, 40, 3, 2, 1),
+                                                   (64, 32, 32, 64, 1, 1, 0), (2, 3, 3, 2, 3, 1, 1)])
+def test_conv_one_image_split_by_rows(rng, threads, C, H, W, K, R, stride, pad):
+    """One image on 1 to 3 threads: a product large enough splits by output rows (each
+    thread lays out and multiplies its own band), a small one runs on one thread; all
+    agree with the float64 twin."""
+    x = rng.standard_normal((1, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((K, C, R, R)) / np.sqrt(C * R * R)).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+    want = ref.conv2d_forward(x, w, b, stride, pad)
+    for t in (1, 2, 3):
+        threads(t)
+        assert_close(_core.conv2d_forward(x, w, b, stride, pad), want, 1e-5, 1e-5, f"y ({t} threads)")
+
+
 def test_linear_thread_count_invariance(rng, threads):
     x, w, b, dy = f32(rng, 96, 300), f32(rng, 129, 300), f32(rng, 129), f32(rng, 96, 129)
     out = []
