@@ -1,5 +1,6 @@
 /* act.c - ReLU, residual add, pools (max, average, global average). */
 #include <float.h>
+#include <omp.h>
 
 #include "csub.h"
 
@@ -56,6 +57,25 @@ void csub_add(const float *a, const float *b, float *y, int64_t n)
     PAR_CHUNKS
     for (int64_t c = 0; c < (n + CHUNK - 1) / CHUNK; c++)
         add_chunk(a + c * CHUNK, b + c * CHUNK, y + c * CHUNK, n - c * CHUNK < CHUNK ? n - c * CHUNK : CHUNK);
+}
+
+void csub_add_nchw(const float *a, const float *b, float *y, int64_t N, int64_t C, int64_t H, int64_t W)
+{
+    int nt = csub_get_num_threads();
+    if (N >= nt || H < nt || N * C * H * W < 131072 || omp_in_parallel()) { /* small: as csub_add */
+        csub_add(a, b, y, N * C * H * W);
+        return;
+    }
+    int64_t HW = H * W;
+    #pragma omp parallel num_threads(nt)
+    {
+        int64_t h0, h1;
+        csub_row_band(H, omp_get_thread_num(), omp_get_num_threads(), &h0, &h1);
+        for (int64_t nc = 0; nc < N * C && h1 > h0; nc++) {
+            int64_t o = nc * HW + h0 * W;
+            add_chunk(a + o, b + o, y + o, (h1 - h0) * W);
+        }
+    }
 }
 
 /* x[N,C,H,W] -> y[N,C,P,Q], argmax[N,C,P,Q] (flat index in the H*W plane; first maximum wins) */

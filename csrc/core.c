@@ -39,6 +39,12 @@ int csub_get_num_threads(void)
     return g_threads;
 }
 
+void csub_row_band(int64_t H, int t, int T, int64_t *lo, int64_t *hi)
+{
+    *lo = H * t / T;
+    *hi = H * (t + 1) / T;
+}
+
 void csub_gemm_serial(int transa, int transb, int64_t M, int64_t N, int64_t K,
                       float alpha, const float *A, int64_t lda,
                       const float *B, int64_t ldb, float beta, float *C, int64_t ldc)

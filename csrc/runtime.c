@@ -46,6 +46,9 @@ typedef struct workspace {
     float **slots;
     float *scratch;
     int64_t cap;
+    float *spwork;      /* the CSR convolutions' buffers, for cap images and `threads` threads */
+    int64_t spwork_len;
+    int threads;
 } workspace;
 static void ws_free(workspace *w, int nslots);
 
@@ -92,6 +95,7 @@ typedef struct {
     int64_t *rowptr;
     int32_t *colidx;
     float *vals;
+    int64_t *foff;               /* conv: where each kept weight reads the laid-out input */
     int64_t nnz;
     csub_qweight qw;
     int has_qw;
@@ -418,8 +422,9 @@ done:
 static void free_materialised(op_t *op)
 {
     free(op->wa); free(op->ba); free(op->ga); free(op->rowptr); free(op->colidx); free(op->vals); free(op->oscale);
+    free(op->foff);
     op->wa = op->ba = op->ga = op->vals = op->oscale = NULL;
-    op->rowptr = NULL;
+    op->rowptr = op->foff = NULL;
     op->colidx = NULL;
     if (op->has_qw) csub_qweight_free(&op->qw);
     op->has_qw = 0;
@@ -540,6 +545,21 @@ static int parse_model(csub_model *m, const csub_st_file *f, char *err, size_t e
     }
     m->ops[lastw].last = 1;
     if ((st = infer_shapes(m, err, errlen))) goto done;
+    /* a conv or linear layer whose only reader is the add right after it adds the
+     * other operand itself (x2: its residual; the CSR kernel adds it as it writes) */
+    for (int i = 0; i + 1 < m->nops; i++) {
+        op_t *op = &m->ops[i], *next = &m->ops[i + 1];
+        if ((op->kind != OP_CONV && op->kind != OP_LINEAR) || next->kind != OP_ADD || m->out_val == op->y) continue;
+        int other = next->x == op->y ? next->x2 : next->x2 == op->y ? next->x : -1, readers = 0;
+        if (other < 0 || other == op->y) continue;
+        for (int j = i + 1; j < m->nops; j++)
+            readers += (m->ops[j].x == op->y) + (m->ops[j].x2 == op->y);
+        if (readers != 1) continue;
+        op->x2 = other;
+        next->kind = OP_ALIAS;
+        next->x = op->y;
+        next->x2 = -1;
+    }
     st = CSUB_ERR_FORMAT;
     m->classes = m->vshape[m->out_val].c * m->vshape[m->out_val].h * m->vshape[m->out_val].w;
     if (csub_json_int(csub_json_get(meta, "num_classes"), m->classes, m->classes, &v)) {
@@ -703,10 +723,18 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
                 op->rowptr = malloc(sizeof(int64_t) * (size_t)(op->cout + 1));
                 op->colidx = malloc(sizeof(int32_t) * (size_t)(op->w.n > 0 ? op->w.n : 1));
                 op->vals = falloc(op->w.n);
-                if (!op->rowptr || !op->colidx || !op->vals) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+                if (op->kind == OP_CONV) op->foff = malloc(sizeof(int64_t) * (size_t)(op->w.n > 0 ? op->w.n : 1));
+                if (!op->rowptr || !op->colidx || !op->vals || (op->kind == OP_CONV && !op->foff))
+                    return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
             }
             op->nnz = csub_csr_count(m->mask, op->cout, cols_full, op->rowptr);
             csub_csr_fill(w, m->mask, op->cout, cols_full, op->rowptr, op->colidx, op->vals);
+            if (op->kind == OP_CONV) {
+                shape3 s = m->vshape[op->x];
+                if (csub_conv2d_sparse_offsets(op->colidx, op->nnz, op->cin, s.h, s.w, op->k, op->k, op->stride,
+                                               op->pad, op->foff))
+                    return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+            }
             op->path = PATH_SPARSE;
             return CSUB_OK;
         }
@@ -776,6 +804,8 @@ int csub_model_set_alpha(csub_model *m, double alpha)
             op->ain = op->kind == OP_CONV ? cin : cin * s.h * s.w;
             op->aout = op->last ? op->cout : width_of(op->cout, m->width);
             if ((st = materialise_weight(m, op, i))) return st;
+            if (op->x2 >= 0 && m->vc[op->x2] != op->aout)
+                return MFAIL(m, CSUB_ERR_FORMAT, "graph[%d]: add of different widths", i + 1);
             m->vc[op->y] = op->aout;
             break;
         case OP_NORM: {
@@ -817,18 +847,33 @@ static void ws_free(workspace *w, int nslots)
     for (int s = 0; w->slots && s < nslots; s++) free(w->slots[s]);
     free(w->slots);
     free(w->scratch);
+    free(w->spwork);
     memset(w, 0, sizeof *w);
 }
 
-static int ws_ensure(const csub_model *m, workspace *w, int64_t N)
+/* Buffers for N images run by `threads` threads (the kernels' own split). */
+static int ws_ensure(const csub_model *m, workspace *w, int64_t N, int threads)
 {
-    if (N <= w->cap) return CSUB_OK;
+    if (N <= w->cap && threads <= w->threads) return CSUB_OK;
+    if (N < w->cap) N = w->cap;
+    if (threads < w->threads) threads = w->threads;
     ws_free(w, m->nslots);
+    int64_t sp = 0;
+    for (int i = 0; i < m->nops; i++) {
+        const op_t *op = &m->ops[i];
+        shape3 s = m->vshape[op->x];
+        if (op->kind != OP_CONV || !op->compress || m->regime != REG_UNSTRUCTURED) continue;
+        int64_t n = csub_conv2d_sparse_work(N, op->cin, s.h, s.w, op->k, op->k, op->stride, op->pad, threads);
+        if (n > sp) sp = n;
+    }
     if (!(w->slots = xcalloc((size_t)m->nslots + 1, sizeof(float *)))) return CSUB_ERR_NOMEM;
     for (int s = 0; s < m->nslots; s++)
         if (!(w->slots[s] = falloc(m->slot_size[s] * N))) { ws_free(w, m->nslots); return CSUB_ERR_NOMEM; }
     if (!(w->scratch = falloc(m->scratch_size * N))) { ws_free(w, m->nslots); return CSUB_ERR_NOMEM; }
+    if (sp && !(w->spwork = falloc(sp))) { ws_free(w, m->nslots); return CSUB_ERR_NOMEM; }
+    w->spwork_len = sp;
     w->cap = N;
+    w->threads = threads;
     return CSUB_OK;
 }
 
@@ -853,38 +898,52 @@ static int quantize_input(const op_t *op, int bits, const float *x, float *dst, 
     return CSUB_OK;
 }
 
-static int run_weighted(const csub_model *m, const op_t *op, const workspace *w, const float *x, float *y, int64_t N)
+/* The float products of a conv or linear layer: dense, or CSR for a linear one. */
+static int dense_weighted(const csub_model *m, const op_t *op, const float *x, const float *b, float *y, int64_t N)
+{
+    shape3 s = m->vshape[op->x];
+    int64_t C = m->vc[op->x];
+    int st = CSUB_OK;
+    if (op->kind == OP_CONV)
+        st = csub_conv2d_forward(x, op->wa, b, y, N, C, s.h, s.w, op->aout, op->k, op->k, op->stride, op->pad);
+    else if (op->path == PATH_SPARSE)
+        st = csub_linear_sparse_forward(x, op->rowptr, op->colidx, op->vals, b, y, N, op->ain, op->aout);
+    else
+        csub_linear_forward(x, op->wa, b, y, N, op->ain, op->aout);
+    return st;
+}
+
+/* A conv or linear layer; res: its fused residual (op->x2), or NULL. */
+static int run_weighted(const csub_model *m, const op_t *op, const workspace *w, const float *x, const float *res,
+                        float *y, int64_t N)
 {
     int st = CSUB_OK;
     shape3 s = m->vshape[op->x];
     int64_t C = m->vc[op->x], n_in = N * C * s.h * s.w;
     float xs;
     int32_t xz;
+    shape3 o = m->vshape[op->y];
+    const float *b = op->b.p0 ? op->ba : NULL;
     if (op->path == PATH_INT8) {
         if ((st = quantize_input(op, m->bits, x, NULL, n_in, &xs, &xz))) return st;
         if (op->kind == OP_CONV)
-            return csub_conv2d_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N, C, s.h, s.w, op->k, op->k,
-                                            op->stride, op->pad);
-        return csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
+            st = csub_conv2d_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N, C, s.h, s.w, op->k, op->k,
+                                          op->stride, op->pad);
+        else
+            st = csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
+    } else if (op->kind == OP_CONV && op->path == PATH_SPARSE) {
+        st = csub_conv2d_sparse_forward_planned(x, op->rowptr, op->foff, op->vals, b, y, N, C, s.h, s.w, op->aout,
+                                               op->k, op->k, op->stride, op->pad, res, w->spwork, w->spwork_len);
+        res = NULL; /* added */
+    } else {
+        if (op->path == PATH_FAKEQ) {
+            if ((st = quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz))) return st;
+            x = w->scratch;
+        }
+        st = dense_weighted(m, op, x, b, y, N);
+        if (!st && op->oscale) csub_channel_scale(y, op->oscale, y, N, op->aout, o.h * o.w);
     }
-    if (op->path == PATH_FAKEQ) {
-        if ((st = quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz))) return st;
-        x = w->scratch;
-    }
-    const float *b = op->b.p0 ? op->ba : NULL;
-    if (op->kind == OP_CONV && op->path == PATH_SPARSE)
-        st = csub_conv2d_sparse_forward(x, op->rowptr, op->colidx, op->vals, b, y, N, C, s.h, s.w, op->aout, op->k,
-                                        op->k, op->stride, op->pad);
-    else if (op->kind == OP_CONV)
-        st = csub_conv2d_forward(x, op->wa, b, y, N, C, s.h, s.w, op->aout, op->k, op->k, op->stride, op->pad);
-    else if (op->path == PATH_SPARSE)
-        st = csub_linear_sparse_forward(x, op->rowptr, op->colidx, op->vals, b, y, N, op->ain, op->aout);
-    else
-        csub_linear_forward(x, op->wa, b, y, N, op->ain, op->aout);
-    if (!st && op->oscale) {
-        shape3 o = m->vshape[op->y];
-        csub_channel_scale(y, op->oscale, y, N, op->aout, o.h * o.w);
-    }
+    if (!st && res) csub_add_nchw(y, res, y, N, op->aout, o.h, o.w);
     return st;
 }
 
@@ -904,13 +963,13 @@ static int run_graph(const csub_model *m, const workspace *w, const float *input
         double t0 = op_ms ? now_ms() : 0.0;
         switch (op->kind) {
         case OP_CONV: case OP_LINEAR:
-            st = run_weighted(m, op, w, x, y, N);
+            st = run_weighted(m, op, w, x, op->x2 >= 0 ? value_ptr(m, w, input, op->x2) : NULL, y, N);
             break;
         case OP_NORM:
             if (op->bn)
-                csub_batchnorm_infer(x, op->ga, op->ba, op->rmean, op->rvar, y, N, C, HW, op->eps, op->relu);
+                csub_batchnorm_infer(x, op->ga, op->ba, op->rmean, op->rvar, y, N, C, s.h, s.w, op->eps, op->relu);
             else
-                csub_groupnorm_infer(x, op->ga, op->ba, y, N, C, HW, op->agroups, op->eps, op->relu);
+                csub_groupnorm_infer(x, op->ga, op->ba, y, N, C, s.h, s.w, op->agroups, op->eps, op->relu);
             break;
         case OP_RELU:
             csub_relu_forward(x, y, N * C * HW);
@@ -925,7 +984,7 @@ static int run_graph(const csub_model *m, const workspace *w, const float *input
             csub_gap_forward(x, y, N * C, HW);
             break;
         case OP_ADD:
-            csub_add(x, value_ptr(m, w, input, op->x2), y, N * C * HW);
+            csub_add_nchw(x, value_ptr(m, w, input, op->x2), y, N, C, s.h, s.w);
             break;
         default: /* flatten, alias: the same buffer */
             break;
@@ -963,12 +1022,12 @@ static int forward(csub_model *m, const float *input, int64_t batch, float *outp
     if (!m->ready) return MFAIL(m, CSUB_ERR_ARG, "model: no alpha set (the last set_alpha failed)");
     int nt = csub_get_num_threads(), failed = -1, st = CSUB_OK;
     if (op_ms || !image_parallel(m, batch, nt)) {
-        if (ws_ensure(m, &m->ws[0], batch)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for a batch of %lld", (long long)batch);
+        if (ws_ensure(m, &m->ws[0], batch, nt)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for a batch of %lld", (long long)batch);
         st = run_graph(m, &m->ws[0], input, batch, output, op_ms, &failed);
     } else {
         if (nt > m->nws) nt = m->nws;
         for (int t = 0; t < nt; t++)
-            if (ws_ensure(m, &m->ws[t], RT_CHUNK)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for the workspace");
+            if (ws_ensure(m, &m->ws[t], RT_CHUNK, 1)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for the workspace");
         int64_t per = m->in_c * m->in_h * m->in_w, nchunks = (batch + RT_CHUNK - 1) / RT_CHUNK;
         #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (int64_t c = 0; c < nchunks; c++) {

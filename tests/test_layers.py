@@ -118,6 +118,21 @@ def test_add_kernel(rng, shape):
     assert_close(y, misc.add_forward(a, b), 1e-6, 1e-7)
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 200, 170), (2, 3, 5, 7), (1, 40, 64, 64)])
+def test_add_four_dims_on_thread_counts(rng, shape):
+    """A 4-D add (the runtime's form): one large image splits by rows of each plane, exact on 1 to 3 threads."""
+    a, b = (rng.standard_normal(shape).astype(F32) for _ in range(2))
+    old = csub.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            csub.set_num_threads(t)
+            np.testing.assert_array_equal(_core.add(a, b), a + b)
+            out = a.copy()
+            np.testing.assert_array_equal(_core.add(out, b, out=out), a + b)
+    finally:
+        csub.set_num_threads(old)
+
+
 def test_add_out_may_alias_an_operand(rng):
     a, b = (rng.standard_normal((3, 70001)).astype(F32) for _ in range(2))
     want = a + b

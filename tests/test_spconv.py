@@ -214,6 +214,35 @@ def test_conv_sparse_thread_counts(rng, threads, N):
         np.testing.assert_array_equal(a, e)
 
 
+@pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", CONV_SHAPES[5:] + [(1, 2, 9, 7, 3, 1, 2, 0)])
+def test_conv_sparse_residual_fused(rng, N, C, H, W, K, R, stride, pad):
+    """The two-step form with a residual: y = conv + b + residual, as the twin plus the residual."""
+    x, mask, wm, csr, b, dy = _conv_case(rng, N, C, H, W, K, R, stride, pad, 0.3, zero_row=True)
+    res = f32(rng, *dy.shape)
+    y = _core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res)
+    assert_close(y, sref.conv2d_forward(x, *csr, wm.shape, b, stride, pad) + res, 1e-5, 1e-6, "y + residual")
+    with pytest.raises(ValueError, match="residual"):
+        _core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res[:, :1].copy())
+
+
+@pytest.mark.parametrize("R,stride,pad", [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)])
+def test_conv_sparse_one_image_split_by_rows(rng, threads, R, stride, pad):
+    """One image, a layer large enough that threads split its output rows (csub_row_band):
+    1 to 3 threads agree with each other and with the dense convolution, residual or not."""
+    C, W = (24, 40) if R == 3 else (96, 80)  # at least 4M multiply-adds: the threads share the image
+    x, mask, wm, csr, b, dy = _conv_case(rng, 1, C, 66, W, C, R, stride, pad, 0.6)
+    res = f32(rng, *dy.shape)
+    want = _core.conv2d_forward(x, wm, b, stride, pad)
+    out = []
+    for t in (1, 2, 3):
+        threads(t)
+        out.append((_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad),
+                    _core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res)))
+    for y, yr in out:
+        assert rel_err(y, want) < 1e-5 and rel_err(yr, want + res) < 1e-5
+        np.testing.assert_array_equal(y, out[0][0])  # each output is one thread's sum in a fixed order
+
+
 # ================================================================ linear
 
 @pytest.mark.parametrize("N,I,O", [(1, 7, 5), (4, 16, 9), (33, 40, 17), (130, 64, 48)])

@@ -51,6 +51,12 @@ void csub_gemm_serial(int transa, int transb, int64_t M, int64_t N, int64_t K,
                       float alpha, const float *A, int64_t lda,
                       const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
+/* Rows [lo, hi) = [H t / T, H (t + 1) / T) of an H-row plane that thread t of
+ * T computes when a call has fewer images than threads (inference at batch
+ * 1): the convolutions, norms and adds all split an image this way, so that
+ * each layer reads mostly what the same core wrote in the layer before. */
+void csub_row_band(int64_t H, int t, int T, int64_t *lo, int64_t *hi);
+
 /* --------------------------------------------------------- linear, conv */
 
 /* x[N,IN], w[O,IN], b[O] (may be NULL) -> y[N,O] = x w^T + b */
@@ -109,12 +115,13 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
 
 /* Inference forms, no saved statistics, ReLU fused when relu != 0
  * (y = max(norm(x), 0)); the same arithmetic as the forward functions (batch
- * norm: evaluation mode, running statistics). */
+ * norm: evaluation mode, running statistics). x[N,C,H,W] (H rows of W: with
+ * fewer images than threads each thread takes its csub_row_band of rows). */
 void csub_groupnorm_infer(const float *x, const float *gamma, const float *beta, float *y,
-                          int64_t N, int64_t C, int64_t HW, int64_t G, float eps, int relu);
+                          int64_t N, int64_t C, int64_t H, int64_t W, int64_t G, float eps, int relu);
 void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
                           const float *running_mean, const float *running_var, float *y,
-                          int64_t N, int64_t C, int64_t HW, float eps, int relu);
+                          int64_t N, int64_t C, int64_t H, int64_t W, float eps, int relu);
 
 /* ------------------------------------------- activations, pools, residual */
 
@@ -124,6 +131,9 @@ void csub_relu_backward(const float *x, const float *dy, float *dx, int64_t n);
 
 /* y[n] = a[n] + b[n] (the residual add; its backward is a copy) */
 void csub_add(const float *a, const float *b, float *y, int64_t n);
+/* The same over x[N,C,H,W]: with fewer images than threads each thread adds
+ * its csub_row_band of rows of every plane (inference at batch 1). */
+void csub_add_nchw(const float *a, const float *b, float *y, int64_t N, int64_t C, int64_t H, int64_t W);
 
 /* Max pool, window k x k, stride s, no padding: x[N,C,H,W] -> y[N,C,P,Q],
  * argmax[N,C,P,Q] (index into the H*W plane) saved for backward. */
@@ -238,6 +248,22 @@ int csub_conv2d_sparse_forward(const float *x, const int64_t *rowptr, const int3
                                const float *values, const float *b, float *y,
                                int64_t N, int64_t C, int64_t H, int64_t W,
                                int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
+/* The same forward in two steps, for a weight that serves many calls:
+ * foff[nnz] receives where each kept weight reads the laid-out input (once
+ * per weight), and the forward takes a work buffer of work_len floats
+ * (csub_conv2d_sparse_work(N, ..., csub_get_num_threads()) are enough; a
+ * smaller or NULL one is allocated per call). res[N,K,P,Q] (may be NULL, must
+ * not overlap y) is added to y as it is written: a residual add fused into
+ * the convolution. */
+int csub_conv2d_sparse_offsets(const int32_t *colidx, int64_t nnz, int64_t C, int64_t H, int64_t W,
+                               int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t *foff);
+int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
+                                int64_t stride, int64_t pad, int nthreads);
+int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, const int64_t *foff,
+                                       const float *values, const float *b, float *y,
+                                       int64_t N, int64_t C, int64_t H, int64_t W,
+                                       int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad,
+                                       const float *res, float *work, int64_t work_len);
 /* dy[N,K,P,Q] -> dx[N,C,H,W] (=), dvalues[nnz] (+=, the weight gradient at the
  * kept positions; the others are zero by definition), db[K] (+=); any may be NULL. */
 int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int32_t *colidx,

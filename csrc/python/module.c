@@ -590,26 +590,40 @@ static int sparse_wshape(PyObject *o, int nd, npy_intp *wd)
 
 static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *orp, *oci, *ova, *ows, *ob = Py_None;
+    PyObject *ox, *orp, *oci, *ova, *ows, *ob = Py_None, *ores = Py_None;
     long long stride = 1, pad = 0;
-    KW("x", "rowptr", "colidx", "values", "weight_shape", "b", "stride", "padding");
-    if (!parse(args, kw, "OOOOO|OLL", kwlist, &ox, &orp, &oci, &ova, &ows, &ob, &stride, &pad)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0), *b;
+    KW("x", "rowptr", "colidx", "values", "weight_shape", "b", "stride", "padding", "residual");
+    if (!parse(args, kw, "OOOOO|OLLO", kwlist, &ox, &orp, &oci, &ova, &ows, &ob, &stride, &pad, &ores)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0), *b, *res;
     npy_intp wd[4];
     conv_dims d;
     csr_args c;
     if (!x || sparse_wshape(ows, 4, wd) || conv_check_dims(x, wd, "weight_shape", stride, pad, &d) ||
-        csr_check(orp, oci, ova, d.K, d.C * d.R * d.S, &c) || opt_arr(ob, "b", 1, 0, &b))
+        csr_check(orp, oci, ova, d.K, d.C * d.R * d.S, &c) || opt_arr(ob, "b", 1, 0, &b) ||
+        opt_arr(ores, "residual", 4, 0, &res))
         return NULL;
     npy_intp bs[1] = {d.K};
-    if (b && shape_check(b, "b", 1, bs, "(out_channels,)")) return NULL;
     npy_intp ys[4] = {d.N, d.K, d.P, d.Q};
+    if (b && shape_check(b, "b", 1, bs, "(out_channels,)")) return NULL;
+    if (res && shape_check(res, "residual", 4, ys, "the output's (N, out_channels, P, Q)")) return NULL;
     PyArrayObject *y = new_f32(4, ys);
     if (!y) return NULL;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    st = csub_conv2d_sparse_forward(F32(x), CSR_PTRS(c), OPT_F32(b), F32(y),
-                                    d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad);
+    if (res) { /* the two-step form the runtime uses, with the residual added as y is written */
+        int64_t nnz = ((const int64_t *)PyArray_DATA(c.rowptr))[d.K];
+        int64_t *foff = malloc(sizeof(int64_t) * (size_t)(nnz > 0 ? nnz : 1));
+        st = foff ? csub_conv2d_sparse_offsets(PyArray_DATA(c.colidx), nnz, d.C, d.H, d.W, d.R, d.S, stride, pad, foff)
+                  : CSUB_ERR_NOMEM;
+        if (!st)
+            st = csub_conv2d_sparse_forward_planned(F32(x), PyArray_DATA(c.rowptr), foff, F32(c.values), OPT_F32(b),
+                                                    F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad, F32(res),
+                                                    NULL, 0);
+        free(foff);
+    } else {
+        st = csub_conv2d_sparse_forward(F32(x), CSR_PTRS(c), OPT_F32(b), F32(y),
+                                        d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad);
+    }
     Py_END_ALLOW_THREADS
     if (status_ok(st, "conv2d_sparse_forward")) { Py_DECREF(y); return NULL; }
     return (PyObject *)y;
@@ -851,6 +865,13 @@ static PyObject *py_groupnorm_forward(PyObject *self, PyObject *args, PyObject *
     return Py_BuildValue("NNN", y, mean, invstd);
 }
 
+/* The planes of x[N, C, ...] as H rows of W: an [N, C, H, W] array's own, else one row of hw. */
+static void plane_rows(PyArrayObject *x, npy_intp hw, int64_t *H, int64_t *W)
+{
+    *H = PyArray_NDIM(x) == 4 && PyArray_DIM(x, 2) > 0 ? PyArray_DIM(x, 2) : 1;
+    *W = hw / *H;
+}
+
 static PyObject *py_groupnorm_infer(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyObject *ox, *og, *ob;
@@ -864,8 +885,10 @@ static PyObject *py_groupnorm_infer(PyObject *self, PyObject *args, PyObject *kw
     if (gn_args(ox, og, ob, G, eps, &x, &g, &b, &N, &C, &HW)) return NULL;
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!y) return NULL;
+    int64_t H, W;
+    plane_rows(x, HW, &H, &W);
     Py_BEGIN_ALLOW_THREADS
-    csub_groupnorm_infer(F32(x), F32(g), F32(b), F32(y), N, C, HW, G, (float)eps, relu);
+    csub_groupnorm_infer(F32(x), F32(g), F32(b), F32(y), N, C, H, W, G, (float)eps, relu);
     Py_END_ALLOW_THREADS
     return (PyObject *)y;
 }
@@ -892,8 +915,10 @@ static PyObject *py_batchnorm_infer(PyObject *self, PyObject *args, PyObject *kw
     if (eps_check(eps)) return NULL;
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!y) return NULL;
+    int64_t H, W;
+    plane_rows(x, HW, &H, &W);
     Py_BEGIN_ALLOW_THREADS
-    csub_batchnorm_infer(F32(x), F32(g), F32(b), F32(rm), F32(rv), F32(y), N, C, HW, (float)eps, relu);
+    csub_batchnorm_infer(F32(x), F32(g), F32(b), F32(rm), F32(rv), F32(y), N, C, H, W, (float)eps, relu);
     Py_END_ALLOW_THREADS
     return (PyObject *)y;
 }
@@ -978,7 +1003,10 @@ static PyObject *py_add(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    csub_add(F32(a), F32(b), F32(y), PyArray_SIZE(a));
+    if (PyArray_NDIM(a) == 4) /* [N, C, H, W]: by rows of each plane when the batch is smaller than the threads */
+        csub_add_nchw(F32(a), F32(b), F32(y), PyArray_DIM(a, 0), PyArray_DIM(a, 1), PyArray_DIM(a, 2), PyArray_DIM(a, 3));
+    else
+        csub_add(F32(a), F32(b), F32(y), PyArray_SIZE(a));
     Py_END_ALLOW_THREADS
     return (PyObject *)y;
 }
@@ -2141,7 +2169,8 @@ static PyMethodDef methods[] = {
     M(conv2d_forward, "conv2d_forward(x[N,C,H,W], w[K,C,R,S], b=None, stride=1, padding=0) -> y[N,K,P,Q]"),
     M(conv2d_backward, "conv2d_backward(x, w, dy, dw=None, db=None, stride=1, padding=0, need_dx=True) -> dx; dw, db +="),
     M(csr_from_mask, "csr_from_mask(w[K,...], mask uint8) -> (rowptr int64[K+1], colidx int32[nnz], values float32[nnz])"),
-    M(conv2d_sparse_forward, "conv2d_sparse_forward(x, rowptr, colidx, values, weight_shape, b=None, stride=1, padding=0) -> y"),
+    M(conv2d_sparse_forward, "conv2d_sparse_forward(x, rowptr, colidx, values, weight_shape, b=None, stride=1, padding=0, "
+                             "residual=None) -> y (+ residual)"),
     M(conv2d_sparse_backward, "conv2d_sparse_backward(x, rowptr, colidx, values, weight_shape, dy, dw=None, db=None, "
                               "stride=1, padding=0, need_dx=True) -> dx; dw (weight's shape or (nnz,)), db +="),
     M(linear_sparse_forward, "linear_sparse_forward(x[N,I], rowptr, colidx, values, weight_shape, b=None) -> y[N,O]"),
