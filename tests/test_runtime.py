@@ -79,6 +79,28 @@ def test_compressed_equals_training_forward(name, kw, shape, regime, subspace, r
             assert _rel(got, want) < RTOL_FLOAT, (a, info)
 
 
+@pytest.mark.parametrize("regime,alphas", [(None, [1.0]), ("unstructured", [0.3, 1.0]), ("structured", [0.5, 1.0])])
+def test_one_large_image_on_thread_counts(regime, alphas, rng):
+    """Batch 1 on a 64 x 64 image: the layers are large enough that the threads split the image
+    by rows (dense and CSR convolutions, norms, fused residual adds); 1 to 3 threads agree
+    with the training forward."""
+    csub.manual_seed(4)
+    model = _build("cpreresnet20", dict(norm="gn"), regime, "line")
+    x = rng.normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
+    _prepare(model, x, regime, rng)
+    net = model.compress(alphas[0], input_shape=(3, 64, 64))
+    old = csub.get_num_threads()
+    try:
+        for a in alphas:
+            model.set_alpha(a)
+            want = model(x)
+            for t in (1, 2, 3):
+                csub.set_num_threads(t)
+                assert _rel(net.set_alpha(a)(x), want) < RTOL_FLOAT, (a, t)
+    finally:
+        csub.set_num_threads(old)
+
+
 def test_levels_follow_alpha():
     csub.manual_seed(0)
     m = models.cnn(widths=(8, 16, 24), regime="unstructured", subspace="line")
