@@ -1,13 +1,16 @@
 """Compressed inference of cPreResNet20 with the C runtime (model.compress / csub_model_*), as ratios in one run.
 
-    python benchmarks/bench_deploy.py [--reps 20] [--threads 2] [--batches 1 64] [--no-torch] [--crossover]
+    python benchmarks/bench_deploy.py [--reps 41] [--threads 2 1] [--batches 1 64] [--no-torch] [--crossover]
 
-For batch 1 and batch 64 at 32x32, medians of --reps forwards after a warm-up:
+For batch 1 and batch 64 at 32x32, on each thread count of --threads:
   unstructured  keep 1.0 (dense) vs keep 0.10 (90 % of the block weights pruned, CSR kernels)
   structured    width 1.0 vs width 0.5 (really smaller layers)
   quantized     8-bit integer products vs the float32 network (regime None)
   dense float32 csub runtime vs PyTorch CPU inference (torch.inference_mode, same network)
 and the time of set_alpha (materialising a new alpha) per regime.
+Each pair is timed interleaved (compressed, peer, compressed, peer, ...), so
+that both see the same state of the machine: the medians of --reps forwards
+each, and the median of the per-repetition ratios (the speedup printed).
 --crossover adds the unstructured network at keep 0.05 .. 0.8 run with CSR
 kernels and with dense kernels on the masked weights: where the CSR kernels
 stop paying (the runtime's default crossover, RT_SPARSE_CROSSOVER).
@@ -25,14 +28,17 @@ import csub
 from csub import models
 
 
-def median_ms(fn, reps):
-    fn()
-    times = []
+def paired_ms(fa, fb, reps):
+    """Interleaved timings of fa and fb: (median ms of fa, median ms of fb, median of tb / ta)."""
+    fa(), fb()
+    ta, tb = [], []
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+        for f, out in ((fa, ta), (fb, tb)):
+            t = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t)
+    ratio = statistics.median(b / a for a, b in zip(ta, tb))
+    return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3, ratio
 
 
 def set_alpha_ms(net, alphas, reps=5):
@@ -88,16 +94,15 @@ def torch_net(model, torch):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=41)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--crossover", action="store_true")
     args = ap.parse_args()
-    csub.set_num_threads(args.threads)
     print_machine()
-    print(f"csub {csub.__version__}, {csub.get_num_threads()} threads, int8 kernel {csub._core.int8_kernel()}")
-    print(f"cPreResNet20, 32x32 inputs, group norm, median of {args.reps} forwards\n")
+    print(f"csub {csub.__version__}, int8 kernel {csub._core.int8_kernel()}")
+    print(f"cPreResNet20, 32x32 inputs, group norm, {args.reps} interleaved forwards of each network\n")
     csub.manual_seed(0)
     rng = np.random.default_rng(0)
     uns = models.cpreresnet20(regime="unstructured", subspace="line")
@@ -111,36 +116,43 @@ def main():
     q.eval()
     dense = models.cpreresnet20()
     dense.load_state_dict({k: v for k, v in uns.state_dict().items() if k in dense.state_dict()}, strict=False)
-    nets = dict(uns=uns.compress(1.0), st=st.compress(1.0), q=q.compress(1.0), dense=dense.compress(1.0))
+    # one network object per side of each pair, so that the pair can be interleaved
+    nets = dict(uns=uns.compress(0.1), uns_dense=uns.compress(1.0), st=st.compress(1 / 3), st_full=st.compress(1.0),
+                q=q.compress(1.0), dense=dense.compress(1.0))
     torch = None
     if not args.no_torch:
         try:
             import torch
-            torch.set_num_threads(args.threads)
             tnet = torch_net(dense, torch)
         except ImportError:
             torch = None
 
-    def run(name, alpha, x):
-        net = nets[name].set_alpha(alpha)
-        return median_ms(lambda: net(x), args.reps)
-
-    print(f"{'batch':>5} | {'what':<34} {'ms':>9} {'vs':>9} {'speedup':>8} {'target':>7}")
-    for b in args.batches:
-        x = np.ascontiguousarray(x64[:b]) if b <= 64 else rng.standard_normal((b, 3, 32, 32)).astype(np.float32)
-        rows = [("unstructured keep 0.10 vs dense", run("uns", 0.1, x), run("uns", 1.0, x), 3.0),
-                ("structured width 0.5 vs 1.0", run("st", 1 / 3, x), run("st", 1.0, x), 3.0),
-                ("quantized 8-bit vs float32", run("q", 1.0, x), run("dense", 1.0, x), 2.0)]
+    print(f"{'threads':>7} {'batch':>5} | {'what':<42} {'ms':>8} {'peer ms':>8} {'speedup':>8} {'target':>7}")
+    for nt in args.threads:
+        csub.set_num_threads(nt)
         if torch is not None:
-            xt = torch.from_numpy(x)
-            with torch.inference_mode():
-                t_ms = median_ms(lambda: tnet(xt), args.reps)
-                err = float(np.max(np.abs(tnet(xt).numpy() - nets["dense"].set_alpha(1.0)(x))))
-            rows.append((f"dense float32 vs PyTorch (|diff| {err:.1e})", run("dense", 1.0, x), t_ms, 1.0))
-        for what, t, ref, target in rows:
-            print(f"{b:5d} | {what:<34} {t:9.3f} {ref:9.3f} {ref / t:7.2f}x {target:6.1f}x")
+            torch.set_num_threads(nt)
+        for b in args.batches:
+            x = np.ascontiguousarray(x64[:b]) if b <= 64 else rng.standard_normal((b, 3, 32, 32)).astype(np.float32)
+
+            def pair(a, p):
+                return paired_ms(lambda: nets[a](x), lambda: nets[p](x), args.reps)
+
+            rows = [("unstructured keep 0.10 vs dense", pair("uns", "uns_dense"), 3.0),
+                    ("structured width 0.5 vs 1.0", pair("st", "st_full"), 3.0),
+                    ("quantized 8-bit vs float32", pair("q", "dense"), 2.0)]
+            if torch is not None:
+                xt = torch.from_numpy(x)
+                with torch.inference_mode():
+                    err = float(np.max(np.abs(tnet(xt).numpy() - nets["dense"](x))))
+                    rows.append((f"dense float32 vs PyTorch (|diff| {err:.1e})",
+                                 paired_ms(lambda: nets["dense"](x), lambda: tnet(xt), args.reps), 1.0))
+            for what, (t, ref, ratio), target in rows:
+                print(f"{nt:7d} {b:5d} | {what:<42} {t:8.3f} {ref:8.3f} {ratio:7.2f}x {target:6.1f}x")
     if args.crossover:
-        print("\nunstructured, CSR kernels vs dense kernels on the masked weights (ratio > 1: CSR faster)")
+        csub.set_num_threads(args.threads[0])
+        print(f"\nunstructured, CSR kernels vs dense kernels on the masked weights ({args.threads[0]} threads; "
+              "ratio > 1: CSR faster)")
         keeps = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
         csr = csub.CompressedNet(csub.modelfile.to_bytes(uns), 1.0, sparse_crossover=1.0)
         dense_k = csub.CompressedNet(csub.modelfile.to_bytes(uns), 1.0, sparse_crossover=0.0)
@@ -150,8 +162,7 @@ def main():
             for k in keeps:
                 csr.set_alpha(k)
                 dense_k.set_alpha(k)
-                t_csr, t_dense = median_ms(lambda: csr(x), args.reps), median_ms(lambda: dense_k(x), args.reps)
-                row.append(t_dense / t_csr)
+                row.append(paired_ms(lambda: csr(x), lambda: dense_k(x), args.reps)[2])
             print(f"  batch {b:3d}: " + "  ".join(f"{k:.2f}:{r:.2f}" for k, r in zip(keeps, row)))
     print("\nset_alpha (materialise a new alpha), median ms (target < 5 ms):")
     for name, alphas in (("uns", [0.1, 0.5, 1.0, 0.05]), ("st", [0.0, 1 / 3, 1.0]), ("q", [0.0, 0.5, 1.0])):

@@ -1000,15 +1000,16 @@ static int run_graph(const csub_model *m, const workspace *w, const float *input
  * every activation of the network in the thread's cache. */
 #define RT_CHUNK 2
 
-/* Image-parallel when the batch has at least two images per thread... or one
- * each: every thread runs the whole network on its own images, one chunk at a
- * time, with its own buffers (no barrier between layers, activations stay in
- * cache); the kernels inside run single-threaded. A single image, or a layer
- * whose activation range is taken from the batch itself, runs layer by layer
- * with every thread in each kernel. */
+/* Image-parallel when the batch has at least one image per thread (and more
+ * than one image): every thread runs the whole network on its own images, one
+ * chunk at a time, with its own buffers (no barrier between layers, activations
+ * stay in cache); the kernels inside run single-threaded. One thread runs its
+ * chunks in turn, for the same reason. A single image, or a layer whose
+ * activation range is taken from the batch itself, runs layer by layer with
+ * every thread in each kernel. */
 static int image_parallel(const csub_model *m, int64_t N, int nt)
 {
-    if (nt < 2 || N < nt) return 0;
+    if (N < 2 || N < nt) return 0;
     for (int i = 0; i < m->nops; i++)
         if ((m->ops[i].path == PATH_INT8 || m->ops[i].path == PATH_FAKEQ) && m->ops[i].act_dynamic) return 0;
     return 1;
