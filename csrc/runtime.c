@@ -52,13 +52,17 @@ typedef struct workspace {
 } workspace;
 static void ws_free(workspace *w, int nslots);
 
-/* Default keep fraction at or below which a compressed layer runs its CSR
- * kernel at inference (csub_model_set_sparse_crossover changes it per model).
- * Measured, `python benchmarks/bench_deploy.py --crossover` (two runs, see
- * benchmarks/deploy.md): on cPreResNet20 the CSR network against dense kernels
- * on the masked weights is 1.09x / 0.99x faster at keep 0.6 (batch 1) and
- * 1.18x / 0.96x (batch 64), slower at 0.7 in both runs. */
+/* Default keep fractions at or below which a compressed layer runs its CSR
+ * kernel at inference (csub_model_set_sparse_crossover changes them per
+ * model), measured with `python benchmarks/bench_deploy.py --crossover`
+ * (benchmarks/deploy.md) on cPreResNet20, two threads: whole images per
+ * thread (batch 64): the CSR network is 1.04x faster than dense kernels on the
+ * masked weights at keep 0.6, 0.89x at 0.7. One image split across threads
+ * (batch 1): the dense products split well and the CSR ones do not, so they
+ * stop paying earlier: 0.94x / 1.05x at keep 0.4 in two runs, 0.82x at 0.5.
+ * Between the two, a layer holds both forms. */
 #define RT_SPARSE_CROSSOVER 0.6
+#define RT_SPARSE_CROSSOVER_SPLIT 0.4
 #define RT_MAX_OPS 100000
 
 enum { OP_CONV, OP_LINEAR, OP_NORM, OP_RELU, OP_MAXPOOL, OP_AVGPOOL, OP_GAP, OP_FLATTEN, OP_ADD, OP_ALIAS };
@@ -88,7 +92,7 @@ typedef struct {
     /* pools */
     int64_t pk, ps;
     /* materialised by set_alpha */
-    int path;
+    int path, path_split;        /* the kernels for whole images per thread, and for an image split across threads */
     int64_t ain, aout;           /* active inputs (conv: channels, linear: features), outputs */
     int64_t agroups;
     float *wa, *ba, *ga;         /* dense weight (active prefix), bias, norm gamma (active) */
@@ -128,8 +132,9 @@ struct csub_model {
     float *input_mean, *input_std;
     int nlevels;
     double *level_alpha, *level_acc;
-    double alpha, width, keep, crossover;
+    double alpha, width, keep, crossover, crossover_split;
     int bits, ready;
+    int split;                   /* the last forward split its images across threads */
 };
 
 static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
@@ -640,6 +645,7 @@ int csub_model_load(const char *path, csub_model **out, char *err, size_t errlen
     csub_model *m = xcalloc(1, sizeof *m);
     if (!m) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
     m->crossover = RT_SPARSE_CROSSOVER;
+    m->crossover_split = RT_SPARSE_CROSSOVER_SPLIT;
     csub_st_file f;
     memset(&f, 0, sizeof f);
     int st = csub_st_read(path, &f, err, errlen);
@@ -654,17 +660,21 @@ int csub_model_load_memory(const uint8_t *buf, size_t len, csub_model **out, cha
     csub_model *m = xcalloc(1, sizeof *m);
     if (!m) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
     m->crossover = RT_SPARSE_CROSSOVER;
+    m->crossover_split = RT_SPARSE_CROSSOVER_SPLIT;
     csub_st_file f;
     memset(&f, 0, sizeof f);
     int st = csub_st_parse(buf, len, &f, err, errlen);
     return finish_load(m, &f, st, out, err, errlen);
 }
 
-int csub_model_set_sparse_crossover(csub_model *m, double keep)
+int csub_model_set_sparse_crossover(csub_model *m, double keep, double keep_split)
 {
     if (!m) return CSUB_ERR_ARG;
     if (!(keep >= 0.0 && keep <= 1.0)) return MFAIL(m, CSUB_ERR_ARG, "keep: expected a fraction in [0, 1], got %g", keep);
+    if (!(keep_split >= 0.0 && keep_split <= 1.0))
+        return MFAIL(m, CSUB_ERR_ARG, "keep_split: expected a fraction in [0, 1], got %g", keep_split);
     m->crossover = keep;
+    m->crossover_split = keep_split;
     return csub_model_set_alpha(m, m->alpha); /* rebuild the weights at the current alpha */
 }
 
@@ -709,7 +719,7 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
     int64_t cols_full = op->kind == OP_CONV ? op->cin * kk : op->cin;
     int64_t cols = op->kind == OP_CONV ? op->ain * kk : op->ain;
     const float *w = at_alpha(&op->w, m->alpha, m->tmp);
-    op->path = PATH_DENSE;
+    op->path = op->path_split = PATH_DENSE;
     if (!op->wa && !(op->wa = falloc(op->w.n))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
     if (op->b.p0) {
         if (!op->ba && !(op->ba = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
@@ -718,7 +728,12 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
     }
     if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0) {
         if (csub_topk_mask(w, op->w.n, m->keep, m->mask)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
-        if (m->keep <= m->crossover) {
+        int csr = m->keep <= m->crossover || m->keep <= m->crossover_split;
+        int dense = m->keep > m->crossover || m->keep > m->crossover_split;
+        op->path = m->keep <= m->crossover ? PATH_SPARSE : PATH_DENSE;
+        op->path_split = m->keep <= m->crossover_split ? PATH_SPARSE : PATH_DENSE;
+        if (dense) csub_apply_mask(w, m->mask, op->wa, op->w.n);
+        if (csr) {
             if (!op->rowptr) {
                 op->rowptr = malloc(sizeof(int64_t) * (size_t)(op->cout + 1));
                 op->colidx = malloc(sizeof(int32_t) * (size_t)(op->w.n > 0 ? op->w.n : 1));
@@ -735,10 +750,7 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
                                                op->pad, op->foff))
                     return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
             }
-            op->path = PATH_SPARSE;
-            return CSUB_OK;
         }
-        csub_apply_mask(w, m->mask, op->wa, op->w.n);
         return CSUB_OK;
     }
     if (m->regime == REG_QUANTIZED && op->compress) {
@@ -762,14 +774,14 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
                                          : csub_qweight_init(&op->qw, wf, op->cout, cols_full, m->bits);
             if (st) return MFAIL(m, st, "graph[%d]: quantizing the weight failed (%s)", i, csub_strerror(st));
             op->has_qw = 1;
-            op->path = PATH_INT8;
+            op->path = op->path_split = PATH_INT8;
         } else {
             csub_minmax(wf, op->w.n, &mn, &mx);
             float scale;
             int32_t zp;
             csub_quant_params(mn, mx, m->bits, &scale, &zp);
             csub_fake_quant_forward(wf, wf, op->w.n, scale, zp, m->bits);
-            op->path = PATH_FAKEQ;
+            op->path = op->path_split = PATH_FAKEQ;
         }
         return CSUB_OK;
     }
@@ -899,23 +911,24 @@ static int quantize_input(const op_t *op, int bits, const float *x, float *dst, 
 }
 
 /* The float products of a conv or linear layer: dense, or CSR for a linear one. */
-static int dense_weighted(const csub_model *m, const op_t *op, const float *x, const float *b, float *y, int64_t N)
+static int dense_weighted(const csub_model *m, const op_t *op, int path, const float *x, const float *b, float *y,
+                          int64_t N)
 {
     shape3 s = m->vshape[op->x];
     int64_t C = m->vc[op->x];
     int st = CSUB_OK;
     if (op->kind == OP_CONV)
         st = csub_conv2d_forward(x, op->wa, b, y, N, C, s.h, s.w, op->aout, op->k, op->k, op->stride, op->pad);
-    else if (op->path == PATH_SPARSE)
+    else if (path == PATH_SPARSE)
         st = csub_linear_sparse_forward(x, op->rowptr, op->colidx, op->vals, b, y, N, op->ain, op->aout);
     else
         csub_linear_forward(x, op->wa, b, y, N, op->ain, op->aout);
     return st;
 }
 
-/* A conv or linear layer; res: its fused residual (op->x2), or NULL. */
-static int run_weighted(const csub_model *m, const op_t *op, const workspace *w, const float *x, const float *res,
-                        float *y, int64_t N)
+/* A conv or linear layer by its kernels `path`; res: its fused residual (op->x2), or NULL. */
+static int run_weighted(const csub_model *m, const op_t *op, int path, const workspace *w, const float *x,
+                        const float *res, float *y, int64_t N)
 {
     int st = CSUB_OK;
     shape3 s = m->vshape[op->x];
@@ -924,23 +937,23 @@ static int run_weighted(const csub_model *m, const op_t *op, const workspace *w,
     int32_t xz;
     shape3 o = m->vshape[op->y];
     const float *b = op->b.p0 ? op->ba : NULL;
-    if (op->path == PATH_INT8) {
+    if (path == PATH_INT8) {
         if ((st = quantize_input(op, m->bits, x, NULL, n_in, &xs, &xz))) return st;
         if (op->kind == OP_CONV)
             st = csub_conv2d_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N, C, s.h, s.w, op->k, op->k,
                                           op->stride, op->pad);
         else
             st = csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
-    } else if (op->kind == OP_CONV && op->path == PATH_SPARSE) {
+    } else if (op->kind == OP_CONV && path == PATH_SPARSE) {
         st = csub_conv2d_sparse_forward_planned(x, op->rowptr, op->foff, op->vals, b, y, N, C, s.h, s.w, op->aout,
                                                op->k, op->k, op->stride, op->pad, res, w->spwork, w->spwork_len);
         res = NULL; /* added */
     } else {
-        if (op->path == PATH_FAKEQ) {
+        if (path == PATH_FAKEQ) {
             if ((st = quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz))) return st;
             x = w->scratch;
         }
-        st = dense_weighted(m, op, x, b, y, N);
+        st = dense_weighted(m, op, path, x, b, y, N);
         if (!st && op->oscale) csub_channel_scale(y, op->oscale, y, N, op->aout, o.h * o.w);
     }
     if (!st && res) csub_add_nchw(y, res, y, N, op->aout, o.h, o.w);
@@ -949,9 +962,10 @@ static int run_weighted(const csub_model *m, const op_t *op, const workspace *w,
 
 static double now_ms(void);
 
-/* The graph on N images with workspace w. Returns CSUB_OK, or a status with *failed = the op. */
-static int run_graph(const csub_model *m, const workspace *w, const float *input, int64_t N, float *output,
-                     double *op_ms, int *failed)
+/* The graph on N images with workspace w, each image split across threads (split) or
+ * not. Returns CSUB_OK, or a status with *failed = the op. */
+static int run_graph(const csub_model *m, const workspace *w, const float *input, int64_t N, int split,
+                     float *output, double *op_ms, int *failed)
 {
     for (int i = 0; i < m->nops; i++) {
         const op_t *op = &m->ops[i];
@@ -963,7 +977,8 @@ static int run_graph(const csub_model *m, const workspace *w, const float *input
         double t0 = op_ms ? now_ms() : 0.0;
         switch (op->kind) {
         case OP_CONV: case OP_LINEAR:
-            st = run_weighted(m, op, w, x, op->x2 >= 0 ? value_ptr(m, w, input, op->x2) : NULL, y, N);
+            st = run_weighted(m, op, split ? op->path_split : op->path, w, x,
+                              op->x2 >= 0 ? value_ptr(m, w, input, op->x2) : NULL, y, N);
             break;
         case OP_NORM:
             if (op->bn)
@@ -1022,9 +1037,11 @@ static int forward(csub_model *m, const float *input, int64_t batch, float *outp
     if (batch < 1 || batch > ((int64_t)1 << 24)) return MFAIL(m, CSUB_ERR_ARG, "batch: expected 1..2^24, got %lld", (long long)batch);
     if (!m->ready) return MFAIL(m, CSUB_ERR_ARG, "model: no alpha set (the last set_alpha failed)");
     int nt = csub_get_num_threads(), failed = -1, st = CSUB_OK;
+    m->split = 0;
     if (op_ms || !image_parallel(m, batch, nt)) {
         if (ws_ensure(m, &m->ws[0], batch, nt)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for a batch of %lld", (long long)batch);
-        st = run_graph(m, &m->ws[0], input, batch, output, op_ms, &failed);
+        m->split = nt > 1 && batch < nt; /* fewer images than threads: the kernels split each image */
+        st = run_graph(m, &m->ws[0], input, batch, m->split, output, op_ms, &failed);
     } else {
         if (nt > m->nws) nt = m->nws;
         for (int t = 0; t < nt; t++)
@@ -1037,7 +1054,8 @@ static int forward(csub_model *m, const float *input, int64_t batch, float *outp
             #pragma omp atomic read
             s2 = st;
             if (s2) continue; /* an earlier chunk failed: skip the rest */
-            s2 = run_graph(m, &m->ws[omp_get_thread_num()], input + i0 * per, n, output + i0 * m->classes, NULL, &f);
+            s2 = run_graph(m, &m->ws[omp_get_thread_num()], input + i0 * per, n, 0, output + i0 * m->classes, NULL,
+                           &f);
             if (s2) {
                 #pragma omp critical(csub_runtime_error)
                 if (!st) { st = s2; failed = f; }
@@ -1076,7 +1094,8 @@ const char *csub_model_op_name(const csub_model *m, int i)
     static const char *norms[2][2] = {{"gn", "gn+relu"}, {"bn", "bn+relu"}};
     if (!m || i < 0 || i >= m->nops) return "";
     const op_t *op = &m->ops[i];
-    if (op->kind == OP_CONV || op->kind == OP_LINEAR) return weighted[op->kind == OP_LINEAR][op->path];
+    if (op->kind == OP_CONV || op->kind == OP_LINEAR) /* the kernels of the last forward */
+        return weighted[op->kind == OP_LINEAR][m->split ? op->path_split : op->path];
     if (op->kind == OP_NORM) return norms[op->bn][op->relu];
     return kinds[op->kind];
 }
@@ -1107,18 +1126,13 @@ void csub_model_info(const csub_model *m, csub_model_desc *d)
         if (op->kind == OP_CONV || op->kind == OP_LINEAR) {
             int64_t kk = op->k * op->k, cols = op->kind == OP_CONV ? op->ain * kk : op->ain;
             shape3 o = m->vshape[op->y];
-            int64_t macs;
-            if (op->path == PATH_SPARSE) {
-                wb += op->nnz * (4 + 4) + (op->cout + 1) * 8;
-                macs = op->nnz;
-            } else if (op->path == PATH_INT8) {
+            int64_t macs = op->aout * cols;
+            if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0) macs = csub_topk_count(op->w.n, m->keep);
+            if (op->path == PATH_INT8) {
                 wb += csub_qweight_bytes(&op->qw);
-                macs = op->aout * cols;
-            } else {
-                macs = op->aout * cols;
-                if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0)
-                    macs = csub_topk_count(op->w.n, m->keep);
-                wb += 4 * op->aout * cols;
+            } else { /* a layer between the two crossovers holds both forms */
+                if (op->path == PATH_SPARSE || op->path_split == PATH_SPARSE) wb += op->nnz * (4 + 4) + (op->cout + 1) * 8;
+                if (op->path != PATH_SPARSE || op->path_split != PATH_SPARSE) wb += 4 * op->aout * cols;
             }
             if (op->ba) wb += 4 * op->aout;
             flops += 2 * macs * o.h * o.w;

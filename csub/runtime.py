@@ -23,7 +23,9 @@ class CompressedNet:
         data: the bytes of a model file (``csub.export``), or a path to one.
         alpha: where to start, in [0, 1] (unstructured: > 0).
         sparse_crossover: unstructured regime: keep fraction at or below which layers run
-            their CSR kernels (default 0.6, measured by ``benchmarks/bench_deploy.py --crossover``).
+            their CSR kernels, or a pair (whole images per thread, an image split across
+            threads); default (0.6, 0.4), measured by ``benchmarks/bench_deploy.py --crossover``:
+            at batch 1 the dense products split across threads and the CSR ones do not.
     Shapes: x (N, C, H, W) float32, normalised as in training -> logits (N, num_classes).
     Outputs equal the training-mode network's at the same alpha (evaluation
     mode) to float rounding; integer products at <= 8 bits add the rounding
@@ -41,7 +43,11 @@ class CompressedNet:
         self._m = _core.model_load(data)
         self._stats = modelfile.input_stats(data)
         if sparse_crossover is not None:
-            _core.model_set_sparse_crossover(self._m, float(sparse_crossover))
+            pair = (sparse_crossover,) * 2 if np.isscalar(sparse_crossover) else tuple(sparse_crossover)
+            if len(pair) != 2:
+                raise ValueError(f"sparse_crossover: expected a fraction or a pair (whole images, split image), "
+                                 f"got {sparse_crossover!r}")
+            _core.model_set_sparse_crossover(self._m, float(pair[0]), float(pair[1]))
         self.set_alpha(alpha)
 
     def set_alpha(self, alpha):

@@ -330,6 +330,33 @@ def test_sparse_crossover_changes_the_path_not_the_result(rng):
     assert _rel(csr(x), dense(x)) < RTOL_FLOAT
     with pytest.raises(ValueError, match="keep"):
         csub._core.model_set_sparse_crossover(csr._m, 1.5)
+    with pytest.raises(ValueError, match="keep_split"):
+        csub._core.model_set_sparse_crossover(csr._m, 0.5, -1.0)
+    with pytest.raises(ValueError, match="sparse_crossover"):
+        csub.CompressedNet(modelfile.to_bytes(model), 0.3, sparse_crossover=(0.5, 0.5, 0.5))
+
+
+def test_split_crossover_picks_the_kernels_by_batch(rng):
+    """CSR kernels for whole images, dense ones for an image split across threads: both forms
+    held at once, the kernels chosen per forward, the same results."""
+    csub.manual_seed(2)
+    model = models.cnn(widths=(8, 16, 24), regime="unstructured", subspace="line")
+    x = rng.normal(0, 1, (3, 1, 28, 28)).astype(np.float32)
+    both = csub.CompressedNet(modelfile.to_bytes(model), 0.3, sparse_crossover=(1.0, 0.0))
+    csr = csub.CompressedNet(modelfile.to_bytes(model), 0.3, sparse_crossover=1.0)
+    dense = csub.CompressedNet(modelfile.to_bytes(model), 0.3, sparse_crossover=0.0)
+    assert both.info()["weight_bytes"] > max(csr.info()["weight_bytes"], dense.info()["weight_bytes"])
+    old = csub.get_num_threads()
+    try:
+        csub.set_num_threads(2)
+        one, three = both.profile(x[:1]), both.profile(x)
+        assert "conv/sparse" not in one
+        assert "conv/sparse" in three
+        assert _rel(both(x[:1]), dense(x[:1])) < RTOL_FLOAT and _rel(both(x), csr(x)) < RTOL_FLOAT
+        csub.set_num_threads(1)  # one thread runs whole images: CSR
+        assert "conv/sparse" in both.profile(x[:1])
+    finally:
+        csub.set_num_threads(old)
 
 
 def test_nan_input_is_an_error_on_integer_paths_and_propagates_on_float_ones(rng):

@@ -497,9 +497,12 @@ const char *csub_model_error(const csub_model *model);
 int csub_model_set_alpha(csub_model *model, double alpha);
 
 /* Unstructured regime: a layer runs its CSR kernel at keep fractions <= keep
- * (default 0.6, measured), its dense kernel on the masked weight above (the same
- * results to float rounding). Rebuilds the weights at the current alpha. */
-int csub_model_set_sparse_crossover(csub_model *model, double keep);
+ * when each thread runs whole images (batch >= threads, or one thread), at
+ * keep fractions <= keep_split when the threads split an image (batch smaller
+ * than the thread count), and its dense kernel on the masked weight above (the
+ * same results to float rounding; between the two a layer holds both forms).
+ * Defaults 0.6 and 0.4, measured. Rebuilds the weights at the current alpha. */
+int csub_model_set_sparse_crossover(csub_model *model, double keep, double keep_split);
 
 /* input[batch, C, H, W] (normalised as in training: see csub_model_input_u8)
  * -> output[batch, num_classes] logits. */

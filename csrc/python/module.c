@@ -1709,16 +1709,18 @@ static PyObject *py_model_set_alpha(PyObject *self, PyObject *args, PyObject *kw
 
 static PyObject *py_model_set_sparse_crossover(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *om;
-    double keep;
-    KW("model", "keep");
-    if (!parse(args, kw, "Od", kwlist, &om, &keep)) return NULL;
+    PyObject *om, *osplit = Py_None;
+    double keep, keep_split;
+    KW("model", "keep", "keep_split");
+    if (!parse(args, kw, "Od|O", kwlist, &om, &keep, &osplit)) return NULL;
+    keep_split = osplit == Py_None ? keep : PyFloat_AsDouble(osplit);
+    if (keep_split == -1.0 && PyErr_Occurred()) return NULL;
     rt_box *b = rt_get(om);
-    if (!b || finite_range(keep, 0.0, 1.0, "keep")) return NULL;
+    if (!b || finite_range(keep, 0.0, 1.0, "keep") || finite_range(keep_split, 0.0, 1.0, "keep_split")) return NULL;
     int st;
     b->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    st = csub_model_set_sparse_crossover(b->m, keep);
+    st = csub_model_set_sparse_crossover(b->m, keep, keep_split);
     Py_END_ALLOW_THREADS
     b->busy = 0;
     if (st) return rt_error(st, csub_model_error(b->m));
@@ -2216,7 +2218,8 @@ static PyMethodDef methods[] = {
     M(model_load, "model_load(data: bytes) -> model (an exported csub model file, at alpha 1)"),
     M(model_set_alpha, "model_set_alpha(model, alpha): materialise the compressed network at alpha"),
     M(model_forward, "model_forward(model, x[N, C, H, W]) -> logits[N, classes]"),
-    M(model_set_sparse_crossover, "model_set_sparse_crossover(model, keep): CSR kernels at keep fractions <= keep"),
+    M(model_set_sparse_crossover, "model_set_sparse_crossover(model, keep, keep_split=keep): CSR kernels at keep "
+                                  "fractions <= keep (whole images per thread), <= keep_split (an image split across threads)"),
     M(model_profile, "model_profile(model, x) -> [(op name, ms), ...] one timed forward"),
     M(model_info, "model_info(model) -> dict (regime, level, sizes, flops)"),
     M(model_memory, "model_memory(model, batch) -> bytes to run a batch at the current alpha"),
