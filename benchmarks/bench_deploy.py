@@ -1,6 +1,7 @@
 """Compressed inference of cPreResNet20 with the C runtime (model.compress / csub_model_*), as ratios in one run.
 
     python benchmarks/bench_deploy.py [--reps 41] [--threads 2 1] [--batches 1 64] [--no-torch] [--crossover]
+                                      [--profile]
 
 For batch 1 and batch 64 at 32x32, on each thread count of --threads:
   unstructured  keep 1.0 (dense) vs keep 0.10 (90 % of the block weights pruned, CSR kernels)
@@ -13,7 +14,9 @@ that both see the same state of the machine: the medians of --reps forwards
 each, and the median of the per-repetition ratios (the speedup printed).
 --crossover adds the unstructured network at keep 0.05 .. 0.8 run with CSR
 kernels and with dense kernels on the masked weights: where the CSR kernels
-stop paying (the runtime's default crossover, RT_SPARSE_CROSSOVER).
+stop paying (the runtime's default crossovers, RT_SPARSE_CROSSOVER for whole
+images per thread and RT_SPARSE_CROSSOVER_SPLIT for one image split across
+threads). --profile adds where the time goes at batch 1 (CompressedNet.profile).
 Targets: 90 % sparse >= 3x faster than dense, width 0.5 >= 3x faster than
 width 1.0, 8-bit >= 2x faster than float32, set_alpha under 5 ms.
 """
@@ -99,6 +102,7 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--crossover", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="where the time goes: ms per operation kind, batch 1")
     args = ap.parse_args()
     print_machine()
     print(f"csub {csub.__version__}, int8 kernel {csub._core.int8_kernel()}")
@@ -164,6 +168,18 @@ def main():
                 dense_k.set_alpha(k)
                 row.append(paired_ms(lambda: csr(x), lambda: dense_k(x), args.reps)[2])
             print(f"  batch {b:3d}: " + "  ".join(f"{k:.2f}:{r:.2f}" for k, r in zip(keeps, row)))
+    if args.profile:
+        x = np.ascontiguousarray(x64[:1])
+        for nt in args.threads:
+            csub.set_num_threads(nt)
+            print(f"\nwhere the time goes, batch 1, {nt} threads (ms per operation kind, medians of {args.reps}):")
+            for name in ("uns_dense", "uns", "st", "q"):
+                runs = [nets[name].profile(x) for _ in range(args.reps)]
+                kinds = sorted({k for r in runs for k in r})
+                med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in kinds}
+                label = dict(uns_dense="dense", uns="keep 0.10", st="width 0.5", q="8-bit")[name]
+                print(f"  {label:<10} total {sum(med.values()):6.3f}: "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in sorted(med.items(), key=lambda kv: -kv[1]) if v >= 0.002))
     print("\nset_alpha (materialise a new alpha), median ms (target < 5 ms):")
     for name, alphas in (("uns", [0.1, 0.5, 1.0, 0.05]), ("st", [0.0, 1 / 3, 1.0]), ("q", [0.0, 0.5, 1.0])):
         print(f"  {dict(uns='unstructured', st='structured', q='quantized')[name]:<13} "
