@@ -13,8 +13,10 @@
  *                 unstructured  exact magnitude top-k (keep fraction alpha) of
  *                               each compressible layer, stored as CSR when the
  *                               keep fraction is at most RT_SPARSE_CROSSOVER
- *                               (the forward then touches kept weights only),
- *                               else as the masked dense weight;
+ *                               (the forward then touches kept weights only;
+ *                               RT_SPARSE_CROSSOVER_SPLIT when the threads
+ *                               split one image), else as the masked dense
+ *                               weight (both forms between the two);
  *                 structured    width w from alpha; every hidden layer's weight
  *                               copied to a contiguous prefix, so the products
  *                               are really smaller;
@@ -23,7 +25,11 @@
  *                               quantized on their recorded range, integer
  *                               products with 32-bit accumulation (bits <= 8;
  *                               wider grids run fake-quantized in float).
- *   forward     run the graph on a batch with the materialised weights.
+ *   forward     run the graph on a batch with the materialised weights: each
+ *               thread whole images, a chunk at a time, or (fewer images than
+ *               threads) layer by layer, each kernel splitting an image across
+ *               the threads when it is large enough to pay. A conv's residual
+ *               add and a norm's ReLU are fused into them.
  *
  * Everything a file declares is checked before it is used; every failure
  * returns a CSUB_ERR_* code and leaves a message (csub_model_error, or the
@@ -1020,8 +1026,10 @@ static int run_graph(const csub_model *m, const workspace *w, const float *input
  * chunk at a time, with its own buffers (no barrier between layers, activations
  * stay in cache); the kernels inside run single-threaded. One thread runs its
  * chunks in turn, for the same reason. A single image, or a layer whose
- * activation range is taken from the batch itself, runs layer by layer with
- * every thread in each kernel. */
+ * activation range is taken from the batch itself, runs layer by layer, each
+ * kernel splitting the work across the threads when it is large enough to pay
+ * (at batch 1 the dense convolutions do; the compressed layers, a few
+ * microseconds each, stay on one thread: benchmarks/deploy.md). */
 static int image_parallel(const csub_model *m, int64_t N, int nt)
 {
     if (N < 2 || N < nt) return 0;
