@@ -869,13 +869,9 @@ static void ws_free(workspace *w, int nslots)
     memset(w, 0, sizeof *w);
 }
 
-/* Buffers for N images run by `threads` threads (the kernels' own split). */
-static int ws_ensure(const csub_model *m, workspace *w, int64_t N, int threads)
+/* Floats of the CSR convolutions' buffers for N images run by `threads` threads. */
+static int64_t sp_work(const csub_model *m, int64_t N, int threads)
 {
-    if (N <= w->cap && threads <= w->threads) return CSUB_OK;
-    if (N < w->cap) N = w->cap;
-    if (threads < w->threads) threads = w->threads;
-    ws_free(w, m->nslots);
     int64_t sp = 0;
     for (int i = 0; i < m->nops; i++) {
         const op_t *op = &m->ops[i];
@@ -884,6 +880,17 @@ static int ws_ensure(const csub_model *m, workspace *w, int64_t N, int threads)
         int64_t n = csub_conv2d_sparse_work(N, op->cin, s.h, s.w, op->k, op->k, op->stride, op->pad, threads);
         if (n > sp) sp = n;
     }
+    return sp;
+}
+
+/* Buffers for N images run by `threads` threads (the kernels' own split). */
+static int ws_ensure(const csub_model *m, workspace *w, int64_t N, int threads)
+{
+    if (N <= w->cap && threads <= w->threads) return CSUB_OK;
+    if (N < w->cap) N = w->cap;
+    if (threads < w->threads) threads = w->threads;
+    ws_free(w, m->nslots);
+    int64_t sp = sp_work(m, N, threads);
     if (!(w->slots = xcalloc((size_t)m->nslots + 1, sizeof(float *)))) return CSUB_ERR_NOMEM;
     for (int s = 0; s < m->nslots; s++)
         if (!(w->slots[s] = falloc(m->slot_size[s] * N))) { ws_free(w, m->nslots); return CSUB_ERR_NOMEM; }
@@ -1167,8 +1174,10 @@ int64_t csub_model_memory(const csub_model *m, int64_t batch)
     int64_t act = 0;
     for (int s = 0; s < m->nslots; s++) act += m->slot_size[s];
     int nt = csub_get_num_threads() < m->nws ? csub_get_num_threads() : m->nws;
-    int64_t images = image_parallel(m, batch, nt) ? (int64_t)nt * RT_CHUNK : batch; /* buffers held at once */
+    int par = image_parallel(m, batch, nt);
+    int64_t images = par ? (int64_t)nt * RT_CHUNK : batch; /* buffers held at once */
     act = (act + m->scratch_size) * images;
+    act += par ? sp_work(m, RT_CHUNK, 1) * nt : sp_work(m, batch, nt); /* the CSR convolutions' planes */
     return d.subspace_bytes + d.weight_bytes + 4 * act;
 }
 
