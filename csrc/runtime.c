@@ -643,15 +643,24 @@ static int finish_load(csub_model *m, csub_st_file *f, int st, csub_model **out,
     return CSUB_OK;
 }
 
+/* An empty model with the runtime's defaults, or NULL when out of memory. */
+static csub_model *new_model(void)
+{
+    csub_model *m = xcalloc(1, sizeof *m);
+    if (m) {
+        m->crossover = RT_SPARSE_CROSSOVER;
+        m->crossover_split = RT_SPARSE_CROSSOVER_SPLIT;
+    }
+    return m;
+}
+
 int csub_model_load(const char *path, csub_model **out, char *err, size_t errlen)
 {
     if (!out) return fail(err, errlen, CSUB_ERR_ARG, "model: NULL output pointer");
     *out = NULL;
     if (!path) return fail(err, errlen, CSUB_ERR_ARG, "path: NULL");
-    csub_model *m = xcalloc(1, sizeof *m);
+    csub_model *m = new_model();
     if (!m) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
-    m->crossover = RT_SPARSE_CROSSOVER;
-    m->crossover_split = RT_SPARSE_CROSSOVER_SPLIT;
     csub_st_file f;
     memset(&f, 0, sizeof f);
     int st = csub_st_read(path, &f, err, errlen);
@@ -663,10 +672,8 @@ int csub_model_load_memory(const uint8_t *buf, size_t len, csub_model **out, cha
     if (!out) return fail(err, errlen, CSUB_ERR_ARG, "model: NULL output pointer");
     *out = NULL;
     if (!buf && len) return fail(err, errlen, CSUB_ERR_ARG, "buf: NULL");
-    csub_model *m = xcalloc(1, sizeof *m);
+    csub_model *m = new_model();
     if (!m) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
-    m->crossover = RT_SPARSE_CROSSOVER;
-    m->crossover_split = RT_SPARSE_CROSSOVER_SPLIT;
     csub_st_file f;
     memset(&f, 0, sizeof f);
     int st = csub_st_parse(buf, len, &f, err, errlen);

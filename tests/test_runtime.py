@@ -186,24 +186,12 @@ def test_bad_model_files_raise():
     good = _save(meta, t)
     csub._core.model_load(good)
     cases = []
-    g = json.loads(json.dumps(meta["graph"]))
-    g[0]["x"] = 5
-    cases.append(("graph[0].x", _save(dict(meta, graph=g), t)))
-    g = json.loads(json.dumps(meta["graph"]))
-    g[0]["op"] = "softmax"
-    cases.append(("unknown op", _save(dict(meta, graph=g), t)))
-    g = json.loads(json.dumps(meta["graph"]))
-    g[0]["cin"] = 3
-    cases.append(("expected", _save(dict(meta, graph=g), t)))
-    g = json.loads(json.dumps(meta["graph"]))
-    g[0]["cout"] = 2 ** 30
-    cases.append(("graph[0]", _save(dict(meta, graph=g), t)))
-    g = json.loads(json.dumps(meta["graph"]))
-    g[0]["w"] = "nope.weight"
-    cases.append(("nope.weight", _save(dict(meta, graph=g), t)))
-    g = json.loads(json.dumps(meta["graph"]))
-    g[0]["k"] = 1.5
-    cases.append(("graph[0].k", _save(dict(meta, graph=g), t)))
+    for key, value, what in (("x", 5, "graph[0].x"), ("op", "softmax", "unknown op"), ("cin", 3, "expected"),
+                             ("cout", 2 ** 30, "graph[0]"), ("w", "nope.weight", "nope.weight"),
+                             ("k", 1.5, "graph[0].k")):
+        g = json.loads(json.dumps(meta["graph"]))  # the first op with one field changed
+        g[0][key] = value
+        cases.append((what, _save(dict(meta, graph=g), t)))
     cases.append(("input_shape", _save(dict(meta, input_shape=[1, 28]), t)))
     cases.append(("input_shape", _save(dict(meta, input_shape=[1, 2 ** 40, 1]), t)))
     cases.append(("graph[", _save(dict(meta, input_shape=[1, 2, 2]), t)))
