@@ -907,7 +907,12 @@ def test_layer_backward_bad_gradient(rng):
 
 
 @pytest.mark.parametrize("relu", [False, True])
-@pytest.mark.parametrize("shape,groups", [((2, 6, 5, 3), 3), ((3, 4, 7), 4), ((1, 8, 2, 2), 1), ((5, 3), 1)])
+@pytest.mark.parametrize("shape,groups", [((2, 6, 5, 3), 3), ((3, 4, 7), 4), ((1, 8, 2, 2), 1), ((5, 3), 1),
+                                          # planes of whole 16-float vectors (the AVX-512 form for short groups):
+                                          # one group per channel, four channels per group, the longest group
+                                          # it takes (1024), more groups than its chunk, and one just too long
+                                          ((2, 24, 8, 8), 24), ((1, 32, 4, 16), 8), ((1, 20, 32, 32), 20),
+                                          ((3, 40, 4, 8), 40), ((1, 4, 32, 48), 4)])
 def test_norm_infer_kernels_match_the_twins(shape, groups, relu, rng):
     """Inference forms (runtime): group norm / evaluation batch norm, optionally with the ReLU fused."""
     C = shape[1]
@@ -953,6 +958,10 @@ def test_groupnorm_infer_large_mean_and_long_groups(rng):
     g, b = np.ones(2, np.float32), np.zeros(2, np.float32)
     want = ref.groupnorm_forward(x, g, b, 1)[0]
     np.testing.assert_allclose(_core.groupnorm_infer(x, g, b, 1), want, rtol=1e-3, atol=2e-3)
+    x = (rng.normal(0, 1e-3, (2, 6, 8, 8)) + 1e3).astype(np.float32)  # short groups: the AVX-512 form
+    g6, b6 = np.ones(6, np.float32), np.zeros(6, np.float32)
+    np.testing.assert_allclose(_core.groupnorm_infer(x, g6, b6, 6), ref.groupnorm_forward(x, g6, b6, 6)[0],
+                               rtol=1e-3, atol=2e-3)
     x = rng.normal(0, 1, (1, 1, 100003)).astype(np.float32)
     np.testing.assert_allclose(_core.groupnorm_infer(x, g[:1], b[:1], 1), ref.groupnorm_forward(x, g[:1], b[:1], 1)[0],
                                rtol=1e-4, atol=1e-4)
@@ -967,3 +976,14 @@ def test_norm_infer_bad_arguments(rng):
         _core.batchnorm_infer(x, g, g, g, np.ones(3, np.float32))
     with pytest.raises(TypeError, match="gamma"):
         _core.groupnorm_infer(x, g.astype(np.float64), g, 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (1, 4, 5, 3)])  # the AVX-512 short-group form and the generic one
+def test_groupnorm_infer_relu_keeps_nan(shape, rng):
+    """A NaN in one group makes that group's outputs NaN (ReLU included); the other groups stay finite."""
+    x = rng.normal(0, 1, shape).astype(np.float32)
+    x[0, 1, 0, 0] = np.nan
+    g, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+    y = _core.groupnorm_infer(x, g, b, 4, relu=True)
+    assert np.isnan(y[0, 1]).all()
+    assert np.isfinite(y[0, [0, 2, 3]]).all()
