@@ -1143,10 +1143,13 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
                                                          : row_terms(qw, &cx.xg, xscale, oscale, b, &rowc, &alpha, &beta);
     if (st == CSUB_OK) {
         make_offsets(&g, off);
-        for (int64_t q0 = 0; q0 < g.Wph; q0++) {
-            unsigned m = 0;
-            for (int l = 0; l < 16; l++) m |= ((q0 + l) % g.Wph < g.Q) << l;
+        /* lane l of vmask[q0]: column (q0 + l) % Wph is a real one (< Q); no division */
+        unsigned m = 0;
+        for (int l = 15, j = 15 % (int)g.Wph; l >= 0; l--, j = j ? j - 1 : (int)g.Wph - 1)
+            m = m << 1 | (j < g.Q);
+        for (int64_t q0 = 0, j = 16 % g.Wph; q0 < g.Wph; q0++, j = j + 1 < g.Wph ? j + 1 : 0) {
             vmask[q0] = (uint16_t)m;
+            m = m >> 1 | (unsigned)(j < g.Q) << 15; /* slide: drop column q0, take q0 + 16 */
         }
         cx.jb = (job){.A = A ? A : qw->q, .G = g.G, .K = K, .off = off, .rowc = rowc,
                       .alpha = alpha, .beta = beta};
