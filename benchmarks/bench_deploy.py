@@ -1,7 +1,7 @@
 """Compressed inference of cPreResNet20 with the C runtime (model.compress / csub_model_*), as ratios in one run.
 
     python benchmarks/bench_deploy.py [--reps 41] [--threads 2 1] [--batches 1 64] [--no-torch] [--crossover]
-                                      [--profile]
+                                      [--profile] [--halves]
 
 For batch 1 and batch 64 at 32x32, on each thread count of --threads:
   unstructured  keep 1.0 (dense) vs keep 0.10 (90 % of the block weights pruned, CSR kernels)
@@ -17,6 +17,8 @@ kernels and with dense kernels on the masked weights: where the CSR kernels
 stop paying (the runtime's default crossovers, RT_SPARSE_CROSSOVER for whole
 images per thread and RT_SPARSE_CROSSOVER_SPLIT for one image split across
 threads). --profile adds where the time goes at batch 1 (CompressedNet.profile).
+--halves adds the bound of a runtime that gives each thread its own rows of the
+image through the whole network: every pair on half images, two per thread.
 Targets: 90 % sparse >= 3x faster than dense, width 0.5 >= 3x faster than
 width 1.0, 8-bit >= 2x faster than float32, set_alpha under 5 ms.
 """
@@ -95,6 +97,25 @@ def torch_net(model, torch):
     return net.eval()
 
 
+def halves(models_by_name, x64, args):
+    """The best a runtime could do at batch 1 by giving each thread its own rows of every
+    activation (a strip of the image through the whole network): each network on images of
+    half the height (3 x 16 x 32), two per thread, the threads running at once with no halo
+    and no synchronisation. Both networks of a pair gain from it, so the ratio is the bound."""
+    nt = max(args.threads)
+    csub.set_num_threads(nt)
+    h = np.ascontiguousarray(x64[:2 * nt, :, :16, :])
+    print(f"\nbound of a per-thread strip runtime at batch 1 ({nt} threads, each network on {2 * nt} half images "
+          f"3x16x32, two per thread):")
+    for what, a, p, target in (("unstructured keep 0.10 vs dense", "uns", "uns_dense", 3.0),
+                               ("structured width 0.5 vs 1.0", "st", "st_full", 3.0),
+                               ("quantized 8-bit vs float32", "q", "dense", 2.0)):
+        (ma, aa), (mp, ap_) = models_by_name[a], models_by_name[p]
+        na, np_ = ma.compress(aa, input_shape=(3, 16, 32)), mp.compress(ap_, input_shape=(3, 16, 32))
+        t, ref, ratio = paired_ms(lambda: na(h), lambda: np_(h), args.reps)
+        print(f"  {what:<42} {t / 2:8.3f} {ref / 2:8.3f} ms per half image {ratio:7.2f}x {target:6.1f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=41)
@@ -103,6 +124,8 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--crossover", action="store_true")
     ap.add_argument("--profile", action="store_true", help="where the time goes: ms per operation kind, batch 1")
+    ap.add_argument("--halves", action="store_true",
+                    help="the bound of a per-thread strip runtime at batch 1: each pair on half images")
     args = ap.parse_args()
     print_machine()
     print(f"csub {csub.__version__}, int8 kernel {csub._core.int8_kernel()}")
@@ -121,6 +144,8 @@ def main():
     dense = models.cpreresnet20()
     dense.load_state_dict({k: v for k, v in uns.state_dict().items() if k in dense.state_dict()}, strict=False)
     # one network object per side of each pair, so that the pair can be interleaved
+    models_by_name = dict(uns=(uns, 0.1), uns_dense=(uns, 1.0), st=(st, 1 / 3), st_full=(st, 1.0), q=(q, 1.0),
+                          dense=(dense, 1.0))
     nets = dict(uns=uns.compress(0.1), uns_dense=uns.compress(1.0), st=st.compress(1 / 3), st_full=st.compress(1.0),
                 q=q.compress(1.0), dense=dense.compress(1.0))
     torch = None
@@ -180,6 +205,8 @@ def main():
                 label = dict(uns_dense="dense", uns="keep 0.10", st="width 0.5", q="8-bit")[name]
                 print(f"  {label:<10} total {sum(med.values()):6.3f}: "
                       + ", ".join(f"{k} {v:.3f}" for k, v in sorted(med.items(), key=lambda kv: -kv[1]) if v >= 0.002))
+    if args.halves:
+        halves(models_by_name, x64, args)
     print("\nset_alpha (materialise a new alpha), median ms (target < 5 ms):")
     for name, alphas in (("uns", [0.1, 0.5, 1.0, 0.05]), ("st", [0.0, 1 / 3, 1.0]), ("q", [0.0, 0.5, 1.0])):
         print(f"  {dict(uns='unstructured', st='structured', q='quantized')[name]:<13} "
