@@ -312,10 +312,12 @@ NORM_CLONES static void gn_groups(const float *x, const float *gamma, const floa
 #define GN_SMALL_MAX 1024 /* values per group up to which the AVX-512 form pays (measured: 2x at 64 and 256) */
 #define GN_SMALL_CHUNK 16
 
-/* gn_groups for short groups of whole 16-float vectors (HW % 16 == 0, Cg * HW <= GN_SMALL_MAX),
- * AVX-512: the same shifted sums, statistics and affine map, a group's sums
- * in two pairs of vector accumulators reduced once, so that a 64-value plane
- * costs a few dozen cycles rather than the generic loops' setup and trees. */
+/* gn_groups for short groups of whole 16-float vectors (HW % 16 == 0, Cg * HW a
+ * multiple of 32 up to GN_SMALL_MAX), AVX-512, so that a 64-value plane costs a
+ * few dozen cycles rather than the generic loops' setup. The same bits as
+ * gn_groups: the two accumulators hold sums_body's lanes l and l + 16, the
+ * reduction (_mm512_reduce_add_ps: l + 8, l + 4, l + 2, l + 1) is its tree, and
+ * the statistics and affine map are its expressions. */
 __attribute__((target("avx512f"))) static void gn_groups_small(const float *x, const float *gamma, const float *beta,
                                                               float *y, int64_t ng0, int64_t ng1, int64_t G, int64_t Cg,
                                                               int64_t HW, float eps, int relu)
@@ -329,16 +331,11 @@ __attribute__((target("avx512f"))) static void gn_groups_small(const float *x, c
         for (int64_t ng = b; ng < e; ng++) { /* sums of x - x0, x0 the group's first value */
             const float *xg = x + ng * m;
             __m512 x0 = _mm512_set1_ps(xg[0]), a1 = _mm512_setzero_ps(), a2 = a1, c1 = a1, c2 = a1;
-            int64_t k = 0;
-            for (; k + 2 <= nv; k += 2) {
+            for (int64_t k = 0; k < nv; k += 2) { /* nv even */
                 __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xg + 16 * k), x0);
                 __m512 f = _mm512_sub_ps(_mm512_loadu_ps(xg + 16 * k + 16), x0);
                 a1 = _mm512_add_ps(a1, d), a2 = _mm512_add_ps(a2, _mm512_mul_ps(d, d));
                 c1 = _mm512_add_ps(c1, f), c2 = _mm512_add_ps(c2, _mm512_mul_ps(f, f));
-            }
-            if (k < nv) {
-                __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xg + 16 * k), x0);
-                a1 = _mm512_add_ps(a1, d), a2 = _mm512_add_ps(a2, _mm512_mul_ps(d, d));
             }
             s1[ng - b] = _mm512_reduce_add_ps(_mm512_add_ps(a1, c1));
             s2[ng - b] = _mm512_reduce_add_ps(_mm512_add_ps(a2, c2));
@@ -371,7 +368,8 @@ __attribute__((target("avx512f"))) static void gn_groups_small(const float *x, c
 static int gn_small_ok(int64_t Cg, int64_t HW)
 {
     __builtin_cpu_init();
-    return HW > 0 && HW % 16 == 0 && Cg * HW <= GN_SMALL_MAX && __builtin_cpu_supports("avx512f");
+    return HW > 0 && HW % 16 == 0 && Cg * HW % 32 == 0 && Cg * HW <= GN_SMALL_MAX &&
+           __builtin_cpu_supports("avx512f");
 }
 #else
 #define gn_groups_small gn_groups
