@@ -110,9 +110,9 @@ def halves(models_by_name, x64, args):
     for what, a, p, target in (("unstructured keep 0.10 vs dense", "uns", "uns_dense", 3.0),
                                ("structured width 0.5 vs 1.0", "st", "st_full", 3.0),
                                ("quantized 8-bit vs float32", "q", "dense", 2.0)):
-        (ma, aa), (mp, ap_) = models_by_name[a], models_by_name[p]
-        na, np_ = ma.compress(aa, input_shape=(3, 16, 32)), mp.compress(ap_, input_shape=(3, 16, 32))
-        t, ref, ratio = paired_ms(lambda: na(h), lambda: np_(h), args.reps)
+        (ma, aa), (mp, pa) = models_by_name[a], models_by_name[p]
+        na, npeer = ma.compress(aa, input_shape=(3, 16, 32)), mp.compress(pa, input_shape=(3, 16, 32))
+        t, ref, ratio = paired_ms(lambda: na(h), lambda: npeer(h), args.reps)
         print(f"  {what:<42} {t / 2:8.3f} {ref / 2:8.3f} ms per half image {ratio:7.2f}x {target:6.1f}x")
 
 
@@ -143,11 +143,10 @@ def main():
     q.eval()
     dense = models.cpreresnet20()
     dense.load_state_dict({k: v for k, v in uns.state_dict().items() if k in dense.state_dict()}, strict=False)
-    # one network object per side of each pair, so that the pair can be interleaved
+    # (model, alpha) of each network; one network object per side of each pair, so that the pair can be interleaved
     models_by_name = dict(uns=(uns, 0.1), uns_dense=(uns, 1.0), st=(st, 1 / 3), st_full=(st, 1.0), q=(q, 1.0),
                           dense=(dense, 1.0))
-    nets = dict(uns=uns.compress(0.1), uns_dense=uns.compress(1.0), st=st.compress(1 / 3), st_full=st.compress(1.0),
-                q=q.compress(1.0), dense=dense.compress(1.0))
+    nets = {name: model.compress(alpha) for name, (model, alpha) in models_by_name.items()}
     torch = None
     if not args.no_torch:
         try:
