@@ -302,20 +302,25 @@ def flipped(data, rng, nflips):
 HEADER_ALPHABET = b' {}[]:,"\\u0123456789e.-+FIUB816324LOtfnl_\x00\x80\xff'
 
 
+def edit_bytes(b, rng, alphabet, most):
+    """b (a bytearray) with 1 to `most` bytes replaced, inserted or deleted, new bytes from alphabet."""
+    for _ in range(int(rng.integers(1, most + 1))):
+        op, i = int(rng.integers(0, 3)), int(rng.integers(0, len(b) + 1))
+        c = alphabet[int(rng.integers(0, len(alphabet)))]
+        if op == 0 and i < len(b):
+            b[i] = c
+        elif op == 1:
+            b.insert(i, c)
+        elif i < len(b):
+            del b[i]
+    return b
+
+
 def header_mutated(data, rng):
     """The header edited (1 to 4 bytes replaced, inserted or deleted) with its length fixed up,
     the data section sometimes cut short: reaches the checks past the JSON syntax."""
     n = int.from_bytes(data[:8], "little")
-    h, body = bytearray(data[8:8 + n]), data[8 + n:]
-    for _ in range(int(rng.integers(1, 5))):
-        op, i = int(rng.integers(0, 3)), int(rng.integers(0, len(h) + 1))
-        c = HEADER_ALPHABET[int(rng.integers(0, len(HEADER_ALPHABET)))]
-        if op == 0 and i < len(h):
-            h[i] = c
-        elif op == 1:
-            h.insert(i, c)
-        elif i < len(h):
-            del h[i]
+    h, body = edit_bytes(bytearray(data[8:8 + n]), rng, HEADER_ALPHABET, 4), data[8 + n:]
     if rng.random() < 0.2:
         body = body[:int(rng.integers(0, len(body) + 1))]
     return struct.pack("<Q", len(h)) + bytes(h) + body
@@ -553,17 +558,7 @@ def random_document(seed):
 
 def mutated(text, rng):
     """text with 1 to 3 bytes replaced, inserted or deleted."""
-    b = bytearray(text)
-    for _ in range(int(rng.integers(1, 4))):
-        op, i = int(rng.integers(0, 3)), int(rng.integers(0, len(b) + 1))
-        c = JSON_ALPHABET[int(rng.integers(0, len(JSON_ALPHABET)))]
-        if op == 0 and i < len(b):
-            b[i] = c
-        elif op == 1:
-            b.insert(i, c)
-        elif i < len(b):
-            del b[i]
-    return bytes(b)
+    return bytes(edit_bytes(bytearray(text), rng, JSON_ALPHABET, 3))
 
 
 def test_json_random_documents_and_mutations():
