@@ -230,11 +230,11 @@ def read(data, path="<bytes>"):
         raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     metadata = header.get(_CRC_META) or {}
     if CRC_KEY in metadata:
-        _verify(header, metadata, tensors, path)
+        _verify(header, metadata, tensors, memoryview(data)[8 + n:], path)
     return metadata, tensors
 
 
-def _verify(header, metadata, tensors, path):
+def _verify(header, metadata, tensors, body, path):
     try:
         sums = json.loads(metadata[CRC_KEY])
     except ValueError as e:
@@ -256,7 +256,8 @@ def _verify(header, metadata, tensors, path):
         if name not in sums:
             raise ValueError(f"{path}: tensor {name!r} has no checksum in __metadata__ {CRC_KEY!r}")
         h = header[name]
-        got = _tensor_crc(h["dtype"], h["shape"], a.tobytes())
+        b, e = h["data_offsets"]
+        got = _tensor_crc(h["dtype"], h["shape"], body[b:e])
         if got != sums[name]:
             raise ValueError(f"{path}: tensor {name!r}: CRC-32 {got} does not match the stored {sums[name]} "
                              "(the file is damaged or was edited)")
