@@ -115,7 +115,10 @@ def atomic_write(path, data, overwrite_readonly=False, verify=None):
     tmp = os.path.join(directory, f".{os.path.basename(path)}.csub-tmp-{_host_tag()}-{os.getpid()}-"
                                   f"{secrets.token_hex(4)}")
     # 0666 through the umask, as open() does (and as a default ACL says)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:  # name the file asked for, not the temporary
+        raise type(e)(e.errno, f"cannot write a file in {directory}: {e.strerror}", path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if mode is not None:

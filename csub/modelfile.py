@@ -197,7 +197,7 @@ def check(data, path="<bytes>"):
     runtime's loader (what ``CompressedNet`` and the C library use), which also checks the
     graph against the tensors and infers every operation's shape from ``input_shape``.
     Returns the metadata object."""
-    metadata, _ = checkpoint.read(data, path)
+    checkpoint.read(data, path)
     meta = read_meta(data, path)
     try:
         _core.model_load(bytes(data))
@@ -219,8 +219,9 @@ def export(model, path, input_shape=None, levels=None, overwrite_readonly=False)
     Returns:
         path.
 
-    Everything is validated before a byte is written (ValueError naming the argument), and the
-    written file is read back by every reader (``check``) before it replaces ``path``.
+    The arguments are validated first (ValueError naming the argument), and the written file
+    is read back by every reader (``check``) before it replaces ``path``; if one refuses it,
+    ``path`` is left as it was.
     """
     data = to_bytes(model, input_shape, levels)
 

@@ -47,7 +47,9 @@ class CompressedNet:
         try:  # the C loader verifies the layout and checksums, then the graph
             self._m = _core.model_load(data)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}" if path else str(e)) from None
+            if path is None:
+                raise
+            raise ValueError(f"{path}: {e}") from None
         self._stats = modelfile.input_stats(data)
         if sparse_crossover is not None:
             pair = (sparse_crossover,) * 2 if np.isscalar(sparse_crossover) else tuple(sparse_crossover)
