@@ -296,8 +296,8 @@ def load(path):
         raise ValueError(f"{path}: __metadata__ 'csub' is not a JSON object")
     out = {"meta": meta}
     for key, a in tensors.items():
-        if "." not in key:
-            raise ValueError(f"{path}: tensor {key!r} is not named <group>.<name>")
+        if "." not in key or key.startswith("meta."):
+            raise ValueError(f"{path}: tensor {key!r} is not named <group>.<name> (a group other than 'meta')")
         g, name = key.split(".", 1)
         out.setdefault(g, {})[name] = a
     return out

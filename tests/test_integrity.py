@@ -341,6 +341,8 @@ def _structural_edits(raw):
         "no group in name": rename("rng.state", "state"),
         "extra tensor": settensor("model.extra", np.zeros(3, np.float32)),
         "extra group": settensor("junk.x", np.zeros(3, np.float32)),
+        "tensor in the meta group": settensor("meta.x", np.zeros(3, np.float32)),
+        "tensor over a meta field": settensor("meta.epoch", np.array([5], np.int64)),
         "weight float64": settensor(w, tensors[w].astype(np.float64)),
         "weight int32": settensor(w, tensors[w].astype(np.int32)),
         "weight transposed": settensor(w, np.ascontiguousarray(tensors[w].T)),
