@@ -628,6 +628,7 @@ static int build(csub_model *m, const csub_st_file *f, char *err, size_t errlen)
 
 static int finish_load(csub_model *m, csub_st_file *f, int st, csub_model **out, char *err, size_t errlen)
 {
+    if (!st) st = csub_st_check_layout(f, err, errlen);
     if (!st) st = build(m, f, err, errlen);
     csub_st_free(f);
     if (!st) {

@@ -18,6 +18,20 @@
  * where they apply, CSUB_ERR_IO for a file over 16 GiB) with a message naming
  * the tensor and field, and leaves the csub_st_file freed.
  *
+ * Checksums: a file whose __metadata__ has the entry "csub.crc32" (every file
+ * csub writes) is verified on every read. The entry is a JSON object text
+ * mapping each tensor name, and "__metadata__", to 8 lowercase hex digits of
+ * a CRC-32 (the IEEE / zlib polynomial 0xEDB88320, reflected, as Python's
+ * zlib.crc32): a tensor's covers the ASCII text "<DTYPE> <d0>,<d1>,...\n"
+ * (no dimensions for a scalar) followed by its data bytes; "__metadata__"
+ * covers, for every other metadata entry in bytewise order of the keys, the
+ * key, a NUL byte, the value and a NUL byte. Every tensor needs an entry and
+ * every entry a tensor. Files without the entry (written before csub stored
+ * checksums) are read unverified.
+ *
+ * csub_st_check_layout adds the reference reader's layout rule (the tensors
+ * fill the data section exactly), which the model loader applies.
+ *
  * The file buffer is owned by the csub_st_file; tensor data pointers point
  * into it, at whatever alignment the file gives (readers memcpy).
  */
@@ -33,6 +47,8 @@
 #define ST_MAX_FILE ((uint64_t)16 << 30)        /* csub_st_read refuses larger files */
 #define ST_MAX_DIM 8
 #define ST_NAME_SHOWN 64                        /* characters of a name in messages */
+#define ST_CRC_KEY "csub.crc32"                 /* the checksum entry of __metadata__ */
+#define ST_CRC_META "__metadata__"              /* its key for the metadata's own checksum */
 
 static const struct {
     const char *name;
@@ -52,6 +68,13 @@ size_t csub_dtype_size(csub_dtype dt)
     for (size_t i = 0; i < N_DTYPES; i++)
         if (dtypes[i].dtype == dt) return dtypes[i].size;
     return 0;
+}
+
+static const char *dtype_name(csub_dtype dt)
+{
+    for (size_t i = 0; i < N_DTYPES; i++)
+        if (dtypes[i].dtype == dt) return dtypes[i].name;
+    return "?";
 }
 
 static int seterr(char *err, size_t errlen, int status, const char *fmt, ...)
@@ -216,8 +239,149 @@ static int parse_metadata(const csub_json *v, char *err, size_t errlen)
     return CSUB_OK;
 }
 
+/* ------------------------------------------------------------- checksums */
+
+/* CRC-32 slice-by-16 tables t[16][256], built per verification (16 KiB, microseconds):
+ * no state outlives a call. */
+static void crc32_tables(uint32_t t[16][256])
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+        t[0][i] = c;
+    }
+    for (int s = 1; s < 16; s++)
+        for (int i = 0; i < 256; i++) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xff];
+}
+
+static uint32_t load_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* CRC-32 of p[n] continuing crc (0 to start), as zlib's crc32(crc, p, n): 16 bytes a step. */
+static uint32_t crc32_update(const uint32_t t[16][256], uint32_t crc, const uint8_t *p, size_t n)
+{
+    crc = ~crc;
+    for (; n >= 16; p += 16, n -= 16) {
+        uint32_t a = crc ^ load_le32(p), b = load_le32(p + 4), c = load_le32(p + 8), d = load_le32(p + 12);
+        crc = t[15][a & 0xff] ^ t[14][(a >> 8) & 0xff] ^ t[13][(a >> 16) & 0xff] ^ t[12][a >> 24]
+            ^ t[11][b & 0xff] ^ t[10][(b >> 8) & 0xff] ^ t[9][(b >> 16) & 0xff] ^ t[8][b >> 24]
+            ^ t[7][c & 0xff] ^ t[6][(c >> 8) & 0xff] ^ t[5][(c >> 16) & 0xff] ^ t[4][c >> 24]
+            ^ t[3][d & 0xff] ^ t[2][(d >> 8) & 0xff] ^ t[1][(d >> 16) & 0xff] ^ t[0][d >> 24];
+    }
+    while (n--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xff];
+    return ~crc;
+}
+
+/* 8 lowercase hex digits into *out; 0 on success. */
+static int parse_hex32(const char *s, uint32_t *out)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        char c = s[i];
+        if (c >= '0' && c <= '9') v = v << 4 | (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') v = v << 4 | (uint32_t)(c - 'a' + 10);
+        else return -1;
+    }
+    if (s[8]) return -1;
+    *out = v;
+    return 0;
+}
+
+/* The metadata checksum: every entry but ST_CRC_KEY, keys in bytewise order, "key\0value\0". */
+static uint32_t metadata_crc(const uint32_t t[16][256], const csub_json *md)
+{
+    uint32_t crc = 0;
+    const char *prev = NULL;
+    for (;;) {  /* selection by strcmp: a handful of keys, unique (json.c) */
+        const char *next = NULL;
+        size_t at = 0;
+        for (size_t i = 0; i < md->n; i++) {
+            const char *k = md->keys[i];
+            if (!strcmp(k, ST_CRC_KEY) || (prev && strcmp(k, prev) <= 0)) continue;
+            if (!next || strcmp(k, next) < 0) next = k, at = i;
+        }
+        if (!next) return crc;
+        const char *v = md->items[at].string;
+        crc = crc32_update(t, crc, (const uint8_t *)next, strlen(next) + 1);
+        crc = crc32_update(t, crc, (const uint8_t *)v, strlen(v) + 1);
+        prev = next;
+    }
+}
+
+/* A tensor's checksum: "<DTYPE> <d0>,<d1>,...\n" then its bytes. */
+static uint32_t tensor_crc(const uint32_t t[16][256], const csub_st_tensor *x)
+{
+    char desc[16 + ST_MAX_DIM * 21];
+    int n = snprintf(desc, sizeof desc, "%s ", dtype_name(x->dtype));
+    for (int i = 0; i < x->ndim; i++)
+        n += snprintf(desc + n, sizeof desc - (size_t)n, i ? ",%lld" : "%lld", (long long)x->shape[i]);
+    n += snprintf(desc + n, sizeof desc - (size_t)n, "\n");
+    uint32_t crc = crc32_update(t, 0, (const uint8_t *)desc, (size_t)n);
+    return crc32_update(t, crc, x->data, (size_t)x->numel * csub_dtype_size(x->dtype));
+}
+
+/* Verify the "csub.crc32" entry of f's metadata, if there is one. path names the file in a
+ * mismatch (NULL: not named). */
+static int verify_checksums(const csub_st_file *f, const char *path, char *err, size_t errlen)
+{
+    const int F = CSUB_ERR_FORMAT, W = ST_NAME_SHOWN;
+    const char *text = csub_st_meta(f, ST_CRC_KEY);
+    if (!text) return CSUB_OK;
+    const char *in = path ? path : "", *sep = path ? ": " : "";
+    csub_json *sums = NULL;
+    char jerr[200];
+    int st = csub_json_parse(text, strlen(text), &sums, jerr, sizeof jerr);
+    if (st) return seterr(err, errlen, st, "safetensors: %s%s__metadata__ \"" ST_CRC_KEY "\": %s", in, sep, jerr);
+    uint32_t (*t)[256] = malloc(16 * sizeof *t);
+    if (!t) {
+        csub_json_free(sums);
+        return seterr(err, errlen, CSUB_ERR_NOMEM, "safetensors: out of memory");
+    }
+    crc32_tables(t);
+    st = CSUB_OK;
+    if (sums->type != CSUB_JSON_OBJECT) {
+        st = seterr(err, errlen, F, "safetensors: %s%s__metadata__ \"" ST_CRC_KEY "\" is not a JSON object", in, sep);
+        goto done;
+    }
+    for (size_t i = 0; i < sums->n && !st; i++) {
+        const char *k = sums->keys[i];
+        uint32_t want;
+        if (sums->items[i].type != CSUB_JSON_STRING || parse_hex32(sums->items[i].string, &want))
+            st = seterr(err, errlen, F, "safetensors: %s%s__metadata__ \"" ST_CRC_KEY "\": the checksum of \"%.*s\" "
+                        "is not 8 lowercase hex digits", in, sep, W, k);
+        else if (strcmp(k, ST_CRC_META) && !csub_st_find(f, k))
+            st = seterr(err, errlen, F, "safetensors: %s%s__metadata__ \"" ST_CRC_KEY "\" has a checksum for "
+                        "\"%.*s\", which is not a tensor of the file", in, sep, W, k);
+    }
+    const csub_json *mv = st ? NULL : csub_json_get(sums, ST_CRC_META);
+    uint32_t want = 0, got = 0;
+    if (!st && !mv)
+        st = seterr(err, errlen, F, "safetensors: %s%s__metadata__ \"" ST_CRC_KEY "\" has no checksum for "
+                    "\"" ST_CRC_META "\"", in, sep);
+    if (!st && (parse_hex32(mv->string, &want), (got = metadata_crc(t, f->metadata)) != want))
+        st = seterr(err, errlen, F, "safetensors: %s%s__metadata__: CRC-32 %08x does not match the stored %08x "
+                    "(the file is damaged or was edited)", in, sep, (unsigned)got, (unsigned)want);
+    for (size_t i = 0; i < f->n && !st; i++) {
+        const csub_st_tensor *x = &f->tensors[i];
+        const csub_json *v = csub_json_get(sums, x->name);
+        if (!v)
+            st = seterr(err, errlen, F, "safetensors: %s%stensor \"%.*s\" has no checksum in __metadata__ "
+                        "\"" ST_CRC_KEY "\"", in, sep, W, x->name);
+        else if (parse_hex32(v->string, &want), (got = tensor_crc(t, x)) != want)
+            st = seterr(err, errlen, F, "safetensors: %s%stensor \"%.*s\": CRC-32 %08x does not match the stored "
+                        "%08x (the file is damaged or was edited)", in, sep, W, x->name, (unsigned)got,
+                        (unsigned)want);
+    }
+done:
+    free(t);
+    csub_json_free(sums);
+    return st;
+}
+
 /* Parse buf[len], which f takes over (freed with f, also on failure). */
-static int parse_owned(uint8_t *buf, size_t len, csub_st_file *f, char *err, size_t errlen)
+static int parse_owned(uint8_t *buf, size_t len, const char *path, csub_st_file *f, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
     f->buf = buf;
@@ -279,6 +443,7 @@ static int parse_owned(uint8_t *buf, size_t len, csub_st_file *f, char *err, siz
         f->n++;
     }
     if ((st = check_overlap(f, data, err, errlen))) goto fail;
+    if ((st = verify_checksums(f, path, err, errlen))) goto fail;
     return CSUB_OK;
 fail:
     csub_st_free(f);
@@ -296,7 +461,7 @@ int csub_st_parse(const uint8_t *buf, size_t len, csub_st_file *f, char *err, si
     uint8_t *copy = malloc(len ? len : 1);
     if (!copy) return seterr(err, errlen, CSUB_ERR_NOMEM, "safetensors: out of memory for %zu bytes", len);
     if (len) memcpy(copy, buf, len);
-    return parse_owned(copy, len, f, err, errlen);
+    return parse_owned(copy, len, NULL, f, err, errlen);
 }
 
 int csub_st_read(const char *path, csub_st_file *f, char *err, size_t errlen)
@@ -350,7 +515,7 @@ int csub_st_read(const char *path, csub_st_file *f, char *err, size_t errlen)
     fclose(fp);
     fp = NULL;
     /* parse_owned takes the buffer */
-    st = parse_owned(buf, len, f, err, errlen);
+    st = parse_owned(buf, len, path, f, err, errlen);
     buf = NULL;
 done:
     if (fp) fclose(fp);
@@ -371,4 +536,38 @@ const char *csub_st_meta(const csub_st_file *f, const char *key)
     if (!f) return NULL;
     const csub_json *v = csub_json_get(f->metadata, key);
     return v && v->type == CSUB_JSON_STRING ? v->string : NULL;
+}
+
+int csub_st_check_layout(const csub_st_file *f, char *err, size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    if (!f || (!f->buf && f->len)) return seterr(err, errlen, CSUB_ERR_ARG, "safetensors: no parsed file");
+    if (f->len < 8) return seterr(err, errlen, CSUB_ERR_ARG, "safetensors: no parsed file");
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | f->buf[i];
+    const uint8_t *data = f->buf + 8 + hlen;
+    int64_t dlen = (int64_t)(f->len - 8 - hlen), end = 0;
+    span *s = malloc((f->n ? f->n : 1) * sizeof *s);
+    if (!s) return seterr(err, errlen, CSUB_ERR_NOMEM, "safetensors: out of memory");
+    for (size_t i = 0; i < f->n; i++) {
+        const csub_st_tensor *t = &f->tensors[i];
+        int64_t b = (int64_t)(t->data - data);
+        s[i] = (span){b, b + t->numel * (int64_t)csub_dtype_size(t->dtype), i};
+    }
+    if (f->n > 1) qsort(s, f->n, sizeof *s, cmp_span);
+    int st = CSUB_OK;
+    for (size_t i = 0; i < f->n && !st; i++) {
+        if (s[i].begin != end)
+            st = seterr(err, errlen, CSUB_ERR_FORMAT,
+                        "safetensors: tensor \"%.*s\" starts at byte %lld of the data section, not at %lld "
+                        "where the tensor before it ends (a gap)", ST_NAME_SHOWN, f->tensors[s[i].index].name,
+                        (long long)s[i].begin, (long long)end);
+        end = s[i].end;
+    }
+    if (!st && end != dlen)
+        st = seterr(err, errlen, CSUB_ERR_FORMAT,
+                    "safetensors: %lld trailing bytes after the last tensor (the data section has %lld bytes, "
+                    "the tensors %lld)", (long long)(dlen - end), (long long)dlen, (long long)end);
+    free(s);
+    return st;
 }

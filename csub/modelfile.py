@@ -15,6 +15,9 @@ and one metadata entry ``csub`` holding a JSON object:
     levels                 optional: [{"alpha", "accuracy"}, ...] measured at export,
                            used by the budget controller to rank alphas
 
+Beside it, the entry ``csub.crc32`` holds the CRC-32 of every tensor and of
+the metadata (see ``csub.checkpoint``); readers verify them.
+
 Each operation reads value ids and writes a new one (value 0 is the input):
 ``conv`` / ``linear`` (``w``, ``b``: tensor names; ``line``: the names have a
 ``1`` partner; ``compress``: the regime compresses this layer; ``fold``: the
@@ -26,13 +29,13 @@ network at any alpha with compressed kernels, from Python
 (``model.compress(alpha)``) and from C (``csub_model_load``).
 """
 import json
+import math
+import os
 
 import numpy as np
 from safetensors.numpy import load as _st_load
-from safetensors.numpy import save as _st_save
 
-from . import models, nn
-from .checkpoint import atomic_write
+from . import _core, checkpoint, models, nn
 
 FORMAT, VERSION = "csub-model", 1
 
@@ -126,30 +129,85 @@ def describe(model, input_shape=None, levels=None):
     """The metadata object of an exported model (see the module docstring)."""
     if not isinstance(model, models.SubspaceNet):
         raise TypeError(f"model: expected a network of csub.models, got {type(model).__name__}")
-    shape = tuple(int(v) for v in (input_shape or default_input_shape(model)))
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"input_shape: expected (C, H, W) of positive ints, got {input_shape!r}")
+    shape = _check_input_shape(input_shape, model)
     g = _Graph(model)
     out = _emit(model, g, 0)
-    # the logits' width: the last weight layer's outputs
-    last = [op for op in g.ops if op["op"] in ("conv", "linear")][-1]
+    weights = [op for op in g.ops if op["op"] in ("conv", "linear")]
+    first, last = weights[0], weights[-1]  # the logits' width: the last weight layer's outputs
+    if first["op"] == "conv" and shape[0] != first["cin"]:
+        raise ValueError(f"input_shape: {shape} has {shape[0]} channels, the model's first layer takes "
+                         f"{first['cin']}")
+    if first["op"] == "linear" and shape[0] * shape[1] * shape[2] != first["cin"]:
+        raise ValueError(f"input_shape: {shape} holds {shape[0] * shape[1] * shape[2]} values per sample, the "
+                         f"model's first layer takes {first['cin']}")
     meta = dict(format=FORMAT, version=VERSION, model=model.config["model"], config=model.config,
                 regime=model.regime, subspace=model.subspace, bit_range=list(model.bit_range),
                 width_range=list(model.width_range), input_shape=list(shape), num_classes=last["cout"],
                 graph=g.ops, output=out)
     if levels is not None:
-        meta["levels"] = [dict(alpha=float(r["alpha"]), accuracy=float(r["accuracy"])) for r in levels]
+        meta["levels"] = _check_levels(levels)
     return meta
+
+
+def _check_input_shape(input_shape, model):
+    shape = input_shape if input_shape is not None else default_input_shape(model)
+    try:
+        ok = len(shape) == 3 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                                     for v in shape)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"input_shape: expected (C, H, W) of positive ints, got {input_shape!r}")
+    return tuple(int(v) for v in shape)
+
+
+def _number(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_levels(levels):
+    """[{"alpha", "accuracy"}] as floats: alpha in [0, 1], accuracy a fraction in [0, 1] (finite)."""
+    if isinstance(levels, (str, bytes, dict)) or not hasattr(levels, "__iter__"):
+        raise ValueError(f"levels: expected a list of dicts with alpha and accuracy, got {type(levels).__name__}")
+    out = []
+    for i, r in enumerate(levels):
+        if not hasattr(r, "keys"):
+            raise ValueError(f"levels[{i}]: expected a dict with alpha and accuracy, got {type(r).__name__}")
+        for key in ("alpha", "accuracy"):
+            if key not in r:
+                raise ValueError(f"levels[{i}]: missing field {key!r} (each level needs alpha and accuracy)")
+            if not _number(r[key]) or not (math.isfinite(r[key]) and 0.0 <= r[key] <= 1.0):
+                raise ValueError(f"levels[{i}].{key}: expected a finite number in [0, 1], got {r[key]!r}")
+        out.append(dict(alpha=float(r["alpha"]), accuracy=float(r["accuracy"])))
+    if len(out) > 100000:
+        raise ValueError(f"levels: {len(out)} levels, at most 100000")
+    return out
 
 
 def to_bytes(model, input_shape=None, levels=None):
     """The exported file's bytes (see ``export``)."""
     meta = describe(model, input_shape, levels)
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.state_dict().items()}
-    return _st_save(tensors, metadata={"csub": json.dumps(meta)})
+    return checkpoint.to_bytes(tensors, {"csub": json.dumps(meta, allow_nan=False)})
 
 
-def export(model, path, input_shape=None, levels=None):
+def check(data, path="<bytes>"):
+    """Read a model file's bytes with every reader csub has, or raise ValueError naming path:
+    the Python reader (format, layout, checksums, metadata; what ``load`` uses) and the C
+    runtime's loader (what ``CompressedNet`` and the C library use), which also checks the
+    graph against the tensors and infers every operation's shape from ``input_shape``.
+    Returns the metadata object."""
+    checkpoint.read(data, path)
+    meta = read_meta(data, path)
+    try:
+        _core.model_load(bytes(data))
+    except ValueError as e:
+        raise ValueError(f"{path}: the C runtime cannot load this model file ({e}; input_shape "
+                         f"{meta.get('input_shape')})") from None
+    return meta
+
+
+def export(model, path, input_shape=None, levels=None, overwrite_readonly=False):
     """Write the whole subspace of ``model`` (both ends of a line), its regime, level maps and
     architecture to ``path`` (safetensors, written atomically).
 
@@ -157,25 +215,37 @@ def export(model, path, input_shape=None, levels=None):
         input_shape: (C, H, W) of one sample (default: the model's natural input).
         levels: optional ``evaluate`` results (dicts with alpha and accuracy), stored so the
             budget controller ranks alphas by measured accuracy.
+        overwrite_readonly: replace a read-only ``path`` (else PermissionError).
     Returns:
         path.
+
+    The arguments are validated first (ValueError naming the argument), and the written file
+    is read back by every reader (``check``) before it replaces ``path``; if one refuses it,
+    ``path`` is left as it was.
     """
-    atomic_write(path, to_bytes(model, input_shape, levels))
+    data = to_bytes(model, input_shape, levels)
+
+    def verify(tmp):
+        with open(tmp, "rb") as f:
+            check(f.read(), os.fspath(path))
+
+    checkpoint.atomic_write(path, data, overwrite_readonly=overwrite_readonly, verify=verify)
     return path
 
 
-def read_meta(data):
+def read_meta(data, path=None):
     """The ``csub`` metadata object of an exported file's bytes (ValueError if there is none)."""
+    where = f"{path}: " if path else ""
     try:
         n = int.from_bytes(data[:8], "little")
         header = json.loads(bytes(data[8:8 + n]))
         meta = json.loads(header["__metadata__"]["csub"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"not a csub model file ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{where}not a csub model file ({type(e).__name__}: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError("not a csub model file (no csub-model metadata)")
+        raise ValueError(f"{where}not a csub model file (no csub-model metadata)")
     if meta.get("version") != VERSION:
-        raise ValueError(f"csub model file version {meta.get('version')!r}; this csub reads {VERSION}")
+        raise ValueError(f"{where}csub model file version {meta.get('version')!r}; this csub reads {VERSION}")
     return meta
 
 
@@ -191,11 +261,8 @@ def load(path):
     ``model.levels`` holds the exported accuracy levels (or None)."""
     with open(path, "rb") as f:
         data = f.read()
-    meta = read_meta(data)
-    try:
-        tensors = _st_load(data)
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    _, tensors = checkpoint.read(data, os.fspath(path))
+    meta = read_meta(data, os.fspath(path))
     cfg = dict(meta["config"])
     name = cfg.pop("model")
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}

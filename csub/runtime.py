@@ -8,6 +8,8 @@ bit width), ``forward`` runs a batch. ``calibrate`` measures latency and
 memory over an alpha grid on this machine; ``Calibration.pick_alpha`` returns
 the most accurate alpha that fits a budget.
 """
+import os
+
 import numpy as np
 
 from . import _core
@@ -33,14 +35,21 @@ class CompressedNet:
     """
 
     def __init__(self, data, alpha=1.0, sparse_crossover=None):
+        path = None
         if isinstance(data, str) or hasattr(data, "__fspath__"):
-            with open(data, "rb") as f:
+            path = os.fspath(data)
+            with open(path, "rb") as f:
                 data = f.read()
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expected the bytes of a model file or a path, got {type(data).__name__}")
         data = bytes(data)
-        self.meta = modelfile.read_meta(data)
-        self._m = _core.model_load(data)
+        self.meta = modelfile.read_meta(data, path)
+        try:  # the C loader verifies the layout and checksums, then the graph
+            self._m = _core.model_load(data)
+        except ValueError as e:
+            if path is None:
+                raise
+            raise ValueError(f"{path}: {e}") from None
         self._stats = modelfile.input_stats(data)
         if sparse_crossover is not None:
             pair = (sparse_crossover,) * 2 if np.isscalar(sparse_crossover) else tuple(sparse_crossover)

@@ -224,10 +224,8 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
     if out:
         os.makedirs(out, exist_ok=True)
     if resume and os.path.exists(path):
-        state = checkpoint.load(path)
-        if state["meta"]["config"] != json.loads(json.dumps(config)):
-            raise ValueError(f"resume: {path} was written with another configuration: "
-                             f"{state['meta']['config']}")
+        template = {"model": model.state_dict(), "optim": opt.state_dict(), "rng": {"state": gen.get_state()}}
+        state = checkpoint.load_training(path, template, json.loads(json.dumps(config)))
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         gen.set_state(state["rng"]["state"])

@@ -712,3 +712,50 @@ def test_sanitizer_build(tmp_path):
     assert len(lines) == len(js)
     for path, line in zip(js, lines):
         assert line.endswith(": ok json") == compare_json(path.read_bytes()), (path.name, line)
+
+
+def test_checksummed_files_under_sanitizers(tmp_path):
+    """Files with the csub.crc32 entry (the checksum verification and its messages) through the
+    AddressSanitizer + UBSan build: the same verdicts as the extension, no sanitizer report."""
+    from csub import checkpoint
+    cc = os.environ.get("CC", "cc")
+    if not shutil.which("make") or not shutil.which(cc):
+        pytest.skip(f"needs make and a C compiler ({cc})")
+    build = subprocess.run(["make", "-C", os.path.join(ROOT, "csrc"), "fuzz-st"],
+                           capture_output=True, text=True, timeout=300)
+    if build.returncode != 0 and any(s in build.stderr for s in ("libasan", "libubsan", "-lasan", "-lubsan")):
+        pytest.skip("the C compiler has no sanitizer runtime:\n" + build.stderr[-2000:])
+    assert build.returncode == 0, build.stdout + build.stderr
+    rng = np.random.default_rng(0)
+    good = checkpoint.to_bytes({"w": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.array([2.0]),
+                                "e": np.zeros((0, 2), np.float16), "b": rng.integers(0, 256, 37, dtype=np.uint8)},
+                               {"csub": '{"epoch": 1}', "x": "é"})
+    files = {"good": good}
+    for seed in range(300):
+        r = np.random.default_rng(seed)
+        files[f"flip-{seed}"] = flipped(good, r, 1)
+        files[f"edit-{seed}"] = header_mutated(good, r)
+    for entry in ("not json", "[]", '{"__metadata__": 1}', "{}", '{"__metadata__": "zzzzzzzz"}'):
+        files[f"entry-{len(files)}"] = safetensors_numpy.save({"w": np.ones(2, np.float32)},
+                                                               metadata={"csub.crc32": entry})
+    paths = []
+    for name, data in files.items():
+        paths.append(tmp_path / f"{name}.st")
+        paths[-1].write_bytes(data)
+    r = run_checker(os.path.join(ROOT, "build", "st_check-asan"), [str(p) for p in paths])
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "runtime error" not in r.stderr and "AddressSanitizer" not in r.stderr, r.stderr[-4000:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == len(paths)
+    crc_refusals = 0
+    for path, line in zip(paths, lines):
+        status = line.split(": ", 1)[1]
+        try:
+            n = len(_core.st_parse(path.read_bytes())[1])
+            assert status.startswith(f"ok {n} "), (path.name, status)
+        except ValueError as e:
+            # read from a path, a checksum mismatch also names the file
+            assert status == f"error -4 {e}".replace("safetensors: ", f"safetensors: {path}: ", 1) \
+                or status == f"error -4 {e}", (path.name, status)
+            crc_refusals += "does not match the stored" in status
+    assert lines[0].split(": ", 1)[1].startswith("ok 4 ") and crc_refusals > 30

@@ -453,7 +453,10 @@ typedef struct {
  * non-negative dimensions whose product (no overflow) times the item size
  * equals end - begin, offsets within the data section, "__metadata__" an
  * object of strings. Tensors may not overlap (gaps and trailing bytes are
- * allowed). Any failure, an unknown dtype included, is CSUB_ERR_FORMAT with a
+ * allowed; see csub_st_check_layout). A file whose __metadata__ holds
+ * "csub.crc32" (every file csub writes; format in safetensors.c) has every
+ * tensor and the metadata checked against their CRC-32; a mismatch names the
+ * tensor (and, read from a path, the file). Any failure, an unknown dtype included, is CSUB_ERR_FORMAT with a
  * message naming the tensor and field in err[errlen] (err may be NULL).
  * f need not be initialised; on failure it is left zeroed, nothing allocated.
  * tensors[] are in header order. */
@@ -471,6 +474,10 @@ const char *csub_st_meta(const csub_st_file *f, const char *key);
 size_t csub_dtype_size(csub_dtype dt);
 /* Release f and zero it: harmless on a zeroed or failed struct, or twice. */
 void csub_st_free(csub_st_file *f);
+/* The reference reader's layout rule, which every file csub writes follows: the
+ * tensors, ordered by offset, fill the data section with no gap and no byte after
+ * the last one. CSUB_OK or CSUB_ERR_FORMAT naming the tensor or the trailing bytes. */
+int csub_st_check_layout(const csub_st_file *f, char *err, size_t errlen);
 
 /* ------------------------------------------------------ runtime (runtime.c) */
 
