@@ -556,9 +556,9 @@ def cnn(in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspa
 
 
 def cpreresnet20(in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", bit_range=(3, 8),
-                 width_range=(0.25, 1.0), layout="csub"):
+                 width_range=(0.25, 1.0), layout="csub", n=2):
     """cPreResNet20 (see ``CPreResNet20``)."""
-    return CPreResNet20(in_channels, num_classes, regime, subspace, norm, bit_range=bit_range,
+    return CPreResNet20(in_channels, num_classes, regime, subspace, norm, n=n, bit_range=bit_range,
                         width_range=width_range, layout=layout)
 
 
