@@ -61,7 +61,8 @@ class _Graph:
     def const(self, array, hint="c"):
         self.n += 1
         name = f"{hint}_{self.n}"
-        self.inits.append(self.nh.from_array(np.ascontiguousarray(array), name))
+        a = np.asarray(array)  # 0-d stays 0-d: per-tensor scales and zero points are scalars
+        self.inits.append(self.nh.from_array(a if a.flags.c_contiguous else a.copy(), name))
         return name
 
     def node(self, op, inputs, out=None, **attrs):
