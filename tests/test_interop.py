@@ -192,3 +192,56 @@ def test_export_and_load_round_trip(tmp_path, x):
     assert isinstance(back.blocks[0], models.PostNormBottleneck)
     for a in (0.0, 1.0):
         np.testing.assert_array_equal(back.set_alpha(a)(x.numpy()), m.set_alpha(a)(x.numpy()))
+
+
+@pytest.fixture
+def cifar(tmp_path, monkeypatch):
+    """A 40-image CIFAR-10 test batch (binary format) where csub looks for CIFAR-10."""
+    d = tmp_path / "data" / "cifar-10-batches-bin"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rec = np.concatenate([rng.integers(0, 10, (40, 1)), rng.integers(0, 256, (40, 3072))], 1).astype(np.uint8)
+    rec.tofile(d / "test_batch.bin")
+    monkeypatch.setenv("CSUB_DATA", str(tmp_path / "data"))
+    return d
+
+
+@pytest.mark.parametrize("regime,norm", [("unstructured", None), ("quantized", "bn"), ("structured", None)])
+def test_cli_import_reference_then_eval_export_budget(tmp_path, x, cifar, capsys, regime, norm):
+    from csub import cli, modelfile
+
+    _, path = _checkpoint(tmp_path, regime, "line", norm or ("in" if regime == "structured" else "gn"), x)
+    out = os.path.join(tmp_path, "ref.safetensors")
+    args = ["import-reference", path, out, "--model", "cpreresnet20", "--regime", regime]
+    assert cli.main(args + (["--norm", norm] if norm else [])) == 0
+    assert "ref.safetensors" in capsys.readouterr().out
+    with open(out, "rb") as f:
+        meta = modelfile.read_meta(f.read())
+    assert meta["dataset"] == "cifar10" and meta["input_shape"] == [3, 32, 32] and meta["regime"] == regime
+    model = from_reference(path, regime=regime, norm=norm or ("in" if regime == "structured" else "gn"))
+    net = csub.CompressedNet(out, alpha=0.5)  # the C library's loader
+    xn = np.random.default_rng(2).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    tol = 0.05 if regime == "quantized" else 2e-4
+    assert _rel(net(xn), model.set_alpha(0.5)(xn)) < tol
+
+    assert cli.main(["eval", out, "--alphas", "0.5", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "accuracy" in table and os.path.exists(os.path.join(tmp_path, "eval_cli.json"))
+    out2 = os.path.join(tmp_path, "again.safetensors")
+    assert cli.main(["export", out, out2]) == 0
+    with open(out2, "rb") as f:
+        assert len(modelfile.read_meta(f.read())["levels"]) > 2
+    assert cli.main(["budget", out2, "--latency-ms", "1000", "--dataset", "cifar10", "--reps", "2"]) == 0
+    assert "budget" in capsys.readouterr().out
+
+
+def test_cli_import_reference_errors(tmp_path, x, capsys):
+    from csub import cli
+
+    _, path = _checkpoint(tmp_path, "unstructured", "line", "gn", x)
+    out = os.path.join(tmp_path, "ref.safetensors")
+    assert cli.main(["import-reference", path, out, "--regime", "quantized"]) == 2
+    err = capsys.readouterr().err
+    assert "import-reference: error" in err and "quantize_input" in err and not os.path.exists(out)
+    assert cli.main(["import-reference", os.path.join(tmp_path, "none.pt"), out]) == 2
+    assert "no such file" in capsys.readouterr().err

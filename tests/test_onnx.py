@@ -195,3 +195,37 @@ def test_read_only_target_is_refused(tmp_path):
     os.chmod(path, 0o444)
     with pytest.raises(PermissionError, match="read-only"):
         to_onnx(models.mlp(hidden=(8,)), path, 1.0)
+
+
+def test_cli_onnx_from_model_file_and_run(tmp_path, rng, capsys):
+    import json
+
+    from csub import checkpoint, cli
+
+    model = models.cnn(widths=(8, 16, 24), regime="structured", subspace="line")
+    x = rng.normal(0, 1, (2, 1, 28, 28)).astype(np.float32)
+    _prepare(model, x, rng)
+    mfile = csub.export(model, os.path.join(tmp_path, "m.safetensors"))
+    out = os.path.join(tmp_path, "m.onnx")
+    assert cli.main(["onnx", mfile, out, "--alpha", "0.1"]) == 0
+    assert "alpha 0.1" in capsys.readouterr().out
+    assert _rel(_session(out).run(None, {"x": x})[0], model.set_alpha(0.1)(x)) < RTOL_FLOAT
+
+    # a run directory: config.json and checkpoint.safetensors as `train` writes them
+    run = tmp_path / "run"
+    run.mkdir()
+    config = dict(model="mlp", dataset="fashion-mnist-bundled", regime="unstructured", method="lcs_l", norm=None,
+                  seed=0, topk=None, num_bits=None)
+    (run / "config.json").write_text(json.dumps(config))
+    mlp = models.mlp(in_features=784, in_channels=1, regime="unstructured", subspace="line")
+    checkpoint.save(str(run / "checkpoint.safetensors"), {"model": mlp.state_dict()}, {"epoch": 1})
+    assert cli.main(["onnx", str(run), out, "--alpha", "0.25", "--opset", "13"]) == 0
+    assert onnx.load(out).opset_import[0].version == 13
+    assert _rel(_session(out).run(None, {"x": x})[0], mlp.set_alpha(0.25)(x)) < RTOL_FLOAT
+
+    assert cli.main(["onnx", mfile, out, "--alpha", "2"]) == 2
+    assert "alpha" in capsys.readouterr().err
+    assert cli.main(["onnx", mfile, str(tmp_path / "no" / "m.onnx"), "--alpha", "0.5"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["onnx", mfile, out, "--alpha", "0.5", "--opset", "4"]) == 2
+    assert "opset: 4 is too old" in capsys.readouterr().err
