@@ -229,3 +229,16 @@ def test_cli_onnx_from_model_file_and_run(tmp_path, rng, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["onnx", mfile, out, "--alpha", "0.5", "--opset", "4"]) == 2
     assert "opset: 4 is too old" in capsys.readouterr().err
+
+
+def test_wide_bit_widths_are_int16_codes(tmp_path, rng):
+    model = models.cnn(widths=(8, 16, 24), regime="quantized", subspace="line", bit_range=(3, 12))
+    x = rng.normal(0, 1, (2, 1, 28, 28)).astype(np.float32)
+    _prepare(model, x, rng)
+    path = to_onnx(model, os.path.join(tmp_path, "w.onnx"), 1.0)  # 12 bits
+    m, inits = _inits(path)
+    assert m.opset_import[0].version == 21
+    assert any(v.dtype == np.int16 for v in inits.values())
+    assert _rel(_session(path).run(None, {"x": x})[0], model.set_alpha(1.0)(x)) < RTOL_INT
+    with pytest.raises(ValueError, match=r"QuantizeLinear \(int16 codes\) \(needs >= 21\)"):
+        to_onnx(model, path, 1.0, opset=17)

@@ -222,8 +222,9 @@ def to_onnx(model, path, alpha, input_shape=None, opset=None):
         alpha: in [0, 1] (unstructured: > 0).
         input_shape: (C, H, W) of one sample (default: the model's natural input, as
             ``csub.export``); the batch dimension is dynamic (``N``).
-        opset: ONNX opset of the default domain (default 17); an opset older than an
-            operator the graph needs is refused, naming the operators.
+        opset: ONNX opset of the default domain (default 17; 21 for the int16 codes of
+            9..16 bits); an opset older than an operator the graph needs is refused,
+            naming the operators.
     Returns:
         path. The graph maps ``x`` (N, C, H, W) float32, normalised as csub's forward
         takes it, to ``logits`` (N, classes); onnxruntime's outputs equal csub's forward
@@ -239,17 +240,19 @@ def to_onnx(model, path, alpha, input_shape=None, opset=None):
     alpha = check_alpha(alpha)
     path = _check_path(path)
     newest = onnx.defs.onnx_opset_version()
-    if opset is None:
-        opset = min(DEFAULT_OPSET, newest)
-    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
-        raise TypeError(f"opset: expected an int, got {type(opset).__name__}")
-    opset = int(opset)
-    if opset > newest:
-        raise ValueError(f"opset: {opset} is newer than this onnx package knows ({newest})")
-    if opset < 1:
-        raise ValueError(f"opset: expected an int >= 1, got {opset}")
+    if opset is not None:
+        if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
+            raise TypeError(f"opset: expected an int, got {type(opset).__name__}")
+        opset = int(opset)
+        if opset > newest:
+            raise ValueError(f"opset: {opset} is newer than this onnx package knows ({newest})")
+        if opset < 1:
+            raise ValueError(f"opset: expected an int >= 1, got {opset}")
     old_alpha, old_topk = model.alpha, model.topk
     model.set_alpha(alpha)
+    if opset is None:  # int16 codes above 8 bits need opset 21
+        wide = model.regime == "quantized" and model.num_bits > 8
+        opset = min(INT16_OPSET if wide else DEFAULT_OPSET, newest)
     try:
         onnx_model = _build(model, alpha, input_shape or modelfile.default_input_shape(model), opset)
     finally:
