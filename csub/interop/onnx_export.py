@@ -11,12 +11,12 @@ with the tensors of the network at that alpha:
                 on the recorded activation range (the Clip only below 8 bits, holding the
                 codes to [-2^(b-1), 2^(b-1) - 1]), so int8 runtimes can fuse them.
 
-Norms take the form onnxruntime ran fastest in ``benchmarks``-style timings on this
-machine (cPreResNet20 shapes, batch 1 and 64; see README "From PyTorch / to ONNX"):
-batch norm as BatchNormalization (onnxruntime folds it into a preceding Conv where one
-precedes it); group norm with one group per channel as InstanceNormalization; group
-norm with fewer groups as Reshape (N, G, -1) -> InstanceNormalization -> Reshape ->
-Mul -> Add.
+Norms take the form onnxruntime ran fastest (``benchmarks/bench_onnx_norms.py``:
+cPreResNet20 shapes, batch 1 and 64, one thread; figures in README "From PyTorch / to
+ONNX"): batch norm as BatchNormalization (which onnxruntime also folds into a Conv right
+before it); group norm with one group per channel as InstanceNormalization; group norm
+with fewer groups as Reshape (N, G, -1) -> InstanceNormalization -> Reshape -> Mul -> Add
+(ahead of GroupNormalization-21 and of a ReduceMean decomposition).
 """
 import os
 
