@@ -234,9 +234,7 @@ def cmd_demo(args):
 
 
 def cmd_import_reference(args):
-    """Convert a checkpoint of the method's PyTorch reference code into a csub model file."""
-    import json as _json
-
+    """Convert a checkpoint of the method's PyTorch reference code (CIFAR-10) into a csub model file."""
     from safetensors.numpy import save as st_save
 
     from .interop import from_reference
@@ -253,9 +251,9 @@ def cmd_import_reference(args):
     except ImportError as e:
         raise CLIError(str(e)) from None
     meta = modelfile.describe(model, (model.in_channels, 32, 32))
-    meta["dataset"] = args.dataset  # the test data eval and export use
+    meta["dataset"] = "cifar10"  # the reference's data: the test set eval and export use with the file
     tensors = {k: v.astype("float32") for k, v in model.state_dict().items()}
-    checkpoint.atomic_write(args.out, st_save(tensors, metadata={"csub": _json.dumps(meta)}))
+    checkpoint.atomic_write(args.out, st_save(tensors, metadata={"csub": json.dumps(meta)}))
     print(f"{args.checkpoint}: reference {args.model} ({args.regime}, {args.subspace}, {norm}) -> {args.out} "
           f"({model.num_parameters()} parameter values, {os.path.getsize(args.out)} bytes)")
     return 0
@@ -344,8 +342,6 @@ def main(argv=None):
     r.add_argument("--norm", default=None, choices=["gn", "bn", "in"], help="default gn (structured: in)")
     r.add_argument("--bit-range", type=int, nargs=2, metavar=("MIN", "MAX"), help="quantized: default 3 8")
     r.add_argument("--width-range", type=float, nargs=2, metavar=("LO", "HI"), help="structured: default 0.25 1")
-    r.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
-                   help="the test data eval and export use with the file")
     r.set_defaults(func=cmd_import_reference)
 
     o = sub.add_parser("onnx", help="write a run or model file at one alpha as an ONNX graph")
