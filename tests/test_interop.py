@@ -245,3 +245,47 @@ def test_cli_import_reference_errors(tmp_path, x, capsys):
     assert "import-reference: error" in err and "quantize_input" in err and not os.path.exists(out)
     assert cli.main(["import-reference", os.path.join(tmp_path, "none.pt"), out]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("regime,norm,alpha", [("unstructured", "gn", 0.3), ("structured", "in", 0.5),
+                                               ("quantized", "gn", 0.7), (None, "gn", 0.6)])
+def test_backward_equals_reference_autograd(tmp_path, x, regime, norm, alpha):
+    """csub's backward through the reference layout (input shortcut, post-norm blocks with
+    straight-through quantizers) against autograd on the twin: input and parameter gradients."""
+    from csub.interop.reference import _reference_names
+
+    twin_regime = regime or "unstructured"
+    ref, path = _checkpoint(tmp_path, twin_regime, "line", norm, x)
+    model = from_reference(path, regime=regime, norm=norm)
+    model.train()
+    if regime == "quantized":
+        model.set_quantize_inputs(False)  # the warm-up: weights quantized, inputs not
+        for q in ref.modules():
+            if isinstance(q, torch_lcs.Quantizer):
+                q.calibrating = True
+    model.set_alpha(alpha)
+    ref.set_alpha(alpha)
+    if regime is None:
+        for m in ref.modules():
+            if isinstance(m, torch_lcs.Conv):
+                m.topk = 1.0
+    dtype = ref.fc.weight.dtype
+    dy = np.random.default_rng(3).normal(0, 1, (2, 10)).astype(np.float32)
+    xt = x.to(dtype).clone().requires_grad_(True)
+    ref.zero_grad()
+    (ref(xt) * torch.from_numpy(dy).to(dtype)).sum().backward()
+    model.zero_grad()
+    model(x.numpy())
+    dx = model.backward(dy)
+    tol = 1e-4  # float32 rounding (quantized: the float32 twin, whose codes are csub's)
+    assert _rel(dx, xt.grad.numpy()) < tol
+    names = _reference_names(model)
+    checked = 0
+    for path_, m in model.named_modules():
+        if path_ not in names or not m._parameters:
+            continue
+        for pname, p in m._parameters.items():
+            want = ref.get_parameter(f"{names[path_]}.{pname}").grad.numpy().reshape(p.shape)
+            assert _rel(p.grad, want) < tol, (path_, pname)
+            checked += 1
+    assert checked == len(model.parameters())

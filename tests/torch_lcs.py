@@ -28,15 +28,16 @@ from torch import nn
 
 
 def fake_quant(x, bits, rmin, rmax):
-    """Affine per-tensor fake quantization (LCS-SPEC section 3), any dtype."""
+    """Affine per-tensor fake quantization (LCS-SPEC section 3), any dtype; the gradient passes
+    unchanged (straight-through estimator)."""
     rmin, rmax = min(float(rmin), 0.0), max(float(rmax), 0.0)
     if rmin == rmax == 0.0:
-        return torch.zeros_like(x)
+        return x - x.detach()
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     scale = (rmax - rmin) / (qmax - qmin)
     zp = min(max(round(qmin - rmin / scale), qmin), qmax)
     q = torch.clamp(torch.round(x / scale) + zp, qmin, qmax)
-    return (q - zp) * scale
+    return x + ((q - zp) * scale - x).detach()
 
 
 def bits_for(alpha, lo=3, hi=8):
@@ -130,7 +131,7 @@ class Quantizer(nn.Module):
             self.running_min_value.fill_(lo)
             self.running_max_value.fill_(hi)
             self.iteration_count += 1
-            return x
+            return x  # not quantized while the range is being recorded (the warm-up)
         return fake_quant(x, self.bits, self.running_min_value.item(), self.running_max_value.item())
 
 
