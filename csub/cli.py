@@ -1,10 +1,12 @@
-"""Command line: ``python -m csub train|eval|export|budget|demo``.
+"""Command line: ``python -m csub train|eval|export|budget|demo|import-reference|onnx``.
 
   python -m csub train --method lcs_l --model cnn --dataset fashion-mnist --epochs 10 --out runs/lcs_l
   python -m csub eval runs/lcs_l --alphas 0.05 0.1 0.5 1
   python -m csub export runs/lcs_l runs/lcs_l/model.safetensors
   python -m csub budget runs/lcs_l/model.safetensors --latency-ms 2 0.5 1
   python -m csub demo
+  python -m csub import-reference model_200 ref.safetensors --model cpreresnet20 --regime unstructured
+  python -m csub onnx ref.safetensors ref_0.1.onnx --alpha 0.1
 """
 import argparse
 import json
@@ -86,7 +88,9 @@ def cmd_train(args):
 
 
 def load_run(run):
-    """(model, config, test data) of a finished or interrupted run directory."""
+    """(model, config, test data) of a finished or interrupted run directory, or of a model file."""
+    if os.path.isfile(run):
+        return load_model_file(run)
     for name in ("config.json", train.CHECKPOINT):
         if not os.path.exists(os.path.join(run, name)):
             raise CLIError(f"run: {run} has no {name} (not a csub run directory?)")
@@ -100,12 +104,32 @@ def load_run(run):
     return model, config, te
 
 
+# The datasets whose test images fit a model file's input shape, when the file does not name one.
+DATASET_OF_SHAPE = {(1, 28, 28): "fashion-mnist", (3, 32, 32): "cifar10"}
+
+
+def load_model_file(path):
+    """(model, config, test data) of a model file (``csub.export``, ``import-reference``); the test
+    data is the dataset the file names (``dataset`` in its metadata) or the one its input fits."""
+    with open(path, "rb") as f:
+        meta = modelfile.read_meta(f.read())
+    model = modelfile.load(path)
+    dataset = meta.get("dataset") or DATASET_OF_SHAPE.get(tuple(meta["input_shape"]))
+    if dataset not in DATASETS:
+        raise CLIError(f"run: {path} names no dataset csub has for its input {meta['input_shape']}")
+    method = {"line": "lcs_l", "point": "lcs_p"}.get(model.subspace, "standard") if model.regime else "standard"
+    config = dict(model=meta["model"], dataset=dataset, regime=model.regime, method=method, norm=model.norm,
+                  topk=None, num_bits=None)
+    return model, config, DATASETS[dataset]("test")
+
+
 def cmd_eval(args):
     model, config, te = load_run(args.run)
     alphas = args.alphas or train.default_alphas(config["method"], config.get("topk"), config["regime"],
                                                  model.bit_range, config.get("num_bits"), model.width_range)
     results = train.evaluate(model, te, alphas)
-    train.save_results(args.run, results, name="eval_cli")
+    train.save_results(args.run if os.path.isdir(args.run) else os.path.dirname(os.path.abspath(args.run)),
+                       results, name="eval_cli")
     print(train.format_table(results))
     if args.plot:
         from . import plot
@@ -209,6 +233,53 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_import_reference(args):
+    """Convert a checkpoint of the method's PyTorch reference code (CIFAR-10) into a csub model file."""
+    from safetensors.numpy import save as st_save
+
+    from .interop import from_reference
+
+    norm = args.norm or ("in" if args.regime == "structured" else "gn")
+    kw = {}
+    if args.bit_range:
+        kw["bit_range"] = tuple(args.bit_range)
+    if args.width_range:
+        kw["width_range"] = tuple(args.width_range)
+    try:
+        model = from_reference(args.checkpoint, model=args.model, regime=args.regime, subspace=args.subspace,
+                               norm=norm, **kw)
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+    meta = modelfile.describe(model, (model.in_channels, 32, 32))
+    meta["dataset"] = "cifar10"  # the reference's data: the test set eval and export use with the file
+    tensors = {k: v.astype("float32") for k, v in model.state_dict().items()}
+    checkpoint.atomic_write(args.out, st_save(tensors, metadata={"csub": json.dumps(meta)}))
+    print(f"{args.checkpoint}: reference {args.model} ({args.regime}, {args.subspace}, {norm}) -> {args.out} "
+          f"({model.num_parameters()} parameter values, {os.path.getsize(args.out)} bytes)")
+    return 0
+
+
+def cmd_onnx(args):
+    """Write the network of a run or model file at one alpha as ONNX."""
+    from .interop import to_onnx
+
+    if os.path.isfile(args.run):  # a model file knows its input shape: no data needed
+        with open(args.run, "rb") as f:
+            shape = modelfile.read_meta(f.read())["input_shape"]
+        model = modelfile.load(args.run)
+    else:
+        model, _, te = load_run(args.run)
+        shape = te[0].shape[1:]
+    shape = tuple(args.input_shape or shape)
+    try:
+        to_onnx(model, args.out, args.alpha, input_shape=shape, opset=args.opset)
+    except (OSError, ImportError, TypeError) as e:
+        raise CLIError(str(e)) from None
+    print(f"{args.out}: {model.config['model']} ({model.regime}, {model.subspace}) at alpha {args.alpha}, "
+          f"input (N, {', '.join(map(str, shape))}), {os.path.getsize(args.out)} bytes")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m csub", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -260,6 +331,27 @@ def main(argv=None):
     d.add_argument("--out", default="csub_demo")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("import-reference", help="convert a checkpoint of the method's PyTorch reference code "
+                                                 "into a model file")
+    r.add_argument("checkpoint", help="the reference's torch.save(state_dict) file, or a .safetensors file")
+    r.add_argument("out", help="the model file to write (.safetensors)")
+    r.add_argument("--model", default="cpreresnet20", choices=["cpreresnet20", "resnet18"])
+    r.add_argument("--regime", default="unstructured", choices=["unstructured", "structured", "quantized"])
+    r.add_argument("--subspace", default="line", choices=["line", "point"])
+    r.add_argument("--norm", default=None, choices=["gn", "bn", "in"], help="default gn (structured: in)")
+    r.add_argument("--bit-range", type=int, nargs=2, metavar=("MIN", "MAX"), help="quantized: default 3 8")
+    r.add_argument("--width-range", type=float, nargs=2, metavar=("LO", "HI"), help="structured: default 0.25 1")
+    r.set_defaults(func=cmd_import_reference)
+
+    o = sub.add_parser("onnx", help="write a run or model file at one alpha as an ONNX graph")
+    o.add_argument("run", help="a run directory or a model file")
+    o.add_argument("out", help="the .onnx file to write")
+    o.add_argument("--alpha", type=float, required=True)
+    o.add_argument("--opset", type=int, default=None, help="default 17")
+    o.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="default: the images of the run's dataset")
+    o.set_defaults(func=cmd_onnx)
 
     args = p.parse_args(argv)
     if getattr(args, "epochs", 1) < 1:

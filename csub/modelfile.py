@@ -90,10 +90,17 @@ def _emit(m, g, x):
         return g.add("flatten", x)
     if isinstance(m, models.PreActBottleneck):
         a = _emit(m.r1, g, _emit(m.n1, g, x))
-        s = x if m.shortcut is None else _emit(m.shortcut, g, a)
+        s = x if m.shortcut is None else _emit(m.shortcut, g, x if m.input_shortcut else a)
         h = _emit(m.conv1, g, a)
         h = _emit(m.conv2, g, _emit(m.r2, g, _emit(m.n2, g, h)))
         h = _emit(m.conv3, g, _emit(m.r3, g, _emit(m.n3, g, h)))
+        return g.add("add", h, x2=s)
+    if isinstance(m, models.PostNormBottleneck):
+        a = _emit(m.r0, g, x)
+        h = _emit(m.r1, g, _emit(m.n1, g, _emit(m.conv1, g, a)))
+        h = _emit(m.r2, g, _emit(m.n2, g, _emit(m.conv2, g, h)))
+        h = _emit(m.n3, g, _emit(m.conv3, g, h))
+        s = a if m.shortcut is None else _emit(m.nshort, g, _emit(m.shortcut, g, a))
         return g.add("add", h, x2=s)
     if isinstance(m, models.BasicBlock):
         h = _emit(m.n2, g, _emit(m.conv2, g, _emit(m.r1, g, _emit(m.n1, g, _emit(m.conv1, g, x)))))

@@ -318,22 +318,27 @@ class PreActBottleneck(Module):
 
     The shortcut is the identity, or where the shape changes a 1x1 conv with the
     block's stride (no norm) applied to the first pre-activation, as in
-    pre-activation ResNets. Output channels: planes * 4.
+    pre-activation ResNets (``input_shortcut``: applied to the block's input
+    instead, as the method's PyTorch reference code does). Output channels: planes * 4.
+    ``groups``: group norm's group count for a channel count (None: one per channel).
     """
 
     expansion = 4
 
-    def __init__(self, in_planes, planes, stride, norm, subspace, mark, fold=None, wsub=None):
+    def __init__(self, in_planes, planes, stride, norm, subspace, mark, fold=None, wsub=None, input_shortcut=False,
+                 groups=None):
         super().__init__()
         wsub = subspace if wsub is None else wsub
         out = planes * self.expansion
-        self.n1 = make_norm(norm, in_planes, subspace)
+        self.input_shortcut = bool(input_shortcut)
+        g = groups or (lambda c: None)
+        self.n1 = make_norm(norm, in_planes, subspace, g(in_planes))
         self.r1 = nn.ReLU()
         self.conv1 = mark(nn.Conv2d(in_planes, planes, 1, subspace=wsub))
-        self.n2 = make_norm(norm, planes, subspace)
+        self.n2 = make_norm(norm, planes, subspace, g(planes))
         self.r2 = nn.ReLU()
         self.conv2 = mark(nn.Conv2d(planes, planes, 3, stride=stride, padding=1, subspace=wsub))
-        self.n3 = make_norm(norm, planes, subspace)
+        self.n3 = make_norm(norm, planes, subspace, g(planes))
         self.r3 = nn.ReLU()
         self.conv3 = mark(nn.Conv2d(planes, out, 1, subspace=wsub))
         self.shortcut = None
@@ -345,7 +350,7 @@ class PreActBottleneck(Module):
 
     def forward(self, x):
         a = self.r1(self.n1(x))
-        s = x if self.shortcut is None else self.shortcut(a)
+        s = x if self.shortcut is None else self.shortcut(x if self.input_shortcut else a)
         h = self.conv1(a)
         h = self.conv2(self.r2(self.n2(h)))
         h = self.conv3(self.r3(self.n3(h)))
@@ -355,11 +360,64 @@ class PreActBottleneck(Module):
         dh = self.conv3.backward(dy)                    # d/d relu3 output
         dh = self.conv2.backward(self.n3.backward(self.r3.backward(dh)))
         da = self.conv1.backward(self.n2.backward(self.r2.backward(dh)))
-        if self.shortcut is not None:
+        if self.shortcut is not None and not self.input_shortcut:
             da = _core.add(da, self.shortcut.backward(dy), out=da)
             return self.n1.backward(self.r1.backward(da))
         dx = self.n1.backward(self.r1.backward(da))
-        return _core.add(dx, dy, out=dx)
+        return _core.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy), out=dx)
+
+
+class PostNormBottleneck(Module):
+    """The bottleneck of the PyTorch reference code's quantized cPreResNet20, where each
+    conv carries its own norm after it and the block's leading norms are no-ops:
+    ``a = relu(x)``; conv1x1 -> norm -> relu -> conv3x3(stride) -> norm -> relu ->
+    conv1x1 -> norm on ``a``, plus the shortcut: ``a`` itself, or where the shape
+    changes a 1x1 conv with the block's stride followed by a norm, applied to ``a``.
+    With batch norm each conv's norm is the one folded into it before quantizing.
+    Output channels: planes * 4.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_planes, planes, stride, norm, subspace, mark, fold=None, wsub=None, groups=None):
+        super().__init__()
+        wsub = subspace if wsub is None else wsub
+        out = planes * self.expansion
+        g = groups or (lambda c: None)
+        self.r0 = nn.ReLU()
+        self.conv1 = mark(nn.Conv2d(in_planes, planes, 1, subspace=wsub))
+        self.n1 = make_norm(norm, planes, subspace, g(planes))
+        self.r1 = nn.ReLU()
+        self.conv2 = mark(nn.Conv2d(planes, planes, 3, stride=stride, padding=1, subspace=wsub))
+        self.n2 = make_norm(norm, planes, subspace, g(planes))
+        self.r2 = nn.ReLU()
+        self.conv3 = mark(nn.Conv2d(planes, out, 1, subspace=wsub))
+        self.n3 = make_norm(norm, out, subspace, g(out))
+        self.shortcut = self.nshort = None
+        if stride != 1 or in_planes != out:
+            self.shortcut = mark(nn.Conv2d(in_planes, out, 1, stride=stride, subspace=wsub))
+            self.nshort = make_norm(norm, out, subspace, g(out))
+        if fold is not None:
+            for conv, n in ((self.conv1, self.n1), (self.conv2, self.n2), (self.conv3, self.n3),
+                            (self.shortcut, self.nshort)):
+                if conv is not None:
+                    fold(conv, n)
+
+    def forward(self, x):
+        a = self.r0(x)
+        h = self.r1(self.n1(self.conv1(a)))
+        h = self.r2(self.n2(self.conv2(h)))
+        h = self.n3(self.conv3(h))
+        s = a if self.shortcut is None else self.nshort(self.shortcut(a))
+        return _core.add(h, s, out=h)
+
+    def backward(self, dy):
+        dh = self.conv3.backward(self.n3.backward(dy))
+        dh = self.conv2.backward(self.n2.backward(self.r2.backward(dh)))
+        da = self.conv1.backward(self.n1.backward(self.r1.backward(dh)))
+        ds = dy if self.shortcut is None else self.shortcut.backward(self.nshort.backward(dy))
+        da = _core.add(da, ds, out=da)
+        return self.r0.backward(da)
 
 
 class BasicBlock(Module):
@@ -416,26 +474,42 @@ class CPreResNet20(_Stages):
     (outputs 64, 128, 256), stride 2 at the first block of stages 2 and 3;
     norm -> relu -> global average pool -> classifier (256 -> classes, the
     1x1 conv written as a bias-free Linear on the pooled features). No biases.
+    ``layout="reference"`` wires the network as the method's PyTorch reference
+    code does (``csub.interop.from_reference``): the projection shortcut reads
+    the block's input, group norm has ``min(C, 32)`` groups, and in the
+    quantized regime the blocks are ``PostNormBottleneck``.
     Shapes: x (N, in_channels, H, W) -> logits (N, num_classes).
     """
 
+    LAYOUTS = ("csub", "reference")
+
     @_records_config("cpreresnet20")
     def __init__(self, in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", n=2,
-                 bit_range=(3, 8), width_range=(0.25, 1.0)):
+                 bit_range=(3, 8), width_range=(0.25, 1.0), layout="csub"):
         super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: cPreResNet20 needs a norm ('bn', 'gn' or 'in')")
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"layout: expected one of {self.LAYOUTS}, got {layout!r}")
+        self.layout = layout
+        ref = layout == "reference"
+        groups = (lambda c: min(c, 32)) if ref else None
         self._input_stats(in_channels)
         self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, subspace=self.wsub)
         blocks, in_planes = [], 16
         for stage, planes in enumerate((16, 32, 64)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(PreActBottleneck(in_planes, planes, stride, norm, subspace, self._compressible,
-                                               self._fold, self.wsub))
+                if ref and regime == "quantized":
+                    block = PostNormBottleneck(in_planes, planes, stride, norm, subspace, self._compressible,
+                                               self._fold, self.wsub, groups=groups)
+                else:
+                    block = PreActBottleneck(in_planes, planes, stride, norm, subspace, self._compressible,
+                                             self._fold, self.wsub, input_shortcut=ref, groups=groups)
+                blocks.append(block)
                 in_planes = planes * PreActBottleneck.expansion
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(make_norm(norm, in_planes, subspace), nn.ReLU())
+        self.head = nn.Sequential(make_norm(norm, in_planes, subspace, groups and groups(in_planes)), nn.ReLU())
         self.pool = nn.GlobalAvgPool2d()
         self.fc = nn.Linear(in_planes, num_classes, bias=False, subspace=self.wsub)
 
@@ -482,10 +556,10 @@ def cnn(in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspa
 
 
 def cpreresnet20(in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", bit_range=(3, 8),
-                 width_range=(0.25, 1.0)):
+                 width_range=(0.25, 1.0), layout="csub", n=2):
     """cPreResNet20 (see ``CPreResNet20``)."""
-    return CPreResNet20(in_channels, num_classes, regime, subspace, norm, bit_range=bit_range,
-                        width_range=width_range)
+    return CPreResNet20(in_channels, num_classes, regime, subspace, norm, n=n, bit_range=bit_range,
+                        width_range=width_range, layout=layout)
 
 
 def resnet18(in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn", bit_range=(3, 8),
