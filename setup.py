@@ -23,7 +23,7 @@ ext = Extension(
     # installed scipy_openblas32 package before importing _core.
     library_dirs=[scipy_openblas32.get_lib_dir()],
     libraries=[scipy_openblas32.get_library()],
-    depends=glob.glob("csrc/include/*.h"),
+    depends=glob.glob("csrc/include/*.h") + glob.glob("csrc/*.h"),
 )
 
 setup(ext_modules=[ext])

@@ -2,7 +2,7 @@
 #include <float.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
 /* The elementwise loops run over chunks of 16384 values, each chunk's loop
  * compiled for AVX-512, AVX2 and the baseline (target clones, picked at load

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
 int64_t csub_conv_out_size(int64_t H, int64_t R, int64_t stride, int64_t pad)
 {

@@ -78,7 +78,7 @@
 #include <string.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define I8_X86 1

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define NORM_X86 1

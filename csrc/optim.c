@@ -1,5 +1,5 @@
 /* optim.c - SGD with momentum, weight decay and Nesterov (torch.optim.SGD semantics). */
-#include "csub.h"
+#include "internal.h"
 
 void csub_sgd_step(float *w, const float *grad, float *velocity, int64_t n,
                    float lr, float momentum, float weight_decay, int nesterov,

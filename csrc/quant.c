@@ -5,7 +5,7 @@
 #include <float.h>
 #include <math.h>
 
-#include "csub.h"
+#include "internal.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <math.h>
 
-#include "csub.h"
+#include "internal.h"
 
 /* Exactly n - floor((1 - topk) n) in double, as the method defines it. For a
  * keep fraction of at most 2^-54, 1 - topk rounds to 1 and nothing is kept. */

@@ -45,7 +45,7 @@
 #include <string.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #pragma GCC optimize("fp-contract=fast") /* fused multiply-add where the clone has FMA */

@@ -1,5 +1,5 @@
 /* subspace.c - line interpolation of a tensor and the endpoint regulariser. */
-#include "csub.h"
+#include "internal.h"
 
 /* out[n] = (1 - alpha) w0 + alpha w1 */
 void csub_line_forward(const float *w0, const float *w1, float alpha, float *out, int64_t n)
