@@ -43,9 +43,12 @@ static uint8_t *read_idx(const char *path, int want_ndim, int64_t dims[3])
         if (gzread(f, d, 4) != 4) { fprintf(stderr, "%s: truncated header\n", path); goto fail; }
         dims[i] = ((int64_t)d[0] << 24) | (d[1] << 16) | (d[2] << 8) | d[3];
         if (dims[i] < 1 || dims[i] > (1 << 24)) { fprintf(stderr, "%s: bad dimension %lld\n", path, (long long)dims[i]); goto fail; }
-        total *= dims[i];
+        if (__builtin_mul_overflow(total, dims[i], &total) || total > ((int64_t)1 << 32)) {
+            fprintf(stderr, "%s: more than 2^32 bytes of data\n", path);
+            goto fail;
+        }
     }
-    if (total > ((int64_t)1 << 32) || !(data = malloc((size_t)total))) { fprintf(stderr, "%s: too large\n", path); goto fail; }
+    if (!(data = malloc((size_t)total))) { fprintf(stderr, "%s: out of memory for %lld bytes\n", path, (long long)total); goto fail; }
     for (int64_t off = 0; off < total;) {
         int64_t chunk = total - off > (1 << 30) ? (1 << 30) : total - off;
         int got = gzread(f, data + off, (unsigned)chunk);

@@ -187,6 +187,10 @@ def test_classify_example_refuses_absurd_arguments(classify, tmp_path):
         r = subprocess.run(args + [flag, value], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (flag, value, r.returncode, r.stderr)
         assert r.stderr.startswith(flag + ":") and value in r.stderr, (flag, value, r.stderr)
+    # an IDX header whose dimensions multiply past int64 (2^72 bytes) is refused by its size, not wrapped to 0
+    (tmp_path / "huge.idx").write_bytes(bytes([0, 0, 8, 3]) + (2 ** 24).to_bytes(4, "big") * 3)
+    r = subprocess.run(args[:2] + [str(tmp_path / "huge.idx")] + args[3:], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "huge.idx: more than 2^32 bytes of data" in r.stderr, r.stderr
     # the largest batch runs (its buffers sized by the images there are), and agrees with a small one
     outs = []
     for b in ("16777216", "3"):
@@ -235,3 +239,25 @@ def test_runtime_size_products_are_checked(tmp_path):
         assert lib.csub_model_memory(m, 2 ** 62) == -1 and lib.csub_model_memory(m, 0) == -1
     finally:
         lib.csub_model_free(m)
+
+
+def test_classify_example_follows_csub_isa(classify, tmp_path):
+    """The example runs the kernels of the level CSUB_ISA names, and refuses one that does not exist."""
+    images, labels = data.fashion_mnist("test", bundled=True)
+    data.write_idx(str(tmp_path / "images.idx"), images[:50, 0])
+    data.write_idx(str(tmp_path / "labels.idx"), labels[:50].astype(np.uint8))
+    args = [classify, _small_export(tmp_path, "quantized"), str(tmp_path / "images.idx"), str(tmp_path / "labels.idx"),
+            "-a", "0,0.5,1", "-b", "7"]
+    env = {k: v for k, v in os.environ.items() if k not in ("CSUB_ISA", "CSUB_INT8_KERNEL")}
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120, env=dict(env, CSUB_ISA="avx9"))
+    assert r.returncode == 1 and "CSUB_ISA=avx9: unknown instruction set" in r.stderr, r.stderr
+    runs = {}
+    for isa in ("baseline", None):
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                           env=dict(env, CSUB_ISA=isa) if isa else env)
+        assert r.returncode == 0, r.stderr
+        runs[isa] = r.stdout.splitlines()
+    assert "int8 kernel portable" in runs["baseline"][0]
+    # integer products and norms are bit-identical on every level: the same accuracy at every alpha
+    acc = {isa: [ln.split()[:6] for ln in out if ln.startswith("alpha ")] for isa, out in runs.items()}
+    assert len(acc[None]) == 3 and acc["baseline"] == acc[None]
