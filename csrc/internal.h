@@ -33,9 +33,11 @@
  *   CSUB_ISA_AVX512VNNI  x86-64-v4 and AVX-512 VNNI (the int8 kernels' dot products)
  *
  * Floating-point contraction (a * b + c fused into one FMA, rounded once) is
- * off: both builds say -ffp-contract=off (ISO C mode leaves it off too), so each variant of
- * the norms, activations and other float kernels computes the same bits as
- * the baseline, and the training and inference kernels agree. The sparse
+ * off: both builds say -ffp-contract=off (ISO C mode leaves it off too), so
+ * each variant of the norms, activations and other float kernels computes the
+ * same bits as the baseline, and the training and inference kernels agree
+ * (clang, used only for the sanitizer and fuzzing builds, keeps it off
+ * everywhere: CSUB_FP_CONTRACT_FAST is empty there). The sparse
  * (CSR) kernels alone turn it on, for their whole file (spconv.c:
  * CSUB_FP_CONTRACT_FAST before any function): their AVX2 and AVX-512 variants
  * fuse, the baseline cannot, so those variants agree to float rounding only
@@ -52,7 +54,7 @@ enum { CSUB_ISA_BASELINE, CSUB_ISA_AVX2, CSUB_ISA_AVX512, CSUB_ISA_AVX512VNNI, C
 #endif
 
 #define CSUB_ALWAYS_INLINE inline __attribute__((always_inline))
-#if defined(__clang__) /* the sanitizer and fuzzing builds: contraction stays off */
+#if defined(__clang__)
 #define CSUB_FP_CONTRACT_FAST
 #else
 #define CSUB_FP_CONTRACT_FAST _Pragma("GCC optimize(\"fp-contract=fast\")")
