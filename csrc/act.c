@@ -2,36 +2,34 @@
 #include <float.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
 /* The elementwise loops run over chunks of 16384 values, each chunk's loop
- * compiled for AVX-512, AVX2 and the baseline (target clones, picked at load
- * time); threads take chunks when n is large. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define ACT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define ACT_CLONES
-#endif
+ * compiled for AVX-512, AVX2 and the baseline (CSUB_VARIANTS, internal.h);
+ * threads take chunks when n is large. */
 #define CHUNK 16384
-#define PAR_CHUNKS _Pragma("omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > 65536)")
+#define PAR_CHUNKS _Pragma("omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > CSUB_PAR_MIN)")
 
-ACT_CLONES static void relu_chunk(const float *x, float *y, int64_t n)
+static CSUB_ALWAYS_INLINE void relu_chunk_body(const float *x, float *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) y[i] = x[i] <= 0.0f ? 0.0f : x[i];
 }
+CSUB_VARIANTS(relu_chunk, (const float *x, float *y, int64_t n), (x, y, n))
 
-ACT_CLONES static void relu_back_chunk(const float *x, const float *dy, float *dx, int64_t n)
+static CSUB_ALWAYS_INLINE void relu_back_chunk_body(const float *x, const float *dy, float *dx, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         float d = dy[i];
         dx[i] = x[i] <= 0.0f ? 0.0f : d;
     }
 }
+CSUB_VARIANTS(relu_back_chunk, (const float *x, const float *dy, float *dx, int64_t n), (x, dy, dx, n))
 
-ACT_CLONES static void add_chunk(const float *a, const float *b, float *y, int64_t n)
+static CSUB_ALWAYS_INLINE void add_chunk_body(const float *a, const float *b, float *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
 }
+CSUB_VARIANTS(add_chunk, (const float *a, const float *b, float *y, int64_t n), (a, b, y, n))
 
 /* y[n] = max(x, 0); NaN propagates (as in the max pool below and in PyTorch),
  * so a diverging run shows up in the loss instead of being zeroed here. */
@@ -62,7 +60,7 @@ void csub_add(const float *a, const float *b, float *y, int64_t n)
 void csub_add_nchw(const float *a, const float *b, float *y, int64_t N, int64_t C, int64_t H, int64_t W)
 {
     int nt = csub_get_num_threads();
-    if (N >= nt || H < nt || N * C * H * W < 131072 || omp_in_parallel()) { /* small: as csub_add */
+    if (N >= nt || H < nt || N * C * H * W < CSUB_PAR_MIN_SPLIT || omp_in_parallel()) { /* small: as csub_add */
         csub_add(a, b, y, N * C * H * W);
         return;
     }
@@ -160,7 +158,7 @@ void csub_avgpool2d_backward(const float *dy, float *dx,
 /* x[NC,HW] -> y[NC] */
 void csub_gap_forward(const float *x, float *y, int64_t NC, int64_t HW)
 {
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (NC * HW > 65536)
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (NC * HW > CSUB_PAR_MIN)
     for (int64_t i = 0; i < NC; i++) {
         float acc = 0.0f;
         for (int64_t j = 0; j < HW; j++) acc += x[i * HW + j];
@@ -171,7 +169,7 @@ void csub_gap_forward(const float *x, float *y, int64_t NC, int64_t HW)
 /* dy[NC] -> dx[NC,HW] = dy / HW */
 void csub_gap_backward(const float *dy, float *dx, int64_t NC, int64_t HW)
 {
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (NC * HW > 65536)
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (NC * HW > CSUB_PAR_MIN)
     for (int64_t i = 0; i < NC; i++) {
         float g = dy[i] / (float)HW;
         for (int64_t j = 0; j < HW; j++) dx[i * HW + j] = g;

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
 int64_t csub_conv_out_size(int64_t H, int64_t R, int64_t stride, int64_t pad)
 {
@@ -74,12 +74,6 @@ static void col2im(const float *col, float *dx, int64_t C, int64_t H, int64_t W,
             }
 }
 
-/* Multiply-adds below which a forward of fewer images than threads runs on
- * one thread (cPreResNet20 at batch 1: a 1x1 convolution of 16 to 64 channels
- * on 32 x 32, 1M, gains nothing from a second thread; 3x3 ones of 0.6M gain,
- * their im2col being half the time). */
-#define CONV_PAR_MIN 524288.0
-
 static int is_pointwise(int64_t R, int64_t S, int64_t stride, int64_t pad)
 {
     return R == 1 && S == 1 && stride == 1 && pad == 0;
@@ -112,7 +106,7 @@ int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y
          * multiplies the output rows of its band (csub_row_band), no barrier; a
          * small product runs on one thread */
         int nomem = 0;
-        if (P < nt || (double)K * (double)(PQ * CRS) < CONV_PAR_MIN) nt = 1;
+        if (P < nt || (double)K * (double)(PQ * CRS) < CSUB_PAR_MIN_CONV) nt = 1;
         #pragma omp parallel num_threads(nt)
         {
             int t = omp_get_thread_num(), T = omp_get_num_threads();

@@ -1,8 +1,11 @@
-/* core.c - thread count and the one dense matmul (OpenBLAS sgemm). */
+/* core.c - thread count, the instruction set the kernels run, and the one
+ * dense matmul (OpenBLAS sgemm). */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
 /* The BLAS: scipy-openblas32 (symbols prefixed scipy_, the Python build), a
  * system OpenBLAS (-DCSUB_BLAS_OPENBLAS, plain cblas_ names), or none
@@ -38,6 +41,97 @@ int csub_get_num_threads(void)
     if (g_threads < 1) g_threads = omp_get_max_threads();
     return g_threads;
 }
+
+/* ------------------------------------------------------ instruction set */
+
+int csub_isa_level_ = -1;
+static char g_isa_error[192];
+static const char *const isa_names[CSUB_ISA_COUNT] = {"baseline", "avx2", "avx512", "avx512vnni"};
+
+/* The best level this CPU runs. */
+static int cpu_level(void)
+{
+#if CSUB_X86
+    __builtin_cpu_init();
+#if defined(__clang__) || __GNUC__ < 12
+    int v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+             __builtin_cpu_supports("bmi2");
+    int v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512cd");
+#else
+    int v3 = __builtin_cpu_supports("x86-64-v3"), v4 = __builtin_cpu_supports("x86-64-v4");
+#endif
+    if (v4 && __builtin_cpu_supports("avx512vnni")) return CSUB_ISA_AVX512VNNI;
+    if (v4) return CSUB_ISA_AVX512;
+    if (v3) return CSUB_ISA_AVX2;
+#endif
+    return CSUB_ISA_BASELINE;
+}
+
+/* The level CSUB_ISA names (-2 with g_isa_error set when it is refused), else
+ * the CPU's best. CSUB_INT8_KERNEL, the older spelling from when only the
+ * int8 kernels had variants, is read when CSUB_ISA is not set: its names
+ * (portable, avx2, avx512bw, avx512vnni) select the same levels, and a name
+ * the CPU cannot run is ignored, as it always was. */
+static int choose_level(void)
+{
+    int best = cpu_level();
+    const char *env = getenv("CSUB_ISA");
+    if (env && *env) {
+        for (int l = 0; l < CSUB_ISA_COUNT; l++)
+            if (!strcmp(env, isa_names[l])) {
+                if (l <= best) return l;
+                snprintf(g_isa_error, sizeof g_isa_error,
+                         "CSUB_ISA=%s: this CPU cannot run it (it runs baseline%s%s%s)", env,
+                         best >= CSUB_ISA_AVX2 ? ", avx2" : "", best >= CSUB_ISA_AVX512 ? ", avx512" : "",
+                         best >= CSUB_ISA_AVX512VNNI ? ", avx512vnni" : "");
+                return -2;
+            }
+        snprintf(g_isa_error, sizeof g_isa_error,
+                 "CSUB_ISA=%.40s: unknown instruction set (expected baseline, avx2, avx512 or avx512vnni)", env);
+        return -2;
+    }
+    static const char *const int8_names[CSUB_ISA_COUNT] = {"portable", "avx2", "avx512bw", "avx512vnni"};
+    if ((env = getenv("CSUB_INT8_KERNEL")))
+        for (int l = 0; l <= best; l++)
+            if (!strcmp(env, int8_names[l])) return l;
+    return best;
+}
+
+static int isa_resolved(void)
+{
+    int l = __atomic_load_n(&csub_isa_level_, __ATOMIC_ACQUIRE);
+    if (l == -1) { /* racing threads compute the same answer */
+        l = choose_level();
+        __atomic_store_n(&csub_isa_level_, l, __ATOMIC_RELEASE);
+    }
+    return l;
+}
+
+int csub_isa_resolve(void)
+{
+    int l = isa_resolved();
+    if (l < 0) {
+        fprintf(stderr, "csub: %s\n", g_isa_error);
+        abort();
+    }
+    return l;
+}
+
+int csub_isa_check(char *err, size_t errlen)
+{
+    if (isa_resolved() < 0) return csub_fail(err, errlen, CSUB_ERR_UNSUPPORTED, "%s", g_isa_error);
+    return CSUB_OK;
+}
+
+const char *csub_isa(void)
+{
+    int l = isa_resolved();
+    return l < 0 ? NULL : isa_names[l];
+}
+
+/* ------------------------------------------------------------ threads, gemm */
 
 void csub_row_band(int64_t H, int t, int T, int64_t *lo, int64_t *hi)
 {

@@ -38,8 +38,8 @@
  * per group: NV vector loads of B and MR broadcasts of A. The epilogue adds
  * the corrections, converts to float, multiplies by
  * xscale * wscale * oscale[k], adds b[k] and stores (masked at the edge).
- * Variants, picked once at run time from the CPU (never -march=native),
- * overridable with CSUB_INT8_KERNEL=portable|avx2|avx512bw|avx512vnni:
+ * Variants, one per instruction-set level (csub_isa_level, internal.h: the
+ * CPU's best or the one CSUB_ISA names; never -march=native):
  *   avx512vnni  VPDPBUSD on zmm, 8 x 48 tile
  *   avx512bw    bytes widened to int16 pairs, VPMADDWD, 8 x 32 tile
  *   avx2        the same on ymm, 8 x 8 tile
@@ -78,23 +78,14 @@
 #include <string.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define I8_X86 1
+#if CSUB_X86
 #include <immintrin.h>
-#define T_AVX2 __attribute__((target("avx2")))
-#define T_AVX512 __attribute__((target("avx512f,avx512bw")))
-#define T_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
-#define INLINE static inline __attribute__((always_inline))
-#else
-#define I8_X86 0
-#endif
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define I8_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define I8_CLONES
+#define T_AVX2 CSUB_TARGET_AVX2
+#define T_AVX512 CSUB_TARGET_AVX512
+#define T_VNNI CSUB_TARGET_AVX512VNNI
+#define INLINE static CSUB_ALWAYS_INLINE
 #endif
 
 #define MR 8 /* output channels per microkernel tile (and per weight row block) */
@@ -104,43 +95,11 @@ typedef int32_t i32u __attribute__((may_alias, aligned(1)));
 
 /* ------------------------------------------------------------- dispatch */
 
-enum { K_PORTABLE, K_AVX2, K_AVX512BW, K_AVX512VNNI, K_COUNT };
-static const char *const kernel_names[K_COUNT] = {"portable", "avx2", "avx512bw", "avx512vnni"};
-static int g_kernel = -1; /* the dispatch choice, made once */
-
-static int best_kernel(void)
-{
-#if I8_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
-        if (__builtin_cpu_supports("avx512vnni")) return K_AVX512VNNI;
-        return K_AVX512BW;
-    }
-    if (__builtin_cpu_supports("avx2")) return K_AVX2;
-#endif
-    return K_PORTABLE;
-}
-
-/* The best variant the CPU runs, or the one CSUB_INT8_KERNEL names if the CPU runs it. */
-static int kernel_id(void)
-{
-    int k = __atomic_load_n(&g_kernel, __ATOMIC_RELAXED);
-    if (k >= 0) return k;
-    k = best_kernel();
-    const char *env = getenv("CSUB_INT8_KERNEL");
-    if (env)
-        for (int i = 0; i <= k; i++)
-            if (strcmp(env, kernel_names[i]) == 0) {
-                k = i;
-                break;
-            }
-    __atomic_store_n(&g_kernel, k, __ATOMIC_RELAXED);
-    return k;
-}
-
+/* The variant of each level: avx512 runs avx512bw, the others share the level's name. */
 const char *csub_int8_kernel(void)
 {
-    return kernel_names[kernel_id()];
+    static const char *const names[CSUB_ISA_COUNT] = {"portable", "avx2", "avx512bw", "avx512vnni"};
+    return names[csub_isa_level()];
 }
 
 /* ------------------------------------------------------------- grids */
@@ -219,7 +178,7 @@ static int quantb_portable(const float *x, int64_t n, uint8_t *dst, const xgrid 
     return nan;
 }
 
-#if I8_X86
+#if CSUB_X86
 /* AVX-512 codes without a division or a rounding instruction. With
  * v = clip(x * (1 / scale), lo, hi) and the constant M = 768.5 + 2^-14 + zu,
  * t = v + M lies in [512, 1024), where the float spacing is 2^-14, so the
@@ -472,7 +431,7 @@ static void gemm_portable(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, i
     }
 }
 
-#if I8_X86
+#if CSUB_X86
 /* The tiles keep their accumulators in named variables a<row><vector>
  * (GCC keeps an array of vectors in memory); NV is a constant once inlined,
  * so the unused vectors and their branches disappear. */
@@ -689,11 +648,11 @@ typedef struct {
 static variant get_variant(void)
 {
     variant v = {gemm_portable, quant4_portable, quantb_portable, 0};
-#if I8_X86
-    switch (kernel_id()) {
-    case K_AVX512VNNI: v = (variant){gemm_vnni, quant4_avx512, quantb_avx512, 1}; break;
-    case K_AVX512BW: v = (variant){gemm_bw, quant4_avx512, quantb_avx512, 1}; break;
-    case K_AVX2: v = (variant){gemm_avx2, quant4_avx2, quantb_avx2, 0}; break;
+#if CSUB_X86
+    switch (csub_isa_level()) {
+    case CSUB_ISA_AVX512VNNI: v = (variant){gemm_vnni, quant4_avx512, quantb_avx512, 1}; break;
+    case CSUB_ISA_AVX512: v = (variant){gemm_bw, quant4_avx512, quantb_avx512, 1}; break;
+    case CSUB_ISA_AVX2: v = (variant){gemm_avx2, quant4_avx2, quantb_avx2, 0}; break;
     default: break;
     }
 #endif
@@ -921,9 +880,8 @@ static int build_planes(const geom *g, const variant *vr, const xgrid *xg, const
 }
 
 /* csum[ph * plane + p] = sum over quadruples of the 4 codes of cell (c', ph, p), for p in [p0, p1) */
-I8_CLONES
-static void csum_build(const uint32_t *planes, int32_t *csum, int64_t Cg, int64_t nph, int64_t plane,
-                       int64_t p0, int64_t p1)
+static CSUB_ALWAYS_INLINE void csum_build_body(const uint32_t *planes, int32_t *csum, int64_t Cg, int64_t nph,
+                                               int64_t plane, int64_t p0, int64_t p1)
 {
     for (int64_t ph = 0; ph < nph; ph++) {
         int32_t *cs = csum + ph * plane;
@@ -937,10 +895,12 @@ static void csum_build(const uint32_t *planes, int32_t *csum, int64_t Cg, int64_
         }
     }
 }
+CSUB_VARIANTS(csum_build, (const uint32_t *planes, int32_t *csum, int64_t Cg, int64_t nph, int64_t plane, int64_t p0,
+                           int64_t p1), (planes, csum, Cg, nph, plane, p0, p1))
 
 /* colc[o] = -zw * sum over taps of csum[phase of the tap][o + shift of the tap], o in [o0, o1) */
-I8_CLONES
-static void colc_build(const geom *g, const int32_t *csum, int32_t zw, int32_t *colc, int64_t o0, int64_t o1)
+static CSUB_ALWAYS_INLINE void colc_build_body(const geom *g, const int32_t *csum, int32_t zw, int32_t *colc,
+                                               int64_t o0, int64_t o1)
 {
     for (int64_t o = o0; o < o1; o++) colc[o] = 0;
     for (int64_t r = 0; r < g->R; r++)
@@ -950,6 +910,8 @@ static void colc_build(const geom *g, const int32_t *csum, int32_t zw, int32_t *
         }
     for (int64_t o = o0; o < o1; o++) colc[o] = (int32_t)(0u - (uint32_t)zw * (uint32_t)colc[o]);
 }
+CSUB_VARIANTS(colc_build, (const geom *g, const int32_t *csum, int32_t zw, int32_t *colc, int64_t o0, int64_t o1),
+              (g, csum, zw, colc, o0, o1))
 
 /* [lo, hi) of n items for thread t of T, in blocks of `align` */
 static void split(int64_t n, int64_t align, int t, int T, int64_t *lo, int64_t *hi)
@@ -1062,7 +1024,7 @@ static int conv_image(const conv_ctx *cx, const float *xn, float *yn, const img_
 /* y[N, K, PQ] = b[k] (or 0): the output of an all-zero quantized input */
 static void fill_bias(float *y, const float *b, int64_t N, int64_t K, int64_t PQ)
 {
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (N * K * PQ > 65536)
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (N * K * PQ > CSUB_PAR_MIN)
     for (int64_t i = 0; i < N * K; i++) {
         float v = b ? b[i % K] : 0.0f;
         for (int64_t j = 0; j < PQ; j++) y[i * PQ + j] = v;

@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "csub.h"
+#include "internal.h"
 
 #define CSUB_JSON_MAX_DEPTH 64
 
@@ -109,13 +109,10 @@ typedef struct {
 static int fail(parser *p, int status, const char *fmt, ...)
 {
     if (p->status != CSUB_OK) return p->status;
-    p->status = status;
-    if (p->err && p->errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(p->err, p->errlen, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    p->status = csub_vfail(p->err, p->errlen, status, fmt, ap);
+    va_end(ap);
     return status;
 }
 

@@ -1,5 +1,5 @@
 /* linear.c - fully connected layer, forward and backward. */
-#include "csub.h"
+#include "internal.h"
 
 /* x[N,IN], w[O,IN], b[O] -> y[N,O] = x w^T + b */
 void csub_linear_forward(const float *x, const float *w, const float *b, float *y,

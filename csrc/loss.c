@@ -1,7 +1,7 @@
 /* loss.c - softmax cross-entropy, mean over the batch. */
 #include <math.h>
 
-#include "csub.h"
+#include "internal.h"
 
 /* logits[N,K], labels[N] -> loss; prob[N,K] = softmax(logits) */
 double csub_cross_entropy_forward(const float *logits, const int64_t *labels,

@@ -5,30 +5,23 @@
 #include <stdlib.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define NORM_X86 1
+#if CSUB_X86
 #include <immintrin.h>
-#else
-#define NORM_X86 0
 #endif
 
-/* The loops over a plane are compiled for AVX-512, AVX2 and the baseline,
- * picked at load time (target clones; never -march=native). ISO C keeps
- * floating-point contraction off, so every clone computes the same bits. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define NORM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define NORM_CLONES
-#endif
+/* The loops over a plane are compiled for AVX-512, AVX2 and the baseline
+ * (CSUB_VARIANTS, internal.h). Floating-point contraction is off (internal.h),
+ * so every variant computes the same bits. */
 
 /* Sums over a run of floats in double with NL independent partial sums
  * (combined in a fixed order), so that the additions pipeline and vectorise
  * instead of waiting on one another. */
 #define NL 8
 
-NORM_CLONES static double lsum(const float *x, int64_t n)
+/* *out = sum x */
+static CSUB_ALWAYS_INLINE void lsum_body(const float *x, int64_t n, double *out)
 {
     double acc[NL] = {0};
     int64_t i = 0;
@@ -37,11 +30,12 @@ NORM_CLONES static double lsum(const float *x, int64_t n)
     double s = 0.0;
     for (; i < n; i++) s += x[i];
     for (int l = 0; l < NL; l++) s += acc[l];
-    return s;
+    *out = s;
 }
+CSUB_VARIANTS(lsum, (const float *x, int64_t n, double *out), (x, n, out))
 
-/* sum (x - mu)^2 */
-NORM_CLONES static double lsumsq(const float *x, int64_t n, double mu)
+/* *out = sum (x - mu)^2 */
+static CSUB_ALWAYS_INLINE void lsumsq_body(const float *x, int64_t n, double mu, double *out)
 {
     double acc[NL] = {0};
     int64_t i = 0;
@@ -56,11 +50,13 @@ NORM_CLONES static double lsumsq(const float *x, int64_t n, double mu)
         s += d * d;
     }
     for (int l = 0; l < NL; l++) s += acc[l];
-    return s;
+    *out = s;
 }
+CSUB_VARIANTS(lsumsq, (const float *x, int64_t n, double mu, double *out), (x, n, mu, out))
 
 /* With d = x - mu and e = dy * gm in float: s[0] += sum e, s[1] += sum e * d, s[2] += sum d. */
-NORM_CLONES static void lsums3(const float *x, const float *dy, int64_t n, float mu, float gm, double s[3])
+static CSUB_ALWAYS_INLINE void lsums3_body(const float *x, const float *dy, int64_t n, float mu, float gm,
+                                           double s[3])
 {
     double a0[NL] = {0}, a1[NL] = {0}, a2[NL] = {0};
     int64_t i = 0;
@@ -81,11 +77,13 @@ NORM_CLONES static void lsums3(const float *x, const float *dy, int64_t n, float
     for (int l = 0; l < NL; l++) s0 += a0[l], s1 += a1[l], s2 += a2[l];
     s[0] += s0, s[1] += s1, s[2] += s2;
 }
+CSUB_VARIANTS(lsums3, (const float *x, const float *dy, int64_t n, float mu, float gm, double s[3]),
+              (x, dy, n, mu, gm, s))
 
 /* y[n] = ((x - mh) - ml) a + b (centred first, mu = mh + ml split in float hi +
  * lo: folding mu into the shift cancels when |mu| >> std), then max(y, 0) when
- * relu (NaN propagates). The body is inlined into each clone that uses it. */
-static inline __attribute__((always_inline)) void affine_body(const float *x, float *y, int64_t n, double mu,
+ * relu (NaN propagates). The body is inlined into each variant that uses it. */
+static CSUB_ALWAYS_INLINE void affine_body(const float *x, float *y, int64_t n, double mu,
                                                               float a, float b, int relu)
 {
     float mh = (float)mu, ml = (float)(mu - (double)mh);
@@ -98,28 +96,35 @@ static inline __attribute__((always_inline)) void affine_body(const float *x, fl
         for (int64_t i = 0; i < n; i++) y[i] = ((x[i] - mh) - ml) * a + b;
 }
 
-NORM_CLONES static void centred_affine(const float *x, float *y, int64_t n, double mu, float a, float b, int relu)
+static CSUB_ALWAYS_INLINE void centred_affine_body(const float *x, float *y, int64_t n, double mu, float a, float b,
+                                                   int relu)
 {
     affine_body(x, y, n, mu, a, b, relu);
 }
+CSUB_VARIANTS(centred_affine, (const float *x, float *y, int64_t n, double mu, float a, float b, int relu),
+              (x, y, n, mu, a, b, relu))
 
 /* Group norm's input gradient over one channel's plane:
  * dx = is (dy gm - k1 - ((x - mu) - df) is k2) */
-NORM_CLONES static void gn_dx(const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is,
-                              float gm, float k1, float k2)
+static CSUB_ALWAYS_INLINE void gn_dx_body(const float *x, const float *dy, float *dx, int64_t n, float mu, float df,
+                                          float is, float gm, float k1, float k2)
 {
     for (int64_t i = 0; i < n; i++) {
         float xh = ((x[i] - mu) - df) * is;
         dx[i] = is * (dy[i] * gm - k1 - xh * k2);
     }
 }
+CSUB_VARIANTS(gn_dx, (const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is, float gm,
+                      float k1, float k2), (x, dy, dx, n, mu, df, is, gm, k1, k2))
 
 /* Batch norm's input gradient over one plane: dx = g (dy - k1 - ((x - mu) - df) is k2) */
-NORM_CLONES static void bn_dx(const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is,
-                              float g, float k1, float k2)
+static CSUB_ALWAYS_INLINE void bn_dx_body(const float *x, const float *dy, float *dx, int64_t n, float mu, float df,
+                                          float is, float g, float k1, float k2)
 {
     for (int64_t i = 0; i < n; i++) dx[i] = g * (dy[i] - k1 - ((x[i] - mu) - df) * is * k2);
 }
+CSUB_VARIANTS(bn_dx, (const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is, float g,
+                      float k1, float k2), (x, dy, dx, n, mu, df, is, g, k1, k2))
 
 /* x[N,C,HW], gamma/beta[C] -> y[N,C,HW], mean/invstd[C]; running stats updated in training */
 void csub_batchnorm_forward(const float *x, const float *gamma, const float *beta,
@@ -133,11 +138,11 @@ void csub_batchnorm_forward(const float *x, const float *gamma, const float *bet
     for (int64_t c = 0; c < C; c++) {
         double mu, var;
         if (training) {
-            double s = 0.0;
-            for (int64_t n = 0; n < N; n++) s += lsum(x + (n * C + c) * HW, HW);
+            double s = 0.0, t;
+            for (int64_t n = 0; n < N; n++) lsum(x + (n * C + c) * HW, HW, &t), s += t;
             mu = s / (double)m;
             double v = 0.0;
-            for (int64_t n = 0; n < N; n++) v += lsumsq(x + (n * C + c) * HW, HW, mu);
+            for (int64_t n = 0; n < N; n++) lsumsq(x + (n * C + c) * HW, HW, mu, &t), v += t;
             var = v / (double)m;
             if (running_mean) {
                 running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mu);
@@ -200,8 +205,10 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
     for (int64_t ng = 0; ng < N * G; ng++) {
         const float *xg = x + ng * m; /* the group's channels are contiguous */
         float *yg = y + ng * m;
-        double mu = lsum(xg, m) / (double)m;
-        double v = lsumsq(xg, m, mu);
+        double mu, v;
+        lsum(xg, m, &mu);
+        mu /= (double)m;
+        lsumsq(xg, m, mu, &v);
         float is = (float)(1.0 / sqrt(v / (double)m + eps));
         mean[ng] = (float)mu;
         invstd[ng] = is;
@@ -213,22 +220,17 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
 
 /* Inference forms. Group norm: one pass for the statistics of each (sample,
  * group) and one that writes y (with the ReLU fused), both vectorised for the
- * CPU at hand (target clones: AVX-512, AVX2, baseline). The statistics are
+ * CPU at hand (CSUB_VARIANTS: AVX-512, AVX2, baseline). The statistics are
  * sums of x - x0 (x0 the group's first value, so no cancellation when the mean
  * is large) in 32 float lanes over blocks of 2048 values, blocks added in
  * double; they agree with the training kernels' all-double sums to float
  * rounding. */
 #define NORM_LANES 32
-/* Values below which an inference norm runs on one thread: measured on
- * cPreResNet20 at batch 1 (benchmarks/deploy.md), two threads lose on a
- * 64 x 32 x 32 activation (the fork and join, and reading what the other
- * core's cache holds, cost more than half the work). */
-#define NORM_PAR_MIN 131072
 #define NORM_BLOCK 2048
 
 /* s[0] = sum (x - x0), s[1] = sum (x - x0)^2 over x[n]; each block's lanes are
  * added pairwise in float (a fixed tree), blocks in double */
-static inline __attribute__((always_inline)) void sums_body(const float *x, int64_t n, float x0, double s[2])
+static CSUB_ALWAYS_INLINE void sums_body(const float *x, int64_t n, float x0, double s[2])
 {
     double t1 = 0.0, t2 = 0.0;
     for (int64_t b = 0; b < n; b += NORM_BLOCK) {
@@ -258,10 +260,11 @@ static inline __attribute__((always_inline)) void sums_body(const float *x, int6
     s[1] = t2;
 }
 
-NORM_CLONES static void shifted_sums(const float *x, int64_t n, float x0, double s[2])
+static CSUB_ALWAYS_INLINE void shifted_sums_body(const float *x, int64_t n, float x0, double s[2])
 {
     sums_body(x, n, x0, s);
 }
+CSUB_VARIANTS(shifted_sums, (const float *x, int64_t n, float x0, double s[2]), (x, n, x0, s))
 
 /* mean and 1 / std of a group from its shifted sums over m values (inv_m = 1 / m) */
 static inline void group_stats(const double s[2], float x0, double inv_m, float eps, double *mu, double *is)
@@ -277,8 +280,9 @@ static inline void group_stats(const double s[2], float x0, double inv_m, float 
  * its scale; computing a chunk's statistics back to back overlaps those
  * chains, and the chunk is still in L1 for the second pass. */
 #define GN_CHUNK 32
-NORM_CLONES static void gn_groups(const float *x, const float *gamma, const float *beta, float *y, int64_t ng0,
-                                  int64_t ng1, int64_t G, int64_t Cg, int64_t HW, float eps, int relu)
+static CSUB_ALWAYS_INLINE void gn_groups_body(const float *x, const float *gamma, const float *beta, float *y,
+                                              int64_t ng0, int64_t ng1, int64_t G, int64_t Cg, int64_t HW, float eps,
+                                              int relu)
 {
     int64_t m = Cg * HW;
     double mu[GN_CHUNK], is[GN_CHUNK], inv_m = 1.0 / (double)m;
@@ -307,8 +311,11 @@ NORM_CLONES static void gn_groups(const float *x, const float *gamma, const floa
         }
     }
 }
+CSUB_VARIANTS(gn_groups, (const float *x, const float *gamma, const float *beta, float *y, int64_t ng0, int64_t ng1,
+                          int64_t G, int64_t Cg, int64_t HW, float eps, int relu),
+              (x, gamma, beta, y, ng0, ng1, G, Cg, HW, eps, relu))
 
-#if NORM_X86
+#if CSUB_X86
 #define GN_SMALL_MAX 1024 /* values per group up to which the AVX-512 form pays (measured: 2x at 64 and 256) */
 #define GN_SMALL_CHUNK 16
 
@@ -318,9 +325,9 @@ NORM_CLONES static void gn_groups(const float *x, const float *gamma, const floa
  * gn_groups: the two accumulators hold sums_body's lanes l and l + 16, the
  * reduction (_mm512_reduce_add_ps: l + 8, l + 4, l + 2, l + 1) is its tree, and
  * the statistics and affine map are its expressions. */
-__attribute__((target("avx512f"))) static void gn_groups_small(const float *x, const float *gamma, const float *beta,
-                                                              float *y, int64_t ng0, int64_t ng1, int64_t G, int64_t Cg,
-                                                              int64_t HW, float eps, int relu)
+CSUB_TARGET_AVX512 static void gn_groups_small(const float *x, const float *gamma, const float *beta, float *y,
+                                               int64_t ng0, int64_t ng1, int64_t G, int64_t Cg, int64_t HW, float eps,
+                                               int relu)
 {
     int64_t m = Cg * HW, nv = m / 16;
     double inv_m = 1.0 / (double)m;
@@ -365,11 +372,11 @@ __attribute__((target("avx512f"))) static void gn_groups_small(const float *x, c
     }
 }
 
+/* The AVX-512 form applies: a level with AVX-512 (csub_isa_level) and groups of whole 32-value blocks. */
 static int gn_small_ok(int64_t Cg, int64_t HW)
 {
-    __builtin_cpu_init();
     return HW > 0 && HW % 16 == 0 && Cg * HW % 32 == 0 && Cg * HW <= GN_SMALL_MAX &&
-           __builtin_cpu_supports("avx512f");
+           csub_isa_level() >= CSUB_ISA_AVX512;
 }
 #else
 #define gn_groups_small gn_groups
@@ -390,7 +397,7 @@ void csub_groupnorm_infer(const float *x, const float *gamma, const float *beta,
                           int64_t N, int64_t C, int64_t H, int64_t W, int64_t G, float eps, int relu)
 {
     int64_t Cg = C / G, HW = H * W, m = Cg * HW;
-    int nt = N * C * HW < NORM_PAR_MIN ? 1 : csub_get_num_threads();
+    int nt = N * C * HW < CSUB_PAR_MIN_SPLIT ? 1 : csub_get_num_threads();
     /* fewer images than threads: each thread sums and writes the rows of its band
      * (csub_row_band) of every plane; the bands' sums are added in thread order */
     double *part = N < nt && H >= nt && W > 0 && !omp_in_parallel() ? malloc(sizeof(double) * 2 * (size_t)(N * G * nt)) : NULL;
@@ -445,7 +452,7 @@ void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
                           int64_t N, int64_t C, int64_t H, int64_t W, float eps, int relu)
 {
     int64_t HW = H * W;
-    int nt = N * C * HW < NORM_PAR_MIN ? 1 : csub_get_num_threads();
+    int nt = N * C * HW < CSUB_PAR_MIN_SPLIT ? 1 : csub_get_num_threads();
     if (N < nt && H >= nt) { /* the rows of each thread's band (csub_row_band) */
         #pragma omp parallel num_threads(nt)
         {

@@ -5,13 +5,12 @@
 #include <float.h>
 #include <math.h>
 
-#include "csub.h"
+#include "internal.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
-#define PAR_MIN 65536 /* below this many elements a thread team costs more than it saves */
 #define BLOCK 8192    /* elements per work item of the parallel loops */
 
 /* Signed range of a b-bit integer. */
@@ -102,7 +101,7 @@ int64_t csub_fake_quant_forward_count_nan(const float *x, float *y, int64_t n,
     int use_scale = scale > 0.0f && isfinite(scale);
     int64_t nan = 0, nblocks = (n + BLOCK - 1) / BLOCK;
     #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) \
-        reduction(+:nan) if (n > PAR_MIN)
+        reduction(+:nan) if (n > CSUB_PAR_MIN)
     for (int64_t k = 0; k < nblocks; k++) {
         int64_t b = k * BLOCK;
         int32_t m = (int32_t)(n - b < BLOCK ? n - b : BLOCK);
@@ -192,7 +191,7 @@ void csub_minmax(const float *x, int64_t n, float *mn, float *mx)
     float a0, b0;
     minmax_run(x, n < BLOCK ? n : BLOCK, &a0, &b0);
     float a = a0, b = b0;
-    #pragma omp parallel num_threads(csub_get_num_threads()) if (n > PAR_MIN)
+    #pragma omp parallel num_threads(csub_get_num_threads()) if (n > CSUB_PAR_MIN)
     {
         float ta = a0, tb = b0;
         #pragma omp for schedule(static) nowait
@@ -218,7 +217,7 @@ void csub_channel_scale(const float *x, const float *s, float *y,
 {
     int64_t rows = N * C;
     #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) \
-        if (rows * HW > PAR_MIN && rows > 1)
+        if (rows * HW > CSUB_PAR_MIN && rows > 1)
     for (int64_t r = 0; r < rows; r++) {
         float sc = s[r % C];
         const float *xr = x + r * HW;

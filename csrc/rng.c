@@ -1,7 +1,7 @@
 /* rng.c - xoshiro256** generator (seeded by splitmix64) and the alpha samplers. */
 #include <math.h>
 
-#include "csub.h"
+#include "internal.h"
 
 static uint64_t splitmix64(uint64_t *x)
 {

@@ -37,7 +37,6 @@
  * threads at once; the kernels themselves use OpenMP.
  */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +44,7 @@
 
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
 /* Activation buffers for `cap` images: one per buffer slot, and a scratch. */
 typedef struct workspace {
@@ -70,6 +69,7 @@ static void ws_free(workspace *w, int nslots);
 #define RT_SPARSE_CROSSOVER 0.6
 #define RT_SPARSE_CROSSOVER_SPLIT 0.4
 #define RT_MAX_OPS 100000
+#define RT_MAX_BATCH ((int64_t)1 << 24) /* images per forward */
 
 enum { OP_CONV, OP_LINEAR, OP_NORM, OP_RELU, OP_MAXPOOL, OP_AVGPOOL, OP_GAP, OP_FLATTEN, OP_ADD, OP_ALIAS };
 enum { REG_NONE, REG_UNSTRUCTURED, REG_STRUCTURED, REG_QUANTIZED };
@@ -143,17 +143,7 @@ struct csub_model {
     int split;                   /* the last forward split its images across threads */
 };
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
+#define fail csub_fail /* internal.h */
 #define MFAIL(m, code, ...) fail((m)->err, sizeof (m)->err, code, __VA_ARGS__)
 
 const char *csub_strerror(int code)
@@ -239,6 +229,7 @@ static int jbool(const csub_json *o, const char *key, int *out)
 }
 
 #define DIM_MAX ((int64_t)1 << 24)
+#define VALUE_MAX ((int64_t)1 << 32) /* values per image of one tensor of the graph */
 
 static int parse_op(csub_model *m, const csub_st_file *f, const csub_json *o, int i, char *err, size_t errlen)
 {
@@ -377,7 +368,8 @@ static int infer_shapes(csub_model *m, char *err, size_t errlen)
         default:
             break;
         }
-        if (o.c * o.h * o.w > ((int64_t)1 << 32))
+        int64_t size;
+        if (csub_mul3_overflow(o.c, o.h, o.w, &size) || size > VALUE_MAX)
             return fail(err, errlen, CSUB_ERR_UNSUPPORTED, "model file: graph[%d]: value too large", i);
         m->vshape[op->y] = o;
     }
@@ -482,7 +474,8 @@ static int parse_model(csub_model *m, const csub_st_file *f, char *err, size_t e
     if (m->regime < 0) { fail(err, errlen, st, "model file: unknown regime '%s'", regime); goto done; }
     if (!shape || shape->type != CSUB_JSON_ARRAY || shape->n != 3
         || csub_json_int(&shape->items[0], 1, DIM_MAX, &m->in_c) || csub_json_int(&shape->items[1], 1, DIM_MAX, &m->in_h)
-        || csub_json_int(&shape->items[2], 1, DIM_MAX, &m->in_w) || m->in_c * m->in_h * m->in_w > ((int64_t)1 << 32)) {
+        || csub_json_int(&shape->items[2], 1, DIM_MAX, &m->in_w) || csub_mul3_overflow(m->in_c, m->in_h, m->in_w, &v)
+        || v > VALUE_MAX) {
         fail(err, errlen, st, "model file: input_shape must be [C, H, W] of positive integers");
         goto done;
     }
@@ -660,6 +653,7 @@ int csub_model_load(const char *path, csub_model **out, char *err, size_t errlen
     if (!out) return fail(err, errlen, CSUB_ERR_ARG, "model: NULL output pointer");
     *out = NULL;
     if (!path) return fail(err, errlen, CSUB_ERR_ARG, "path: NULL");
+    if (csub_isa_check(err, errlen)) return CSUB_ERR_UNSUPPORTED; /* a CSUB_ISA this CPU cannot run */
     csub_model *m = new_model();
     if (!m) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
     csub_st_file f;
@@ -673,6 +667,7 @@ int csub_model_load_memory(const uint8_t *buf, size_t len, csub_model **out, cha
     if (!out) return fail(err, errlen, CSUB_ERR_ARG, "model: NULL output pointer");
     *out = NULL;
     if (!buf && len) return fail(err, errlen, CSUB_ERR_ARG, "buf: NULL");
+    if (csub_isa_check(err, errlen)) return CSUB_ERR_UNSUPPORTED;
     csub_model *m = new_model();
     if (!m) return fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
     csub_st_file f;
@@ -1057,7 +1052,7 @@ static int forward(csub_model *m, const float *input, int64_t batch, float *outp
 {
     if (!m) return CSUB_ERR_ARG;
     if (!input || !output) return MFAIL(m, CSUB_ERR_ARG, "input, output: NULL pointer");
-    if (batch < 1 || batch > ((int64_t)1 << 24)) return MFAIL(m, CSUB_ERR_ARG, "batch: expected 1..2^24, got %lld", (long long)batch);
+    if (batch < 1 || batch > RT_MAX_BATCH) return MFAIL(m, CSUB_ERR_ARG, "batch: expected 1..2^24, got %lld", (long long)batch);
     if (!m->ready) return MFAIL(m, CSUB_ERR_ARG, "model: no alpha set (the last set_alpha failed)");
     int nt = csub_get_num_threads(), failed = -1, st = CSUB_OK;
     m->split = 0;
@@ -1176,17 +1171,20 @@ void csub_model_info(const csub_model *m, csub_model_desc *d)
 
 int64_t csub_model_memory(const csub_model *m, int64_t batch)
 {
-    if (!m || batch < 1) return -1;
+    if (!m || batch < 1 || batch > RT_MAX_BATCH) return -1;
     csub_model_desc d;
     csub_model_info(m, &d);
-    int64_t act = 0;
+    int64_t act = m->scratch_size; /* each term at most 2^32 floats per image (VALUE_MAX), nslots <= RT_MAX_OPS */
     for (int s = 0; s < m->nslots; s++) act += m->slot_size[s];
     int nt = csub_get_num_threads() < m->nws ? csub_get_num_threads() : m->nws;
     int par = image_parallel(m, batch, nt);
-    int64_t images = par ? (int64_t)nt * RT_CHUNK : batch; /* buffers held at once */
-    act = (act + m->scratch_size) * images;
-    act += par ? sp_work(m, RT_CHUNK, 1) * nt : sp_work(m, batch, nt); /* the CSR convolutions' planes */
-    return d.subspace_bytes + d.weight_bytes + 4 * act;
+    int64_t images = par ? (int64_t)nt * RT_CHUNK : batch, sp; /* buffers held at once */
+    if (par && csub_mul_overflow(sp_work(m, RT_CHUNK, 1), nt, &sp)) return -1;
+    if (!par) sp = sp_work(m, batch, nt); /* the CSR convolutions' planes */
+    if (csub_mul_overflow(act, images, &act) || __builtin_add_overflow(act, sp, &act)
+        || csub_mul_overflow(act, 4, &act) || __builtin_add_overflow(act, d.subspace_bytes + d.weight_bytes, &act))
+        return -1;
+    return act;
 }
 
 int csub_model_level(const csub_model *m, int i, double *alpha, double *accuracy)
@@ -1199,8 +1197,11 @@ int csub_model_level(const csub_model *m, int i, double *alpha, double *accuracy
 
 int csub_model_input_u8(const csub_model *m, const uint8_t *pixels, int64_t batch, float *out)
 {
-    if (!m || !pixels || !out || batch < 1) return CSUB_ERR_ARG;
-    int64_t HW = m->in_h * m->in_w;
+    if (!m || !pixels || !out) return CSUB_ERR_ARG;
+    int64_t HW = m->in_h * m->in_w, total; /* the input shape is at most VALUE_MAX values */
+    if (batch < 1 || csub_mul3_overflow(batch, m->in_c, HW, &total))
+        return MFAIL((csub_model *)m, CSUB_ERR_ARG, "batch: expected 1 to 2^63 / %lld images, got %lld", /* the message only */
+                     (long long)(m->in_c * HW), (long long)batch);
     for (int64_t n = 0; n < batch; n++)
         for (int64_t c = 0; c < m->in_c; c++) {
             double mean = m->input_mean ? m->input_mean[c] : 0.0, std = m->input_std ? m->input_std[c] : 1.0;

@@ -36,12 +36,11 @@
  * into it, at whatever alignment the file gives (readers memcpy).
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "csub.h"
+#include "internal.h"
 
 #define ST_MAX_HEADER ((uint64_t)100000000)     /* as the reference implementation */
 #define ST_MAX_FILE ((uint64_t)16 << 30)        /* csub_st_read refuses larger files */
@@ -77,16 +76,7 @@ static const char *dtype_name(csub_dtype dt)
     return "?";
 }
 
-static int seterr(char *err, size_t errlen, int status, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
+#define seterr csub_fail /* internal.h */
 
 void csub_st_free(csub_st_file *f)
 {

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <math.h>
 
-#include "csub.h"
+#include "internal.h"
 
 /* Exactly n - floor((1 - topk) n) in double, as the method defines it. For a
  * keep fraction of at most 2^-54, 1 - topk rounds to 1 and nothing is kept. */
@@ -72,6 +72,6 @@ int csub_topk_mask(const float *w, int64_t n, double topk, uint8_t *mask)
 /* out = w * mask */
 void csub_apply_mask(const float *w, const uint8_t *mask, float *out, int64_t n)
 {
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > 65536)
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > CSUB_PAR_MIN)
     for (int64_t i = 0; i < n; i++) out[i] = mask[i] ? w[i] : 0.0f;
 }

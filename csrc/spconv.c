@@ -33,9 +33,10 @@
  * the planes are computed once per weight (csub_conv2d_sparse_offsets) and
  * the buffers come from the caller (csub_conv2d_sparse_forward_planned).
  *
- * The inner kernels are plain C with GCC vector types; on x86-64 Linux with
- * GCC each is compiled for AVX-512, AVX2 + FMA and the baseline, picked at
- * load time from the CPU (target_clones), never with -march=native.
+ * The inner kernels are plain C with GCC vector types, each compiled for
+ * AVX-512, AVX2 + FMA and the baseline (CSUB_VARIANTS, internal.h), with
+ * floating-point contraction on for this file: the AVX2 and AVX-512 variants
+ * fuse each multiply-add, the baseline cannot, so they agree to rounding.
  *
  * Caveat: the discarded wide columns multiply real neighbouring inputs by a
  * zero output gradient, so an infinite input can turn into NaN in the weight
@@ -45,14 +46,9 @@
 #include <string.h>
 #include <omp.h>
 
-#include "csub.h"
+#include "internal.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#pragma GCC optimize("fp-contract=fast") /* fused multiply-add where the clone has FMA */
-#define SP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SP_CLONES
-#endif
+CSUB_FP_CONTRACT_FAST /* fused multiply-add where the variant has FMA (internal.h) */
 
 /* 16, 8 and 4 floats; unaligned, may alias float data */
 typedef float vf __attribute__((vector_size(64), aligned(4), may_alias));
@@ -62,7 +58,7 @@ typedef float vf4 __attribute__((vector_size(16), aligned(4), may_alias));
 #define vload(p) (*(const vf *)(p))
 #define vstore(p, v) (*(vf *)(p) = (v))
 
-/* lanes of a vf summed in order (a macro: vector arguments would change the ABI in the baseline clone) */
+/* lanes of a vf summed in order (a macro: vector arguments would change the ABI in the baseline variant) */
 #define HSUM(v, out)                                  \
     do {                                              \
         float hs_ = 0.0f;                             \
@@ -87,7 +83,7 @@ int64_t csub_csr_count(const uint8_t *mask, int64_t K, int64_t cols, int64_t *ro
 void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
                    const int64_t *rowptr, int32_t *colidx, float *values)
 {
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (K * cols > 65536)
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (K * cols > CSUB_PAR_MIN)
     for (int64_t k = 0; k < K; k++) {
         const uint8_t *m = mask + k * cols;
         const float *wr = w + k * cols;
@@ -111,9 +107,9 @@ void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
 /* -------------------------------------------------------------- kernels */
 
 /* out[i] = init (+ r[i] when r) + sum_t v[t] * base[off[t] + i], i in [0, L) */
-SP_CLONES
-static void sp_gather(float *restrict out, int64_t L, const float *base, const int64_t *restrict off,
-                      const float *restrict v, int64_t T, float init, const float *r)
+static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, const float *base,
+                                              const int64_t *restrict off, const float *restrict v, int64_t T,
+                                              float init, const float *r)
 {
     int64_t i0 = 0;
     /* 64 outputs as eight 8-float vectors: the shifted windows start anywhere, and
@@ -170,6 +166,9 @@ static void sp_gather(float *restrict out, int64_t L, const float *base, const i
         out[i0] = a;
     }
 }
+CSUB_VARIANTS(sp_gather, (float *restrict out, int64_t L, const float *base, const int64_t *restrict off,
+                          const float *restrict v, int64_t T, float init, const float *r),
+              (out, L, base, off, v, T, init, r))
 
 /* s + sum_{i in [i0, L)} a[i] b[i], i0 + 16 > L */
 static inline float dot_tail(const float *a, const float *b, int64_t i0, int64_t L, float s)
@@ -184,9 +183,8 @@ static inline float dot_tail(const float *a, const float *b, int64_t i0, int64_t
 }
 
 /* dv[t] += <a, base + off[t]> over [0, L), four kept weights at a time sharing the loads of a */
-SP_CLONES
-static void sp_dots(float *restrict dv, const float *a, int64_t L, const float *base,
-                    const int64_t *restrict off, int64_t T)
+static CSUB_ALWAYS_INLINE void sp_dots_body(float *restrict dv, const float *a, int64_t L, const float *base,
+                                            const int64_t *restrict off, int64_t T)
 {
     int64_t L16 = L / 16 * 16, t = 0;
     for (; t + 4 <= T; t += 4) {
@@ -224,6 +222,8 @@ static void sp_dots(float *restrict dv, const float *a, int64_t L, const float *
         dv[t] += dot_tail(a, b0, L16, L, h0);
     }
 }
+CSUB_VARIANTS(sp_dots, (float *restrict dv, const float *a, int64_t L, const float *base, const int64_t *restrict off,
+                        int64_t T), (dv, a, L, base, off, T))
 
 /* ------------------------------------------------------------ geometry */
 
@@ -292,11 +292,11 @@ static void valid_cols(const geom *g, int64_t b, int64_t *j0, int64_t *j1)
 }
 
 /* dst[j] = src[2 j], j < n: the stride-2 gather of a plane row (vectorised with permutes) */
-SP_CLONES
-static void copy_even(float *restrict dst, const float *restrict src, int64_t n)
+static CSUB_ALWAYS_INLINE void copy_even_body(float *restrict dst, const float *restrict src, int64_t n)
 {
     for (int64_t j = 0; j < n; j++) dst[j] = src[2 * j];
 }
+CSUB_VARIANTS(copy_even, (float *restrict dst, const float *restrict src, int64_t n), (dst, src, n))
 
 /* planes[(c*sa + a)*sb + b][i*Wph + j] = xpad[c][i*st + a][j*st + b] (0 outside x),
  * channels [c0, c1), plane rows [i0, i1) */
@@ -423,10 +423,6 @@ int csub_conv2d_sparse_offsets(const int32_t *colidx, int64_t nnz, int64_t C, in
     return CSUB_OK;
 }
 
-/* Multiply-adds below which a forward of fewer images than threads runs on
- * one thread: on cPreResNet20 at batch 1 and keep 0.1 no layer (the largest
- * 0.5M) gains from a second one. */
-#define SP_PAR_MIN 4194304.0
 
 /* Threads the forward uses: one inside a caller's parallel region. */
 static int fwd_threads(void)
@@ -461,7 +457,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
     geom g = make_geom(N, C, H, W, K, R, S, stride, pad);
     int64_t PQ = g.P * g.Q, pf, wf;
     int nt = fwd_threads();
-    if (N < nt && (double)rowptr[K] * (double)g.L < SP_PAR_MIN) nt = 1; /* one image, little work */
+    if (N < nt && (double)rowptr[K] * (double)g.L < CSUB_PAR_MIN_SPARSE) nt = 1; /* one image, little work */
     fwd_sizes(&g, &pf, &wf);
     int outer = N >= nt;            /* threads split the batch, else each image: */
     int bands = !outer && g.P >= nt; /* by output rows (csub_row_band), or by output channels */
@@ -695,7 +691,7 @@ int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int
 static void transpose(const float *a, float *t, int64_t R, int64_t C)
 {
     int64_t R8 = R / 8 * 8;
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (R * C > 65536)
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (R * C > CSUB_PAR_MIN)
     for (int64_t r0 = 0; r0 < R8; r0 += 8) {
         const float *a0 = a + r0 * C;
         for (int64_t c = 0; c < C; c++) {

@@ -1,11 +1,11 @@
 /* subspace.c - line interpolation of a tensor and the endpoint regulariser. */
-#include "csub.h"
+#include "internal.h"
 
 /* out[n] = (1 - alpha) w0 + alpha w1 */
 void csub_line_forward(const float *w0, const float *w1, float alpha, float *out, int64_t n)
 {
     float a0 = 1.0f - alpha;
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > 65536)
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > CSUB_PAR_MIN)
     for (int64_t i = 0; i < n; i++) out[i] = a0 * w0[i] + alpha * w1[i];
 }
 
@@ -13,7 +13,7 @@ void csub_line_forward(const float *w0, const float *w1, float alpha, float *out
 void csub_line_backward(const float *g, float alpha, float *g0, float *g1, int64_t n)
 {
     float a0 = 1.0f - alpha;
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > 65536)
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > CSUB_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         g0[i] += a0 * g[i];
         g1[i] += alpha * g[i];

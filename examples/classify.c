@@ -11,6 +11,7 @@
  * With --budget, calibrates latency at batch 1 over the alphas and prints the
  * alpha pick_alpha chooses for each budget in turn.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,9 +43,12 @@ static uint8_t *read_idx(const char *path, int want_ndim, int64_t dims[3])
         if (gzread(f, d, 4) != 4) { fprintf(stderr, "%s: truncated header\n", path); goto fail; }
         dims[i] = ((int64_t)d[0] << 24) | (d[1] << 16) | (d[2] << 8) | d[3];
         if (dims[i] < 1 || dims[i] > (1 << 24)) { fprintf(stderr, "%s: bad dimension %lld\n", path, (long long)dims[i]); goto fail; }
-        total *= dims[i];
+        if (__builtin_mul_overflow(total, dims[i], &total) || total > ((int64_t)1 << 32)) {
+            fprintf(stderr, "%s: more than 2^32 bytes of data\n", path);
+            goto fail;
+        }
     }
-    if (total > ((int64_t)1 << 32) || !(data = malloc((size_t)total))) { fprintf(stderr, "%s: too large\n", path); goto fail; }
+    if (!(data = malloc((size_t)total))) { fprintf(stderr, "%s: out of memory for %lld bytes\n", path, (long long)total); goto fail; }
     for (int64_t off = 0; off < total;) {
         int64_t chunk = total - off > (1 << 30) ? (1 << 30) : total - off;
         int got = gzread(f, data + off, (unsigned)chunk);
@@ -57,6 +61,17 @@ fail:
     free(data);
     gzclose(f);
     return NULL;
+}
+
+/* A whole decimal integer in [lo, hi] into *out; 0 on success. */
+static int parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end || errno == ERANGE || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
 }
 
 static int parse_list(const char *s, double *out, int max)
@@ -75,25 +90,37 @@ static int parse_list(const char *s, double *out, int max)
 int main(int argc, char **argv)
 {
     const char *budget = NULL, *alist = NULL;
-    int64_t batch = 100, limit = -1;
-    int threads = 0;
+    int64_t batch = 100, limit = -1, threads = 0;
     const char *pos[3];
     int npos = 0;
     for (int i = 1; i < argc; i++) {
+        /* batch: at most the 2^24 images csub_model_forward runs at once; threads: as many as OpenMP may run */
         if (!strcmp(argv[i], "-a") && i + 1 < argc) alist = argv[++i];
-        else if (!strcmp(argv[i], "-b") && i + 1 < argc) batch = atoll(argv[++i]);
-        else if (!strcmp(argv[i], "-n") && i + 1 < argc) limit = atoll(argv[++i]);
-        else if (!strcmp(argv[i], "-t") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--budget") && i + 1 < argc) budget = argv[++i];
+        else if (!strcmp(argv[i], "-b") && i + 1 < argc) {
+            if (parse_int(argv[++i], 1, (int64_t)1 << 24, &batch)) {
+                fprintf(stderr, "-b: expected a batch of 1 to 16777216 images, got '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "-n") && i + 1 < argc) {
+            if (parse_int(argv[++i], 1, INT64_MAX, &limit)) {
+                fprintf(stderr, "-n: expected a positive number of images, got '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "-t") && i + 1 < argc) {
+            if (parse_int(argv[++i], 1, 4096, &threads)) {
+                fprintf(stderr, "-t: expected 1 to 4096 threads, got '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--budget") && i + 1 < argc) budget = argv[++i];
         else if (npos < 3 && argv[i][0] != '-') pos[npos++] = argv[i];
         else { npos = -1; break; }
     }
-    if (npos != 3 || batch < 1) {
+    if (npos != 3) {
         fprintf(stderr, "usage: %s MODEL IMAGES LABELS [-a ALPHAS] [-b BATCH] [-n LIMIT] [-t THREADS] "
                         "[--budget MS,MS,...]\n", argv[0]);
         return 2;
     }
-    if (threads > 0) csub_set_num_threads(threads);
+    if (threads > 0) csub_set_num_threads((int)threads);
     char err[256];
     csub_model *m;
     int st = csub_model_load(pos[0], &m, err, sizeof err);
@@ -121,8 +148,16 @@ int main(int argc, char **argv)
         }
         if (!na) alphas[na++] = 1.0;
     }
-    float *x = malloc(sizeof(float) * (size_t)(batch * per)), *y = malloc(sizeof(float) * (size_t)(batch * d.num_classes));
-    if (!x || !y) { fprintf(stderr, "out of memory\n"); return 1; }
+    if (batch > n) batch = n; /* no buffer for images that are not there */
+    size_t xfloats, yfloats, xbytes, ybytes; /* batch * per and batch * classes floats, checked */
+    if (__builtin_mul_overflow((uint64_t)batch, (uint64_t)per, &xfloats) || __builtin_mul_overflow(xfloats, sizeof(float), &xbytes)
+        || __builtin_mul_overflow((uint64_t)batch, (uint64_t)d.num_classes, &yfloats)
+        || __builtin_mul_overflow(yfloats, sizeof(float), &ybytes)) {
+        fprintf(stderr, "-b: a batch of %lld images of %lld values does not fit in memory\n", (long long)batch, (long long)per);
+        return 1;
+    }
+    float *x = malloc(xbytes), *y = malloc(ybytes);
+    if (!x || !y) { fprintf(stderr, "out of memory for a batch of %lld images\n", (long long)batch); return 1; }
     printf("model %s, regime %s, %lld images, batch %lld, %d threads, int8 kernel %s\n", pos[0], d.regime,
            (long long)n, (long long)batch, csub_get_num_threads(), csub_int8_kernel());
     for (int a = 0; a < na; a++) {
@@ -132,7 +167,7 @@ int main(int argc, char **argv)
         int64_t correct = 0;
         for (int64_t i = 0; i < n; i += batch) {
             int64_t b = n - i < batch ? n - i : batch;
-            csub_model_input_u8(m, images + i * per, b, x);
+            if ((st = csub_model_input_u8(m, images + i * per, b, x))) { fprintf(stderr, "error %d: %s\n", st, csub_model_error(m)); return 1; }
             t0 = now_ms();
             if ((st = csub_model_forward(m, x, b, y))) { fprintf(stderr, "error %d: %s\n", st, csub_model_error(m)); return 1; }
             t_run += now_ms() - t0;

@@ -167,3 +167,97 @@ def test_model_loader_under_sanitizers(model_check, tmp_path):
             ok = False
         if not ok:  # a file the binding refuses, the C loader refuses too
             assert v.startswith("error"), (f, v)
+
+
+def _small_export(tmp_path, regime="unstructured"):
+    csub.manual_seed(2)
+    m = models.cnn(widths=(4, 8, 8), regime=regime, subspace="line", norm="bn" if regime == "quantized" else "gn")
+    return csub.export(m, str(tmp_path / f"{regime}.safetensors"))
+
+
+def test_classify_example_refuses_absurd_arguments(classify, tmp_path):
+    """-b 2^61 once overflowed batch * 784 to 0 bytes and wrote past the buffer; every count is checked."""
+    images, labels = data.fashion_mnist("test", bundled=True)
+    data.write_idx(str(tmp_path / "images.idx"), images[:20, 0])
+    data.write_idx(str(tmp_path / "labels.idx"), labels[:20].astype(np.uint8))
+    args = [classify, _small_export(tmp_path), str(tmp_path / "images.idx"), str(tmp_path / "labels.idx"), "-a", "1"]
+    for flag, value in (("-b", "2305843009213693952"), ("-b", str(2 ** 63)), ("-b", "0"), ("-b", "-3"), ("-b", "12x"),
+                        ("-b", str(2 ** 24 + 1)), ("-n", "0"), ("-n", "-5"), ("-n", "99999999999999999999"),
+                        ("-t", "0"), ("-t", "x"), ("-t", str(2 ** 31))):
+        r = subprocess.run(args + [flag, value], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (flag, value, r.returncode, r.stderr)
+        assert r.stderr.startswith(flag + ":") and value in r.stderr, (flag, value, r.stderr)
+    # an IDX header whose dimensions multiply past int64 (2^72 bytes) is refused by its size, not wrapped to 0
+    (tmp_path / "huge.idx").write_bytes(bytes([0, 0, 8, 3]) + (2 ** 24).to_bytes(4, "big") * 3)
+    r = subprocess.run(args[:2] + [str(tmp_path / "huge.idx")] + args[3:], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "huge.idx: more than 2^32 bytes of data" in r.stderr, r.stderr
+    # the largest batch runs (its buffers sized by the images there are), and agrees with a small one
+    outs = []
+    for b in ("16777216", "3"):
+        r = subprocess.run(args + ["-b", b, "-n", "10"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        outs.append([ln.split()[5] for ln in r.stdout.splitlines() if ln.startswith("alpha ")])
+    assert outs[0] == outs[1]
+
+
+def test_runtime_size_products_are_checked(tmp_path):
+    """csub_model_input_u8 and csub_model_memory with batches whose sizes overflow int64: a clear refusal."""
+    import ctypes
+
+    from csub import _core
+    from csub.runtime import CompressedNet
+
+    path = _small_export(tmp_path, "quantized")  # no recorded activation ranges: every image's buffers at once
+    blob = open(path, "rb").read()
+    net = CompressedNet(blob)
+    assert net.memory_bytes(1) > 0 and net.memory_bytes(2 ** 24) > net.memory_bytes(1)
+    for batch in (2 ** 24 + 1, 2 ** 40, 2 ** 62):
+        with pytest.raises(ValueError, match="batch"):
+            net.memory_bytes(batch)
+    lib = ctypes.CDLL(_core.__file__)
+    lib.csub_model_load_memory.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p),
+                                           ctypes.c_char_p, ctypes.c_size_t]
+    lib.csub_model_input_u8.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    lib.csub_model_memory.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.csub_model_memory.restype = ctypes.c_int64
+    lib.csub_model_error.argtypes = [ctypes.c_void_p]
+    lib.csub_model_error.restype = ctypes.c_char_p
+    lib.csub_model_free.argtypes = [ctypes.c_void_p]
+    m, err = ctypes.c_void_p(), ctypes.create_string_buffer(256)
+    assert lib.csub_model_load_memory(blob, len(blob), ctypes.byref(m), err, 256) == 0, err.value
+    try:
+        pixels = np.zeros((2, 1, 28, 28), np.uint8)
+        out = np.full((2, 1, 28, 28), 7.0, np.float32)
+        assert lib.csub_model_input_u8(m, pixels.ctypes.data, 2, out.ctypes.data) == 0
+        assert np.all(out == out[0, 0, 0, 0]) and out[0, 0, 0, 0] != 7.0
+        out[...] = 7.0
+        # 2^61 * 784 wraps to 0 in int64 arithmetic: refused before a byte is read or written
+        for batch in (2 ** 61, 2 ** 62, 2 ** 63 - 1, 0, -1):
+            assert lib.csub_model_input_u8(m, pixels.ctypes.data, batch, out.ctypes.data) == -1
+            assert np.all(out == 7.0)
+        assert b"batch" in lib.csub_model_error(m)
+        assert lib.csub_model_memory(m, 2 ** 62) == -1 and lib.csub_model_memory(m, 0) == -1
+    finally:
+        lib.csub_model_free(m)
+
+
+def test_classify_example_follows_csub_isa(classify, tmp_path):
+    """The example runs the kernels of the level CSUB_ISA names, and refuses one that does not exist."""
+    images, labels = data.fashion_mnist("test", bundled=True)
+    data.write_idx(str(tmp_path / "images.idx"), images[:50, 0])
+    data.write_idx(str(tmp_path / "labels.idx"), labels[:50].astype(np.uint8))
+    args = [classify, _small_export(tmp_path, "quantized"), str(tmp_path / "images.idx"), str(tmp_path / "labels.idx"),
+            "-a", "0,0.5,1", "-b", "7"]
+    env = {k: v for k, v in os.environ.items() if k not in ("CSUB_ISA", "CSUB_INT8_KERNEL")}
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120, env=dict(env, CSUB_ISA="avx9"))
+    assert r.returncode == 1 and "CSUB_ISA=avx9: unknown instruction set" in r.stderr, r.stderr
+    runs = {}
+    for isa in ("baseline", None):
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                           env=dict(env, CSUB_ISA=isa) if isa else env)
+        assert r.returncode == 0, r.stderr
+        runs[isa] = r.stdout.splitlines()
+    assert "int8 kernel portable" in runs["baseline"][0]
+    # integer products and norms are bit-identical on every level: the same accuracy at every alpha
+    acc = {isa: [ln.split()[:6] for ln in out if ln.startswith("alpha ")] for isa, out in runs.items()}
+    assert len(acc[None]) == 3 and acc["baseline"] == acc[None]

@@ -46,16 +46,19 @@ void csub_gemm(int transa, int transb, int64_t M, int64_t N, int64_t K,
                float alpha, const float *A, int64_t lda,
                const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
-/* Single-threaded variant, for use inside a caller's parallel region. */
-void csub_gemm_serial(int transa, int transb, int64_t M, int64_t N, int64_t K,
-                      float alpha, const float *A, int64_t lda,
-                      const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
-
-/* Rows [lo, hi) = [H t / T, H (t + 1) / T) of an H-row plane that thread t of
- * T computes when a call has fewer images than threads (inference at batch
- * 1): the convolutions, norms and adds all split an image this way, so that
- * each layer reads mostly what the same core wrote in the layer before. */
-void csub_row_band(int64_t H, int t, int T, int64_t *lo, int64_t *hi);
+/* The instruction set the SIMD kernels run (act, norm, sparse and int8
+ * kernels each have a variant per level): "baseline" (any CPU), "avx2"
+ * (x86-64-v3), "avx512" (x86-64-v4) or "avx512vnni" (x86-64-v4 and VNNI):
+ * the best this CPU runs, or the one the environment variable CSUB_ISA names,
+ * read once at the first kernel call. Every level the CPU runs gives the same
+ * results up to float rounding (most kernels bit for bit; the sparse kernels
+ * fuse multiply-adds from avx2 up). A CSUB_ISA that names an unknown level or
+ * one this CPU lacks is refused, never ignored: csub_isa returns NULL,
+ * csub_isa_check returns CSUB_ERR_UNSUPPORTED with the reason in err[errlen]
+ * (err may be NULL), csub_model_load fails with it, and any other kernel call
+ * prints it and aborts. */
+const char *csub_isa(void);
+int csub_isa_check(char *err, size_t errlen);
 
 /* --------------------------------------------------------- linear, conv */
 
@@ -116,7 +119,7 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
 /* Inference forms, no saved statistics, ReLU fused when relu != 0
  * (y = max(norm(x), 0)); the same arithmetic as the forward functions (batch
  * norm: evaluation mode, running statistics). x[N,C,H,W] (H rows of W: with
- * fewer images than threads each thread takes its csub_row_band of rows). */
+ * fewer images than threads each thread takes a band of rows). */
 void csub_groupnorm_infer(const float *x, const float *gamma, const float *beta, float *y,
                           int64_t N, int64_t C, int64_t H, int64_t W, int64_t G, float eps, int relu);
 void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
@@ -132,7 +135,7 @@ void csub_relu_backward(const float *x, const float *dy, float *dx, int64_t n);
 /* y[n] = a[n] + b[n] (the residual add; its backward is a copy) */
 void csub_add(const float *a, const float *b, float *y, int64_t n);
 /* The same over x[N,C,H,W]: with fewer images than threads each thread adds
- * its csub_row_band of rows of every plane (inference at batch 1). */
+ * a band of rows of every plane (inference at batch 1). */
 void csub_add_nchw(const float *a, const float *b, float *y, int64_t N, int64_t C, int64_t H, int64_t W);
 
 /* Max pool, window k x k, stride s, no padding: x[N,C,H,W] -> y[N,C,P,Q],
@@ -248,22 +251,6 @@ int csub_conv2d_sparse_forward(const float *x, const int64_t *rowptr, const int3
                                const float *values, const float *b, float *y,
                                int64_t N, int64_t C, int64_t H, int64_t W,
                                int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
-/* The same forward in two steps, for a weight that serves many calls:
- * foff[nnz] receives where each kept weight reads the laid-out input (once
- * per weight), and the forward takes a work buffer of work_len floats
- * (csub_conv2d_sparse_work(N, ..., csub_get_num_threads()) are enough; a
- * smaller or NULL one is allocated per call). res[N,K,P,Q] (may be NULL, must
- * not overlap y) is added to y as it is written: a residual add fused into
- * the convolution. */
-int csub_conv2d_sparse_offsets(const int32_t *colidx, int64_t nnz, int64_t C, int64_t H, int64_t W,
-                               int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t *foff);
-int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
-                                int64_t stride, int64_t pad, int nthreads);
-int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, const int64_t *foff,
-                                       const float *values, const float *b, float *y,
-                                       int64_t N, int64_t C, int64_t H, int64_t W,
-                                       int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad,
-                                       const float *res, float *work, int64_t work_len);
 /* dy[N,K,P,Q] -> dx[N,C,H,W] (=), dvalues[nnz] (+=, the weight gradient at the
  * kept positions; the others are zero by definition), db[K] (+=); any may be NULL. */
 int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int32_t *colidx,
@@ -374,9 +361,10 @@ int64_t csub_qweight_bytes(const csub_qweight *qw);
  *   y[n,k,p,q] = acc * xscale * qw->scale * (oscale ? oscale[k] : 1) + (b ? b[k] : 0).
  * Equals csub_conv2d_forward on the fake-quantized weight and input, times
  * oscale, plus b, up to float rounding. xscale <= 0 (an all-zero range) gives
- * y = b. The kernel is chosen at run time (AVX-512 VNNI, AVX-512BW, AVX2,
- * portable C; the environment variable CSUB_INT8_KERNEL, read once, may name
- * one of those the CPU supports). qw->cols must be C*R*S and xzero_point on the
+ * y = b. The kernel follows csub_isa (AVX-512 VNNI, AVX-512BW, AVX2,
+ * portable C; CSUB_INT8_KERNEL=portable|avx2|avx512bw|avx512vnni, the older
+ * spelling of CSUB_ISA read when CSUB_ISA is unset, selects the same levels
+ * and is ignored when the CPU cannot run the one it names). qw->cols must be C*R*S and xzero_point on the
  * b-bit grid; x with a NaN (no code represents it) is CSUB_ERR_ARG, y then
  * undefined. Returns CSUB_OK, CSUB_ERR_ARG or CSUB_ERR_NOMEM. */
 int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
@@ -523,7 +511,8 @@ int csub_model_num_ops(const csub_model *model);
 const char *csub_model_op_name(const csub_model *model, int i);
 
 /* pixels[batch, C, H, W] 0..255 -> out = (pixel / 255 - mean[c]) / std[c], the
- * training normalisation stored in the file. */
+ * training normalisation stored in the file. CSUB_ERR_ARG for batch < 1 or a
+ * batch * C * H * W beyond int64 (then nothing is written). */
 int csub_model_input_u8(const csub_model *model, const uint8_t *pixels, int64_t batch, float *out);
 
 typedef struct {
@@ -542,7 +531,8 @@ void csub_model_info(const csub_model *model, csub_model_desc *desc);
 /* Accuracy level i stored at export (alpha, accuracy). */
 int csub_model_level(const csub_model *model, int i, double *alpha, double *accuracy);
 /* Bytes the model needs at the current alpha to run a batch: subspace,
- * materialised weights and activation buffers. */
+ * materialised weights and activation buffers; -1 for a batch outside
+ * 1..2^24 (what csub_model_forward runs) or a total beyond int64. */
 int64_t csub_model_memory(const csub_model *model, int64_t batch);
 /* Bit width of alpha: K = hi - lo + 1 equal bins of [0, 1], alpha in
  * ((k - 1)/K, k/K] -> lo + k - 1 (boundaries robust to float rounding). */

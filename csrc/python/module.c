@@ -15,7 +15,7 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "csub.h"
+#include "../internal.h" /* csub.h and the sparse forward in two steps */
 
 /* ------------------------------------------------------------ validation */
 
@@ -1823,7 +1823,10 @@ static PyObject *py_model_memory(PyObject *self, PyObject *args, PyObject *kw)
     if (!parse(args, kw, "OL", kwlist, &om, &batch)) return NULL;
     rt_box *b = rt_get(om);
     if (!b || positive(batch, "batch")) return NULL;
-    return PyLong_FromLongLong((long long)csub_model_memory(b->m, batch));
+    int64_t bytes = csub_model_memory(b->m, batch);
+    if (bytes < 0) return PyErr_Format(PyExc_ValueError, "batch: expected 1..2^24 images whose memory fits in "
+                                                "int64, got %lld", batch);
+    return PyLong_FromLongLong((long long)bytes);
 }
 
 static PyObject *py_model_calibrate(PyObject *self, PyObject *args, PyObject *kw)
@@ -2158,6 +2161,11 @@ static PyObject *py_int8_kernel(PyObject *self, PyObject *noargs)
     return PyUnicode_FromString(csub_int8_kernel());
 }
 
+static PyObject *py_isa(PyObject *self, PyObject *noargs)
+{
+    return PyUnicode_FromString(csub_isa()); /* never refused here: the import checked it */
+}
+
 /* ---------------------------------------------------------------- module */
 
 #define M(name, doc) {#name, (PyCFunction)(void (*)(void))py_##name, METH_VARARGS | METH_KEYWORDS, doc}
@@ -2234,6 +2242,7 @@ static PyMethodDef methods[] = {
     M(linear_int8_forward, "linear_int8_forward(x[N,I], weight[O,I], bits, xscale, xzero_point, oscale=None, b=None) "
                            "-> y[N,O], integer product"),
     {"int8_kernel", (PyCFunction)py_int8_kernel, METH_NOARGS, "int8_kernel() -> name of the integer kernel this CPU runs"},
+    {"isa", (PyCFunction)py_isa, METH_NOARGS, "isa() -> the instruction set the SIMD kernels run (CSUB_ISA)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2243,6 +2252,11 @@ static struct PyModuleDef moduledef = {
 
 PyMODINIT_FUNC PyInit__core(void)
 {
+    char err[256];
+    if (csub_isa_check(err, sizeof err)) { /* CSUB_ISA names a level this CPU cannot run */
+        PyErr_SetString(PyExc_ImportError, err);
+        return NULL;
+    }
     import_array();
     return PyModule_Create(&moduledef);
 }

@@ -1,0 +1,172 @@
+/*
+ * internal.h - what csub's C files share and its users do not see.
+ *
+ * Not installed and not included by programs that use csub (they include
+ * csub.h only): the instruction-set variants of the SIMD kernels and the one
+ * place that picks among them, the floating-point contraction policy, the
+ * thresholds below which a loop stays on one thread, checked size arithmetic,
+ * the error-message helper, and kernels that only csub's own files call.
+ */
+#ifndef CSUB_INTERNAL_H
+#define CSUB_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "csub.h"
+
+/* ------------------------------------------------ instruction-set variants
+ *
+ * A SIMD kernel is written once, as plain C (loops the compiler vectorises,
+ * GCC vector types) or with intrinsics, and compiled for each instruction-set
+ * level below. The level is chosen once per process (csub_isa_level): the
+ * best this CPU runs, or the one the environment variable CSUB_ISA names
+ * (csub.h: csub_isa). Every kernel asks csub_isa_level() and runs its variant
+ * for that level, or the best variant it has below it: one mechanism, one
+ * override, and every variant can be run (and tested) on a CPU that has the
+ * highest level. Never -march=native: one binary serves every x86-64 CPU.
+ *
+ *   CSUB_ISA_BASELINE    x86-64 (SSE2), and any other architecture
+ *   CSUB_ISA_AVX2        x86-64-v3: AVX2, FMA, BMI2
+ *   CSUB_ISA_AVX512      x86-64-v4: AVX-512 F, BW, DQ, VL, CD
+ *   CSUB_ISA_AVX512VNNI  x86-64-v4 and AVX-512 VNNI (the int8 kernels' dot products)
+ *
+ * Floating-point contraction (a * b + c fused into one FMA, rounded once) is
+ * off: both builds say -ffp-contract=off (ISO C mode leaves it off too), so
+ * each variant of the norms, activations and other float kernels computes the
+ * same bits as the baseline, and the training and inference kernels agree
+ * (clang, used only for the sanitizer and fuzzing builds, keeps it off
+ * everywhere: CSUB_FP_CONTRACT_FAST is empty there). The sparse
+ * (CSR) kernels alone turn it on, for their whole file (spconv.c:
+ * CSUB_FP_CONTRACT_FAST before any function): their AVX2 and AVX-512 variants
+ * fuse, the baseline cannot, so those variants agree to float rounding only
+ * (tests/test_simd.py checks every variant against the float64 twins). */
+enum { CSUB_ISA_BASELINE, CSUB_ISA_AVX2, CSUB_ISA_AVX512, CSUB_ISA_AVX512VNNI, CSUB_ISA_COUNT };
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CSUB_X86 1
+#define CSUB_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
+#define CSUB_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))
+#define CSUB_TARGET_AVX512VNNI __attribute__((target("arch=x86-64-v4,avx512vnni")))
+#else
+#define CSUB_X86 0
+#endif
+
+#define CSUB_ALWAYS_INLINE inline __attribute__((always_inline))
+#if defined(__clang__)
+#define CSUB_FP_CONTRACT_FAST
+#else
+#define CSUB_FP_CONTRACT_FAST _Pragma("GCC optimize(\"fp-contract=fast\")")
+#endif
+
+/* The resolved level (>= 0), or -1 before the first call; the slow path
+ * (core.c) reads the CPU and CSUB_ISA once. A refused CSUB_ISA never reaches
+ * a kernel: csub_isa_level prints why and aborts (the Python module and the
+ * model loader check first and report it as an error). */
+extern int csub_isa_level_;
+int csub_isa_resolve(void);
+static inline int csub_isa_level(void)
+{
+    int l = __atomic_load_n(&csub_isa_level_, __ATOMIC_RELAXED);
+    return l >= 0 ? l : csub_isa_resolve();
+}
+
+/* CSUB_VARIANTS(name, (params), (args)) defines `static void name(params)`,
+ * which runs the body `static CSUB_ALWAYS_INLINE void name##_body(params)`
+ * compiled for AVX-512, AVX2 or the baseline, as csub_isa_level() says. */
+#if CSUB_X86
+#define CSUB_VARIANTS(name, params, args)                                              \
+    CSUB_TARGET_AVX512 static void name##_avx512 params { name##_body args; }          \
+    CSUB_TARGET_AVX2 static void name##_avx2 params { name##_body args; }              \
+    static void name##_baseline params { name##_body args; }                           \
+    static void name params                                                            \
+    {                                                                                  \
+        int isa_ = csub_isa_level();                                                   \
+        if (isa_ >= CSUB_ISA_AVX512) name##_avx512 args;                               \
+        else if (isa_ >= CSUB_ISA_AVX2) name##_avx2 args;                              \
+        else name##_baseline args;                                                     \
+    }
+#else
+#define CSUB_VARIANTS(name, params, args) static void name params { name##_body args; }
+#endif
+
+/* ------------------------------------------------------ parallel thresholds
+ *
+ * Below these sizes a loop runs on one thread: forking and joining a team (and
+ * reading what another core's cache holds) costs more than the work. */
+#define CSUB_PAR_MIN 65536            /* elementwise loops, in values */
+/* Inference norms and adds that split one image's rows across threads, in
+ * values: measured on cPreResNet20 at batch 1 (benchmarks/deploy.md), two
+ * threads lose on a 64 x 32 x 32 activation (the fork and join, and reading
+ * what the other core's cache holds, cost more than half the work). */
+#define CSUB_PAR_MIN_SPLIT 131072
+/* A dense convolution splitting one image, in multiply-adds (cPreResNet20 at
+ * batch 1: a 1x1 convolution of 16 to 64 channels on 32 x 32, 1M, gains
+ * nothing from a second thread; 3x3 ones of 0.6M gain, their im2col being
+ * half the time). */
+#define CSUB_PAR_MIN_CONV 524288.0
+/* A CSR convolution splitting one image, in multiply-adds of kept weights: on
+ * cPreResNet20 at batch 1 and keep 0.1 no layer (the largest 0.5M) gains from
+ * a second one. */
+#define CSUB_PAR_MIN_SPARSE 4194304.0
+
+/* --------------------------------------------------------- size arithmetic */
+
+/* *out = a * b; returns 1 (and leaves *out undefined) when it overflows int64. */
+static inline int csub_mul_overflow(int64_t a, int64_t b, int64_t *out)
+{
+    return __builtin_mul_overflow(a, b, out);
+}
+
+/* *out = a * b * c; 1 on overflow. */
+static inline int csub_mul3_overflow(int64_t a, int64_t b, int64_t c, int64_t *out)
+{
+    int64_t t;
+    return __builtin_mul_overflow(a, b, &t) || __builtin_mul_overflow(t, c, out);
+}
+
+/* *out = n * size bytes for n >= 0 items; 1 when n < 0 or it overflows size_t. */
+static inline int csub_bytes_overflow(int64_t n, size_t size, size_t *out)
+{
+    return n < 0 || __builtin_mul_overflow((uint64_t)n, size, out);
+}
+
+/* ------------------------------------------------------------------ errors */
+
+/* Format a message into err[errlen] (err may be NULL) and return code: every
+ * function that reports a message does it through this. */
+int csub_fail(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+int csub_vfail(char *err, size_t errlen, int code, const char *fmt, va_list ap) __attribute__((format(printf, 4, 0)));
+
+/* --------------------------------------------------------- internal kernels */
+
+/* Single-threaded csub_gemm, for use inside a caller's parallel region. */
+void csub_gemm_serial(int transa, int transb, int64_t M, int64_t N, int64_t K,
+                      float alpha, const float *A, int64_t lda,
+                      const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
+/* Rows [lo, hi) = [H t / T, H (t + 1) / T) of an H-row plane that thread t of
+ * T computes when a call has fewer images than threads (inference at batch
+ * 1): the convolutions, norms and adds all split an image this way, so that
+ * each layer reads mostly what the same core wrote in the layer before. */
+void csub_row_band(int64_t H, int t, int T, int64_t *lo, int64_t *hi);
+
+/* csub_conv2d_sparse_forward in two steps, for a weight that serves many
+ * calls (the runtime): foff[nnz] receives where each kept weight reads the
+ * laid-out input (once per weight), and the forward takes a work buffer of
+ * work_len floats (csub_conv2d_sparse_work(N, ..., csub_get_num_threads())
+ * are enough; a smaller or NULL one is allocated per call; -1 when the sizes
+ * overflow). res[N,K,P,Q] (may be NULL, must not overlap y) is added to y as
+ * it is written: a residual add fused into the convolution. */
+int csub_conv2d_sparse_offsets(const int32_t *colidx, int64_t nnz, int64_t C, int64_t H, int64_t W,
+                               int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t *foff);
+int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
+                                int64_t stride, int64_t pad, int nthreads);
+int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, const int64_t *foff,
+                                       const float *values, const float *b, float *y,
+                                       int64_t N, int64_t C, int64_t H, int64_t W,
+                                       int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad,
+                                       const float *res, float *work, int64_t work_len);
+
+#endif /* CSUB_INTERNAL_H */
