@@ -156,6 +156,7 @@ struct csub_model {
     double alpha, width, keep, crossover, crossover_split;
     int bits, ready;
     int split;                   /* the last forward split its images across threads */
+    int fold;                    /* batch norms folded, ReLUs and residual adds in the conv's epilogue (CSUB_FOLD) */
 };
 
 static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
@@ -679,7 +680,7 @@ static int parse_model(csub_model *m, const csub_st_file *f, char *err, size_t e
     m->ops[lastw].last = 1;
     if ((st = infer_shapes(m, err, errlen))) goto done;
     const char *fold_env = getenv("CSUB_FOLD"); /* "0": no batch-norm folding, no ReLU into a conv (benchmarks) */
-    int fold = !(fold_env && !strcmp(fold_env, "0"));
+    int fold = m->fold = !(fold_env && !strcmp(fold_env, "0"));
     if (fold && (st = fold_norms(m))) { st = fail(err, errlen, st, "out of memory"); goto done; }
     if ((st = fuse_adds(m))) { st = fail(err, errlen, st, "out of memory"); goto done; }
     if (fold && (st = fuse_relus(m))) { st = fail(err, errlen, st, "out of memory"); goto done; }
@@ -1153,6 +1154,9 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
             if ((st = quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz))) return st;
             x = w->scratch;
         }
+        if (op->kind == OP_CONV && !op->oscale && m->fold) /* bias, residual and ReLU as each image's rows are made */
+            return csub_conv2d_forward_fused(x, op->wa, b, res, op->relu, y, N, C, s.h, s.w, op->aout, op->k, op->k,
+                                             op->stride, op->pad);
         st = dense_weighted(m, op, path, x, op->oscale ? NULL : b, y, N);
         if (!st && op->oscale) scale_shift(y, op->oscale, b, N, op->aout, o.h * o.w);
     }

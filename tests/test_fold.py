@@ -115,3 +115,21 @@ def test_structured_file_with_batch_norm(rng):
     assert _rel(net(x), model(x)) < RTOL_FLOAT
     with pytest.raises(ValueError, match="batch norm"):
         net.set_alpha(0.5)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "cpreresnet20"])
+def test_fused_epilogue_on_thread_counts(name, rng):
+    """Batch 1: the threads split each image's rows, and each applies the bias, the residual
+    and the ReLU to its own rows; 1 to 3 threads agree with the training forward."""
+    model, _ = _model(name, None, rng)
+    x = rng.normal(0, 1, (1, 3, 48, 48)).astype(np.float32)
+    net = model.compress(1.0, input_shape=(3, 48, 48))
+    model.set_alpha(1.0)
+    want = model(x)
+    old = csub.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            csub.set_num_threads(t)
+            assert _rel(net(x), want) < RTOL_FLOAT, t
+    finally:
+        csub.set_num_threads(old)
