@@ -133,3 +133,28 @@ def test_fused_epilogue_on_thread_counts(name, rng):
             assert _rel(net(x), want) < RTOL_FLOAT, t
     finally:
         csub.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet18"])
+def test_wide_bit_widths_fold_after_fake_quantization(name, rng):
+    """Above 8 bits the layers run fake-quantized in float; where training quantizes the weight
+    without the norm's scale (these networks), the folded norm scales the products and adds its
+    shift after them. That changes the float rounding before the next quantizer, as the integer
+    products do at <= 8 bits, so a tie can flip a code: the integer tolerance applies (unfolded,
+    these outputs equal the training forward's bit for bit)."""
+    kw, shape, _, _ = BN_CASES[name]
+    csub.manual_seed(7)
+    model = models.build(name, regime="quantized", subspace="line", bit_range=(9, 12), **kw)
+    x = rng.normal(0, 1, shape).astype(np.float32)
+    _prepare(model, x, "quantized", rng)
+    net = model.compress(1.0, input_shape=shape[1:])
+    assert not any(c.fold_norm for c in model.compressible_layers())
+    for a in (0.0, 1.0):
+        model.set_alpha(a)
+        got = net.set_alpha(a)(x)
+        ops = _ops(net, x)
+        assert net.info()["bits"] > 8 and any(op.endswith("/fakequant") for op in ops)
+        assert "bn" not in ops and "bn+relu" not in ops
+        want = model(x)
+        assert _rel(got, want) < RTOL_INT, a
+        assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) >= 0.5
