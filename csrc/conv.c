@@ -101,14 +101,23 @@ void csub_conv_bias_backward(const float *dy, float *db, int64_t N, int64_t K, i
 static void epilogue(float *y, const float *b, const float *res, int relu, int64_t K, int64_t L, int64_t PQ)
 {
     if (!b && !res && !relu) return;
-    for (int64_t k = 0; k < K; k++) {
+    for (int64_t k = 0; k < K; k++) { /* one branch-free loop per case, so that each vectorises */
         float bk = b ? b[k] : 0.0f, *yk = y + k * PQ;
         const float *rk = res ? res + k * PQ : NULL;
-        for (int64_t i = 0; i < L; i++) {
-            float v = yk[i] + bk;
-            if (rk) v += rk[i];
-            yk[i] = relu && v <= 0.0f ? 0.0f : v;
-        }
+        if (rk && relu)
+            for (int64_t i = 0; i < L; i++) {
+                float v = yk[i] + bk + rk[i];
+                yk[i] = v <= 0.0f ? 0.0f : v;
+            }
+        else if (rk)
+            for (int64_t i = 0; i < L; i++) yk[i] = yk[i] + bk + rk[i];
+        else if (relu)
+            for (int64_t i = 0; i < L; i++) {
+                float v = yk[i] + bk;
+                yk[i] = v <= 0.0f ? 0.0f : v;
+            }
+        else
+            for (int64_t i = 0; i < L; i++) yk[i] += bk;
     }
 }
 
