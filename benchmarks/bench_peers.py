@@ -20,9 +20,10 @@ is written to --out.
 
 --fold: csub alone, with the batch norms that follow a conv folded into it
 (the default) and with CSUB_FOLD=0 (every norm and ReLU its own operation),
-both loaded in one process and timed interleaved; prints the medians and the
-median of the per-repetition ratios, for cPreResNet20 with batch norm (dense,
-90 % sparse, 8-bit) and the batch-norm CNN.
+both loaded in one process and timed interleaved: the medians and the median
+of the per-repetition ratios, for cPreResNet20 with batch norm (dense, 90 %
+sparse, 8-bit) and the batch-norm CNN, at each of --threads; written as the
+last section of --out (replacing an earlier one; the peers' table stays).
 """
 import argparse
 import inspect
@@ -286,20 +287,25 @@ def csub_machine():
 # ------------------------------------------------------------------ folding
 
 def paired_ms(fa, fb, reps):
-    """Interleaved timings of fa and fb: (median ms of fa, median ms of fb, median of tb / ta)."""
+    """Interleaved timings of fa and fb: (median ms of fa, median ms of fb, median of tb / ta).
+    Which runs first alternates: the second of a pair runs a few per cent faster here
+    (two copies of one network read 0.96-0.98x), which would bias the ratio."""
     fa(), fb(), fa(), fb()
     ta, tb = [], []
-    for _ in range(reps):
-        for f, out in ((fa, ta), (fb, tb)):
+    for i in range(reps):
+        pair = ((fa, ta), (fb, tb)) if i % 2 == 0 else ((fb, tb), (fa, ta))
+        for f, out in pair:
             t = time.perf_counter()
             f()
             out.append(time.perf_counter() - t)
     return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3, statistics.median(b / a for a, b in zip(ta, tb))
 
 
+FOLD_SECTION = "## Batch-norm folding"
+
+
 def fold(args):
     print_machine()
-    csub.set_num_threads(args.threads[0])
     rng = np.random.default_rng(0)
     cases = [("cPreResNet20 bn dense", build("bn", False), 1.0, (3, 32, 32)),
              ("cPreResNet20 bn 90 % sparse", build("bn", True), KEEP, (3, 32, 32))]
@@ -312,19 +318,38 @@ def fold(args):
     cases.append(("cPreResNet20 bn 8-bit", q, 1.0, (3, 32, 32)))
     csub.manual_seed(0)
     cases.append(("CNN bn (32, 64, 128) dense", models.cnn(norm="bn", image_size=32, in_channels=3), 1.0, (3, 32, 32)))
-    print(f"{args.threads[0]} threads; folded vs CSUB_FOLD=0 loaded in one process, interleaved, {args.reps} reps")
-    print(f"{'network':30s} {'batch':>5s} {'unfolded ms':>12s} {'folded ms':>10s} {'speed-up':>9s}")
+    nets = []
     for name, model, alpha, shape in cases:
         os.environ.pop("CSUB_FOLD", None)
         folded = model.compress(alpha, input_shape=shape)
         os.environ["CSUB_FOLD"] = "0"
         plain = model.compress(alpha, input_shape=shape)
         os.environ.pop("CSUB_FOLD", None)
-        for b in args.batches:
-            x = rng.normal(0, 1, (b,) + shape).astype(np.float32)
-            err = float(np.max(np.abs(folded(x) - plain(x))) / np.max(np.abs(plain(x))))
-            tf, tp, ratio = paired_ms(lambda: folded(x), lambda: plain(x), args.reps)
-            print(f"{name:30s} {b:5d} {tp:12.3f} {tf:10.3f} {ratio:8.3f}x   (logits differ by {err:.1e})", flush=True)
+        nets.append((name, shape, folded, plain))
+    lines = [FOLD_SECTION, "",
+             f"`python benchmarks/bench_peers.py --fold --reps {args.reps} --threads "
+             f"{' '.join(map(str, args.threads))}`: csub with the batch norms that follow a conv folded into it "
+             "(and the ReLU, residual add in its epilogue) against the same file loaded with CSUB_FOLD=0, in one "
+             f"process, timed interleaved; medians of {args.reps} forwards, and the median of the per-repetition "
+             "ratios. The machine was shared with other work while this ran.", ""]
+    for threads in args.threads:
+        csub.set_num_threads(threads)
+        lines += [f"| network ({threads} thread{'s' if threads > 1 else ''}) | batch | unfolded ms | folded ms "
+                  "| speed-up | logits differ by |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, shape, folded, plain in nets:
+            for b in args.batches:
+                x = rng.normal(0, 1, (b,) + shape).astype(np.float32)
+                err = float(np.max(np.abs(folded(x) - plain(x))) / np.max(np.abs(plain(x))))
+                tf, tp, ratio = paired_ms(lambda: folded(x), lambda: plain(x), args.reps)
+                lines.append(f"| {name} | {b} | {tp:.3f} | {tf:.3f} | {ratio:.3f}x | {err:.1e} |")
+                print(lines[-1], flush=True)
+        lines.append("")
+    old = open(args.out).read() if os.path.exists(args.out) else ""
+    if FOLD_SECTION in old:
+        old = old[:old.index(FOLD_SECTION)]
+    with open(args.out, "w") as f:
+        f.write(old.rstrip("\n") + ("\n\n" if old else "") + "\n".join(lines))
+    print(f"wrote the folding section of {args.out}")
 
 
 def main():
