@@ -331,7 +331,8 @@ def fold(args):
              f"{' '.join(map(str, args.threads))}`: csub with the batch norms that follow a conv folded into it "
              "(and the ReLU, residual add in its epilogue) against the same file loaded with CSUB_FOLD=0, in one "
              f"process, timed interleaved; medians of {args.reps} forwards, and the median of the per-repetition "
-             "ratios. The machine was shared with other work while this ran.", ""]
+             "ratios. The machine was shared with other work while this ran: two copies of one network, timed "
+             "this way, read 0.96-1.05x, the noise floor of a ratio here.", ""]
     for threads in args.threads:
         csub.set_num_threads(threads)
         lines += [f"| network ({threads} thread{'s' if threads > 1 else ''}) | batch | unfolded ms | folded ms "
