@@ -91,10 +91,42 @@ void csub_conv_bias_backward(const float *dy, float *db, int64_t N, int64_t K, i
         }
 }
 
+/* The rows [K, L] (row stride PQ) of one image's product, in place: + b[k], + res, then the ReLU */
+static void epilogue(float *y, const float *b, const float *res, int relu, int64_t K, int64_t L, int64_t PQ)
+{
+    if (!b && !res && !relu) return;
+    for (int64_t k = 0; k < K; k++) { /* one branch-free loop per case, so that each vectorises */
+        float bk = b ? b[k] : 0.0f, *yk = y + k * PQ;
+        const float *rk = res ? res + k * PQ : NULL;
+        if (rk && relu)
+            for (int64_t i = 0; i < L; i++) {
+                float v = yk[i] + bk + rk[i];
+                yk[i] = v <= 0.0f ? 0.0f : v;
+            }
+        else if (rk)
+            for (int64_t i = 0; i < L; i++) yk[i] = yk[i] + bk + rk[i];
+        else if (relu)
+            for (int64_t i = 0; i < L; i++) {
+                float v = yk[i] + bk;
+                yk[i] = v <= 0.0f ? 0.0f : v;
+            }
+        else
+            for (int64_t i = 0; i < L; i++) yk[i] += bk;
+    }
+}
+
 /* x[N,C,H,W], w[K,C,R,S], b[K] -> y[N,K,P,Q] */
 int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y,
                         int64_t N, int64_t C, int64_t H, int64_t W,
                         int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad)
+{
+    return csub_conv2d_forward_fused(x, w, b, NULL, 0, y, N, C, H, W, K, R, S, stride, pad);
+}
+
+/* y = relu?(conv(x, w) + b + res), the epilogue applied to each image's rows right after their product */
+int csub_conv2d_forward_fused(const float *x, const float *w, const float *b, const float *res, int relu, float *y,
+                              int64_t N, int64_t C, int64_t H, int64_t W,
+                              int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad)
 {
     int64_t P = csub_conv_out_size(H, R, stride, pad), Q = csub_conv_out_size(W, S, stride, pad);
     int64_t CRS = C * R * S, PQ = P * Q;
@@ -127,9 +159,7 @@ int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y
                     im2col(xn, col, C, H, W, R, S, stride, pad, p0, p1, Q);
                     csub_gemm_serial(0, 0, K, L, CRS, 1.0f, w, CRS, col, L, 0.0f, yb, PQ);
                 }
-                if (b)
-                    for (int64_t k = 0; k < K; k++)
-                        for (int64_t i = 0; i < L; i++) yb[k * PQ + i] += b[k];
+                epilogue(yb, b, res ? res + (yb - y) : NULL, relu, K, L, PQ);
             }
             free(col);
         }
@@ -148,9 +178,7 @@ int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y
             im2col(xn, col, C, H, W, R, S, stride, pad, 0, P, Q);
             csub_gemm_serial(0, 0, K, PQ, CRS, 1.0f, w, CRS, col, PQ, 0.0f, yn, PQ);
         }
-        if (b)
-            for (int64_t k = 0; k < K; k++)
-                for (int64_t i = 0; i < PQ; i++) yn[k * PQ + i] += b[k];
+        epilogue(yn, b, res ? res + n * K * PQ : NULL, relu, K, PQ, PQ);
     }
     free(cols);
     return CSUB_OK;

@@ -7,7 +7,8 @@
  *
  *   load        parse and check everything (names, shapes, sizes, value ids,
  *               graph order), copy the tensors into aligned arrays, infer every
- *               value's shape, assign values to reusable buffers by liveness.
+ *               value's shape, fold and fuse (below), assign values to reusable
+ *               buffers by liveness.
  *   set_alpha   materialise the network at alpha once: interpolate the line,
  *               then per regime
  *                 unstructured  exact magnitude top-k (keep fraction alpha) of
@@ -21,15 +22,23 @@
  *                               copied to a contiguous prefix, so the products
  *                               are really smaller;
  *                 quantized     bits from alpha; weights (batch-norm scale
- *                               folded in first) to integer codes, activations
+ *                               folded in first where training folds it) to integer codes, activations
  *                               quantized on their recorded range, integer
  *                               products with 32-bit accumulation (bits <= 8;
  *                               wider grids run fake-quantized in float).
  *   forward     run the graph on a batch with the materialised weights: each
  *               thread whole images, a chunk at a time, or (fewer images than
  *               threads) layer by layer, each kernel splitting an image across
- *               the threads when it is large enough to pay. A conv's residual
- *               add and a norm's ReLU are fused into them.
+ *               the threads when it is large enough to pay.
+ *   fold, fuse  a batch norm that only a conv or linear layer's output feeds is
+ *               folded into that layer at set_alpha, in every regime (weight rows
+ *               times gamma / sqrt(var + eps) after top-k or width selection, and
+ *               a bias; quantized: before quantizing where training folds the
+ *               scale there, else onto the integer products' per-channel scale);
+ *               a residual add and then a ReLU after such a layer run in it, a
+ *               ReLU after a norm in the norm. The folded and fused ops become
+ *               aliases. CSUB_FOLD=0 in the environment at load turns the folding
+ *               and the ReLU fusion off (to measure what they save).
  *
  * Everything a file declares is checked before it is used; every failure
  * returns a CSUB_ERR_* code and leaves a message (csub_model_error, or the
@@ -84,13 +93,15 @@ typedef struct {
     int kind, x, x2, y;
     /* conv, linear */
     int64_t cin, cout, k, stride, pad;
-    int compress, fold;          /* fold: op index of the batch norm folded in, or -1 */
+    int compress, fold;          /* fold: op index of the batch norm whose scale is folded before quantizing, or -1 */
+    int bnf;                     /* op index of the batch norm folded in whole (weights and a bias), or -1 */
     int last;                    /* the network's last weight layer (its outputs never narrow) */
     param w, b;
     float act[3];                /* activation range: min, max, initialised */
     int has_act;
     /* norm */
-    int bn, relu;                /* relu: a ReLU fused into the norm (the next op became an alias) */
+    int bn, relu;                /* relu: a ReLU fused into the norm, or into a conv or linear layer after its
+                                  * residual add (the ReLU op became an alias) */
     int64_t groups, c;
     float eps;
     param g, beta;
@@ -109,7 +120,11 @@ typedef struct {
     int64_t nnz;
     csub_qweight qw;
     int has_qw;
-    float *oscale;               /* 1 / folded scale per output channel, or NULL */
+    float *oscale;               /* per output channel: 1 / the scale folded before quantizing, or the scale of a
+                                  * batch norm folded after it; NULL when neither */
+    float *fs;                   /* a folded batch norm: its scale gamma / sqrt(var + eps) [cout], and gamma and
+                                  * beta at alpha [2 cout] */
+    int bias;                    /* ba is added: the layer's own bias, or a folded batch norm's shift */
     float xscale;
     int32_t xzp;
     int bits, act_dynamic;
@@ -141,6 +156,7 @@ struct csub_model {
     double alpha, width, keep, crossover, crossover_split;
     int bits, ready;
     int split;                   /* the last forward split its images across threads */
+    int fold;                    /* batch norms folded, ReLUs and residual adds in the conv's epilogue (CSUB_FOLD) */
 };
 
 #define fail csub_fail /* internal.h */
@@ -238,6 +254,7 @@ static int parse_op(csub_model *m, const csub_st_file *f, const csub_json *o, in
     int64_t v;
     int st;
     op->fold = -1;
+    op->bnf = -1;
     op->x2 = -1;
     if (!kind) return fail(err, errlen, CSUB_ERR_FORMAT, "model file: graph[%d].op must be a string", i);
     static const char *names[] = {"conv", "linear", "norm", "relu", "maxpool", "avgpool", "gap", "flatten", "add"};
@@ -425,8 +442,8 @@ done:
 static void free_materialised(op_t *op)
 {
     free(op->wa); free(op->ba); free(op->ga); free(op->rowptr); free(op->colidx); free(op->vals); free(op->oscale);
-    free(op->foff);
-    op->wa = op->ba = op->ga = op->vals = op->oscale = NULL;
+    free(op->foff); free(op->fs);
+    op->wa = op->ba = op->ga = op->vals = op->oscale = op->fs = NULL;
     op->rowptr = op->foff = NULL;
     op->colidx = NULL;
     if (op->has_qw) csub_qweight_free(&op->qw);
@@ -448,6 +465,112 @@ void csub_model_free(csub_model *m)
     free(m->tmp); free(m->mask); free(m->input_mean); free(m->input_std);
     free(m->level_alpha); free(m->level_acc);
     free(m);
+}
+
+/* ------------------------------------------------- folding and fusion */
+
+/* The value an alias chain starts from: v itself unless an alias op wrote it. */
+static int alias_root(const csub_model *m, int v)
+{
+    while (v > 0 && m->ops[v - 1].kind == OP_ALIAS) v = m->ops[v - 1].x;
+    return v;
+}
+
+/* reads[v] = the ops that compute from value v, an alias counting as its own readers,
+ * and the graph's output as one more; nvals entries. Values are written in op order,
+ * so one backward sweep sees an alias's readers before the alias. */
+static int *count_reads(const csub_model *m)
+{
+    int *reads = calloc((size_t)m->nvals, sizeof(int));
+    if (!reads) return NULL;
+    reads[m->out_val] = 1;
+    for (int j = m->nops - 1; j >= 0; j--) {
+        const op_t *op = &m->ops[j];
+        if (op->kind == OP_ALIAS) {
+            reads[op->x] += reads[op->y];
+            continue;
+        }
+        reads[op->x]++;
+        if (op->x2 >= 0) reads[op->x2]++;
+    }
+    return reads;
+}
+
+static int is_weighted(const op_t *op) { return op->kind == OP_CONV || op->kind == OP_LINEAR; }
+
+/* A batch norm whose input is a conv or linear layer's output, read by nothing else,
+ * is folded into that layer at set_alpha: the layer's weight rows scaled by
+ * gamma / sqrt(var + eps), and a bias (b - mean) * scale + beta. The norm becomes an
+ * alias of the layer's output, and a ReLU fused into the norm moves to the layer.
+ * (A norm before a conv, as in a pre-activation block, is always followed by a
+ * ReLU before that conv, so it cannot be folded forwards.) */
+static int fold_norms(csub_model *m)
+{
+    int *reads = count_reads(m);
+    if (!reads) return CSUB_ERR_NOMEM;
+    for (int j = 0; j < m->nops; j++) {
+        op_t *bn = &m->ops[j];
+        if (bn->kind != OP_NORM || !bn->bn || bn->x == 0) continue;
+        op_t *op = &m->ops[bn->x - 1];
+        if (!is_weighted(op) || reads[op->y] != 1 || op->x2 >= 0 || op->relu || op->cout != bn->c) continue;
+        if (op->fold >= 0 && op->fold != j) continue;
+        op->bnf = j;
+        op->relu = bn->relu;
+        bn->kind = OP_ALIAS;
+        bn->relu = 0;
+    }
+    free(reads);
+    return CSUB_OK;
+}
+
+/* An add one of whose operands a conv or linear layer wrote (through aliases), read by
+ * nothing else, is done by that layer as it writes (x2: its residual; the CSR kernel
+ * adds it as it writes): the later of the two such layers, so that the other operand
+ * exists when it runs, and not one that applies a ReLU (the add comes first). The read
+ * counts are taken once: a fusion changes only those of the values its layer wrote,
+ * and that layer takes no second add. */
+static int fuse_adds(csub_model *m)
+{
+    int *reads = count_reads(m);
+    if (!reads) return CSUB_ERR_NOMEM;
+    for (int a = 0; a < m->nops; a++) {
+        op_t *add = &m->ops[a];
+        if (add->kind != OP_ADD) continue;
+        int best = -1, mine = -1, other = -1;
+        for (int side = 0; side < 2; side++) {
+            int v = side ? add->x2 : add->x, o = side ? add->x : add->x2, r = alias_root(m, v);
+            if (r == 0 || r == alias_root(m, o)) continue;
+            op_t *op = &m->ops[r - 1];
+            if (!is_weighted(op) || reads[r] != 1 || op->x2 >= 0 || op->relu || o >= r) continue;
+            if (r > best) { best = r; mine = v; other = o; }
+        }
+        if (best < 0) continue;
+        m->ops[best - 1].x2 = other;
+        add->kind = OP_ALIAS;
+        add->x = mine;
+        add->x2 = -1;
+    }
+    free(reads);
+    return CSUB_OK;
+}
+
+/* A ReLU whose input a conv or linear layer wrote (through aliases: a folded norm, a
+ * fused add), read by nothing else, is applied by that layer after its residual
+ * (read counts taken once, as in fuse_adds). */
+static int fuse_relus(csub_model *m)
+{
+    int *reads = count_reads(m);
+    if (!reads) return CSUB_ERR_NOMEM;
+    for (int i = 0; i < m->nops; i++) {
+        op_t *relu = &m->ops[i];
+        if (relu->kind != OP_RELU) continue;
+        int r = alias_root(m, relu->x);
+        if (r == 0 || !is_weighted(&m->ops[r - 1]) || m->ops[r - 1].relu || reads[r] != 1) continue;
+        m->ops[r - 1].relu = 1;
+        relu->kind = OP_ALIAS;
+    }
+    free(reads);
+    return CSUB_OK;
 }
 
 static int parse_model(csub_model *m, const csub_st_file *f, char *err, size_t errlen)
@@ -549,21 +672,11 @@ static int parse_model(csub_model *m, const csub_st_file *f, char *err, size_t e
     }
     m->ops[lastw].last = 1;
     if ((st = infer_shapes(m, err, errlen))) goto done;
-    /* a conv or linear layer whose only reader is the add right after it adds the
-     * other operand itself (x2: its residual; the CSR kernel adds it as it writes) */
-    for (int i = 0; i + 1 < m->nops; i++) {
-        op_t *op = &m->ops[i], *next = &m->ops[i + 1];
-        if ((op->kind != OP_CONV && op->kind != OP_LINEAR) || next->kind != OP_ADD || m->out_val == op->y) continue;
-        int other = next->x == op->y ? next->x2 : next->x2 == op->y ? next->x : -1, readers = 0;
-        if (other < 0 || other == op->y) continue;
-        for (int j = i + 1; j < m->nops; j++)
-            readers += (m->ops[j].x == op->y) + (m->ops[j].x2 == op->y);
-        if (readers != 1) continue;
-        op->x2 = other;
-        next->kind = OP_ALIAS;
-        next->x = op->y;
-        next->x2 = -1;
-    }
+    const char *fold_env = getenv("CSUB_FOLD"); /* "0": no batch-norm folding, no ReLU into a conv (benchmarks) */
+    int fold = m->fold = !(fold_env && !strcmp(fold_env, "0"));
+    if (fold && (st = fold_norms(m))) { st = fail(err, errlen, st, "out of memory"); goto done; }
+    if ((st = fuse_adds(m))) { st = fail(err, errlen, st, "out of memory"); goto done; }
+    if (fold && (st = fuse_relus(m))) { st = fail(err, errlen, st, "out of memory"); goto done; }
     st = CSUB_ERR_FORMAT;
     m->classes = m->vshape[m->out_val].c * m->vshape[m->out_val].h * m->vshape[m->out_val].w;
     if (csub_json_int(csub_json_get(meta, "num_classes"), m->classes, m->classes, &v)) {
@@ -722,18 +835,54 @@ static void copy_block(const float *src, int64_t C, float *dst, int64_t rows, in
     for (int64_t r = 0; r < rows; r++) memcpy(dst + r * cols, src + r * C, sizeof(float) * (size_t)cols);
 }
 
+/* w[rows, cols] *= s[row] */
+static void scale_rows(float *w, const float *s, int64_t rows, int64_t cols)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < cols; j++) w[r * cols + j] *= s[r];
+}
+
+/* The folded batch norm of op at alpha: its scale into op->fs[0, cout) and the layer's bias
+ * (b - mean) * scale + beta into op->ba. The scale is the training forward's own: for a
+ * weight quantized with the scale folded in (op->fold), gamma / sqrtf(var + eps) as
+ * BatchNorm2d.fold_scale (the weight's codes depend on it), else gamma times the inverse
+ * standard deviation of the inference norm. */
+static int fold_vectors(csub_model *m, op_t *op)
+{
+    const op_t *bn = &m->ops[op->bnf];
+    int64_t K = op->cout;
+    if (op->aout != K)
+        return MFAIL(m, CSUB_ERR_UNSUPPORTED, "graph[%d]: batch norm cannot run at another width", op->bnf);
+    if (!op->fs && !(op->fs = falloc(3 * K))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+    float *sc = op->fs;
+    const float *g = at_alpha(&bn->g, m->alpha, op->fs + K), *beta = at_alpha(&bn->beta, m->alpha, op->fs + 2 * K);
+    for (int64_t k = 0; k < K; k++) {
+        sc[k] = op->fold >= 0 ? g[k] / sqrtf(bn->rvar[k] + bn->eps)
+                              : g[k] * (float)(1.0 / sqrt((double)bn->rvar[k] + bn->eps));
+        op->ba[k] = ((op->b.p0 ? op->ba[k] : 0.0f) - bn->rmean[k]) * sc[k] + beta[k];
+    }
+    return CSUB_OK;
+}
+
 static int materialise_weight(csub_model *m, op_t *op, int i)
 {
     int64_t kk = op->k * op->k;
     int64_t cols_full = op->kind == OP_CONV ? op->cin * kk : op->cin;
     int64_t cols = op->kind == OP_CONV ? op->ain * kk : op->ain;
     const float *w = at_alpha(&op->w, m->alpha, m->tmp);
+    const float *fs = NULL; /* a folded batch norm's scale per output channel */
+    int st;
     op->path = op->path_split = PATH_DENSE;
     if (!op->wa && !(op->wa = falloc(op->w.n))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+    op->bias = op->b.p0 || op->bnf >= 0;
+    if (op->bias && !op->ba && !(op->ba = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
     if (op->b.p0) {
-        if (!op->ba && !(op->ba = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
         const float *b = at_alpha(&op->b, m->alpha, op->ba);
         if (b != op->ba) memcpy(op->ba, b, sizeof(float) * (size_t)op->cout);
+    }
+    if (op->bnf >= 0) {
+        if ((st = fold_vectors(m, op))) return st;
+        fs = op->fs;
     }
     if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0) {
         if (csub_topk_mask(w, op->w.n, m->keep, m->mask)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
@@ -741,7 +890,10 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
         int dense = m->keep > m->crossover || m->keep > m->crossover_split;
         op->path = m->keep <= m->crossover ? PATH_SPARSE : PATH_DENSE;
         op->path_split = m->keep <= m->crossover_split ? PATH_SPARSE : PATH_DENSE;
-        if (dense) csub_apply_mask(w, m->mask, op->wa, op->w.n);
+        if (dense) {
+            csub_apply_mask(w, m->mask, op->wa, op->w.n);
+            if (fs) scale_rows(op->wa, fs, op->cout, cols_full);
+        }
         if (csr) {
             if (!op->rowptr) {
                 op->rowptr = malloc(sizeof(int64_t) * (size_t)(op->cout + 1));
@@ -753,6 +905,8 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
             }
             op->nnz = csub_csr_count(m->mask, op->cout, cols_full, op->rowptr);
             csub_csr_fill(w, m->mask, op->cout, cols_full, op->rowptr, op->colidx, op->vals);
+            for (int64_t k = 0; fs && k < op->cout; k++)
+                for (int64_t e = op->rowptr[k]; e < op->rowptr[k + 1]; e++) op->vals[e] *= fs[k];
             if (op->kind == OP_CONV) {
                 shape3 s = m->vshape[op->x];
                 if (csub_conv2d_sparse_offsets(op->colidx, op->nnz, op->cin, s.h, s.w, op->k, op->k, op->stride,
@@ -765,7 +919,9 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
     if (m->regime == REG_QUANTIZED && op->compress) {
         float *wf = op->wa;
         memcpy(wf, w, sizeof(float) * (size_t)op->w.n);
-        if (op->fold >= 0) { /* gamma / sqrt(running_var + eps) of the next batch norm, folded in */
+        if (op->fold >= 0 && fs) { /* the norm's scale folded before quantizing, as training does */
+            scale_rows(wf, fs, op->cout, cols_full);
+        } else if (op->fold >= 0) { /* the same, but the norm runs after: its scale is divided out */
             op_t *bn = &m->ops[op->fold];
             const float *g = at_alpha(&bn->g, m->alpha, m->tmp);
             if (!op->oscale && !(op->oscale = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
@@ -774,6 +930,9 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
                 for (int64_t j = 0; j < cols_full; j++) wf[k * cols_full + j] *= s;
                 op->oscale[k] = 1.0f / s;
             }
+        } else if (fs) { /* the weight quantized as it is; the norm's scale applied to the products */
+            if (!op->oscale && !(op->oscale = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+            memcpy(op->oscale, fs, sizeof(float) * (size_t)op->cout);
         }
         float mn, mx;
         op->act_dynamic = op->act[2] == 0.0f || !op->has_act; /* never observed: each batch's own range */
@@ -796,6 +955,7 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
     }
     if (cols == cols_full && op->aout == op->cout) memcpy(op->wa, w, sizeof(float) * (size_t)op->w.n);
     else copy_block(w, cols_full, op->wa, op->aout, cols);
+    if (fs) scale_rows(op->wa, fs, op->aout, cols);
     return CSUB_OK;
 }
 
@@ -942,7 +1102,28 @@ static int dense_weighted(const csub_model *m, const op_t *op, int path, const f
     return st;
 }
 
-/* A conv or linear layer by its kernels `path`; res: its fused residual (op->x2), or NULL. */
+/* y[N, C, HW] = y * s[c] + (b ? b[c] : 0) */
+static void scale_shift(float *y, const float *s, const float *b, int64_t N, int64_t C, int64_t HW)
+{
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (N * C * HW > 65536 && N * C > 1)
+    for (int64_t r = 0; r < N * C; r++) {
+        float sc = s[r % C], sh = b ? b[r % C] : 0.0f;
+        for (int64_t i = 0; i < HW; i++) y[r * HW + i] = y[r * HW + i] * sc + sh;
+    }
+}
+
+/* y[n] = relu(y + res), a fused residual add and ReLU in one pass (NaN stays NaN, as csub_relu_forward) */
+static void add_relu(float *y, const float *res, int64_t n)
+{
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (n > 131072)
+    for (int64_t i = 0; i < n; i++) {
+        float v = y[i] + res[i];
+        y[i] = v <= 0.0f ? 0.0f : v;
+    }
+}
+
+/* A conv or linear layer by its kernels `path`; res: its fused residual (op->x2), or NULL;
+ * then the fused ReLU (op->relu). */
 static int run_weighted(const csub_model *m, const op_t *op, int path, const workspace *w, const float *x,
                         const float *res, float *y, int64_t N)
 {
@@ -952,7 +1133,7 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
     float xs;
     int32_t xz;
     shape3 o = m->vshape[op->y];
-    const float *b = op->b.p0 ? op->ba : NULL;
+    const float *b = op->bias ? op->ba : NULL;
     if (path == PATH_INT8) {
         if ((st = quantize_input(op, m->bits, x, NULL, n_in, &xs, &xz))) return st;
         if (op->kind == OP_CONV)
@@ -969,11 +1150,18 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
             if ((st = quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz))) return st;
             x = w->scratch;
         }
-        st = dense_weighted(m, op, path, x, b, y, N);
-        if (!st && op->oscale) csub_channel_scale(y, op->oscale, y, N, op->aout, o.h * o.w);
+        if (op->kind == OP_CONV && !op->oscale && m->fold) /* bias, residual and ReLU as each image's rows are made */
+            return csub_conv2d_forward_fused(x, op->wa, b, res, op->relu, y, N, C, s.h, s.w, op->aout, op->k, op->k,
+                                             op->stride, op->pad);
+        st = dense_weighted(m, op, path, x, op->oscale ? NULL : b, y, N);
+        if (!st && op->oscale) scale_shift(y, op->oscale, b, N, op->aout, o.h * o.w);
     }
-    if (!st && res) csub_add_nchw(y, res, y, N, op->aout, o.h, o.w);
-    return st;
+    if (st) return st;
+    int64_t n_out = N * op->aout * o.h * o.w;
+    if (res && op->relu) add_relu(y, res, n_out);
+    else if (res) csub_add_nchw(y, res, y, N, op->aout, o.h, o.w);
+    else if (op->relu) csub_relu_forward(y, y, n_out);
+    return CSUB_OK;
 }
 
 static double now_ms(void);

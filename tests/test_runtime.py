@@ -12,9 +12,12 @@ from csub import modelfile, models
 # Float paths (dense, CSR sparse, narrower layers) differ from the training-mode forward only in
 # summation order: logits agree to RTOL_FLOAT of their scale. Integer paths are exact in int32,
 # but a layer input that differs by one float rounding can land on the other side of a
-# quantization step; logits then agree to a few steps (RTOL_INT) and the classes almost always.
+# quantization step (a tie: test_quantized_paths_pick_the_same_codes_up_to_ties), and the
+# later quantized layers amplify it; logits then agree to RTOL_INT and the classes almost
+# always. Measured over 20 seeds of the quantized CASES and the batch-norm cnn and
+# cPreResNet20 at 3..8 bits: 39 of 600 met a tie, worst 3.0e-2; the others under 6e-7.
 RTOL_FLOAT = 2e-4
-RTOL_INT = 0.05
+RTOL_INT = 0.04
 
 
 def _rel(a, b):
@@ -382,3 +385,63 @@ def test_corrupt_activation_range_is_refused(rng):
     for bad in ([np.nan, 1.0, 1.0], [2.0, 1.0, 1.0], [0.0, np.inf, 1.0]):
         t2 = dict(t, **{name: np.array(bad, np.float32)})
         assert "activation range" in _load_error(_save(meta, t2))
+
+
+def _runtime_values(model, shape, values, alpha, x):
+    """The runtime's value ids `values` on x at alpha: the file's graph output moved to each value."""
+    meta = modelfile.describe(model, shape)
+    tensors = {k: np.ascontiguousarray(t, dtype=np.float32) for k, t in model.state_dict().items()}
+    out = {}
+    for v, size in values:
+        meta.update(output=v, num_classes=size)
+        out[v] = csub.CompressedNet(_save(meta, tensors), alpha)(x)
+    return out
+
+
+def test_quantized_paths_pick_the_same_codes_up_to_ties(rng):
+    """Both paths quantize each layer input with the same grid: the codes of the training forward
+    and of the runtime agree at every quantized layer until a layer input lies within float
+    rounding of a tie (a half-step), where the two summation orders pick neighbouring codes;
+    with no such tie the logits agree to float rounding."""
+    csub.manual_seed(3)
+    model = models.cpreresnet20(regime="quantized", subspace="line", norm="gn")
+    x = np.random.default_rng(0).normal(0, 1, (4, 3, 32, 32)).astype(np.float32)
+    _prepare(model, x, "quantized", rng)
+    meta = modelfile.describe(model, (3, 32, 32))
+    names = {id(m): n for n, m in model.named_modules()}
+    value_of = {op["w"]: op["x"] for op in meta["graph"] if op["op"] in ("conv", "linear")}
+    seen = []
+    for layer in model.compressible_layers():  # record each quantized layer's input
+        orig = layer.quantize_input_array
+        object.__setattr__(layer, "quantize_input_array",
+                           lambda a, layer=layer, orig=orig: (seen.append((layer, a.copy())), orig(a))[1])
+    ties = 0
+    for bits in range(3, 9):
+        alpha = csub.nn.quant.alpha_for_bits(bits)
+        model.set_alpha(alpha)
+        seen.clear()
+        want = model(x)
+        vals = [(value_of[names[id(lay)] + ".weight"], a[0].size) for lay, a in seen]
+        got = _runtime_values(model, (3, 32, 32), vals, alpha, x)
+        flipped = False
+        for (lay, xt), (v, _) in zip(seen, vals):
+            xr = got[v].reshape(xt.shape)
+            s, z = csub.functional.quant_params(lay.observer.running_min, lay.observer.running_max, bits)
+            lo, hi = -2 ** (bits - 1) - z, 2 ** (bits - 1) - 1 - z
+            ct, cr = (np.rint(np.clip(a / np.float32(s), lo, hi)) for a in (xt, xr))
+            diff = np.abs(xt.astype(np.float64) - xr)
+            if not flipped:  # upstream codes all agree: the inputs differ by float rounding only
+                assert diff.max() <= 2e-6 * np.abs(xt).max(), (bits, names[id(lay)])
+            d = ct != cr
+            if d.any() and not flipped:
+                # every disagreement is a tie broken apart by that rounding: the half-step
+                # between the two codes lies between the two inputs' x / scale
+                assert np.all(np.abs(ct[d] - cr[d]) == 1), (bits, names[id(lay)])
+                tie = np.minimum(ct[d], cr[d]) + 0.5
+                qt, qr = xt[d] / np.float32(s), xr[d] / np.float32(s)
+                assert np.all((np.minimum(qt, qr) <= tie) & (tie <= np.maximum(qt, qr))), (bits, names[id(lay)])
+                ties += int(d.sum())
+                flipped = True
+        if not flipped:  # no tie met: the logits agree to float rounding
+            assert _rel(model.compress(alpha, input_shape=(3, 32, 32))(x), want) < RTOL_FLOAT, bits
+    assert ties > 0  # the data above does meet ties (at 5, 7 and 8 bits)

@@ -80,6 +80,11 @@ void csub_conv_bias_backward(const float *dy, float *db, int64_t N, int64_t K, i
 int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y,
                         int64_t N, int64_t C, int64_t H, int64_t W,
                         int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
+/* The same with an epilogue: y = conv + b + res (res[N,K,P,Q] or NULL), then max(y, 0) when relu
+ * (NaN kept); the inference runtime's fused conv, batch norm (folded into w and b), add and ReLU. */
+int csub_conv2d_forward_fused(const float *x, const float *w, const float *b, const float *res, int relu, float *y,
+                              int64_t N, int64_t C, int64_t H, int64_t W,
+                              int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
 /* dy[N,K,P,Q] -> dx[N,C,H,W] (=), dw[K,C,R,S] (+=), db[K] (+=); any may be NULL */
 int csub_conv2d_backward(const float *x, const float *w, const float *dy,
                          float *dx, float *dw, float *db,
