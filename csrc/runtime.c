@@ -1105,7 +1105,7 @@ static int dense_weighted(const csub_model *m, const op_t *op, int path, const f
 /* y[N, C, HW] = y * s[c] + (b ? b[c] : 0) */
 static void scale_shift(float *y, const float *s, const float *b, int64_t N, int64_t C, int64_t HW)
 {
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (N * C * HW > 65536 && N * C > 1)
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (N * C * HW > CSUB_PAR_MIN && N * C > 1)
     for (int64_t r = 0; r < N * C; r++) {
         float sc = s[r % C], sh = b ? b[r % C] : 0.0f;
         for (int64_t i = 0; i < HW; i++) y[r * HW + i] = y[r * HW + i] * sc + sh;
