@@ -19,7 +19,7 @@
  * quantized once into planes of such cells (NCHW with channels in quadruples:
  * [C/4][Hp][Wp] cells, padding = the zero point, the missing channels of a
  * last partial quadruple 0 on both sides). For stride st the padded image is
- * split into st x st phase planes xpad[i*st + a][j*st + b], as in spconv.c;
+ * split into st x st phase planes xpad[i*st + a][j*st + b], as in csr.c;
  * then kernel tap (r, s) is a plain shift of plane (r % st, s % st) by
  * (r / st, s / st), and the output is computed "wide": P rows of Wph columns
  * (Wph - Q of them discarded), so for a tap the 16 activations of 16

@@ -38,7 +38,7 @@
  * same bits as the baseline, and the training and inference kernels agree
  * (clang, used only for the sanitizer and fuzzing builds, keeps it off
  * everywhere: CSUB_FP_CONTRACT_FAST is empty there). The sparse
- * (CSR) kernels alone turn it on, for their whole file (spconv.c:
+ * (CSR) kernels alone turn it on, for their whole file (csr.c:
  * CSUB_FP_CONTRACT_FAST before any function): their AVX2 and AVX-512 variants
  * fuse, the baseline cannot, so those variants agree to float rounding only
  * (tests/test_simd.py checks every variant against the float64 twins). */

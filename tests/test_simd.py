@@ -3,7 +3,7 @@
 The kernels with variants (csrc/internal.h: CSUB_VARIANTS and the int8
 table) are the activations and residual add (act.c), the norms (norm.c,
 including group norm's AVX-512 form for short groups and the row-band split
-of one image), the CSR kernels (spconv.c) and the integer kernels (int8.c).
+of one image), the CSR kernels (csr.c) and the integer kernels (int8.c).
 A process runs one level, chosen once, so each level the CPU runs gets its
 own short subprocess, which compares every kernel with its NumPy twin from
 tests/reference and reports the largest error and a digest of the outputs.
@@ -102,7 +102,7 @@ for threads in (1, 2):
             check(f"bn_infer/{s}/{relu}{t}", _core.batchnorm_infer(x, g, b, rm, rv, relu=relu),
                   act(nref.batchnorm_forward(x, g, b, rm, rv, training=False)[0]), 1e-5)
 
-    # spconv.c: CSR convolution forward (gather; the stride-2 layout copies every other value) and
+    # csr.c: CSR convolution forward (gather; the stride-2 layout copies every other value) and
     # backward (dots for the weight, gather for the input gradient), and the CSR linear layer
     for N, C, H, W, K, R, st, pad, keep in ((2, 8, 9, 9, 16, 3, 1, 1, 0.3), (3, 6, 12, 11, 8, 3, 2, 1, 0.5),
                                             (2, 16, 7, 7, 12, 1, 1, 0, 0.2), (1, 16, 40, 40, 16, 3, 1, 1, 0.6)):

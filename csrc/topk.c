@@ -1,4 +1,4 @@
-/* sparse.c - exact magnitude top-k masks in O(n) by radix selection.
+/* topk.c - exact magnitude top-k masks in O(n) by radix selection.
  *
  * For non-negative floats the IEEE-754 bit pattern orders like the value, so
  * |w| is ranked by (bits & 0x7fffffff). Three histogram passes (11, 11 and 9

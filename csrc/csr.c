@@ -1,4 +1,4 @@
-/* spconv.c - masked sparse convolution and linear layers, forward and backward.
+/* csr.c - masked sparse convolution and linear layers, forward and backward.
  *
  * The weight w[K, C*R*S] under a fixed top-k mask is compressed to CSR (row
  * pointers, column indices, values). Every product then touches only the kept
