@@ -276,3 +276,31 @@ def test_shards_are_the_loaders_batches_split(augment, shuffle, n):
             for i, (x, y) in enumerate(whole):
                 np.testing.assert_array_equal(np.concatenate([p[i][0] for p in parts]), x)
                 np.testing.assert_array_equal(np.concatenate([p[i][1] for p in parts]), y)
+
+
+@needs_mpi
+def test_protocol_launcher_on_two_ranks_is_resumable(tmp_path):
+    out = tmp_path / "table"
+    cmd = [os.path.join(ROOT, "tools", "protocol.py"), "--out", str(out), "--dataset", "fashion-mnist-bundled",
+           "--model", "mlp", "--epochs", "1", "--batch-size", "64", "--train-size", "256", "--regimes",
+           "unstructured", "--topk", "0.1", "--quiet"]
+    p = mpiexec(2, cmd, timeout=600)
+    assert p.returncode == 0, p.stderr
+    rows = (out / "unstructured" / "table.csv").read_text().splitlines()
+    assert rows[0] == "run,alpha,sparsity,accuracy"
+    assert {r.split(",")[0] for r in rows[1:]} == {"standard", "lcs_l", "lcs_p", "target_topk_0.1"}
+    assert len(rows) == 1 + 1 + 14 + 14 + 1  # standard and the target at one alpha, the subspaces on the grid
+    assert "### unstructured (mlp, fashion-mnist-bundled, 1 epochs)" in (out / "README.md").read_text()
+    done = single(cmd + ["--dry-run"])
+    assert done.stdout.count(": done") == 4, done.stdout
+    # a finished run is skipped; a run with only a checkpoint continues from it
+    (out / "unstructured" / "lcs_p" / "eval.json").unlink()
+    stamp = (out / "unstructured" / "lcs_l" / "eval.json").stat().st_mtime_ns
+    p = mpiexec(2, cmd, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "unstructured/lcs_p: epoch 1" in p.stdout and "lcs_l:" not in p.stdout
+    assert (out / "unstructured" / "lcs_l" / "eval.json").stat().st_mtime_ns == stamp
+    assert (out / "unstructured" / "lcs_p" / "eval.json").exists()
+    # another setting in the same --out is refused, naming it
+    p = mpiexec(2, cmd[:-1] + ["--batch-size", "32", "--quiet"], timeout=600)
+    assert p.returncode != 0 and "batch_size" in p.stderr
