@@ -122,7 +122,7 @@ def scaling(args):
 
     print_machine()
     links = ((10, 20e-6), (100, 5e-6))  # Gbit/s, per-message latency (TCP on 10 GbE; RDMA on 100 Gbit)
-    print(f"one rank = this machine with {args.threads} threads; ring all-reduce, no overlap with backward; "
+    print(f"one rank = this machine with {args.threads} thread(s); ring all-reduce, no overlap with backward; "
           f"latency per message {', '.join(f'{lat * 1e6:g} us at {g} Gbit/s' for g, lat in links)}\n")
     for name, batch, mbatch in (("cpreresnet20", 128, 32), ("resnet18", 256, 2)):
         ranks = [2 ** k for k in range(20) if 2 ** k <= batch]  # at least one image per rank
@@ -160,9 +160,6 @@ def alpha_worker(args):
 
 
 def alpha_experiment(args, mpiexec, mpi_env):
-    from common import print_machine
-
-    print_machine()
     print(f"lcs_l line, cnn 16-32-64, bundled Fashion-MNIST (6000 / 1000), {args.epochs} epochs, global batch "
           f"{args.batch}, 2 ranks: one alpha per step (shared) or one per rank (own); test accuracy %\n")
     me = [sys.executable, os.path.abspath(__file__), "--alpha-worker", "--epochs", str(args.epochs),

@@ -122,8 +122,8 @@ def table(args, regime):
 
         if "standard" in curves and regime == "structured":
             curves["standard"] = [dict(r, width=1.0) for r in curves["standard"]]
-        if "standard" in curves and regime == "quantized":
-            curves["standard"] = [dict(r, bits=32) for r in curves["standard"]]
+        if "standard" in curves and regime == "quantized":  # float32, drawn just past the widest bits
+            curves["standard (float32)"] = [dict(r, bits=9) for r in curves.pop("standard")]
         plot.accuracy_curve(curves, os.path.join(d, "accuracy.png"), x=X[regime],
                             title=f"{args.model} {args.dataset}: {regime}")
     except ImportError as e:
