@@ -20,6 +20,7 @@ for it forever. A rank killed by a signal brings the job down through
 """
 import os
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -222,8 +223,6 @@ class GradientReducer:
         self.seconds = 0.0  # time spent in reduce(), summed
 
     def reduce(self):
-        import time
-
         t = time.perf_counter()
         size = world_size()
         if size > 1:
@@ -396,7 +395,7 @@ class Trainer:
 
     @staticmethod
     def create(distributed):
-        """None unless ``distributed`` is True, or None while the process was started by mpiexec."""
+        """A Trainer for ``distributed=True``, or for None in a process started by mpiexec; else None."""
         if distributed is None:
             distributed = launched()
         if distributed is not True and distributed is not False:
