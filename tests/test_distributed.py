@@ -222,6 +222,10 @@ def test_cli_train_on_two_ranks(tmp_path):
     assert json.loads((out / "config.json").read_text())["method"] == "lcs_l"
     assert len(json.loads((out / "history.json").read_text())) == 1
     assert csub.checkpoint.load(str(out / train.CHECKPOINT))["meta"]["epoch"] == 1
+    # an error on the ranks ends the job with its message (the run exists and --resume is missing)
+    p = mpiexec(2, ["-m", "csub", "train", "--model", "mlp", "--dataset", "fashion-mnist-bundled", "--epochs",
+                    "1", "--batch-size", "256", "--out", str(out), "--quiet"], timeout=120)
+    assert p.returncode != 0 and "already holds a run; use --resume" in p.stderr
 
 
 def test_distributed_true_outside_mpiexec(monkeypatch):
