@@ -59,9 +59,12 @@ def build_model(config, images):
 
 def cmd_train(args):
     import csub
+    from . import distributed as dist
 
     csub.manual_seed(args.seed)
-    if args.threads:
+    if dist.launched():  # under mpiexec: one data-parallel run over the ranks
+        dist.init(args.threads or None)
+    elif args.threads:
         csub.set_num_threads(args.threads)
     config = {k: getattr(args, k) for k in ("model", "dataset", "regime", "method", "norm", "seed", "topk",
                                             "num_bits")}
@@ -77,13 +80,18 @@ def cmd_train(args):
     tr, te = DATASETS[args.dataset]("train"), DATASETS[args.dataset]("test")
     model = build_model(config, tr[0])
     train.check_method(model, args.method, args.regime, args.topk, args.num_bits)
-    os.makedirs(args.out, exist_ok=True)
-    checkpoint.atomic_write(cfg_path, json.dumps(config, indent=1).encode())
+    dist.barrier()  # every rank has looked at --out before rank 0 writes to it
+    if dist.rank() == 0:
+        os.makedirs(args.out, exist_ok=True)
+        checkpoint.atomic_write(cfg_path, json.dumps(config, indent=1).encode())
+    extra = dict(alpha_per_rank=True) if args.alpha_per_rank else {}
     train.fit(model, tr, te, method=args.method, regime=args.regime, epochs=args.epochs,
               batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, resume=args.resume,
-              topk=args.topk, num_bits=args.num_bits, progress=not args.quiet)
-    with open(os.path.join(args.out, "eval.json")) as f:
-        print(train.format_table(json.load(f)))
+              topk=args.topk, num_bits=args.num_bits, progress=not args.quiet,
+              sync_batchnorm=args.sync_batchnorm, **extra)
+    if dist.rank() == 0:
+        with open(os.path.join(args.out, "eval.json")) as f:
+            print(train.format_table(json.load(f)))
     return 0
 
 
@@ -304,6 +312,10 @@ def main(argv=None):
     t.add_argument("--out", required=True)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--alpha-per-rank", action="store_true",
+                   help="under mpiexec: each rank samples its own alpha per step (default: one alpha per step)")
+    t.add_argument("--sync-batchnorm", action="store_true",
+                   help="under mpiexec: batch-norm statistics over the global batch (default: per rank)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run over an alpha grid")
@@ -364,6 +376,9 @@ def main(argv=None):
         return args.func(args)
     except (CLIError, ValueError, FileNotFoundError) as e:
         print(f"python -m csub {args.command}: error: {e}", file=sys.stderr)
+        from . import distributed
+
+        distributed.abort(2)  # under mpiexec the other ranks must not wait for this one
         return 2
 
 

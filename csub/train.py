@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 
 from . import checkpoint
+from . import distributed as _distributed
 from .data import DataLoader, channel_stats
 from .nn import BatchNorm2d, CrossEntropyLoss
 from .nn.quant import alpha_for_bits
@@ -153,7 +154,8 @@ def _progress(iterable, enabled, desc, total):
 def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=10, batch_size=128,
         lr=None, momentum=0.9, weight_decay=5e-4, warmup=0.8, lr_warmup_epochs=None, seed=0, out=None,
         progress=True, resume=False, topk=None, beta=1.0, alpha_sampling=(0.025, 1.0, 0.5),
-        augment=True, eval_alphas=None, num_bits=None):
+        augment=True, eval_alphas=None, num_bits=None, distributed=None, alpha_per_rank=False,
+        sync_batchnorm=False):
     """Train ``model`` with ``method``; returns the history (a list of per-epoch dicts).
 
     Args:
@@ -177,6 +179,12 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
         augment: random crop (padding 4) and horizontal flip.
         eval_alphas: alphas evaluated on ``test`` at the end (default: the method's grid).
         num_bits: the bit width of target_bits.
+        distributed: train data-parallel on the ranks of an ``mpiexec`` job (``csub.distributed``);
+            None (default): whenever the process was started by mpiexec. ``batch_size`` stays the
+            global batch; progress, history and checkpoints come from rank 0.
+        alpha_per_rank: (distributed) each rank samples its own alpha per step, so a step averages
+            the gradients of several points of the subspace; default: one alpha per step, as on one rank.
+        sync_batchnorm: (distributed) batch-norm statistics over the global batch instead of per rank.
     """
     check_method(model, method, regime, topk, num_bits)
     if lr is None:
@@ -203,11 +211,20 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
                             mean=mean, std=std, drop_last=True, seed=seed)
     if test is not None:
         test = _check_data(test, "test")
+    ddp = _distributed.Trainer.create(distributed)  # None on one process
+    if ddp:
+        loader = ddp.prepare(model, loader, sync_batchnorm)
+        progress = progress and ddp.is_root
+        _evaluate = _distributed.evaluate
+    else:
+        _evaluate = evaluate
 
     config = dict(method=method, regime=regime, epochs=epochs, batch_size=loader.batch_size, lr=lr,
                   momentum=momentum, weight_decay=weight_decay, warmup=warmup,
                   lr_warmup_epochs=lr_warmup_epochs, seed=seed, topk=topk, beta=beta,
                   alpha_sampling=[lo, hi, p], augment=bool(augment), num_bits=num_bits)
+    if ddp and alpha_per_rank:
+        config["alpha_per_rank"] = True
     its_per_epoch = len(loader)
     total_its = its_per_epoch * epochs
     gen = Generator(seed)
@@ -231,9 +248,13 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
         gen.set_state(state["rng"]["state"])
         history = state["meta"]["history"]
         start = state["meta"]["epoch"]
+    if ddp:  # rank 0's parameters, optimizer, generator and position on every rank
+        history, start = ddp.sync_state(model, opt, gen, history, start)
 
     for epoch in range(start, epochs):
         opt.lr = cosine_lr(lr, epoch, epochs, lr_warm)
+        if ddp:
+            schedule.gen = ddp.alpha_generator(gen, seed, epoch, alpha_per_rank)
         loader.set_epoch(epoch)
         model.train()
         t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
@@ -253,6 +274,8 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
                 if alpha == max(a for a, _ in samples):
                     logits = z  # training accuracy is tracked at the step's largest alpha
             loss /= len(samples)
+            if ddp:
+                ddp.reduce_gradients()  # the mean gradient of the global batch, on every rank
             if pairs and beta:
                 loss += line_regularizer(pairs, beta)
             opt.step()
@@ -263,17 +286,20 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
             loss_sum += loss * len(y)
             if progress and i % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if ddp:
+            seen, correct, loss_sum = ddp.reduce_stats(seen, correct, loss_sum)
+            ddp.end_epoch(model, opt)
         record = dict(epoch=epoch + 1, lr=opt.lr, train_loss=loss_sum / seen, train_accuracy=correct / seen,
                       seconds=time.perf_counter() - t0)
         if test is not None:
             ends = _end_alphas(method, lo, topk, regime, model.bit_range, num_bits, model.width_range)
-            for a, r in zip(ends, evaluate(model, test, ends)):
+            for a, r in zip(ends, _evaluate(model, test, ends)):
                 record[f"test_accuracy@{a:g}"] = r["accuracy"]
         history.append(record)
         if progress:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
                   flush=True)
-        if out:
+        if out and (not ddp or ddp.is_root):
             checkpoint.save(path, {"model": model.state_dict(), "optim": opt.state_dict(),
                                    "rng": {"state": gen.get_state()}},
                             {"epoch": epoch + 1, "config": config, "history": history})
@@ -281,8 +307,12 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
 
     if test is not None and out:
         alphas = eval_alphas or default_alphas(method, topk, regime, model.bit_range, num_bits, model.width_range)
-        results = evaluate(model, test, alphas)
-        save_results(out, results)
+        results = _evaluate(model, test, alphas)
+        if not ddp or ddp.is_root:
+            save_results(out, results)
+    if ddp:
+        ddp.close()
+        _distributed.barrier()  # every rank returns once rank 0's files are written
     return history
 
 
