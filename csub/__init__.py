@@ -22,6 +22,7 @@ def _load_blas():
 _load_blas()
 
 from . import _core  # noqa: E402
+from ._core import BudgetError, FormatError, UnsupportedError  # noqa: E402
 from . import data, functional, models, modelfile, nn, optim, random, runtime, subspace, train  # noqa: E402
 from .modelfile import export, load  # noqa: E402
 from .random import manual_seed  # noqa: E402
@@ -43,5 +44,5 @@ def get_num_threads():
 
 
 __all__ = ["data", "functional", "models", "modelfile", "nn", "optim", "random", "runtime", "subspace", "train",
-           "export", "load", "CompressedNet", "manual_seed",
+           "export", "load", "CompressedNet", "manual_seed", "FormatError", "UnsupportedError", "BudgetError",
            "set_num_threads", "get_num_threads", "__version__"]

@@ -157,11 +157,43 @@ static int eps_check(double eps)
     return -1;
 }
 
+/* ------------------------------------------------------------ status codes
+ *
+ * Every CSUB_ERR_* has its own Python exception: invalid arguments and
+ * malformed files are ValueErrors (FormatError, UnsupportedError and
+ * BudgetError subclass it, so callers can tell them apart), a failed
+ * allocation is MemoryError, a file that cannot be read OSError. */
+static PyObject *FormatError, *UnsupportedError, *BudgetError;
+
+static PyObject *status_type(int status)
+{
+    switch (status) {
+    case CSUB_ERR_ARG: return PyExc_ValueError;
+    case CSUB_ERR_NOMEM: return PyExc_MemoryError;
+    case CSUB_ERR_IO: return PyExc_OSError;
+    case CSUB_ERR_FORMAT: return FormatError;
+    case CSUB_ERR_UNSUPPORTED: return UnsupportedError;
+    case CSUB_ERR_BUDGET: return BudgetError;
+    default: return PyExc_SystemError;
+    }
+}
+
+/* Raise the exception of status with the C side's message (or the code's own
+ * description when it wrote none), prefixed by where when given; NULL. */
+static PyObject *raise_status(int status, const char *where, const char *msg)
+{
+    if (!msg || !msg[0]) msg = csub_strerror(status);
+    if (where) PyErr_Format(status_type(status), "%s: %s", where, msg);
+    else PyErr_SetString(status_type(status), msg);
+    return NULL;
+}
+
+/* 0 for CSUB_OK; otherwise raise for a kernel's status (kernels return
+ * CSUB_ERR_NOMEM for their workspace, CSUB_ERR_ARG for sizes) and -1. */
 static int status_ok(int status, const char *where)
 {
     if (status == CSUB_OK) return 0;
-    if (status == CSUB_ERR_NOMEM) PyErr_Format(PyExc_MemoryError, "%s: out of memory for workspace", where);
-    else PyErr_Format(PyExc_ValueError, "%s: invalid arguments (status %d)", where, status);
+    raise_status(status, where, status == CSUB_ERR_NOMEM ? "out of memory for workspace" : NULL);
     return -1;
 }
 
@@ -1662,9 +1694,7 @@ static rt_box *rt_get(PyObject *obj)
 
 static PyObject *rt_error(int st, const char *msg)
 {
-    PyObject *type = st == CSUB_ERR_NOMEM ? PyExc_MemoryError : PyExc_ValueError;
-    PyErr_SetString(type, msg);
-    return NULL;
+    return raise_status(st, NULL, msg);
 }
 
 static PyObject *py_model_load(PyObject *self, PyObject *args, PyObject *kw)
@@ -1943,12 +1973,10 @@ static PyObject *json_to_py(const csub_json *v)
     return NULL;
 }
 
-/* Raise for a failed parse: the reader's message, ValueError or MemoryError. */
+/* Raise for a failed parse: the reader's message, as its status says. */
 static PyObject *reader_error(int status, const char *msg)
 {
-    PyErr_SetString(status == CSUB_ERR_NOMEM ? PyExc_MemoryError : PyExc_ValueError,
-                    msg[0] ? msg : "parse failed");
-    return NULL;
+    return raise_status(status, NULL, msg[0] ? msg : "parse failed");
 }
 
 /* A bytes-like argument (bytes, bytearray, memoryview, ...) as a contiguous buffer. */
@@ -2258,5 +2286,20 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     }
     import_array();
-    return PyModule_Create(&moduledef);
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    static const struct { const char *name, *doc; PyObject **type; } errs[] = {
+        {"csub.FormatError", "A model file, header or JSON text is malformed (CSUB_ERR_FORMAT).", &FormatError},
+        {"csub.UnsupportedError", "Well formed, but asks for something csub cannot run (CSUB_ERR_UNSUPPORTED).",
+         &UnsupportedError},
+        {"csub.BudgetError", "No level of the subspace fits the budget (CSUB_ERR_BUDGET).", &BudgetError},
+    };
+    for (size_t i = 0; i < sizeof errs / sizeof errs[0]; i++) {
+        *errs[i].type = PyErr_NewExceptionWithDoc(errs[i].name, errs[i].doc, PyExc_ValueError, NULL);
+        if (!*errs[i].type || PyModule_AddObjectRef(m, strchr(errs[i].name, '.') + 1, *errs[i].type) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    }
+    return m;
 }
