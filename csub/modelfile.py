@@ -122,9 +122,10 @@ def default_input_shape(model):
         c = cfg["in_channels"]
         hw = cfg["in_features"] // c
         side = int(round(hw ** 0.5))
-        if c * hw == cfg["in_features"] and side * side == hw:
-            return (c, side, side)
-        return (cfg["in_features"], 1, 1)
+        if c * hw != cfg["in_features"]:
+            raise ValueError(f"input_shape: an mlp of {cfg['in_features']} features over {c} channels has no "
+                             f"(C, H, W) layout; pass input_shape")
+        return (c, side, side) if side * side == hw else (c, hw, 1)  # rows of one plane per channel
     if cfg["model"] == "cnn":
         return (cfg["in_channels"], cfg["image_size"], cfg["image_size"])
     if cfg["model"] == "resnet18":

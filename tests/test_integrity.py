@@ -586,3 +586,18 @@ def test_model_loader_checks_under_sanitizers(model_file, tmp_path):
     assert "3 trailing bytes" in verdicts[1] and verdicts[2].startswith("error -4")
     for path, v in zip(paths[3:], verdicts[3:]):
         assert v.startswith(f"error -4 safetensors: {path}: tensor ") and "does not match the stored" in v, v
+
+
+@pytest.mark.parametrize("in_features,in_channels", [(12, 1), (12, 3), (784, 1), (30, 1)])
+def test_mlp_of_any_feature_count_exports_and_runs(in_features, in_channels, tmp_path):
+    """The default input shape of an MLP whose features are not square planes: (C, features / C, 1),
+    so the per-channel input statistics match the C runtime's channel count."""
+    m = models.mlp(in_features=in_features, hidden=(8,), num_classes=3, in_channels=in_channels)
+    path = str(tmp_path / "m.safetensors")
+    csub.export(m, path)
+    x = np.random.default_rng(0).standard_normal((2, in_features)).astype(np.float32)
+    m.eval()
+    want = m(x)
+    c, h, w = modelfile.read_meta(open(path, "rb").read())["input_shape"]
+    got = csub.CompressedNet(path)(x.reshape(2, c, h, w))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
