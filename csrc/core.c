@@ -70,10 +70,7 @@ static int cpu_level(void)
 }
 
 /* The level CSUB_ISA names (-2 with g_isa_error set when it is refused), else
- * the CPU's best. CSUB_INT8_KERNEL, the older spelling from when only the
- * int8 kernels had variants, is read when CSUB_ISA is not set: its names
- * (portable, avx2, avx512bw, avx512vnni) select the same levels, and a name
- * the CPU cannot run is ignored, as it always was. */
+ * the CPU's best. */
 static int choose_level(void)
 {
     int best = cpu_level();
@@ -92,10 +89,6 @@ static int choose_level(void)
                  "CSUB_ISA=%.40s: unknown instruction set (expected baseline, avx2, avx512 or avx512vnni)", env);
         return -2;
     }
-    static const char *const int8_names[CSUB_ISA_COUNT] = {"portable", "avx2", "avx512bw", "avx512vnni"};
-    if ((env = getenv("CSUB_INT8_KERNEL")))
-        for (int l = 0; l <= best; l++)
-            if (!strcmp(env, int8_names[l])) return l;
     return best;
 }
 

@@ -153,7 +153,6 @@ _FUSED = ("spconv_", "splinear_")
 
 def _env(isa):
     env = dict(os.environ, CSUB_ISA=isa)
-    env.pop("CSUB_INT8_KERNEL", None)
     paths = [str(REPO), str(REPO / "tests")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env

@@ -367,9 +367,7 @@ int64_t csub_qweight_bytes(const csub_qweight *qw);
  * Equals csub_conv2d_forward on the fake-quantized weight and input, times
  * oscale, plus b, up to float rounding. xscale <= 0 (an all-zero range) gives
  * y = b. The kernel follows csub_isa (AVX-512 VNNI, AVX-512BW, AVX2,
- * portable C; CSUB_INT8_KERNEL=portable|avx2|avx512bw|avx512vnni, the older
- * spelling of CSUB_ISA read when CSUB_ISA is unset, selects the same levels
- * and is ignored when the CPU cannot run the one it names). qw->cols must be C*R*S and xzero_point on the
+ * portable C). qw->cols must be C*R*S and xzero_point on the
  * b-bit grid; x with a NaN (no code represents it) is CSUB_ERR_ARG, y then
  * undefined. Returns CSUB_OK, CSUB_ERR_ARG or CSUB_ERR_NOMEM. */
 int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
