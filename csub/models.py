@@ -56,9 +56,24 @@ def make_norm(norm, channels, subspace, groups=None):
     raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
 
 
+def _json_value(v, name):
+    """``v`` as JSON-ready Python values: tuples as lists, NumPy scalars as int/float (TypeError otherwise)."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    if isinstance(v, (tuple, list)):
+        return [_json_value(e, name) for e in v]
+    raise TypeError(f"{name}: expected numbers, strings or sequences of them, got {type(v).__name__}")
+
+
 def _records_config(name):
-    """Decorate a network's __init__ so the instance keeps ``config``: the constructor's name
-    in ``MODELS`` and its arguments (tuples as lists), enough to build it again (``csub.load``)."""
+    """Decorate a network's __init__ so the instance keeps ``config``: its name (a key of
+    ``MODELS``) and the arguments of that very __init__ (tuples as lists). ``build(name,
+    **args)`` calls the same __init__, so every recorded config builds the model again
+    (``csub.load``)."""
     def deco(init):
         sig = inspect.signature(init)
 
@@ -67,10 +82,35 @@ def _records_config(name):
             bound = sig.bind(self, *args, **kwargs)
             bound.apply_defaults()
             init(self, *args, **kwargs)
-            cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items() if k != "self"}
+            cfg = {k: _json_value(v, k) for k, v in bound.arguments.items() if k != "self"}
             object.__setattr__(self, "config", dict(model=name, **cfg))
+        wrapped.config_name = name
         return wrapped
     return deco
+
+
+def _check_count(v, name, lo=1):
+    """An int >= lo (NumPy ints included, bools not), else TypeError/ValueError naming ``name``."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= {lo}, got {type(v).__name__} {v!r}")
+    if v < lo:
+        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _check_counts(seq, name, allow_empty):
+    """A sequence of ints >= 1 (a tuple), else TypeError/ValueError naming ``name``."""
+    if isinstance(seq, (str, bytes)) or not isinstance(seq, (tuple, list, np.ndarray)):
+        raise TypeError(f"{name}: expected a sequence of ints >= 1, got {type(seq).__name__} {seq!r}")
+    if not allow_empty and len(seq) == 0:
+        raise ValueError(f"{name}: expected at least one int >= 1, got {seq!r}")
+    return tuple(_check_count(v, f"{name}[{i}]") for i, v in enumerate(seq))
+
+
+def _check_pair(v, name):
+    if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list, np.ndarray)) or len(v) != 2:
+        raise TypeError(f"{name}: expected a pair (lo, hi), got {v!r}")
+    return tuple(v)
 
 
 class SubspaceNet(Module):
@@ -83,6 +123,10 @@ class SubspaceNet(Module):
     def __init__(self, regime, subspace, norm, bit_range=(3, 8), width_range=(0.25, 1.0)):
         super().__init__()
         self.regime = _check_regime(regime)
+        width_range = _check_pair(width_range, "width_range")
+        if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                   for v in width_range):
+            raise TypeError(f"width_range: expected two numbers, got {width_range!r}")
         wlo, whi = (float(v) for v in width_range)
         if not 0.0 < wlo <= whi <= 1.0:
             raise ValueError(f"width_range: expected (w_lo, w_hi) with 0 < w_lo <= w_hi <= 1, got {width_range!r}")
@@ -91,7 +135,7 @@ class SubspaceNet(Module):
         if regime == "structured" and norm == "bn":
             raise ValueError("norm: batch norm keeps running statistics that are wrong at other widths; "
                              "structured subspaces need 'gn' (one group per channel) or 'in'")
-        lo, hi = bit_range
+        lo, hi = _check_pair(bit_range, "bit_range")
         if not (isinstance(lo, int) and isinstance(hi, int) and 2 <= lo <= hi <= 16):
             raise ValueError(f"bit_range: expected (min_bits, max_bits) with 2 <= min <= max <= 16, got {bit_range!r}")
         self.bit_range = (lo, hi)
@@ -246,6 +290,13 @@ class MLP(SubspaceNet):
     def __init__(self, in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None,
                  norm=None, in_channels=1, bit_range=(3, 8), width_range=(0.25, 1.0)):
         super().__init__(regime, subspace, norm, bit_range, width_range)
+        in_features = _check_count(in_features, "in_features")
+        hidden = _check_counts(hidden, "hidden", allow_empty=True)
+        num_classes = _check_count(num_classes, "num_classes")
+        in_channels = _check_count(in_channels, "in_channels")
+        if in_features % in_channels:
+            raise ValueError(f"in_channels: {in_channels} does not divide in_features={in_features}")
+        self.in_features = in_features
         self._input_stats(in_channels)
         layers = [nn.Flatten()]
         prev = in_features
@@ -285,6 +336,11 @@ class CNN(SubspaceNet):
         super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: the CNN needs a norm ('bn', 'gn' or 'in')")
+        in_channels = _check_count(in_channels, "in_channels")
+        num_classes = _check_count(num_classes, "num_classes")
+        widths = _check_counts(widths, "widths", allow_empty=False)
+        image_size = _check_count(image_size, "image_size")
+        self.image_size = image_size
         self._input_stats(in_channels)
         layers = [nn.Conv2d(in_channels, widths[0], 3, padding=1, subspace=self.wsub),
                   make_norm(norm, widths[0], subspace), nn.ReLU()]
@@ -425,6 +481,9 @@ class CPreResNet20(_Stages):
         super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: cPreResNet20 needs a norm ('bn', 'gn' or 'in')")
+        in_channels = _check_count(in_channels, "in_channels")
+        num_classes = _check_count(num_classes, "num_classes")
+        n = _check_count(n, "n")
         self._input_stats(in_channels)
         self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, subspace=self.wsub)
         blocks, in_planes = [], 16
@@ -454,6 +513,8 @@ class ResNet18(_Stages):
         super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: ResNet18 needs a norm ('bn', 'gn' or 'in')")
+        in_channels = _check_count(in_channels, "in_channels")
+        num_classes = _check_count(num_classes, "num_classes")
         self._input_stats(in_channels)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, subspace=self.wsub),
                                   make_norm(norm, 64, subspace), nn.ReLU(), nn.MaxPool2d(3, 2))
@@ -495,10 +556,20 @@ def resnet18(in_channels=3, num_classes=1000, regime=None, subspace=None, norm="
 
 
 MODELS = {"mlp": mlp, "cnn": cnn, "cpreresnet20": cpreresnet20, "resnet18": resnet18}
+# The class behind each name: its __init__ records ``config`` and ``build`` calls it, so a
+# recorded config always builds (the factories take a subset of its arguments, same defaults).
+CLASSES = {"mlp": MLP, "cnn": CNN, "cpreresnet20": CPreResNet20, "resnet18": ResNet18}
 
 
 def build(name, **kwargs):
-    """Build a model by name ("mlp", "cnn", "cpreresnet20", "resnet18")."""
-    if name not in MODELS:
-        raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name](**kwargs)
+    """Build a model by name ("mlp", "cnn", "cpreresnet20", "resnet18") from the arguments of its
+    class (those of the factory of that name, plus any the class adds, e.g. cPreResNet20's ``n``);
+    ``build(**model.config)`` (less ``model``) rebuilds ``model``."""
+    if name not in CLASSES:
+        raise ValueError(f"model: expected one of {sorted(CLASSES)}, got {name!r}")
+    cls = CLASSES[name]
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in kwargs if k not in params or k == "self")
+    if unknown:
+        raise TypeError(f"{name}: unexpected arguments {unknown}; it takes {[p for p in params if p != 'self']}")
+    return cls(**kwargs)
