@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _core, nn
 from .nn.layers import _Weighted
-from .nn.module import Module, check_alpha, check_subspace
+from .nn.module import Module, check_alpha, check_input, check_subspace
 from .nn.quant import bits_for_alpha
 
 REGIMES = (None, "unstructured", "quantized", "structured")
@@ -154,6 +154,21 @@ class SubspaceNet(Module):
         self.in_channels = in_channels
         self.register_buffer("input_mean", np.zeros(in_channels, np.float32))
         self.register_buffer("input_std", np.ones(in_channels, np.float32))
+
+    def _expected_input(self):
+        """(C, H, W) of one sample, None where any size goes (subclasses narrow it)."""
+        return (self.in_channels, None, None)
+
+    def _check_x(self, x):
+        """Refuse an input that is not the network's (N, C, H, W) float32, naming what was expected:
+        a channels-last batch of the right size would otherwise run with wrong results."""
+        x = check_input(x, "x")
+        c, h, w = self._expected_input()
+        ok = x.ndim == 4 and x.shape[0] >= 1 and x.shape[1] == c and h in (None, x.shape[2]) and w in (None, x.shape[3])
+        if not ok:
+            want = ", ".join(str(v) for v in (c, "H" if h is None else h, "W" if w is None else w))
+            raise ValueError(f"x: expected (N, {want}) with N >= 1 (channels first), got shape {x.shape}")
+        return x
 
     def _compressible(self, layer):
         self._compressible_layers.append(layer)
@@ -312,8 +327,18 @@ class MLP(SubspaceNet):
         layers.append(nn.Linear(prev, num_classes, subspace=self.wsub))
         self.body = nn.Sequential(*layers)
 
+    def _check_x(self, x):
+        """(N, in_features) features or (N, in_channels, H, W) images of in_features values."""
+        x = check_input(x, "x")
+        f, c = self.in_features, self.in_channels
+        if x.shape[0:1] and x.shape[0] >= 1 and (x.ndim == 2 and x.shape[1] == f or x.ndim == 4 and x.shape[1] == c
+                                                  and x.shape[2] * x.shape[3] * c == f):
+            return x
+        raise ValueError(f"x: expected (N, {f}) or (N, {c}, H, W) with {c} * H * W = {f} and N >= 1 "
+                         f"(channels first), got shape {x.shape}")
+
     def forward(self, x):
-        return self.body(x)
+        return self.body(self._check_x(x))
 
     def backward(self, dy):
         return self.body.backward(dy)
@@ -362,8 +387,11 @@ class CNN(SubspaceNet):
         layers += [nn.AvgPool2d(2), nn.Flatten(), fc]
         self.body = nn.Sequential(*layers)
 
+    def _expected_input(self):
+        return (self.in_channels, self.image_size, self.image_size)
+
     def forward(self, x):
-        return self.body(x)
+        return self.body(self._check_x(x))
 
     def backward(self, dy):
         return self.body.backward(dy)
@@ -453,7 +481,7 @@ class _Stages(SubspaceNet):
     """stem -> blocks -> head (optional norm -> relu) -> global average pool -> linear classifier."""
 
     def forward(self, x):
-        h = self.stem(x)
+        h = self.stem(self._check_x(x))
         for b in self.blocks:
             h = b(h)
         return self.fc(self.pool(self.head(h)))
