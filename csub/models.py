@@ -25,6 +25,7 @@ keep no running statistics ("gn" with one group per channel, or "in").
 """
 import functools
 import inspect
+import threading
 
 import numpy as np
 
@@ -113,15 +114,56 @@ def _check_pair(v, name):
     return tuple(v)
 
 
+def _locked(fn):
+    """Run method ``fn`` holding the model's lock (reentrant: locked methods call each other).
+    ``forward`` also records its thread; ``backward`` on another thread is refused."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapped(self, *args, **kwargs):
+        with self._lock:
+            me = threading.get_ident()
+            if name == "backward":
+                owner = self.__dict__.get("_forward_thread")
+                if owner is not None and owner != me:
+                    raise RuntimeError(f"{type(self).__name__}.backward: the last forward ran on another thread; "
+                                       "a forward/backward pair must run on one thread (use one model per "
+                                       "training thread)")
+            out = fn(self, *args, **kwargs)
+            if name == "forward":
+                object.__setattr__(self, "_forward_thread", me)
+            return out
+    wrapped._locked = True
+    return wrapped
+
+
 class SubspaceNet(Module):
     """Base of csub's networks: regime bookkeeping and compression measurement.
 
     Subclasses build their layers, mark the compressible ones with
     ``self._compressible(layer)`` and implement forward/backward.
+
+    Thread safety: the methods in ``_LOCKED`` (forward, backward, set_alpha, mode and state
+    changes, compress and the measurements) hold one reentrant lock per model, so calls
+    from several threads run one at a time and each sees the model in one state (a forward
+    runs at one alpha). A backward uses the caches of the model's last forward, so it must
+    run on the thread that ran that forward; on another thread it raises RuntimeError.
     """
+
+    _LOCKED = ("forward", "backward", "set_alpha", "set_width_factor", "set_quantize_inputs", "train",
+               "load_state_dict", "state_dict", "zero_grad", "flops", "compress", "sparsity",
+               "active_parameters", "model_bytes")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls._LOCKED:  # a subclass's own forward/backward/... take the lock too
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_locked", False):
+                setattr(cls, name, _locked(fn))
 
     def __init__(self, regime, subspace, norm, bit_range=(3, 8), width_range=(0.25, 1.0)):
         super().__init__()
+        object.__setattr__(self, "_lock", threading.RLock())
         self.regime = _check_regime(regime)
         width_range = _check_pair(width_range, "width_range")
         if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
@@ -234,12 +276,12 @@ class SubspaceNet(Module):
     def flops(self, input_shape):
         """FLOPs (2 per multiply-accumulate) of one forward pass of one sample of ``input_shape``
         (C, H, W) through the conv/linear layers at the current width; norms and activations
-        are not counted (cPreResNet20 at width 1 on 32x32: 67.5 MFLOP)."""
-        was = self.training
-        self.eval()
-        self.forward(np.zeros((1,) + tuple(input_shape), np.float32))
-        self.train(was)
-        return 2 * sum(layer.macs for layer in self.weight_layers())
+        are not counted (cPreResNet20 at width 1 on 32x32: 67.5 MFLOP). Runs one evaluation-mode
+        forward and leaves the model as it was (mode, caches of the last forward)."""
+        with self._restoring_state():
+            self.eval()
+            self.forward(np.zeros((1,) + tuple(input_shape), np.float32))
+            return 2 * sum(layer.macs for layer in self.weight_layers())
 
     def active_parameters(self):
         """Number of parameter values the network at the current width uses (one per line pair)."""
@@ -281,7 +323,8 @@ class SubspaceNet(Module):
         return total
 
     def sparsity(self):
-        """Fraction of zeros over all conv/linear weights (dense layers included), at the current alpha."""
+        """Fraction of zeros over all conv/linear weights (dense layers included), at the current alpha.
+        Read-only (the layers' masks of the last forward stay)."""
         zeros = total = 0
         for layer in self.weight_layers():
             w = layer.effective_weight()
@@ -291,6 +334,11 @@ class SubspaceNet(Module):
 
     def num_weights(self):
         return sum(layer.weight.size for layer in self.weight_layers())
+
+
+for _name in SubspaceNet._LOCKED:  # SubspaceNet's own and those it inherits from Module
+    setattr(SubspaceNet, _name, _locked(getattr(SubspaceNet, _name)))
+del _name
 
 
 class MLP(SubspaceNet):
@@ -341,7 +389,7 @@ class MLP(SubspaceNet):
         return self.body(self._check_x(x))
 
     def backward(self, dy):
-        return self.body.backward(dy)
+        return self.check_forward_cache().body.backward(dy)
 
 
 class CNN(SubspaceNet):
@@ -394,7 +442,7 @@ class CNN(SubspaceNet):
         return self.body(self._check_x(x))
 
     def backward(self, dy):
-        return self.body.backward(dy)
+        return self.check_forward_cache().body.backward(dy)
 
 
 class PreActBottleneck(Module):
@@ -487,6 +535,7 @@ class _Stages(SubspaceNet):
         return self.fc(self.pool(self.head(h)))
 
     def backward(self, dy):
+        self.check_forward_cache()
         dh = self.head.backward(self.pool.backward(self.fc.backward(dy)))
         for b in reversed(list(self.blocks)):
             dh = b.backward(dh)

@@ -142,3 +142,165 @@ def test_build_names_unknown_arguments():
     assert models.build("cpreresnet20", n=1).config["n"] == 1
     with pytest.raises(ValueError, match="^n"):
         models.CPreResNet20(n=0)
+
+
+# -- fit / evaluate arguments --------------------------------------------------------------
+
+def _data(n=16, c=1, s=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, c, s, s), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def _line_mlp():
+    return models.mlp(in_features=64, hidden=(8,), regime="unstructured", subspace="line")
+
+
+FIT_CASES = [
+    (dict(batch_size=32), ValueError, "batch_size"),  # more than the 16 images: was ZeroDivisionError
+    (dict(warmup="a"), TypeError, "warmup"),
+    (dict(warmup=float("nan")), ValueError, "warmup"),
+    (dict(lr_warmup_epochs=float("nan")), ValueError, "lr_warmup_epochs"),
+    (dict(lr_warmup_epochs=-1), ValueError, "lr_warmup_epochs"),
+    (dict(beta=-1.0), ValueError, "beta"),
+    (dict(beta=float("inf")), ValueError, "beta"),
+    (dict(alpha_sampling=(0.1, 1.0)), TypeError, "alpha_sampling"),
+    (dict(alpha_sampling=None), TypeError, "alpha_sampling"),
+    (dict(alpha_sampling=(float("nan"), 1.0, 0.5)), ValueError, r"alpha_sampling\[0\]"),
+    (dict(eval_alphas=[]), ValueError, "eval_alphas"),
+    (dict(eval_alphas=0.5), TypeError, "eval_alphas"),
+    (dict(eval_alphas=[0.5, 2.0]), ValueError, r"eval_alphas\[1\]"),
+    (dict(eval_alphas=[0.0]), ValueError, r"eval_alphas\[0\]"),  # unstructured: alpha 0 keeps nothing
+    (dict(resume="yes", out="unused"), TypeError, "resume"),
+    (dict(out=123), TypeError, "out"),
+]
+
+
+@pytest.mark.parametrize("kwargs, err, match", FIT_CASES)
+def test_fit_arguments_are_checked_before_training(kwargs, err, match):
+    m = _line_mlp()
+    before = m.state_dict()
+    with pytest.raises(err, match=f"^{match}"):
+        train.fit(m, _data(), _data(seed=1), epochs=1, batch_size=kwargs.pop("batch_size", 8), progress=False,
+                  **kwargs)
+    after = m.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing trained, no statistics set
+
+
+def test_fit_refuses_images_the_model_cannot_take():
+    with pytest.raises(ValueError, match=r"^train: images of shape \(3, 8, 8\)"):
+        train.fit(_line_mlp(), _data(c=3), epochs=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match=r"^test: images of shape \(1, 6, 6\)"):
+        train.fit(_line_mlp(), _data(), _data(s=6), epochs=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match=r"^data: images of shape"):
+        train.evaluate(_line_mlp(), _data(s=6), [1.0])
+
+
+def test_fit_refuses_a_loader_without_batches():
+    images, labels = _data(n=4)
+    loader = csub.data.DataLoader(images, labels, batch_size=8, drop_last=True)
+    with pytest.raises(ValueError, match="^train: the DataLoader yields no batches"):
+        train.fit(_line_mlp(), loader, epochs=1, progress=False)
+
+
+def test_evaluate_alphas_are_checked():
+    m = _line_mlp()
+    for alphas, err, match in (([], ValueError, "alphas"), (None, TypeError, "alphas"), (0.5, TypeError, "alphas"),
+                               ([float("nan")], ValueError, r"alphas\[0\]"), (["a"], TypeError, r"alphas\[0\]")):
+        with pytest.raises(err, match=f"^{match}"):
+            train.evaluate(m, _data(), alphas)
+
+
+def test_fit_with_enough_images_still_trains():
+    hist = train.fit(_line_mlp(), _data(), epochs=1, batch_size=16, progress=False)
+    assert len(hist) == 1 and math.isfinite(hist[0]["train_loss"])
+
+
+# -- backward before forward -------------------------------------------------------------------
+
+CACHED = [lambda: nn.Linear(4, 3), lambda: nn.Conv2d(2, 3, 3), lambda: nn.BatchNorm2d(3),
+          lambda: nn.GroupNorm(1, 3), lambda: nn.InstanceNorm2d(3), lambda: nn.ReLU(), lambda: nn.MaxPool2d(2),
+          lambda: nn.AvgPool2d(2), lambda: nn.GlobalAvgPool2d(), lambda: nn.Flatten(),
+          lambda: nn.Sequential(nn.Linear(4, 3), nn.ReLU()), lambda: nn.Residual(nn.ReLU()),
+          lambda: models.mlp(in_features=4, hidden=(3,)), lambda: models.cnn(widths=(4,), image_size=8),
+          lambda: models.cpreresnet20(norm="in"), lambda: models.resnet18(num_classes=3)]
+
+
+@pytest.mark.parametrize("i", range(len(CACHED)))
+def test_backward_before_forward_is_a_runtime_error(i):
+    m = CACHED[i]()
+    with pytest.raises(RuntimeError, match="backward: called before forward"):
+        m.backward(_z(2, 4))
+
+
+def test_every_layer_with_a_cache_declares_it():
+    """Each layer class whose forward stores something for backward lists it in ``_cache``: run a
+    forward on every leaf of the networks and compare what it stored with what it declares."""
+    for m in (models.cnn(widths=(4, 8), image_size=8, norm="bn", regime="quantized"),
+              models.cpreresnet20(norm="gn", regime="unstructured"), models.mlp(in_features=16, hidden=(4,))):
+        fresh = {name: set(mod.__dict__) for name, mod in m.named_modules()}
+        m.set_alpha(0.5)
+        m(_z(2, 16) if isinstance(m, models.MLP) else _z(2, m.in_channels, 8, 8))
+        for name, mod in m.named_modules():
+            stored = {k for k in set(mod.__dict__) - fresh[name] if k in ("_x", "_w", "_g", "_shape", "_argmax")}
+            assert stored == set(type(mod)._cache), name
+
+
+# -- evaluate, flops and sparsity leave the model as they found it -----------------------------
+
+def _snapshot(model):
+    """Every module's attributes (by identity) and active slices."""
+    return [(name, {k: id(v) for k, v in m.__dict__.items()}, dict(m._active)) for name, m in model.named_modules()]
+
+
+@pytest.mark.parametrize("regime", ["unstructured", "structured", "quantized"])
+def test_evaluate_restores_alpha_mode_and_caches(regime):
+    m = models.cnn(widths=(4, 8), image_size=8, regime=regime, subspace="line", norm="in")
+    m.set_alpha(0.7, topk=0.9) if regime == "unstructured" else m.set_alpha(0.7)
+    level = (m.topk, m.width, m.num_bits)
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    y = m(x)
+    before = _snapshot(m)
+    images, labels = _data(n=8)
+    train.evaluate(m, (images, labels), [0.3, 1.0])
+    assert m.training and m.alpha == 0.7 and (m.topk, m.width, m.num_bits) == level
+    assert _snapshot(m) == before
+    assert all(mod.alpha == 0.7 and mod.training for mod in m.modules())
+    np.testing.assert_array_equal(m(x), y)
+
+
+def test_flops_does_not_touch_the_caches():
+    m = models.cpreresnet20(norm="gn", regime="structured", subspace="line").set_alpha(0.5)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    dy = np.random.default_rng(1).standard_normal((2, 10)).astype(np.float32)
+    m(x)
+    dx_ref = m.backward(dy)
+    grads_ref = [p.grad.copy() for p in m.parameters()]
+    m.zero_grad()
+    m(x)
+    before = _snapshot(m)
+    assert m.flops((3, 32, 32)) > 0  # another input size: its forward used to replace the caches
+    assert _snapshot(m) == before and m.training
+    np.testing.assert_array_equal(m.backward(dy), dx_ref)
+    for p, g in zip(m.parameters(), grads_ref):
+        np.testing.assert_array_equal(p.grad, g)
+
+
+def test_flops_before_any_forward_leaves_no_cache():
+    m = models.cnn(widths=(4,), image_size=8)
+    m.flops((1, 8, 8))
+    with pytest.raises(RuntimeError, match="before forward"):
+        m.backward(_z(1, 10))
+
+
+def test_sparsity_is_read_only():
+    m = models.cnn(widths=(4, 8), image_size=8, regime="unstructured", subspace="line", norm="in").set_alpha(0.3)
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    m(x)
+    before = _snapshot(m)
+    masks = [layer._mask for layer in m.compressible_layers()]
+    m.set_alpha(0.8)
+    s = m.sparsity()
+    assert 0.0 < s < 1.0
+    m.set_alpha(0.3)
+    assert _snapshot(m) == before
+    assert all(layer._mask is mk for layer, mk in zip(m.compressible_layers(), masks))
