@@ -97,10 +97,12 @@ def cmd_train(args):
         if old != config:
             diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
             raise CLIError(f"--resume: {args.out} was trained with other settings (old, new): {diff}")
-    train.check_out(args.out, ("config.json", train.CHECKPOINT, "history.json", "eval.json", "eval.csv"))
+    train.check_out(args.out, ("config.json", train.CHECKPOINT, "history.json", "eval.json", "eval.csv"),
+                    create=False)  # nothing is created before the arguments are checked
     tr, te = DATASETS[args.dataset]("train"), DATASETS[args.dataset]("test")
     model = build_model(config, tr[0])
     train.check_method(model, args.method, args.regime, args.topk, args.num_bits)
+    os.makedirs(args.out, exist_ok=True)
     checkpoint.atomic_write(cfg_path, json.dumps(config, indent=1).encode())
     train.fit(model, tr, te, method=args.method, regime=args.regime, epochs=args.epochs,
               batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out, resume=args.resume,

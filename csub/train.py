@@ -97,15 +97,24 @@ def _real(v, name, lo=None, hi=None):
     return v
 
 
-def check_out(out, files=(CHECKPOINT, "history.json", "eval.json", "eval.csv")):
-    """Make sure run files can be written into directory ``out`` before any work: create it,
-    write and remove a probe file there, and refuse a directory where one of ``files`` goes.
+def check_out(out, files=(CHECKPOINT, "history.json", "eval.json", "eval.csv"), create=True):
+    """Make sure run files can be written into directory ``out`` before any work: create it
+    (``create``; else check that it could be created), write and remove a probe file there
+    (else in its nearest existing parent), and refuse a directory where one of ``files`` goes.
     Raises the OSError subclass that a later write would have raised, naming the path."""
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out: expected a directory path, got {type(out).__name__}")
     try:
-        os.makedirs(out, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=out)
+        where = os.path.abspath(out)
+        if create:
+            os.makedirs(where, exist_ok=True)
+        elif os.path.exists(where) and not os.path.isdir(where):
+            raise FileExistsError(errno.EEXIST, "File exists", where)
+        while not os.path.exists(where):
+            where = os.path.dirname(where)
+        if not os.path.isdir(where):
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", where)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=where)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
