@@ -254,6 +254,8 @@ class SubspaceNet(Module):
 
     def set_width_factor(self, w):
         """Run every hidden layer with its first ``max(1, round(C * w))`` channels (w in (0, 1])."""
+        if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, float, np.integer, np.floating)):
+            raise TypeError(f"w: expected a width factor in (0, 1], got {type(w).__name__}")
         w = float(w)
         if not 0.0 < w <= 1.0:
             raise ValueError(f"w: expected a width factor in (0, 1], got {w}")
@@ -278,6 +280,9 @@ class SubspaceNet(Module):
         (C, H, W) through the conv/linear layers at the current width; norms and activations
         are not counted (cPreResNet20 at width 1 on 32x32: 67.5 MFLOP). Runs one evaluation-mode
         forward and leaves the model as it was (mode, caches of the last forward)."""
+        if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or len(input_shape) != 3 \
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in input_shape):
+            raise ValueError(f"input_shape: expected (C, H, W) of ints >= 1, got {input_shape!r}")
         with self._restoring_state():
             self.eval()
             self.forward(np.zeros((1,) + tuple(input_shape), np.float32))

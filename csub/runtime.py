@@ -44,9 +44,10 @@ class CompressedNet:
         self._stats = modelfile.input_stats(data)
         if sparse_crossover is not None:
             pair = (sparse_crossover,) * 2 if np.isscalar(sparse_crossover) else tuple(sparse_crossover)
-            if len(pair) != 2:
-                raise ValueError(f"sparse_crossover: expected a fraction or a pair (whole images, split image), "
-                                 f"got {sparse_crossover!r}")
+            if len(pair) != 2 or not all(isinstance(v, (int, float, np.integer, np.floating))
+                                         and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in pair):
+                raise ValueError(f"sparse_crossover: expected a keep fraction in [0, 1] or a pair of them "
+                                 f"(whole images, split image), got {sparse_crossover!r}")
             _core.model_set_sparse_crossover(self._m, float(pair[0]), float(pair[1]))
         self.set_alpha(alpha)
 

@@ -304,3 +304,16 @@ def test_sparsity_is_read_only():
     m.set_alpha(0.3)
     assert _snapshot(m) == before
     assert all(layer._mask is mk for layer, mk in zip(m.compressible_layers(), masks))
+
+
+def test_other_public_arguments_are_named():
+    m = models.mlp(in_features=4, hidden=(3,), in_channels=1, regime="unstructured")
+    data = csub.modelfile.to_bytes(m)
+    for sc in ("a", 2.0, float("nan"), (0.3, "x"), (0.5,)):
+        with pytest.raises(ValueError, match="^sparse_crossover"):
+            csub.CompressedNet(data, 0.5, sparse_crossover=sc)
+    with pytest.raises(TypeError, match="^w: "):
+        m.set_width_factor("a")
+    for shape in ((1, 2), "abc", (0, 2, 2), (1, 2.0, 2)):
+        with pytest.raises(ValueError, match="^input_shape"):
+            m.flops(shape)
