@@ -8,6 +8,8 @@ is a thin layer over them.
 import ctypes as _ctypes
 import os as _os
 
+import numpy as _np
+
 
 def _load_blas():
     # _core links against scipy-openblas32's libscipy_openblas.so; load it by
@@ -31,11 +33,24 @@ from .runtime import CompressedNet  # noqa: E402
 __version__ = "0.1.0"
 
 
+# The most threads set_num_threads accepts. OpenMP (libgomp) keeps one start record per
+# thread of a team on the stack of the thread that opens it: 100000 threads overflowed
+# an 8 MiB stack and crashed. A fixed cap (not a multiple of this machine's cores) keeps a
+# thread count, and with it the reduction order and the results, valid on every machine;
+# 1024 threads need about 100 KiB of that stack, and no CPU csub runs on has more cores.
+MAX_NUM_THREADS = 1024
+
+
 def set_num_threads(n):
-    """Set the number of threads csub's kernels use (n >= 1)."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    """Set the number of threads csub's kernels use: an int in [1, MAX_NUM_THREADS] (1024).
+
+    Results are deterministic for a given thread count. More threads than cores only adds
+    switching; every count in range is tested to run."""
+    if isinstance(n, bool) or not isinstance(n, (int, _np.integer)):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
-    _core.set_num_threads(n)
+    if not 1 <= n <= MAX_NUM_THREADS:
+        raise ValueError(f"n: expected a thread count in [1, {MAX_NUM_THREADS}], got {n}")
+    _core.set_num_threads(int(n))
 
 
 def get_num_threads():
@@ -45,4 +60,4 @@ def get_num_threads():
 
 __all__ = ["data", "functional", "models", "modelfile", "nn", "optim", "random", "runtime", "subspace", "train",
            "export", "load", "CompressedNet", "manual_seed", "FormatError", "UnsupportedError", "BudgetError",
-           "set_num_threads", "get_num_threads", "__version__"]
+           "set_num_threads", "get_num_threads", "MAX_NUM_THREADS", "__version__"]

@@ -9,9 +9,11 @@
   python -m csub onnx ref.safetensors ref_0.1.onnx --alpha 0.1
 """
 import argparse
+import errno
 import json
 import os
 import sys
+import tempfile
 import time
 
 from . import __version__, checkpoint, data, modelfile, models, train
@@ -30,6 +32,30 @@ DEFAULT_NORM = {"mlp": None, "cnn": "gn", "cpreresnet20": "gn", "resnet18": "bn"
 
 class CLIError(Exception):
     """A problem with the command's arguments or files, reported without a traceback."""
+
+
+def check_writable_file(path, what):
+    """Before any work: refuse a file path csub could not write later (its directory missing or not
+    a directory, a directory in its place, a directory that refuses new files). Raises the OSError
+    subclass the write itself would raise, naming ``what`` and the path."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, f"{what}: {path} is a directory, not a file")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise type(e)(e.errno, f"{what}: cannot write {path}: {e.strerror}") from None
+    return path
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{path}: not valid JSON ({e})") from None
 
 
 def _model_kwargs(args, images):
@@ -70,13 +96,14 @@ def cmd_train(args):
                                             "num_bits")}
     cfg_path = os.path.join(args.out, "config.json")
     if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
+        old = _read_json(cfg_path)
         if not args.resume:
             raise CLIError(f"--out: {args.out} already holds a run; use --resume to continue it or another --out")
         if old != config:
             diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
             raise CLIError(f"--resume: {args.out} was trained with other settings (old, new): {diff}")
+    train.check_out(args.out, ("config.json", train.CHECKPOINT, "history.json", "eval.json", "eval.csv"),
+                    create=False)  # nothing is created before the arguments are checked
     tr, te = DATASETS[args.dataset]("train"), DATASETS[args.dataset]("test")
     model = build_model(config, tr[0])
     train.check_method(model, args.method, args.regime, args.topk, args.num_bits)
@@ -102,8 +129,9 @@ def load_run(run):
     for name in ("config.json", train.CHECKPOINT):
         if not os.path.exists(os.path.join(run, name)):
             raise CLIError(f"run: {run} has no {name} (not a csub run directory?)")
-    with open(os.path.join(run, "config.json")) as f:
-        config = json.load(f)
+    config = _read_json(os.path.join(run, "config.json"))
+    if not isinstance(config, dict):
+        raise CLIError(f"{os.path.join(run, 'config.json')}: expected a JSON object")
     config.setdefault("num_bits", None)
     te = DATASETS[config["dataset"]]("test")
     model = build_model(config, te[0])
@@ -132,13 +160,18 @@ def load_model_file(path):
 
 
 def cmd_eval(args):
+    # a run directory holds its results; a model file's go beside it
+    out = args.run if os.path.isdir(args.run) else os.path.dirname(os.path.abspath(args.run))
+    for name in ("eval_cli.json", "eval_cli.csv"):  # where the results go, checked before the work
+        check_writable_file(os.path.join(out, name), "run")
+    if args.plot:
+        check_writable_file(args.plot, "--plot")
     model, config, te = load_run(args.run)
     alphas = args.alphas or train.default_alphas(config["method"], config.get("topk"), config["regime"],
                                                  model.bit_range, config.get("num_bits"), model.width_range)
     results = train.evaluate(model, te, alphas)
-    train.save_results(args.run if os.path.isdir(args.run) else os.path.dirname(os.path.abspath(args.run)),
-                       results, name="eval_cli")
-    print(train.format_table(results))
+    print(train.format_table(results), flush=True)  # shown even if saving fails below
+    train.save_results(out, results, name="eval_cli")
     if args.plot:
         from . import plot
 
@@ -149,12 +182,13 @@ def cmd_eval(args):
 
 def cmd_export(args):
     """Evaluate a run over its alpha grid and export the subspace with those accuracy levels."""
+    check_writable_file(args.out, "out")  # before the evaluation, not after
     model, config, te = load_run(args.run)
     alphas = train.default_alphas(config["method"], config.get("topk"), config["regime"], model.bit_range,
                                   config.get("num_bits"), model.width_range)
     results = train.evaluate(model, te, alphas)
+    print(train.format_table(results), flush=True)
     modelfile.export(model, args.out, input_shape=te[0].shape[1:], levels=results)
-    print(train.format_table(results))
     print(f"exported: {args.out} ({os.path.getsize(args.out)} bytes)")
     return 0
 
@@ -205,16 +239,17 @@ def cmd_demo(args):
     """Train a small lcs_l line on the bundled Fashion-MNIST subset, print and plot the curve."""
     import csub
 
+    out = args.out
+    train.check_out(out, ("config.json", train.CHECKPOINT, "history.json", "eval.json", "eval.csv",
+                          "accuracy.png", "model.safetensors"))
     csub.manual_seed(0)
     tr = data.fashion_mnist("train", bundled=True)
     te = data.fashion_mnist("test", bundled=True)
-    out = args.out
     print(f"csub {__version__} demo: an LCS line for unstructured sparsity on the bundled "
           f"Fashion-MNIST subset ({len(tr[1])} train / {len(te[1])} test images), "
           f"{args.epochs} epochs, {csub.get_num_threads()} threads. Output: {out}/")
     t0 = time.time()
     model = models.cnn(widths=(16, 32, 64), regime="unstructured", subspace="line")
-    os.makedirs(out, exist_ok=True)
     config = dict(model="cnn", dataset="fashion-mnist-bundled", regime="unstructured", method="lcs_l",
                   norm="gn", seed=0, topk=None, num_bits=None, widths=[16, 32, 64])
     checkpoint.atomic_write(os.path.join(out, "config.json"), json.dumps(config, indent=1).encode())
@@ -374,12 +409,24 @@ def main(argv=None):
         p.error("--method target_bits needs --num-bits")
     try:
         return args.func(args)
-    except (CLIError, ValueError, FileNotFoundError) as e:
+    except (CLIError, ValueError) as e:
         print(f"python -m csub {args.command}: error: {e}", file=sys.stderr)
         from . import distributed
 
         distributed.abort(2)  # under mpiexec the other ranks must not wait for this one
         return 2
+    except OSError as e:  # every file problem (missing, permissions, a directory in a file's place, ...)
+        print(f"python -m csub {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        return 1
+
+
+def _os_error(e):
+    """One line for an OSError: its message and the file(s) it names."""
+    msg = e.strerror or str(e)
+    names = [os.fspath(f) for f in (e.filename, e.filename2) if f is not None]
+    if names and not any(n in msg for n in names):
+        msg = f"{msg}: " + " -> ".join(names)
+    return msg.replace("\n", " ")
 
 
 if __name__ == "__main__":

@@ -25,12 +25,13 @@ keep no running statistics ("gn" with one group per channel, or "in").
 """
 import functools
 import inspect
+import threading
 
 import numpy as np
 
 from . import _core, nn
 from .nn.layers import _Weighted
-from .nn.module import Module, check_alpha, check_subspace
+from .nn.module import Module, check_alpha, check_input, check_subspace
 from .nn.quant import bits_for_alpha
 
 REGIMES = (None, "unstructured", "quantized", "structured")
@@ -56,9 +57,24 @@ def make_norm(norm, channels, subspace, groups=None):
     raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
 
 
+def _json_value(v, name):
+    """``v`` as JSON-ready Python values: tuples as lists, NumPy scalars as int/float (TypeError otherwise)."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    if isinstance(v, (tuple, list)):
+        return [_json_value(e, name) for e in v]
+    raise TypeError(f"{name}: expected numbers, strings or sequences of them, got {type(v).__name__}")
+
+
 def _records_config(name):
-    """Decorate a network's __init__ so the instance keeps ``config``: the constructor's name
-    in ``MODELS`` and its arguments (tuples as lists), enough to build it again (``csub.load``)."""
+    """Decorate a network's __init__ so the instance keeps ``config``: its name (a key of
+    ``MODELS``) and the arguments of that very __init__ (tuples as lists). ``build(name,
+    **args)`` calls the same __init__, so every recorded config builds the model again
+    (``csub.load``)."""
     def deco(init):
         sig = inspect.signature(init)
 
@@ -67,10 +83,58 @@ def _records_config(name):
             bound = sig.bind(self, *args, **kwargs)
             bound.apply_defaults()
             init(self, *args, **kwargs)
-            cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items() if k != "self"}
+            cfg = {k: _json_value(v, k) for k, v in bound.arguments.items() if k != "self"}
             object.__setattr__(self, "config", dict(model=name, **cfg))
+        wrapped.config_name = name
         return wrapped
     return deco
+
+
+def _check_count(v, name, lo=1):
+    """An int >= lo (NumPy ints included, bools not), else TypeError/ValueError naming ``name``."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= {lo}, got {type(v).__name__} {v!r}")
+    if v < lo:
+        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _check_counts(seq, name, allow_empty):
+    """A sequence of ints >= 1 (a tuple), else TypeError/ValueError naming ``name``."""
+    if isinstance(seq, (str, bytes)) or not isinstance(seq, (tuple, list, np.ndarray)):
+        raise TypeError(f"{name}: expected a sequence of ints >= 1, got {type(seq).__name__} {seq!r}")
+    if not allow_empty and len(seq) == 0:
+        raise ValueError(f"{name}: expected at least one int >= 1, got {seq!r}")
+    return tuple(_check_count(v, f"{name}[{i}]") for i, v in enumerate(seq))
+
+
+def _check_pair(v, name):
+    if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list, np.ndarray)) or len(v) != 2:
+        raise TypeError(f"{name}: expected a pair (lo, hi), got {v!r}")
+    return tuple(v)
+
+
+def _locked(fn):
+    """Run method ``fn`` holding the model's lock (reentrant: locked methods call each other).
+    ``forward`` also records its thread; ``backward`` on another thread is refused."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapped(self, *args, **kwargs):
+        with self._lock:
+            me = threading.get_ident()
+            if name == "backward":
+                owner = self.__dict__.get("_forward_thread")
+                if owner is not None and owner != me:
+                    raise RuntimeError(f"{type(self).__name__}.backward: the last forward ran on another thread; "
+                                       "a forward/backward pair must run on one thread (use one model per "
+                                       "training thread)")
+            out = fn(self, *args, **kwargs)
+            if name == "forward":
+                object.__setattr__(self, "_forward_thread", me)
+            return out
+    wrapped._locked = True
+    return wrapped
 
 
 class SubspaceNet(Module):
@@ -78,11 +142,33 @@ class SubspaceNet(Module):
 
     Subclasses build their layers, mark the compressible ones with
     ``self._compressible(layer)`` and implement forward/backward.
+
+    Thread safety: the methods in ``_LOCKED`` (forward, backward, set_alpha, mode and state
+    changes, compress and the measurements) hold one reentrant lock per model, so calls
+    from several threads run one at a time and each sees the model in one state (a forward
+    runs at one alpha). A backward uses the caches of the model's last forward, so it must
+    run on the thread that ran that forward; on another thread it raises RuntimeError.
     """
+
+    _LOCKED = ("forward", "backward", "set_alpha", "set_width_factor", "set_quantize_inputs", "train",
+               "load_state_dict", "state_dict", "zero_grad", "flops", "compress", "sparsity",
+               "active_parameters", "model_bytes")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls._LOCKED:  # a subclass's own forward/backward/... take the lock too
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_locked", False):
+                setattr(cls, name, _locked(fn))
 
     def __init__(self, regime, subspace, norm, bit_range=(3, 8), width_range=(0.25, 1.0)):
         super().__init__()
+        object.__setattr__(self, "_lock", threading.RLock())
         self.regime = _check_regime(regime)
+        width_range = _check_pair(width_range, "width_range")
+        if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                   for v in width_range):
+            raise TypeError(f"width_range: expected two numbers, got {width_range!r}")
         wlo, whi = (float(v) for v in width_range)
         if not 0.0 < wlo <= whi <= 1.0:
             raise ValueError(f"width_range: expected (w_lo, w_hi) with 0 < w_lo <= w_hi <= 1, got {width_range!r}")
@@ -91,7 +177,7 @@ class SubspaceNet(Module):
         if regime == "structured" and norm == "bn":
             raise ValueError("norm: batch norm keeps running statistics that are wrong at other widths; "
                              "structured subspaces need 'gn' (one group per channel) or 'in'")
-        lo, hi = bit_range
+        lo, hi = _check_pair(bit_range, "bit_range")
         if not (isinstance(lo, int) and isinstance(hi, int) and 2 <= lo <= hi <= 16):
             raise ValueError(f"bit_range: expected (min_bits, max_bits) with 2 <= min <= max <= 16, got {bit_range!r}")
         self.bit_range = (lo, hi)
@@ -110,6 +196,21 @@ class SubspaceNet(Module):
         self.in_channels = in_channels
         self.register_buffer("input_mean", np.zeros(in_channels, np.float32))
         self.register_buffer("input_std", np.ones(in_channels, np.float32))
+
+    def _expected_input(self):
+        """(C, H, W) of one sample, None where any size goes (subclasses narrow it)."""
+        return (self.in_channels, None, None)
+
+    def _check_x(self, x):
+        """Refuse an input that is not the network's (N, C, H, W) float32, naming what was expected:
+        a channels-last batch of the right size would otherwise run with wrong results."""
+        x = check_input(x, "x")
+        c, h, w = self._expected_input()
+        ok = x.ndim == 4 and x.shape[0] >= 1 and x.shape[1] == c and h in (None, x.shape[2]) and w in (None, x.shape[3])
+        if not ok:
+            want = ", ".join(str(v) for v in (c, "H" if h is None else h, "W" if w is None else w))
+            raise ValueError(f"x: expected (N, {want}) with N >= 1 (channels first), got shape {x.shape}")
+        return x
 
     def _compressible(self, layer):
         self._compressible_layers.append(layer)
@@ -153,6 +254,8 @@ class SubspaceNet(Module):
 
     def set_width_factor(self, w):
         """Run every hidden layer with its first ``max(1, round(C * w))`` channels (w in (0, 1])."""
+        if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, float, np.integer, np.floating)):
+            raise TypeError(f"w: expected a width factor in (0, 1], got {type(w).__name__}")
         w = float(w)
         if not 0.0 < w <= 1.0:
             raise ValueError(f"w: expected a width factor in (0, 1], got {w}")
@@ -175,12 +278,15 @@ class SubspaceNet(Module):
     def flops(self, input_shape):
         """FLOPs (2 per multiply-accumulate) of one forward pass of one sample of ``input_shape``
         (C, H, W) through the conv/linear layers at the current width; norms and activations
-        are not counted (cPreResNet20 at width 1 on 32x32: 67.5 MFLOP)."""
-        was = self.training
-        self.eval()
-        self.forward(np.zeros((1,) + tuple(input_shape), np.float32))
-        self.train(was)
-        return 2 * sum(layer.macs for layer in self.weight_layers())
+        are not counted (cPreResNet20 at width 1 on 32x32: 67.5 MFLOP). Runs one evaluation-mode
+        forward and leaves the model as it was (mode, caches of the last forward)."""
+        if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or len(input_shape) != 3 \
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in input_shape):
+            raise ValueError(f"input_shape: expected (C, H, W) of ints >= 1, got {input_shape!r}")
+        with self._restoring_state():
+            self.eval()
+            self.forward(np.zeros((1,) + tuple(input_shape), np.float32))
+            return 2 * sum(layer.macs for layer in self.weight_layers())
 
     def active_parameters(self):
         """Number of parameter values the network at the current width uses (one per line pair)."""
@@ -222,7 +328,8 @@ class SubspaceNet(Module):
         return total
 
     def sparsity(self):
-        """Fraction of zeros over all conv/linear weights (dense layers included), at the current alpha."""
+        """Fraction of zeros over all conv/linear weights (dense layers included), at the current alpha.
+        Read-only (the layers' masks of the last forward stay)."""
         zeros = total = 0
         for layer in self.weight_layers():
             w = layer.effective_weight()
@@ -232,6 +339,11 @@ class SubspaceNet(Module):
 
     def num_weights(self):
         return sum(layer.weight.size for layer in self.weight_layers())
+
+
+for _name in SubspaceNet._LOCKED:  # SubspaceNet's own and those it inherits from Module
+    setattr(SubspaceNet, _name, _locked(getattr(SubspaceNet, _name)))
+del _name
 
 
 class MLP(SubspaceNet):
@@ -246,6 +358,13 @@ class MLP(SubspaceNet):
     def __init__(self, in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None,
                  norm=None, in_channels=1, bit_range=(3, 8), width_range=(0.25, 1.0)):
         super().__init__(regime, subspace, norm, bit_range, width_range)
+        in_features = _check_count(in_features, "in_features")
+        hidden = _check_counts(hidden, "hidden", allow_empty=True)
+        num_classes = _check_count(num_classes, "num_classes")
+        in_channels = _check_count(in_channels, "in_channels")
+        if in_features % in_channels:
+            raise ValueError(f"in_channels: {in_channels} does not divide in_features={in_features}")
+        self.in_features = in_features
         self._input_stats(in_channels)
         layers = [nn.Flatten()]
         prev = in_features
@@ -261,11 +380,21 @@ class MLP(SubspaceNet):
         layers.append(nn.Linear(prev, num_classes, subspace=self.wsub))
         self.body = nn.Sequential(*layers)
 
+    def _check_x(self, x):
+        """(N, in_features) features or (N, in_channels, H, W) images of in_features values."""
+        x = check_input(x, "x")
+        f, c = self.in_features, self.in_channels
+        if x.shape[0:1] and x.shape[0] >= 1 and (x.ndim == 2 and x.shape[1] == f or x.ndim == 4 and x.shape[1] == c
+                                                  and x.shape[2] * x.shape[3] * c == f):
+            return x
+        raise ValueError(f"x: expected (N, {f}) or (N, {c}, H, W) with {c} * H * W = {f} and N >= 1 "
+                         f"(channels first), got shape {x.shape}")
+
     def forward(self, x):
-        return self.body(x)
+        return self.body(self._check_x(x))
 
     def backward(self, dy):
-        return self.body.backward(dy)
+        return self.check_forward_cache().body.backward(dy)
 
 
 class CNN(SubspaceNet):
@@ -285,6 +414,11 @@ class CNN(SubspaceNet):
         super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: the CNN needs a norm ('bn', 'gn' or 'in')")
+        in_channels = _check_count(in_channels, "in_channels")
+        num_classes = _check_count(num_classes, "num_classes")
+        widths = _check_counts(widths, "widths", allow_empty=False)
+        image_size = _check_count(image_size, "image_size")
+        self.image_size = image_size
         self._input_stats(in_channels)
         layers = [nn.Conv2d(in_channels, widths[0], 3, padding=1, subspace=self.wsub),
                   make_norm(norm, widths[0], subspace), nn.ReLU()]
@@ -306,11 +440,14 @@ class CNN(SubspaceNet):
         layers += [nn.AvgPool2d(2), nn.Flatten(), fc]
         self.body = nn.Sequential(*layers)
 
+    def _expected_input(self):
+        return (self.in_channels, self.image_size, self.image_size)
+
     def forward(self, x):
-        return self.body(x)
+        return self.body(self._check_x(x))
 
     def backward(self, dy):
-        return self.body.backward(dy)
+        return self.check_forward_cache().body.backward(dy)
 
 
 class PreActBottleneck(Module):
@@ -455,12 +592,13 @@ class _Stages(SubspaceNet):
     """stem -> blocks -> head (optional norm -> relu) -> global average pool -> linear classifier."""
 
     def forward(self, x):
-        h = self.stem(x)
+        h = self.stem(self._check_x(x))
         for b in self.blocks:
             h = b(h)
         return self.fc(self.pool(self.head(h)))
 
     def backward(self, dy):
+        self.check_forward_cache()
         dh = self.head.backward(self.pool.backward(self.fc.backward(dy)))
         for b in reversed(list(self.blocks)):
             dh = b.backward(dh)
@@ -489,6 +627,9 @@ class CPreResNet20(_Stages):
         super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: cPreResNet20 needs a norm ('bn', 'gn' or 'in')")
+        in_channels = _check_count(in_channels, "in_channels")
+        num_classes = _check_count(num_classes, "num_classes")
+        n = _check_count(n, "n")
         if layout not in self.LAYOUTS:
             raise ValueError(f"layout: expected one of {self.LAYOUTS}, got {layout!r}")
         self.layout = layout
@@ -528,6 +669,8 @@ class ResNet18(_Stages):
         super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: ResNet18 needs a norm ('bn', 'gn' or 'in')")
+        in_channels = _check_count(in_channels, "in_channels")
+        num_classes = _check_count(num_classes, "num_classes")
         self._input_stats(in_channels)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, subspace=self.wsub),
                                   make_norm(norm, 64, subspace), nn.ReLU(), nn.MaxPool2d(3, 2))
@@ -569,10 +712,20 @@ def resnet18(in_channels=3, num_classes=1000, regime=None, subspace=None, norm="
 
 
 MODELS = {"mlp": mlp, "cnn": cnn, "cpreresnet20": cpreresnet20, "resnet18": resnet18}
+# The class behind each name: its __init__ records ``config`` and ``build`` calls it, so a
+# recorded config always builds (the factories take a subset of its arguments, same defaults).
+CLASSES = {"mlp": MLP, "cnn": CNN, "cpreresnet20": CPreResNet20, "resnet18": ResNet18}
 
 
 def build(name, **kwargs):
-    """Build a model by name ("mlp", "cnn", "cpreresnet20", "resnet18")."""
-    if name not in MODELS:
-        raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name](**kwargs)
+    """Build a model by name ("mlp", "cnn", "cpreresnet20", "resnet18") from the arguments of its
+    class (those of the factory of that name, plus any the class adds, e.g. cPreResNet20's ``n``);
+    ``build(**model.config)`` (less ``model``) rebuilds ``model``."""
+    if name not in CLASSES:
+        raise ValueError(f"model: expected one of {sorted(CLASSES)}, got {name!r}")
+    cls = CLASSES[name]
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in kwargs if k not in params or k == "self")
+    if unknown:
+        raise TypeError(f"{name}: unexpected arguments {unknown}; it takes {[p for p in params if p != 'self']}")
+    return cls(**kwargs)

@@ -60,9 +60,10 @@ class CompressedNet:
         self._stats = modelfile.input_stats(data)
         if sparse_crossover is not None:
             pair = (sparse_crossover,) * 2 if np.isscalar(sparse_crossover) else tuple(sparse_crossover)
-            if len(pair) != 2:
-                raise ValueError(f"sparse_crossover: expected a fraction or a pair (whole images, split image), "
-                                 f"got {sparse_crossover!r}")
+            if len(pair) != 2 or not all(isinstance(v, (int, float, np.integer, np.floating))
+                                         and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in pair):
+                raise ValueError(f"sparse_crossover: expected a keep fraction in [0, 1] or a pair of them "
+                                 f"(whole images, split image), got {sparse_crossover!r}")
             _core.model_set_sparse_crossover(self._m, float(pair[0]), float(pair[1]))
         self.set_alpha(alpha)
 
@@ -85,23 +86,40 @@ class CompressedNet:
         multiply-accumulate), int8_kernel (the integer kernel this CPU runs)."""
         return _core.model_info(self._m)
 
+    def _input(self, x):
+        """x as a C-contiguous float32 (N, C, H, W) batch; an MLP's graph also takes (N, C*H*W).
+        Any other shape is refused, even one of the right size per image: a channels-last
+        (N, H, W, C) batch would run with its values in the wrong places."""
+        try:
+            a = np.ascontiguousarray(x, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"x: expected a float32 array (N, C, H, W), got {type(x).__name__} ({e})") from None
+        c, h, w = (int(v) for v in self.meta["input_shape"])
+        flat = bool(self.meta["graph"]) and self.meta["graph"][0]["op"] == "flatten"
+        if (a.ndim == 4 and a.shape[1:] == (c, h, w) or flat and a.ndim == 2 and a.shape[1] == c * h * w) \
+                and a.shape[0] >= 1:
+            return a
+        also = f" or (N, {c * h * w})" if flat else ""
+        raise ValueError(f"x: expected (N, {c}, {h}, {w}){also} with N >= 1 (channels first, the shape the "
+                         f"model was exported for), got shape {a.shape}")
+
     def forward(self, x):
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return _core.model_forward(self._m, x)
+        """Logits (N, num_classes) float32 of x (N, C, H, W) at the current alpha."""
+        return _core.model_forward(self._m, self._input(x))
 
     __call__ = forward
 
     def profile(self, x):
-        """Milliseconds per operation of one forward of x, summed by operation name
+        """Milliseconds per operation of one forward of x (N, C, H, W), summed by operation name
         ("conv/sparse", "gn+relu", "add", ...): where the time goes at this alpha."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = self._input(x)
         out = {}
         for name, ms in _core.model_profile(self._m, x):
             out[name] = out.get(name, 0.0) + ms
         return out
 
     def predict(self, x):
-        """Class index per sample."""
+        """Class index per sample of x (N, C, H, W): (N,) int64."""
         return np.argmax(self.forward(x), axis=1)
 
     def meta_input_stats(self):
@@ -111,7 +129,7 @@ class CompressedNet:
 
     def memory_bytes(self, batch_size=1):
         """Bytes to run a batch at the current alpha: subspace, weights at alpha, activations."""
-        return _core.model_memory(self._m, int(batch_size))
+        return _core.model_memory(self._m, _count(batch_size, "batch_size"))
 
     def default_alphas(self):
         """The alphas of the stored accuracy levels, else a grid of the regime's levels."""
@@ -127,9 +145,31 @@ class CompressedNet:
 
     def calibrate(self, alphas=None, batch_size=1, reps=5):
         """Measure each alpha on this machine (see ``Calibration``); the model stays at its alpha."""
-        alphas = self.default_alphas() if alphas is None else [check_alpha(a) for a in alphas]
-        rows = _core.model_calibrate(self._m, np.asarray(alphas, np.float64), int(batch_size), int(reps))
+        if alphas is None:
+            alphas = self.default_alphas()
+        else:
+            if isinstance(alphas, (str, bytes)) or not hasattr(alphas, "__iter__"):
+                raise TypeError(f"alphas: expected a sequence of alphas in [0, 1], got {type(alphas).__name__}")
+            alphas = list(alphas)
+            for i, a in enumerate(alphas):
+                try:
+                    alphas[i] = check_alpha(a)
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"alphas[{i}]: {str(e).split(': ', 1)[1]}") from None
+            if not alphas:
+                raise ValueError("alphas: expected at least one alpha")
+        rows = _core.model_calibrate(self._m, np.asarray(alphas, np.float64), _count(batch_size, "batch_size"),
+                                     _count(reps, "reps"))
         return Calibration(rows, batch_size)
+
+
+def _count(v, name):
+    """An int >= 1 (NumPy ints included, bools and floats not)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= 1, got {type(v).__name__} {v!r}")
+    if v < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+    return int(v)
 
 
 class Calibration:

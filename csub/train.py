@@ -19,9 +19,11 @@ learning-rate schedule. One checkpoint per epoch is written
 atomically to ``out/checkpoint.safetensors``; ``fit(..., resume=True)``
 continues from it and gives the same numbers as an uninterrupted run.
 """
+import errno
 import json
 import math
 import os
+import tempfile
 import time
 import warnings
 
@@ -57,6 +59,72 @@ def _check_data(data, name):
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(f"{name}: labels must be 1-D with one label per image")
     return images, labels
+
+
+def _check_images_fit(model, images, name):
+    """Refuse images (N, C, H, W) whose per-image shape the model cannot take (before any work)."""
+    try:
+        model._check_x(np.zeros((1,) + tuple(images.shape[1:]), np.float32))
+    except ValueError as e:
+        raise ValueError(f"{name}: images of shape {tuple(images.shape[1:])} per image do not fit the model "
+                         f"({str(e).split(': ', 1)[1].split(', got')[0]})") from None
+
+
+def _check_alphas(alphas, name, regime):
+    """A non-empty sequence of alphas in [0, 1] (unstructured: > 0), as floats."""
+    if isinstance(alphas, (str, bytes)) or not hasattr(alphas, "__iter__"):
+        raise TypeError(f"{name}: expected a sequence of alphas in [0, 1], got {type(alphas).__name__}")
+    out = []
+    for i, a in enumerate(alphas):
+        if isinstance(a, bool) or not isinstance(a, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name}[{i}]: expected a number in [0, 1], got {type(a).__name__}")
+        if not 0.0 <= float(a) <= 1.0 or (regime == "unstructured" and float(a) == 0.0):
+            raise ValueError(f"{name}[{i}]: expected a number in " + ("(0, 1]" if regime == "unstructured" else "[0, 1]")
+                             + f", got {a!r}")
+        out.append(float(a))
+    if not out:
+        raise ValueError(f"{name}: expected at least one alpha")
+    return out
+
+
+def _real(v, name, lo=None, hi=None):
+    """A finite real number in [lo, hi], else TypeError/ValueError naming ``name``."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{name}: expected a finite number in [{lo if lo is not None else '-inf'}, "
+                         f"{hi if hi is not None else 'inf'}], got {v!r}")
+    return v
+
+
+def check_out(out, files=(CHECKPOINT, "history.json", "eval.json", "eval.csv"), create=True):
+    """Make sure run files can be written into directory ``out`` before any work: create it
+    (``create``; else check that it could be created), write and remove a probe file there
+    (else in its nearest existing parent), and refuse a directory where one of ``files`` goes.
+    Raises the OSError subclass that a later write would have raised, naming the path."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out: expected a directory path, got {type(out).__name__}")
+    try:
+        where = os.path.abspath(out)
+        if create:
+            os.makedirs(where, exist_ok=True)
+        elif os.path.exists(where) and not os.path.isdir(where):
+            raise FileExistsError(errno.EEXIST, "File exists", where)
+        while not os.path.exists(where):
+            where = os.path.dirname(where)
+        if not os.path.isdir(where):
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", where)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise type(e)(e.errno, f"out: cannot write run files into {os.fspath(out)!r}: {e.strerror}") from None
+    for name in files:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, f"out: {path!r} is a directory where csub writes a file")
+    return out
 
 
 def check_method(model, method, regime, topk=None, num_bits=None):
@@ -191,26 +259,48 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
         lr = DEFAULT_LR[regime]
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
-    if not 0.0 <= warmup <= 1.0:
-        raise ValueError(f"warmup: expected a fraction in [0, 1], got {warmup!r}")
-    lo, hi, p = (float(v) for v in alpha_sampling)
+    warmup = _real(warmup, "warmup", 0.0, 1.0)
+    if lr_warmup_epochs is not None and (isinstance(lr_warmup_epochs, bool) or
+                                         not isinstance(lr_warmup_epochs, (int, np.integer)) or lr_warmup_epochs < 0):
+        raise ValueError(f"lr_warmup_epochs: expected None or an int >= 0, got {lr_warmup_epochs!r}")
+    beta = _real(beta, "beta", 0.0)
+    if isinstance(alpha_sampling, (str, bytes)) or not hasattr(alpha_sampling, "__len__") or len(alpha_sampling) != 3:
+        raise TypeError(f"alpha_sampling: expected (lo, hi, p), got {alpha_sampling!r}")
+    lo, hi, p = (_real(v, f"alpha_sampling[{i}]") for i, v in enumerate(alpha_sampling))
     if not (0.0 < lo <= hi <= 1.0 and 0.0 <= p <= 1.0):
         raise ValueError(f"alpha_sampling: expected (lo, hi, p) with 0 < lo <= hi <= 1, 0 <= p <= 1, "
                          f"got {alpha_sampling!r}")
+    if eval_alphas is not None:
+        eval_alphas = _check_alphas(eval_alphas, "eval_alphas", model.regime)
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume: expected True or False, got {type(resume).__name__}")
     if resume and out is None:
         raise ValueError("resume: needs out= (the directory holding the checkpoint)")
+    if isinstance(train, DataLoader):
+        if len(train) == 0:
+            raise ValueError(f"train: the DataLoader yields no batches ({train.num_samples} images, batch_size "
+                             f"{train.batch_size}, drop_last={train.drop_last})")
+    elif isinstance(train, (tuple, list)) and len(train) == 2 and hasattr(train[0], "__len__"):
+        if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) and \
+                0 < len(train[0]) < batch_size:
+            raise ValueError(f"batch_size: {batch_size} is more than the {len(train[0])} training images; training "
+                             "drops the last incomplete batch, so no step would run")
 
     train = _check_data(train, "train")
+    _check_images_fit(model, train.images if isinstance(train, DataLoader) else train[0], "train")
+    if test is not None:
+        test = _check_data(test, "test")
+        _check_images_fit(model, test.images if isinstance(test, DataLoader) else test[0], "test")
+    if out is not None:
+        check_out(out)  # before any work: a run that cannot save fails now, not after an epoch
     if isinstance(train, DataLoader):
         loader = train
     else:
         mean, std = channel_stats(train[0])
-        model.input_mean[...] = mean
-        model.input_std[...] = std
         loader = DataLoader(train[0], train[1], batch_size=batch_size, shuffle=True, augment=augment,
                             mean=mean, std=std, drop_last=True, seed=seed)
-    if test is not None:
-        test = _check_data(test, "test")
+        model.input_mean[...] = mean
+        model.input_std[...] = std
     ddp = _distributed.Trainer.create(distributed)  # None on one process
     if ddp:
         loader = ddp.prepare(model, loader, sync_batchnorm)
@@ -359,12 +449,18 @@ def evaluate(model, data, alphas, batch_size=500):
         regime width, params (parameter values in use) and flops (per sample,
         2 per multiply-accumulate), then accuracy (a fraction in [0, 1]) and loss.
     """
+    alphas = _check_alphas(alphas, "alphas", model.regime)
     data = _check_data(data, "data")
+    _check_images_fit(model, data.images if isinstance(data, DataLoader) else data[0], "data")
     if not isinstance(data, DataLoader):
         data = DataLoader(data[0], data[1], batch_size=batch_size, shuffle=False, augment=False,
                           mean=model.input_mean, std=model.input_std)
     crit = CrossEntropyLoss()
-    was_training = model.training
+    with model._restoring_state():  # the model's alpha, mode and caches are left as they were
+        return _evaluate(model, data, alphas, crit)
+
+
+def _evaluate(model, data, alphas, crit):
     model.eval()
     results = []
     for a in alphas:
@@ -386,7 +482,6 @@ def evaluate(model, data, alphas, batch_size=500):
             r.update(topk=float(model.topk), sparsity=model.sparsity())
         r.update(accuracy=correct / n, loss=loss_sum / n)
         results.append(r)
-    model.train(was_training)
     return results
 
 

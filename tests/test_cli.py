@@ -1,10 +1,12 @@
 """``python -m csub``: run as a subprocess in a temporary directory, importing this repository's csub."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import csub
@@ -153,3 +155,107 @@ def test_bad_arguments(tmp_path, args, problem):
     assert problem in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "BAD").exists()  # rejected before any work
+
+
+# -- files that cannot be written: checked before the work, one line on stderr, no traceback --
+
+def failed_cleanly(proc):
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m csub "), proc.stderr
+    return lines[0]
+
+
+def test_eval_refuses_an_unwritable_run_before_evaluating(run_dir):
+    cwd, _ = run_dir
+    for name in ("eval_cli.json", "eval_cli.csv"):
+        blocker = cwd / "RUN" / name
+        if blocker.exists():
+            blocker.unlink()
+        blocker.mkdir()  # a directory where the results go (root writes through permission bits)
+        try:
+            proc = run_csub(["eval", "RUN", "--alphas", "1.0"], cwd)
+            line = failed_cleanly(proc)
+            assert name in line and "is a directory" in line
+            assert proc.stdout == ""  # refused before the evaluation, not after it
+        finally:
+            blocker.rmdir()
+    proc = run_csub(["eval", "RUN", "--alphas", "1.0", "--plot", "RUN/config.json/p.png"], cwd)
+    assert "--plot" in failed_cleanly(proc) and proc.stdout == ""
+
+
+@pytest.mark.parametrize("target, kind", [("RUN/config.json/m.safetensors", "Not a directory"),
+                                          ("RUN", "is a directory"),
+                                          ("/sys/csub-test-model.safetensors", "Permission denied|Operation not permitted")])
+def test_export_refuses_an_unwritable_target_before_evaluating(run_dir, target, kind):
+    if target.startswith("/sys") and not os.path.isdir("/sys"):
+        pytest.skip("no /sys to refuse the write")
+    cwd, _ = run_dir
+    proc = run_csub(["export", "RUN", target], cwd)
+    line = failed_cleanly(proc)
+    assert re.search(kind, line) and target in line
+    assert proc.stdout == ""  # nothing evaluated
+
+
+@pytest.mark.parametrize("out, kind", [("FILE", "File exists"), ("FILE/run", "Not a directory"),
+                                       ("/sys/csub-test-run", "Permission denied|Operation not permitted")])
+def test_train_refuses_an_unwritable_out_before_training(tmp_path, out, kind):
+    if out.startswith("/sys") and not os.path.isdir("/sys"):
+        pytest.skip("no /sys to refuse the write")
+    (tmp_path / "FILE").write_text("a file, not a directory")
+    proc = run_csub(TRAIN_MLP[:-3] + ["--out", out, "--quiet"], tmp_path)
+    line = failed_cleanly(proc)
+    assert re.search(kind, line) and out in line
+    assert proc.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
+def test_fit_refuses_an_unwritable_out_before_the_first_epoch(tmp_path):
+    from csub import models, train
+
+    (tmp_path / "FILE").write_text("x")
+    rng = np.random.default_rng(0)
+    data = (rng.integers(0, 256, (8, 1, 4, 4), dtype=np.uint8), rng.integers(0, 10, 8))
+    m = models.mlp(in_features=16, hidden=(4,), regime="unstructured", subspace="line")
+    w = m.body[1].weight.data.copy()
+    with pytest.raises(NotADirectoryError, match="out: cannot write"):
+        train.fit(m, data, epochs=1, batch_size=4, out=str(tmp_path / "FILE" / "run"), progress=False)
+    (tmp_path / "run" / "checkpoint.safetensors").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match="checkpoint.safetensors"):
+        train.fit(m, data, epochs=1, batch_size=4, out=str(tmp_path / "run"), progress=False)
+    np.testing.assert_array_equal(m.body[1].weight.data, w)  # no step was taken
+
+
+@pytest.mark.parametrize("err", [PermissionError(13, "Permission denied", "RUN/x.json"),
+                                 IsADirectoryError(21, "Is a directory", "RUN/x.json"),
+                                 NotADirectoryError(20, "Not a directory", "RUN/x.json"),
+                                 FileExistsError(17, "File exists", "RUN/x.json"),
+                                 FileNotFoundError(2, "No such file or directory", "RUN/x.json"),
+                                 OSError(28, "No space left on device", "RUN/x.json")],
+                         ids=lambda e: type(e).__name__ + str(e.errno))
+def test_every_os_error_is_one_line(monkeypatch, capsys, err):
+    from csub import cli
+
+    def fail(args):
+        raise err
+
+    monkeypatch.setattr(cli, "cmd_eval", fail)
+    assert cli.main(["eval", "RUN"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"python -m csub eval: error: {err.strerror}: RUN/x.json\n"
+
+
+def test_eval_prints_before_saving(run_dir, monkeypatch, capsys):
+    """A save that fails after the checks (disk full, a race) still leaves the results on stdout."""
+    from csub import cli, train
+
+    cwd, _ = run_dir
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device", str(cwd / "RUN" / "eval_cli.json"))
+
+    monkeypatch.setattr(train, "save_results", disk_full)
+    assert cli.main(["eval", str(cwd / "RUN"), "--alphas", "0.1", "1.0"]) == 1
+    captured = capsys.readouterr()
+    assert sorted(table_rows(captured.out)) == [0.1, 1.0]
+    assert "No space left on device" in captured.err and captured.err.count("\n") == 1

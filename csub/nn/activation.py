@@ -8,11 +8,14 @@ from .module import Module, check_input
 class ReLU(Module):
     """y = max(x, 0), any shape, float32."""
 
+    _cache = ("_x",)
+
     def forward(self, x):
         self._x = check_input(x)
         return _core.relu_forward(self._x)
 
     def backward(self, dy):
+        self.check_forward_cache()
         return _core.relu_backward(self._x, dy)
 
 
@@ -28,6 +31,8 @@ def _pool_args(kernel_size, stride):
 class MaxPool2d(Module):
     """Max over k x k windows (stride defaults to k, no padding). x (N, C, H, W) -> (N, C, P, Q)."""
 
+    _cache = ("_shape", "_argmax")
+
     def __init__(self, kernel_size, stride=None):
         super().__init__()
         self.kernel_size, self.stride = _pool_args(kernel_size, stride)
@@ -39,6 +44,7 @@ class MaxPool2d(Module):
         return y
 
     def backward(self, dy):
+        self.check_forward_cache()
         return _core.maxpool2d_backward(dy, self._argmax, self._shape, self.kernel_size, self.stride)
 
     def extra_repr(self):
@@ -47,6 +53,8 @@ class MaxPool2d(Module):
 
 class AvgPool2d(Module):
     """Mean over k x k windows (stride defaults to k, no padding). x (N, C, H, W) -> (N, C, P, Q)."""
+
+    _cache = ("_shape",)
 
     def __init__(self, kernel_size, stride=None):
         super().__init__()
@@ -58,6 +66,7 @@ class AvgPool2d(Module):
         return _core.avgpool2d_forward(x, self.kernel_size, self.stride)
 
     def backward(self, dy):
+        self.check_forward_cache()
         return _core.avgpool2d_backward(dy, self._shape, self.kernel_size, self.stride)
 
     def extra_repr(self):
@@ -67,17 +76,22 @@ class AvgPool2d(Module):
 class GlobalAvgPool2d(Module):
     """Mean over H and W: x (N, C, H, W) -> (N, C)."""
 
+    _cache = ("_shape",)
+
     def forward(self, x):
         x = check_input(x, "x", 4)
         self._shape = x.shape
         return _core.gap_forward(x)
 
     def backward(self, dy):
+        self.check_forward_cache()
         return _core.gap_backward(dy, self._shape)
 
 
 class Flatten(Module):
     """(N, ...) -> (N, prod(...)), a view."""
+
+    _cache = ("_shape",)
 
     def forward(self, x):
         x = check_input(x)
@@ -85,4 +99,5 @@ class Flatten(Module):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
+        self.check_forward_cache()
         return np.ascontiguousarray(dy).reshape(self._shape)

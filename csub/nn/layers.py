@@ -59,6 +59,8 @@ class _Weighted(Module):
     divides it out of the output (the scale is treated as a constant in backward).
     """
 
+    _cache = ("_x", "_w")
+
     def __init__(self, subspace):
         super().__init__()
         self.subspace = check_subspace(subspace)
@@ -94,23 +96,29 @@ class _Weighted(Module):
             raise ValueError(f"num_bits: expected None or an int in [2, 16], got {bits!r}")
         return int(bits)
 
-    def effective_weight(self):
-        """The weight this layer computes with now: interpolated, masked, (folded,) quantized."""
+    def _weight_now(self):
+        """(weight, mask, fold): the weight at the current alpha, interpolated, masked, (folded,)
+        quantized; the top-k mask (uint8, the weight's shape, or None); the folded norm scale
+        (K,) (or None). Reads the layer, changes nothing."""
         topk = _check_topk(self.topk)
         bits = self._bits()
         w = self._value("weight")
-        self._mask = None
+        mask = fold = None
         if topk is not None and topk < 1.0:
-            self._mask = _core.topk_mask(w, topk)
-            w = _core.apply_mask(w, self._mask)
-        self._fold = None
+            mask = _core.topk_mask(w, topk)
+            w = _core.apply_mask(w, mask)
         if bits is not None:
             if self.fold_norm is not None:
-                self._fold = self.fold_norm.fold_scale()
-                w = _core.channel_scale(w.reshape(1, w.shape[0], -1), self._fold).reshape(w.shape)
+                fold = self.fold_norm.fold_scale()
+                w = _core.channel_scale(w.reshape(1, w.shape[0], -1), fold).reshape(w.shape)
             mn, mx = _core.minmax(w)
             w = _core.fake_quantize(w, bits, mn, mx)
-        return w
+        return w, mask, fold
+
+    def effective_weight(self):
+        """The weight this layer computes with now: interpolated, masked, (folded,) quantized.
+        Read-only: what the last forward cached for backward stays as it was."""
+        return self._weight_now()[0]
 
     def _sparse_weight(self, kind):
         """CSR (rowptr, colidx, values) of the masked weight self._w when the layer takes the
@@ -210,7 +218,7 @@ class Linear(_Weighted):
 
     def forward(self, x):
         x = check_input(x, "x", 2, self.active_in)
-        self._w = self.effective_weight()
+        self._w, self._mask, self._fold = self._weight_now()
         self._csr = self._sparse_weight("linear")
         self._x = self.quantize_input_array(x)
         b = None if self.bias is None else self._value("bias")
@@ -220,6 +228,7 @@ class Linear(_Weighted):
         return _core.linear_forward(self._x, self._w, b)
 
     def backward(self, dy):
+        self.check_forward_cache()
         dw, routed = self._weight_grad_buffer()
         db, b_routed = self._bias_grad_buffer()
         if self._csr is not None:
@@ -270,7 +279,7 @@ class Conv2d(_Weighted):
 
     def forward(self, x):
         x = check_input(x, "x", 4, self.active_in)
-        self._w = self.effective_weight()
+        self._w, self._mask, self._fold = self._weight_now()
         self._x = self.quantize_input_array(x)
         if self._fold is not None and self.bias is not None:
             raise ValueError("fold_norm: folding a norm into a conv with a bias is not supported")
@@ -284,6 +293,7 @@ class Conv2d(_Weighted):
         return self._unfold(y)
 
     def backward(self, dy):
+        self.check_forward_cache()
         dy = self._unfold(dy)
         dw, routed = self._weight_grad_buffer()
         db, b_routed = self._bias_grad_buffer()

@@ -12,6 +12,7 @@ alpha = 1 end); its forward uses ``(1 - alpha) * weight + alpha * weight1``
 and its backward splits the gradient as ``(1 - alpha) * g`` and ``alpha * g``.
 ``subspace="point"`` and ``None`` hold one tensor.
 """
+import contextlib
 from collections import OrderedDict
 
 import numpy as np
@@ -112,6 +113,20 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
+    # Attributes forward stores for backward (layers that cache set this); see check_forward_cache.
+    _cache = ()
+
+    def check_forward_cache(self):
+        """RuntimeError unless every module of this one holds what its backward needs, i.e.
+        forward has run since the module was built (backward before forward used to be an
+        AttributeError deep inside a layer)."""
+        for name, m in self.named_modules():
+            if any(c not in m.__dict__ for c in type(m)._cache):
+                where = f" ({name or type(m).__name__} has no forward cache)" if m is not self else ""
+                raise RuntimeError(f"{type(self).__name__}.backward: called before forward{where}; "
+                                   "run forward on a batch first")
+        return self
+
     def __call__(self, *args):
         return self.forward(*args)
 
@@ -154,6 +169,23 @@ class Module:
 
     def eval(self):
         return self.train(False)
+
+    @contextlib.contextmanager
+    def _restoring_state(self):
+        """Context: on exit every module of this one is back as it was on entry: mode, alpha,
+        compression level, width and the caches of its last forward. Parameters and buffers
+        are not copied (what runs inside must not change them: evaluation-mode forwards).
+        Holds the module's lock, where it has one (csub.models), for the whole block."""
+        with self.__dict__.get("_lock") or contextlib.nullcontext():
+            saved = [(m, dict(m.__dict__), dict(m._active)) for m in self.modules()]
+            try:
+                yield self
+            finally:
+                for m, attrs, active in saved:
+                    m.__dict__.clear()
+                    m.__dict__.update(attrs)
+                    m._active.clear()
+                    m._active.update(active)
 
     def set_alpha(self, alpha):
         """Move every layer of this module to the point alpha in [0, 1] of the subspace."""

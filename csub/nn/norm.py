@@ -24,6 +24,8 @@ def _check_channels(n, name):
 
 
 class _AffineNorm(Module):
+    _cache = ("_x", "_g")
+
     def __init__(self, num_channels, eps, subspace, channels_name="num_channels"):
         super().__init__()
         _check_channels(num_channels, channels_name)
@@ -102,6 +104,7 @@ class BatchNorm2d(_AffineNorm):
         return (self._value("weight") / np.sqrt(self.running_var + self.eps)).astype(np.float32)
 
     def backward(self, dy):
+        self.check_forward_cache()
         dg, db = self._grad_buffers()
         dx = _core.batchnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db,
                                       self._training_stats)
@@ -139,6 +142,7 @@ class GroupNorm(_AffineNorm):
         return y
 
     def backward(self, dy):
+        self.check_forward_cache()
         dg, db = self._grad_buffers()
         dx = _core.groupnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db)
         self._route(dg, db)
