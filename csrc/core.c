@@ -31,9 +31,11 @@ void blas_set_num_threads(int n);
 static int g_threads;      /* 0: not set yet, use OpenMP's default */
 static int g_blas_serial;  /* OpenBLAS switched to one thread */
 
-void csub_set_num_threads(int n)
+int csub_set_num_threads(int n)
 {
-    g_threads = n < 1 ? 1 : n;
+    if (n < 1 || n > CSUB_MAX_THREADS) return CSUB_ERR_ARG;
+    g_threads = n;
+    return CSUB_OK;
 }
 
 int csub_get_num_threads(void)

@@ -107,8 +107,8 @@ int main(int argc, char **argv)
                 return 2;
             }
         } else if (!strcmp(argv[i], "-t") && i + 1 < argc) {
-            if (parse_int(argv[++i], 1, 4096, &threads)) {
-                fprintf(stderr, "-t: expected 1 to 4096 threads, got '%s'\n", argv[i]);
+            if (parse_int(argv[++i], 1, CSUB_MAX_THREADS, &threads)) {
+                fprintf(stderr, "-t: expected 1 to %d threads, got '%s'\n", CSUB_MAX_THREADS, argv[i]);
                 return 2;
             }
         } else if (!strcmp(argv[i], "--budget") && i + 1 < argc) budget = argv[++i];

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import csub
-from csub import data, models, modelfile
+from csub import _core, data, models, modelfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
@@ -183,7 +183,7 @@ def test_classify_example_refuses_absurd_arguments(classify, tmp_path):
     args = [classify, _small_export(tmp_path), str(tmp_path / "images.idx"), str(tmp_path / "labels.idx"), "-a", "1"]
     for flag, value in (("-b", "2305843009213693952"), ("-b", str(2 ** 63)), ("-b", "0"), ("-b", "-3"), ("-b", "12x"),
                         ("-b", str(2 ** 24 + 1)), ("-n", "0"), ("-n", "-5"), ("-n", "99999999999999999999"),
-                        ("-t", "0"), ("-t", "x"), ("-t", str(2 ** 31))):
+                        ("-t", "0"), ("-t", "x"), ("-t", str(2 ** 31)), ("-t", "1025")):
         r = subprocess.run(args + [flag, value], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (flag, value, r.returncode, r.stderr)
         assert r.stderr.startswith(flag + ":") and value in r.stderr, (flag, value, r.stderr)
@@ -261,3 +261,16 @@ def test_classify_example_follows_csub_isa(classify, tmp_path):
     # integer products and norms are bit-identical on every level: the same accuracy at every alpha
     acc = {isa: [ln.split()[:6] for ln in out if ln.startswith("alpha ")] for isa, out in runs.items()}
     assert len(acc[None]) == 3 and acc["baseline"] == acc[None]
+
+
+def test_c_thread_count_is_checked():
+    """csub_set_num_threads refuses counts outside [1, CSUB_MAX_THREADS] and keeps the old one."""
+    import ctypes
+
+    lib = ctypes.CDLL(_core.__file__)
+    before = lib.csub_get_num_threads()
+    for n in (0, -1, 1025, 100000):
+        assert lib.csub_set_num_threads(n) == -1, n  # CSUB_ERR_ARG
+        assert lib.csub_get_num_threads() == before
+    assert lib.csub_set_num_threads(1024) == 0 and lib.csub_get_num_threads() == 1024
+    assert lib.csub_set_num_threads(before) == 0

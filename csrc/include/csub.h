@@ -33,10 +33,14 @@ extern "C" {
 
 /* ------------------------------------------------------------------ core */
 
-/* Number of threads csub's kernels use (OpenMP); n >= 1. BLAS calls made by
- * csub are single-threaded and csub splits the work itself, so the two
- * never oversubscribe the cores. */
-void csub_set_num_threads(int n);
+/* Number of threads csub's kernels use (OpenMP), n in [1, CSUB_MAX_THREADS]:
+ * libgomp keeps a record per thread on the stack of the thread that starts
+ * each parallel region, so counts far beyond the cores overflow it. BLAS calls
+ * made by csub are single-threaded and csub splits the work itself, so the two
+ * never oversubscribe the cores. Returns CSUB_OK, or CSUB_ERR_ARG (count
+ * unchanged) for n outside the range. */
+#define CSUB_MAX_THREADS 1024
+int csub_set_num_threads(int n);
 int csub_get_num_threads(void);
 
 /* Row-major C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C.

@@ -285,12 +285,11 @@ static int parse(PyObject *args, PyObject *kw, const char *fmt, char **kwlist, .
 
 /* ------------------------------------------------------------------ core */
 
-/* At most 1024 threads (csub.MAX_NUM_THREADS): libgomp starts a team with one
+/* At most CSUB_MAX_THREADS (csub.MAX_NUM_THREADS): libgomp starts a team with one
  * start record per thread on the calling thread's stack (alloca), so 100000
  * threads overflowed the 8 MiB stack inside the first parallel region. */
 static PyObject *py_set_num_threads(PyObject *self, PyObject *args, PyObject *kw)
 {
-    enum { MAX_THREADS = 1024 };
     long long n;
     KW("n");
     if (!parse(args, kw, "L", kwlist, &n)) return NULL;
@@ -298,8 +297,8 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *args, PyObject *kw
         PyErr_SetString(PyExc_TypeError, "n: expected an int, got bool");
         return NULL;
     }
-    if (n < 1 || n > MAX_THREADS) {
-        PyErr_Format(PyExc_ValueError, "n: expected a thread count in [1, %d], got %lld", MAX_THREADS, n);
+    if (n < 1 || n > CSUB_MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "n: expected a thread count in [1, %d], got %lld", CSUB_MAX_THREADS, n);
         return NULL;
     }
     csub_set_num_threads((int)n);
