@@ -38,7 +38,7 @@ __version__ = "0.1.0"
 # an 8 MiB stack and crashed. A fixed cap (not a multiple of this machine's cores) keeps a
 # thread count, and with it the reduction order and the results, valid on every machine;
 # 1024 threads need about 100 KiB of that stack, and no CPU csub runs on has more cores.
-MAX_NUM_THREADS = 1024
+MAX_NUM_THREADS = _core.MAX_NUM_THREADS  # CSUB_MAX_THREADS of csub.h
 
 
 def set_num_threads(n):

@@ -2298,6 +2298,10 @@ PyMODINIT_FUNC PyInit__core(void)
     import_array();
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
+    if (PyModule_AddIntConstant(m, "MAX_NUM_THREADS", CSUB_MAX_THREADS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     static const struct { const char *name, *doc; PyObject **type; } errs[] = {
         {"csub.FormatError", "A model file, header or JSON text is malformed (CSUB_ERR_FORMAT).", &FormatError},
         {"csub.UnsupportedError", "Well formed, but asks for something csub cannot run (CSUB_ERR_UNSUPPORTED).",
