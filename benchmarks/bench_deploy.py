@@ -27,7 +27,7 @@ import statistics
 import time
 
 import numpy as np
-from common import print_machine
+from common import print_machine, torch_mirror
 
 import csub
 from csub import models
@@ -54,47 +54,6 @@ def set_alpha_ms(net, alphas, reps=5):
             net.set_alpha(a)
             times.append(time.perf_counter() - t)
     return statistics.median(times) * 1e3
-
-
-def torch_net(model, torch):
-    """The same float network in PyTorch (group norm), weights copied from the csub model at alpha 1."""
-    tnn = torch.nn
-
-    class Block(tnn.Module):
-        def __init__(self, b):
-            super().__init__()
-            def conv(c):
-                t = tnn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
-                t.weight.data = torch.from_numpy(c.weight.data.copy())
-                return t
-
-            def norm(n):
-                t = tnn.GroupNorm(n.num_groups, n.num_channels)
-                t.weight.data = torch.from_numpy(n.weight.data.copy())
-                t.bias.data = torch.from_numpy(n.bias.data.copy())
-                return t
-            self.n1, self.n2, self.n3 = norm(b.n1), norm(b.n2), norm(b.n3)
-            self.c1, self.c2, self.c3 = conv(b.conv1), conv(b.conv2), conv(b.conv3)
-            self.sc = None if b.shortcut is None else conv(b.shortcut)
-
-        def forward(self, x):
-            a = torch.relu(self.n1(x))
-            s = x if self.sc is None else self.sc(a)
-            h = self.c1(a)
-            h = self.c2(torch.relu(self.n2(h)))
-            h = self.c3(torch.relu(self.n3(h)))
-            return h + s
-
-    stem = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
-    stem.weight.data = torch.from_numpy(model.stem.weight.data.copy())
-    head = tnn.GroupNorm(model.head[0].num_groups, model.head[0].num_channels)
-    head.weight.data = torch.from_numpy(model.head[0].weight.data.copy())
-    head.bias.data = torch.from_numpy(model.head[0].bias.data.copy())
-    fc = tnn.Linear(256, 10, bias=False)
-    fc.weight.data = torch.from_numpy(model.fc.weight.data.copy())
-    net = tnn.Sequential(stem, *[Block(b) for b in model.blocks], head, tnn.ReLU(),
-                         tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), fc)
-    return net.eval()
 
 
 def halves(models_by_name, x64, args):
@@ -151,7 +110,7 @@ def main():
     if not args.no_torch:
         try:
             import torch
-            tnet = torch_net(dense, torch)
+            tnet = torch_mirror(dense, torch)
         except ImportError:
             torch = None
 

@@ -26,7 +26,6 @@ sparse, 8-bit) and the batch-norm CNN, at each of --threads; written as the
 last section of --out (replacing an earlier one; the peers' table stays).
 """
 import argparse
-import inspect
 import json
 import os
 import statistics
@@ -39,7 +38,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_machine  # noqa: E402
+from common import print_machine, torch_mirror  # noqa: E402
 
 import csub  # noqa: E402
 from csub import models  # noqa: E402
@@ -77,58 +76,14 @@ def median_ms(fn, reps):
 
 # ------------------------------------------------------------------ mirror
 
-def torch_mirror(model, torch):
-    """The network at its current alpha in PyTorch: the effective (masked) weights, the same norms."""
-    tnn = torch.nn
-
-    def conv(c):
-        t = tnn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
-        t.weight.data = torch.from_numpy(np.array(c.effective_weight(), np.float32))
-        return t
-
-    def norm(n):
-        if isinstance(n, csub.nn.BatchNorm2d):
-            t = tnn.BatchNorm2d(n.num_channels, eps=n.eps)
-            t.running_mean.data = torch.from_numpy(n.running_mean.copy())
-            t.running_var.data = torch.from_numpy(n.running_var.copy())
-        else:
-            t = tnn.GroupNorm(n.num_groups, n.num_channels, eps=n.eps)
-        t.weight.data = torch.from_numpy(np.array(n.weight.data, np.float32))
-        t.bias.data = torch.from_numpy(np.array(n.bias.data, np.float32))
-        return t
-
-    class Block(tnn.Module):
-        def __init__(self, b):
-            super().__init__()
-            self.n1, self.n2, self.n3 = norm(b.n1), norm(b.n2), norm(b.n3)
-            self.c1, self.c2, self.c3 = conv(b.conv1), conv(b.conv2), conv(b.conv3)
-            self.sc = None if b.shortcut is None else conv(b.shortcut)
-
-        def forward(self, x):
-            a = torch.relu(self.n1(x))
-            s = x if self.sc is None else self.sc(a)
-            h = self.c1(a)
-            h = self.c2(torch.relu(self.n2(h)))
-            h = self.c3(torch.relu(self.n3(h)))
-            return h + s
-
-    fc = tnn.Linear(model.fc.in_features, model.fc.out_features, bias=False)
-    fc.weight.data = torch.from_numpy(np.array(model.fc.effective_weight(), np.float32))
-    net = tnn.Sequential(conv(model.stem), *[Block(b) for b in model.blocks], norm(model.head[0]), tnn.ReLU(),
-                         tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), fc)
-    return net.eval()
-
-
 def onnx_file(model, path, torch):
-    """ONNX of the network at its alpha: csub.interop.to_onnx where it exists, else the mirror's export."""
+    """ONNX of the network at its alpha: csub.interop.to_onnx (the [onnx] extra), else the mirror's export."""
     try:
         from csub import interop
-    except ImportError:
-        interop = None
-    if interop is not None and hasattr(interop, "to_onnx"):
-        kw = {"input_shape": (3, 32, 32)} if "input_shape" in inspect.signature(interop.to_onnx).parameters else {}
-        interop.to_onnx(model, path, **kw)
+        interop.to_onnx(model, path, model.alpha, input_shape=(3, 32, 32))
         return "csub.interop.to_onnx"
+    except ImportError:  # onnx is not installed
+        pass
     x = torch.zeros(1, 3, 32, 32)
     with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated, and still the one that runs here
         warnings.simplefilter("ignore")

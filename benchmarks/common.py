@@ -63,3 +63,45 @@ def conv_shapes(model, layers, image):
         key = conv_key(m)
         shapes[key] = shapes.get(key, 0) + 1
     return shapes
+
+
+def torch_mirror(model, torch):
+    """The network at its current alpha in PyTorch: the effective (masked) weights, the same norms."""
+    tnn = torch.nn
+
+    def conv(c):
+        t = tnn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
+        t.weight.data = torch.from_numpy(np.array(c.effective_weight(), np.float32))
+        return t
+
+    def norm(n):
+        if n.__class__.__name__ == "BatchNorm2d":
+            t = tnn.BatchNorm2d(n.num_channels, eps=n.eps)
+            t.running_mean.data = torch.from_numpy(n.running_mean.copy())
+            t.running_var.data = torch.from_numpy(n.running_var.copy())
+        else:
+            t = tnn.GroupNorm(n.num_groups, n.num_channels, eps=n.eps)
+        t.weight.data = torch.from_numpy(np.array(n.weight.data, np.float32))
+        t.bias.data = torch.from_numpy(np.array(n.bias.data, np.float32))
+        return t
+
+    class Block(tnn.Module):
+        def __init__(self, b):
+            super().__init__()
+            self.n1, self.n2, self.n3 = norm(b.n1), norm(b.n2), norm(b.n3)
+            self.c1, self.c2, self.c3 = conv(b.conv1), conv(b.conv2), conv(b.conv3)
+            self.sc = None if b.shortcut is None else conv(b.shortcut)
+
+        def forward(self, x):
+            a = torch.relu(self.n1(x))
+            s = x if self.sc is None else self.sc(a)
+            h = self.c1(a)
+            h = self.c2(torch.relu(self.n2(h)))
+            h = self.c3(torch.relu(self.n3(h)))
+            return h + s
+
+    fc = tnn.Linear(model.fc.in_features, model.fc.out_features, bias=False)
+    fc.weight.data = torch.from_numpy(np.array(model.fc.effective_weight(), np.float32))
+    net = tnn.Sequential(conv(model.stem), *[Block(b) for b in model.blocks], norm(model.head[0]), tnn.ReLU(),
+                         tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), fc)
+    return net.eval()
