@@ -409,15 +409,20 @@ def main(argv=None):
         p.error("--method target_bits needs --num-bits")
     try:
         return args.func(args)
-    except (CLIError, ValueError) as e:
-        print(f"python -m csub {args.command}: error: {e}", file=sys.stderr)
-        from . import distributed
+    except (CLIError, ValueError) as e:  # exit 2: the arguments or the data they name
+        return _fail(args.command, str(e), 2)
+    except OSError as e:  # exit 1: every file problem (missing, permissions, a directory in a file's place, ...)
+        return _fail(args.command, _os_error(e), 1)
 
-        distributed.abort(2)  # under mpiexec the other ranks must not wait for this one
-        return 2
-    except OSError as e:  # every file problem (missing, permissions, a directory in a file's place, ...)
-        print(f"python -m csub {args.command}: error: {_os_error(e)}", file=sys.stderr)
-        return 1
+
+def _fail(command, message, code):
+    """Report an error in one line and return its exit code; under mpiexec end every rank with it
+    (the others must not wait for this one)."""
+    print(f"python -m csub {command}: error: {message}", file=sys.stderr)
+    from . import distributed
+
+    distributed.abort(code)
+    return code
 
 
 def _os_error(e):

@@ -446,8 +446,10 @@ class Trainer:
             if sync_batchnorm and isinstance(m, BatchNorm2d):
                 object.__setattr__(m, "forward", _sync_bn_forward.__get__(m))
                 object.__setattr__(m, "backward", _sync_bn_backward.__get__(m))
+                object.__setattr__(m, "_cache", ("_sync",))  # what the synchronised forward keeps
                 self._undo.append((m, "forward", None))
                 self._undo.append((m, "backward", None))
+                self._undo.append((m, "_cache", None))
         return ShardLoader(loader, self.rank, self.size)
 
     def sync_state(self, model, opt, gen, history, start):

@@ -121,7 +121,7 @@ class Module:
         forward has run since the module was built (backward before forward used to be an
         AttributeError deep inside a layer)."""
         for name, m in self.named_modules():
-            if any(c not in m.__dict__ for c in type(m)._cache):
+            if any(c not in m.__dict__ for c in m._cache):
                 where = f" ({name or type(m).__name__} has no forward cache)" if m is not self else ""
                 raise RuntimeError(f"{type(self).__name__}.backward: called before forward{where}; "
                                    "run forward on a batch first")
