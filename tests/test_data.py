@@ -49,15 +49,16 @@ def isolate_env(monkeypatch, tmp_path):
     monkeypatch.setenv("CSUB_DATA", str(data_dir))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-fmnist"))
-    monkeypatch.setattr(data, "MNIST_SYSTEM_DIR", str(tmp_path / "no-system-mnist"))
+    monkeypatch.setattr(data.datasets, "FASHION_MNIST_SYSTEM_DIR",
+                        str(tmp_path / "no-system-fmnist"))
+    monkeypatch.setattr(data.datasets, "MNIST_SYSTEM_DIR", str(tmp_path / "no-system-mnist"))
     return data_dir
 
 
 def no_network(monkeypatch):
     def fail(url, dest, md5, timeout=None):
         raise data.DownloadError(f"network disabled in tests ({url})")
-    monkeypatch.setattr(data, "_download_file", fail)
+    monkeypatch.setattr(data.datasets, "_download_file", fail)
 
 
 def md5_of(path):
@@ -482,7 +483,7 @@ def test_fashion_mnist_falls_back_to_bundled(tmp_path, monkeypatch):
 
 
 def _bundled_file(name):
-    return os.path.join(data._BUNDLED_FASHION_MNIST_DIR, name)
+    return os.path.join(data.datasets._BUNDLED_FASHION_MNIST_DIR, name)
 
 
 def test_fashion_mnist_search_order(tmp_path, monkeypatch):
@@ -515,8 +516,8 @@ def test_fashion_mnist_download(tmp_path, monkeypatch):
     for name in data.FASHION_MNIST_MD5:
         shutil.copy(_bundled_file(name), mirror)
         md5s[name] = md5_of(mirror / name)
-    monkeypatch.setattr(data, "FASHION_MNIST_URL", mirror.as_uri() + "/")
-    monkeypatch.setattr(data, "FASHION_MNIST_MD5", md5s)
+    monkeypatch.setattr(data.datasets, "FASHION_MNIST_URL", mirror.as_uri() + "/")
+    monkeypatch.setattr(data.datasets, "FASHION_MNIST_MD5", md5s)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         images, labels = data.fashion_mnist("test")
@@ -533,7 +534,7 @@ def test_fashion_mnist_download_checksum_mismatch(tmp_path, monkeypatch):
     mirror.mkdir()
     for name in data.FASHION_MNIST_MD5:
         shutil.copy(_bundled_file(name), mirror)
-    monkeypatch.setattr(data, "FASHION_MNIST_URL", mirror.as_uri() + "/")
+    monkeypatch.setattr(data.datasets, "FASHION_MNIST_URL", mirror.as_uri() + "/")
     with pytest.warns(UserWarning, match="MD5"):
         images, _ = data.fashion_mnist("test")
     assert images.shape == (1000, 1, 28, 28)
@@ -545,13 +546,13 @@ def test_download_file(tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(b"hello world" * 1000)
     dest = tmp_path / "out" / "dest.bin"
-    data._download_file(src.as_uri(), str(dest), md5_of(src))
+    data.datasets._download_file(src.as_uri(), str(dest), md5_of(src))
     assert dest.read_bytes() == src.read_bytes()
     bad = tmp_path / "out" / "bad.bin"
     with pytest.raises(data.DownloadError, match="MD5"):
-        data._download_file(src.as_uri(), str(bad), "0" * 32)
+        data.datasets._download_file(src.as_uri(), str(bad), "0" * 32)
     with pytest.raises(data.DownloadError):
-        data._download_file((tmp_path / "absent").as_uri(), str(bad), None)
+        data.datasets._download_file((tmp_path / "absent").as_uri(), str(bad), None)
     assert sorted(os.listdir(tmp_path / "out")) == ["dest.bin"]
 
 
