@@ -184,6 +184,13 @@ int status_ok(int status, const char *where)
     return -1;
 }
 
+PyObject *finish(int status, const char *where, PyArrayObject *out)
+{
+    if (status_ok(status, where)) { Py_XDECREF(out); return NULL; }
+    if (!out) Py_RETURN_NONE;
+    return (PyObject *)out;
+}
+
 /* Shape tuple argument, e.g. input_shape=(N, C, H, W). */
 int parse_shape(PyObject *obj, const char *name, int nd, npy_intp *dims)
 {

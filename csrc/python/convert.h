@@ -78,6 +78,12 @@ extern PyObject *FormatError, *UnsupportedError, *BudgetError;
 PyObject *raise_status(int status, const char *where, const char *msg);
 /* 0 for CSUB_OK; otherwise raise for a kernel's status and -1. */
 int status_ok(int status, const char *where);
+/* A wrapper's result after its kernel returned status: out (None when out is
+ * NULL) for CSUB_OK, else the status's exception with out released. */
+PyObject *finish(int status, const char *where, PyArrayObject *out);
+
+/* One kernel call (a statement) with the GIL released. */
+#define NOGIL(...) do { Py_BEGIN_ALLOW_THREADS __VA_ARGS__; Py_END_ALLOW_THREADS } while (0)
 
 /* --------------------------------------------------------------- parsing */
 

@@ -18,9 +18,7 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args, PyObject *kw)
     npy_intp d[2] = {N, O};
     PyArrayObject *y = new_f32(2, d);
     if (!y) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_linear_forward(F32(x), F32(w), OPT_F32(b), F32(y), N, IN, O);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_linear_forward(F32(x), F32(w), OPT_F32(b), F32(y), N, IN, O));
     return (PyObject *)y;
 }
 
@@ -47,9 +45,7 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args, PyObject *kw
         npy_intp d[2] = {N, IN};
         if (!(dx = new_f32(2, d))) return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    csub_linear_backward(F32(x), F32(w), F32(dy), OPT_F32(dx), OPT_F32(dw), OPT_F32(db), N, IN, O);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_linear_backward(F32(x), F32(w), F32(dy), OPT_F32(dx), OPT_F32(dw), OPT_F32(db), N, IN, O));
     if (!dx) Py_RETURN_NONE;
     return (PyObject *)dx;
 }
@@ -76,11 +72,8 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
     PyArrayObject *y = new_f32(4, ys);
     if (!y) return NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_conv2d_forward(F32(x), F32(w), OPT_F32(b), F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad);
-    Py_END_ALLOW_THREADS
-    if (status_ok(st, "conv2d_forward")) { Py_DECREF(y); return NULL; }
-    return (PyObject *)y;
+    NOGIL(st = csub_conv2d_forward(F32(x), F32(w), OPT_F32(b), F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad));
+    return finish(st, "conv2d_forward", y);
 }
 
 static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw)
@@ -106,13 +99,9 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
     PyArrayObject *dx = NULL;
     if (need_dx && !(dx = new_f32(4, PyArray_DIMS(x)))) return NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_conv2d_backward(F32(x), F32(w), F32(dy), OPT_F32(dx), OPT_F32(dw), OPT_F32(db),
-                              d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad);
-    Py_END_ALLOW_THREADS
-    if (status_ok(st, "conv2d_backward")) { Py_XDECREF(dx); return NULL; }
-    if (!dx) Py_RETURN_NONE;
-    return (PyObject *)dx;
+    NOGIL(st = csub_conv2d_backward(F32(x), F32(w), F32(dy), OPT_F32(dx), OPT_F32(dw), OPT_F32(db),
+                              d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad));
+    return finish(st, "conv2d_backward", dx);
 }
 
 /* ------------------------------------------- activations, pools, residual */
@@ -126,9 +115,7 @@ static PyObject *py_relu_forward(PyObject *self, PyObject *args, PyObject *kw)
     if (!x) return NULL;
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!y) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_relu_forward(F32(x), F32(y), PyArray_SIZE(x));
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_relu_forward(F32(x), F32(y), PyArray_SIZE(x)));
     return (PyObject *)y;
 }
 
@@ -142,9 +129,7 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
     if (!dy || same_shape(dy, "dy", x, "x")) return NULL;
     PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!dx) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_relu_backward(F32(x), F32(dy), F32(dx), PyArray_SIZE(x));
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_relu_backward(F32(x), F32(dy), F32(dx), PyArray_SIZE(x)));
     return (PyObject *)dx;
 }
 
@@ -198,9 +183,7 @@ static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args, PyObject *
     PyArrayObject *y = new_f32(4, ys);
     PyArrayObject *am = (PyArrayObject *)PyArray_SimpleNew(4, ys, NPY_INT32);
     if (!y || !am) { Py_XDECREF(y); Py_XDECREF(am); return NULL; }
-    Py_BEGIN_ALLOW_THREADS
-    csub_maxpool2d_forward(F32(x), F32(y), (int32_t *)PyArray_DATA(am), N, C, H, W, k, s);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_maxpool2d_forward(F32(x), F32(y), (int32_t *)PyArray_DATA(am), N, C, H, W, k, s));
     return Py_BuildValue("NN", y, am);
 }
 
@@ -225,9 +208,7 @@ static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args, PyObject 
         }
     PyArrayObject *dx = new_f32(4, xs);
     if (!dx) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_maxpool2d_backward(F32(dy), ai, F32(dx), xs[0], xs[1], xs[2], xs[3], k, s);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_maxpool2d_backward(F32(dy), ai, F32(dx), xs[0], xs[1], xs[2], xs[3], k, s));
     return (PyObject *)dx;
 }
 
@@ -244,9 +225,7 @@ static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args, PyObject *
     npy_intp ys[4] = {N, C, P, Q};
     PyArrayObject *y = new_f32(4, ys);
     if (!y) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_avgpool2d_forward(F32(x), F32(y), N, C, H, W, k, s);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_avgpool2d_forward(F32(x), F32(y), N, C, H, W, k, s));
     return (PyObject *)y;
 }
 
@@ -263,9 +242,7 @@ static PyObject *py_avgpool2d_backward(PyObject *self, PyObject *args, PyObject 
     if (shape_check(dy, "dy", 4, ys, "(N, C, P, Q)")) return NULL;
     PyArrayObject *dx = new_f32(4, xs);
     if (!dx) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_avgpool2d_backward(F32(dy), F32(dx), xs[0], xs[1], xs[2], xs[3], k, s);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_avgpool2d_backward(F32(dy), F32(dx), xs[0], xs[1], xs[2], xs[3], k, s));
     return (PyObject *)dx;
 }
 
@@ -281,9 +258,7 @@ static PyObject *py_gap_forward(PyObject *self, PyObject *args, PyObject *kw)
     npy_intp ys[2] = {N, C};
     PyArrayObject *y = new_f32(2, ys);
     if (!y) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_gap_forward(F32(x), F32(y), N * C, HW);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_gap_forward(F32(x), F32(y), N * C, HW));
     return (PyObject *)y;
 }
 
@@ -299,9 +274,7 @@ static PyObject *py_gap_backward(PyObject *self, PyObject *args, PyObject *kw)
     if (shape_check(dy, "dy", 2, ys, "(N, C)")) return NULL;
     PyArrayObject *dx = new_f32(4, xs);
     if (!dx) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_gap_backward(F32(dy), F32(dx), xs[0] * xs[1], xs[2] * xs[3]);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_gap_backward(F32(dy), F32(dx), xs[0] * xs[1], xs[2] * xs[3]));
     return (PyObject *)dx;
 }
 
@@ -343,9 +316,7 @@ static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args, PyObje
     PyArrayObject *prob = new_f32(2, PyArray_DIMS(lg));
     if (!prob) return NULL;
     double loss;
-    Py_BEGIN_ALLOW_THREADS
-    loss = csub_cross_entropy_forward(F32(lg), (const int64_t *)PyArray_DATA(y), F32(prob), N, K);
-    Py_END_ALLOW_THREADS
+    NOGIL(loss = csub_cross_entropy_forward(F32(lg), (const int64_t *)PyArray_DATA(y), F32(prob), N, K));
     return Py_BuildValue("dN", loss, prob);
 }
 
@@ -366,9 +337,7 @@ static PyObject *py_cross_entropy_backward(PyObject *self, PyObject *args, PyObj
     }
     PyArrayObject *d = new_f32(2, PyArray_DIMS(p));
     if (!d) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_cross_entropy_backward(F32(p), (const int64_t *)PyArray_DATA(y), F32(d), N, K, (float)scale);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_cross_entropy_backward(F32(p), (const int64_t *)PyArray_DATA(y), F32(d), N, K, (float)scale));
     return (PyObject *)d;
 }
 

@@ -46,10 +46,8 @@ static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kw)
     npy_intp d[2] = {M, N};
     PyArrayObject *c = zeros_f32(2, d);
     if (!c) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_gemm(ta, tb, M, N, K, 1.0f, F32(a), PyArray_DIM(a, 1), F32(b), PyArray_DIM(b, 1),
-              0.0f, F32(c), N);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_gemm(ta, tb, M, N, K, 1.0f, F32(a), PyArray_DIM(a, 1), F32(b), PyArray_DIM(b, 1),
+              0.0f, F32(c), N));
     return (PyObject *)c;
 }
 

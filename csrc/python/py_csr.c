@@ -26,17 +26,13 @@ static PyObject *py_csr_from_mask(PyObject *self, PyObject *args, PyObject *kw)
     PyArrayObject *rp = (PyArrayObject *)PyArray_SimpleNew(1, rs, NPY_INT64);
     if (!rp) return NULL;
     int64_t nnz;
-    Py_BEGIN_ALLOW_THREADS
-    nnz = csub_csr_count((const uint8_t *)PyArray_DATA(m), K, cols, (int64_t *)PyArray_DATA(rp));
-    Py_END_ALLOW_THREADS
+    NOGIL(nnz = csub_csr_count((const uint8_t *)PyArray_DATA(m), K, cols, (int64_t *)PyArray_DATA(rp)));
     npy_intp ns[1] = {nnz};
     PyArrayObject *ci = (PyArrayObject *)PyArray_SimpleNew(1, ns, NPY_INT32);
     PyArrayObject *va = new_f32(1, ns);
     if (!ci || !va) { Py_DECREF(rp); Py_XDECREF(ci); Py_XDECREF(va); return NULL; }
-    Py_BEGIN_ALLOW_THREADS
-    csub_csr_fill(F32(w), (const uint8_t *)PyArray_DATA(m), K, cols, (const int64_t *)PyArray_DATA(rp),
-                  (int32_t *)PyArray_DATA(ci), F32(va));
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_csr_fill(F32(w), (const uint8_t *)PyArray_DATA(m), K, cols, (const int64_t *)PyArray_DATA(rp),
+                  (int32_t *)PyArray_DATA(ci), F32(va)));
     return Py_BuildValue("NNN", rp, ci, va);
 }
 
@@ -242,11 +238,8 @@ static PyObject *py_linear_sparse_forward(PyObject *self, PyObject *args, PyObje
     PyArrayObject *y = new_f32(2, ys);
     if (!y) return NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_linear_sparse_forward(F32(x), CSR_PTRS(c), OPT_F32(b), F32(y), N, IN, O);
-    Py_END_ALLOW_THREADS
-    if (status_ok(st, "linear_sparse_forward")) { Py_DECREF(y); return NULL; }
-    return (PyObject *)y;
+    NOGIL(st = csub_linear_sparse_forward(F32(x), CSR_PTRS(c), OPT_F32(b), F32(y), N, IN, O));
+    return finish(st, "linear_sparse_forward", y);
 }
 
 static PyObject *py_linear_sparse_backward(PyObject *self, PyObject *args, PyObject *kw)

@@ -61,9 +61,7 @@ static PyObject *py_json_parse(PyObject *self, PyObject *args, PyObject *kw)
     csub_json *v = NULL;
     char err[256];
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_json_parse(text.buf, (size_t)text.len, &v, err, sizeof err);
-    Py_END_ALLOW_THREADS
+    NOGIL(st = csub_json_parse(text.buf, (size_t)text.len, &v, err, sizeof err));
     PyBuffer_Release(&text);
     if (st) return reader_error(st, err);
     PyObject *out = json_to_py(v);
@@ -101,9 +99,7 @@ static PyObject *py_st_parse(PyObject *self, PyObject *args, PyObject *kw)
     csub_st_file f;
     char err[512];
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_st_parse(data.buf, (size_t)data.len, &f, err, sizeof err);
-    Py_END_ALLOW_THREADS
+    NOGIL(st = csub_st_parse(data.buf, (size_t)data.len, &f, err, sizeof err));
     PyBuffer_Release(&data);
     if (st) return reader_error(st, err);
 

@@ -40,10 +40,8 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     PyArrayObject *mean = new_f32(1, cs), *invstd = new_f32(1, cs);
     if (!y || !mean || !invstd) { Py_XDECREF(y); Py_XDECREF(mean); Py_XDECREF(invstd); return NULL; }
-    Py_BEGIN_ALLOW_THREADS
-    csub_batchnorm_forward(F32(x), F32(g), F32(b), F32(y), F32(mean), F32(invstd),
-                           OPT_F32(rm), OPT_F32(rv), N, C, HW, (float)momentum, (float)eps, training);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_batchnorm_forward(F32(x), F32(g), F32(b), F32(y), F32(mean), F32(invstd),
+                           OPT_F32(rm), OPT_F32(rv), N, C, HW, (float)momentum, (float)eps, training));
     return Py_BuildValue("NNN", y, mean, invstd);
 }
 
@@ -70,10 +68,8 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
         return NULL;
     PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!dx) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_batchnorm_backward(F32(x), F32(g), F32(dy), F32(m), F32(is), F32(dx), OPT_F32(dg), OPT_F32(db),
-                            N, C, HW, training);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_batchnorm_backward(F32(x), F32(g), F32(dy), F32(m), F32(is), F32(dx), OPT_F32(dg), OPT_F32(db),
+                            N, C, HW, training));
     return (PyObject *)dx;
 }
 
@@ -109,9 +105,7 @@ static PyObject *py_groupnorm_forward(PyObject *self, PyObject *args, PyObject *
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     PyArrayObject *mean = new_f32(2, ss), *invstd = new_f32(2, ss);
     if (!y || !mean || !invstd) { Py_XDECREF(y); Py_XDECREF(mean); Py_XDECREF(invstd); return NULL; }
-    Py_BEGIN_ALLOW_THREADS
-    csub_groupnorm_forward(F32(x), F32(g), F32(b), F32(y), F32(mean), F32(invstd), N, C, HW, G, (float)eps);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_groupnorm_forward(F32(x), F32(g), F32(b), F32(y), F32(mean), F32(invstd), N, C, HW, G, (float)eps));
     return Py_BuildValue("NNN", y, mean, invstd);
 }
 
@@ -137,9 +131,7 @@ static PyObject *py_groupnorm_infer(PyObject *self, PyObject *args, PyObject *kw
     if (!y) return NULL;
     int64_t H, W;
     plane_rows(x, HW, &H, &W);
-    Py_BEGIN_ALLOW_THREADS
-    csub_groupnorm_infer(F32(x), F32(g), F32(b), F32(y), N, C, H, W, G, (float)eps, relu);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_groupnorm_infer(F32(x), F32(g), F32(b), F32(y), N, C, H, W, G, (float)eps, relu));
     return (PyObject *)y;
 }
 
@@ -167,9 +159,7 @@ static PyObject *py_batchnorm_infer(PyObject *self, PyObject *args, PyObject *kw
     if (!y) return NULL;
     int64_t H, W;
     plane_rows(x, HW, &H, &W);
-    Py_BEGIN_ALLOW_THREADS
-    csub_batchnorm_infer(F32(x), F32(g), F32(b), F32(rm), F32(rv), F32(y), N, C, H, W, (float)eps, relu);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_batchnorm_infer(F32(x), F32(g), F32(b), F32(rm), F32(rv), F32(y), N, C, H, W, (float)eps, relu));
     return (PyObject *)y;
 }
 
@@ -198,10 +188,8 @@ static PyObject *py_groupnorm_backward(PyObject *self, PyObject *args, PyObject 
         return NULL;
     PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!dx) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_groupnorm_backward(F32(x), F32(g), F32(dy), F32(m), F32(is), F32(dx), OPT_F32(dg), OPT_F32(db),
-                            N, C, HW, G);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_groupnorm_backward(F32(x), F32(g), F32(dy), F32(m), F32(is), F32(dx), OPT_F32(dg), OPT_F32(db),
+                            N, C, HW, G));
     return (PyObject *)dx;
 }
 

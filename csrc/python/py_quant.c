@@ -56,9 +56,7 @@ static PyObject *py_fake_quantize(PyObject *self, PyObject *args, PyObject *kw)
     int32_t zp;
     csub_quant_params((float)rmin, (float)rmax, bits, &scale, &zp);
     int64_t nan;
-    Py_BEGIN_ALLOW_THREADS
-    nan = csub_fake_quant_forward_count_nan(F32(x), F32(out), PyArray_SIZE(x), scale, zp, bits);
-    Py_END_ALLOW_THREADS
+    NOGIL(nan = csub_fake_quant_forward_count_nan(F32(x), F32(out), PyArray_SIZE(x), scale, zp, bits));
     if (nan) {
         PyErr_Format(PyExc_ValueError, "x: %lld NaN entries; fake quantization is undefined for NaN",
                      (long long)nan);
@@ -80,9 +78,7 @@ static PyObject *py_minmax(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     float mn, mx;
-    Py_BEGIN_ALLOW_THREADS
-    csub_minmax(F32(x), PyArray_SIZE(x), &mn, &mx);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_minmax(F32(x), PyArray_SIZE(x), &mn, &mx));
     return Py_BuildValue("(dd)", (double)mn, (double)mx);
 }
 
@@ -105,9 +101,7 @@ static PyObject *py_channel_scale(PyObject *self, PyObject *args, PyObject *kw)
     } else if (!(out = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) {
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    csub_channel_scale(F32(x), F32(sc), F32(out), N, C, HW);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_channel_scale(F32(x), F32(sc), F32(out), N, C, HW));
     return (PyObject *)out;
 }
 

@@ -40,9 +40,7 @@ static PyObject *py_model_load(PyObject *self, PyObject *args, PyObject *kw)
     char err[256] = "";
     csub_model *m = NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_model_load_memory(buf.buf, (size_t)buf.len, &m, err, sizeof err);
-    Py_END_ALLOW_THREADS
+    NOGIL(st = csub_model_load_memory(buf.buf, (size_t)buf.len, &m, err, sizeof err));
     PyBuffer_Release(&buf);
     if (st) return rt_error(st, err);
     rt_box *b = PyMem_Malloc(sizeof *b);
@@ -64,9 +62,7 @@ static PyObject *py_model_set_alpha(PyObject *self, PyObject *args, PyObject *kw
     if (!b) return NULL;
     int st;
     b->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_model_set_alpha(b->m, alpha);
-    Py_END_ALLOW_THREADS
+    NOGIL(st = csub_model_set_alpha(b->m, alpha));
     b->busy = 0;
     if (st) return rt_error(st, csub_model_error(b->m));
     Py_RETURN_NONE;
@@ -84,9 +80,7 @@ static PyObject *py_model_set_sparse_crossover(PyObject *self, PyObject *args, P
     if (!b || finite_range(keep, 0.0, 1.0, "keep") || finite_range(keep_split, 0.0, 1.0, "keep_split")) return NULL;
     int st;
     b->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_model_set_sparse_crossover(b->m, keep, keep_split);
-    Py_END_ALLOW_THREADS
+    NOGIL(st = csub_model_set_sparse_crossover(b->m, keep, keep_split));
     b->busy = 0;
     if (st) return rt_error(st, csub_model_error(b->m));
     Py_RETURN_NONE;
@@ -124,9 +118,7 @@ static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kw)
     if (!y) return NULL;
     int st;
     b->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_model_forward(b->m, F32(x), N, F32(y));
-    Py_END_ALLOW_THREADS
+    NOGIL(st = csub_model_forward(b->m, F32(x), N, F32(y)));
     b->busy = 0;
     if (st) { Py_DECREF(y); return rt_error(st, csub_model_error(b->m)); }
     return (PyObject *)y;
@@ -148,9 +140,7 @@ static PyObject *py_model_profile(PyObject *self, PyObject *args, PyObject *kw)
     if (!ms || !y) { PyMem_Free(ms); PyMem_Free(y); return PyErr_NoMemory(); }
     int st;
     b->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_model_profile(b->m, F32(x), N, y, ms);
-    Py_END_ALLOW_THREADS
+    NOGIL(st = csub_model_profile(b->m, F32(x), N, y, ms));
     b->busy = 0;
     PyMem_Free(y);
     if (st) { PyMem_Free(ms); return rt_error(st, csub_model_error(b->m)); }
@@ -211,9 +201,7 @@ static PyObject *py_model_calibrate(PyObject *self, PyObject *args, PyObject *kw
     if (!lv) return PyErr_NoMemory();
     int st;
     b->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_model_calibrate(b->m, (const double *)PyArray_DATA(a), (int)n, batch, (int)reps, lv);
-    Py_END_ALLOW_THREADS
+    NOGIL(st = csub_model_calibrate(b->m, (const double *)PyArray_DATA(a), (int)n, batch, (int)reps, lv));
     b->busy = 0;
     if (st) { PyMem_Free(lv); return rt_error(st, csub_model_error(b->m)); }
     PyObject *out = PyList_New(n);

@@ -42,11 +42,8 @@ static PyObject *py_topk_mask(PyObject *self, PyObject *args, PyObject *kw)
     PyArrayObject *mask = (PyArrayObject *)PyArray_SimpleNew(PyArray_NDIM(w), PyArray_DIMS(w), NPY_UINT8);
     if (!mask) return NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_topk_mask(d, n, topk, (uint8_t *)PyArray_DATA(mask));
-    Py_END_ALLOW_THREADS
-    if (status_ok(st, "topk_mask")) { Py_DECREF(mask); return NULL; }
-    return (PyObject *)mask;
+    NOGIL(st = csub_topk_mask(d, n, topk, (uint8_t *)PyArray_DATA(mask)));
+    return finish(st, "topk_mask", mask);
 }
 
 static PyObject *py_apply_mask(PyObject *self, PyObject *args, PyObject *kw)
@@ -63,9 +60,7 @@ static PyObject *py_apply_mask(PyObject *self, PyObject *args, PyObject *kw)
     } else if (!(out = new_f32(PyArray_NDIM(w), PyArray_DIMS(w)))) {
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    csub_apply_mask(F32(w), (const uint8_t *)PyArray_DATA(m), F32(out), PyArray_SIZE(w));
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_apply_mask(F32(w), (const uint8_t *)PyArray_DATA(m), F32(out), PyArray_SIZE(w)));
     return (PyObject *)out;
 }
 

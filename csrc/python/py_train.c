@@ -30,10 +30,8 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "nesterov: requires momentum > 0");
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    csub_sgd_step(F32(w), F32(g), OPT_F32(v), PyArray_SIZE(w), (float)lr, (float)momentum, (float)wd,
-                  nesterov, first);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_sgd_step(F32(w), F32(g), OPT_F32(v), PyArray_SIZE(w), (float)lr, (float)momentum, (float)wd,
+                  nesterov, first));
     Py_RETURN_NONE;
 }
 
@@ -56,9 +54,7 @@ static PyObject *py_line_forward(PyObject *self, PyObject *args, PyObject *kw)
     } else if (!(out = new_f32(PyArray_NDIM(w0), PyArray_DIMS(w0)))) {
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    csub_line_forward(F32(w0), F32(w1), (float)alpha, F32(out), PyArray_SIZE(w0));
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_line_forward(F32(w0), F32(w1), (float)alpha, F32(out), PyArray_SIZE(w0)));
     return (PyObject *)out;
 }
 
@@ -74,9 +70,7 @@ static PyObject *py_line_backward(PyObject *self, PyObject *args, PyObject *kw)
     if (!g1 || same_shape(g0, "g0", g, "g") || same_shape(g1, "g1", g, "g") ||
         finite_range(alpha, 0.0, 1.0, "alpha"))
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    csub_line_backward(F32(g), (float)alpha, F32(g0), F32(g1), PyArray_SIZE(g));
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_line_backward(F32(g), (float)alpha, F32(g0), F32(g1), PyArray_SIZE(g)));
     Py_RETURN_NONE;
 }
 
@@ -89,9 +83,7 @@ static PyObject *py_line_dots(PyObject *self, PyObject *args, PyObject *kw)
     PyArrayObject *w1 = w0 ? arr_check(o1, "w1", NPY_FLOAT32, -1, 0) : NULL;
     if (!w1 || same_shape(w1, "w1", w0, "w0")) return NULL;
     double s[3] = {0, 0, 0};
-    Py_BEGIN_ALLOW_THREADS
-    csub_line_dots(F32(w0), F32(w1), PyArray_SIZE(w0), s);
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_line_dots(F32(w0), F32(w1), PyArray_SIZE(w0), s));
     return Py_BuildValue("ddd", s[0], s[1], s[2]);
 }
 
@@ -117,9 +109,7 @@ static PyObject *py_line_reg_backward(PyObject *self, PyObject *args, PyObject *
         PyErr_SetString(PyExc_ValueError, "beta: expected a finite number");
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    csub_line_reg_backward(F32(w0), F32(w1), PyArray_SIZE(w0), s, (float)beta, F32(g0), F32(g1));
-    Py_END_ALLOW_THREADS
+    NOGIL(csub_line_reg_backward(F32(w0), F32(w1), PyArray_SIZE(w0), s, (float)beta, F32(g0), F32(g1)));
     Py_RETURN_NONE;
 }
 
