@@ -222,7 +222,7 @@ static void name_bad_argument(PyObject *args, PyObject *kw, const char *fmt, cha
     int i = 0;
     for (const char *f = fmt; *f && kwlist[i]; f++) {
         char c = *f;
-        if (c == '|' || c == ')') continue;
+        if (c == '|' || c == ')' || c == '&') continue; /* O& is one argument */
         if (c == ':' || c == ';') break;
         if (c == '(') { /* a group such as (ddd): one argument, a sequence of numbers */
             while (*f && *f != ')') f++;
@@ -264,15 +264,43 @@ static void name_bad_argument(PyObject *args, PyObject *kw, const char *fmt, cha
     }
 }
 
+/* The array arguments seen by arr_converter during one parse(), checked in
+ * order once every other argument converted (parse runs with the GIL held). */
+#define MAX_ARRAY_ARGS 16
+static struct { arr_arg *spec; PyObject *obj; } pending[MAX_ARRAY_ARGS];
+static int npending;
+
+int arr_converter(PyObject *obj, void *arg)
+{
+    arr_arg *a = arg;
+    if (npending == MAX_ARRAY_ARGS) {
+        PyErr_SetString(PyExc_SystemError, "parse: too many array arguments");
+        return 0;
+    }
+    pending[npending].spec = a;
+    pending[npending++].obj = obj;
+    return 1;
+}
+
 /* PyArg_ParseTupleAndKeywords that names the offending argument on failure. */
 int parse(PyObject *args, PyObject *kw, const char *fmt, char **kwlist, ...)
 {
     va_list va;
+    npending = 0;
     va_start(va, kwlist);
     int ok = PyArg_VaParseTupleAndKeywords(args, kw, fmt, kwlist, va);
     va_end(va);
-    if (!ok) name_bad_argument(args, kw, fmt, kwlist);
-    return ok;
+    if (!ok) {
+        name_bad_argument(args, kw, fmt, kwlist);
+        return 0;
+    }
+    for (int i = 0; i < npending; i++) { /* the arrays, after the numbers, in order */
+        arr_arg *a = pending[i].spec;
+        *a->out = NULL;
+        if (a->optional && pending[i].obj == Py_None) continue;
+        if (!(*a->out = arr_check(pending[i].obj, a->name, a->typenum, a->ndim, a->writable))) return 0;
+    }
+    return 1;
 }
 
 

@@ -91,6 +91,26 @@ PyObject *finish(int status, const char *where, PyArrayObject *out);
 /* PyArg_ParseTupleAndKeywords that names the offending argument on failure. */
 int parse(PyObject *args, PyObject *kw, const char *fmt, char **kwlist, ...);
 
+/* "O&" converters for parse(), in the manner of NumPy's PyArray_*Converter:
+ * an array argument checked as by arr_check and stored (borrowed) in *out,
+ * e.g. parse(args, kw, "O&|O&", kwlist, ARG_F32(x, 4), ARG_OPT_F32(b, 1)).
+ * parse checks the arrays after every other argument converted, in order, so
+ * a missing or mistyped number is reported first. An optional array is NULL
+ * when None or absent (initialise it to NULL). */
+typedef struct { const char *name; int typenum, ndim, writable, optional; PyArrayObject **out; } arr_arg;
+int arr_converter(PyObject *obj, void *arg);
+#define ARG_ARR(v, name, typenum, nd, writable, optional) \
+    arr_converter, &(arr_arg){name, typenum, nd, writable, optional, &(v)}
+/* float32 arguments named `name` (the _AS forms) or as the variable v */
+#define ARG_F32_AS(v, name, nd) ARG_ARR(v, name, NPY_FLOAT32, nd, 0, 0)         /* read */
+#define ARG_F32_W_AS(v, name, nd) ARG_ARR(v, name, NPY_FLOAT32, nd, 1, 0)       /* written */
+#define ARG_OPT_F32_AS(v, name, nd) ARG_ARR(v, name, NPY_FLOAT32, nd, 0, 1)     /* read, or None */
+#define ARG_OPT_F32_W_AS(v, name, nd) ARG_ARR(v, name, NPY_FLOAT32, nd, 1, 1)   /* written (+=), or None */
+#define ARG_F32(v, nd) ARG_F32_AS(v, #v, nd)
+#define ARG_F32_W(v, nd) ARG_F32_W_AS(v, #v, nd)
+#define ARG_OPT_F32(v, nd) ARG_OPT_F32_AS(v, #v, nd)
+#define ARG_OPT_F32_W(v, nd) ARG_OPT_F32_W_AS(v, #v, nd)
+
 /* A method-table entry for py_<name>(self, args, kw). */
 #define M(name, doc) {#name, (PyCFunction)(void (*)(void))py_##name, METH_VARARGS | METH_KEYWORDS, doc}
 

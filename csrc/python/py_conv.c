@@ -1,16 +1,15 @@
-/* py_conv.c - csub._core: linear, conv, activations, pools, residual add, loss (csrc/linear.c, conv.c, act.c, loss.c). */
+/* py_conv.c - csub._core: linear, conv, activations, pools, residual add, loss
+ * (csrc/linear.c, conv.c, act.c, loss.c). */
 #include "convert.h"
 
 /* --------------------------------------------------------- linear, conv */
 
 static PyObject *py_linear_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *ow, *ob = Py_None;
+    PyArrayObject *x, *w, *b = NULL;
     KW("x", "w", "b");
-    if (!parse(args, kw, "OO|O", kwlist, &ox, &ow, &ob)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 2, 0);
-    PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 2, 0) : NULL, *b;
-    if (!w || opt_arr(ob, "b", 1, 0, &b)) return NULL;
+    if (!parse(args, kw, "O&O&|O&", kwlist, ARG_F32(x, 2), ARG_F32(w, 2), ARG_OPT_F32(b, 1)))
+        return NULL;
     npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = PyArray_DIM(w, 0);
     npy_intp ws[2] = {O, IN}, bs[1] = {O};
     if (shape_check(w, "w", 2, ws, "(out_features, in_features)")) return NULL;
@@ -24,15 +23,12 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_linear_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *ow, *ody, *odw = Py_None, *odb = Py_None;
+    PyArrayObject *x, *w, *dy, *dw = NULL, *db = NULL;
     int need_dx = 1;
     KW("x", "w", "dy", "dw", "db", "need_dx");
-    if (!parse(args, kw, "OOO|OOp", kwlist, &ox, &ow, &ody, &odw, &odb, &need_dx))
+    if (!parse(args, kw, "O&O&O&|O&O&p", kwlist, ARG_F32(x, 2), ARG_F32(w, 2), ARG_F32(dy, 2),
+                         ARG_OPT_F32_W(dw, 2), ARG_OPT_F32_W(db, 1), &need_dx))
         return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 2, 0);
-    PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 2, 0) : NULL;
-    PyArrayObject *dy = w ? arr_check(ody, "dy", NPY_FLOAT32, 2, 0) : NULL, *dw, *db;
-    if (!dy || opt_arr(odw, "dw", 2, 1, &dw) || opt_arr(odb, "db", 1, 1, &db)) return NULL;
     npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = PyArray_DIM(w, 0);
     npy_intp ws[2] = {O, IN}, ys[2] = {N, O}, bs[1] = {O};
     if (shape_check(w, "w", 2, ws, "(out_features, in_features)") ||
@@ -57,13 +53,11 @@ static int conv_check(PyArrayObject *x, PyArrayObject *w, long long stride, long
 
 static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *ow, *ob = Py_None;
+    PyArrayObject *x, *w, *b = NULL;
     long long stride = 1, pad = 0;
     KW("x", "w", "b", "stride", "padding");
-    if (!parse(args, kw, "OO|OLL", kwlist, &ox, &ow, &ob, &stride, &pad)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
-    PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 4, 0) : NULL, *b;
-    if (!w || opt_arr(ob, "b", 1, 0, &b)) return NULL;
+    if (!parse(args, kw, "O&O&|O&LL", kwlist, ARG_F32(x, 4), ARG_F32(w, 4), ARG_OPT_F32(b, 1), &stride, &pad))
+        return NULL;
     conv_dims d;
     if (conv_check(x, w, stride, pad, &d)) return NULL;
     npy_intp bs[1] = {d.K};
@@ -78,17 +72,13 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *ow, *ody, *odw = Py_None, *odb = Py_None;
+    PyArrayObject *x, *w, *dy, *dw = NULL, *db = NULL;
     long long stride = 1, pad = 0;
     int need_dx = 1;
     KW("x", "w", "dy", "dw", "db", "stride", "padding", "need_dx");
-    if (!parse(args, kw, "OOO|OOLLp", kwlist, &ox, &ow, &ody, &odw, &odb,
-                                     &stride, &pad, &need_dx))
+    if (!parse(args, kw, "O&O&O&|O&O&LLp", kwlist, ARG_F32(x, 4), ARG_F32(w, 4), ARG_F32(dy, 4),
+                         ARG_OPT_F32_W(dw, 4), ARG_OPT_F32_W(db, 1), &stride, &pad, &need_dx))
         return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
-    PyArrayObject *w = x ? arr_check(ow, "w", NPY_FLOAT32, 4, 0) : NULL;
-    PyArrayObject *dy = w ? arr_check(ody, "dy", NPY_FLOAT32, 4, 0) : NULL, *dw, *db;
-    if (!dy || opt_arr(odw, "dw", 4, 1, &dw) || opt_arr(odb, "db", 1, 1, &db)) return NULL;
     conv_dims d;
     if (conv_check(x, w, stride, pad, &d)) return NULL;
     npy_intp ys[4] = {d.N, d.K, d.P, d.Q}, bs[1] = {d.K};
@@ -108,11 +98,10 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
 
 static PyObject *py_relu_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox;
+    PyArrayObject *x;
     KW("x");
-    if (!parse(args, kw, "O", kwlist, &ox)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    if (!x) return NULL;
+    if (!parse(args, kw, "O&", kwlist, ARG_F32(x, -1)))
+        return NULL;
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!y) return NULL;
     NOGIL(csub_relu_forward(F32(x), F32(y), PyArray_SIZE(x)));
@@ -121,12 +110,11 @@ static PyObject *py_relu_forward(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *ody;
+    PyArrayObject *x, *dy;
     KW("x", "dy");
-    if (!parse(args, kw, "OO", kwlist, &ox, &ody)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    PyArrayObject *dy = x ? arr_check(ody, "dy", NPY_FLOAT32, -1, 0) : NULL;
-    if (!dy || same_shape(dy, "dy", x, "x")) return NULL;
+    if (!parse(args, kw, "O&O&", kwlist, ARG_F32(x, -1), ARG_F32(dy, -1)))
+        return NULL;
+    if (same_shape(dy, "dy", x, "x")) return NULL;
     PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!dx) return NULL;
     NOGIL(csub_relu_backward(F32(x), F32(dy), F32(dx), PyArray_SIZE(x)));
@@ -135,12 +123,11 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_add(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *oa, *ob, *oo = Py_None;
+    PyArrayObject *a, *b, *y;
+    PyObject *oo = Py_None;
     KW("a", "b", "out");
-    if (!parse(args, kw, "OO|O", kwlist, &oa, &ob, &oo)) return NULL;
-    PyArrayObject *a = arr_check(oa, "a", NPY_FLOAT32, -1, 0);
-    PyArrayObject *b = a ? arr_check(ob, "b", NPY_FLOAT32, -1, 0) : NULL, *y;
-    if (!b || same_shape(b, "b", a, "a") || opt_arr(oo, "out", -1, 1, &y)) return NULL;
+    if (!parse(args, kw, "O&O&|O", kwlist, ARG_F32(a, -1), ARG_F32(b, -1), &oo)) return NULL;
+    if (same_shape(b, "b", a, "a") || opt_arr(oo, "out", -1, 1, &y)) return NULL;
     if (y) { /* may be a or b itself: the sum is elementwise */
         if (same_shape(y, "out", a, "a")) return NULL;
         Py_INCREF(y);
@@ -171,12 +158,11 @@ static int pool_check(long long k, long long s, npy_intp H, npy_intp W, npy_intp
 
 static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox;
+    PyArrayObject *x;
     long long k, s;
     KW("x", "kernel_size", "stride");
-    if (!parse(args, kw, "OLL", kwlist, &ox, &k, &s)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
-    if (!x) return NULL;
+    if (!parse(args, kw, "O&LL", kwlist, ARG_F32(x, 4), &k, &s))
+        return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), P, Q;
     if (pool_check(k, s, H, W, &P, &Q)) return NULL;
     npy_intp ys[4] = {N, C, P, Q};
@@ -189,14 +175,15 @@ static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args, PyObject *
 
 static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ody, *oam, *oshape;
+    PyArrayObject *dy, *am;
+    PyObject *oshape;
     long long k, s;
     KW("dy", "argmax", "input_shape", "kernel_size", "stride");
-    if (!parse(args, kw, "OOOLL", kwlist, &ody, &oam, &oshape, &k, &s)) return NULL;
-    PyArrayObject *dy = arr_check(ody, "dy", NPY_FLOAT32, 4, 0);
-    PyArrayObject *am = dy ? arr_check(oam, "argmax", NPY_INT32, 4, 0) : NULL;
+    if (!parse(args, kw, "O&O&OLL", kwlist, ARG_F32(dy, 4), ARG_ARR(am, "argmax", NPY_INT32, 4, 0, 0),
+                         &oshape, &k, &s))
+        return NULL;
     npy_intp xs[4], P, Q;
-    if (!am || parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
+    if (parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
     npy_intp ys[4] = {xs[0], xs[1], P, Q};
     if (shape_check(dy, "dy", 4, ys, "(N, C, P, Q)") || same_shape(am, "argmax", dy, "dy")) return NULL;
     /* argmax indexes the H*W plane; out-of-range values would write outside dx */
@@ -214,12 +201,11 @@ static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args, PyObject 
 
 static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox;
+    PyArrayObject *x;
     long long k, s;
     KW("x", "kernel_size", "stride");
-    if (!parse(args, kw, "OLL", kwlist, &ox, &k, &s)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
-    if (!x) return NULL;
+    if (!parse(args, kw, "O&LL", kwlist, ARG_F32(x, 4), &k, &s))
+        return NULL;
     npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), P, Q;
     if (pool_check(k, s, H, W, &P, &Q)) return NULL;
     npy_intp ys[4] = {N, C, P, Q};
@@ -231,13 +217,14 @@ static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args, PyObject *
 
 static PyObject *py_avgpool2d_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ody, *oshape;
+    PyArrayObject *dy;
+    PyObject *oshape;
     long long k, s;
     KW("dy", "input_shape", "kernel_size", "stride");
-    if (!parse(args, kw, "OOLL", kwlist, &ody, &oshape, &k, &s)) return NULL;
-    PyArrayObject *dy = arr_check(ody, "dy", NPY_FLOAT32, 4, 0);
+    if (!parse(args, kw, "O&OLL", kwlist, ARG_F32(dy, 4), &oshape, &k, &s))
+        return NULL;
     npy_intp xs[4], P, Q;
-    if (!dy || parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
+    if (parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
     npy_intp ys[4] = {xs[0], xs[1], P, Q};
     if (shape_check(dy, "dy", 4, ys, "(N, C, P, Q)")) return NULL;
     PyArrayObject *dx = new_f32(4, xs);
@@ -248,11 +235,10 @@ static PyObject *py_avgpool2d_backward(PyObject *self, PyObject *args, PyObject 
 
 static PyObject *py_gap_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox;
+    PyArrayObject *x;
     KW("x");
-    if (!parse(args, kw, "O", kwlist, &ox)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
-    if (!x) return NULL;
+    if (!parse(args, kw, "O&", kwlist, ARG_F32(x, 4)))
+        return NULL;
     npy_intp N, C, HW;
     if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
     npy_intp ys[2] = {N, C};
@@ -301,11 +287,11 @@ static PyArrayObject *labels_check(PyObject *obj, npy_intp N, npy_intp K)
 
 static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ol, *oy;
+    PyArrayObject *lg;
+    PyObject *oy;
     KW("logits", "labels");
-    if (!parse(args, kw, "OO", kwlist, &ol, &oy)) return NULL;
-    PyArrayObject *lg = arr_check(ol, "logits", NPY_FLOAT32, 2, 0);
-    if (!lg) return NULL;
+    if (!parse(args, kw, "O&O", kwlist, ARG_F32_AS(lg, "logits", 2), &oy))
+        return NULL;
     npy_intp N = PyArray_DIM(lg, 0), K = PyArray_DIM(lg, 1);
     if (N < 1 || K < 1) {
         PyErr_SetString(PyExc_ValueError, "logits: expected shape (N, K) with N, K >= 1");
@@ -322,12 +308,12 @@ static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args, PyObje
 
 static PyObject *py_cross_entropy_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *op, *oy;
+    PyArrayObject *p;
+    PyObject *oy;
     double scale = 1.0;
     KW("prob", "labels", "scale");
-    if (!parse(args, kw, "OO|d", kwlist, &op, &oy, &scale)) return NULL;
-    PyArrayObject *p = arr_check(op, "prob", NPY_FLOAT32, 2, 0);
-    if (!p) return NULL;
+    if (!parse(args, kw, "O&O|d", kwlist, ARG_F32_AS(p, "prob", 2), &oy, &scale))
+        return NULL;
     npy_intp N = PyArray_DIM(p, 0), K = PyArray_DIM(p, 1);
     PyArrayObject *y = labels_check(oy, N, K);
     if (!y) return NULL;

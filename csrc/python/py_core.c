@@ -30,13 +30,11 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs)
 
 static PyObject *py_gemm(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *oa, *ob;
+    PyArrayObject *a, *b;
     int ta = 0, tb = 0;
     KW("a", "b", "transa", "transb");
-    if (!parse(args, kw, "OO|pp", kwlist, &oa, &ob, &ta, &tb)) return NULL;
-    PyArrayObject *a = arr_check(oa, "a", NPY_FLOAT32, 2, 0);
-    PyArrayObject *b = a ? arr_check(ob, "b", NPY_FLOAT32, 2, 0) : NULL;
-    if (!b) return NULL;
+    if (!parse(args, kw, "O&O&|pp", kwlist, ARG_F32(a, 2), ARG_F32(b, 2), &ta, &tb))
+        return NULL;
     npy_intp M = PyArray_DIM(a, ta ? 1 : 0), K = PyArray_DIM(a, ta ? 0 : 1);
     npy_intp Kb = PyArray_DIM(b, tb ? 1 : 0), N = PyArray_DIM(b, tb ? 0 : 1);
     if (K != Kb) {

@@ -6,17 +6,14 @@
 
 static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *og, *ob, *orm = Py_None, *orv = Py_None;
+    PyArrayObject *x, *g, *b, *rm = NULL, *rv = NULL;
     double momentum = 0.1, eps = 1e-5;
     int training = 1;
     KW("x", "gamma", "beta", "running_mean", "running_var", "momentum", "eps", "training");
-    if (!parse(args, kw, "OOO|OOddp", kwlist, &ox, &og, &ob, &orm, &orv,
-                                     &momentum, &eps, &training))
+    if (!parse(args, kw, "O&O&O&|O&O&ddp", kwlist, ARG_F32(x, -1), ARG_F32_AS(g, "gamma", 1),
+                         ARG_F32_AS(b, "beta", 1), ARG_OPT_F32_W_AS(rm, "running_mean", 1),
+                         ARG_OPT_F32_W_AS(rv, "running_var", 1), &momentum, &eps, &training))
         return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
-    PyArrayObject *b = g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL, *rm, *rv;
-    if (!b || opt_arr(orm, "running_mean", 1, 1, &rm) || opt_arr(orv, "running_var", 1, 1, &rv)) return NULL;
     npy_intp N, C, HW;
     if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
     npy_intp cs[1] = {C};
@@ -137,17 +134,14 @@ static PyObject *py_groupnorm_infer(PyObject *self, PyObject *args, PyObject *kw
 
 static PyObject *py_batchnorm_infer(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *og, *ob, *om, *ov;
+    PyArrayObject *x, *g, *b, *rm, *rv;
     double eps = 1e-5;
     int relu = 0;
     KW("x", "gamma", "beta", "running_mean", "running_var", "eps", "relu");
-    if (!parse(args, kw, "OOOOO|dp", kwlist, &ox, &og, &ob, &om, &ov, &eps, &relu)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
-    PyArrayObject *b = g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL;
-    PyArrayObject *rm = b ? arr_check(om, "running_mean", NPY_FLOAT32, 1, 0) : NULL;
-    PyArrayObject *rv = rm ? arr_check(ov, "running_var", NPY_FLOAT32, 1, 0) : NULL;
-    if (!rv) return NULL;
+    if (!parse(args, kw, "O&O&O&O&O&|dp", kwlist, ARG_F32(x, -1), ARG_F32_AS(g, "gamma", 1),
+                         ARG_F32_AS(b, "beta", 1), ARG_F32_AS(rm, "running_mean", 1),
+                         ARG_F32_AS(rv, "running_var", 1), &eps, &relu))
+        return NULL;
     npy_intp N, C, HW;
     if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
     npy_intp cs[1] = {C};
@@ -165,16 +159,12 @@ static PyObject *py_batchnorm_infer(PyObject *self, PyObject *args, PyObject *kw
 
 static PyObject *py_groupnorm_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *og, *ody, *om, *oi, *odg = Py_None, *odb = Py_None;
+    PyArrayObject *x, *g, *dy, *m, *is, *dg = NULL, *db = NULL;
     KW("x", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta");
-    if (!parse(args, kw, "OOOOO|OO", kwlist, &ox, &og, &ody, &om, &oi, &odg, &odb))
+    if (!parse(args, kw, "O&O&O&O&O&|O&O&", kwlist, ARG_F32(x, -1), ARG_F32_AS(g, "gamma", 1),
+                         ARG_F32(dy, -1), ARG_F32_AS(m, "mean", 2), ARG_F32_AS(is, "invstd", 2),
+                         ARG_OPT_F32_W_AS(dg, "dgamma", 1), ARG_OPT_F32_W_AS(db, "dbeta", 1)))
         return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
-    PyArrayObject *dy = g ? arr_check(ody, "dy", NPY_FLOAT32, -1, 0) : NULL;
-    PyArrayObject *m = dy ? arr_check(om, "mean", NPY_FLOAT32, 2, 0) : NULL;
-    PyArrayObject *is = m ? arr_check(oi, "invstd", NPY_FLOAT32, 2, 0) : NULL, *dg, *db;
-    if (!is || opt_arr(odg, "dgamma", 1, 1, &dg) || opt_arr(odb, "dbeta", 1, 1, &db)) return NULL;
     npy_intp N, C, HW;
     if (nc_rest(x, "x", &N, &C, &HW) || same_shape(dy, "dy", x, "x")) return NULL;
     npy_intp G = PyArray_DIM(m, 1), cs[1] = {C}, ss[2] = {N, G};

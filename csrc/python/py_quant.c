@@ -68,11 +68,10 @@ static PyObject *py_fake_quantize(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_minmax(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox;
+    PyArrayObject *x;
     KW("x");
-    if (!parse(args, kw, "O", kwlist, &ox)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    if (!x) return NULL;
+    if (!parse(args, kw, "O&", kwlist, ARG_F32(x, -1)))
+        return NULL;
     if (PyArray_SIZE(x) < 1) {
         PyErr_SetString(PyExc_ValueError, "x: expected at least one element");
         return NULL;
@@ -158,16 +157,15 @@ static int int8_status(int st_w, int st, const char *where)
 
 static PyObject *py_conv2d_int8_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *ow, *oos = Py_None, *ob = Py_None;
+    PyArrayObject *x, *w, *os, *b;
+    PyObject *oos = Py_None, *ob = Py_None;
     int bits;
     double xscale;
     long long xzp, stride = 1, pad = 0;
     KW("x", "weight", "bits", "xscale", "xzero_point", "oscale", "b", "stride", "padding");
-    if (!parse(args, kw, "OOidL|OOLL", kwlist, &ox, &ow, &bits, &xscale, &xzp, &oos, &ob, &stride, &pad))
+    if (!parse(args, kw, "O&O&idL|OOLL", kwlist, ARG_F32(x, 4), ARG_F32_AS(w, "weight", 4), &bits, &xscale,
+                         &xzp, &oos, &ob, &stride, &pad))
         return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0);
-    PyArrayObject *w = x ? arr_check(ow, "weight", NPY_FLOAT32, 4, 0) : NULL, *os, *b;
-    if (!w) return NULL;
     conv_dims d;
     if (conv_check_dims(x, PyArray_DIMS(w), "weight", stride, pad, &d) ||
         int8_check(bits, xscale, xzp, oos, ob, d.K, &os, &b) || cols_check(d.C * d.R * d.S))
@@ -191,15 +189,15 @@ static PyObject *py_conv2d_int8_forward(PyObject *self, PyObject *args, PyObject
 
 static PyObject *py_linear_int8_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *ow, *oos = Py_None, *ob = Py_None;
+    PyArrayObject *x, *w, *os, *b;
+    PyObject *oos = Py_None, *ob = Py_None;
     int bits;
     double xscale;
     long long xzp;
     KW("x", "weight", "bits", "xscale", "xzero_point", "oscale", "b");
-    if (!parse(args, kw, "OOidL|OO", kwlist, &ox, &ow, &bits, &xscale, &xzp, &oos, &ob)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 2, 0);
-    PyArrayObject *w = x ? arr_check(ow, "weight", NPY_FLOAT32, 2, 0) : NULL, *os, *b;
-    if (!w) return NULL;
+    if (!parse(args, kw, "O&O&idL|OO", kwlist, ARG_F32(x, 2), ARG_F32_AS(w, "weight", 2), &bits, &xscale,
+                         &xzp, &oos, &ob))
+        return NULL;
     npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = PyArray_DIM(w, 0);
     npy_intp ws[2] = {O, IN};
     if (shape_check(w, "weight", 2, ws, "(out_features, in_features)")) return NULL;

@@ -218,15 +218,15 @@ static PyObject *py_model_calibrate(PyObject *self, PyObject *args, PyObject *kw
 
 static PyObject *py_pick_alpha(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *oa, *ol, *om, *oc;
+    PyArrayObject *a, *l, *m, *c;
     double lat = 0.0;
     long long mem = 0;
     KW("alphas", "latency_ms", "memory_bytes", "accuracy", "latency_budget", "memory_budget");
-    if (!parse(args, kw, "OOOO|dL", kwlist, &oa, &ol, &om, &oc, &lat, &mem)) return NULL;
-    PyArrayObject *a = arr_check(oa, "alphas", NPY_FLOAT64, 1, 0);
-    PyArrayObject *l = a ? arr_check(ol, "latency_ms", NPY_FLOAT64, 1, 0) : NULL;
-    PyArrayObject *m = l ? arr_check(om, "memory_bytes", NPY_INT64, 1, 0) : NULL;
-    PyArrayObject *c = m ? arr_check(oc, "accuracy", NPY_FLOAT64, 1, 0) : NULL;
+    if (!parse(args, kw, "O&O&O&O&|dL", kwlist, ARG_ARR(a, "alphas", NPY_FLOAT64, 1, 0, 0),
+                         ARG_ARR(l, "latency_ms", NPY_FLOAT64, 1, 0, 0),
+                         ARG_ARR(m, "memory_bytes", NPY_INT64, 1, 0, 0),
+                         ARG_ARR(c, "accuracy", NPY_FLOAT64, 1, 0, 0), &lat, &mem))
+        return NULL;
     if (!c || same_shape(l, "latency_ms", a, "alphas") || same_shape(m, "memory_bytes", a, "alphas") ||
         same_shape(c, "accuracy", a, "alphas"))
         return NULL;

@@ -22,12 +22,12 @@ static PyObject *py_topk_count(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_topk_mask(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ow;
+    PyArrayObject *w;
     double topk;
     KW("w", "topk");
-    if (!parse(args, kw, "Od", kwlist, &ow, &topk)) return NULL;
-    PyArrayObject *w = arr_check(ow, "w", NPY_FLOAT32, -1, 0);
-    if (!w || topk_arg(topk)) return NULL;
+    if (!parse(args, kw, "O&d", kwlist, ARG_F32(w, -1), &topk))
+        return NULL;
+    if (topk_arg(topk)) return NULL;
     npy_intp n = PyArray_SIZE(w);
     if (n < 1) {
         PyErr_SetString(PyExc_ValueError, "w: expected at least one element");
@@ -48,12 +48,12 @@ static PyObject *py_topk_mask(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_apply_mask(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ow, *om, *oo = Py_None;
+    PyArrayObject *w, *m, *out;
+    PyObject *oo = Py_None;
     KW("w", "mask", "out");
-    if (!parse(args, kw, "OO|O", kwlist, &ow, &om, &oo)) return NULL;
-    PyArrayObject *w = arr_check(ow, "w", NPY_FLOAT32, -1, 0);
-    PyArrayObject *m = w ? arr_check(om, "mask", NPY_UINT8, -1, 0) : NULL, *out;
-    if (!m || same_shape(m, "mask", w, "w") || opt_arr(oo, "out", -1, 1, &out)) return NULL;
+    if (!parse(args, kw, "O&O&|O", kwlist, ARG_F32(w, -1), ARG_ARR(m, "mask", NPY_UINT8, -1, 0, 0), &oo))
+        return NULL;
+    if (same_shape(m, "mask", w, "w") || opt_arr(oo, "out", -1, 1, &out)) return NULL;
     if (out) {
         if (same_shape(out, "out", w, "w")) return NULL;
         Py_INCREF(out);

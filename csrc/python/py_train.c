@@ -5,16 +5,14 @@
 
 static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ow, *og, *ov = Py_None;
+    PyArrayObject *w, *g, *v = NULL;
     double lr, momentum = 0.0, wd = 0.0;
     int nesterov = 0, first = 0;
     KW("w", "grad", "velocity", "lr", "momentum", "weight_decay", "nesterov", "first_step");
-    if (!parse(args, kw, "OOOd|ddpp", kwlist, &ow, &og, &ov, &lr, &momentum, &wd,
-                                     &nesterov, &first))
+    if (!parse(args, kw, "O&O&O&d|ddpp", kwlist, ARG_F32_W(w, -1), ARG_F32_AS(g, "grad", -1),
+                         ARG_OPT_F32_W_AS(v, "velocity", -1), &lr, &momentum, &wd, &nesterov, &first))
         return NULL;
-    PyArrayObject *w = arr_check(ow, "w", NPY_FLOAT32, -1, 1);
-    PyArrayObject *g = w ? arr_check(og, "grad", NPY_FLOAT32, -1, 0) : NULL, *v;
-    if (!g || same_shape(g, "grad", w, "w") || opt_arr(ov, "velocity", -1, 1, &v)) return NULL;
+    if (same_shape(g, "grad", w, "w")) return NULL;
     if (v && same_shape(v, "velocity", w, "w")) return NULL;
     if (!isfinite(lr) || lr < 0) {
         PyErr_Format(PyExc_ValueError, "lr: expected a finite number >= 0, got %s", fmt_g(lr).s);
@@ -60,13 +58,11 @@ static PyObject *py_line_forward(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_line_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *og, *o0, *o1;
+    PyArrayObject *g, *g0, *g1;
     double alpha;
     KW("g", "alpha", "g0", "g1");
-    if (!parse(args, kw, "OdOO", kwlist, &og, &alpha, &o0, &o1)) return NULL;
-    PyArrayObject *g = arr_check(og, "g", NPY_FLOAT32, -1, 0);
-    PyArrayObject *g0 = g ? arr_check(o0, "g0", NPY_FLOAT32, -1, 1) : NULL;
-    PyArrayObject *g1 = g0 ? arr_check(o1, "g1", NPY_FLOAT32, -1, 1) : NULL;
+    if (!parse(args, kw, "O&dO&O&", kwlist, ARG_F32(g, -1), &alpha, ARG_F32_W(g0, -1), ARG_F32_W(g1, -1)))
+        return NULL;
     if (!g1 || same_shape(g0, "g0", g, "g") || same_shape(g1, "g1", g, "g") ||
         finite_range(alpha, 0.0, 1.0, "alpha"))
         return NULL;
@@ -76,12 +72,11 @@ static PyObject *py_line_backward(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_line_dots(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *o0, *o1;
+    PyArrayObject *w0, *w1;
     KW("w0", "w1");
-    if (!parse(args, kw, "OO", kwlist, &o0, &o1)) return NULL;
-    PyArrayObject *w0 = arr_check(o0, "w0", NPY_FLOAT32, -1, 0);
-    PyArrayObject *w1 = w0 ? arr_check(o1, "w1", NPY_FLOAT32, -1, 0) : NULL;
-    if (!w1 || same_shape(w1, "w1", w0, "w0")) return NULL;
+    if (!parse(args, kw, "O&O&", kwlist, ARG_F32(w0, -1), ARG_F32(w1, -1)))
+        return NULL;
+    if (same_shape(w1, "w1", w0, "w0")) return NULL;
     double s[3] = {0, 0, 0};
     NOGIL(csub_line_dots(F32(w0), F32(w1), PyArray_SIZE(w0), s));
     return Py_BuildValue("ddd", s[0], s[1], s[2]);
@@ -134,12 +129,11 @@ static csub_rng *rng_arg(PyObject *obj)
 
 static PyObject *py_rng_seed(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *os;
+    PyArrayObject *a;
     unsigned long long seed;
     KW("state", "seed");
-    if (!parse(args, kw, "OK", kwlist, &os, &seed)) return NULL;
-    PyArrayObject *a = arr_check(os, "state", NPY_UINT64, 1, 1);
-    if (!a) return NULL;
+    if (!parse(args, kw, "O&K", kwlist, ARG_ARR(a, "state", NPY_UINT64, 1, 1, 0), &seed))
+        return NULL;
     if (PyArray_DIM(a, 0) != 4) {
         PyErr_SetString(PyExc_ValueError, "state: expected a uint64 array of shape (4,)");
         return NULL;
