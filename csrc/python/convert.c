@@ -191,6 +191,17 @@ PyObject *finish(int status, const char *where, PyArrayObject *out)
     return (PyObject *)out;
 }
 
+int out_like(PyArrayObject **out, PyArrayObject *x, const char *xname)
+{
+    if (*out) {
+        if (same_shape(*out, "out", x, xname)) return -1;
+        Py_INCREF(*out);
+        return 0;
+    }
+    *out = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    return *out ? 0 : -1;
+}
+
 /* Shape tuple argument, e.g. input_shape=(N, C, H, W). */
 int parse_shape(PyObject *obj, const char *name, int nd, npy_intp *dims)
 {

@@ -48,6 +48,9 @@ int same_shape(PyArrayObject *a, const char *name, PyArrayObject *ref, const cha
 int opt_arr(PyObject *obj, const char *name, int ndim, int writable, PyArrayObject **out);
 PyArrayObject *new_f32(int nd, const npy_intp *dims);
 PyArrayObject *zeros_f32(int nd, const npy_intp *dims);
+/* The output of an elementwise op shaped like x: *out when given (checked
+ * to have x's shape, then a new reference), else a new array; 0 or -1. */
+int out_like(PyArrayObject **out, PyArrayObject *x, const char *xname);
 /* Shape tuple argument, e.g. input_shape=(N, C, H, W). */
 int parse_shape(PyObject *obj, const char *name, int nd, npy_intp *dims);
 /* x is (N, C, ...) with rank >= 2; returns N, C, and the product of the rest. */

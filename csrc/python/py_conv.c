@@ -128,12 +128,7 @@ static PyObject *py_add(PyObject *self, PyObject *args, PyObject *kw)
     KW("a", "b", "out");
     if (!parse(args, kw, "O&O&|O", kwlist, ARG_F32(a, -1), ARG_F32(b, -1), &oo)) return NULL;
     if (same_shape(b, "b", a, "a") || opt_arr(oo, "out", -1, 1, &y)) return NULL;
-    if (y) { /* may be a or b itself: the sum is elementwise */
-        if (same_shape(y, "out", a, "a")) return NULL;
-        Py_INCREF(y);
-    } else if (!(y = new_f32(PyArray_NDIM(a), PyArray_DIMS(a)))) {
-        return NULL;
-    }
+    if (out_like(&y, a, "a")) return NULL; /* out may be an input: elementwise */
     Py_BEGIN_ALLOW_THREADS
     if (PyArray_NDIM(a) == 4) /* [N, C, H, W]: by rows of each plane when the batch is smaller than the threads */
         csub_add_nchw(F32(a), F32(b), F32(y), PyArray_DIM(a, 0), PyArray_DIM(a, 1), PyArray_DIM(a, 2), PyArray_DIM(a, 3));

@@ -46,12 +46,7 @@ static PyObject *py_fake_quantize(PyObject *self, PyObject *args, PyObject *kw)
     PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0), *out;
     if (!x || bits_check(bits) || qrange_check(rmin, rmax) || opt_arr(oo, "out", -1, 1, &out))
         return NULL;
-    if (out) {
-        if (same_shape(out, "out", x, "x")) return NULL;
-        Py_INCREF(out);
-    } else if (!(out = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) {
-        return NULL;
-    }
+    if (out_like(&out, x, "x")) return NULL;
     float scale;
     int32_t zp;
     csub_quant_params((float)rmin, (float)rmax, bits, &scale, &zp);
@@ -94,12 +89,7 @@ static PyObject *py_channel_scale(PyObject *self, PyObject *args, PyObject *kw)
     npy_intp cs[1] = {C};
     if (shape_check(sc, "s", 1, cs, "(C,) with C = x.shape[1]") || opt_arr(oo, "out", -1, 1, &out))
         return NULL;
-    if (out) {
-        if (same_shape(out, "out", x, "x")) return NULL;
-        Py_INCREF(out);
-    } else if (!(out = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) {
-        return NULL;
-    }
+    if (out_like(&out, x, "x")) return NULL;
     NOGIL(csub_channel_scale(F32(x), F32(sc), F32(out), N, C, HW));
     return (PyObject *)out;
 }

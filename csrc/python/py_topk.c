@@ -54,12 +54,7 @@ static PyObject *py_apply_mask(PyObject *self, PyObject *args, PyObject *kw)
     if (!parse(args, kw, "O&O&|O", kwlist, ARG_F32(w, -1), ARG_ARR(m, "mask", NPY_UINT8, -1, 0, 0), &oo))
         return NULL;
     if (same_shape(m, "mask", w, "w") || opt_arr(oo, "out", -1, 1, &out)) return NULL;
-    if (out) {
-        if (same_shape(out, "out", w, "w")) return NULL;
-        Py_INCREF(out);
-    } else if (!(out = new_f32(PyArray_NDIM(w), PyArray_DIMS(w)))) {
-        return NULL;
-    }
+    if (out_like(&out, w, "w")) return NULL;
     NOGIL(csub_apply_mask(F32(w), (const uint8_t *)PyArray_DATA(m), F32(out), PyArray_SIZE(w)));
     return (PyObject *)out;
 }

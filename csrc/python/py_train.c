@@ -46,12 +46,7 @@ static PyObject *py_line_forward(PyObject *self, PyObject *args, PyObject *kw)
     if (!w1 || same_shape(w1, "w1", w0, "w0") || finite_range(alpha, 0.0, 1.0, "alpha") ||
         opt_arr(oo, "out", -1, 1, &out))
         return NULL;
-    if (out) {
-        if (same_shape(out, "out", w0, "w0")) return NULL;
-        Py_INCREF(out);
-    } else if (!(out = new_f32(PyArray_NDIM(w0), PyArray_DIMS(w0)))) {
-        return NULL;
-    }
+    if (out_like(&out, w0, "w0")) return NULL;
     NOGIL(csub_line_forward(F32(w0), F32(w1), (float)alpha, F32(out), PyArray_SIZE(w0)));
     return (PyObject *)out;
 }
