@@ -103,16 +103,22 @@ static int rt_input(PyObject *om, PyObject *ox, rt_box **b, PyArrayObject **x, c
     return -1;
 }
 
-static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kw)
+/* The (model, x) arguments of model_forward and model_profile. */
+static int rt_model_x(PyObject *args, PyObject *kw, rt_box **b, PyArrayObject **x, csub_model_desc *d, npy_intp *N)
 {
     PyObject *om, *ox;
     KW("model", "x");
-    if (!parse(args, kw, "OO", kwlist, &om, &ox)) return NULL;
+    if (!parse(args, kw, "OO", kwlist, &om, &ox)) return -1;
+    return rt_input(om, ox, b, x, d, N);
+}
+
+static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
     rt_box *b;
     PyArrayObject *x;
     csub_model_desc d;
     npy_intp N;
-    if (rt_input(om, ox, &b, &x, &d, &N)) return NULL;
+    if (rt_model_x(args, kw, &b, &x, &d, &N)) return NULL;
     npy_intp ys[2] = {N, (npy_intp)d.num_classes};
     PyArrayObject *y = new_f32(2, ys);
     if (!y) return NULL;
@@ -126,14 +132,11 @@ static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_model_profile(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *om, *ox;
-    KW("model", "x");
-    if (!parse(args, kw, "OO", kwlist, &om, &ox)) return NULL;
     rt_box *b;
     PyArrayObject *x;
     csub_model_desc d;
     npy_intp N;
-    if (rt_input(om, ox, &b, &x, &d, &N)) return NULL;
+    if (rt_model_x(args, kw, &b, &x, &d, &N)) return NULL;
     int n = csub_model_num_ops(b->m);
     double *ms = PyMem_Calloc((size_t)n, sizeof(double));
     float *y = PyMem_Malloc(sizeof(float) * (size_t)(N * d.num_classes));
