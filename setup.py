@@ -6,7 +6,7 @@ import numpy
 import scipy_openblas32
 from setuptools import Extension, setup
 
-sources = sorted(glob.glob("csrc/*.c")) + ["csrc/python/module.c"]
+sources = sorted(glob.glob("csrc/*.c")) + sorted(glob.glob("csrc/python/*.c"))
 flags = ["-std=c11", "-ffp-contract=off", "-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra",
          "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 if os.environ.get("CSUB_DEBUG"):
@@ -23,7 +23,7 @@ ext = Extension(
     # installed scipy_openblas32 package before importing _core.
     library_dirs=[scipy_openblas32.get_lib_dir()],
     libraries=[scipy_openblas32.get_library()],
-    depends=glob.glob("csrc/include/*.h") + glob.glob("csrc/*.h"),
+    depends=glob.glob("csrc/include/*.h") + glob.glob("csrc/*.h") + glob.glob("csrc/python/*.h"),
 )
 
 setup(ext_modules=[ext])

@@ -1,0 +1,370 @@
+/*
+ * convert.c - the argument-conversion layer of csub._core: array, shape and
+ * number checks that raise TypeError/ValueError naming the argument, the
+ * status-code-to-exception map, and a keyword parser that names the argument
+ * that did not convert.
+ */
+#include "convert.h"
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+PyObject *FormatError, *UnsupportedError, *BudgetError;
+
+/* ------------------------------------------------------------ validation */
+
+/* Render a shape as "(2, 3, 4)". */
+void shape_str(char *buf, size_t len, int nd, const npy_intp *d)
+{
+    size_t used = 0;
+    used += (size_t)snprintf(buf + used, len - used, "(");
+    for (int i = 0; i < nd && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, i ? ", %ld" : "%ld", (long)d[i]);
+    if (used < len) snprintf(buf + used, len - used, nd == 1 ? ",)" : ")");
+}
+
+/* obj must be a C-contiguous ndarray of the given dtype (NPY_FLOAT32 etc.),
+ * aligned, writable when `writable`. ndim < 0 accepts any rank, else exact.
+ * Returns the array (borrowed) or NULL with an exception set. */
+PyArrayObject *arr_check(PyObject *obj, const char *name, int typenum,
+                                int ndim, int writable)
+{
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s",
+                     name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != typenum) {
+        PyArray_Descr *want = PyArray_DescrFromType(typenum);
+        PyErr_Format(PyExc_TypeError, "%s: expected dtype %S, got %S",
+                     name, (PyObject *)want, (PyObject *)PyArray_DESCR(a));
+        Py_DECREF(want);
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: expected a C-contiguous, aligned array "
+                     "(use numpy.ascontiguousarray)", name);
+        return NULL;
+    }
+    if (writable && !PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: array is read-only", name);
+        return NULL;
+    }
+    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
+        char s[128];
+        shape_str(s, sizeof s, PyArray_NDIM(a), PyArray_DIMS(a));
+        PyErr_Format(PyExc_ValueError, "%s: expected a %d-D array, got shape %s",
+                     name, ndim, s);
+        return NULL;
+    }
+    return a;
+}
+
+/* The shape of a must equal want[0..nd) (entries < 0 are free).
+ * `what` describes the expected shape for the message, e.g. "(N, C, H, W)". */
+int shape_check(PyArrayObject *a, const char *name, int nd,
+                       const npy_intp *want, const char *what)
+{
+    int ok = PyArray_NDIM(a) == nd;
+    for (int i = 0; ok && i < nd; i++)
+        if (want[i] >= 0 && PyArray_DIM(a, i) != want[i]) ok = 0;
+    if (ok) return 0;
+    char got[128], exp[128];
+    shape_str(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
+    npy_intp w[MAXDIM];
+    for (int i = 0; i < nd && i < MAXDIM; i++) w[i] = want[i];
+    shape_str(exp, sizeof exp, nd, w);
+    PyErr_Format(PyExc_ValueError, "%s: expected shape %s = %s (-1: any), got %s",
+                 name, what, exp, got);
+    return -1;
+}
+
+/* Same shape as the reference array. */
+int same_shape(PyArrayObject *a, const char *name, PyArrayObject *ref, const char *refname)
+{
+    if (PyArray_NDIM(a) == PyArray_NDIM(ref) &&
+        memcmp(PyArray_DIMS(a), PyArray_DIMS(ref), sizeof(npy_intp) * PyArray_NDIM(a)) == 0)
+        return 0;
+    char s1[128], s2[128];
+    shape_str(s1, sizeof s1, PyArray_NDIM(a), PyArray_DIMS(a));
+    shape_str(s2, sizeof s2, PyArray_NDIM(ref), PyArray_DIMS(ref));
+    PyErr_Format(PyExc_ValueError, "%s: expected the shape of %s %s, got %s",
+                 name, refname, s2, s1);
+    return -1;
+}
+
+/* Optional float32 array argument: None -> NULL (no error). */
+int opt_arr(PyObject *obj, const char *name, int ndim, int writable, PyArrayObject **out)
+{
+    *out = NULL;
+    if (obj == NULL || obj == Py_None) return 0;
+    *out = arr_check(obj, name, NPY_FLOAT32, ndim, writable);
+    return *out ? 0 : -1;
+}
+
+PyArrayObject *new_f32(int nd, const npy_intp *dims)
+{
+    return (PyArrayObject *)PyArray_SimpleNew(nd, (npy_intp *)dims, NPY_FLOAT32);
+}
+
+PyArrayObject *zeros_f32(int nd, const npy_intp *dims)
+{
+    return (PyArrayObject *)PyArray_ZEROS(nd, (npy_intp *)dims, NPY_FLOAT32, 0);
+}
+
+int positive(long long v, const char *name)
+{
+    if (v >= 1) return 0;
+    PyErr_Format(PyExc_ValueError, "%s: expected an integer >= 1, got %lld", name, v);
+    return -1;
+}
+
+numstr fmt_g(double v)
+{
+    numstr r;
+    snprintf(r.s, sizeof r.s, "%g", v);
+    return r;
+}
+
+int finite_range(double v, double lo, double hi, const char *name)
+{
+    if (isfinite(v) && v >= lo && v <= hi) return 0;
+    char buf[64];
+    snprintf(buf, sizeof buf, "%g", v);
+    PyErr_Format(PyExc_ValueError, "%s: expected a number in [%s, %s], got %s",
+                 name, fmt_g(lo).s, fmt_g(hi).s, buf);
+    return -1;
+}
+
+int eps_check(double eps)
+{
+    if (isfinite(eps) && eps > 0.0 && eps < 1.0) return 0;
+    PyErr_Format(PyExc_ValueError, "eps: expected a number in (0, 1), got %s", fmt_g(eps).s);
+    return -1;
+}
+
+/* ------------------------------------------------------------ status codes
+ *
+ * Every CSUB_ERR_* has its own Python exception: invalid arguments and
+ * malformed files are ValueErrors (FormatError, UnsupportedError and
+ * BudgetError subclass it, so callers can tell them apart), a failed
+ * allocation is MemoryError, a file that cannot be read OSError. */
+
+static PyObject *status_type(int status)
+{
+    switch (status) {
+    case CSUB_ERR_ARG: return PyExc_ValueError;
+    case CSUB_ERR_NOMEM: return PyExc_MemoryError;
+    case CSUB_ERR_IO: return PyExc_OSError;
+    case CSUB_ERR_FORMAT: return FormatError;
+    case CSUB_ERR_UNSUPPORTED: return UnsupportedError;
+    case CSUB_ERR_BUDGET: return BudgetError;
+    default: return PyExc_SystemError;
+    }
+}
+
+/* Raise the exception of status with the C side's message (or the code's own
+ * description when it wrote none), prefixed by where when given; NULL. */
+PyObject *raise_status(int status, const char *where, const char *msg)
+{
+    if (!msg || !msg[0]) msg = csub_strerror(status);
+    if (where) PyErr_Format(status_type(status), "%s: %s", where, msg);
+    else PyErr_SetString(status_type(status), msg);
+    return NULL;
+}
+
+/* 0 for CSUB_OK; otherwise raise for a kernel's status (kernels return
+ * CSUB_ERR_NOMEM for their workspace, CSUB_ERR_ARG for sizes) and -1. */
+int status_ok(int status, const char *where)
+{
+    if (status == CSUB_OK) return 0;
+    raise_status(status, where, status == CSUB_ERR_NOMEM ? "out of memory for workspace" : NULL);
+    return -1;
+}
+
+PyObject *finish(int status, const char *where, PyArrayObject *out)
+{
+    if (status_ok(status, where)) { Py_XDECREF(out); return NULL; }
+    if (!out) Py_RETURN_NONE;
+    return (PyObject *)out;
+}
+
+int out_like(PyArrayObject **out, PyArrayObject *x, const char *xname)
+{
+    if (*out) {
+        if (same_shape(*out, "out", x, xname)) return -1;
+        Py_INCREF(*out);
+        return 0;
+    }
+    *out = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    return *out ? 0 : -1;
+}
+
+/* Shape tuple argument, e.g. input_shape=(N, C, H, W). */
+int parse_shape(PyObject *obj, const char *name, int nd, npy_intp *dims)
+{
+    if (!PySequence_Check(obj) || PySequence_Size(obj) != nd) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a sequence of %d integers", name, nd);
+        return -1;
+    }
+    for (int i = 0; i < nd; i++) {
+        PyObject *it = PySequence_GetItem(obj, i);
+        if (!it) return -1;
+        long long v = PyLong_AsLongLong(it);
+        Py_DECREF(it);
+        if (v == -1 && PyErr_Occurred()) return -1;
+        if (v < 1) {
+            PyErr_Format(PyExc_ValueError, "%s: entries must be >= 1", name);
+            return -1;
+        }
+        dims[i] = (npy_intp)v;
+    }
+    return 0;
+}
+
+/* After a failed parse, find the argument whose value did not convert and
+ * raise an error that names it (CPython's own messages do not, for numbers). */
+static void name_bad_argument(PyObject *args, PyObject *kw, const char *fmt, char **kwlist)
+{
+    if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_OverflowError)) return;
+    Py_ssize_t npos = PyTuple_GET_SIZE(args);
+    int i = 0;
+    for (const char *f = fmt; *f && kwlist[i]; f++) {
+        char c = *f;
+        if (c == '|' || c == ')' || c == '&') continue; /* O& is one argument */
+        if (c == ':' || c == ';') break;
+        if (c == '(') { /* a group such as (ddd): one argument, a sequence of numbers */
+            while (*f && *f != ')') f++;
+            i++;
+            continue;
+        }
+        PyObject *o = i < npos ? PyTuple_GET_ITEM(args, i) : (kw ? PyDict_GetItemString(kw, kwlist[i]) : NULL);
+        const char *name = kwlist[i++];
+        if (!o) continue;
+        if (c == 'i' || c == 'L' || c == 'K') {
+            if (!PyIndex_Check(o) || PyBool_Check(o)) {
+                PyErr_Format(PyExc_TypeError, "%s: expected an int, got %s", name, Py_TYPE(o)->tp_name);
+                return;
+            }
+            PyObject *t, *v, *tb;
+            PyErr_Fetch(&t, &v, &tb);
+            int overflow = 0;
+            PyObject *n = PyNumber_Index(o);
+            if (n) {
+                (void)PyLong_AsLongLongAndOverflow(n, &overflow);
+                Py_DECREF(n);
+            }
+            PyErr_Clear();
+            PyErr_Restore(t, v, tb);
+            if (overflow) {
+                PyErr_Format(PyExc_ValueError, "%s: integer out of range", name);
+                return;
+            }
+        } else if (c == 'd') {
+            if (!PyFloat_Check(o) && !PyLong_Check(o) && !PyIndex_Check(o) && !PyNumber_Check(o)) {
+                PyErr_Format(PyExc_TypeError, "%s: expected a number, got %s", name, Py_TYPE(o)->tp_name);
+                return;
+            }
+            if (PyBool_Check(o) || PyUnicode_Check(o) || PyBytes_Check(o)) {
+                PyErr_Format(PyExc_TypeError, "%s: expected a number, got %s", name, Py_TYPE(o)->tp_name);
+                return;
+            }
+        }
+    }
+}
+
+/* The array arguments seen by arr_converter during one parse(), checked in
+ * order once every other argument converted (parse runs with the GIL held). */
+#define MAX_ARRAY_ARGS 16
+static struct { arr_arg *spec; PyObject *obj; } pending[MAX_ARRAY_ARGS];
+static int npending;
+
+int arr_converter(PyObject *obj, void *arg)
+{
+    arr_arg *a = arg;
+    if (npending == MAX_ARRAY_ARGS) {
+        PyErr_SetString(PyExc_SystemError, "parse: too many array arguments");
+        return 0;
+    }
+    pending[npending].spec = a;
+    pending[npending++].obj = obj;
+    return 1;
+}
+
+/* PyArg_ParseTupleAndKeywords that names the offending argument on failure. */
+int parse(PyObject *args, PyObject *kw, const char *fmt, char **kwlist, ...)
+{
+    va_list va;
+    npending = 0;
+    va_start(va, kwlist);
+    int ok = PyArg_VaParseTupleAndKeywords(args, kw, fmt, kwlist, va);
+    va_end(va);
+    if (!ok) {
+        name_bad_argument(args, kw, fmt, kwlist);
+        return 0;
+    }
+    for (int i = 0; i < npending; i++) { /* the arrays, after the numbers, in order */
+        arr_arg *a = pending[i].spec;
+        *a->out = NULL;
+        if (a->optional && pending[i].obj == Py_None) continue;
+        if (!(*a->out = arr_check(pending[i].obj, a->name, a->typenum, a->ndim, a->writable))) return 0;
+    }
+    return 1;
+}
+
+
+/* Shared parsing of conv arguments: x[N,C,H,W], w[K,C,R,S]. */
+
+int conv_check_dims(PyArrayObject *x, const npy_intp *wd, const char *wname,
+                           long long stride, long long pad, conv_dims *d)
+{
+    if (positive(stride, "stride")) return -1;
+    if (stride > CONV_MAX_ARG) {
+        PyErr_Format(PyExc_ValueError, "stride: expected at most %d, got %lld", CONV_MAX_ARG, stride);
+        return -1;
+    }
+    if (pad < 0 || pad > CONV_MAX_ARG) {
+        PyErr_Format(PyExc_ValueError, "padding: expected an integer in [0, %d], got %lld", CONV_MAX_ARG, pad);
+        return -1;
+    }
+    d->N = PyArray_DIM(x, 0); d->C = PyArray_DIM(x, 1); d->H = PyArray_DIM(x, 2); d->W = PyArray_DIM(x, 3);
+    d->K = wd[0]; d->R = wd[2]; d->S = wd[3];
+    if (wd[1] != d->C) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %ld input channels (x has shape (N, C, H, W) with C = %ld), got %ld",
+                     wname, (long)d->C, (long)d->C, (long)wd[1]);
+        return -1;
+    }
+    if (d->N < 1 || d->C < 1 || d->H < 1 || d->W < 1 || d->K < 1 || d->R < 1 || d->S < 1) {
+        PyErr_SetString(PyExc_ValueError, "x, w: every dimension must be >= 1");
+        return -1;
+    }
+    if (d->H + 2 * pad < d->R || d->W + 2 * pad < d->S) {
+        PyErr_Format(PyExc_ValueError, "x: spatial size %ldx%ld with padding %lld is smaller than the kernel %ldx%ld",
+                     (long)d->H, (long)d->W, pad, (long)d->R, (long)d->S);
+        return -1;
+    }
+    d->P = csub_conv_out_size(d->H, d->R, stride, pad);
+    d->Q = csub_conv_out_size(d->W, d->S, stride, pad);
+    return 0;
+}
+
+/* x is (N, C, ...) with rank >= 2; returns N, C, and the product of the rest. */
+int nc_rest(PyArrayObject *x, const char *name, npy_intp *N, npy_intp *C, npy_intp *HW)
+{
+    if (PyArray_NDIM(x) < 2) {
+        PyErr_Format(PyExc_ValueError, "%s: expected shape (N, C, ...) of rank >= 2, got rank %d",
+                     name, PyArray_NDIM(x));
+        return -1;
+    }
+    *N = PyArray_DIM(x, 0);
+    *C = PyArray_DIM(x, 1);
+    *HW = 1;
+    for (int i = 2; i < PyArray_NDIM(x); i++) *HW *= PyArray_DIM(x, i);
+    if (*N < 1 || *C < 1 || *HW < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: every dimension must be >= 1", name);
+        return -1;
+    }
+    return 0;
+}

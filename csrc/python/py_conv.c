@@ -1,0 +1,342 @@
+/* py_conv.c - csub._core: linear, conv, activations, pools, residual add, loss
+ * (csrc/linear.c, conv.c, act.c, loss.c). */
+#include "convert.h"
+
+/* --------------------------------------------------------- linear, conv */
+
+static PyObject *py_linear_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *w, *b = NULL;
+    KW("x", "w", "b");
+    if (!parse(args, kw, "O&O&|O&", kwlist, ARG_F32(x, 2), ARG_F32(w, 2), ARG_OPT_F32(b, 1)))
+        return NULL;
+    npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = PyArray_DIM(w, 0);
+    npy_intp ws[2] = {O, IN}, bs[1] = {O};
+    if (shape_check(w, "w", 2, ws, "(out_features, in_features)")) return NULL;
+    if (b && shape_check(b, "b", 1, bs, "(out_features,)")) return NULL;
+    npy_intp d[2] = {N, O};
+    PyArrayObject *y = new_f32(2, d);
+    if (!y) return NULL;
+    NOGIL(csub_linear_forward(F32(x), F32(w), OPT_F32(b), F32(y), N, IN, O));
+    return (PyObject *)y;
+}
+
+static PyObject *py_linear_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *w, *dy, *dw = NULL, *db = NULL;
+    int need_dx = 1;
+    KW("x", "w", "dy", "dw", "db", "need_dx");
+    if (!parse(args, kw, "O&O&O&|O&O&p", kwlist, ARG_F32(x, 2), ARG_F32(w, 2), ARG_F32(dy, 2),
+                         ARG_OPT_F32_W(dw, 2), ARG_OPT_F32_W(db, 1), &need_dx))
+        return NULL;
+    npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = PyArray_DIM(w, 0);
+    npy_intp ws[2] = {O, IN}, ys[2] = {N, O}, bs[1] = {O};
+    if (shape_check(w, "w", 2, ws, "(out_features, in_features)") ||
+        shape_check(dy, "dy", 2, ys, "(N, out_features)") ||
+        (dw && shape_check(dw, "dw", 2, ws, "(out_features, in_features)")) ||
+        (db && shape_check(db, "db", 1, bs, "(out_features,)")))
+        return NULL;
+    PyArrayObject *dx = NULL;
+    if (need_dx) {
+        npy_intp d[2] = {N, IN};
+        if (!(dx = new_f32(2, d))) return NULL;
+    }
+    NOGIL(csub_linear_backward(F32(x), F32(w), F32(dy), OPT_F32(dx), OPT_F32(dw), OPT_F32(db), N, IN, O));
+    if (!dx) Py_RETURN_NONE;
+    return (PyObject *)dx;
+}
+
+static int conv_check(PyArrayObject *x, PyArrayObject *w, long long stride, long long pad, conv_dims *d)
+{
+    return conv_check_dims(x, PyArray_DIMS(w), "w", stride, pad, d);
+}
+
+static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *w, *b = NULL;
+    long long stride = 1, pad = 0;
+    KW("x", "w", "b", "stride", "padding");
+    if (!parse(args, kw, "O&O&|O&LL", kwlist, ARG_F32(x, 4), ARG_F32(w, 4), ARG_OPT_F32(b, 1), &stride, &pad))
+        return NULL;
+    conv_dims d;
+    if (conv_check(x, w, stride, pad, &d)) return NULL;
+    npy_intp bs[1] = {d.K};
+    if (b && shape_check(b, "b", 1, bs, "(out_channels,)")) return NULL;
+    npy_intp ys[4] = {d.N, d.K, d.P, d.Q};
+    PyArrayObject *y = new_f32(4, ys);
+    if (!y) return NULL;
+    int st;
+    NOGIL(st = csub_conv2d_forward(F32(x), F32(w), OPT_F32(b), F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad));
+    return finish(st, "conv2d_forward", y);
+}
+
+static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *w, *dy, *dw = NULL, *db = NULL;
+    long long stride = 1, pad = 0;
+    int need_dx = 1;
+    KW("x", "w", "dy", "dw", "db", "stride", "padding", "need_dx");
+    if (!parse(args, kw, "O&O&O&|O&O&LLp", kwlist, ARG_F32(x, 4), ARG_F32(w, 4), ARG_F32(dy, 4),
+                         ARG_OPT_F32_W(dw, 4), ARG_OPT_F32_W(db, 1), &stride, &pad, &need_dx))
+        return NULL;
+    conv_dims d;
+    if (conv_check(x, w, stride, pad, &d)) return NULL;
+    npy_intp ys[4] = {d.N, d.K, d.P, d.Q}, bs[1] = {d.K};
+    if (shape_check(dy, "dy", 4, ys, "(N, out_channels, P, Q)") ||
+        (dw && same_shape(dw, "dw", w, "w")) ||
+        (db && shape_check(db, "db", 1, bs, "(out_channels,)")))
+        return NULL;
+    PyArrayObject *dx = NULL;
+    if (need_dx && !(dx = new_f32(4, PyArray_DIMS(x)))) return NULL;
+    int st;
+    NOGIL(st = csub_conv2d_backward(F32(x), F32(w), F32(dy), OPT_F32(dx), OPT_F32(dw), OPT_F32(db),
+                              d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad));
+    return finish(st, "conv2d_backward", dx);
+}
+
+/* ------------------------------------------- activations, pools, residual */
+
+static PyObject *py_relu_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x;
+    KW("x");
+    if (!parse(args, kw, "O&", kwlist, ARG_F32(x, -1)))
+        return NULL;
+    PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    if (!y) return NULL;
+    NOGIL(csub_relu_forward(F32(x), F32(y), PyArray_SIZE(x)));
+    return (PyObject *)y;
+}
+
+static PyObject *py_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *dy;
+    KW("x", "dy");
+    if (!parse(args, kw, "O&O&", kwlist, ARG_F32(x, -1), ARG_F32(dy, -1)))
+        return NULL;
+    if (same_shape(dy, "dy", x, "x")) return NULL;
+    PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    if (!dx) return NULL;
+    NOGIL(csub_relu_backward(F32(x), F32(dy), F32(dx), PyArray_SIZE(x)));
+    return (PyObject *)dx;
+}
+
+static PyObject *py_add(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *a, *b, *y;
+    PyObject *oo = Py_None;
+    KW("a", "b", "out");
+    if (!parse(args, kw, "O&O&|O", kwlist, ARG_F32(a, -1), ARG_F32(b, -1), &oo)) return NULL;
+    if (same_shape(b, "b", a, "a") || opt_arr(oo, "out", -1, 1, &y)) return NULL;
+    if (out_like(&y, a, "a")) return NULL; /* out may be an input: elementwise */
+    Py_BEGIN_ALLOW_THREADS
+    if (PyArray_NDIM(a) == 4) /* [N, C, H, W]: by rows of each plane when the batch is smaller than the threads */
+        csub_add_nchw(F32(a), F32(b), F32(y), PyArray_DIM(a, 0), PyArray_DIM(a, 1), PyArray_DIM(a, 2), PyArray_DIM(a, 3));
+    else
+        csub_add(F32(a), F32(b), F32(y), PyArray_SIZE(a));
+    Py_END_ALLOW_THREADS
+    return (PyObject *)y;
+}
+
+static int pool_check(long long k, long long s, npy_intp H, npy_intp W, npy_intp *P, npy_intp *Q)
+{
+    if (positive(k, "kernel_size") || positive(s, "stride")) return -1;
+    if (H < k || W < k) {
+        PyErr_Format(PyExc_ValueError, "x: spatial size %ldx%ld is smaller than kernel_size %lld",
+                     (long)H, (long)W, k);
+        return -1;
+    }
+    *P = (H - k) / s + 1;
+    *Q = (W - k) / s + 1;
+    return 0;
+}
+
+static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x;
+    long long k, s;
+    KW("x", "kernel_size", "stride");
+    if (!parse(args, kw, "O&LL", kwlist, ARG_F32(x, 4), &k, &s))
+        return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), P, Q;
+    if (pool_check(k, s, H, W, &P, &Q)) return NULL;
+    npy_intp ys[4] = {N, C, P, Q};
+    PyArrayObject *y = new_f32(4, ys);
+    PyArrayObject *am = (PyArrayObject *)PyArray_SimpleNew(4, ys, NPY_INT32);
+    if (!y || !am) { Py_XDECREF(y); Py_XDECREF(am); return NULL; }
+    NOGIL(csub_maxpool2d_forward(F32(x), F32(y), (int32_t *)PyArray_DATA(am), N, C, H, W, k, s));
+    return Py_BuildValue("NN", y, am);
+}
+
+static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *dy, *am;
+    PyObject *oshape;
+    long long k, s;
+    KW("dy", "argmax", "input_shape", "kernel_size", "stride");
+    if (!parse(args, kw, "O&O&OLL", kwlist, ARG_F32(dy, 4), ARG_ARR(am, "argmax", NPY_INT32, 4, 0, 0),
+                         &oshape, &k, &s))
+        return NULL;
+    npy_intp xs[4], P, Q;
+    if (parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
+    npy_intp ys[4] = {xs[0], xs[1], P, Q};
+    if (shape_check(dy, "dy", 4, ys, "(N, C, P, Q)") || same_shape(am, "argmax", dy, "dy")) return NULL;
+    /* argmax indexes the H*W plane; out-of-range values would write outside dx */
+    const int32_t *ai = (const int32_t *)PyArray_DATA(am);
+    for (npy_intp i = 0, n = PyArray_SIZE(am); i < n; i++)
+        if (ai[i] < 0 || ai[i] >= xs[2] * xs[3]) {
+            PyErr_SetString(PyExc_ValueError, "argmax: index outside the input plane");
+            return NULL;
+        }
+    PyArrayObject *dx = new_f32(4, xs);
+    if (!dx) return NULL;
+    NOGIL(csub_maxpool2d_backward(F32(dy), ai, F32(dx), xs[0], xs[1], xs[2], xs[3], k, s));
+    return (PyObject *)dx;
+}
+
+static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x;
+    long long k, s;
+    KW("x", "kernel_size", "stride");
+    if (!parse(args, kw, "O&LL", kwlist, ARG_F32(x, 4), &k, &s))
+        return NULL;
+    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), P, Q;
+    if (pool_check(k, s, H, W, &P, &Q)) return NULL;
+    npy_intp ys[4] = {N, C, P, Q};
+    PyArrayObject *y = new_f32(4, ys);
+    if (!y) return NULL;
+    NOGIL(csub_avgpool2d_forward(F32(x), F32(y), N, C, H, W, k, s));
+    return (PyObject *)y;
+}
+
+static PyObject *py_avgpool2d_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *dy;
+    PyObject *oshape;
+    long long k, s;
+    KW("dy", "input_shape", "kernel_size", "stride");
+    if (!parse(args, kw, "O&OLL", kwlist, ARG_F32(dy, 4), &oshape, &k, &s))
+        return NULL;
+    npy_intp xs[4], P, Q;
+    if (parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
+    npy_intp ys[4] = {xs[0], xs[1], P, Q};
+    if (shape_check(dy, "dy", 4, ys, "(N, C, P, Q)")) return NULL;
+    PyArrayObject *dx = new_f32(4, xs);
+    if (!dx) return NULL;
+    NOGIL(csub_avgpool2d_backward(F32(dy), F32(dx), xs[0], xs[1], xs[2], xs[3], k, s));
+    return (PyObject *)dx;
+}
+
+static PyObject *py_gap_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x;
+    KW("x");
+    if (!parse(args, kw, "O&", kwlist, ARG_F32(x, 4)))
+        return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
+    npy_intp ys[2] = {N, C};
+    PyArrayObject *y = new_f32(2, ys);
+    if (!y) return NULL;
+    NOGIL(csub_gap_forward(F32(x), F32(y), N * C, HW));
+    return (PyObject *)y;
+}
+
+static PyObject *py_gap_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ody, *oshape;
+    KW("dy", "input_shape");
+    if (!parse(args, kw, "OO", kwlist, &ody, &oshape)) return NULL;
+    PyArrayObject *dy = arr_check(ody, "dy", NPY_FLOAT32, 2, 0);
+    npy_intp xs[4];
+    if (!dy || parse_shape(oshape, "input_shape", 4, xs)) return NULL;
+    npy_intp ys[2] = {xs[0], xs[1]};
+    if (shape_check(dy, "dy", 2, ys, "(N, C)")) return NULL;
+    PyArrayObject *dx = new_f32(4, xs);
+    if (!dx) return NULL;
+    NOGIL(csub_gap_backward(F32(dy), F32(dx), xs[0] * xs[1], xs[2] * xs[3]));
+    return (PyObject *)dx;
+}
+
+/* -------------------------------------------------------------- loss */
+
+static PyArrayObject *labels_check(PyObject *obj, npy_intp N, npy_intp K)
+{
+    PyArrayObject *y = arr_check(obj, "labels", NPY_INT64, 1, 0);
+    if (!y) return NULL;
+    if (PyArray_DIM(y, 0) != N) {
+        PyErr_Format(PyExc_ValueError, "labels: expected shape (%ld,) to match logits, got (%ld,)",
+                     (long)N, (long)PyArray_DIM(y, 0));
+        return NULL;
+    }
+    const int64_t *l = (const int64_t *)PyArray_DATA(y);
+    for (npy_intp i = 0; i < N; i++)
+        if (l[i] < 0 || l[i] >= K) {
+            PyErr_Format(PyExc_ValueError, "labels: value %lld at index %ld is outside [0, %ld)",
+                         (long long)l[i], (long)i, (long)K);
+            return NULL;
+        }
+    return y;
+}
+
+static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *lg;
+    PyObject *oy;
+    KW("logits", "labels");
+    if (!parse(args, kw, "O&O", kwlist, ARG_F32_AS(lg, "logits", 2), &oy))
+        return NULL;
+    npy_intp N = PyArray_DIM(lg, 0), K = PyArray_DIM(lg, 1);
+    if (N < 1 || K < 1) {
+        PyErr_SetString(PyExc_ValueError, "logits: expected shape (N, K) with N, K >= 1");
+        return NULL;
+    }
+    PyArrayObject *y = labels_check(oy, N, K);
+    if (!y) return NULL;
+    PyArrayObject *prob = new_f32(2, PyArray_DIMS(lg));
+    if (!prob) return NULL;
+    double loss;
+    NOGIL(loss = csub_cross_entropy_forward(F32(lg), (const int64_t *)PyArray_DATA(y), F32(prob), N, K));
+    return Py_BuildValue("dN", loss, prob);
+}
+
+static PyObject *py_cross_entropy_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *p;
+    PyObject *oy;
+    double scale = 1.0;
+    KW("prob", "labels", "scale");
+    if (!parse(args, kw, "O&O|d", kwlist, ARG_F32_AS(p, "prob", 2), &oy, &scale))
+        return NULL;
+    npy_intp N = PyArray_DIM(p, 0), K = PyArray_DIM(p, 1);
+    PyArrayObject *y = labels_check(oy, N, K);
+    if (!y) return NULL;
+    if (!isfinite(scale)) {
+        PyErr_SetString(PyExc_ValueError, "scale: expected a finite number");
+        return NULL;
+    }
+    PyArrayObject *d = new_f32(2, PyArray_DIMS(p));
+    if (!d) return NULL;
+    NOGIL(csub_cross_entropy_backward(F32(p), (const int64_t *)PyArray_DATA(y), F32(d), N, K, (float)scale));
+    return (PyObject *)d;
+}
+
+PyMethodDef csub_py_conv_methods[] = {
+    M(linear_forward, "linear_forward(x[N,I], w[O,I], b[O]=None) -> y[N,O]"),
+    M(linear_backward, "linear_backward(x, w, dy[N,O], dw=None, db=None, need_dx=True) -> dx; dw, db +="),
+    M(conv2d_forward, "conv2d_forward(x[N,C,H,W], w[K,C,R,S], b=None, stride=1, padding=0) -> y[N,K,P,Q]"),
+    M(conv2d_backward, "conv2d_backward(x, w, dy, dw=None, db=None, stride=1, padding=0, need_dx=True) -> dx; dw, db +="),
+    M(relu_forward, "relu_forward(x) -> y"),
+    M(relu_backward, "relu_backward(x, dy) -> dx"),
+    M(add, "add(a, b, out=None) -> a + b (out may be a or b)"),
+    M(maxpool2d_forward, "maxpool2d_forward(x, kernel_size, stride) -> (y, argmax int32)"),
+    M(maxpool2d_backward, "maxpool2d_backward(dy, argmax, input_shape, kernel_size, stride) -> dx"),
+    M(avgpool2d_forward, "avgpool2d_forward(x, kernel_size, stride) -> y"),
+    M(avgpool2d_backward, "avgpool2d_backward(dy, input_shape, kernel_size, stride) -> dx"),
+    M(gap_forward, "gap_forward(x[N,C,H,W]) -> y[N,C]"),
+    M(gap_backward, "gap_backward(dy[N,C], input_shape) -> dx"),
+    M(cross_entropy_forward, "cross_entropy_forward(logits[N,K], labels int64[N]) -> (loss, prob)"),
+    M(cross_entropy_backward, "cross_entropy_backward(prob, labels, scale=1.0) -> dlogits"),
+    {NULL, NULL, 0, NULL},
+};

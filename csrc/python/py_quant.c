@@ -1,0 +1,231 @@
+/* py_quant.c - csub._core: fake quantization and the integer kernels (csrc/quant.c, int8.c). */
+#include <float.h>
+#include "convert.h"
+
+/* ----------------------------------------------------------------- quant */
+
+
+static int bits_check(int bits)
+{
+    if (bits >= 2 && bits <= 16) return 0;
+    PyErr_Format(PyExc_ValueError, "num_bits: expected an int in [2, 16], got %d", bits);
+    return -1;
+}
+
+/* rmin <= rmax, both finite floats (float32 range). */
+static int qrange_check(double rmin, double rmax)
+{
+    if (finite_range(rmin, -FLT_MAX, FLT_MAX, "rmin") || finite_range(rmax, -FLT_MAX, FLT_MAX, "rmax"))
+        return -1;
+    if (rmin <= rmax) return 0;
+    PyErr_Format(PyExc_ValueError, "rmin: expected rmin <= rmax, got rmin = %s > rmax = %s",
+                 fmt_g(rmin).s, fmt_g(rmax).s);
+    return -1;
+}
+
+static PyObject *py_quant_params(PyObject *self, PyObject *args, PyObject *kw)
+{
+    double rmin, rmax;
+    int bits;
+    KW("rmin", "rmax", "num_bits");
+    if (!parse(args, kw, "ddi", kwlist, &rmin, &rmax, &bits)) return NULL;
+    if (qrange_check(rmin, rmax) || bits_check(bits)) return NULL;
+    float scale;
+    int32_t zp;
+    csub_quant_params((float)rmin, (float)rmax, bits, &scale, &zp);
+    return Py_BuildValue("(dl)", (double)scale, (long)zp);
+}
+
+static PyObject *py_fake_quantize(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *oo = Py_None;
+    double rmin, rmax;
+    int bits;
+    KW("x", "num_bits", "rmin", "rmax", "out");
+    if (!parse(args, kw, "Oidd|O", kwlist, &ox, &bits, &rmin, &rmax, &oo)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0), *out;
+    if (!x || bits_check(bits) || qrange_check(rmin, rmax) || opt_arr(oo, "out", -1, 1, &out))
+        return NULL;
+    if (out_like(&out, x, "x")) return NULL;
+    float scale;
+    int32_t zp;
+    csub_quant_params((float)rmin, (float)rmax, bits, &scale, &zp);
+    int64_t nan;
+    NOGIL(nan = csub_fake_quant_forward_count_nan(F32(x), F32(out), PyArray_SIZE(x), scale, zp, bits));
+    if (nan) {
+        PyErr_Format(PyExc_ValueError, "x: %lld NaN entries; fake quantization is undefined for NaN",
+                     (long long)nan);
+        Py_DECREF(out);
+        return NULL;
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_minmax(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x;
+    KW("x");
+    if (!parse(args, kw, "O&", kwlist, ARG_F32(x, -1)))
+        return NULL;
+    if (PyArray_SIZE(x) < 1) {
+        PyErr_SetString(PyExc_ValueError, "x: expected at least one element");
+        return NULL;
+    }
+    float mn, mx;
+    NOGIL(csub_minmax(F32(x), PyArray_SIZE(x), &mn, &mx));
+    return Py_BuildValue("(dd)", (double)mn, (double)mx);
+}
+
+static PyObject *py_channel_scale(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyObject *ox, *os, *oo = Py_None;
+    KW("x", "s", "out");
+    if (!parse(args, kw, "OO|O", kwlist, &ox, &os, &oo)) return NULL;
+    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
+    PyArrayObject *sc = x ? arr_check(os, "s", NPY_FLOAT32, 1, 0) : NULL, *out;
+    if (!sc) return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
+    npy_intp cs[1] = {C};
+    if (shape_check(sc, "s", 1, cs, "(C,) with C = x.shape[1]") || opt_arr(oo, "out", -1, 1, &out))
+        return NULL;
+    if (out_like(&out, x, "x")) return NULL;
+    NOGIL(csub_channel_scale(F32(x), F32(sc), F32(out), N, C, HW));
+    return (PyObject *)out;
+}
+
+/* ------------------------------------------------------- integer kernels */
+
+/* Arguments shared by the integer layers: the grid (bits, xscale, xzero_point)
+ * and the per-output-channel oscale and b, each (K,) or None. */
+static int int8_check(int bits, double xscale, long long xzp, PyObject *oos, PyObject *ob, npy_intp K,
+                      PyArrayObject **oscale, PyArrayObject **b)
+{
+    if (bits < 2 || bits > 8) {
+        PyErr_Format(PyExc_ValueError, "bits: expected an int in [2, 8], got %d", bits);
+        return -1;
+    }
+    if (!isfinite(xscale) || xscale < 0.0 || xscale > FLT_MAX) {
+        PyErr_Format(PyExc_ValueError, "xscale: expected a finite number >= 0, got %s", fmt_g(xscale).s);
+        return -1;
+    }
+    long long qmin = -(1LL << (bits - 1)), qmax = (1LL << (bits - 1)) - 1;
+    if (xzp < qmin || xzp > qmax) {
+        PyErr_Format(PyExc_ValueError, "xzero_point: expected an int in [%lld, %lld] (the %d-bit grid), got %lld",
+                     qmin, qmax, bits, xzp);
+        return -1;
+    }
+    npy_intp ks[1] = {K};
+    if (opt_arr(oos, "oscale", 1, 0, oscale) || (*oscale && shape_check(*oscale, "oscale", 1, ks, "(out_channels,)")) ||
+        opt_arr(ob, "b", 1, 0, b) || (*b && shape_check(*b, "b", 1, ks, "(out_channels,)")))
+        return -1;
+    return 0;
+}
+
+static int cols_check(npy_intp cols)
+{
+    if (cols <= CSUB_INT8_MAX_COLS) return 0;
+    PyErr_Format(PyExc_ValueError, "weight: %ld inputs per output exceed %d (the 32-bit accumulators could overflow)",
+                 (long)cols, CSUB_INT8_MAX_COLS);
+    return -1;
+}
+
+/* Status of quantizing the weight (st_w) and of the product (st). */
+static int int8_status(int st_w, int st, const char *where)
+{
+    if (st_w == CSUB_ERR_ARG) {
+        PyErr_SetString(PyExc_ValueError, "weight: NaN or infinite entries cannot be quantized");
+        return -1;
+    }
+    if (st_w != CSUB_OK) return status_ok(st_w, where);
+    if (st == CSUB_ERR_ARG) {
+        PyErr_SetString(PyExc_ValueError, "x: NaN entries; integer quantization is undefined for NaN");
+        return -1;
+    }
+    return status_ok(st, where);
+}
+
+static PyObject *py_conv2d_int8_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *w, *os, *b;
+    PyObject *oos = Py_None, *ob = Py_None;
+    int bits;
+    double xscale;
+    long long xzp, stride = 1, pad = 0;
+    KW("x", "weight", "bits", "xscale", "xzero_point", "oscale", "b", "stride", "padding");
+    if (!parse(args, kw, "O&O&idL|OOLL", kwlist, ARG_F32(x, 4), ARG_F32_AS(w, "weight", 4), &bits, &xscale,
+                         &xzp, &oos, &ob, &stride, &pad))
+        return NULL;
+    conv_dims d;
+    if (conv_check_dims(x, PyArray_DIMS(w), "weight", stride, pad, &d) ||
+        int8_check(bits, xscale, xzp, oos, ob, d.K, &os, &b) || cols_check(d.C * d.R * d.S))
+        return NULL;
+    npy_intp ys[4] = {d.N, d.K, d.P, d.Q};
+    PyArrayObject *y = new_f32(4, ys);
+    if (!y) return NULL;
+    int st_w, st = CSUB_OK;
+    Py_BEGIN_ALLOW_THREADS
+    csub_qweight qw;
+    st_w = csub_qweight_init_conv(&qw, F32(w), d.K, d.C, d.R, d.S, bits);
+    if (st_w == CSUB_OK) {
+        st = csub_conv2d_int8_forward(F32(x), (float)xscale, (int32_t)xzp, &qw, OPT_F32(os), OPT_F32(b), F32(y),
+                                      d.N, d.C, d.H, d.W, d.R, d.S, stride, pad);
+        csub_qweight_free(&qw);
+    }
+    Py_END_ALLOW_THREADS
+    if (int8_status(st_w, st, "conv2d_int8_forward")) { Py_DECREF(y); return NULL; }
+    return (PyObject *)y;
+}
+
+static PyObject *py_linear_int8_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *w, *os, *b;
+    PyObject *oos = Py_None, *ob = Py_None;
+    int bits;
+    double xscale;
+    long long xzp;
+    KW("x", "weight", "bits", "xscale", "xzero_point", "oscale", "b");
+    if (!parse(args, kw, "O&O&idL|OO", kwlist, ARG_F32(x, 2), ARG_F32_AS(w, "weight", 2), &bits, &xscale,
+                         &xzp, &oos, &ob))
+        return NULL;
+    npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = PyArray_DIM(w, 0);
+    npy_intp ws[2] = {O, IN};
+    if (shape_check(w, "weight", 2, ws, "(out_features, in_features)")) return NULL;
+    if (O < 1 || IN < 1) {
+        PyErr_SetString(PyExc_ValueError, "weight: expected out_features >= 1 and in_features >= 1");
+        return NULL;
+    }
+    if (int8_check(bits, xscale, xzp, oos, ob, O, &os, &b) || cols_check(IN)) return NULL;
+    npy_intp d[2] = {N, O};
+    PyArrayObject *y = new_f32(2, d);
+    if (!y) return NULL;
+    int st_w, st = CSUB_OK;
+    Py_BEGIN_ALLOW_THREADS
+    csub_qweight qw;
+    st_w = csub_qweight_init(&qw, F32(w), O, IN, bits);
+    if (st_w == CSUB_OK) {
+        st = csub_linear_int8_forward(F32(x), (float)xscale, (int32_t)xzp, &qw, OPT_F32(os), OPT_F32(b), F32(y), N);
+        csub_qweight_free(&qw);
+    }
+    Py_END_ALLOW_THREADS
+    if (int8_status(st_w, st, "linear_int8_forward")) { Py_DECREF(y); return NULL; }
+    return (PyObject *)y;
+}
+
+static PyObject *py_int8_kernel(PyObject *self, PyObject *noargs)
+{
+    return PyUnicode_FromString(csub_int8_kernel());
+}
+
+PyMethodDef csub_py_quant_methods[] = {
+    M(quant_params, "quant_params(rmin, rmax, num_bits) -> (scale, zero_point), range widened to include 0"),
+    M(fake_quantize, "fake_quantize(x, num_bits, rmin, rmax, out=None) -> y on the num_bits grid of [rmin, rmax]"),
+    M(minmax, "minmax(x) -> (min, max) as floats; NaN if x has a NaN"),
+    M(channel_scale, "channel_scale(x[N,C,...], s[C], out=None) -> y = x * s[c] per channel"),
+    M(conv2d_int8_forward, "conv2d_int8_forward(x[N,C,H,W], weight[K,C,R,S], bits, xscale, xzero_point, oscale=None, "
+                           "b=None, stride=1, padding=0) -> y[N,K,P,Q], integer product of the quantized weight and input"),
+    M(linear_int8_forward, "linear_int8_forward(x[N,I], weight[O,I], bits, xscale, xzero_point, oscale=None, b=None) "
+                           "-> y[N,O], integer product"),
+    {"int8_kernel", (PyCFunction)py_int8_kernel, METH_NOARGS, "int8_kernel() -> name of the integer kernel this CPU runs"},
+    {NULL, NULL, 0, NULL},
+};
