@@ -1,4 +1,4 @@
-"""Each C status code reaches Python as its own exception (csrc/python/module.c).
+"""Each C status code reaches Python as its own exception (csrc/python/convert.c).
 
 CSUB_ERR_FORMAT -> csub.FormatError, CSUB_ERR_UNSUPPORTED -> csub.UnsupportedError
 (both ValueErrors), CSUB_ERR_ARG -> ValueError, with the C side's message.
