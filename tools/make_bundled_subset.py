@@ -111,9 +111,10 @@ SE; see `LICENSE`.
 
 
 def _load_data_module():
-    # Load csub/data.py directly, without importing the csub package (whose
-    # __init__ may need the compiled core).
-    path = os.path.join(REPO, "csub", "data.py")
+    # Load csub/data/formats.py (the IDX reader and writer, no other csub import)
+    # directly, without importing the csub package (whose __init__ may need the
+    # compiled core).
+    path = os.path.join(REPO, "csub", "data", "formats.py")
     spec = importlib.util.spec_from_file_location("_csub_data_for_tools", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
