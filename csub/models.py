@@ -32,9 +32,9 @@ import numpy as np
 from . import _core, nn
 from .nn.layers import _Weighted
 from .nn.module import Module, check_alpha, check_input, check_subspace
-from .nn.quant import bits_for_alpha
+from .regimes import REGIMES as _REGIME_TABLE
 
-REGIMES = (None, "unstructured", "quantized", "structured")
+REGIMES = (None,) + tuple(_REGIME_TABLE)
 NORMS = ("bn", "gn", "in", None)
 
 
@@ -186,8 +186,8 @@ class SubspaceNet(Module):
         if norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
         self.norm = norm
-        # a structured line shares conv/linear weights between its ends; only the norms form the line
-        self.wsub = "point" if regime == "structured" and subspace == "line" else subspace
+        # a line carried by the norms (structured) shares conv/linear weights between its ends
+        self.wsub = "point" if regime and _REGIME_TABLE[regime].line == "norms" and subspace == "line" else subspace
         self.topk = 1.0
         object.__setattr__(self, "_compressible_layers", [])
 
@@ -235,21 +235,8 @@ class SubspaceNet(Module):
         """Move to alpha in [0, 1]; the compression level follows (unless topk is given)."""
         alpha = check_alpha(alpha)
         super().set_alpha(alpha)
-        if self.regime == "unstructured":
-            level = alpha if topk is None else float(topk)
-            if not 0.0 < level <= 1.0:
-                raise ValueError(f"topk: expected a keep fraction in (0, 1], got {level}"
-                                 + (" (alpha = 0 keeps nothing; use alpha > 0)" if topk is None else ""))
-            self.topk = level
-            for layer in self._compressible_layers:
-                layer.topk = level
-        elif self.regime == "structured":
-            lo, hi = self.width_range
-            self.set_width_factor(lo + (hi - lo) * alpha)
-        elif self.regime == "quantized":
-            self.num_bits = bits_for_alpha(alpha, *self.bit_range)
-            for layer in self._compressible_layers:
-                layer.num_bits = self.num_bits
+        if self.regime is not None:
+            _REGIME_TABLE[self.regime].apply(self, alpha, topk)
         return self
 
     def set_width_factor(self, w):
