@@ -148,7 +148,7 @@ def load_model_file(path):
     data is the dataset the file names (``dataset`` in its metadata) or the one its input fits."""
     with open(path, "rb") as f:
         meta = modelfile.read_meta(f.read())
-    model = modelfile.load(path)
+    model = models.load(path)
     dataset = meta.get("dataset") or DATASET_OF_SHAPE.get(tuple(meta["input_shape"]))
     if dataset not in DATASETS:
         raise CLIError(f"run: {path} names no dataset csub has for its input {meta['input_shape']}")
@@ -308,7 +308,7 @@ def cmd_onnx(args):
     if os.path.isfile(args.run):  # a model file knows its input shape: no data needed
         with open(args.run, "rb") as f:
             shape = modelfile.read_meta(f.read())["input_shape"]
-        model = modelfile.load(args.run)
+        model = models.load(args.run)
     else:
         model, _, te = load_run(args.run)
         shape = te[0].shape[1:]
