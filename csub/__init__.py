@@ -26,7 +26,10 @@ _load_blas()
 from . import _core  # noqa: E402
 from ._core import BudgetError, FormatError, UnsupportedError  # noqa: E402
 from . import data, functional, models, modelfile, nn, optim, random, runtime, subspace, train  # noqa: E402
-from .modelfile import export, load  # noqa: E402
+from .modelfile import export  # noqa: E402
+from .models import load  # noqa: E402
+
+modelfile.load = load  # the reader lives with the networks; its old name stays
 from .random import manual_seed  # noqa: E402
 from .runtime import CompressedNet  # noqa: E402
 

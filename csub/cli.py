@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from . import __version__, checkpoint, data, modelfile, models, train
+from . import __version__, checkpoint, data, modelfile, models, regimes, train
 
 DATASETS = {
     "fashion-mnist": lambda split: data.fashion_mnist(split),
@@ -24,9 +24,8 @@ DATASETS = {
     "mnist": lambda split: data.mnist(split),
     "cifar10": lambda split: data.cifar10(split),
 }
-SUBSPACE_OF = {"standard": None, "lcs_l": "line", "lcs_p": "point", "target_topk": None, "target_bits": None,
-               "ns": "point", "us": "point"}
-CURVE_X = {"unstructured": "sparsity", "quantized": "bits", "structured": "width"}
+SUBSPACE_OF = {name: m.subspace for name, m in regimes.METHODS.items()}
+CURVE_X = {name: r.curve_x for name, r in regimes.REGIMES.items()}
 DEFAULT_NORM = {"mlp": None, "cnn": "gn", "cpreresnet20": "gn", "resnet18": "bn"}
 
 
@@ -149,7 +148,7 @@ def load_model_file(path):
     data is the dataset the file names (``dataset`` in its metadata) or the one its input fits."""
     with open(path, "rb") as f:
         meta = modelfile.read_meta(f.read())
-    model = modelfile.load(path)
+    model = models.load(path)
     dataset = meta.get("dataset") or DATASET_OF_SHAPE.get(tuple(meta["input_shape"]))
     if dataset not in DATASETS:
         raise CLIError(f"run: {path} names no dataset csub has for its input {meta['input_shape']}")
@@ -309,7 +308,7 @@ def cmd_onnx(args):
     if os.path.isfile(args.run):  # a model file knows its input shape: no data needed
         with open(args.run, "rb") as f:
             shape = modelfile.read_meta(f.read())["input_shape"]
-        model = modelfile.load(args.run)
+        model = models.load(args.run)
     else:
         model, _, te = load_run(args.run)
         shape = te[0].shape[1:]
@@ -384,7 +383,7 @@ def main(argv=None):
     r.add_argument("checkpoint", help="the reference's torch.save(state_dict) file, or a .safetensors file")
     r.add_argument("out", help="the model file to write (.safetensors)")
     r.add_argument("--model", default="cpreresnet20", choices=["cpreresnet20", "resnet18"])
-    r.add_argument("--regime", default="unstructured", choices=["unstructured", "structured", "quantized"])
+    r.add_argument("--regime", default="unstructured", choices=list(regimes.REGIMES))
     r.add_argument("--subspace", default="line", choices=["line", "point"])
     r.add_argument("--norm", default=None, choices=["gn", "bn", "in"], help="default gn (structured: in)")
     r.add_argument("--bit-range", type=int, nargs=2, metavar=("MIN", "MAX"), help="quantized: default 3 8")

@@ -26,7 +26,9 @@ range buffer), ``norm`` (``kind`` "bn" or "gn", ``groups``), ``relu``,
 ``maxpool`` / ``avgpool`` (``k``, ``s``), ``gap``, ``flatten``, ``add`` (``x``,
 ``x2``). The same description drives ``csrc/runtime.c``, which computes the
 network at any alpha with compressed kernels, from Python
-(``model.compress(alpha)``) and from C (``csub_model_load``).
+(``model.compress(alpha)``) and from C (``csub_model_load``). Each module writes its own
+operations (``emit``, beside its ``forward``); ``csub.load`` (``csub.models.load``) reads a
+file back into a network.
 """
 import json
 import math
@@ -35,84 +37,10 @@ import os
 import numpy as np
 from safetensors.numpy import load as _st_load
 
-from . import _core, checkpoint, models, nn
+from . import _core, checkpoint, nn
+from .nn.graph import Graph
 
 FORMAT, VERSION = "csub-model", 1
-
-
-class _Graph:
-    def __init__(self, model):
-        self.names = {id(m): name for name, m in model.named_modules()}
-        self.compressible = set(map(id, model.compressible_layers()))
-        self.ops = []
-        self.n = 1  # value 0 is the input
-
-    def add(self, op, x, **attrs):
-        y = self.n
-        self.n += 1
-        self.ops.append(dict(op=op, x=x, y=y, **attrs))
-        return y
-
-    def name(self, m, pname):
-        prefix = self.names[id(m)]
-        return f"{prefix}.{pname}" if prefix else pname
-
-
-def _emit(m, g, x):
-    """Append module m applied to value x to the graph g; return the output value."""
-    if isinstance(m, nn.Sequential):
-        for sub in m:
-            x = _emit(sub, g, x)
-        return x
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-        attrs = dict(w=g.name(m, "weight"), b=None if m.bias is None else g.name(m, "bias"),
-                     line=m.subspace == "line", compress=id(m) in g.compressible,
-                     fold=None if m.fold_norm is None else g.names[id(m.fold_norm)],
-                     act=g.name(m, "act_range") if "act_range" in m._buffers else None)
-        if isinstance(m, nn.Conv2d):
-            return g.add("conv", x, cin=m.in_channels, cout=m.out_channels, k=m.kernel_size, stride=m.stride,
-                         pad=m.padding, **attrs)
-        return g.add("linear", x, cin=m.in_features, cout=m.out_features, **attrs)
-    if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-        bn = isinstance(m, nn.BatchNorm2d)
-        return g.add("norm", x, kind="bn" if bn else "gn", groups=1 if bn else m.num_groups, c=m.num_channels,
-                     eps=m.eps, w=g.name(m, "weight"), b=g.name(m, "bias"), line=m.subspace == "line",
-                     mean=g.name(m, "running_mean") if bn else None, var=g.name(m, "running_var") if bn else None)
-    if isinstance(m, nn.ReLU):
-        return g.add("relu", x)
-    if isinstance(m, nn.MaxPool2d):
-        return g.add("maxpool", x, k=m.kernel_size, s=m.stride)
-    if isinstance(m, nn.AvgPool2d):
-        return g.add("avgpool", x, k=m.kernel_size, s=m.stride)
-    if isinstance(m, nn.GlobalAvgPool2d):
-        return g.add("gap", x)
-    if isinstance(m, nn.Flatten):
-        return g.add("flatten", x)
-    if isinstance(m, models.PreActBottleneck):
-        a = _emit(m.r1, g, _emit(m.n1, g, x))
-        s = x if m.shortcut is None else _emit(m.shortcut, g, x if m.input_shortcut else a)
-        h = _emit(m.conv1, g, a)
-        h = _emit(m.conv2, g, _emit(m.r2, g, _emit(m.n2, g, h)))
-        h = _emit(m.conv3, g, _emit(m.r3, g, _emit(m.n3, g, h)))
-        return g.add("add", h, x2=s)
-    if isinstance(m, models.PostNormBottleneck):
-        a = _emit(m.r0, g, x)
-        h = _emit(m.r1, g, _emit(m.n1, g, _emit(m.conv1, g, a)))
-        h = _emit(m.r2, g, _emit(m.n2, g, _emit(m.conv2, g, h)))
-        h = _emit(m.n3, g, _emit(m.conv3, g, h))
-        s = a if m.shortcut is None else _emit(m.nshort, g, _emit(m.shortcut, g, a))
-        return g.add("add", h, x2=s)
-    if isinstance(m, models.BasicBlock):
-        h = _emit(m.n2, g, _emit(m.conv2, g, _emit(m.r1, g, _emit(m.n1, g, _emit(m.conv1, g, x)))))
-        s = x if m.short is None else _emit(m.short, g, x)
-        return _emit(m.out, g, g.add("add", h, x2=s))
-    if isinstance(m, models._Stages):
-        h = _emit(m.stem, g, x)
-        h = _emit(m.blocks, g, h)
-        return _emit(m.fc, g, _emit(m.pool, g, _emit(m.head, g, h)))
-    if isinstance(m, (models.MLP, models.CNN)):
-        return _emit(m.body, g, x)
-    raise TypeError(f"model: cannot export a {type(m).__name__} (csub exports the networks of csub.models)")
 
 
 def default_input_shape(model):
@@ -135,11 +63,11 @@ def default_input_shape(model):
 
 def describe(model, input_shape=None, levels=None):
     """The metadata object of an exported model (see the module docstring)."""
-    if not isinstance(model, models.SubspaceNet):
+    if not (isinstance(model, nn.Module) and hasattr(model, "config") and hasattr(model, "compressible_layers")):
         raise TypeError(f"model: expected a network of csub.models, got {type(model).__name__}")
     shape = _check_input_shape(input_shape, model)
-    g = _Graph(model)
-    out = _emit(model, g, 0)
+    g = Graph(model)
+    out = model.emit(g, 0)
     weights = [op for op in g.ops if op["op"] in ("conv", "linear")]
     first, last = weights[0], weights[-1]  # the logits' width: the last weight layer's outputs
     if first["op"] == "conv" and shape[0] != first["cin"]:
@@ -261,22 +189,3 @@ def input_stats(data):
     """{"input_mean", "input_std"} float32 arrays of an exported file's bytes."""
     tensors = _st_load(data)
     return {k: tensors[k] for k in ("input_mean", "input_std")}
-
-
-def load(path):
-    """Rebuild the model exported to ``path``: the same class, configuration and state, in
-    evaluation mode at alpha 1 (``set_alpha``, ``compress``, forward as the original).
-    ``model.levels`` holds the exported accuracy levels (or None)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    _, tensors = checkpoint.read(data, os.fspath(path))
-    meta = read_meta(data, os.fspath(path))
-    cfg = dict(meta["config"])
-    name = cfg.pop("model")
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    model = models.build(name, **cfg)
-    model.load_state_dict(tensors)
-    model.eval()
-    model.set_alpha(1.0)
-    object.__setattr__(model, "levels", meta.get("levels"))
-    return model

@@ -29,12 +29,14 @@ import threading
 
 import numpy as np
 
-from . import _core, nn
+import os
+
+from . import _core, checkpoint, modelfile, nn, runtime
 from .nn.layers import _Weighted
 from .nn.module import Module, check_alpha, check_input, check_subspace
-from .nn.quant import bits_for_alpha
+from .regimes import REGIMES as _REGIME_TABLE
 
-REGIMES = (None, "unstructured", "quantized", "structured")
+REGIMES = (None,) + tuple(_REGIME_TABLE)
 NORMS = ("bn", "gn", "in", None)
 
 
@@ -186,8 +188,8 @@ class SubspaceNet(Module):
         if norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
         self.norm = norm
-        # a structured line shares conv/linear weights between its ends; only the norms form the line
-        self.wsub = "point" if regime == "structured" and subspace == "line" else subspace
+        # a line carried by the norms (structured) shares conv/linear weights between its ends
+        self.wsub = "point" if regime and _REGIME_TABLE[regime].line == "norms" and subspace == "line" else subspace
         self.topk = 1.0
         object.__setattr__(self, "_compressible_layers", [])
 
@@ -235,21 +237,8 @@ class SubspaceNet(Module):
         """Move to alpha in [0, 1]; the compression level follows (unless topk is given)."""
         alpha = check_alpha(alpha)
         super().set_alpha(alpha)
-        if self.regime == "unstructured":
-            level = alpha if topk is None else float(topk)
-            if not 0.0 < level <= 1.0:
-                raise ValueError(f"topk: expected a keep fraction in (0, 1], got {level}"
-                                 + (" (alpha = 0 keeps nothing; use alpha > 0)" if topk is None else ""))
-            self.topk = level
-            for layer in self._compressible_layers:
-                layer.topk = level
-        elif self.regime == "structured":
-            lo, hi = self.width_range
-            self.set_width_factor(lo + (hi - lo) * alpha)
-        elif self.regime == "quantized":
-            self.num_bits = bits_for_alpha(alpha, *self.bit_range)
-            for layer in self._compressible_layers:
-                layer.num_bits = self.num_bits
+        if self.regime is not None:
+            _REGIME_TABLE[self.regime].apply(self, alpha, topk)
         return self
 
     def set_width_factor(self, w):
@@ -303,8 +292,7 @@ class SubspaceNet(Module):
     def compress(self, alpha, input_shape=None):
         """An inference-only copy of the network at alpha with real compressed kernels (sparse,
         narrower or integer: ``csub.runtime.CompressedNet``); this model is unchanged."""
-        from .runtime import compress
-        return compress(self, alpha, input_shape)
+        return runtime.compress(self, alpha, input_shape)
 
     def set_quantize_inputs(self, on):
         """Quantized regime: quantize the compressible layers' inputs in training (off during warm-up)."""
@@ -396,6 +384,9 @@ class MLP(SubspaceNet):
     def backward(self, dy):
         return self.check_forward_cache().body.backward(dy)
 
+    def emit(self, g, x):
+        return self.body.emit(g, x)
+
 
 class CNN(SubspaceNet):
     """Small VGG-style CNN for 28x28 or 32x32 images.
@@ -448,6 +439,9 @@ class CNN(SubspaceNet):
 
     def backward(self, dy):
         return self.check_forward_cache().body.backward(dy)
+
+    def emit(self, g, x):
+        return self.body.emit(g, x)
 
 
 class PreActBottleneck(Module):
@@ -503,6 +497,14 @@ class PreActBottleneck(Module):
         dx = self.n1.backward(self.r1.backward(da))
         return _core.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy), out=dx)
 
+    def emit(self, g, x):
+        a = self.r1.emit(g, self.n1.emit(g, x))
+        s = x if self.shortcut is None else self.shortcut.emit(g, x if self.input_shortcut else a)
+        h = self.conv1.emit(g, a)
+        h = self.conv2.emit(g, self.r2.emit(g, self.n2.emit(g, h)))
+        h = self.conv3.emit(g, self.r3.emit(g, self.n3.emit(g, h)))
+        return g.add("add", h, x2=s)
+
 
 class PostNormBottleneck(Module):
     """The bottleneck of the PyTorch reference code's quantized cPreResNet20, where each
@@ -556,6 +558,14 @@ class PostNormBottleneck(Module):
         da = _core.add(da, ds, out=da)
         return self.r0.backward(da)
 
+    def emit(self, g, x):
+        a = self.r0.emit(g, x)
+        h = self.r1.emit(g, self.n1.emit(g, self.conv1.emit(g, a)))
+        h = self.r2.emit(g, self.n2.emit(g, self.conv2.emit(g, h)))
+        h = self.n3.emit(g, self.conv3.emit(g, h))
+        s = a if self.shortcut is None else self.nshort.emit(g, self.shortcut.emit(g, a))
+        return g.add("add", h, x2=s)
+
 
 class BasicBlock(Module):
     """ResNet18's block: conv3x3(stride) -> norm -> relu -> conv3x3 -> norm, plus shortcut, then relu.
@@ -587,6 +597,11 @@ class BasicBlock(Module):
         dx = self.conv1.backward(self.n1.backward(self.r1.backward(self.conv2.backward(self.n2.backward(dy)))))
         return _core.add(dx, dy if self.short is None else self.short.backward(dy), out=dx)
 
+    def emit(self, g, x):
+        h = self.n2.emit(g, self.conv2.emit(g, self.r1.emit(g, self.n1.emit(g, self.conv1.emit(g, x)))))
+        s = x if self.short is None else self.short.emit(g, x)
+        return self.out.emit(g, g.add("add", h, x2=s))
+
 
 class _Stages(SubspaceNet):
     """stem -> blocks -> head (optional norm -> relu) -> global average pool -> linear classifier."""
@@ -603,6 +618,10 @@ class _Stages(SubspaceNet):
         for b in reversed(list(self.blocks)):
             dh = b.backward(dh)
         return self.stem.backward(dh)
+
+    def emit(self, g, x):
+        h = self.blocks.emit(g, self.stem.emit(g, x))
+        return self.fc.emit(g, self.pool.emit(g, self.head.emit(g, h)))
 
 
 class CPreResNet20(_Stages):
@@ -729,3 +748,22 @@ def build(name, **kwargs):
     if unknown:
         raise TypeError(f"{name}: unexpected arguments {unknown}; it takes {[p for p in params if p != 'self']}")
     return cls(**kwargs)
+
+
+def load(path):
+    """Rebuild the model exported to ``path`` (``csub.export``): the same class, configuration
+    and state, in evaluation mode at alpha 1 (``set_alpha``, ``compress``, forward as the
+    original). ``model.levels`` holds the exported accuracy levels (or None)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    _, tensors = checkpoint.read(data, os.fspath(path))
+    meta = modelfile.read_meta(data, os.fspath(path))
+    cfg = dict(meta["config"])
+    name = cfg.pop("model")
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    model = build(name, **cfg)
+    model.load_state_dict(tensors)
+    model.eval()
+    model.set_alpha(1.0)
+    object.__setattr__(model, "levels", meta.get("levels"))
+    return model

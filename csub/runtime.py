@@ -15,7 +15,7 @@ import numpy as np
 from . import _core
 from . import modelfile
 from .nn.module import check_alpha
-from .nn.quant import alpha_for_bits
+from .regimes import REGIMES
 
 
 class CompressedNet:
@@ -135,13 +135,10 @@ class CompressedNet:
         """The alphas of the stored accuracy levels, else a grid of the regime's levels."""
         if self.meta.get("levels"):
             return [lv["alpha"] for lv in self.meta["levels"]]
-        regime = self.meta["regime"]
-        if regime == "quantized":
-            lo, hi = self.meta["bit_range"]
-            return [alpha_for_bits(b, lo, hi) for b in range(lo, hi + 1)]
-        if regime in ("unstructured", "structured"):
-            return [0.05, 0.1, 0.25, 0.5, 0.75, 1.0] if regime == "unstructured" else [0.0, 1 / 3, 2 / 3, 1.0]
-        return [1.0]
+        regime = REGIMES.get(self.meta["regime"])
+        if regime is None:
+            return [1.0]
+        return regime.runtime_grid(self.meta.get("bit_range"))
 
     def calibrate(self, alphas=None, batch_size=1, reps=5):
         """Measure each alpha on this machine (see ``Calibration``); the model stays at its alpha."""

@@ -33,17 +33,18 @@ from . import checkpoint
 from . import distributed as _distributed
 from .data import DataLoader, channel_stats
 from .nn import BatchNorm2d, CrossEntropyLoss
+from . import regimes as _regimes
 from .nn.quant import alpha_for_bits
 from .optim import SGD, cosine_lr
 from .random import Generator
 from .subspace import line_pairs, line_regularizer
 
-METHODS = ("standard", "lcs_l", "lcs_p", "target_topk", "target_bits", "ns", "us")
-REGIMES = ("unstructured", "quantized", "structured")
-DEFAULT_LR = {"unstructured": 0.1, "quantized": 0.025, "structured": 0.1}
-NS_WIDTHS = (1.0, 0.75, 0.5, 0.25)
-STRUCTURED_WIDTHS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
-UNSTRUCTURED_ALPHAS = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
+METHODS = tuple(_regimes.METHODS)
+REGIMES = tuple(_regimes.REGIMES)
+DEFAULT_LR = {name: r.lr for name, r in _regimes.REGIMES.items()}
+NS_WIDTHS = _regimes.NS_WIDTHS
+STRUCTURED_WIDTHS = _regimes.STRUCTURED_WIDTHS
+UNSTRUCTURED_ALPHAS = _regimes.UNSTRUCTURED_ALPHAS
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -78,8 +79,9 @@ def _check_alphas(alphas, name, regime):
     for i, a in enumerate(alphas):
         if isinstance(a, bool) or not isinstance(a, (int, float, np.integer, np.floating)):
             raise TypeError(f"{name}[{i}]: expected a number in [0, 1], got {type(a).__name__}")
-        if not 0.0 <= float(a) <= 1.0 or (regime == "unstructured" and float(a) == 0.0):
-            raise ValueError(f"{name}[{i}]: expected a number in " + ("(0, 1]" if regime == "unstructured" else "[0, 1]")
+        zero = regime is None or _regimes.REGIMES[regime].alpha_zero
+        if not 0.0 <= float(a) <= 1.0 or (not zero and float(a) == 0.0):
+            raise ValueError(f"{name}[{i}]: expected a number in " + ("[0, 1]" if zero else "(0, 1]")
                              + f", got {a!r}")
         out.append(float(a))
     if not out:
@@ -129,30 +131,26 @@ def check_out(out, files=(CHECKPOINT, "history.json", "eval.json", "eval.csv"), 
 
 def check_method(model, method, regime, topk=None, num_bits=None):
     """Raise ValueError (naming the argument) unless ``model`` can be trained with method and regime."""
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    if regime not in REGIMES:
-        raise ValueError(f"regime: expected one of {REGIMES}, got {regime!r}")
-    if ((method == "target_topk" and regime != "unstructured") or (method == "target_bits" and regime != "quantized")
-            or (method in ("ns", "us") and regime != "structured")):
+    m = _regimes.method(method)
+    _regimes.regime(regime)
+    if regime not in m.regimes:
         raise ValueError(f"method: {method!r} does not belong to regime {regime!r}")
-    want = {"lcs_l": "line", "lcs_p": "point"}.get(method)
-    if want and model.subspace != want:
-        raise ValueError(f"model: method {method!r} needs a model built with subspace={want!r}, "
+    if not m.baseline and model.subspace != m.subspace:
+        raise ValueError(f"model: method {method!r} needs a model built with subspace={m.subspace!r}, "
                          f"got subspace={model.subspace!r}")
-    if method in ("standard", "target_topk", "target_bits", "ns", "us") and model.subspace == "line":
+    if m.baseline and model.subspace == "line":
         raise ValueError(f"model: method {method!r} trains one network; build it with subspace=None")
-    if method != "standard" and model.regime != regime:
+    if m.fixed != "dense" and model.regime != regime:
         raise ValueError(f"model: method {method!r} needs a model built with regime={regime!r}, "
                          f"got regime={model.regime!r}")
-    if method in ("lcs_l", "lcs_p") and any(isinstance(m, BatchNorm2d) for m in model.modules()):
+    if not m.baseline and any(isinstance(layer, BatchNorm2d) for layer in model.modules()):
         warnings.warn("model: batch norm keeps one set of running statistics for the whole subspace, which "
                       "is wrong at most alphas; the method uses group or instance norm for subspaces",
                       stacklevel=3)
-    if method == "target_topk":
+    if m.fixed == "topk":
         if topk is None or not 0.0 < float(topk) <= 1.0:
             raise ValueError(f"topk: target_topk needs a keep fraction in (0, 1], got {topk!r}")
-    if method == "target_bits":
+    if m.fixed == "bits":
         lo, hi = model.bit_range
         if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not lo <= num_bits <= hi:
             raise ValueError(f"num_bits: target_bits needs an int in the model's bit_range {model.bit_range}, "
@@ -175,6 +173,7 @@ class AlphaSchedule:
         self.lo, self.hi, self.p, self.target = lo, hi, p, topk
         self.regime, self.bit_range, self.num_bits = regime, bit_range, num_bits
         self.K = bit_range[1] - bit_range[0] + 1
+        self.sampler = _regimes.REGIMES[regime].sampler if regime in _regimes.REGIMES else None
 
     def ramp(self, it):
         return max(1.0 - it / self.warmup_its, 0.0) if self.warmup_its > 0 else 0.0
@@ -182,7 +181,7 @@ class AlphaSchedule:
     def samples(self, it):
         """The (alpha, topk) of each forward pass of iteration ``it``: the structured methods take
         several per step (sandwich rule: alphas 0, 1 and n - 2 uniform; ns: its fixed widths)."""
-        if self.regime == "structured" and self.method != "standard":
+        if self.sampler == "sandwich" and self.method != "standard":
             if self.method == "ns":
                 lo, hi = self.width_range
                 return [((w - lo) / (hi - lo) if hi > lo else 1.0, 1.0) for w in NS_WIDTHS if w >= lo]
@@ -193,7 +192,7 @@ class AlphaSchedule:
         """(alpha, topk) for iteration ``it`` (0-based)."""
         if self.method == "standard":
             return 1.0, 1.0
-        if self.regime == "quantized":
+        if self.sampler == "discrete":
             if self.method == "target_bits":
                 return alpha_for_bits(self.num_bits, *self.bit_range), 1.0
             if self.method == "lcs_p" and it < self.warmup_its:
@@ -256,7 +255,7 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
     """
     check_method(model, method, regime, topk, num_bits)
     if lr is None:
-        lr = DEFAULT_LR[regime]
+        lr = _regimes.REGIMES[regime].lr
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
     warmup = _real(warmup, "warmup", 0.0, 1.0)
@@ -323,7 +322,7 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
     opt = SGD(model.parameters(), lr, momentum=momentum, weight_decay=weight_decay)
     crit = CrossEntropyLoss()
     # the regulariser runs over the tensors that form the line: norms for structured, weights otherwise
-    pairs = line_pairs(model, "norms" if regime == "structured" else "weights") if method == "lcs_l" else []
+    pairs = line_pairs(model, _regimes.REGIMES[regime].line) if method == "lcs_l" else []
     lr_warm = min(5, epochs // 10) if lr_warmup_epochs is None else min(int(lr_warmup_epochs), epochs - 1)
 
     history, start = [], 0
@@ -408,30 +407,13 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
 
 def _end_alphas(method, lo, topk, regime="unstructured", bit_range=(3, 8), num_bits=None,
                 width_range=(0.25, 1.0)):
-    if method == "standard":
-        return [1.0]
-    if regime == "structured":
-        return [0.0, 1.0]
-    if method == "target_topk":
-        return [float(topk)]
-    if method == "target_bits":
-        return [alpha_for_bits(num_bits, *bit_range)]
-    if regime == "quantized":
-        return [alpha_for_bits(bit_range[0], *bit_range), 1.0]
-    return [lo, 1.0]
+    return _regimes.end_alphas(method, lo, topk, regime, bit_range, num_bits)
 
 
 def default_alphas(method, topk=None, regime="unstructured", bit_range=(3, 8), num_bits=None,
                    width_range=(0.25, 1.0)):
     """The evaluation grid of a method (LCS-SPEC section 9)."""
-    if method in ("standard", "target_topk", "target_bits"):
-        return _end_alphas(method, None, topk, regime, bit_range, num_bits)
-    if regime == "structured":
-        lo, hi = width_range
-        return [(w - lo) / (hi - lo) if hi > lo else 1.0 for w in STRUCTURED_WIDTHS if lo <= w <= hi]
-    if regime == "quantized":
-        return [alpha_for_bits(b, *bit_range) for b in range(bit_range[0], bit_range[1] + 1)]
-    return list(UNSTRUCTURED_ALPHAS)
+    return _regimes.default_alphas(method, topk, regime, bit_range, num_bits, width_range)
 
 
 def evaluate(model, data, alphas, batch_size=500):

@@ -18,6 +18,9 @@ class ReLU(Module):
         self.check_forward_cache()
         return _core.relu_backward(self._x, dy)
 
+    def emit(self, g, x):
+        return g.add("relu", x)
+
 
 def _pool_args(kernel_size, stride):
     for v, name in ((kernel_size, "kernel_size"), (stride, "stride")):
@@ -47,6 +50,9 @@ class MaxPool2d(Module):
         self.check_forward_cache()
         return _core.maxpool2d_backward(dy, self._argmax, self._shape, self.kernel_size, self.stride)
 
+    def emit(self, g, x):
+        return g.add("maxpool", x, k=self.kernel_size, s=self.stride)
+
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
@@ -69,6 +75,9 @@ class AvgPool2d(Module):
         self.check_forward_cache()
         return _core.avgpool2d_backward(dy, self._shape, self.kernel_size, self.stride)
 
+    def emit(self, g, x):
+        return g.add("avgpool", x, k=self.kernel_size, s=self.stride)
+
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
@@ -87,6 +96,9 @@ class GlobalAvgPool2d(Module):
         self.check_forward_cache()
         return _core.gap_backward(dy, self._shape)
 
+    def emit(self, g, x):
+        return g.add("gap", x)
+
 
 class Flatten(Module):
     """(N, ...) -> (N, prod(...)), a view."""
@@ -101,3 +113,6 @@ class Flatten(Module):
     def backward(self, dy):
         self.check_forward_cache()
         return np.ascontiguousarray(dy).reshape(self._shape)
+
+    def emit(self, g, x):
+        return g.add("flatten", x)

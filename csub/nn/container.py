@@ -32,6 +32,11 @@ class Sequential(Module):
             dy = m.backward(dy)
         return dy
 
+    def emit(self, g, x):
+        for m in self._modules.values():
+            x = m.emit(g, x)
+        return x
+
 
 class Residual(Module):
     """y = body(x) + shortcut(x); the shortcut is the identity when None.
@@ -59,3 +64,7 @@ class Residual(Module):
         dx = self.body.backward(dy)
         ds = dy if self.shortcut is None else self.shortcut.backward(dy)
         return _core.add(dx, ds)
+
+    def emit(self, g, x):
+        s = x if self.shortcut is None else self.shortcut.emit(g, x)
+        return g.add("add", self.body.emit(g, x), x2=s)

@@ -193,6 +193,13 @@ class _Weighted(Module):
             return self.bias.grad, False
         return np.zeros(self.active_out, np.float32), True
 
+    def _emit_attrs(self, g):
+        """The graph attributes of a weight layer: tensor names, line, compression, folding."""
+        return dict(w=g.name(self, "weight"), b=None if self.bias is None else g.name(self, "bias"),
+                    line=self.subspace == "line", compress=id(self) in g.compressible,
+                    fold=None if self.fold_norm is None else g.names[id(self.fold_norm)],
+                    act=g.name(self, "act_range") if "act_range" in self._buffers else None)
+
 
 class Linear(_Weighted):
     """y = x W^T + b.
@@ -240,6 +247,9 @@ class Linear(_Weighted):
         if b_routed:
             self._accumulate("bias", db)
         return dx
+
+    def emit(self, g, x):
+        return g.add("linear", x, cin=self.in_features, cout=self.out_features, **self._emit_attrs(g))
 
     def extra_repr(self):
         return (f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
@@ -307,6 +317,10 @@ class Conv2d(_Weighted):
         if b_routed:
             self._accumulate("bias", db)
         return dx
+
+    def emit(self, g, x):
+        return g.add("conv", x, cin=self.in_channels, cout=self.out_channels, k=self.kernel_size,
+                     stride=self.stride, pad=self.padding, **self._emit_attrs(g))
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -113,6 +113,12 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
+    def emit(self, g, x):
+        """Append this module applied to value ``x`` to the inference graph ``g`` (a
+        ``csub.nn.graph.Graph``); return the output value. Modules without an inference form
+        raise TypeError."""
+        raise TypeError(f"model: cannot export a {type(self).__name__} (csub exports the networks of csub.models)")
+
     # Attributes forward stores for backward (layers that cache set this); see check_forward_cache.
     _cache = ()
 

@@ -111,6 +111,11 @@ class BatchNorm2d(_AffineNorm):
         self._route(dg, db)
         return dx
 
+    def emit(self, g, x):
+        return g.add("norm", x, kind="bn", groups=1, c=self.num_channels, eps=self.eps, w=g.name(self, "weight"),
+                     b=g.name(self, "bias"), line=self.subspace == "line", mean=g.name(self, "running_mean"),
+                     var=g.name(self, "running_var"))
+
     def extra_repr(self):
         return f"{self.num_channels}, subspace={self.subspace!r}"
 
@@ -162,6 +167,11 @@ class GroupNorm(_AffineNorm):
         super().set_width(channels)
         self._active_groups(self.active_channels)  # reject inconsistent groupings now
         return self
+
+    def emit(self, g, x):
+        return g.add("norm", x, kind="gn", groups=self.num_groups, c=self.num_channels, eps=self.eps,
+                     w=g.name(self, "weight"), b=g.name(self, "bias"), line=self.subspace == "line",
+                     mean=None, var=None)
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, subspace={self.subspace!r}"
