@@ -151,20 +151,28 @@ static int pool_check(long long k, long long s, npy_intp H, npy_intp W, npy_intp
     return 0;
 }
 
+/* The forward arguments of a pool: x[N,C,H,W], kernel_size, stride; ys = (N, C, P, Q). */
+static int pool_forward_args(PyObject *args, PyObject *kw, PyArrayObject **x, long long *k, long long *s,
+                             npy_intp ys[4])
+{
+    KW("x", "kernel_size", "stride");
+    if (!parse(args, kw, "O&LL", kwlist, ARG_F32(*x, 4), k, s)) return -1;
+    ys[0] = PyArray_DIM(*x, 0);
+    ys[1] = PyArray_DIM(*x, 1);
+    return pool_check(*k, *s, PyArray_DIM(*x, 2), PyArray_DIM(*x, 3), &ys[2], &ys[3]);
+}
+
 static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyArrayObject *x;
     long long k, s;
-    KW("x", "kernel_size", "stride");
-    if (!parse(args, kw, "O&LL", kwlist, ARG_F32(x, 4), &k, &s))
-        return NULL;
-    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), P, Q;
-    if (pool_check(k, s, H, W, &P, &Q)) return NULL;
-    npy_intp ys[4] = {N, C, P, Q};
+    npy_intp ys[4];
+    if (pool_forward_args(args, kw, &x, &k, &s, ys)) return NULL;
     PyArrayObject *y = new_f32(4, ys);
     PyArrayObject *am = (PyArrayObject *)PyArray_SimpleNew(4, ys, NPY_INT32);
     if (!y || !am) { Py_XDECREF(y); Py_XDECREF(am); return NULL; }
-    NOGIL(csub_maxpool2d_forward(F32(x), F32(y), (int32_t *)PyArray_DATA(am), N, C, H, W, k, s));
+    NOGIL(csub_maxpool2d_forward(F32(x), F32(y), (int32_t *)PyArray_DATA(am), ys[0], ys[1], PyArray_DIM(x, 2),
+                                 PyArray_DIM(x, 3), k, s));
     return Py_BuildValue("NN", y, am);
 }
 
@@ -198,15 +206,11 @@ static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args, PyObject *
 {
     PyArrayObject *x;
     long long k, s;
-    KW("x", "kernel_size", "stride");
-    if (!parse(args, kw, "O&LL", kwlist, ARG_F32(x, 4), &k, &s))
-        return NULL;
-    npy_intp N = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1), H = PyArray_DIM(x, 2), W = PyArray_DIM(x, 3), P, Q;
-    if (pool_check(k, s, H, W, &P, &Q)) return NULL;
-    npy_intp ys[4] = {N, C, P, Q};
+    npy_intp ys[4];
+    if (pool_forward_args(args, kw, &x, &k, &s, ys)) return NULL;
     PyArrayObject *y = new_f32(4, ys);
     if (!y) return NULL;
-    NOGIL(csub_avgpool2d_forward(F32(x), F32(y), N, C, H, W, k, s));
+    NOGIL(csub_avgpool2d_forward(F32(x), F32(y), ys[0], ys[1], PyArray_DIM(x, 2), PyArray_DIM(x, 3), k, s));
     return (PyObject *)y;
 }
 
