@@ -4,20 +4,34 @@
 /* ---------------------------------------------------------------- norms */
 
 /* The arguments of a norm's backward: x[N,C,...], gamma[C], dy like x, the
- * saved mean and invstd of rank stat_nd, and the optional dgamma, dbeta. */
-typedef struct { PyArrayObject *x, *g, *dy, *m, *is, *dg, *db; npy_intp N, C, HW; } norm_grad;
+ * saved mean and invstd ((C,) for batch norm, (N, G) for group norm), the
+ * optional dgamma, dbeta (C,), and the new dx. */
+typedef struct { PyArrayObject *x, *g, *dy, *m, *is, *dg, *db, *dx; npy_intp N, C, HW, G; } norm_grad;
 
-/* Parse (x, gamma, dy, mean, invstd, dgamma=None, dbeta=None[, training]) and
- * check x's rank and dy's shape; `training` is given when fmt ends in p. */
-static int norm_backward_args(PyObject *args, PyObject *kw, char **kwlist, const char *fmt, int stat_nd,
+/* Parse (x, gamma, dy, mean, invstd, dgamma=None, dbeta=None[, training]),
+ * check the shapes and allocate dx; `training` is given when fmt ends in p. */
+static int norm_backward_args(PyObject *args, PyObject *kw, char **kwlist, const char *fmt, int groups,
                               norm_grad *a, int *training)
 {
     a->dg = a->db = NULL;
-    if (!parse(args, kw, fmt, kwlist, ARG_F32_AS(a->x, "x", -1), ARG_F32_AS(a->g, "gamma", 1), ARG_F32_AS(a->dy, "dy", -1),
-               ARG_F32_AS(a->m, "mean", stat_nd), ARG_F32_AS(a->is, "invstd", stat_nd),
-               ARG_OPT_F32_W_AS(a->dg, "dgamma", 1), ARG_OPT_F32_W_AS(a->db, "dbeta", 1), training))
+    if (!parse(args, kw, fmt, kwlist, ARG_F32_AS(a->x, "x", -1), ARG_F32_AS(a->g, "gamma", 1),
+               ARG_F32_AS(a->dy, "dy", -1), ARG_F32_AS(a->m, "mean", groups ? 2 : 1),
+               ARG_F32_AS(a->is, "invstd", groups ? 2 : 1), ARG_OPT_F32_W_AS(a->dg, "dgamma", 1),
+               ARG_OPT_F32_W_AS(a->db, "dbeta", 1), training) ||
+        nc_rest(a->x, "x", &a->N, &a->C, &a->HW) || same_shape(a->dy, "dy", a->x, "x"))
         return -1;
-    return nc_rest(a->x, "x", &a->N, &a->C, &a->HW) || same_shape(a->dy, "dy", a->x, "x") ? -1 : 0;
+    a->G = groups ? PyArray_DIM(a->m, 1) : 1;
+    if (a->G < 1 || a->C % a->G) {
+        PyErr_Format(PyExc_ValueError, "mean: its %ld groups do not divide the %ld channels", (long)a->G, (long)a->C);
+        return -1;
+    }
+    npy_intp ss[2] = {a->N, a->G}, *stat = groups ? ss : &a->C;
+    const char *what = groups ? "(N, num_groups)" : "(C,)";
+    if (PER_CHANNEL(a->C, {a->g, "gamma"}) || shape_check(a->m, "mean", groups ? 2 : 1, stat, what) ||
+        shape_check(a->is, "invstd", groups ? 2 : 1, stat, what) ||
+        PER_CHANNEL(a->C, {a->dg, "dgamma"}, {a->db, "dbeta"}))
+        return -1;
+    return (a->dx = new_f32(PyArray_NDIM(a->x), PyArray_DIMS(a->x))) ? 0 : -1;
 }
 
 static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *kw)
@@ -60,14 +74,10 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
     norm_grad a;
     int training = 1;
     KW("x", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta", "training");
-    if (norm_backward_args(args, kw, kwlist, "O&O&O&O&O&|O&O&p", 1, &a, &training) ||
-        PER_CHANNEL(a.C, {a.g, "gamma"}, {a.m, "mean"}, {a.is, "invstd"}, {a.dg, "dgamma"}, {a.db, "dbeta"}))
-        return NULL;
-    PyArrayObject *dx = new_f32(PyArray_NDIM(a.x), PyArray_DIMS(a.x));
-    if (!dx) return NULL;
-    NOGIL(csub_batchnorm_backward(F32(a.x), F32(a.g), F32(a.dy), F32(a.m), F32(a.is), F32(dx), OPT_F32(a.dg),
+    if (norm_backward_args(args, kw, kwlist, "O&O&O&O&O&|O&O&p", 0, &a, &training)) return NULL;
+    NOGIL(csub_batchnorm_backward(F32(a.x), F32(a.g), F32(a.dy), F32(a.m), F32(a.is), F32(a.dx), OPT_F32(a.dg),
                                   OPT_F32(a.db), a.N, a.C, a.HW, training));
-    return (PyObject *)dx;
+    return (PyObject *)a.dx;
 }
 
 /* The checks of a group norm forward after its parse: x[N,C,...], gamma/beta[C], G dividing C, eps. */
@@ -155,20 +165,10 @@ static PyObject *py_groupnorm_backward(PyObject *self, PyObject *args, PyObject 
 {
     norm_grad a;
     KW("x", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta");
-    if (norm_backward_args(args, kw, kwlist, "O&O&O&O&O&|O&O&", 2, &a, NULL)) return NULL;
-    npy_intp G = PyArray_DIM(a.m, 1), ss[2] = {a.N, G};
-    if (G < 1 || a.C % G) {
-        PyErr_Format(PyExc_ValueError, "mean: its %ld groups do not divide the %ld channels", (long)G, (long)a.C);
-        return NULL;
-    }
-    if (PER_CHANNEL(a.C, {a.g, "gamma"}) || shape_check(a.m, "mean", 2, ss, "(N, num_groups)") ||
-        shape_check(a.is, "invstd", 2, ss, "(N, num_groups)") || PER_CHANNEL(a.C, {a.dg, "dgamma"}, {a.db, "dbeta"}))
-        return NULL;
-    PyArrayObject *dx = new_f32(PyArray_NDIM(a.x), PyArray_DIMS(a.x));
-    if (!dx) return NULL;
-    NOGIL(csub_groupnorm_backward(F32(a.x), F32(a.g), F32(a.dy), F32(a.m), F32(a.is), F32(dx), OPT_F32(a.dg),
-                                  OPT_F32(a.db), a.N, a.C, a.HW, G));
-    return (PyObject *)dx;
+    if (norm_backward_args(args, kw, kwlist, "O&O&O&O&O&|O&O&", 1, &a, NULL)) return NULL;
+    NOGIL(csub_groupnorm_backward(F32(a.x), F32(a.g), F32(a.dy), F32(a.m), F32(a.is), F32(a.dx), OPT_F32(a.dg),
+                                  OPT_F32(a.db), a.N, a.C, a.HW, a.G));
+    return (PyObject *)a.dx;
 }
 
 PyMethodDef csub_py_norm_methods[] = {

@@ -106,16 +106,19 @@ static PyObject *py_model_set_sparse_crossover(PyObject *self, PyObject *args, P
 
 /* The (model, x) arguments of model_forward and model_profile: x a batch of
  * the model's inputs, (N, C, H, W) or (N, C*H*W), float32, N >= 1. */
-static int rt_model_x(PyObject *args, PyObject *kw, rt_box **b, PyArrayObject **x, csub_model_desc *d, npy_intp *N)
+typedef struct { rt_box *b; PyArrayObject *x; csub_model_desc d; npy_intp N; } rt_batch;
+
+static int rt_model_x(PyObject *args, PyObject *kw, rt_batch *r)
 {
     KW("model", "x");
-    if (!parse(args, kw, "O&O&", kwlist, ARG_MODEL(*b), ARG_F32(*x, -1))) return -1;
-    csub_model_info((*b)->m, d);
+    if (!parse(args, kw, "O&O&", kwlist, ARG_MODEL(r->b), ARG_F32_AS(r->x, "x", -1))) return -1;
+    const csub_model_desc *d = &r->d;
+    csub_model_info(r->b->m, &r->d);
     npy_intp per = (npy_intp)(d->input_c * d->input_h * d->input_w);
-    *N = PyArray_NDIM(*x) ? PyArray_DIM(*x, 0) : 0;
-    if (PyArray_NDIM(*x) >= 2 && *N >= 1 && PyArray_SIZE(*x) == *N * per) return 0;
+    r->N = PyArray_NDIM(r->x) ? PyArray_DIM(r->x, 0) : 0;
+    if (PyArray_NDIM(r->x) >= 2 && r->N >= 1 && PyArray_SIZE(r->x) == r->N * per) return 0;
     char sh[128];
-    shape_str(sh, sizeof sh, PyArray_NDIM(*x), PyArray_DIMS(*x));
+    shape_str(sh, sizeof sh, PyArray_NDIM(r->x), PyArray_DIMS(r->x));
     PyErr_Format(PyExc_ValueError, "x: expected (N, %lld, %lld, %lld) or (N, %lld) with N >= 1, got %s",
                  (long long)d->input_c, (long long)d->input_h, (long long)d->input_w, (long long)per, sh);
     return -1;
@@ -123,37 +126,31 @@ static int rt_model_x(PyObject *args, PyObject *kw, rt_box **b, PyArrayObject **
 
 static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    rt_box *b;
-    PyArrayObject *x;
-    csub_model_desc d;
-    npy_intp N;
-    if (rt_model_x(args, kw, &b, &x, &d, &N)) return NULL;
-    npy_intp ys[2] = {N, (npy_intp)d.num_classes};
+    rt_batch r;
+    if (rt_model_x(args, kw, &r)) return NULL;
+    npy_intp ys[2] = {r.N, (npy_intp)r.d.num_classes};
     PyArrayObject *y = new_f32(2, ys);
     if (!y) return NULL;
     int st;
-    RT_RUN(b, st, csub_model_forward(b->m, F32(x), N, F32(y)));
-    return rt_done(b, st, (PyObject *)y);
+    RT_RUN(r.b, st, csub_model_forward(r.b->m, F32(r.x), r.N, F32(y)));
+    return rt_done(r.b, st, (PyObject *)y);
 }
 
 static PyObject *py_model_profile(PyObject *self, PyObject *args, PyObject *kw)
 {
-    rt_box *b;
-    PyArrayObject *x;
-    csub_model_desc d;
-    npy_intp N;
-    if (rt_model_x(args, kw, &b, &x, &d, &N)) return NULL;
-    int n = csub_model_num_ops(b->m);
+    rt_batch r;
+    if (rt_model_x(args, kw, &r)) return NULL;
+    int n = csub_model_num_ops(r.b->m);
     double *ms = PyMem_Calloc((size_t)n, sizeof(double));
-    float *y = PyMem_Malloc(sizeof(float) * (size_t)(N * d.num_classes));
+    float *y = PyMem_Malloc(sizeof(float) * (size_t)(r.N * r.d.num_classes));
     if (!ms || !y) { PyMem_Free(ms); PyMem_Free(y); return PyErr_NoMemory(); }
     int st;
-    RT_RUN(b, st, csub_model_profile(b->m, F32(x), N, y, ms));
+    RT_RUN(r.b, st, csub_model_profile(r.b->m, F32(r.x), r.N, y, ms));
     PyMem_Free(y);
-    if (st) { PyMem_Free(ms); return rt_done(b, st, NULL); }
+    if (st) { PyMem_Free(ms); return rt_done(r.b, st, NULL); }
     PyObject *out = PyList_New(n);
     for (int i = 0; out && i < n; i++) {
-        PyObject *t = Py_BuildValue("(sd)", csub_model_op_name(b->m, i), ms[i]);
+        PyObject *t = Py_BuildValue("(sd)", csub_model_op_name(r.b->m, i), ms[i]);
         if (!t) { Py_CLEAR(out); break; }
         PyList_SET_ITEM(out, i, t);
     }
