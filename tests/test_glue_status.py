@@ -104,3 +104,30 @@ def test_sparse_dw_of_the_wrong_shape_is_refused_and_nothing_written(rng):
     np.testing.assert_allclose(full, (dy.T @ x) * mask, rtol=1e-5, atol=1e-6)  # += at the kept positions only
     np.testing.assert_array_equal(full[mask.astype(bool)], dv)
     assert _core.linear_sparse_backward(x, rp, ci, va, (3, 5), dy, None, need_dx=False) is None
+
+
+def test_a_conversion_that_calls_csub_again_keeps_the_outer_arguments(rng):
+    # stride's __index__ runs a whole csub call (with its own array arguments) in the middle of
+    # conv2d_forward's parse; the outer call's arrays must still be the ones it was given
+    x, w = rng.standard_normal((1, 2, 5, 5)).astype(np.float32), rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    inner = []
+
+    class Stride:
+        def __index__(self):
+            inner.append(_core.relu_forward(np.full((2, 2), -1.0, np.float32)))
+            with pytest.raises(ValueError, match=r"^dy: expected the shape of x"):
+                _core.relu_backward(np.ones(3, np.float32), np.ones(4, np.float32))
+            return 2
+
+    y = _core.conv2d_forward(x, w, None, Stride(), 1)
+    np.testing.assert_array_equal(y, _core.conv2d_forward(x, w, None, 2, 1))
+    assert y.shape == (1, 3, 3, 3) and len(inner) == 1 and not inner[0].any()
+
+    class Shape(tuple):  # input_shape's entries read while the deferred checks run
+        def __getitem__(self, i):
+            _core.relu_forward(np.ones((4, 4), np.float32))
+            return tuple.__getitem__(self, i)
+
+    dy = np.ones((1, 2, 2, 2), np.float32)
+    dx = _core.avgpool2d_backward(dy, Shape((1, 2, 4, 4)), 2, 2)
+    np.testing.assert_array_equal(dx, _core.avgpool2d_backward(dy, (1, 2, 4, 4), 2, 2))

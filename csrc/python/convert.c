@@ -278,21 +278,27 @@ static void name_bad_argument(PyObject *args, PyObject *kw, const char *fmt, cha
     }
 }
 
-/* The arguments seen by deferred converters during one parse(), checked in
- * order once every other argument converted (parse runs with the GIL held). */
+/* The arguments the deferred converters saw during one parse(), checked in
+ * order once every other argument converted. A conversion can run Python
+ * code (__index__, __float__, a sequence's __getitem__) that calls csub
+ * again, or lets another thread do so: each parse() has its own list, and
+ * `current` (per thread) names the innermost one running. */
 #define MAX_DEFERRED 16
-static struct { deferred_check check; const void *spec; PyObject *obj; } pending[MAX_DEFERRED];
-static int npending;
+typedef struct {
+    struct { deferred_check check; const void *spec; PyObject *obj; } item[MAX_DEFERRED];
+    int n;
+} deferred_list;
+static _Thread_local deferred_list *current;
 
 int defer(PyObject *obj, deferred_check check, const void *spec)
 {
-    if (npending == MAX_DEFERRED) {
-        PyErr_SetString(PyExc_SystemError, "parse: too many converted arguments");
+    if (!current || current->n == MAX_DEFERRED) {
+        PyErr_SetString(PyExc_SystemError, "parse: a deferred converter outside parse(), or too many arguments");
         return 0;
     }
-    pending[npending].check = check;
-    pending[npending].spec = spec;
-    pending[npending++].obj = obj;
+    current->item[current->n].check = check;
+    current->item[current->n].spec = spec;
+    current->item[current->n++].obj = obj;
     return 1;
 }
 
@@ -337,16 +343,19 @@ int bytes_converter(PyObject *obj, void *arg)
 int parse(PyObject *args, PyObject *kw, const char *fmt, char **kwlist, ...)
 {
     va_list va;
-    npending = 0;
+    deferred_list list, *outer = current;
+    list.n = 0;
+    current = &list;
     va_start(va, kwlist);
     int ok = PyArg_VaParseTupleAndKeywords(args, kw, fmt, kwlist, va);
     va_end(va);
+    current = outer;
     if (!ok) {
         name_bad_argument(args, kw, fmt, kwlist);
         return 0;
     }
-    for (int i = 0; i < npending; i++) /* the arrays and others, after the numbers, in order */
-        if (pending[i].check(pending[i].obj, pending[i].spec)) return 0;
+    for (int i = 0; i < list.n; i++) /* the arrays and others, after the numbers, in order */
+        if (list.item[i].check(list.item[i].obj, list.item[i].spec)) return 0;
     return 1;
 }
 
