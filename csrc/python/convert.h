@@ -2,13 +2,15 @@
  * convert.h - shared by every file of csub._core (csrc/python/), the only C
  * that sees Python and NumPy.
  *
- * Every wrapper validates its arguments (type, dtype, contiguity, rank,
- * shapes, ranges) with the checks below and raises TypeError/ValueError
- * naming the argument, so the C kernels never see a bad pointer or size;
- * then it releases the GIL and calls the kernel, and turns a status code into
- * its exception. Outputs marked "=" are allocated by the wrapper and
- * returned; gradients that accumulate ("+=") are passed in by the caller and
- * updated in place.
+ * A wrapper is parse -> call -> status: parse() with the ARG_* converters
+ * below checks each argument on its own (type, dtype, contiguity, rank,
+ * shape) and raises TypeError/ValueError naming it; the shared checks that
+ * relate arguments to each other (shape_check, same_shape, PER_CHANNEL,
+ * conv_check_dims, ...) follow, so the C kernels never see a bad pointer or
+ * size; then the wrapper releases the GIL, calls the kernel, and turns its
+ * status code into that code's own exception (finish, raise_status). Outputs
+ * marked "=" are allocated by the wrapper and returned; gradients that
+ * accumulate ("+=") are passed in by the caller and updated in place.
  *
  * NumPy's C API table lives in module.c (which defines CSUB_PY_MODULE and
  * calls import_array); every other file sees it through the unique symbol.
@@ -83,7 +85,11 @@ int eps_check(double eps);
  * CSUB_ERR_UNSUPPORTED and CSUB_ERR_BUDGET. */
 extern PyObject *FormatError, *UnsupportedError, *BudgetError;
 /* Raise the exception of status with the C side's message (or the code's own
- * description when it wrote none), prefixed by where when given; NULL. */
+ * description when it wrote none), prefixed by where when given; NULL.
+ * ARG ValueError, NOMEM MemoryError, IO OSError, FORMAT FormatError,
+ * UNSUPPORTED UnsupportedError, BUDGET BudgetError, any other SystemError
+ * (tests/test_glue_status.py). pick_alpha alone answers BUDGET with None,
+ * as its API says ("None if nothing fits"). */
 PyObject *raise_status(int status, const char *where, const char *msg);
 /* 0 for CSUB_OK; otherwise raise for a kernel's status and -1. */
 int status_ok(int status, const char *where);
