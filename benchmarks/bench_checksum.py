@@ -13,7 +13,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,15 +20,11 @@ from safetensors.numpy import save as st_save  # noqa: E402
 
 import csub  # noqa: E402
 from csub import _core, checkpoint, models, modelfile  # noqa: E402
+from common import median_time  # noqa: E402
 
 
 def median_ms(f, reps):
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+    return median_time(f, reps, warmup=0) * 1e3
 
 
 def main():

@@ -23,12 +23,10 @@ exported by csub._core's shared object). Nothing here asserts a timing.
 import argparse
 import ctypes
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
-from common import conv_key, print_machine
+from common import conv_key, median_time, print_machine
 
 try:
     import csub
@@ -58,17 +56,6 @@ def clib():
 
 def ptr(a):
     return a.ctypes.data_as(F32P)
-
-
-def median_time(fn, repeat):
-    """Median of `repeat` timed calls of fn() after one warm-up call, in seconds."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def layer_shapes():

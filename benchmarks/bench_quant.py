@@ -18,12 +18,11 @@ asserts a timing.
 
     python benchmarks/bench_quant.py [--repeat 7] [--min-exp 5] [--max-exp 7]
 """
-import argparse
 import os
 import sys
 
 import numpy as np
-from common import best_time
+from common import arg_parser, best_time
 
 try:
     from csub import _core
@@ -42,8 +41,7 @@ def numpy_fake_quantize(x, y, scale, zp, qmin, qmax):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=7)
+    ap = arg_parser(__doc__, repeat=7)
     ap.add_argument("--min-exp", type=int, default=5)
     ap.add_argument("--max-exp", type=int, default=7)
     args = ap.parse_args()

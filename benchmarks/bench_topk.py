@@ -13,12 +13,11 @@ column grows like log n. Nothing here asserts a timing.
 
     python benchmarks/bench_topk.py [--topk 0.1] [--repeat 3] [--max-exp 7]
 """
-import argparse
 import os
 import sys
 
 import numpy as np
-from common import best_time
+from common import arg_parser, best_time
 
 try:
     from csub import _core
@@ -42,9 +41,8 @@ def mask_sort(w, keep):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = arg_parser(__doc__, repeat=3)
     ap.add_argument("--topk", type=float, default=0.1)
-    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-exp", type=int, default=7)
     args = ap.parse_args()
 

@@ -7,24 +7,12 @@ the first channels of every hidden layer, so the matmuls really shrink. The
 ideal ratios are the FLOP ratios, printed beside the measured ones.
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
-from common import print_machine
+from common import median_time, print_machine
 
 import csub
 from csub import models, nn
-
-
-def _median_time(fn, reps):
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main():
@@ -61,7 +49,7 @@ def main():
             m.eval()
             m(xi)
 
-        rows.append((w, flops, _median_time(step, args.reps), _median_time(infer, args.reps)))
+        rows.append((w, flops, median_time(step, args.reps), median_time(infer, args.reps)))
     f1, s1, i1 = rows[0][1:]
     print(f"{'width':>6} {'MFLOP':>8} {'ideal':>6} | {'train ms':>9} {'ratio':>6} | {'infer ms':>9} {'ratio':>6}")
     for w, f, s, i in rows:

@@ -1,6 +1,9 @@
-"""Shared by the benchmarks: the machine header every one prints first, a timer, conv shapes."""
+"""Shared by the benchmarks: the machine header every one prints first, timers, an argument
+parser, conv shapes."""
+import argparse
 import os
 import platform
+import statistics
 import time
 
 import numpy as np
@@ -40,6 +43,25 @@ def best_time(fn, repeat):
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def median_time(fn, repeat, warmup=1):
+    """The median of ``repeat`` timed calls of fn() after ``warmup`` untimed ones, in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def arg_parser(doc, repeat):
+    """An ArgumentParser described by the first line of doc, with --repeat (timed calls, default repeat)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=repeat)
+    return ap
 
 
 def out_size(h, r, stride, pad):

@@ -10,6 +10,7 @@ import pytest
 
 import csub
 from csub import _core, data, models, modelfile
+from testkit import header_flips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
@@ -125,13 +126,8 @@ def _corrupt_models():
             out.append((f"{regime}-tensor{shape}", save(t2, metadata={"csub": json.dumps(meta)})))
         for n in range(0, len(good), max(1, len(good) // 60)):
             out.append((f"{regime}-trunc{n}", good[:n]))
-        rng = np.random.default_rng(3)
-        hlen = 8 + int.from_bytes(good[:8], "little")
-        for k in range(60):
-            b = bytearray(good)
-            for i in rng.integers(0, hlen, 4):
-                b[i] = int(rng.integers(0, 256))
-            out.append((f"{regime}-flip{k}", bytes(b)))
+        for k, b in enumerate(header_flips(good, np.random.default_rng(3), 60, 4)):
+            out.append((f"{regime}-flip{k}", b))
     return out
 
 

@@ -8,6 +8,7 @@ import csub
 from csub import _core
 from gradcheck import assert_close, numerical_grad
 from reference import conv as ref
+from testkit import bad_call_params, check_bad_call
 
 
 @pytest.fixture
@@ -39,24 +40,30 @@ def test_twin_linear_backward_numerical(rng):
     assert_close(db, numerical_grad(lambda t: ref.linear_forward(x, w, t), b, dy), 1e-7, 1e-7, "db")
 
 
+def _twin_conv_data(rng, N, C, H, W, K, R):
+    """float64 x[N,C,H,W], w[K,C,R,R], b[K] for the NumPy twin."""
+    return rng.standard_normal((N, C, H, W)), rng.standard_normal((K, C, R, R)), rng.standard_normal(K)
+
+
 @pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [
     (1, 2, 4, 5, 3, 3, 1, 1),
     (2, 1, 5, 5, 2, 3, 2, 0),
     (1, 2, 3, 4, 2, 2, 2, 2),
 ])
 def test_twin_conv_forward_against_scalar_loops(rng, N, C, H, W, K, R, stride, pad):
-    x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((K, C, R, R)), rng.standard_normal(K)
+    x, w, b = _twin_conv_data(rng, N, C, H, W, K, R)
     assert_close(ref.conv2d_forward(x, w, b, stride, pad),
                  ref.conv2d_forward_loops(x, w, b, stride, pad), 1e-12, 1e-12, "y")
 
 
-@pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [
+@pytest.mark.parametrize("geometry", [  # (N, C, H, W, K, R, stride, pad)
     (1, 2, 5, 4, 3, 3, 2, 1),
     (2, 2, 4, 4, 2, 1, 1, 0),
     (1, 1, 6, 5, 2, 3, 2, 2),
 ])
-def test_twin_conv_backward_numerical(rng, N, C, H, W, K, R, stride, pad):
-    x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((K, C, R, R)), rng.standard_normal(K)
+def test_twin_conv_backward_numerical(rng, geometry):
+    N, C, H, W, K, R, stride, pad = geometry
+    x, w, b = _twin_conv_data(rng, N, C, H, W, K, R)
     P, Q = ref.conv_out_size(H, R, stride, pad), ref.conv_out_size(W, R, stride, pad)
     dy = rng.standard_normal((N, K, P, Q))
     dx, dw, db = ref.conv2d_backward(x, w, dy, stride, pad)
@@ -140,6 +147,21 @@ def test_gemm_bad_input(args, exc, match):
 
 # ==================================================================== linear
 
+def _check_backward_adds(rng, backward, expected, bias):
+    """backward(dw, db) -> dx adds into pre-existing gradients: dx and dw against the twin's
+    expected (dx, dw, db), db too with a bias; without one (db=None) db stays as it was."""
+    dx_e, dw_e, db_e = expected
+    dw0, db0 = f32(rng, *dw_e.shape), f32(rng, *db_e.shape)  # pre-existing gradients: the kernel adds to them
+    dw, db = dw0.copy(), db0.copy()
+    dx = backward(dw, db if bias else None)
+    assert_close(dx, dx_e, 1e-5, 1e-6, "dx")
+    assert_close(dw, dw0 + dw_e, 1e-5, 1e-6, "dw")
+    if bias:
+        assert_close(db, db0 + db_e, 1e-5, 1e-6, "db")
+    else:
+        np.testing.assert_array_equal(db, db0)
+
+
 LINEAR_SHAPES = [(1, 1, 1), (1, 7, 3), (5, 13, 3), (4, 3, 16), (64, 300, 129)]
 
 
@@ -149,16 +171,8 @@ def test_linear_forward_backward_against_twin(rng, N, I, O, bias):
     x, w, dy = f32(rng, N, I), f32(rng, O, I), f32(rng, N, O)
     b = f32(rng, O) if bias else None
     assert_close(_core.linear_forward(x, w, b), ref.linear_forward(x, w, b), 1e-5, 1e-6, "y")
-    dx_e, dw_e, db_e = ref.linear_backward(x, w, dy)
-    dw0, db0 = f32(rng, O, I), f32(rng, O)  # pre-existing gradients: the kernel adds to them
-    dw, db = dw0.copy(), db0.copy()
-    dx = _core.linear_backward(x, w, dy, dw, db if bias else None)
-    assert_close(dx, dx_e, 1e-5, 1e-6, "dx")
-    assert_close(dw, dw0 + dw_e, 1e-5, 1e-6, "dw")
-    if bias:
-        assert_close(db, db0 + db_e, 1e-5, 1e-6, "db")
-    else:
-        np.testing.assert_array_equal(db, db0)
+    _check_backward_adds(rng, lambda dw, db: _core.linear_backward(x, w, dy, dw, db), ref.linear_backward(x, w, dy),
+                         bias)
 
 
 def test_linear_backward_numerical(rng):
@@ -301,16 +315,8 @@ def test_conv2d_forward_backward_against_twin(rng, N, C, H, W, K, R, stride, pad
     y = _core.conv2d_forward(x, w, b, stride, pad)
     assert y.dtype == np.float32
     assert_close(y, ref.conv2d_forward(x, w, b, stride, pad), 1e-5, 1e-6, "y")
-    dx_e, dw_e, db_e = ref.conv2d_backward(x, w, dy, stride, pad)
-    dw0, db0 = f32(rng, *w.shape), f32(rng, K)
-    dw, db = dw0.copy(), db0.copy()
-    dx = _core.conv2d_backward(x, w, dy, dw, db if bias else None, stride, pad)
-    assert_close(dx, dx_e, 1e-5, 1e-6, "dx")
-    assert_close(dw, dw0 + dw_e, 1e-5, 1e-6, "dw")
-    if bias:
-        assert_close(db, db0 + db_e, 1e-5, 1e-6, "db")
-    else:
-        np.testing.assert_array_equal(db, db0)
+    _check_backward_adds(rng, lambda dw, db: _core.conv2d_backward(x, w, dy, dw, db, stride, pad),
+                         ref.conv2d_backward(x, w, dy, stride, pad), bias)
 
 
 @pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [
@@ -374,15 +380,16 @@ def test_conv2d_against_torch(rng, torch, N, C, H, W, K, R, stride, pad):
     assert_close(db, bt.grad.numpy(), 1e-5, 1e-6, "db")
 
 
-@pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [
+@pytest.mark.parametrize("geometry", [  # (N, C, H, W, K, R, stride, pad)
     (1, 3, 9, 9, 5, 3, 1, 1),
     (5, 13, 8, 8, 16, 1, 1, 0),
     (4, 5, 9, 7, 13, 1, 2, 0),
     (6, 16, 10, 10, 16, 3, 2, 1),
     (3, 3, 11, 10, 4, 5, 1, 2),
 ])
-def test_conv2d_thread_count_invariance(rng, threads, N, C, H, W, K, R, stride, pad):
-    x, w, b, dy = _conv_data(rng, N, C, H, W, K, R, stride, pad)
+def test_conv2d_thread_count_invariance(rng, threads, geometry):
+    x, w, b, dy = _conv_data(rng, *geometry)
+    stride, pad = geometry[-2:]
     out = []
     for n in (1, 2):
         threads(n)
@@ -434,14 +441,12 @@ def _conv_bad_cases():
         ((x, w, dy), {"padding": -3}, ValueError, "padding"),
         ((np.ones((2, 2, 5, 5), np.float32), w, dy), {}, ValueError, "w"),
     ]
-    return ([pytest.param(_core.conv2d_forward, *c, id=f"fwd{i}") for i, c in enumerate(fwd)] +
-            [pytest.param(_core.conv2d_backward, *c, id=f"bwd{i}") for i, c in enumerate(bwd)])
+    return bad_call_params(fwd=(_core.conv2d_forward, fwd), bwd=(_core.conv2d_backward, bwd))
 
 
 @pytest.mark.parametrize("fn,args,kwargs,exc,match", _conv_bad_cases())
 def test_conv2d_bad_input(fn, args, kwargs, exc, match):
-    with pytest.raises(exc, match=match):
-        fn(*args, **kwargs)
+    check_bad_call(fn, args, kwargs, exc, match)
 
 
 def test_conv2d_noncontiguous_dw_rejected_and_untouched(rng):

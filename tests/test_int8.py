@@ -21,6 +21,7 @@ import pytest
 import csub
 from csub import _core
 from reference import int8 as ref
+from testkit import bad_call_params, check_bad_call
 
 REPO = Path(__file__).resolve().parent.parent
 KERNELS = ["portable", "avx2", "avx512bw", "avx512vnni"]  # each CPU runs a prefix of this list
@@ -419,11 +420,9 @@ def _bad_cases():
         ((xl, wl, 8, 0.1, 0, None, np.ones((3, 1), np.float32)), {}, ValueError, "b"),
         ((np.full_like(xl, np.nan), wl, 8, 0.1, 0), {}, ValueError, "x: .*NaN"),
     ]
-    return ([pytest.param(_core.conv2d_int8_forward, *c, id=f"conv{i}") for i, c in enumerate(conv)] +
-            [pytest.param(_core.linear_int8_forward, *c, id=f"linear{i}") for i, c in enumerate(lin)])
+    return bad_call_params(conv=(_core.conv2d_int8_forward, conv), linear=(_core.linear_int8_forward, lin))
 
 
 @pytest.mark.parametrize("fn,args,kwargs,exc,match", _bad_cases())
 def test_bad_arguments_name_the_argument(fn, args, kwargs, exc, match):
-    with pytest.raises(exc, match=match):
-        fn(*args, **kwargs)
+    check_bad_call(fn, args, kwargs, exc, match)

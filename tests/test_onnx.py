@@ -13,6 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 import csub  # noqa: E402
 from csub import _core, models  # noqa: E402
 from csub.interop import to_onnx  # noqa: E402
+from testkit import set_quantized_ranges  # noqa: E402
 
 # Float paths (dense, zeros, narrower layers): onnxruntime and csub differ in summation order
 # only: logits agree to RTOL_FLOAT of their scale. Quantized: the codes are csub's, but an input
@@ -54,13 +55,7 @@ def _prepare(model, x, rng):
         if isinstance(m, csub.nn.BatchNorm2d):
             m.running_mean[...] = rng.normal(0, 0.1, m.num_channels)
             m.running_var[...] = rng.uniform(0.5, 2.0, m.num_channels)
-    if model.regime == "quantized":
-        model.train()
-        model.set_quantize_inputs(True)
-        for a in (0.2, 0.6, 1.0):
-            model.set_alpha(a)
-            model(x)
-    model.eval()
+    set_quantized_ranges(model, x)
 
 
 def _build(name, kw, regime):

@@ -8,6 +8,7 @@ import pytest
 
 import csub
 from csub import modelfile, models
+from testkit import header_flips, set_quantized_ranges
 
 # Float paths (dense, CSR sparse, narrower layers) differ from the training-mode forward only in
 # summation order: logits agree to RTOL_FLOAT of their scale. Integer paths are exact in int32,
@@ -37,13 +38,7 @@ def _prepare(model, x, regime, rng):
                 continue
             if isinstance(m, (csub.nn.GroupNorm, csub.nn.BatchNorm2d)):
                 p.data[...] = (1.0 if name.startswith("weight") else 0.0) + rng.normal(0, 0.2, p.shape)
-    if regime == "quantized":
-        model.train()
-        model.set_quantize_inputs(True)
-        for a in (0.2, 0.6, 1.0):
-            model.set_alpha(a)
-            model(x)
-    model.eval()
+    set_quantized_ranges(model, x)  # model.regime is regime
 
 
 CASES = [
@@ -228,14 +223,9 @@ def test_truncated_and_flipped_model_files_never_crash():
     for n in list(range(0, 200)) + list(range(200, len(data), max(1, len(data) // 300))):
         with pytest.raises(ValueError):
             csub._core.model_load(data[:n])
-    rng = np.random.default_rng(0)
-    hlen = 8 + int.from_bytes(data[:8], "little")
-    for _ in range(300):
-        b = bytearray(data)
-        for i in rng.integers(0, hlen, 3):
-            b[i] = int(rng.integers(0, 256))
+    for b in header_flips(data, np.random.default_rng(0), 300, 3):
         try:
-            net = csub._core.model_load(bytes(b))
+            net = csub._core.model_load(b)
         except (ValueError, MemoryError):
             continue
         csub._core.model_set_alpha(net, 0.5)  # a file that loads runs

@@ -63,10 +63,12 @@ PyArrayObject *arr_check(PyObject *obj, const char *name, int typenum,
 }
 
 /* The shape of a must equal want[0..nd) (entries < 0 are free).
- * `what` describes the expected shape for the message, e.g. "(N, C, H, W)". */
+ * `what` describes the expected shape for the message, e.g. "(N, C, H, W)".
+ * An absent optional array (NULL) passes. */
 int shape_check(PyArrayObject *a, const char *name, int nd,
                        const npy_intp *want, const char *what)
 {
+    if (!a) return 0;
     int ok = PyArray_NDIM(a) == nd;
     for (int i = 0; ok && i < nd; i++)
         if (want[i] >= 0 && PyArray_DIM(a, i) != want[i]) ok = 0;
@@ -81,9 +83,10 @@ int shape_check(PyArrayObject *a, const char *name, int nd,
     return -1;
 }
 
-/* Same shape as the reference array. */
+/* Same shape as the reference array (or a NULL, absent array). */
 int same_shape(PyArrayObject *a, const char *name, PyArrayObject *ref, const char *refname)
 {
+    if (!a) return 0;
     if (PyArray_NDIM(a) == PyArray_NDIM(ref) &&
         memcmp(PyArray_DIMS(a), PyArray_DIMS(ref), sizeof(npy_intp) * PyArray_NDIM(a)) == 0)
         return 0;
@@ -95,13 +98,13 @@ int same_shape(PyArrayObject *a, const char *name, PyArrayObject *ref, const cha
     return -1;
 }
 
-/* Optional float32 array argument: None -> NULL (no error). */
-int opt_arr(PyObject *obj, const char *name, int ndim, int writable, PyArrayObject **out)
+/* Each given array (a NULL one is absent) has shape (C,). */
+int per_channel(npy_intp C, int n, const named_arr *args)
 {
-    *out = NULL;
-    if (obj == NULL || obj == Py_None) return 0;
-    *out = arr_check(obj, name, NPY_FLOAT32, ndim, writable);
-    return *out ? 0 : -1;
+    npy_intp cs[1] = {C};
+    for (int i = 0; i < n; i++)
+        if (shape_check(args[i].a, args[i].name, 1, cs, "(C,)")) return -1;
+    return 0;
 }
 
 PyArrayObject *new_f32(int nd, const npy_intp *dims)
@@ -275,45 +278,94 @@ static void name_bad_argument(PyObject *args, PyObject *kw, const char *fmt, cha
     }
 }
 
-/* The array arguments seen by arr_converter during one parse(), checked in
- * order once every other argument converted (parse runs with the GIL held). */
-#define MAX_ARRAY_ARGS 16
-static struct { arr_arg *spec; PyObject *obj; } pending[MAX_ARRAY_ARGS];
-static int npending;
+/* The arguments the deferred converters saw during one parse(), checked in
+ * order once every other argument converted. A conversion can run Python
+ * code (__index__, __float__, a sequence's __getitem__) that calls csub
+ * again, or lets another thread do so: each parse() has its own list, and
+ * `current` (per thread) names the innermost one running. */
+#define MAX_DEFERRED 16
+typedef struct {
+    struct { deferred_check check; const void *spec; PyObject *obj; } item[MAX_DEFERRED];
+    int n;
+} deferred_list;
+static _Thread_local deferred_list *current;
+
+int defer(PyObject *obj, deferred_check check, const void *spec)
+{
+    if (!current || current->n == MAX_DEFERRED) {
+        PyErr_SetString(PyExc_SystemError, "parse: a deferred converter outside parse(), or too many arguments");
+        return 0;
+    }
+    current->item[current->n].check = check;
+    current->item[current->n].spec = spec;
+    current->item[current->n++].obj = obj;
+    return 1;
+}
+
+static int arr_finish(PyObject *obj, const void *spec)
+{
+    const arr_arg *a = spec;
+    *a->out = NULL;
+    if (a->optional && obj == Py_None) return 0;
+    return (*a->out = arr_check(obj, a->name, a->typenum, a->ndim, a->writable)) ? 0 : -1;
+}
 
 int arr_converter(PyObject *obj, void *arg)
 {
-    arr_arg *a = arg;
-    if (npending == MAX_ARRAY_ARGS) {
-        PyErr_SetString(PyExc_SystemError, "parse: too many array arguments");
-        return 0;
-    }
-    pending[npending].spec = a;
-    pending[npending++].obj = obj;
-    return 1;
+    return defer(obj, arr_finish, arg);
+}
+
+static int shape_finish(PyObject *obj, const void *spec)
+{
+    const shape_arg *a = spec;
+    return parse_shape(obj, a->name, a->nd, a->dims);
+}
+
+int shape_converter(PyObject *obj, void *arg)
+{
+    return defer(obj, shape_finish, arg);
+}
+
+static int bytes_finish(PyObject *obj, const void *spec)
+{
+    const bytes_arg *a = spec;
+    if (PyObject_GetBuffer(obj, a->view, PyBUF_SIMPLE) == 0) return 0;
+    PyErr_Format(PyExc_TypeError, "%s: expected a bytes-like object, got %s", a->name, Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+int bytes_converter(PyObject *obj, void *arg)
+{
+    return defer(obj, bytes_finish, arg);
 }
 
 /* PyArg_ParseTupleAndKeywords that names the offending argument on failure. */
 int parse(PyObject *args, PyObject *kw, const char *fmt, char **kwlist, ...)
 {
     va_list va;
-    npending = 0;
+    deferred_list list, *outer = current;
+    list.n = 0;
+    current = &list;
     va_start(va, kwlist);
     int ok = PyArg_VaParseTupleAndKeywords(args, kw, fmt, kwlist, va);
     va_end(va);
+    current = outer;
     if (!ok) {
         name_bad_argument(args, kw, fmt, kwlist);
         return 0;
     }
-    for (int i = 0; i < npending; i++) { /* the arrays, after the numbers, in order */
-        arr_arg *a = pending[i].spec;
-        *a->out = NULL;
-        if (a->optional && pending[i].obj == Py_None) continue;
-        if (!(*a->out = arr_check(pending[i].obj, a->name, a->typenum, a->ndim, a->writable))) return 0;
-    }
+    for (int i = 0; i < list.n; i++) /* the arrays and others, after the numbers, in order */
+        if (list.item[i].check(list.item[i].obj, list.item[i].spec)) return 0;
     return 1;
 }
 
+
+/* Two float32 arrays of any rank and the same shape, named kwlist[0] and kwlist[1]. */
+int parse_pair(PyObject *args, PyObject *kw, char **kwlist, PyArrayObject **a, PyArrayObject **b)
+{
+    if (!parse(args, kw, "O&O&", kwlist, ARG_F32_AS(*a, kwlist[0], -1), ARG_F32_AS(*b, kwlist[1], -1))) return -1;
+    return same_shape(*b, kwlist[1], *a, kwlist[0]);
+}
 
 /* Shared parsing of conv arguments: x[N,C,H,W], w[K,C,R,S]. */
 

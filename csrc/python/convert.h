@@ -2,13 +2,15 @@
  * convert.h - shared by every file of csub._core (csrc/python/), the only C
  * that sees Python and NumPy.
  *
- * Every wrapper validates its arguments (type, dtype, contiguity, rank,
- * shapes, ranges) with the checks below and raises TypeError/ValueError
- * naming the argument, so the C kernels never see a bad pointer or size;
- * then it releases the GIL and calls the kernel, and turns a status code into
- * its exception. Outputs marked "=" are allocated by the wrapper and
- * returned; gradients that accumulate ("+=") are passed in by the caller and
- * updated in place.
+ * A wrapper is parse -> call -> status: parse() with the ARG_* converters
+ * below checks each argument on its own (type, dtype, contiguity, rank,
+ * shape) and raises TypeError/ValueError naming it; the shared checks that
+ * relate arguments to each other (shape_check, same_shape, PER_CHANNEL,
+ * conv_check_dims, ...) follow, so the C kernels never see a bad pointer or
+ * size; then the wrapper releases the GIL, calls the kernel, and turns its
+ * status code into that code's own exception (finish, raise_status). Outputs
+ * marked "=" are allocated by the wrapper and returned; gradients that
+ * accumulate ("+=") are passed in by the caller and updated in place.
  *
  * NumPy's C API table lives in module.c (which defines CSUB_PY_MODULE and
  * calls import_array); every other file sees it through the unique symbol.
@@ -37,15 +39,21 @@
 void shape_str(char *buf, size_t len, int nd, const npy_intp *d);
 /* obj must be a C-contiguous ndarray of the given dtype (NPY_FLOAT32 etc.),
  * aligned, writable when `writable`. ndim < 0 accepts any rank, else exact.
- * Returns the array (borrowed) or NULL with an exception set. */
+ * Returns the array (borrowed) or NULL with an exception set. Wrappers get
+ * their arrays through the ARG_* converters below, which call it. */
 PyArrayObject *arr_check(PyObject *obj, const char *name, int typenum, int ndim, int writable);
 /* The shape of a must equal want[0..nd) (entries < 0 are free); `what`
- * describes the expected shape for the message, e.g. "(N, C, H, W)". */
+ * describes the expected shape for the message, e.g. "(N, C, H, W)".
+ * An absent optional array (NULL) passes, here and in same_shape. */
 int shape_check(PyArrayObject *a, const char *name, int nd, const npy_intp *want, const char *what);
 /* Same shape as the reference array. */
 int same_shape(PyArrayObject *a, const char *name, PyArrayObject *ref, const char *refname);
-/* Optional float32 array argument: None -> NULL (no error). */
-int opt_arr(PyObject *obj, const char *name, int ndim, int writable, PyArrayObject **out);
+/* The per-channel arguments of x[N, C, ...]: each array (NULL: absent) has
+ * shape (C,), e.g. PER_CHANNEL(C, {g, "gamma"}, {b, "beta"}). */
+typedef struct { PyArrayObject *a; const char *name; } named_arr;
+int per_channel(npy_intp C, int n, const named_arr *args);
+#define PER_CHANNEL(C, ...) \
+    per_channel(C, (int)(sizeof((named_arr[]){__VA_ARGS__}) / sizeof(named_arr)), (named_arr[]){__VA_ARGS__})
 PyArrayObject *new_f32(int nd, const npy_intp *dims);
 PyArrayObject *zeros_f32(int nd, const npy_intp *dims);
 /* The output of an elementwise op shaped like x: *out when given (checked
@@ -77,7 +85,11 @@ int eps_check(double eps);
  * CSUB_ERR_UNSUPPORTED and CSUB_ERR_BUDGET. */
 extern PyObject *FormatError, *UnsupportedError, *BudgetError;
 /* Raise the exception of status with the C side's message (or the code's own
- * description when it wrote none), prefixed by where when given; NULL. */
+ * description when it wrote none), prefixed by where when given; NULL.
+ * ARG ValueError, NOMEM MemoryError, IO OSError, FORMAT FormatError,
+ * UNSUPPORTED UnsupportedError, BUDGET BudgetError, any other SystemError
+ * (tests/test_glue_status.py). pick_alpha alone answers BUDGET with None,
+ * as its API says ("None if nothing fits"). */
 PyObject *raise_status(int status, const char *where, const char *msg);
 /* 0 for CSUB_OK; otherwise raise for a kernel's status and -1. */
 int status_ok(int status, const char *where);
@@ -94,12 +106,17 @@ PyObject *finish(int status, const char *where, PyArrayObject *out);
 /* PyArg_ParseTupleAndKeywords that names the offending argument on failure. */
 int parse(PyObject *args, PyObject *kw, const char *fmt, char **kwlist, ...);
 
-/* "O&" converters for parse(), in the manner of NumPy's PyArray_*Converter:
- * an array argument checked as by arr_check and stored (borrowed) in *out,
+/* "O&" converters for parse(), in the manner of NumPy's PyArray_*Converter,
  * e.g. parse(args, kw, "O&|O&", kwlist, ARG_F32(x, 4), ARG_OPT_F32(b, 1)).
- * parse checks the arrays after every other argument converted, in order, so
- * a missing or mistyped number is reported first. An optional array is NULL
- * when None or absent (initialise it to NULL). */
+ * A converter only records its argument (defer); parse checks the recorded
+ * ones after every other argument converted, in order, so a missing or
+ * mistyped number is reported first. A check returns 0, or -1 with an
+ * exception set. */
+typedef int (*deferred_check)(PyObject *obj, const void *spec);
+int defer(PyObject *obj, deferred_check check, const void *spec);
+
+/* An array argument checked as by arr_check and stored (borrowed) in *out.
+ * An optional array is NULL when None or absent (initialise it to NULL). */
 typedef struct { const char *name; int typenum, ndim, writable, optional; PyArrayObject **out; } arr_arg;
 int arr_converter(PyObject *obj, void *arg);
 #define ARG_ARR(v, name, typenum, nd, writable, optional) \
@@ -113,6 +130,24 @@ int arr_converter(PyObject *obj, void *arg);
 #define ARG_F32_W(v, nd) ARG_F32_W_AS(v, #v, nd)
 #define ARG_OPT_F32(v, nd) ARG_OPT_F32_AS(v, #v, nd)
 #define ARG_OPT_F32_W(v, nd) ARG_OPT_F32_W_AS(v, #v, nd)
+/* The optional output of an elementwise op, float32, any rank, written */
+#define ARG_OUT(v) ARG_OPT_F32_W_AS(v, "out", -1)
+
+/* A bytes-like argument (bytes, bytearray, memoryview, ...) as a contiguous
+ * buffer in *view, which the wrapper releases (PyBuffer_Release) once parse
+ * succeeded; the last deferred argument, so that nothing fails after it. */
+typedef struct { const char *name; Py_buffer *view; } bytes_arg;
+int bytes_converter(PyObject *obj, void *arg);
+#define ARG_BYTES(view, name) bytes_converter, &(bytes_arg){name, &(view)}
+
+/* A shape argument of nd integers >= 1 into dims[nd], as by parse_shape. */
+typedef struct { const char *name; int nd; npy_intp *dims; } shape_arg;
+int shape_converter(PyObject *obj, void *arg);
+#define ARG_SHAPE(dims, name, nd) shape_converter, &(shape_arg){name, nd, dims}
+
+/* Two float32 arrays of any rank and the same shape, named kwlist[0] and
+ * kwlist[1] (e.g. the x and dy of an elementwise backward); 0 or -1. */
+int parse_pair(PyObject *args, PyObject *kw, char **kwlist, PyArrayObject **a, PyArrayObject **b);
 
 /* A method-table entry for py_<name>(self, args, kw). */
 #define M(name, doc) {#name, (PyCFunction)(void (*)(void))py_##name, METH_VARARGS | METH_KEYWORDS, doc}

@@ -1,6 +1,7 @@
 /* py_conv.c - csub._core: linear, conv, activations, pools, residual add, loss
  * (csrc/linear.c, conv.c, act.c, loss.c). */
 #include "convert.h"
+#include <string.h>
 
 /* --------------------------------------------------------- linear, conv */
 
@@ -112,9 +113,7 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyArrayObject *x, *dy;
     KW("x", "dy");
-    if (!parse(args, kw, "O&O&", kwlist, ARG_F32(x, -1), ARG_F32(dy, -1)))
-        return NULL;
-    if (same_shape(dy, "dy", x, "x")) return NULL;
+    if (parse_pair(args, kw, kwlist, &x, &dy)) return NULL;
     PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!dx) return NULL;
     NOGIL(csub_relu_backward(F32(x), F32(dy), F32(dx), PyArray_SIZE(x)));
@@ -123,12 +122,11 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_add(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *a, *b, *y;
-    PyObject *oo = Py_None;
+    PyArrayObject *a, *b, *y = NULL;
     KW("a", "b", "out");
-    if (!parse(args, kw, "O&O&|O", kwlist, ARG_F32(a, -1), ARG_F32(b, -1), &oo)) return NULL;
-    if (same_shape(b, "b", a, "a") || opt_arr(oo, "out", -1, 1, &y)) return NULL;
-    if (out_like(&y, a, "a")) return NULL; /* out may be an input: elementwise */
+    if (!parse(args, kw, "O&O&|O&", kwlist, ARG_F32(a, -1), ARG_F32(b, -1), ARG_OUT(y)) ||
+        same_shape(b, "b", a, "a") || out_like(&y, a, "a")) /* out may be an input: elementwise */
+        return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (PyArray_NDIM(a) == 4) /* [N, C, H, W]: by rows of each plane when the batch is smaller than the threads */
         csub_add_nchw(F32(a), F32(b), F32(y), PyArray_DIM(a, 0), PyArray_DIM(a, 1), PyArray_DIM(a, 2), PyArray_DIM(a, 3));
@@ -151,84 +149,81 @@ static int pool_check(long long k, long long s, npy_intp H, npy_intp W, npy_intp
     return 0;
 }
 
-/* The forward arguments of a pool: x[N,C,H,W], kernel_size, stride; ys = (N, C, P, Q). */
-static int pool_forward_args(PyObject *args, PyObject *kw, PyArrayObject **x, long long *k, long long *s,
-                             npy_intp ys[4])
+/* A pool's x[N,C,H,W] (its input_shape in the backward), kernel_size, stride, and y[N,C,P,Q]'s shape. */
+typedef struct { PyArrayObject *x; npy_intp xs[4], ys[4]; long long k, s; } pool_args;
+
+/* The forward arguments (x, kernel_size, stride). */
+static int pool_forward_args(PyObject *args, PyObject *kw, pool_args *p)
 {
     KW("x", "kernel_size", "stride");
-    if (!parse(args, kw, "O&LL", kwlist, ARG_F32(*x, 4), k, s)) return -1;
-    ys[0] = PyArray_DIM(*x, 0);
-    ys[1] = PyArray_DIM(*x, 1);
-    return pool_check(*k, *s, PyArray_DIM(*x, 2), PyArray_DIM(*x, 3), &ys[2], &ys[3]);
+    if (!parse(args, kw, "O&LL", kwlist, ARG_F32(p->x, 4), &p->k, &p->s)) return -1;
+    memcpy(p->xs, PyArray_DIMS(p->x), sizeof p->xs);
+    memcpy(p->ys, p->xs, sizeof p->ys);
+    return pool_check(p->k, p->s, p->xs[2], p->xs[3], &p->ys[2], &p->ys[3]);
+}
+
+/* After the backward's parse: y's shape from input_shape, dy checked against it. */
+static int pool_backward_dims(PyArrayObject *dy, pool_args *p)
+{
+    memcpy(p->ys, p->xs, sizeof p->ys);
+    if (pool_check(p->k, p->s, p->xs[2], p->xs[3], &p->ys[2], &p->ys[3])) return -1;
+    return shape_check(dy, "dy", 4, p->ys, "(N, C, P, Q)");
 }
 
 static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *x;
-    long long k, s;
-    npy_intp ys[4];
-    if (pool_forward_args(args, kw, &x, &k, &s, ys)) return NULL;
-    PyArrayObject *y = new_f32(4, ys);
-    PyArrayObject *am = (PyArrayObject *)PyArray_SimpleNew(4, ys, NPY_INT32);
+    pool_args p;
+    if (pool_forward_args(args, kw, &p)) return NULL;
+    PyArrayObject *y = new_f32(4, p.ys), *am = (PyArrayObject *)PyArray_SimpleNew(4, p.ys, NPY_INT32);
     if (!y || !am) { Py_XDECREF(y); Py_XDECREF(am); return NULL; }
-    NOGIL(csub_maxpool2d_forward(F32(x), F32(y), (int32_t *)PyArray_DATA(am), ys[0], ys[1], PyArray_DIM(x, 2),
-                                 PyArray_DIM(x, 3), k, s));
+    NOGIL(csub_maxpool2d_forward(F32(p.x), F32(y), (int32_t *)PyArray_DATA(am), p.xs[0], p.xs[1], p.xs[2], p.xs[3],
+                                 p.k, p.s));
     return Py_BuildValue("NN", y, am);
 }
 
 static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyArrayObject *dy, *am;
-    PyObject *oshape;
-    long long k, s;
+    pool_args p;
     KW("dy", "argmax", "input_shape", "kernel_size", "stride");
-    if (!parse(args, kw, "O&O&OLL", kwlist, ARG_F32(dy, 4), ARG_ARR(am, "argmax", NPY_INT32, 4, 0, 0),
-                         &oshape, &k, &s))
+    if (!parse(args, kw, "O&O&O&LL", kwlist, ARG_F32(dy, 4), ARG_ARR(am, "argmax", NPY_INT32, 4, 0, 0),
+               ARG_SHAPE(p.xs, "input_shape", 4), &p.k, &p.s) ||
+        pool_backward_dims(dy, &p) || same_shape(am, "argmax", dy, "dy"))
         return NULL;
-    npy_intp xs[4], P, Q;
-    if (parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
-    npy_intp ys[4] = {xs[0], xs[1], P, Q};
-    if (shape_check(dy, "dy", 4, ys, "(N, C, P, Q)") || same_shape(am, "argmax", dy, "dy")) return NULL;
     /* argmax indexes the H*W plane; out-of-range values would write outside dx */
     const int32_t *ai = (const int32_t *)PyArray_DATA(am);
     for (npy_intp i = 0, n = PyArray_SIZE(am); i < n; i++)
-        if (ai[i] < 0 || ai[i] >= xs[2] * xs[3]) {
+        if (ai[i] < 0 || ai[i] >= p.xs[2] * p.xs[3]) {
             PyErr_SetString(PyExc_ValueError, "argmax: index outside the input plane");
             return NULL;
         }
-    PyArrayObject *dx = new_f32(4, xs);
+    PyArrayObject *dx = new_f32(4, p.xs);
     if (!dx) return NULL;
-    NOGIL(csub_maxpool2d_backward(F32(dy), ai, F32(dx), xs[0], xs[1], xs[2], xs[3], k, s));
+    NOGIL(csub_maxpool2d_backward(F32(dy), ai, F32(dx), p.xs[0], p.xs[1], p.xs[2], p.xs[3], p.k, p.s));
     return (PyObject *)dx;
 }
 
 static PyObject *py_avgpool2d_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *x;
-    long long k, s;
-    npy_intp ys[4];
-    if (pool_forward_args(args, kw, &x, &k, &s, ys)) return NULL;
-    PyArrayObject *y = new_f32(4, ys);
+    pool_args p;
+    if (pool_forward_args(args, kw, &p)) return NULL;
+    PyArrayObject *y = new_f32(4, p.ys);
     if (!y) return NULL;
-    NOGIL(csub_avgpool2d_forward(F32(x), F32(y), ys[0], ys[1], PyArray_DIM(x, 2), PyArray_DIM(x, 3), k, s));
+    NOGIL(csub_avgpool2d_forward(F32(p.x), F32(y), p.xs[0], p.xs[1], p.xs[2], p.xs[3], p.k, p.s));
     return (PyObject *)y;
 }
 
 static PyObject *py_avgpool2d_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyArrayObject *dy;
-    PyObject *oshape;
-    long long k, s;
+    pool_args p;
     KW("dy", "input_shape", "kernel_size", "stride");
-    if (!parse(args, kw, "O&OLL", kwlist, ARG_F32(dy, 4), &oshape, &k, &s))
+    if (!parse(args, kw, "O&O&LL", kwlist, ARG_F32(dy, 4), ARG_SHAPE(p.xs, "input_shape", 4), &p.k, &p.s) ||
+        pool_backward_dims(dy, &p))
         return NULL;
-    npy_intp xs[4], P, Q;
-    if (parse_shape(oshape, "input_shape", 4, xs) || pool_check(k, s, xs[2], xs[3], &P, &Q)) return NULL;
-    npy_intp ys[4] = {xs[0], xs[1], P, Q};
-    if (shape_check(dy, "dy", 4, ys, "(N, C, P, Q)")) return NULL;
-    PyArrayObject *dx = new_f32(4, xs);
+    PyArrayObject *dx = new_f32(4, p.xs);
     if (!dx) return NULL;
-    NOGIL(csub_avgpool2d_backward(F32(dy), F32(dx), xs[0], xs[1], xs[2], xs[3], k, s));
+    NOGIL(csub_avgpool2d_backward(F32(dy), F32(dx), p.xs[0], p.xs[1], p.xs[2], p.xs[3], p.k, p.s));
     return (PyObject *)dx;
 }
 
@@ -249,12 +244,10 @@ static PyObject *py_gap_forward(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_gap_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ody, *oshape;
-    KW("dy", "input_shape");
-    if (!parse(args, kw, "OO", kwlist, &ody, &oshape)) return NULL;
-    PyArrayObject *dy = arr_check(ody, "dy", NPY_FLOAT32, 2, 0);
+    PyArrayObject *dy;
     npy_intp xs[4];
-    if (!dy || parse_shape(oshape, "input_shape", 4, xs)) return NULL;
+    KW("dy", "input_shape");
+    if (!parse(args, kw, "O&O&", kwlist, ARG_F32(dy, 2), ARG_SHAPE(xs, "input_shape", 4))) return NULL;
     npy_intp ys[2] = {xs[0], xs[1]};
     if (shape_check(dy, "dy", 2, ys, "(N, C)")) return NULL;
     PyArrayObject *dx = new_f32(4, xs);
@@ -265,39 +258,38 @@ static PyObject *py_gap_backward(PyObject *self, PyObject *args, PyObject *kw)
 
 /* -------------------------------------------------------------- loss */
 
-static PyArrayObject *labels_check(PyObject *obj, npy_intp N, npy_intp K)
+/* The labels int64[N] of N rows of K classes, each in [0, K). */
+#define ARG_LABELS(y) ARG_ARR(y, "labels", NPY_INT64, 1, 0, 0)
+
+static int labels_check(PyArrayObject *y, npy_intp N, npy_intp K)
 {
-    PyArrayObject *y = arr_check(obj, "labels", NPY_INT64, 1, 0);
-    if (!y) return NULL;
     if (PyArray_DIM(y, 0) != N) {
         PyErr_Format(PyExc_ValueError, "labels: expected shape (%ld,) to match logits, got (%ld,)",
                      (long)N, (long)PyArray_DIM(y, 0));
-        return NULL;
+        return -1;
     }
     const int64_t *l = (const int64_t *)PyArray_DATA(y);
     for (npy_intp i = 0; i < N; i++)
         if (l[i] < 0 || l[i] >= K) {
             PyErr_Format(PyExc_ValueError, "labels: value %lld at index %ld is outside [0, %ld)",
                          (long long)l[i], (long)i, (long)K);
-            return NULL;
+            return -1;
         }
-    return y;
+    return 0;
 }
 
 static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *lg;
-    PyObject *oy;
+    PyArrayObject *lg, *y;
     KW("logits", "labels");
-    if (!parse(args, kw, "O&O", kwlist, ARG_F32_AS(lg, "logits", 2), &oy))
+    if (!parse(args, kw, "O&O&", kwlist, ARG_F32_AS(lg, "logits", 2), ARG_LABELS(y)))
         return NULL;
     npy_intp N = PyArray_DIM(lg, 0), K = PyArray_DIM(lg, 1);
     if (N < 1 || K < 1) {
         PyErr_SetString(PyExc_ValueError, "logits: expected shape (N, K) with N, K >= 1");
         return NULL;
     }
-    PyArrayObject *y = labels_check(oy, N, K);
-    if (!y) return NULL;
+    if (labels_check(y, N, K)) return NULL;
     PyArrayObject *prob = new_f32(2, PyArray_DIMS(lg));
     if (!prob) return NULL;
     double loss;
@@ -307,15 +299,13 @@ static PyObject *py_cross_entropy_forward(PyObject *self, PyObject *args, PyObje
 
 static PyObject *py_cross_entropy_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *p;
-    PyObject *oy;
+    PyArrayObject *p, *y;
     double scale = 1.0;
     KW("prob", "labels", "scale");
-    if (!parse(args, kw, "O&O|d", kwlist, ARG_F32_AS(p, "prob", 2), &oy, &scale))
+    if (!parse(args, kw, "O&O&|d", kwlist, ARG_F32_AS(p, "prob", 2), ARG_LABELS(y), &scale))
         return NULL;
     npy_intp N = PyArray_DIM(p, 0), K = PyArray_DIM(p, 1);
-    PyArrayObject *y = labels_check(oy, N, K);
-    if (!y) return NULL;
+    if (labels_check(y, N, K)) return NULL;
     if (!isfinite(scale)) {
         PyErr_SetString(PyExc_ValueError, "scale: expected a finite number");
         return NULL;

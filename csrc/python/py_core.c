@@ -19,8 +19,7 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *args, PyObject *kw
         PyErr_Format(PyExc_ValueError, "n: expected a thread count in [1, %d], got %lld", CSUB_MAX_THREADS, n);
         return NULL;
     }
-    csub_set_num_threads((int)n);
-    Py_RETURN_NONE;
+    return finish(csub_set_num_threads((int)n), "set_num_threads", NULL);
 }
 
 static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs)
@@ -54,10 +53,26 @@ static PyObject *py_isa(PyObject *self, PyObject *noargs)
     return PyUnicode_FromString(csub_isa()); /* never refused here: the import checked it */
 }
 
+/* The exception the glue raises for a status code (convert.c's map), for
+ * checking the map itself: most codes have no cheap path from Python. */
+static PyObject *py__raise_status(PyObject *self, PyObject *args, PyObject *kw)
+{
+    int status;
+    const char *where = NULL, *msg = NULL;
+    KW("status", "where", "message");
+    if (!parse(args, kw, "i|zz", kwlist, &status, &where, &msg)) return NULL;
+    if (status == CSUB_OK) {
+        PyErr_SetString(PyExc_ValueError, "status: 0 (CSUB_OK) is not an error");
+        return NULL;
+    }
+    return raise_status(status, where, msg);
+}
+
 PyMethodDef csub_py_core_methods[] = {
     M(set_num_threads, "set_num_threads(n): threads used by csub's kernels"),
     {"get_num_threads", (PyCFunction)py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     M(gemm, "gemm(a, b, transa=False, transb=False) -> op(a) @ op(b), float32"),
     {"isa", (PyCFunction)py_isa, METH_NOARGS, "isa() -> the instruction set the SIMD kernels run (CSUB_ISA)"},
+    M(_raise_status, "_raise_status(status, where=None, message=None): raise what a C status code raises"),
     {NULL, NULL, 0, NULL},
 };

@@ -5,12 +5,11 @@
 
 static PyObject *py_csr_from_mask(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ow, *om;
+    PyArrayObject *w, *m;
     KW("w", "mask");
-    if (!parse(args, kw, "OO", kwlist, &ow, &om)) return NULL;
-    PyArrayObject *w = arr_check(ow, "w", NPY_FLOAT32, -1, 0);
-    PyArrayObject *m = w ? arr_check(om, "mask", NPY_UINT8, -1, 0) : NULL;
-    if (!m || same_shape(m, "mask", w, "w")) return NULL;
+    if (!parse(args, kw, "O&O&", kwlist, ARG_F32(w, -1), ARG_ARR(m, "mask", NPY_UINT8, -1, 0, 0)) ||
+        same_shape(m, "mask", w, "w"))
+        return NULL;
     if (PyArray_NDIM(w) < 2 || PyArray_SIZE(w) < 1) {
         char sh[128];
         shape_str(sh, sizeof sh, PyArray_NDIM(w), PyArray_DIMS(w));
@@ -38,15 +37,32 @@ static PyObject *py_csr_from_mask(PyObject *self, PyObject *args, PyObject *kw)
 
 /* A CSR weight of K rows over `cols` columns: rowptr int64[K+1] from 0,
  * non-decreasing, ending at nnz; colidx int32[nnz] strictly increasing within
- * each row and in [0, cols); values float32[nnz]. O(nnz) to check. */
-typedef struct { PyArrayObject *rowptr, *colidx, *values; int64_t nnz; } csr_args;
+ * each row and in [0, cols); values float32[nnz]; its weight_shape, e.g.
+ * (K, C, R, S), with C*R*S within the int32 column index. */
+typedef struct { PyArrayObject *rowptr, *colidx, *values; npy_intp wd[4]; int64_t nnz; } csr_args;
 
-static int csr_check(PyObject *orp, PyObject *oci, PyObject *ova, npy_intp K, npy_intp cols, csr_args *c)
+/* "O&" for the rowptr, colidx, values, weight_shape arguments (four in a row) */
+#define ARG_CSR(c, nd) ARG_ARR((c).rowptr, "rowptr", NPY_INT64, 1, 0, 0), \
+                       ARG_ARR((c).colidx, "colidx", NPY_INT32, 1, 0, 0), \
+                       ARG_F32_AS((c).values, "values", 1), ARG_SHAPE((c).wd, "weight_shape", nd)
+
+/* weight_shape (nd entries) with its columns per row within int32 */
+static int wshape_check(const csr_args *c, int nd)
 {
-    c->rowptr = arr_check(orp, "rowptr", NPY_INT64, 1, 0);
-    c->colidx = c->rowptr ? arr_check(oci, "colidx", NPY_INT32, 1, 0) : NULL;
-    c->values = c->colidx ? arr_check(ova, "values", NPY_FLOAT32, 1, 0) : NULL;
-    if (!c->values) return -1;
+    npy_intp cols = 1;
+    for (int i = 1; i < nd; i++) {
+        if (c->wd[i] > INT32_MAX / cols) {
+            PyErr_SetString(PyExc_ValueError, "weight_shape: columns per row exceed the int32 column index");
+            return -1;
+        }
+        cols *= c->wd[i];
+    }
+    return 0;
+}
+
+/* The CSR arrays against K rows of `cols` columns; O(nnz). */
+static int csr_check(csr_args *c, npy_intp K, npy_intp cols)
+{
     npy_intp rs[1] = {K + 1};
     if (shape_check(c->rowptr, "rowptr", 1, rs, "(K + 1,) with K the weight's rows")) return -1;
     const int64_t *rp = (const int64_t *)PyArray_DATA(c->rowptr);
@@ -80,89 +96,97 @@ static int csr_check(PyObject *orp, PyObject *oci, PyObject *ova, npy_intp K, np
 
 #define CSR_PTRS(c) (const int64_t *)PyArray_DATA((c).rowptr), (const int32_t *)PyArray_DATA((c).colidx), F32((c).values)
 
-/* The weight gradient argument of the sparse backward: None, the values'
- * gradient (nnz,), or a full weight gradient of the weight's shape (+= at the
- * kept positions only). Sets *dv to the (nnz,) buffer the kernel adds into and
- * *full to the full array to scatter it to afterwards (or NULL). */
-static int sparse_dw_arg(PyObject *odw, int nd, const npy_intp *wshape, const csr_args *c,
-                         float **dv, PyArrayObject **full, float **tmp)
+/* After the parse of a sparse conv: weight_shape, x[N,C,H,W] against it, the CSR arrays. */
+static int conv_sparse_check(PyArrayObject *x, csr_args *c, long long stride, long long pad, conv_dims *d)
 {
-    *dv = NULL, *full = NULL, *tmp = NULL;
-    if (odw == Py_None) return 0;
-    PyArrayObject *dw = arr_check(odw, "dw", NPY_FLOAT32, -1, 1);
-    if (!dw) return -1;
+    if (wshape_check(c, 4) || conv_check_dims(x, c->wd, "weight_shape", stride, pad, d)) return -1;
+    return csr_check(c, d->K, d->C * d->R * d->S);
+}
+
+/* After the parse of a sparse linear: weight_shape (O, I), x[N, I] with N >= 1, the CSR arrays. */
+static int linear_sparse_check(PyArrayObject *x, csr_args *c, npy_intp *N, npy_intp *IN, npy_intp *O)
+{
+    npy_intp xs[2] = {-1, c->wd[1]};
+    *N = PyArray_DIM(x, 0), *IN = PyArray_DIM(x, 1), *O = c->wd[0];
+    if (wshape_check(c, 2) || shape_check(x, "x", 2, xs, "(N, in_features)") || csr_check(c, *O, *IN)) return -1;
+    if (*N >= 1) return 0;
+    PyErr_SetString(PyExc_ValueError, "x: expected at least one sample");
+    return -1;
+}
+
+/* The weight gradient of a sparse backward: None, the values' gradient
+ * (nnz,), or a full weight gradient of the weight's shape (+= at the kept
+ * positions only). dv is the (nnz,) buffer the kernel adds into; full the
+ * array it is scattered to afterwards (or NULL), through tmp. */
+typedef struct { float *dv, *tmp; PyArrayObject *full; } sparse_dw;
+
+static int sparse_dw_check(PyArrayObject *dw, int nd, const csr_args *c, sparse_dw *g)
+{
+    g->dv = g->tmp = NULL;
+    g->full = NULL;
+    if (!dw) return 0;
     if (PyArray_NDIM(dw) == 1 && PyArray_DIM(dw, 0) == c->nnz) {
-        *dv = F32(dw);
+        g->dv = F32(dw);
         return 0;
     }
-    if (PyArray_NDIM(dw) == nd && memcmp(PyArray_DIMS(dw), wshape, sizeof(npy_intp) * nd) == 0) {
-        *full = dw;
-        if (!(*tmp = PyMem_Calloc(c->nnz > 0 ? (size_t)c->nnz : 1, sizeof(float)))) {
+    if (PyArray_NDIM(dw) == nd && memcmp(PyArray_DIMS(dw), c->wd, sizeof(npy_intp) * nd) == 0) {
+        g->full = dw;
+        if (!(g->tmp = PyMem_Calloc(c->nnz > 0 ? (size_t)c->nnz : 1, sizeof(float)))) {
             PyErr_NoMemory();
             return -1;
         }
-        *dv = *tmp;
+        g->dv = g->tmp;
         return 0;
     }
     char got[128], want[128];
     shape_str(got, sizeof got, PyArray_NDIM(dw), PyArray_DIMS(dw));
-    shape_str(want, sizeof want, nd, wshape);
+    shape_str(want, sizeof want, nd, c->wd);
     PyErr_Format(PyExc_ValueError, "dw: expected the weight's shape %s or the values' shape (%lld,), got %s",
                  want, (long long)c->nnz, got);
     return -1;
 }
 
-/* dw[k, colidx[t]] += dv[t] */
-static void scatter_dw(PyArrayObject *full, const csr_args *c, const float *dv, npy_intp K, npy_intp cols)
+/* After the kernel (GIL released): dw[k, colidx[t]] += dv[t] into the full gradient, if any. */
+static void sparse_dw_scatter(int st, const sparse_dw *g, const csr_args *c, npy_intp K, npy_intp cols)
 {
+    if (st != CSUB_OK || !g->full) return;
     const int64_t *rp = (const int64_t *)PyArray_DATA(c->rowptr);
     const int32_t *ci = (const int32_t *)PyArray_DATA(c->colidx);
-    float *dw = F32(full);
+    float *dw = F32(g->full);
     for (npy_intp k = 0; k < K; k++)
-        for (int64_t t = rp[k]; t < rp[k + 1]; t++) dw[k * cols + ci[t]] += dv[t];
+        for (int64_t t = rp[k]; t < rp[k + 1]; t++) dw[k * cols + ci[t]] += g->dv[t];
 }
 
-/* weight_shape (K, C, R, S) with C*R*S within int32 */
-static int sparse_wshape(PyObject *o, int nd, npy_intp *wd)
+/* A sparse backward's result: dx (None when not asked for) or the status's exception. */
+static PyObject *sparse_backward_done(int st, const char *where, sparse_dw *g, PyArrayObject *dx)
 {
-    if (parse_shape(o, "weight_shape", nd, wd)) return -1;
-    npy_intp cols = 1;
-    for (int i = 1; i < nd; i++) {
-        if (wd[i] > INT32_MAX / cols) {
-            PyErr_SetString(PyExc_ValueError, "weight_shape: columns per row exceed the int32 column index");
-            return -1;
-        }
-        cols *= wd[i];
-    }
-    return 0;
+    PyMem_Free(g->tmp);
+    return finish(st, where, dx);
 }
 
 static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *orp, *oci, *ova, *ows, *ob = Py_None, *ores = Py_None;
-    long long stride = 1, pad = 0;
-    KW("x", "rowptr", "colidx", "values", "weight_shape", "b", "stride", "padding", "residual");
-    if (!parse(args, kw, "OOOOO|OLLO", kwlist, &ox, &orp, &oci, &ova, &ows, &ob, &stride, &pad, &ores)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0), *b, *res;
-    npy_intp wd[4];
-    conv_dims d;
+    PyArrayObject *x, *b = NULL, *res = NULL;
     csr_args c;
-    if (!x || sparse_wshape(ows, 4, wd) || conv_check_dims(x, wd, "weight_shape", stride, pad, &d) ||
-        csr_check(orp, oci, ova, d.K, d.C * d.R * d.S, &c) || opt_arr(ob, "b", 1, 0, &b) ||
-        opt_arr(ores, "residual", 4, 0, &res))
+    long long stride = 1, pad = 0;
+    conv_dims d;
+    KW("x", "rowptr", "colidx", "values", "weight_shape", "b", "stride", "padding", "residual");
+    if (!parse(args, kw, "O&O&O&O&O&|O&LLO&", kwlist, ARG_F32(x, 4), ARG_CSR(c, 4), ARG_OPT_F32(b, 1), &stride, &pad,
+               ARG_OPT_F32_AS(res, "residual", 4)) ||
+        conv_sparse_check(x, &c, stride, pad, &d))
         return NULL;
     npy_intp bs[1] = {d.K};
     npy_intp ys[4] = {d.N, d.K, d.P, d.Q};
-    if (b && shape_check(b, "b", 1, bs, "(out_channels,)")) return NULL;
-    if (res && shape_check(res, "residual", 4, ys, "the output's (N, out_channels, P, Q)")) return NULL;
+    if (shape_check(b, "b", 1, bs, "(out_channels,)") ||
+        shape_check(res, "residual", 4, ys, "the output's (N, out_channels, P, Q)"))
+        return NULL;
     PyArrayObject *y = new_f32(4, ys);
     if (!y) return NULL;
     int st;
     Py_BEGIN_ALLOW_THREADS
     if (res) { /* the two-step form the runtime uses, with the residual added as y is written */
-        int64_t nnz = ((const int64_t *)PyArray_DATA(c.rowptr))[d.K];
-        int64_t *foff = malloc(sizeof(int64_t) * (size_t)(nnz > 0 ? nnz : 1));
-        st = foff ? csub_conv2d_sparse_offsets(PyArray_DATA(c.colidx), nnz, d.C, d.H, d.W, d.R, d.S, stride, pad, foff)
+        int64_t *foff = malloc(sizeof(int64_t) * (size_t)(c.nnz > 0 ? c.nnz : 1));
+        st = foff ? csub_conv2d_sparse_offsets(PyArray_DATA(c.colidx), c.nnz, d.C, d.H, d.W, d.R, d.S, stride, pad, foff)
                   : CSUB_ERR_NOMEM;
         if (!st)
             st = csub_conv2d_sparse_forward_planned(F32(x), PyArray_DATA(c.rowptr), foff, F32(c.values), OPT_F32(b),
@@ -174,67 +198,45 @@ static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObje
                                         d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad);
     }
     Py_END_ALLOW_THREADS
-    if (status_ok(st, "conv2d_sparse_forward")) { Py_DECREF(y); return NULL; }
-    return (PyObject *)y;
+    return finish(st, "conv2d_sparse_forward", y);
 }
 
 static PyObject *py_conv2d_sparse_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *orp, *oci, *ova, *ows, *ody, *odw = Py_None, *odb = Py_None;
+    PyArrayObject *x, *dy, *dw = NULL, *db = NULL, *dx = NULL;
+    csr_args c;
     long long stride = 1, pad = 0;
     int need_dx = 1;
-    KW("x", "rowptr", "colidx", "values", "weight_shape", "dy", "dw", "db", "stride", "padding", "need_dx");
-    if (!parse(args, kw, "OOOOOO|OOLLp", kwlist, &ox, &orp, &oci, &ova, &ows, &ody, &odw, &odb,
-               &stride, &pad, &need_dx))
-        return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 4, 0), *dy, *db;
-    npy_intp wd[4];
     conv_dims d;
-    csr_args c;
-    if (!x || sparse_wshape(ows, 4, wd) || conv_check_dims(x, wd, "weight_shape", stride, pad, &d) ||
-        csr_check(orp, oci, ova, d.K, d.C * d.R * d.S, &c) ||
-        !(dy = arr_check(ody, "dy", NPY_FLOAT32, 4, 0)) || opt_arr(odb, "db", 1, 1, &db))
+    sparse_dw g;
+    KW("x", "rowptr", "colidx", "values", "weight_shape", "dy", "dw", "db", "stride", "padding", "need_dx");
+    if (!parse(args, kw, "O&O&O&O&O&O&|O&O&LLp", kwlist, ARG_F32(x, 4), ARG_CSR(c, 4), ARG_F32(dy, 4),
+               ARG_OPT_F32_W_AS(dw, "dw", -1), ARG_OPT_F32_W(db, 1), &stride, &pad, &need_dx) ||
+        conv_sparse_check(x, &c, stride, pad, &d))
         return NULL;
     npy_intp ys[4] = {d.N, d.K, d.P, d.Q}, bs[1] = {d.K};
-    if (shape_check(dy, "dy", 4, ys, "(N, out_channels, P, Q)") ||
-        (db && shape_check(db, "db", 1, bs, "(out_channels,)")))
+    if (shape_check(dy, "dy", 4, ys, "(N, out_channels, P, Q)") || shape_check(db, "db", 1, bs, "(out_channels,)") ||
+        (need_dx && !(dx = new_f32(4, PyArray_DIMS(x)))))
         return NULL;
-    float *dv, *tmp;
-    PyArrayObject *full;
-    if (sparse_dw_arg(odw, 4, wd, &c, &dv, &full, &tmp)) return NULL;
-    PyArrayObject *dx = NULL;
-    if (need_dx && !(dx = new_f32(4, PyArray_DIMS(x)))) { PyMem_Free(tmp); return NULL; }
+    if (sparse_dw_check(dw, 4, &c, &g)) { Py_XDECREF(dx); return NULL; }
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_conv2d_sparse_backward(F32(x), CSR_PTRS(c), F32(dy), OPT_F32(dx), dv, OPT_F32(db),
-                                     d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad);
-    if (st == CSUB_OK && full) scatter_dw(full, &c, dv, d.K, d.C * d.R * d.S);
-    Py_END_ALLOW_THREADS
-    PyMem_Free(tmp);
-    if (status_ok(st, "conv2d_sparse_backward")) { Py_XDECREF(dx); return NULL; }
-    if (!dx) Py_RETURN_NONE;
-    return (PyObject *)dx;
+    NOGIL(st = csub_conv2d_sparse_backward(F32(x), CSR_PTRS(c), F32(dy), OPT_F32(dx), g.dv, OPT_F32(db),
+                                           d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad);
+          sparse_dw_scatter(st, &g, &c, d.K, d.C * d.R * d.S));
+    return sparse_backward_done(st, "conv2d_sparse_backward", &g, dx);
 }
 
 static PyObject *py_linear_sparse_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *orp, *oci, *ova, *ows, *ob = Py_None;
-    KW("x", "rowptr", "colidx", "values", "weight_shape", "b");
-    if (!parse(args, kw, "OOOOO|O", kwlist, &ox, &orp, &oci, &ova, &ows, &ob)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 2, 0), *b;
-    npy_intp wd[2];
+    PyArrayObject *x, *b = NULL;
     csr_args c;
-    if (!x || sparse_wshape(ows, 2, wd)) return NULL;
-    npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = wd[0];
-    npy_intp xs[2] = {-1, wd[1]}, bs[1] = {O};
-    if (shape_check(x, "x", 2, xs, "(N, in_features)") || csr_check(orp, oci, ova, O, IN, &c) ||
-        opt_arr(ob, "b", 1, 0, &b) || (b && shape_check(b, "b", 1, bs, "(out_features,)")))
+    npy_intp N, IN, O;
+    KW("x", "rowptr", "colidx", "values", "weight_shape", "b");
+    if (!parse(args, kw, "O&O&O&O&O&|O&", kwlist, ARG_F32(x, 2), ARG_CSR(c, 2), ARG_OPT_F32(b, 1)) ||
+        linear_sparse_check(x, &c, &N, &IN, &O))
         return NULL;
-    if (N < 1) {
-        PyErr_SetString(PyExc_ValueError, "x: expected at least one sample");
-        return NULL;
-    }
-    npy_intp ys[2] = {N, O};
+    npy_intp bs[1] = {O}, ys[2] = {N, O};
+    if (shape_check(b, "b", 1, bs, "(out_features,)")) return NULL;
     PyArrayObject *y = new_f32(2, ys);
     if (!y) return NULL;
     int st;
@@ -244,39 +246,25 @@ static PyObject *py_linear_sparse_forward(PyObject *self, PyObject *args, PyObje
 
 static PyObject *py_linear_sparse_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *orp, *oci, *ova, *ows, *ody, *odw = Py_None, *odb = Py_None;
-    int need_dx = 1;
-    KW("x", "rowptr", "colidx", "values", "weight_shape", "dy", "dw", "db", "need_dx");
-    if (!parse(args, kw, "OOOOOO|OOp", kwlist, &ox, &orp, &oci, &ova, &ows, &ody, &odw, &odb, &need_dx))
-        return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, 2, 0), *dy, *db;
-    npy_intp wd[2];
+    PyArrayObject *x, *dy, *dw = NULL, *db = NULL, *dx = NULL;
     csr_args c;
-    if (!x || sparse_wshape(ows, 2, wd)) return NULL;
-    npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = wd[0];
-    npy_intp xs[2] = {-1, wd[1]}, ys[2] = {N, O}, bs[1] = {O};
-    if (shape_check(x, "x", 2, xs, "(N, in_features)") || csr_check(orp, oci, ova, O, IN, &c) ||
-        !(dy = arr_check(ody, "dy", NPY_FLOAT32, 2, 0)) || shape_check(dy, "dy", 2, ys, "(N, out_features)") ||
-        opt_arr(odb, "db", 1, 1, &db) || (db && shape_check(db, "db", 1, bs, "(out_features,)")))
+    int need_dx = 1;
+    npy_intp N, IN, O;
+    sparse_dw g;
+    KW("x", "rowptr", "colidx", "values", "weight_shape", "dy", "dw", "db", "need_dx");
+    if (!parse(args, kw, "O&O&O&O&O&O&|O&O&p", kwlist, ARG_F32(x, 2), ARG_CSR(c, 2), ARG_F32(dy, 2),
+               ARG_OPT_F32_W_AS(dw, "dw", -1), ARG_OPT_F32_W(db, 1), &need_dx) ||
+        linear_sparse_check(x, &c, &N, &IN, &O))
         return NULL;
-    if (N < 1) {
-        PyErr_SetString(PyExc_ValueError, "x: expected at least one sample");
+    npy_intp ys[2] = {N, O}, bs[1] = {O};
+    if (shape_check(dy, "dy", 2, ys, "(N, out_features)") || shape_check(db, "db", 1, bs, "(out_features,)") ||
+        (need_dx && !(dx = new_f32(2, PyArray_DIMS(x)))))
         return NULL;
-    }
-    float *dv, *tmp;
-    PyArrayObject *full;
-    if (sparse_dw_arg(odw, 2, wd, &c, &dv, &full, &tmp)) return NULL;
-    PyArrayObject *dx = NULL;
-    if (need_dx && !(dx = new_f32(2, PyArray_DIMS(x)))) { PyMem_Free(tmp); return NULL; }
+    if (sparse_dw_check(dw, 2, &c, &g)) { Py_XDECREF(dx); return NULL; }
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = csub_linear_sparse_backward(F32(x), CSR_PTRS(c), F32(dy), OPT_F32(dx), dv, OPT_F32(db), N, IN, O);
-    if (st == CSUB_OK && full) scatter_dw(full, &c, dv, O, IN);
-    Py_END_ALLOW_THREADS
-    PyMem_Free(tmp);
-    if (status_ok(st, "linear_sparse_backward")) { Py_XDECREF(dx); return NULL; }
-    if (!dx) Py_RETURN_NONE;
-    return (PyObject *)dx;
+    NOGIL(st = csub_linear_sparse_backward(F32(x), CSR_PTRS(c), F32(dy), OPT_F32(dx), g.dv, OPT_F32(db), N, IN, O);
+          sparse_dw_scatter(st, &g, &c, O, IN));
+    return sparse_backward_done(st, "linear_sparse_backward", &g, dx);
 }
 
 PyMethodDef csub_py_csr_methods[] = {

@@ -44,20 +44,11 @@ static PyObject *reader_error(int status, const char *msg)
     return raise_status(status, NULL, msg[0] ? msg : "parse failed");
 }
 
-/* A bytes-like argument (bytes, bytearray, memoryview, ...) as a contiguous buffer. */
-static int bytes_arg(PyObject *obj, const char *name, Py_buffer *view)
-{
-    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) == 0) return 0;
-    PyErr_Format(PyExc_TypeError, "%s: expected a bytes-like object, got %s", name, Py_TYPE(obj)->tp_name);
-    return -1;
-}
-
 static PyObject *py_json_parse(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *obj;
     Py_buffer text;
     KW("text");
-    if (!parse(args, kw, "O", kwlist, &obj) || bytes_arg(obj, "text", &text)) return NULL;
+    if (!parse(args, kw, "O&", kwlist, ARG_BYTES(text, "text"))) return NULL;
     csub_json *v = NULL;
     char err[256];
     int st;
@@ -92,10 +83,9 @@ static PyObject *st_tensor_to_py(const csub_st_tensor *t)
 
 static PyObject *py_st_parse(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *obj;
     Py_buffer data;
     KW("data");
-    if (!parse(args, kw, "O", kwlist, &obj) || bytes_arg(obj, "data", &data)) return NULL;
+    if (!parse(args, kw, "O&", kwlist, ARG_BYTES(data, "data"))) return NULL;
     csub_st_file f;
     char err[512];
     int st;

@@ -3,6 +3,36 @@
 
 /* ---------------------------------------------------------------- norms */
 
+/* The arguments of a norm's backward: x[N,C,...], gamma[C], dy like x, the
+ * saved mean and invstd ((C,) for batch norm, (N, G) for group norm), the
+ * optional dgamma, dbeta (C,), and the new dx. */
+typedef struct { PyArrayObject *x, *g, *dy, *m, *is, *dg, *db, *dx; npy_intp N, C, HW, G; } norm_grad;
+
+/* Parse (x, gamma, dy, mean, invstd, dgamma=None, dbeta=None[, training]),
+ * check the shapes and allocate dx; `training` is given when fmt ends in p. */
+static int norm_backward_args(PyObject *args, PyObject *kw, char **kwlist, const char *fmt, int groups,
+                              norm_grad *a, int *training)
+{
+    a->dg = a->db = NULL;
+    if (!parse(args, kw, fmt, kwlist, ARG_F32_AS(a->x, "x", -1), ARG_F32_AS(a->g, "gamma", 1),
+               ARG_F32_AS(a->dy, "dy", -1), ARG_F32_AS(a->m, "mean", groups ? 2 : 1),
+               ARG_F32_AS(a->is, "invstd", groups ? 2 : 1), ARG_OPT_F32_W_AS(a->dg, "dgamma", 1),
+               ARG_OPT_F32_W_AS(a->db, "dbeta", 1), training) ||
+        nc_rest(a->x, "x", &a->N, &a->C, &a->HW) || same_shape(a->dy, "dy", a->x, "x"))
+        return -1;
+    a->G = groups ? PyArray_DIM(a->m, 1) : 1;
+    if (a->G < 1 || a->C % a->G) {
+        PyErr_Format(PyExc_ValueError, "mean: its %ld groups do not divide the %ld channels", (long)a->G, (long)a->C);
+        return -1;
+    }
+    npy_intp ss[2] = {a->N, a->G}, *stat = groups ? ss : &a->C;
+    const char *what = groups ? "(N, num_groups)" : "(C,)";
+    if (PER_CHANNEL(a->C, {a->g, "gamma"}) || shape_check(a->m, "mean", groups ? 2 : 1, stat, what) ||
+        shape_check(a->is, "invstd", groups ? 2 : 1, stat, what) ||
+        PER_CHANNEL(a->C, {a->dg, "dgamma"}, {a->db, "dbeta"}))
+        return -1;
+    return (a->dx = new_f32(PyArray_NDIM(a->x), PyArray_DIMS(a->x))) ? 0 : -1;
+}
 
 static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
@@ -16,11 +46,7 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *
         return NULL;
     npy_intp N, C, HW;
     if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
-    npy_intp cs[1] = {C};
-    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(b, "beta", 1, cs, "(C,)") ||
-        (rm && shape_check(rm, "running_mean", 1, cs, "(C,)")) ||
-        (rv && shape_check(rv, "running_var", 1, cs, "(C,)")))
-        return NULL;
+    if (PER_CHANNEL(C, {g, "gamma"}, {b, "beta"}, {rm, "running_mean"}, {rv, "running_var"})) return NULL;
     if ((rm == NULL) != (rv == NULL)) {
         PyErr_SetString(PyExc_ValueError, "running_mean, running_var: give both or neither");
         return NULL;
@@ -35,6 +61,7 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *
         return NULL;
     }
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    npy_intp cs[1] = {C};
     PyArrayObject *mean = new_f32(1, cs), *invstd = new_f32(1, cs);
     if (!y || !mean || !invstd) { Py_XDECREF(y); Py_XDECREF(mean); Py_XDECREF(invstd); return NULL; }
     NOGIL(csub_batchnorm_forward(F32(x), F32(g), F32(b), F32(y), F32(mean), F32(invstd),
@@ -44,42 +71,20 @@ static PyObject *py_batchnorm_forward(PyObject *self, PyObject *args, PyObject *
 
 static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *og, *ody, *om, *oi, *odg = Py_None, *odb = Py_None;
+    norm_grad a;
     int training = 1;
     KW("x", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta", "training");
-    if (!parse(args, kw, "OOOOO|OOp", kwlist, &ox, &og, &ody, &om, &oi,
-                                     &odg, &odb, &training))
-        return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    PyArrayObject *g = x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
-    PyArrayObject *dy = g ? arr_check(ody, "dy", NPY_FLOAT32, -1, 0) : NULL;
-    PyArrayObject *m = dy ? arr_check(om, "mean", NPY_FLOAT32, 1, 0) : NULL;
-    PyArrayObject *is = m ? arr_check(oi, "invstd", NPY_FLOAT32, 1, 0) : NULL, *dg, *db;
-    if (!is || opt_arr(odg, "dgamma", 1, 1, &dg) || opt_arr(odb, "dbeta", 1, 1, &db)) return NULL;
-    npy_intp N, C, HW;
-    if (nc_rest(x, "x", &N, &C, &HW) || same_shape(dy, "dy", x, "x")) return NULL;
-    npy_intp cs[1] = {C};
-    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(m, "mean", 1, cs, "(C,)") ||
-        shape_check(is, "invstd", 1, cs, "(C,)") ||
-        (dg && shape_check(dg, "dgamma", 1, cs, "(C,)")) || (db && shape_check(db, "dbeta", 1, cs, "(C,)")))
-        return NULL;
-    PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
-    if (!dx) return NULL;
-    NOGIL(csub_batchnorm_backward(F32(x), F32(g), F32(dy), F32(m), F32(is), F32(dx), OPT_F32(dg), OPT_F32(db),
-                            N, C, HW, training));
-    return (PyObject *)dx;
+    if (norm_backward_args(args, kw, kwlist, "O&O&O&O&O&|O&O&p", 0, &a, &training)) return NULL;
+    NOGIL(csub_batchnorm_backward(F32(a.x), F32(a.g), F32(a.dy), F32(a.m), F32(a.is), F32(a.dx), OPT_F32(a.dg),
+                                  OPT_F32(a.db), a.N, a.C, a.HW, training));
+    return (PyObject *)a.dx;
 }
 
-/* The arguments of a group norm forward: x[N,C,...], gamma/beta[C], G dividing C, eps. */
-static int gn_args(PyObject *ox, PyObject *og, PyObject *ob, long long G, double eps, PyArrayObject **x,
-                   PyArrayObject **g, PyArrayObject **b, npy_intp *N, npy_intp *C, npy_intp *HW)
+/* The checks of a group norm forward after its parse: x[N,C,...], gamma/beta[C], G dividing C, eps. */
+static int gn_check(PyArrayObject *x, PyArrayObject *g, PyArrayObject *b, long long G, double eps,
+                    npy_intp *N, npy_intp *C, npy_intp *HW)
 {
-    *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    *g = *x ? arr_check(og, "gamma", NPY_FLOAT32, 1, 0) : NULL;
-    *b = *g ? arr_check(ob, "beta", NPY_FLOAT32, 1, 0) : NULL;
-    if (!*b || nc_rest(*x, "x", N, C, HW)) return -1;
-    npy_intp cs[1] = {*C};
-    if (shape_check(*g, "gamma", 1, cs, "(C,)") || shape_check(*b, "beta", 1, cs, "(C,)")) return -1;
+    if (nc_rest(x, "x", N, C, HW) || PER_CHANNEL(*C, {g, "gamma"}, {b, "beta"})) return -1;
     if (G < 1 || *C % G) {
         PyErr_Format(PyExc_ValueError, "num_groups: must be >= 1 and divide the %ld channels, got %lld",
                      (long)*C, G);
@@ -90,14 +95,15 @@ static int gn_args(PyObject *ox, PyObject *og, PyObject *ob, long long G, double
 
 static PyObject *py_groupnorm_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *og, *ob;
+    PyArrayObject *x, *g, *b;
     long long G;
     double eps = 1e-5;
-    KW("x", "gamma", "beta", "num_groups", "eps");
-    if (!parse(args, kw, "OOOL|d", kwlist, &ox, &og, &ob, &G, &eps)) return NULL;
-    PyArrayObject *x, *g, *b;
     npy_intp N, C, HW;
-    if (gn_args(ox, og, ob, G, eps, &x, &g, &b, &N, &C, &HW)) return NULL;
+    KW("x", "gamma", "beta", "num_groups", "eps");
+    if (!parse(args, kw, "O&O&O&L|d", kwlist, ARG_F32(x, -1), ARG_F32_AS(g, "gamma", 1), ARG_F32_AS(b, "beta", 1),
+               &G, &eps) ||
+        gn_check(x, g, b, G, eps, &N, &C, &HW))
+        return NULL;
     npy_intp ss[2] = {N, G};
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     PyArrayObject *mean = new_f32(2, ss), *invstd = new_f32(2, ss);
@@ -115,15 +121,16 @@ static void plane_rows(PyArrayObject *x, npy_intp hw, int64_t *H, int64_t *W)
 
 static PyObject *py_groupnorm_infer(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *og, *ob;
+    PyArrayObject *x, *g, *b;
     long long G;
     double eps = 1e-5;
     int relu = 0;
-    KW("x", "gamma", "beta", "num_groups", "eps", "relu");
-    if (!parse(args, kw, "OOOL|dp", kwlist, &ox, &og, &ob, &G, &eps, &relu)) return NULL;
-    PyArrayObject *x, *g, *b;
     npy_intp N, C, HW;
-    if (gn_args(ox, og, ob, G, eps, &x, &g, &b, &N, &C, &HW)) return NULL;
+    KW("x", "gamma", "beta", "num_groups", "eps", "relu");
+    if (!parse(args, kw, "O&O&O&L|dp", kwlist, ARG_F32(x, -1), ARG_F32_AS(g, "gamma", 1), ARG_F32_AS(b, "beta", 1),
+               &G, &eps, &relu) ||
+        gn_check(x, g, b, G, eps, &N, &C, &HW))
+        return NULL;
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!y) return NULL;
     int64_t H, W;
@@ -144,11 +151,8 @@ static PyObject *py_batchnorm_infer(PyObject *self, PyObject *args, PyObject *kw
         return NULL;
     npy_intp N, C, HW;
     if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
-    npy_intp cs[1] = {C};
-    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(b, "beta", 1, cs, "(C,)") ||
-        shape_check(rm, "running_mean", 1, cs, "(C,)") || shape_check(rv, "running_var", 1, cs, "(C,)"))
+    if (PER_CHANNEL(C, {g, "gamma"}, {b, "beta"}, {rm, "running_mean"}, {rv, "running_var"}) || eps_check(eps))
         return NULL;
-    if (eps_check(eps)) return NULL;
     PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!y) return NULL;
     int64_t H, W;
@@ -159,28 +163,12 @@ static PyObject *py_batchnorm_infer(PyObject *self, PyObject *args, PyObject *kw
 
 static PyObject *py_groupnorm_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *x, *g, *dy, *m, *is, *dg = NULL, *db = NULL;
+    norm_grad a;
     KW("x", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta");
-    if (!parse(args, kw, "O&O&O&O&O&|O&O&", kwlist, ARG_F32(x, -1), ARG_F32_AS(g, "gamma", 1),
-                         ARG_F32(dy, -1), ARG_F32_AS(m, "mean", 2), ARG_F32_AS(is, "invstd", 2),
-                         ARG_OPT_F32_W_AS(dg, "dgamma", 1), ARG_OPT_F32_W_AS(db, "dbeta", 1)))
-        return NULL;
-    npy_intp N, C, HW;
-    if (nc_rest(x, "x", &N, &C, &HW) || same_shape(dy, "dy", x, "x")) return NULL;
-    npy_intp G = PyArray_DIM(m, 1), cs[1] = {C}, ss[2] = {N, G};
-    if (G < 1 || C % G) {
-        PyErr_Format(PyExc_ValueError, "mean: its %ld groups do not divide the %ld channels", (long)G, (long)C);
-        return NULL;
-    }
-    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(m, "mean", 2, ss, "(N, num_groups)") ||
-        shape_check(is, "invstd", 2, ss, "(N, num_groups)") ||
-        (dg && shape_check(dg, "dgamma", 1, cs, "(C,)")) || (db && shape_check(db, "dbeta", 1, cs, "(C,)")))
-        return NULL;
-    PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
-    if (!dx) return NULL;
-    NOGIL(csub_groupnorm_backward(F32(x), F32(g), F32(dy), F32(m), F32(is), F32(dx), OPT_F32(dg), OPT_F32(db),
-                            N, C, HW, G));
-    return (PyObject *)dx;
+    if (norm_backward_args(args, kw, kwlist, "O&O&O&O&O&|O&O&", 1, &a, NULL)) return NULL;
+    NOGIL(csub_groupnorm_backward(F32(a.x), F32(a.g), F32(a.dy), F32(a.m), F32(a.is), F32(a.dx), OPT_F32(a.dg),
+                                  OPT_F32(a.db), a.N, a.C, a.HW, a.G));
+    return (PyObject *)a.dx;
 }
 
 PyMethodDef csub_py_norm_methods[] = {

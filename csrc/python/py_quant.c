@@ -38,15 +38,13 @@ static PyObject *py_quant_params(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_fake_quantize(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *oo = Py_None;
+    PyArrayObject *x, *out = NULL;
     double rmin, rmax;
     int bits;
     KW("x", "num_bits", "rmin", "rmax", "out");
-    if (!parse(args, kw, "Oidd|O", kwlist, &ox, &bits, &rmin, &rmax, &oo)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0), *out;
-    if (!x || bits_check(bits) || qrange_check(rmin, rmax) || opt_arr(oo, "out", -1, 1, &out))
+    if (!parse(args, kw, "O&idd|O&", kwlist, ARG_F32(x, -1), &bits, &rmin, &rmax, ARG_OUT(out)) ||
+        bits_check(bits) || qrange_check(rmin, rmax) || out_like(&out, x, "x"))
         return NULL;
-    if (out_like(&out, x, "x")) return NULL;
     float scale;
     int32_t zp;
     csub_quant_params((float)rmin, (float)rmax, bits, &scale, &zp);
@@ -78,18 +76,13 @@ static PyObject *py_minmax(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_channel_scale(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *ox, *os, *oo = Py_None;
+    PyArrayObject *x, *sc, *out = NULL;
     KW("x", "s", "out");
-    if (!parse(args, kw, "OO|O", kwlist, &ox, &os, &oo)) return NULL;
-    PyArrayObject *x = arr_check(ox, "x", NPY_FLOAT32, -1, 0);
-    PyArrayObject *sc = x ? arr_check(os, "s", NPY_FLOAT32, 1, 0) : NULL, *out;
-    if (!sc) return NULL;
+    if (!parse(args, kw, "O&O&|O&", kwlist, ARG_F32(x, -1), ARG_F32_AS(sc, "s", 1), ARG_OUT(out))) return NULL;
     npy_intp N, C, HW;
     if (nc_rest(x, "x", &N, &C, &HW)) return NULL;
     npy_intp cs[1] = {C};
-    if (shape_check(sc, "s", 1, cs, "(C,) with C = x.shape[1]") || opt_arr(oo, "out", -1, 1, &out))
-        return NULL;
-    if (out_like(&out, x, "x")) return NULL;
+    if (shape_check(sc, "s", 1, cs, "(C,) with C = x.shape[1]") || out_like(&out, x, "x")) return NULL;
     NOGIL(csub_channel_scale(F32(x), F32(sc), F32(out), N, C, HW));
     return (PyObject *)out;
 }
@@ -98,8 +91,7 @@ static PyObject *py_channel_scale(PyObject *self, PyObject *args, PyObject *kw)
 
 /* Arguments shared by the integer layers: the grid (bits, xscale, xzero_point)
  * and the per-output-channel oscale and b, each (K,) or None. */
-static int int8_check(int bits, double xscale, long long xzp, PyObject *oos, PyObject *ob, npy_intp K,
-                      PyArrayObject **oscale, PyArrayObject **b)
+static int int8_check(int bits, double xscale, long long xzp, PyArrayObject *oscale, PyArrayObject *b, npy_intp K)
 {
     if (bits < 2 || bits > 8) {
         PyErr_Format(PyExc_ValueError, "bits: expected an int in [2, 8], got %d", bits);
@@ -116,8 +108,7 @@ static int int8_check(int bits, double xscale, long long xzp, PyObject *oos, PyO
         return -1;
     }
     npy_intp ks[1] = {K};
-    if (opt_arr(oos, "oscale", 1, 0, oscale) || (*oscale && shape_check(*oscale, "oscale", 1, ks, "(out_channels,)")) ||
-        opt_arr(ob, "b", 1, 0, b) || (*b && shape_check(*b, "b", 1, ks, "(out_channels,)")))
+    if (shape_check(oscale, "oscale", 1, ks, "(out_channels,)") || shape_check(b, "b", 1, ks, "(out_channels,)"))
         return -1;
     return 0;
 }
@@ -147,18 +138,17 @@ static int int8_status(int st_w, int st, const char *where)
 
 static PyObject *py_conv2d_int8_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *x, *w, *os, *b;
-    PyObject *oos = Py_None, *ob = Py_None;
+    PyArrayObject *x, *w, *os = NULL, *b = NULL;
     int bits;
     double xscale;
     long long xzp, stride = 1, pad = 0;
     KW("x", "weight", "bits", "xscale", "xzero_point", "oscale", "b", "stride", "padding");
-    if (!parse(args, kw, "O&O&idL|OOLL", kwlist, ARG_F32(x, 4), ARG_F32_AS(w, "weight", 4), &bits, &xscale,
-                         &xzp, &oos, &ob, &stride, &pad))
+    if (!parse(args, kw, "O&O&idL|O&O&LL", kwlist, ARG_F32(x, 4), ARG_F32_AS(w, "weight", 4), &bits, &xscale,
+                         &xzp, ARG_OPT_F32_AS(os, "oscale", 1), ARG_OPT_F32(b, 1), &stride, &pad))
         return NULL;
     conv_dims d;
     if (conv_check_dims(x, PyArray_DIMS(w), "weight", stride, pad, &d) ||
-        int8_check(bits, xscale, xzp, oos, ob, d.K, &os, &b) || cols_check(d.C * d.R * d.S))
+        int8_check(bits, xscale, xzp, os, b, d.K) || cols_check(d.C * d.R * d.S))
         return NULL;
     npy_intp ys[4] = {d.N, d.K, d.P, d.Q};
     PyArrayObject *y = new_f32(4, ys);
@@ -179,14 +169,13 @@ static PyObject *py_conv2d_int8_forward(PyObject *self, PyObject *args, PyObject
 
 static PyObject *py_linear_int8_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *x, *w, *os, *b;
-    PyObject *oos = Py_None, *ob = Py_None;
+    PyArrayObject *x, *w, *os = NULL, *b = NULL;
     int bits;
     double xscale;
     long long xzp;
     KW("x", "weight", "bits", "xscale", "xzero_point", "oscale", "b");
-    if (!parse(args, kw, "O&O&idL|OO", kwlist, ARG_F32(x, 2), ARG_F32_AS(w, "weight", 2), &bits, &xscale,
-                         &xzp, &oos, &ob))
+    if (!parse(args, kw, "O&O&idL|O&O&", kwlist, ARG_F32(x, 2), ARG_F32_AS(w, "weight", 2), &bits, &xscale,
+                         &xzp, ARG_OPT_F32_AS(os, "oscale", 1), ARG_OPT_F32(b, 1)))
         return NULL;
     npy_intp N = PyArray_DIM(x, 0), IN = PyArray_DIM(x, 1), O = PyArray_DIM(w, 0);
     npy_intp ws[2] = {O, IN};
@@ -195,7 +184,7 @@ static PyObject *py_linear_int8_forward(PyObject *self, PyObject *args, PyObject
         PyErr_SetString(PyExc_ValueError, "weight: expected out_features >= 1 and in_features >= 1");
         return NULL;
     }
-    if (int8_check(bits, xscale, xzp, oos, ob, O, &os, &b) || cols_check(IN)) return NULL;
+    if (int8_check(bits, xscale, xzp, os, b, O) || cols_check(IN)) return NULL;
     npy_intp d[2] = {N, O};
     PyArrayObject *y = new_f32(2, d);
     if (!y) return NULL;

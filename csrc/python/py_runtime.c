@@ -27,22 +27,47 @@ static rt_box *rt_get(PyObject *obj)
     return b;
 }
 
-static PyObject *rt_error(int st, const char *msg)
+/* "O&" for the model argument */
+typedef struct { rt_box **out; } model_arg;
+
+static int model_check(PyObject *obj, const void *spec)
 {
-    return raise_status(st, NULL, msg);
+    return (*((const model_arg *)spec)->out = rt_get(obj)) ? 0 : -1;
+}
+
+static int model_converter(PyObject *obj, void *arg)
+{
+    return defer(obj, model_check, arg);
+}
+
+#define ARG_MODEL(b) model_converter, &(model_arg){&(b)}
+
+/* One call on the model with the GIL released, the model marked busy meanwhile; its status into st. */
+#define RT_RUN(b, st, call) do { (b)->busy = 1; NOGIL(st = call); (b)->busy = 0; } while (0)
+
+/* A model call's result: out (a new reference, or None when NULL) for status
+ * 0, else the status's exception with the model's message, out released. */
+static PyObject *rt_done(rt_box *b, int st, PyObject *out)
+{
+    if (st) {
+        Py_XDECREF(out);
+        return raise_status(st, NULL, csub_model_error(b->m));
+    }
+    if (!out) Py_RETURN_NONE;
+    return out;
 }
 
 static PyObject *py_model_load(PyObject *self, PyObject *args, PyObject *kw)
 {
     Py_buffer buf;
     KW("data");
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*", kwlist, &buf)) return NULL;
+    if (!parse(args, kw, "O&", kwlist, ARG_BYTES(buf, "data"))) return NULL;
     char err[256] = "";
     csub_model *m = NULL;
     int st;
     NOGIL(st = csub_model_load_memory(buf.buf, (size_t)buf.len, &m, err, sizeof err));
     PyBuffer_Release(&buf);
-    if (st) return rt_error(st, err);
+    if (st) return raise_status(st, NULL, err);
     rt_box *b = PyMem_Malloc(sizeof *b);
     if (!b) { csub_model_free(m); return PyErr_NoMemory(); }
     b->m = m;
@@ -54,102 +79,78 @@ static PyObject *py_model_load(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_model_set_alpha(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *om;
+    rt_box *b;
     double alpha;
     KW("model", "alpha");
-    if (!parse(args, kw, "Od", kwlist, &om, &alpha)) return NULL;
-    rt_box *b = rt_get(om);
-    if (!b) return NULL;
+    if (!parse(args, kw, "O&d", kwlist, ARG_MODEL(b), &alpha)) return NULL;
     int st;
-    b->busy = 1;
-    NOGIL(st = csub_model_set_alpha(b->m, alpha));
-    b->busy = 0;
-    if (st) return rt_error(st, csub_model_error(b->m));
-    Py_RETURN_NONE;
+    RT_RUN(b, st, csub_model_set_alpha(b->m, alpha));
+    return rt_done(b, st, NULL);
 }
 
 static PyObject *py_model_set_sparse_crossover(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *om, *osplit = Py_None;
+    rt_box *b;
+    PyObject *osplit = Py_None;
     double keep, keep_split;
     KW("model", "keep", "keep_split");
-    if (!parse(args, kw, "Od|O", kwlist, &om, &keep, &osplit)) return NULL;
+    if (!parse(args, kw, "O&d|O", kwlist, ARG_MODEL(b), &keep, &osplit)) return NULL;
     keep_split = osplit == Py_None ? keep : PyFloat_AsDouble(osplit);
-    if (keep_split == -1.0 && PyErr_Occurred()) return NULL;
-    rt_box *b = rt_get(om);
-    if (!b || finite_range(keep, 0.0, 1.0, "keep") || finite_range(keep_split, 0.0, 1.0, "keep_split")) return NULL;
+    if ((keep_split == -1.0 && PyErr_Occurred()) || finite_range(keep, 0.0, 1.0, "keep") ||
+        finite_range(keep_split, 0.0, 1.0, "keep_split"))
+        return NULL;
     int st;
-    b->busy = 1;
-    NOGIL(st = csub_model_set_sparse_crossover(b->m, keep, keep_split));
-    b->busy = 0;
-    if (st) return rt_error(st, csub_model_error(b->m));
-    Py_RETURN_NONE;
+    RT_RUN(b, st, csub_model_set_sparse_crossover(b->m, keep, keep_split));
+    return rt_done(b, st, NULL);
 }
 
-/* The model and a batch x of its inputs: (N, C, H, W) or (N, C*H*W), float32, N >= 1. */
-static int rt_input(PyObject *om, PyObject *ox, rt_box **b, PyArrayObject **x, csub_model_desc *d, npy_intp *N)
+/* The (model, x) arguments of model_forward and model_profile: x a batch of
+ * the model's inputs, (N, C, H, W) or (N, C*H*W), float32, N >= 1. */
+typedef struct { rt_box *b; PyArrayObject *x; csub_model_desc d; npy_intp N; } rt_batch;
+
+static int rt_model_x(PyObject *args, PyObject *kw, rt_batch *r)
 {
-    *b = rt_get(om);
-    *x = *b ? arr_check(ox, "x", NPY_FLOAT32, -1, 0) : NULL;
-    if (!*x) return -1;
-    csub_model_info((*b)->m, d);
+    KW("model", "x");
+    if (!parse(args, kw, "O&O&", kwlist, ARG_MODEL(r->b), ARG_F32_AS(r->x, "x", -1))) return -1;
+    const csub_model_desc *d = &r->d;
+    csub_model_info(r->b->m, &r->d);
     npy_intp per = (npy_intp)(d->input_c * d->input_h * d->input_w);
-    *N = PyArray_NDIM(*x) ? PyArray_DIM(*x, 0) : 0;
-    if (PyArray_NDIM(*x) >= 2 && *N >= 1 && PyArray_SIZE(*x) == *N * per) return 0;
+    r->N = PyArray_NDIM(r->x) ? PyArray_DIM(r->x, 0) : 0;
+    if (PyArray_NDIM(r->x) >= 2 && r->N >= 1 && PyArray_SIZE(r->x) == r->N * per) return 0;
     char sh[128];
-    shape_str(sh, sizeof sh, PyArray_NDIM(*x), PyArray_DIMS(*x));
+    shape_str(sh, sizeof sh, PyArray_NDIM(r->x), PyArray_DIMS(r->x));
     PyErr_Format(PyExc_ValueError, "x: expected (N, %lld, %lld, %lld) or (N, %lld) with N >= 1, got %s",
                  (long long)d->input_c, (long long)d->input_h, (long long)d->input_w, (long long)per, sh);
     return -1;
 }
 
-/* The (model, x) arguments of model_forward and model_profile. */
-static int rt_model_x(PyObject *args, PyObject *kw, rt_box **b, PyArrayObject **x, csub_model_desc *d, npy_intp *N)
-{
-    PyObject *om, *ox;
-    KW("model", "x");
-    if (!parse(args, kw, "OO", kwlist, &om, &ox)) return -1;
-    return rt_input(om, ox, b, x, d, N);
-}
-
 static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    rt_box *b;
-    PyArrayObject *x;
-    csub_model_desc d;
-    npy_intp N;
-    if (rt_model_x(args, kw, &b, &x, &d, &N)) return NULL;
-    npy_intp ys[2] = {N, (npy_intp)d.num_classes};
+    rt_batch r;
+    if (rt_model_x(args, kw, &r)) return NULL;
+    npy_intp ys[2] = {r.N, (npy_intp)r.d.num_classes};
     PyArrayObject *y = new_f32(2, ys);
     if (!y) return NULL;
     int st;
-    b->busy = 1;
-    NOGIL(st = csub_model_forward(b->m, F32(x), N, F32(y)));
-    b->busy = 0;
-    if (st) { Py_DECREF(y); return rt_error(st, csub_model_error(b->m)); }
-    return (PyObject *)y;
+    RT_RUN(r.b, st, csub_model_forward(r.b->m, F32(r.x), r.N, F32(y)));
+    return rt_done(r.b, st, (PyObject *)y);
 }
 
 static PyObject *py_model_profile(PyObject *self, PyObject *args, PyObject *kw)
 {
-    rt_box *b;
-    PyArrayObject *x;
-    csub_model_desc d;
-    npy_intp N;
-    if (rt_model_x(args, kw, &b, &x, &d, &N)) return NULL;
-    int n = csub_model_num_ops(b->m);
+    rt_batch r;
+    if (rt_model_x(args, kw, &r)) return NULL;
+    int n = csub_model_num_ops(r.b->m);
     double *ms = PyMem_Calloc((size_t)n, sizeof(double));
-    float *y = PyMem_Malloc(sizeof(float) * (size_t)(N * d.num_classes));
+    float *y = PyMem_Malloc(sizeof(float) * (size_t)(r.N * r.d.num_classes));
     if (!ms || !y) { PyMem_Free(ms); PyMem_Free(y); return PyErr_NoMemory(); }
     int st;
-    b->busy = 1;
-    NOGIL(st = csub_model_profile(b->m, F32(x), N, y, ms));
-    b->busy = 0;
+    RT_RUN(r.b, st, csub_model_profile(r.b->m, F32(r.x), r.N, y, ms));
     PyMem_Free(y);
-    if (st) { PyMem_Free(ms); return rt_error(st, csub_model_error(b->m)); }
+    if (st) { PyMem_Free(ms); return rt_done(r.b, st, NULL); }
     PyObject *out = PyList_New(n);
     for (int i = 0; out && i < n; i++) {
-        PyObject *t = Py_BuildValue("(sd)", csub_model_op_name(b->m, i), ms[i]);
+        PyObject *t = Py_BuildValue("(sd)", csub_model_op_name(r.b->m, i), ms[i]);
         if (!t) { Py_CLEAR(out); break; }
         PyList_SET_ITEM(out, i, t);
     }
@@ -159,11 +160,9 @@ static PyObject *py_model_profile(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_model_info(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *om;
+    rt_box *b;
     KW("model");
-    if (!parse(args, kw, "O", kwlist, &om)) return NULL;
-    rt_box *b = rt_get(om);
-    if (!b) return NULL;
+    if (!parse(args, kw, "O&", kwlist, ARG_MODEL(b))) return NULL;
     csub_model_desc d;
     csub_model_info(b->m, &d);
     return Py_BuildValue("{s:s,s:(LLL),s:L,s:d,s:d,s:d,s:i,s:L,s:L,s:L,s:s}", "regime", d.regime, "input_shape",
@@ -175,12 +174,10 @@ static PyObject *py_model_info(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_model_memory(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *om;
+    rt_box *b;
     long long batch;
     KW("model", "batch");
-    if (!parse(args, kw, "OL", kwlist, &om, &batch)) return NULL;
-    rt_box *b = rt_get(om);
-    if (!b || positive(batch, "batch")) return NULL;
+    if (!parse(args, kw, "O&L", kwlist, ARG_MODEL(b), &batch) || positive(batch, "batch")) return NULL;
     int64_t bytes = csub_model_memory(b->m, batch);
     if (bytes < 0) return PyErr_Format(PyExc_ValueError, "batch: expected 1..2^24 images whose memory fits in "
                                                 "int64, got %lld", batch);
@@ -189,13 +186,12 @@ static PyObject *py_model_memory(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_model_calibrate(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *om, *oa;
+    rt_box *b;
+    PyArrayObject *a;
     long long batch = 1, reps = 5;
     KW("model", "alphas", "batch", "reps");
-    if (!parse(args, kw, "OO|LL", kwlist, &om, &oa, &batch, &reps)) return NULL;
-    rt_box *b = rt_get(om);
-    PyArrayObject *a = b ? arr_check(oa, "alphas", NPY_FLOAT64, 1, 0) : NULL;
-    if (!a) return NULL;
+    if (!parse(args, kw, "O&O&|LL", kwlist, ARG_MODEL(b), ARG_ARR(a, "alphas", NPY_FLOAT64, 1, 0, 0), &batch, &reps))
+        return NULL;
     npy_intp n = PyArray_DIM(a, 0);
     if (n < 1 || n > 100000) { PyErr_SetString(PyExc_ValueError, "alphas: expected 1..100000 alphas"); return NULL; }
     if (batch < 1 || batch > 65536) { PyErr_Format(PyExc_ValueError, "batch: expected 1..65536, got %lld", batch); return NULL; }
@@ -203,10 +199,8 @@ static PyObject *py_model_calibrate(PyObject *self, PyObject *args, PyObject *kw
     csub_level *lv = PyMem_Calloc((size_t)n, sizeof *lv);
     if (!lv) return PyErr_NoMemory();
     int st;
-    b->busy = 1;
-    NOGIL(st = csub_model_calibrate(b->m, (const double *)PyArray_DATA(a), (int)n, batch, (int)reps, lv));
-    b->busy = 0;
-    if (st) { PyMem_Free(lv); return rt_error(st, csub_model_error(b->m)); }
+    RT_RUN(b, st, csub_model_calibrate(b->m, (const double *)PyArray_DATA(a), (int)n, batch, (int)reps, lv));
+    if (st) { PyMem_Free(lv); return rt_done(b, st, NULL); }
     PyObject *out = PyList_New(n);
     for (npy_intp i = 0; out && i < n; i++) {
         PyObject *r = Py_BuildValue("{s:d,s:d,s:d,s:L,s:d}", "alpha", lv[i].alpha, "latency_ms", lv[i].latency_ms,
@@ -230,7 +224,7 @@ static PyObject *py_pick_alpha(PyObject *self, PyObject *args, PyObject *kw)
                          ARG_ARR(m, "memory_bytes", NPY_INT64, 1, 0, 0),
                          ARG_ARR(c, "accuracy", NPY_FLOAT64, 1, 0, 0), &lat, &mem))
         return NULL;
-    if (!c || same_shape(l, "latency_ms", a, "alphas") || same_shape(m, "memory_bytes", a, "alphas") ||
+    if (same_shape(l, "latency_ms", a, "alphas") || same_shape(m, "memory_bytes", a, "alphas") ||
         same_shape(c, "accuracy", a, "alphas"))
         return NULL;
     npy_intp n = PyArray_DIM(a, 0);
@@ -247,7 +241,7 @@ static PyObject *py_pick_alpha(PyObject *self, PyObject *args, PyObject *kw)
     int st = csub_pick_alpha(lv, (int)n, lat, mem, &alpha);
     PyMem_Free(lv);
     if (st == CSUB_ERR_BUDGET) Py_RETURN_NONE;
-    if (st) return rt_error(st, csub_strerror(st));
+    if (st) return raise_status(st, NULL, NULL);
     return PyFloat_FromDouble(alpha);
 }
 

@@ -48,13 +48,11 @@ static PyObject *py_topk_mask(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_apply_mask(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *w, *m, *out;
-    PyObject *oo = Py_None;
+    PyArrayObject *w, *m, *out = NULL;
     KW("w", "mask", "out");
-    if (!parse(args, kw, "O&O&|O", kwlist, ARG_F32(w, -1), ARG_ARR(m, "mask", NPY_UINT8, -1, 0, 0), &oo))
+    if (!parse(args, kw, "O&O&|O&", kwlist, ARG_F32(w, -1), ARG_ARR(m, "mask", NPY_UINT8, -1, 0, 0), ARG_OUT(out)) ||
+        same_shape(m, "mask", w, "w") || out_like(&out, w, "w"))
         return NULL;
-    if (same_shape(m, "mask", w, "w") || opt_arr(oo, "out", -1, 1, &out)) return NULL;
-    if (out_like(&out, w, "w")) return NULL;
     NOGIL(csub_apply_mask(F32(w), (const uint8_t *)PyArray_DATA(m), F32(out), PyArray_SIZE(w)));
     return (PyObject *)out;
 }

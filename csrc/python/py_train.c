@@ -12,8 +12,7 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw)
     if (!parse(args, kw, "O&O&O&d|ddpp", kwlist, ARG_F32_W(w, -1), ARG_F32_AS(g, "grad", -1),
                          ARG_OPT_F32_W_AS(v, "velocity", -1), &lr, &momentum, &wd, &nesterov, &first))
         return NULL;
-    if (same_shape(g, "grad", w, "w")) return NULL;
-    if (v && same_shape(v, "velocity", w, "w")) return NULL;
+    if (same_shape(g, "grad", w, "w") || same_shape(v, "velocity", w, "w")) return NULL;
     if (!isfinite(lr) || lr < 0) {
         PyErr_Format(PyExc_ValueError, "lr: expected a finite number >= 0, got %s", fmt_g(lr).s);
         return NULL;
@@ -37,16 +36,12 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_line_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *o0, *o1, *oo = Py_None;
+    PyArrayObject *w0, *w1, *out = NULL;
     double alpha;
     KW("w0", "w1", "alpha", "out");
-    if (!parse(args, kw, "OOd|O", kwlist, &o0, &o1, &alpha, &oo)) return NULL;
-    PyArrayObject *w0 = arr_check(o0, "w0", NPY_FLOAT32, -1, 0);
-    PyArrayObject *w1 = w0 ? arr_check(o1, "w1", NPY_FLOAT32, -1, 0) : NULL, *out;
-    if (!w1 || same_shape(w1, "w1", w0, "w0") || finite_range(alpha, 0.0, 1.0, "alpha") ||
-        opt_arr(oo, "out", -1, 1, &out))
+    if (!parse(args, kw, "O&O&d|O&", kwlist, ARG_F32(w0, -1), ARG_F32(w1, -1), &alpha, ARG_OUT(out)) ||
+        same_shape(w1, "w1", w0, "w0") || finite_range(alpha, 0.0, 1.0, "alpha") || out_like(&out, w0, "w0"))
         return NULL;
-    if (out_like(&out, w0, "w0")) return NULL;
     NOGIL(csub_line_forward(F32(w0), F32(w1), (float)alpha, F32(out), PyArray_SIZE(w0)));
     return (PyObject *)out;
 }
@@ -58,7 +53,7 @@ static PyObject *py_line_backward(PyObject *self, PyObject *args, PyObject *kw)
     KW("g", "alpha", "g0", "g1");
     if (!parse(args, kw, "O&dO&O&", kwlist, ARG_F32(g, -1), &alpha, ARG_F32_W(g0, -1), ARG_F32_W(g1, -1)))
         return NULL;
-    if (!g1 || same_shape(g0, "g0", g, "g") || same_shape(g1, "g1", g, "g") ||
+    if (same_shape(g0, "g0", g, "g") || same_shape(g1, "g1", g, "g") ||
         finite_range(alpha, 0.0, 1.0, "alpha"))
         return NULL;
     NOGIL(csub_line_backward(F32(g), (float)alpha, F32(g0), F32(g1), PyArray_SIZE(g)));
@@ -69,9 +64,7 @@ static PyObject *py_line_dots(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyArrayObject *w0, *w1;
     KW("w0", "w1");
-    if (!parse(args, kw, "O&O&", kwlist, ARG_F32(w0, -1), ARG_F32(w1, -1)))
-        return NULL;
-    if (same_shape(w1, "w1", w0, "w0")) return NULL;
+    if (parse_pair(args, kw, kwlist, &w0, &w1)) return NULL;
     double s[3] = {0, 0, 0};
     NOGIL(csub_line_dots(F32(w0), F32(w1), PyArray_SIZE(w0), s));
     return Py_BuildValue("ddd", s[0], s[1], s[2]);
@@ -79,17 +72,13 @@ static PyObject *py_line_dots(PyObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *py_line_reg_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *o0, *o1, *og0, *og1;
+    PyArrayObject *w0, *w1, *g0, *g1;
     double s[3], beta;
     KW("w0", "w1", "sums", "beta", "g0", "g1");
-    if (!parse(args, kw, "OO(ddd)dOO", kwlist, &o0, &o1, &s[0], &s[1], &s[2], &beta,
-                                     &og0, &og1))
+    if (!parse(args, kw, "O&O&(ddd)dO&O&", kwlist, ARG_F32(w0, -1), ARG_F32(w1, -1), &s[0], &s[1], &s[2], &beta,
+               ARG_F32_W(g0, -1), ARG_F32_W(g1, -1)))
         return NULL;
-    PyArrayObject *w0 = arr_check(o0, "w0", NPY_FLOAT32, -1, 0);
-    PyArrayObject *w1 = w0 ? arr_check(o1, "w1", NPY_FLOAT32, -1, 0) : NULL;
-    PyArrayObject *g0 = w1 ? arr_check(og0, "g0", NPY_FLOAT32, -1, 1) : NULL;
-    PyArrayObject *g1 = g0 ? arr_check(og1, "g1", NPY_FLOAT32, -1, 1) : NULL;
-    if (!g1 || same_shape(w1, "w1", w0, "w0") || same_shape(g0, "g0", w0, "w0") || same_shape(g1, "g1", w0, "w0"))
+    if (same_shape(w1, "w1", w0, "w0") || same_shape(g0, "g0", w0, "w0") || same_shape(g1, "g1", w0, "w0"))
         return NULL;
     if (!(s[1] > 0) || !(s[2] > 0) || !isfinite(s[0]) || !isfinite(s[1]) || !isfinite(s[2])) {
         PyErr_SetString(PyExc_ValueError, "sums: S00 and S11 must be finite and > 0 (an endpoint is all zero)");
@@ -105,59 +94,64 @@ static PyObject *py_line_reg_backward(PyObject *self, PyObject *args, PyObject *
 
 /* ---------------------------------------------------------------- random */
 
-/* The generator state is a uint64 array of 4 owned by Python (csub.random). */
-static csub_rng *rng_arg(PyObject *obj)
+/* The generator state: a writable uint64 array of 4 owned by Python
+ * (csub.random); `seeded` refuses the all-zero state, which never leaves 0. */
+typedef struct { csub_rng **out; int seeded; } rng_arg;
+
+static int rng_check(PyObject *obj, const void *spec)
 {
+    const rng_arg *r = spec;
     PyArrayObject *a = arr_check(obj, "state", NPY_UINT64, 1, 1);
-    if (!a) return NULL;
+    if (!a) return -1;
     if (PyArray_DIM(a, 0) != 4) {
         PyErr_SetString(PyExc_ValueError, "state: expected a uint64 array of shape (4,)");
-        return NULL;
+        return -1;
     }
     const uint64_t *s = (const uint64_t *)PyArray_DATA(a);
-    if (!(s[0] | s[1] | s[2] | s[3])) {
+    if (r->seeded && !(s[0] | s[1] | s[2] | s[3])) {
         PyErr_SetString(PyExc_ValueError, "state: the all-zero state is invalid");
-        return NULL;
+        return -1;
     }
-    return (csub_rng *)PyArray_DATA(a);
+    *r->out = (csub_rng *)PyArray_DATA(a);
+    return 0;
 }
+
+static int rng_converter(PyObject *obj, void *arg)
+{
+    return defer(obj, rng_check, arg);
+}
+
+/* "O&" for a seeded state (ARG_STATE) or one about to be seeded (ARG_STATE_ANY) */
+#define ARG_STATE(r) rng_converter, &(rng_arg){&(r), 1}
+#define ARG_STATE_ANY(r) rng_converter, &(rng_arg){&(r), 0}
 
 static PyObject *py_rng_seed(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *a;
+    csub_rng *r;
     unsigned long long seed;
     KW("state", "seed");
-    if (!parse(args, kw, "O&K", kwlist, ARG_ARR(a, "state", NPY_UINT64, 1, 1, 0), &seed))
-        return NULL;
-    if (PyArray_DIM(a, 0) != 4) {
-        PyErr_SetString(PyExc_ValueError, "state: expected a uint64 array of shape (4,)");
-        return NULL;
-    }
-    csub_rng_seed((csub_rng *)PyArray_DATA(a), seed);
+    if (!parse(args, kw, "O&K", kwlist, ARG_STATE_ANY(r), &seed)) return NULL;
+    csub_rng_seed(r, seed);
     Py_RETURN_NONE;
 }
 
 static PyObject *py_rng_uniform(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *os;
+    csub_rng *r;
     KW("state");
-    if (!parse(args, kw, "O", kwlist, &os)) return NULL;
-    csub_rng *r = rng_arg(os);
-    if (!r) return NULL;
+    if (!parse(args, kw, "O&", kwlist, ARG_STATE(r))) return NULL;
     return PyFloat_FromDouble(csub_rng_uniform(r));
 }
 
 static PyObject *py_rng_fill(PyObject *self, PyObject *args, PyObject *kw, int normal)
 {
-    PyObject *os, *oo;
+    csub_rng *r;
+    PyArrayObject *out;
     double a, b;
     static char *kw_normal[] = {"state", "out", "mean", "std", NULL};
     static char *kw_uniform[] = {"state", "out", "low", "high", NULL};
-    if (!parse(args, kw, "OOdd", normal ? kw_normal : kw_uniform, &os, &oo, &a, &b))
+    if (!parse(args, kw, "O&O&dd", normal ? kw_normal : kw_uniform, ARG_STATE(r), ARG_F32_W(out, -1), &a, &b))
         return NULL;
-    csub_rng *r = rng_arg(os);
-    PyArrayObject *out = r ? arr_check(oo, "out", NPY_FLOAT32, -1, 1) : NULL;
-    if (!out) return NULL;
     if (!isfinite(a) || !isfinite(b) || (normal ? b < 0 : b < a)) {
         PyErr_SetString(PyExc_ValueError, normal ? "std: expected a finite number >= 0"
                                                  : "high: expected finite bounds with low <= high");
@@ -182,36 +176,30 @@ static PyObject *py_rng_uniform_fill(PyObject *self, PyObject *args, PyObject *k
 
 static PyObject *py_sample_alpha_biased(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *os;
+    csub_rng *r;
     double lo, hi, p;
     KW("state", "lo", "hi", "p");
-    if (!parse(args, kw, "Oddd", kwlist, &os, &lo, &hi, &p)) return NULL;
-    csub_rng *r = rng_arg(os);
-    if (!r || finite_range(lo, 0.0, 1.0, "lo") || finite_range(hi, lo, 1.0, "hi") ||
-        finite_range(p, 0.0, 1.0, "p"))
+    if (!parse(args, kw, "O&ddd", kwlist, ARG_STATE(r), &lo, &hi, &p) || finite_range(lo, 0.0, 1.0, "lo") ||
+        finite_range(hi, lo, 1.0, "hi") || finite_range(p, 0.0, 1.0, "p"))
         return NULL;
     return PyFloat_FromDouble(csub_sample_alpha_biased(r, lo, hi, p));
 }
 
 static PyObject *py_sample_alpha_discrete(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *os;
+    csub_rng *r;
     long long K;
     KW("state", "K");
-    if (!parse(args, kw, "OL", kwlist, &os, &K)) return NULL;
-    csub_rng *r = rng_arg(os);
-    if (!r || positive(K, "K")) return NULL;
+    if (!parse(args, kw, "O&L", kwlist, ARG_STATE(r), &K) || positive(K, "K")) return NULL;
     return PyFloat_FromDouble(csub_sample_alpha_discrete(r, K));
 }
 
 static PyObject *py_sample_alpha_sandwich(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyObject *os;
+    csub_rng *r;
     long long n;
     KW("state", "n");
-    if (!parse(args, kw, "OL", kwlist, &os, &n)) return NULL;
-    csub_rng *r = rng_arg(os);
-    if (!r) return NULL;
+    if (!parse(args, kw, "O&L", kwlist, ARG_STATE(r), &n)) return NULL;
     if (n < 2 || n > 1024) {
         PyErr_Format(PyExc_ValueError, "n: expected 2 <= n <= 1024 samples, got %lld", n);
         return NULL;
