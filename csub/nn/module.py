@@ -169,8 +169,11 @@ class Module:
             p.grad.fill(0.0)
 
     def train(self, mode=True):
-        for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+        """Set training mode (``mode=True``) or evaluation mode on this module, then call each
+        child's own ``train(mode)`` (so a submodule's override runs, as in PyTorch). Returns self."""
+        object.__setattr__(self, "training", bool(mode))
+        for m in self._modules.values():
+            m.train(mode)
         return self
 
     def eval(self):
@@ -194,10 +197,12 @@ class Module:
                     m._active.update(active)
 
     def set_alpha(self, alpha):
-        """Move every layer of this module to the point alpha in [0, 1] of the subspace."""
+        """Move this module to the point alpha in [0, 1] of the subspace, then call each child's
+        own ``set_alpha(alpha)`` (so a submodule's override runs, as ``train`` does). Returns self."""
         alpha = check_alpha(alpha)
-        for m in self.modules():
-            object.__setattr__(m, "alpha", alpha)
+        object.__setattr__(self, "alpha", alpha)
+        for m in self._modules.values():
+            m.set_alpha(alpha)
         return self
 
     def state_dict(self):
