@@ -280,14 +280,19 @@ class SubspaceNet(Module):
     def active_parameters(self):
         """Number of parameter values the network at the current width uses (one per line pair)."""
         total = 0
+        for m, name, p in self._network_parameters():
+            sl = m._active.get(name)
+            total += p.size if sl is None else int(np.prod([x.stop for x in sl])
+                                                   * np.prod(p.shape[len(sl):], dtype=np.int64))
+        return total
+
+    def _network_parameters(self):
+        """(module, name, Parameter) of each tensor of the one network at the current alpha:
+        the ``1`` end of a line is left out (a line's two ends collapse to one tensor)."""
         for m in self.modules():
             for name, p in m._parameters.items():
-                if m.__dict__.get("subspace") == "line" and name.endswith("1") and name[:-1] in m._parameters:
-                    continue
-                sl = m._active.get(name)
-                total += p.size if sl is None else int(np.prod([x.stop for x in sl])
-                                                       * np.prod(p.shape[len(sl):], dtype=np.int64))
-        return total
+                if not (m.subspace == "line" and name.endswith("1") and name[:-1] in m._parameters):
+                    yield m, name, p
 
     def compress(self, alpha, input_shape=None):
         """An inference-only copy of the network at alpha with real compressed kernels (sparse,
@@ -305,14 +310,11 @@ class SubspaceNet(Module):
         parameter (a line's two endpoints collapse to the one network at alpha)."""
         quantized = set(map(id, self._compressible_layers)) if self.num_bits else set()
         total = 0
-        for m in self.modules():
-            for name, p in m._parameters.items():
-                if m.__dict__.get("subspace") == "line" and name.endswith("1") and name[:-1] in m._parameters:
-                    continue
-                if name == "weight" and id(m) in quantized:
-                    total += (p.size * self.num_bits + 7) // 8 + 8
-                else:
-                    total += 4 * p.size
+        for m, name, p in self._network_parameters():
+            if name == "weight" and id(m) in quantized:
+                total += (p.size * self.num_bits + 7) // 8 + 8
+            else:
+                total += 4 * p.size
         return total
 
     def sparsity(self):

@@ -23,7 +23,7 @@ def line_pairs(model, kind="weights"):
         raise ValueError(f"kind: expected 'weights', 'norms' or 'all', got {kind!r}")
     pairs = []
     for m in model.modules():
-        if m.__dict__.get("subspace") != "line":
+        if m.subspace != "line":
             continue
         if kind == "weights" and isinstance(m, _Weighted):
             pairs.append((m.weight, m.weight1))

@@ -498,3 +498,23 @@ def test_network_training_steps_reduce_loss(rng):
         opt.step()
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_subspace_is_an_attribute_of_every_module():
+    """``subspace`` reads on any module: the layers' own kind, None where a module has no subspace tensors."""
+    from csub import models
+    from csub.subspace import line_pairs
+
+    assert nn.Linear(2, 3, subspace="line").subspace == "line"
+    assert nn.Conv2d(2, 3, 1, subspace="point").subspace == "point"
+    assert nn.GroupNorm(1, 3, subspace="line").subspace == "line"
+    assert nn.BatchNorm2d(3).subspace is None
+    for m in (nn.ReLU(), nn.Flatten(), nn.MaxPool2d(2), nn.Sequential(), Scale(2)):
+        assert m.subspace is None
+    net = models.cpreresnet20(regime="structured", subspace="line", n=1)
+    assert net.subspace == "line" and net.blocks[0].subspace is None
+    assert net.blocks[0].conv1.subspace == "point" and net.blocks[0].n1.subspace == "line"
+    kinds = {type(m).__name__: m.subspace for m in net.modules()}
+    assert kinds["ReLU"] is None and kinds["PreActBottleneck"] is None
+    assert len(line_pairs(net, "norms")) == 2 * sum(isinstance(m, nn.GroupNorm) for m in net.modules())
+    assert line_pairs(net, "weights") == []

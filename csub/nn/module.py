@@ -78,7 +78,15 @@ class Module:
     Attributes:
         training: True in training mode (``train()``), False after ``eval()``.
         alpha: the position in the subspace, in [0, 1] (``set_alpha``).
+        subspace: how this module's own trainable tensors form the subspace: None (one
+            tensor), "point" (one tensor, trained at every alpha) or "line" (``weight`` and
+            ``weight1`` ends). Set when built by the layers that hold subspace tensors
+            (``Linear``, ``Conv2d``, the norms); a network of ``csub.models`` holds the
+            model's subspace. None for modules without their own (activations, pools,
+            containers, blocks). Fixed at construction: the tensors follow it.
     """
+
+    subspace = None  # class default; the layers with subspace tensors set their own
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -289,7 +297,7 @@ class Module:
 
     def line_pairs(self):
         """(theta0, theta1) Parameter pairs of this module itself (not its children)."""
-        if getattr(self, "subspace", None) != "line":
+        if self.subspace != "line":
             return []
         return [(p, self._parameters[n + "1"]) for n, p in self._parameters.items()
                 if n + "1" in self._parameters]
