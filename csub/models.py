@@ -572,8 +572,12 @@ class PostNormBottleneck(Module):
 class BasicBlock(Module):
     """ResNet18's block: conv3x3(stride) -> norm -> relu -> conv3x3 -> norm, plus shortcut, then relu.
 
-    The shortcut is the identity or a 1x1 conv (stride) followed by a norm.
+    The shortcut is the identity or a 1x1 conv (stride) followed by a norm (``shortcut``, a
+    Sequential, as in the other blocks; older csub named it ``short``, and ``load_state_dict``
+    still reads state under that name).
     """
+
+    _renamed = {"short": "shortcut"}
 
     def __init__(self, in_planes, planes, stride, norm, subspace, mark, wsub=None):
         super().__init__()
@@ -583,25 +587,25 @@ class BasicBlock(Module):
         self.r1 = nn.ReLU()
         self.conv2 = mark(nn.Conv2d(planes, planes, 3, padding=1, subspace=wsub))
         self.n2 = make_norm(norm, planes, subspace)
-        self.short = None
+        self.shortcut = None
         if stride != 1 or in_planes != planes:
-            self.short = nn.Sequential(mark(nn.Conv2d(in_planes, planes, 1, stride=stride, subspace=wsub)),
+            self.shortcut = nn.Sequential(mark(nn.Conv2d(in_planes, planes, 1, stride=stride, subspace=wsub)),
                                        make_norm(norm, planes, subspace))
         self.out = nn.ReLU()
 
     def forward(self, x):
         h = self.n2(self.conv2(self.r1(self.n1(self.conv1(x)))))
-        s = x if self.short is None else self.short(x)
+        s = x if self.shortcut is None else self.shortcut(x)
         return self.out(_core.add(h, s, out=h))
 
     def backward(self, dy):
         dy = self.out.backward(dy)
         dx = self.conv1.backward(self.n1.backward(self.r1.backward(self.conv2.backward(self.n2.backward(dy)))))
-        return _core.add(dx, dy if self.short is None else self.short.backward(dy), out=dx)
+        return _core.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy), out=dx)
 
     def emit(self, g, x):
         h = self.n2.emit(g, self.conv2.emit(g, self.r1.emit(g, self.n1.emit(g, self.conv1.emit(g, x)))))
-        s = x if self.short is None else self.short.emit(g, x)
+        s = x if self.shortcut is None else self.shortcut.emit(g, x)
         return self.out.emit(g, g.add("add", h, x2=s))
 
 

@@ -219,8 +219,36 @@ class Module:
         sd.update((n, np.array(b, copy=True)) for n, b in self.named_buffers())
         return sd
 
+    # Children renamed since older csub wrote state: {old name: new name} (a subclass sets its
+    # own). load_state_dict reads the keys under a child's old name as under its new one.
+    _renamed = {}
+
+    def _upgrade_keys(self, state_dict):
+        """``state_dict``'s keys with each renamed child's old prefix (``_renamed`` of every module
+        of this one) replaced by its new one; the mapping itself where no module renames."""
+        renames = [(f"{p}.{old}." if p else f"{old}.", f"{p}.{new}." if p else f"{new}.")
+                   for p, m in self.named_modules() for old, new in m._renamed.items()]
+        if not renames:
+            return state_dict
+        out = OrderedDict()
+        for k, v in state_dict.items():
+            key = next((new + k[len(old):] for old, new in renames if k.startswith(old)), k)
+            if key != k and key in state_dict:
+                raise ValueError(f"state_dict: holds both {k!r} (the name older csub wrote) and {key!r}")
+            out[key] = v
+        return out
+
     def load_state_dict(self, state_dict, strict=True):
-        """Copy arrays into the parameters and buffers, in place, checking names and shapes."""
+        """Copy arrays into the parameters and buffers, in place, checking names and shapes.
+
+        Args:
+            state_dict: name -> array (``state_dict()``'s names); keys under a child's name of
+                older csub (``_renamed``, e.g. ResNet18's ``short`` -> ``shortcut``) are read
+                under the current name.
+            strict: refuse missing and unexpected keys (KeyError).
+        Returns self; on any error the module is unchanged.
+        """
+        state_dict = self._upgrade_keys(state_dict)
         own = OrderedDict((n, p.data) for n, p in self.named_parameters())
         own.update(self.named_buffers())
         missing = [k for k in own if k not in state_dict]
