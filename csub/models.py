@@ -336,7 +336,21 @@ for _name in SubspaceNet._LOCKED:  # SubspaceNet's own and those it inherits fro
 del _name
 
 
-class MLP(SubspaceNet):
+class _Chain(SubspaceNet):
+    """A network whose layers are one ``nn.Sequential`` called ``body`` (the MLP and the CNN):
+    forward checks the input and runs the body, backward and emit run it as it is."""
+
+    def forward(self, x):
+        return self.body(self._check_x(x))
+
+    def backward(self, dy):
+        return self.check_forward_cache().body.backward(dy)
+
+    def emit(self, g, x):
+        return self.body.emit(g, x)
+
+
+class MLP(_Chain):
     """Multilayer perceptron: Flatten -> [Linear -> norm -> ReLU] * len(hidden) -> Linear.
 
     Shapes: x (N, ...) with prod(...) = in_features -> logits (N, num_classes).
@@ -380,17 +394,8 @@ class MLP(SubspaceNet):
         raise ValueError(f"x: expected (N, {f}) or (N, {c}, H, W) with {c} * H * W = {f} and N >= 1 "
                          f"(channels first), got shape {x.shape}")
 
-    def forward(self, x):
-        return self.body(self._check_x(x))
 
-    def backward(self, dy):
-        return self.check_forward_cache().body.backward(dy)
-
-    def emit(self, g, x):
-        return self.body.emit(g, x)
-
-
-class CNN(SubspaceNet):
+class CNN(_Chain):
     """Small VGG-style CNN for 28x28 or 32x32 images.
 
     conv3x3(in -> w0) -> norm -> ReLU, then per stage i: conv3x3 -> norm -> ReLU
@@ -435,15 +440,6 @@ class CNN(SubspaceNet):
 
     def _expected_input(self):
         return (self.in_channels, self.image_size, self.image_size)
-
-    def forward(self, x):
-        return self.body(self._check_x(x))
-
-    def backward(self, dy):
-        return self.check_forward_cache().body.backward(dy)
-
-    def emit(self, g, x):
-        return self.body.emit(g, x)
 
 
 class PreActBottleneck(Module):
