@@ -72,6 +72,15 @@ class _Weighted(Module):
         self.fold_norm = None
         self._fold = None
 
+    def _init_params(self, shape, fan, bias):
+        """``weight`` of ``shape`` ~ N(0, 2 / fan) (He) and, with ``bias``, a zero ``bias`` of
+        (shape[0],), each with its line partner for a line (drawn in this order)."""
+        self._subspace_param("weight", lambda: kaiming_normal(shape, fan), self.subspace)
+        if bias:
+            self._subspace_param("bias", lambda: np.zeros(shape[0], np.float32), self.subspace)
+        else:
+            self.bias = None
+
     def set_fold_norm(self, norm):
         """Fold this BatchNorm2d's scale into the weight before quantizing (None: no folding)."""
         if norm is not None and not hasattr(norm, "fold_scale"):
@@ -149,18 +158,35 @@ class _Weighted(Module):
             return a
         return _core.channel_scale(np.ascontiguousarray(a), (1.0 / self._fold).astype(np.float32))
 
-    def _weight_grad_buffer(self):
-        # Accumulate straight into .grad when nothing sits between the kernel and it.
-        if self.subspace != "line" and self._mask is None and self._fold is None and "weight" not in self._active:
-            return self.weight.grad, False
-        return np.zeros(self._w.shape, np.float32), True
+    def _grad_buffers(self):
+        """(dw, db, routed): where the backward kernel writes the weight and bias gradients.
+        ``.grad`` itself when nothing sits between the kernel and it (the kernel accumulates
+        there), else a zeroed buffer of the active shape that ``_route_grads`` routes; ``routed``
+        says which (weight, bias). db is None without a bias."""
+        line = self.subspace == "line"
+        if not line and self._mask is None and self._fold is None and "weight" not in self._active:
+            dw, w_routed = self.weight.grad, False
+        else:
+            dw, w_routed = np.zeros(self._w.shape, np.float32), True
+        if self.bias is None:
+            db, b_routed = None, False
+        elif not line and "bias" not in self._active:
+            db, b_routed = self.bias.grad, False
+        else:
+            db, b_routed = np.zeros(self.active_out, np.float32), True
+        return dw, db, (w_routed, b_routed)
 
-    def _route_weight_grad(self, dw):
-        if self._fold is not None:
-            dw = _core.channel_scale(dw.reshape(1, dw.shape[0], -1), self._fold).reshape(dw.shape)
-        if self._mask is not None and self._csr is None:  # the sparse kernels write kept positions only
-            _core.apply_mask(dw, self._mask, dw)
-        self._accumulate("weight", dw)
+    def _route_grads(self, dw, db, routed):
+        """Add the gradients written into ``_grad_buffers``' own buffers to the parameters:
+        the folded scale and the mask applied to dw, a line's share to each end."""
+        if routed[0]:
+            if self._fold is not None:
+                dw = _core.channel_scale(dw.reshape(1, dw.shape[0], -1), self._fold).reshape(dw.shape)
+            if self._mask is not None and self._csr is None:  # the sparse kernels write kept positions only
+                _core.apply_mask(dw, self._mask, dw)
+            self._accumulate("weight", dw)
+        if routed[1]:
+            self._accumulate("bias", db)
 
     def set_width(self, in_active=None, out_active=None):
         """Structured width: compute with the first ``in_active`` inputs and ``out_active`` outputs
@@ -186,13 +212,6 @@ class _Weighted(Module):
         sl = self._active.get("weight")
         return self.weight.shape[0] if sl is None else sl[0].stop
 
-    def _bias_grad_buffer(self):
-        if self.bias is None:
-            return None, False
-        if self.subspace != "line" and "bias" not in self._active:
-            return self.bias.grad, False
-        return np.zeros(self.active_out, np.float32), True
-
     def _emit_attrs(self, g):
         """The graph attributes of a weight layer: tensor names, line, compression, folding."""
         return dict(w=g.name(self, "weight"), b=None if self.bias is None else g.name(self, "bias"),
@@ -216,12 +235,7 @@ class Linear(_Weighted):
         super().__init__(subspace)
         self.in_features = _check_int(in_features, "in_features", 1)
         self.out_features = _check_int(out_features, "out_features", 1)
-        shape = (self.out_features, self.in_features)
-        self._subspace_param("weight", lambda: kaiming_normal(shape, self.in_features), subspace)
-        if bias:
-            self._subspace_param("bias", lambda: np.zeros(self.out_features, np.float32), subspace)
-        else:
-            self.bias = None
+        self._init_params((self.out_features, self.in_features), self.in_features, bias)
 
     def forward(self, x):
         x = check_input(x, "x", 2, self.active_in)
@@ -236,16 +250,12 @@ class Linear(_Weighted):
 
     def backward(self, dy):
         self.check_forward_cache()
-        dw, routed = self._weight_grad_buffer()
-        db, b_routed = self._bias_grad_buffer()
+        dw, db, routed = self._grad_buffers()
         if self._csr is not None:
             dx = _core.linear_sparse_backward(self._x, *self._csr, self._w.shape, dy, dw, db)
         else:
             dx = _core.linear_backward(self._x, self._w, dy, dw, db)
-        if routed:
-            self._route_weight_grad(dw)
-        if b_routed:
-            self._accumulate("bias", db)
+        self._route_grads(dw, db, routed)
         return dx
 
     def emit(self, g, x):
@@ -279,13 +289,7 @@ class Conv2d(_Weighted):
         self.stride = _check_int(stride, "stride", 1)
         self.padding = _check_int(padding, "padding", 0)
         k = self.kernel_size
-        shape = (self.out_channels, self.in_channels, k, k)
-        fan_out = self.out_channels * k * k
-        self._subspace_param("weight", lambda: kaiming_normal(shape, fan_out), subspace)
-        if bias:
-            self._subspace_param("bias", lambda: np.zeros(self.out_channels, np.float32), subspace)
-        else:
-            self.bias = None
+        self._init_params((self.out_channels, self.in_channels, k, k), self.out_channels * k * k, bias)
 
     def forward(self, x):
         x = check_input(x, "x", 4, self.active_in)
@@ -305,17 +309,13 @@ class Conv2d(_Weighted):
     def backward(self, dy):
         self.check_forward_cache()
         dy = self._unfold(dy)
-        dw, routed = self._weight_grad_buffer()
-        db, b_routed = self._bias_grad_buffer()
+        dw, db, routed = self._grad_buffers()
         if self._csr is not None:
             dx = _core.conv2d_sparse_backward(self._x, *self._csr, self._w.shape, dy, dw, db,
                                               self.stride, self.padding)
         else:
             dx = _core.conv2d_backward(self._x, self._w, dy, dw, db, self.stride, self.padding)
-        if routed:
-            self._route_weight_grad(dw)
-        if b_routed:
-            self._accumulate("bias", db)
+        self._route_grads(dw, db, routed)
         return dx
 
     def emit(self, g, x):
