@@ -22,23 +22,35 @@ class ReLU(Module):
         return g.add("relu", x)
 
 
-def _pool_args(kernel_size, stride):
-    for v, name in ((kernel_size, "kernel_size"), (stride, "stride")):
-        if v is None and name == "stride":
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-    return int(kernel_size), int(stride if stride is not None else kernel_size)
+class _Pool2d(Module):
+    """k x k windows moved by ``stride`` (default k), no padding: x (N, C, H, W) -> (N, C, P, Q)
+    with P = (H - k) // stride + 1, Q = (W - k) // stride + 1. Subclasses name their graph
+    operation (``_op``) and compute forward/backward."""
 
-
-class MaxPool2d(Module):
-    """Max over k x k windows (stride defaults to k, no padding). x (N, C, H, W) -> (N, C, P, Q)."""
-
-    _cache = ("_shape", "_argmax")
+    _op = None
 
     def __init__(self, kernel_size, stride=None):
         super().__init__()
-        self.kernel_size, self.stride = _pool_args(kernel_size, stride)
+        for v, name in ((kernel_size, "kernel_size"), (stride, "stride")):
+            if v is None and name == "stride":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        self.kernel_size = int(kernel_size)
+        self.stride = int(stride if stride is not None else kernel_size)
+
+    def emit(self, g, x):
+        return g.add(self._op, x, k=self.kernel_size, s=self.stride)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class MaxPool2d(_Pool2d):
+    """Max over k x k windows (stride defaults to k, no padding). x (N, C, H, W) -> (N, C, P, Q)."""
+
+    _cache = ("_shape", "_argmax")
+    _op = "maxpool"
 
     def forward(self, x):
         x = check_input(x, "x", 4)
@@ -50,21 +62,12 @@ class MaxPool2d(Module):
         self.check_forward_cache()
         return _core.maxpool2d_backward(dy, self._argmax, self._shape, self.kernel_size, self.stride)
 
-    def emit(self, g, x):
-        return g.add("maxpool", x, k=self.kernel_size, s=self.stride)
 
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
-
-
-class AvgPool2d(Module):
+class AvgPool2d(_Pool2d):
     """Mean over k x k windows (stride defaults to k, no padding). x (N, C, H, W) -> (N, C, P, Q)."""
 
     _cache = ("_shape",)
-
-    def __init__(self, kernel_size, stride=None):
-        super().__init__()
-        self.kernel_size, self.stride = _pool_args(kernel_size, stride)
+    _op = "avgpool"
 
     def forward(self, x):
         x = check_input(x, "x", 4)
@@ -74,12 +77,6 @@ class AvgPool2d(Module):
     def backward(self, dy):
         self.check_forward_cache()
         return _core.avgpool2d_backward(dy, self._shape, self.kernel_size, self.stride)
-
-    def emit(self, g, x):
-        return g.add("avgpool", x, k=self.kernel_size, s=self.stride)
-
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
 
 class GlobalAvgPool2d(Module):
