@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -126,6 +126,9 @@ class Module:
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
+
+    if TYPE_CHECKING:  # children, parameters and buffers are attributes set at run time
+        def __getattr__(self, name: str) -> Any: ...
 
     def register_buffer(self, name: str, array: np.ndarray) -> None:
         """A float32/int array saved in ``state_dict`` but not trained (e.g. running statistics)."""
