@@ -18,7 +18,10 @@ before it); group norm with one group per channel as InstanceNormalization; grou
 with fewer groups as Reshape (N, G, -1) -> InstanceNormalization -> Reshape -> Mul -> Add
 (ahead of GroupNormalization-21 and of a ReduceMean decomposition).
 """
+from __future__ import annotations
+
 import os
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -212,7 +215,8 @@ def _build(model, alpha, shape, opset):
     return onnx_model
 
 
-def to_onnx(model, path, alpha, input_shape=None, opset=None):
+def to_onnx(model: models.SubspaceNet, path: Union[str, os.PathLike], alpha: float,
+            input_shape: Optional[Sequence[int]] = None, opset: Optional[int] = None) -> Union[str, os.PathLike]:
     """Write the network of ``model`` at ``alpha`` as an ONNX file (checked with ``onnx.checker``).
 
     Args:
