@@ -4,7 +4,6 @@ annotations on every argument and return (``extra_repr`` overrides excepted from
 docstring: the base method documents them; ``__init__`` arguments are the class's)."""
 import ast
 import os
-import tomllib
 
 import pytest
 
@@ -15,6 +14,7 @@ FILES = ["csub/__init__.py", "csub/models.py", "csub/modelfile.py", "csub/regime
 
 
 def test_py_typed_is_package_data():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     assert os.path.isfile(os.path.join(ROOT, "csub", "py.typed"))
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
