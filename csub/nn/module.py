@@ -108,7 +108,7 @@ class Module:
     _buffers: list[str]
     _active: dict[str, tuple[slice, ...]]
 
-    def __init__(self):
+    def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_buffers", [])
