@@ -44,7 +44,7 @@ __version__ = "0.1.0"
 MAX_NUM_THREADS = _core.MAX_NUM_THREADS  # CSUB_MAX_THREADS of csub.h
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Set the number of threads csub's kernels use: an int in [1, MAX_NUM_THREADS] (1024).
 
     Results are deterministic for a given thread count. More threads than cores only adds
@@ -56,7 +56,7 @@ def set_num_threads(n):
     _core.set_num_threads(int(n))
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Number of threads csub's kernels use."""
     return _core.get_num_threads()
 

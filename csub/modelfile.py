@@ -30,9 +30,12 @@ network at any alpha with compressed kernels, from Python
 operations (``emit``, beside its ``forward``); ``csub.load`` (``csub.models.load``) reads a
 file back into a network.
 """
+from __future__ import annotations
+
 import json
 import math
 import os
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from safetensors.numpy import load as _st_load
@@ -43,8 +46,9 @@ from .nn.graph import Graph
 FORMAT, VERSION = "csub-model", 1
 
 
-def default_input_shape(model):
-    """(C, H, W) of one sample for the networks of csub.models."""
+def default_input_shape(model: Any) -> tuple[int, int, int]:
+    """(C, H, W) of one sample for the networks of csub.models (pixels; an MLP's features as
+    square planes where they allow it, else rows of one plane per channel)."""
     cfg = model.config
     if cfg["model"] == "mlp":  # images of in_channels square planes when the features allow it
         c = cfg["in_channels"]
@@ -61,7 +65,8 @@ def default_input_shape(model):
     return (cfg["in_channels"], 32, 32)
 
 
-def describe(model, input_shape=None, levels=None):
+def describe(model: Any, input_shape: Optional[Sequence[int]] = None,
+             levels: Optional[Iterable[Mapping[str, float]]] = None) -> dict[str, Any]:
     """The metadata object of an exported model (see the module docstring)."""
     if not (isinstance(model, nn.Module) and hasattr(model, "config") and hasattr(model, "compressible_layers")):
         raise TypeError(f"model: expected a network of csub.models, got {type(model).__name__}")
@@ -85,7 +90,7 @@ def describe(model, input_shape=None, levels=None):
     return meta
 
 
-def _check_input_shape(input_shape, model):
+def _check_input_shape(input_shape: Optional[Sequence[int]], model: Any) -> tuple[int, ...]:
     shape = input_shape if input_shape is not None else default_input_shape(model)
     try:
         ok = len(shape) == 3 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
@@ -120,14 +125,15 @@ def _check_levels(levels):
     return out
 
 
-def to_bytes(model, input_shape=None, levels=None):
+def to_bytes(model: Any, input_shape: Optional[Sequence[int]] = None,
+             levels: Optional[Iterable[Mapping[str, float]]] = None) -> bytes:
     """The exported file's bytes (see ``export``)."""
     meta = describe(model, input_shape, levels)
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.state_dict().items()}
     return checkpoint.to_bytes(tensors, {"csub": json.dumps(meta, allow_nan=False)})
 
 
-def check(data, path="<bytes>"):
+def check(data: bytes, path: str = "<bytes>") -> dict[str, Any]:
     """Read a model file's bytes with every reader csub has, or raise ValueError naming path:
     the Python reader (format, layout, checksums, metadata; what ``load`` uses) and the C
     runtime's loader (what ``CompressedNet`` and the C library use), which also checks the
@@ -143,7 +149,9 @@ def check(data, path="<bytes>"):
     return meta
 
 
-def export(model, path, input_shape=None, levels=None, overwrite_readonly=False):
+def export(model: Any, path: Union[str, os.PathLike], input_shape: Optional[Sequence[int]] = None,
+           levels: Optional[Iterable[Mapping[str, float]]] = None,
+           overwrite_readonly: bool = False) -> Union[str, os.PathLike]:
     """Write the whole subspace of ``model`` (both ends of a line), its regime, level maps and
     architecture to ``path`` (safetensors, written atomically).
 
@@ -169,7 +177,7 @@ def export(model, path, input_shape=None, levels=None, overwrite_readonly=False)
     return path
 
 
-def read_meta(data, path=None):
+def read_meta(data: bytes, path: Optional[str] = None) -> dict[str, Any]:
     """The ``csub`` metadata object of an exported file's bytes (ValueError if there is none)."""
     where = f"{path}: " if path else ""
     try:
@@ -185,7 +193,8 @@ def read_meta(data, path=None):
     return meta
 
 
-def input_stats(data):
-    """{"input_mean", "input_std"} float32 arrays of an exported file's bytes."""
+def input_stats(data: bytes) -> dict[str, np.ndarray]:
+    """{"input_mean", "input_std"}: the (C,) float32 arrays of an exported file's bytes (inputs
+    are normalised as (pixel / 255 - mean) / std)."""
     tensors = _st_load(data)
     return {k: tensors[k] for k in ("input_mean", "input_std")}

@@ -23,21 +23,29 @@ a structured line interpolates only the norm parameters and shares the
 conv/linear weights between its ends (the method's default), and norms must
 keep no running statistics ("gn" with one group per channel, or "in").
 """
+from __future__ import annotations
+
 import functools
 import inspect
+import os
 import threading
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union, overload
 
 import numpy as np
 
-import os
-
 from . import _core, checkpoint, modelfile, nn, runtime
+from .nn.graph import Graph
 from .nn.layers import _Weighted
 from .nn.module import Module, check_alpha, check_input, check_subspace
 from .regimes import REGIMES as _REGIME_TABLE
 
 REGIMES = (None,) + tuple(_REGIME_TABLE)
 NORMS = ("bn", "gn", "in", None)
+
+Pair = Sequence[float]  # (lo, hi)
+Marker = Callable[[Any], Any]  # a network's _compressible: marks a layer and returns it
+Folder = Callable[[Any, Any], None]  # a network's _fold: folds a norm into the conv before it
+S = TypeVar("S", bound="SubspaceNet")
 
 
 def _check_regime(regime):
@@ -46,8 +54,17 @@ def _check_regime(regime):
     return regime
 
 
-def make_norm(norm, channels, subspace, groups=None):
-    """A norm layer over `channels` channels, or None for norm=None."""
+@overload
+def make_norm(norm: str, channels: int, subspace: Optional[str], groups: Optional[int] = None) -> Module: ...
+@overload
+def make_norm(norm: None, channels: int, subspace: Optional[str], groups: Optional[int] = None) -> None: ...
+
+
+def make_norm(norm: Optional[str], channels: int, subspace: Optional[str],
+              groups: Optional[int] = None) -> Optional[Module]:
+    """A norm layer over ``channels`` channels (input (N, C, ...) -> same shape): "bn"
+    BatchNorm2d, "gn" GroupNorm with ``groups`` groups (None: one per channel), "in"
+    InstanceNorm2d; None for norm=None."""
     if norm == "bn":
         return nn.BatchNorm2d(channels, subspace=subspace)
     if norm == "gn":
@@ -156,14 +173,15 @@ class SubspaceNet(Module):
                "load_state_dict", "state_dict", "zero_grad", "flops", "compress", "sparsity",
                "active_parameters", "model_bytes")
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in cls._LOCKED:  # a subclass's own forward/backward/... take the lock too
             fn = cls.__dict__.get(name)
             if fn is not None and not getattr(fn, "_locked", False):
                 setattr(cls, name, _locked(fn))
 
-    def __init__(self, regime, subspace, norm, bit_range=(3, 8), width_range=(0.25, 1.0)):
+    def __init__(self, regime: Optional[str], subspace: Optional[str], norm: Optional[str],
+                 bit_range: Sequence[int] = (3, 8), width_range: Pair = (0.25, 1.0)) -> None:
         super().__init__()
         object.__setattr__(self, "_lock", threading.RLock())
         self.regime = _check_regime(regime)
@@ -225,23 +243,25 @@ class SubspaceNet(Module):
         if self.regime == "quantized" and isinstance(norm, nn.BatchNorm2d) and conv in self._compressible_layers:
             conv.set_fold_norm(norm)
 
-    def compressible_layers(self):
+    def compressible_layers(self) -> list[_Weighted]:
         """The conv/linear layers whose weights the regime compresses."""
         return list(self._compressible_layers)
 
-    def weight_layers(self):
+    def weight_layers(self) -> list[_Weighted]:
         """Every conv/linear layer, compressible or not."""
         return [m for m in self.modules() if isinstance(m, _Weighted)]
 
-    def set_alpha(self, alpha, topk=None):
-        """Move to alpha in [0, 1]; the compression level follows (unless topk is given)."""
+    def set_alpha(self: S, alpha: float, topk: Optional[float] = None) -> S:
+        """Move every layer to alpha in [0, 1] (each module's own ``set_alpha``); the compression
+        level follows (keep fraction, width factor or bits: ``csub.regimes``), unless ``topk``
+        (a keep fraction in (0, 1]) overrides the unstructured level. Returns self."""
         alpha = check_alpha(alpha)
         super().set_alpha(alpha)
         if self.regime is not None:
             _REGIME_TABLE[self.regime].apply(self, alpha, topk)
         return self
 
-    def set_width_factor(self, w):
+    def set_width_factor(self: S, w: float) -> S:
         """Run every hidden layer with its first ``max(1, round(C * w))`` channels (w in (0, 1])."""
         if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, float, np.integer, np.floating)):
             raise TypeError(f"w: expected a width factor in (0, 1], got {type(w).__name__}")
@@ -264,7 +284,7 @@ class SubspaceNet(Module):
                 m.set_width(c(m.num_channels))
         return self
 
-    def flops(self, input_shape):
+    def flops(self, input_shape: Sequence[int]) -> int:
         """FLOPs (2 per multiply-accumulate) of one forward pass of one sample of ``input_shape``
         (C, H, W) through the conv/linear layers at the current width; norms and activations
         are not counted (cPreResNet20 at width 1 on 32x32: 67.5 MFLOP). Runs one evaluation-mode
@@ -277,45 +297,47 @@ class SubspaceNet(Module):
             self.forward(np.zeros((1,) + tuple(input_shape), np.float32))
             return 2 * sum(layer.macs for layer in self.weight_layers())
 
-    def active_parameters(self):
+    def active_parameters(self) -> int:
         """Number of parameter values the network at the current width uses (one per line pair)."""
         total = 0
-        for m in self.modules():
-            for name, p in m._parameters.items():
-                if m.__dict__.get("subspace") == "line" and name.endswith("1") and name[:-1] in m._parameters:
-                    continue
-                sl = m._active.get(name)
-                total += p.size if sl is None else int(np.prod([x.stop for x in sl])
-                                                       * np.prod(p.shape[len(sl):], dtype=np.int64))
+        for m, name, p in self._network_parameters():
+            sl = m._active.get(name)
+            total += p.size if sl is None else int(np.prod([x.stop for x in sl])
+                                                   * np.prod(p.shape[len(sl):], dtype=np.int64))
         return total
 
-    def compress(self, alpha, input_shape=None):
+    def _network_parameters(self) -> Any:
+        """(module, name, Parameter) of each tensor of the one network at the current alpha:
+        the ``1`` end of a line is left out (a line's two ends collapse to one tensor)."""
+        for m in self.modules():
+            for name, p in m._parameters.items():
+                if not (m.subspace == "line" and name.endswith("1") and name[:-1] in m._parameters):
+                    yield m, name, p
+
+    def compress(self, alpha: float, input_shape: Optional[Sequence[int]] = None) -> runtime.CompressedNet:
         """An inference-only copy of the network at alpha with real compressed kernels (sparse,
         narrower or integer: ``csub.runtime.CompressedNet``); this model is unchanged."""
         return runtime.compress(self, alpha, input_shape)
 
-    def set_quantize_inputs(self, on):
+    def set_quantize_inputs(self, on: bool) -> None:
         """Quantized regime: quantize the compressible layers' inputs in training (off during warm-up)."""
         for layer in self._compressible_layers:
             layer.quantize_input = bool(on)
 
-    def model_bytes(self):
+    def model_bytes(self) -> int:
         """Bytes of the network at the current alpha: quantized weights packed at num_bits (plus a
         float32 scale and an int32 zero point per tensor), everything else float32, one tensor per
         parameter (a line's two endpoints collapse to the one network at alpha)."""
-        quantized = set(map(id, self._compressible_layers)) if self.num_bits else set()
+        quantized: set[int] = set(map(id, self._compressible_layers)) if self.num_bits else set()
         total = 0
-        for m in self.modules():
-            for name, p in m._parameters.items():
-                if m.__dict__.get("subspace") == "line" and name.endswith("1") and name[:-1] in m._parameters:
-                    continue
-                if name == "weight" and id(m) in quantized:
-                    total += (p.size * self.num_bits + 7) // 8 + 8
-                else:
-                    total += 4 * p.size
+        for m, name, p in self._network_parameters():
+            if name == "weight" and id(m) in quantized:
+                total += (p.size * self.num_bits + 7) // 8 + 8
+            else:
+                total += 4 * p.size
         return total
 
-    def sparsity(self):
+    def sparsity(self) -> float:
         """Fraction of zeros over all conv/linear weights (dense layers included), at the current alpha.
         Read-only (the layers' masks of the last forward stay)."""
         zeros = total = 0
@@ -325,7 +347,8 @@ class SubspaceNet(Module):
             total += w.size
         return zeros / total
 
-    def num_weights(self):
+    def num_weights(self) -> int:
+        """The number of conv/linear weight values (one end of a line), compressible or not."""
         return sum(layer.weight.size for layer in self.weight_layers())
 
 
@@ -334,7 +357,25 @@ for _name in SubspaceNet._LOCKED:  # SubspaceNet's own and those it inherits fro
 del _name
 
 
-class MLP(SubspaceNet):
+class _Chain(SubspaceNet):
+    """A network whose layers are one ``nn.Sequential`` called ``body`` (the MLP and the CNN):
+    forward checks the input and runs the body, backward and emit run it as it is."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Logits (N, num_classes) float32 of a batch x (the class docstring's shape)."""
+        return self.body(self._check_x(x))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """d loss / d x (x's shape) for dy = d loss / d logits (N, num_classes); adds every
+        parameter's gradient to its ``.grad``."""
+        return self.check_forward_cache().body.backward(dy)
+
+    def emit(self, g: Graph, x: int) -> int:
+        """The network's inference operations (``csub.modelfile``)."""
+        return self.body.emit(g, x)
+
+
+class MLP(_Chain):
     """Multilayer perceptron: Flatten -> [Linear -> norm -> ReLU] * len(hidden) -> Linear.
 
     Shapes: x (N, ...) with prod(...) = in_features -> logits (N, num_classes).
@@ -343,8 +384,9 @@ class MLP(SubspaceNet):
     """
 
     @_records_config("mlp")
-    def __init__(self, in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None,
-                 norm=None, in_channels=1, bit_range=(3, 8), width_range=(0.25, 1.0)):
+    def __init__(self, in_features: int = 784, hidden: Sequence[int] = (300, 100), num_classes: int = 10,
+                 regime: Optional[str] = None, subspace: Optional[str] = None, norm: Optional[str] = None,
+                 in_channels: int = 1, bit_range: Sequence[int] = (3, 8), width_range: Pair = (0.25, 1.0)) -> None:
         super().__init__(regime, subspace, norm, bit_range, width_range)
         in_features = _check_count(in_features, "in_features")
         hidden = _check_counts(hidden, "hidden", allow_empty=True)
@@ -354,7 +396,7 @@ class MLP(SubspaceNet):
             raise ValueError(f"in_channels: {in_channels} does not divide in_features={in_features}")
         self.in_features = in_features
         self._input_stats(in_channels)
-        layers = [nn.Flatten()]
+        layers: list[Module] = [nn.Flatten()]
         prev = in_features
         for i, h in enumerate(hidden):
             lin = nn.Linear(prev, h, bias=norm is None, subspace=self.wsub)
@@ -378,17 +420,8 @@ class MLP(SubspaceNet):
         raise ValueError(f"x: expected (N, {f}) or (N, {c}, H, W) with {c} * H * W = {f} and N >= 1 "
                          f"(channels first), got shape {x.shape}")
 
-    def forward(self, x):
-        return self.body(self._check_x(x))
 
-    def backward(self, dy):
-        return self.check_forward_cache().body.backward(dy)
-
-    def emit(self, g, x):
-        return self.body.emit(g, x)
-
-
-class CNN(SubspaceNet):
+class CNN(_Chain):
     """Small VGG-style CNN for 28x28 or 32x32 images.
 
     conv3x3(in -> w0) -> norm -> ReLU, then per stage i: conv3x3 -> norm -> ReLU
@@ -400,8 +433,9 @@ class CNN(SubspaceNet):
     """
 
     @_records_config("cnn")
-    def __init__(self, in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspace=None,
-                 norm="gn", image_size=28, bit_range=(3, 8), width_range=(0.25, 1.0)):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128),
+                 regime: Optional[str] = None, subspace: Optional[str] = None, norm: Optional[str] = "gn",
+                 image_size: int = 28, bit_range: Sequence[int] = (3, 8), width_range: Pair = (0.25, 1.0)) -> None:
         super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: the CNN needs a norm ('bn', 'gn' or 'in')")
@@ -434,15 +468,6 @@ class CNN(SubspaceNet):
     def _expected_input(self):
         return (self.in_channels, self.image_size, self.image_size)
 
-    def forward(self, x):
-        return self.body(self._check_x(x))
-
-    def backward(self, dy):
-        return self.check_forward_cache().body.backward(dy)
-
-    def emit(self, g, x):
-        return self.body.emit(g, x)
-
 
 class PreActBottleneck(Module):
     """norm -> relu -> conv1x1 -> norm -> relu -> conv3x3(stride) -> norm -> relu -> conv1x1, plus shortcut.
@@ -452,12 +477,17 @@ class PreActBottleneck(Module):
     pre-activation ResNets (``input_shortcut``: applied to the block's input
     instead, as the method's PyTorch reference code does). Output channels: planes * 4.
     ``groups``: group norm's group count for a channel count (None: one per channel).
+    ``mark`` marks a layer the regime compresses (and returns it), ``fold`` folds a norm into
+    the conv before it (quantized regime with batch norm), ``wsub`` is the conv weights'
+    subspace where it differs from the norms' (a structured line).
+    Shapes: x (N, in_planes, H, W) -> (N, planes * 4, P, Q), P = (H - 1) // stride + 1 (Q alike).
     """
 
     expansion = 4
 
-    def __init__(self, in_planes, planes, stride, norm, subspace, mark, fold=None, wsub=None, input_shortcut=False,
-                 groups=None):
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str, subspace: Optional[str],
+                 mark: Marker, fold: Optional[Folder] = None, wsub: Optional[str] = None,
+                 input_shortcut: bool = False, groups: Optional[Callable[[int], Optional[int]]] = None) -> None:
         super().__init__()
         wsub = subspace if wsub is None else wsub
         out = planes * self.expansion
@@ -479,7 +509,8 @@ class PreActBottleneck(Module):
             fold(self.conv1, self.n2)
             fold(self.conv2, self.n3)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The block's output for x (shapes: the class docstring)."""
         a = self.r1(self.n1(x))
         s = x if self.shortcut is None else self.shortcut(x if self.input_shortcut else a)
         h = self.conv1(a)
@@ -487,7 +518,8 @@ class PreActBottleneck(Module):
         h = self.conv3(self.r3(self.n3(h)))
         return _core.add(h, s, out=h)  # h is this block's own temporary: add in place
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """d loss / d x (x's shape) for dy of the output's shape; adds the parameters' gradients."""
         dh = self.conv3.backward(dy)                    # d/d relu3 output
         dh = self.conv2.backward(self.n3.backward(self.r3.backward(dh)))
         da = self.conv1.backward(self.n2.backward(self.r2.backward(dh)))
@@ -497,7 +529,8 @@ class PreActBottleneck(Module):
         dx = self.n1.backward(self.r1.backward(da))
         return _core.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy), out=dx)
 
-    def emit(self, g, x):
+    def emit(self, g: Graph, x: int) -> int:
+        """The block's inference operations (``csub.modelfile``)."""
         a = self.r1.emit(g, self.n1.emit(g, x))
         s = x if self.shortcut is None else self.shortcut.emit(g, x if self.input_shortcut else a)
         h = self.conv1.emit(g, a)
@@ -513,12 +546,15 @@ class PostNormBottleneck(Module):
     conv1x1 -> norm on ``a``, plus the shortcut: ``a`` itself, or where the shape
     changes a 1x1 conv with the block's stride followed by a norm, applied to ``a``.
     With batch norm each conv's norm is the one folded into it before quantizing.
-    Output channels: planes * 4.
+    Arguments as ``PreActBottleneck``'s.
+    Shapes: x (N, in_planes, H, W) -> (N, planes * 4, P, Q), P = (H - 1) // stride + 1 (Q alike).
     """
 
     expansion = 4
 
-    def __init__(self, in_planes, planes, stride, norm, subspace, mark, fold=None, wsub=None, groups=None):
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str, subspace: Optional[str],
+                 mark: Marker, fold: Optional[Folder] = None, wsub: Optional[str] = None,
+                 groups: Optional[Callable[[int], Optional[int]]] = None) -> None:
         super().__init__()
         wsub = subspace if wsub is None else wsub
         out = planes * self.expansion
@@ -532,7 +568,8 @@ class PostNormBottleneck(Module):
         self.r2 = nn.ReLU()
         self.conv3 = mark(nn.Conv2d(planes, out, 1, subspace=wsub))
         self.n3 = make_norm(norm, out, subspace, g(out))
-        self.shortcut = self.nshort = None
+        self.shortcut: Optional[nn.Conv2d] = None
+        self.nshort: Any = None  # the shortcut's norm: set exactly when the shortcut is
         if stride != 1 or in_planes != out:
             self.shortcut = mark(nn.Conv2d(in_planes, out, 1, stride=stride, subspace=wsub))
             self.nshort = make_norm(norm, out, subspace, g(out))
@@ -542,7 +579,8 @@ class PostNormBottleneck(Module):
                 if conv is not None:
                     fold(conv, n)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The block's output for x (shapes: the class docstring)."""
         a = self.r0(x)
         h = self.r1(self.n1(self.conv1(a)))
         h = self.r2(self.n2(self.conv2(h)))
@@ -550,7 +588,8 @@ class PostNormBottleneck(Module):
         s = a if self.shortcut is None else self.nshort(self.shortcut(a))
         return _core.add(h, s, out=h)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """d loss / d x (x's shape) for dy of the output's shape; adds the parameters' gradients."""
         dh = self.conv3.backward(self.n3.backward(dy))
         dh = self.conv2.backward(self.n2.backward(self.r2.backward(dh)))
         da = self.conv1.backward(self.n1.backward(self.r1.backward(dh)))
@@ -558,7 +597,8 @@ class PostNormBottleneck(Module):
         da = _core.add(da, ds, out=da)
         return self.r0.backward(da)
 
-    def emit(self, g, x):
+    def emit(self, g: Graph, x: int) -> int:
+        """The block's inference operations (``csub.modelfile``)."""
         a = self.r0.emit(g, x)
         h = self.r1.emit(g, self.n1.emit(g, self.conv1.emit(g, a)))
         h = self.r2.emit(g, self.n2.emit(g, self.conv2.emit(g, h)))
@@ -570,10 +610,16 @@ class PostNormBottleneck(Module):
 class BasicBlock(Module):
     """ResNet18's block: conv3x3(stride) -> norm -> relu -> conv3x3 -> norm, plus shortcut, then relu.
 
-    The shortcut is the identity or a 1x1 conv (stride) followed by a norm.
+    The shortcut is the identity or a 1x1 conv (stride) followed by a norm (``shortcut``, a
+    Sequential, as in the other blocks; older csub named it ``short``, and ``load_state_dict``
+    still reads state under that name). Arguments as ``PreActBottleneck``'s.
+    Shapes: x (N, in_planes, H, W) -> (N, planes, P, Q), P = (H - 1) // stride + 1 (Q alike).
     """
 
-    def __init__(self, in_planes, planes, stride, norm, subspace, mark, wsub=None):
+    _renamed = {"short": "shortcut"}
+
+    def __init__(self, in_planes: int, planes: int, stride: int, norm: str, subspace: Optional[str],
+                 mark: Marker, wsub: Optional[str] = None) -> None:
         super().__init__()
         wsub = subspace if wsub is None else wsub
         self.conv1 = mark(nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, subspace=wsub))
@@ -581,45 +627,52 @@ class BasicBlock(Module):
         self.r1 = nn.ReLU()
         self.conv2 = mark(nn.Conv2d(planes, planes, 3, padding=1, subspace=wsub))
         self.n2 = make_norm(norm, planes, subspace)
-        self.short = None
+        self.shortcut = None
         if stride != 1 or in_planes != planes:
-            self.short = nn.Sequential(mark(nn.Conv2d(in_planes, planes, 1, stride=stride, subspace=wsub)),
+            self.shortcut = nn.Sequential(mark(nn.Conv2d(in_planes, planes, 1, stride=stride, subspace=wsub)),
                                        make_norm(norm, planes, subspace))
         self.out = nn.ReLU()
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The block's output for x (shapes: the class docstring)."""
         h = self.n2(self.conv2(self.r1(self.n1(self.conv1(x)))))
-        s = x if self.short is None else self.short(x)
+        s = x if self.shortcut is None else self.shortcut(x)
         return self.out(_core.add(h, s, out=h))
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """d loss / d x (x's shape) for dy of the output's shape; adds the parameters' gradients."""
         dy = self.out.backward(dy)
         dx = self.conv1.backward(self.n1.backward(self.r1.backward(self.conv2.backward(self.n2.backward(dy)))))
-        return _core.add(dx, dy if self.short is None else self.short.backward(dy), out=dx)
+        return _core.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy), out=dx)
 
-    def emit(self, g, x):
+    def emit(self, g: Graph, x: int) -> int:
+        """The block's inference operations (``csub.modelfile``)."""
         h = self.n2.emit(g, self.conv2.emit(g, self.r1.emit(g, self.n1.emit(g, self.conv1.emit(g, x)))))
-        s = x if self.short is None else self.short.emit(g, x)
+        s = x if self.shortcut is None else self.shortcut.emit(g, x)
         return self.out.emit(g, g.add("add", h, x2=s))
 
 
 class _Stages(SubspaceNet):
     """stem -> blocks -> head (optional norm -> relu) -> global average pool -> linear classifier."""
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Logits (N, num_classes) float32 of images x (N, in_channels, H, W)."""
         h = self.stem(self._check_x(x))
         for b in self.blocks:
             h = b(h)
         return self.fc(self.pool(self.head(h)))
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """d loss / d x (N, in_channels, H, W) for dy = d loss / d logits (N, num_classes);
+        adds every parameter's gradient to its ``.grad``."""
         self.check_forward_cache()
         dh = self.head.backward(self.pool.backward(self.fc.backward(dy)))
         for b in reversed(list(self.blocks)):
             dh = b.backward(dh)
         return self.stem.backward(dh)
 
-    def emit(self, g, x):
+    def emit(self, g: Graph, x: int) -> int:
+        """The network's inference operations (``csub.modelfile``)."""
         h = self.blocks.emit(g, self.stem.emit(g, x))
         return self.fc.emit(g, self.pool.emit(g, self.head.emit(g, h)))
 
@@ -641,8 +694,9 @@ class CPreResNet20(_Stages):
     LAYOUTS = ("csub", "reference")
 
     @_records_config("cpreresnet20")
-    def __init__(self, in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", n=2,
-                 bit_range=(3, 8), width_range=(0.25, 1.0), layout="csub"):
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, regime: Optional[str] = None,
+                 subspace: Optional[str] = None, norm: Optional[str] = "gn", n: int = 2,
+                 bit_range: Sequence[int] = (3, 8), width_range: Pair = (0.25, 1.0), layout: str = "csub") -> None:
         super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: cPreResNet20 needs a norm ('bn', 'gn' or 'in')")
@@ -660,6 +714,7 @@ class CPreResNet20(_Stages):
         for stage, planes in enumerate((16, 32, 64)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
+                block: Module
                 if ref and regime == "quantized":
                     block = PostNormBottleneck(in_planes, planes, stride, norm, subspace, self._compressible,
                                                self._fold, self.wsub, groups=groups)
@@ -683,8 +738,9 @@ class ResNet18(_Stages):
     """
 
     @_records_config("resnet18")
-    def __init__(self, in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn",
-                 bit_range=(3, 8), width_range=(0.25, 1.0)):
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, regime: Optional[str] = None,
+                 subspace: Optional[str] = None, norm: Optional[str] = "bn", bit_range: Sequence[int] = (3, 8),
+                 width_range: Pair = (0.25, 1.0)) -> None:
         super().__init__(regime, subspace, norm, bit_range, width_range)
         if norm is None:
             raise ValueError("norm: ResNet18 needs a norm ('bn', 'gn' or 'in')")
@@ -705,28 +761,33 @@ class ResNet18(_Stages):
         self.fc = nn.Linear(in_planes, num_classes, subspace=self.wsub)
 
 
-def mlp(in_features=784, hidden=(300, 100), num_classes=10, regime=None, subspace=None, norm=None,
-        in_channels=1, bit_range=(3, 8), width_range=(0.25, 1.0)):
-    """MLP (see ``MLP``)."""
+def mlp(in_features: int = 784, hidden: Sequence[int] = (300, 100), num_classes: int = 10,
+        regime: Optional[str] = None, subspace: Optional[str] = None, norm: Optional[str] = None,
+        in_channels: int = 1, bit_range: Sequence[int] = (3, 8), width_range: Pair = (0.25, 1.0)) -> MLP:
+    """MLP (see ``MLP``): x (N, in_features) or (N, in_channels, H, W) -> logits (N, num_classes)."""
     return MLP(in_features, hidden, num_classes, regime, subspace, norm, in_channels, bit_range, width_range)
 
 
-def cnn(in_channels=1, num_classes=10, widths=(32, 64, 128), regime=None, subspace=None, norm="gn",
-        image_size=28, bit_range=(3, 8), width_range=(0.25, 1.0)):
-    """Small VGG-style CNN (see ``CNN``)."""
+def cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128),
+        regime: Optional[str] = None, subspace: Optional[str] = None, norm: Optional[str] = "gn",
+        image_size: int = 28, bit_range: Sequence[int] = (3, 8), width_range: Pair = (0.25, 1.0)) -> CNN:
+    """Small VGG-style CNN (see ``CNN``): x (N, in_channels, image_size, image_size) -> logits
+    (N, num_classes)."""
     return CNN(in_channels, num_classes, widths, regime, subspace, norm, image_size, bit_range, width_range)
 
 
-def cpreresnet20(in_channels=3, num_classes=10, regime=None, subspace=None, norm="gn", bit_range=(3, 8),
-                 width_range=(0.25, 1.0), layout="csub", n=2):
-    """cPreResNet20 (see ``CPreResNet20``)."""
+def cpreresnet20(in_channels: int = 3, num_classes: int = 10, regime: Optional[str] = None,
+                 subspace: Optional[str] = None, norm: Optional[str] = "gn", bit_range: Sequence[int] = (3, 8),
+                 width_range: Pair = (0.25, 1.0), layout: str = "csub", n: int = 2) -> CPreResNet20:
+    """cPreResNet20 (see ``CPreResNet20``): x (N, in_channels, H, W) -> logits (N, num_classes)."""
     return CPreResNet20(in_channels, num_classes, regime, subspace, norm, n=n, bit_range=bit_range,
                         width_range=width_range, layout=layout)
 
 
-def resnet18(in_channels=3, num_classes=1000, regime=None, subspace=None, norm="bn", bit_range=(3, 8),
-             width_range=(0.25, 1.0)):
-    """ResNet18 (see ``ResNet18``)."""
+def resnet18(in_channels: int = 3, num_classes: int = 1000, regime: Optional[str] = None,
+             subspace: Optional[str] = None, norm: Optional[str] = "bn", bit_range: Sequence[int] = (3, 8),
+             width_range: Pair = (0.25, 1.0)) -> ResNet18:
+    """ResNet18 (see ``ResNet18``): x (N, in_channels, H, W) -> logits (N, num_classes)."""
     return ResNet18(in_channels, num_classes, regime, subspace, norm, bit_range, width_range)
 
 
@@ -736,7 +797,7 @@ MODELS = {"mlp": mlp, "cnn": cnn, "cpreresnet20": cpreresnet20, "resnet18": resn
 CLASSES = {"mlp": MLP, "cnn": CNN, "cpreresnet20": CPreResNet20, "resnet18": ResNet18}
 
 
-def build(name, **kwargs):
+def build(name: str, **kwargs: Any) -> SubspaceNet:
     """Build a model by name ("mlp", "cnn", "cpreresnet20", "resnet18") from the arguments of its
     class (those of the factory of that name, plus any the class adds, e.g. cPreResNet20's ``n``);
     ``build(**model.config)`` (less ``model``) rebuilds ``model``."""
@@ -750,7 +811,7 @@ def build(name, **kwargs):
     return cls(**kwargs)
 
 
-def load(path):
+def load(path: Union[str, os.PathLike]) -> SubspaceNet:
     """Rebuild the model exported to ``path`` (``csub.export``): the same class, configuration
     and state, in evaluation mode at alpha 1 (``set_alpha``, ``compress``, forward as the
     original). ``model.levels`` holds the exported accuracy levels (or None)."""

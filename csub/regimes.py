@@ -14,8 +14,10 @@ with and the regimes it applies to. ``csub.models``, ``csub.train``,
 ``csub.cli`` and ``csub.runtime`` read these tables; a new regime is a new
 entry here plus its layer behaviour in ``csub/nn/``.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from .nn.quant import alpha_for_bits, bits_for_alpha
 
@@ -24,13 +26,13 @@ STRUCTURED_WIDTHS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 UNSTRUCTURED_ALPHAS = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
 
 
-def _alpha_of_width(w, width_range):
+def _alpha_of_width(w: float, width_range: Sequence[float]) -> float:
     """The alpha of width factor ``w`` on ``width_range`` (1 when the range is one point)."""
     lo, hi = width_range
     return (w - lo) / (hi - lo) if hi > lo else 1.0
 
 
-def _set_topk(model, alpha, topk):
+def _set_topk(model: Any, alpha: float, topk: Optional[float]) -> None:
     level = alpha if topk is None else float(topk)
     if not 0.0 < level <= 1.0:
         raise ValueError(f"topk: expected a keep fraction in (0, 1], got {level}"
@@ -40,11 +42,11 @@ def _set_topk(model, alpha, topk):
         layer.topk = level
 
 
-def _set_width(model, alpha, topk):
+def _set_width(model: Any, alpha: float, topk: Optional[float]) -> None:
     model.set_width_factor(REGIMES["structured"].level(alpha, width_range=model.width_range))
 
 
-def _set_bits(model, alpha, topk):
+def _set_bits(model: Any, alpha: float, topk: Optional[float]) -> None:
     model.num_bits = bits_for_alpha(alpha, *model.bit_range)
     for layer in model._compressible_layers:
         layer.num_bits = model.num_bits
@@ -143,22 +145,25 @@ METHODS = {m.name: m for m in (
 )}
 
 
-def regime(name):
+def regime(name: str) -> Regime:
     """The ``Regime`` called ``name``; ValueError naming ``regime`` otherwise."""
     if name not in REGIMES:
         raise ValueError(f"regime: expected one of {tuple(REGIMES)}, got {name!r}")
     return REGIMES[name]
 
 
-def method(name):
+def method(name: str) -> Method:
     """The ``Method`` called ``name``; ValueError naming ``method`` otherwise."""
     if name not in METHODS:
         raise ValueError(f"method: expected one of {tuple(METHODS)}, got {name!r}")
     return METHODS[name]
 
 
-def end_alphas(method_name, lo, topk, regime_name="unstructured", bit_range=(3, 8), num_bits=None):
-    """The alphas that end a method's training curve (its one level for the fixed methods)."""
+def end_alphas(method_name: str, lo: Optional[float], topk: Optional[float], regime_name: str = "unstructured",
+               bit_range: Sequence[int] = (3, 8), num_bits: Optional[int] = None) -> list[float]:
+    """The alphas that end a method's training curve (its one level for the fixed methods).
+    ``lo``: the sampler's lower end; ``topk``: the keep fraction of target_topk; ``num_bits``:
+    the bit width of target_bits."""
     m = METHODS[method_name]
     if m.fixed == "dense":
         return [1.0]
@@ -171,9 +176,10 @@ def end_alphas(method_name, lo, topk, regime_name="unstructured", bit_range=(3, 
     return REGIMES[regime_name].ends(lo, bit_range)
 
 
-def default_alphas(method_name, topk=None, regime_name="unstructured", bit_range=(3, 8), num_bits=None,
-                   width_range=(0.25, 1.0)):
-    """The evaluation grid of a method (LCS-SPEC section 9)."""
+def default_alphas(method_name: str, topk: Optional[float] = None, regime_name: str = "unstructured",
+                   bit_range: Sequence[int] = (3, 8), num_bits: Optional[int] = None,
+                   width_range: Sequence[float] = (0.25, 1.0)) -> list[float]:
+    """The evaluation grid of a method (LCS-SPEC section 9): alphas in [0, 1]."""
     if METHODS[method_name].fixed is not None:
         return end_alphas(method_name, None, topk, regime_name, bit_range, num_bits)
     return REGIMES[regime_name].grid(bit_range, width_range)

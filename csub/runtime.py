@@ -8,7 +8,10 @@ bit width), ``forward`` runs a batch. ``calibrate`` measures latency and
 memory over an alpha grid on this machine; ``Calibration.pick_alpha`` returns
 the most accurate alpha that fits a budget.
 """
+from __future__ import annotations
+
 import os
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -41,7 +44,8 @@ class CompressedNet:
     folded into a layer changes their rounding too: the same bound applies.
     """
 
-    def __init__(self, data, alpha=1.0, sparse_crossover=None):
+    def __init__(self, data: Union[bytes, bytearray, memoryview, str, os.PathLike], alpha: float = 1.0,
+                 sparse_crossover: Union[float, Sequence[float], None] = None) -> None:
         path = None
         if isinstance(data, str) or hasattr(data, "__fspath__"):
             path = os.fspath(data)
@@ -67,26 +71,28 @@ class CompressedNet:
             _core.model_set_sparse_crossover(self._m, float(pair[0]), float(pair[1]))
         self.set_alpha(alpha)
 
-    def set_alpha(self, alpha):
+    def set_alpha(self, alpha: float) -> CompressedNet:
         """Materialise the network at alpha (milliseconds; see ``calibrate`` for the time)."""
         _core.model_set_alpha(self._m, check_alpha(alpha))
         return self
 
     @property
-    def alpha(self):
+    def alpha(self) -> float:
+        """The alpha the network is materialised at."""
         return _core.model_info(self._m)["alpha"]
 
     @property
-    def regime(self):
+    def regime(self) -> Optional[str]:
+        """The exported model's regime (None, "unstructured", "structured", "quantized")."""
         return self.meta["regime"]
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
         """dict: regime, input_shape, num_classes, alpha, keep, width, bits, weight_bytes (the
         network at alpha), subspace_bytes (the stored subspace), flops (per sample, 2 per
         multiply-accumulate), int8_kernel (the integer kernel this CPU runs)."""
         return _core.model_info(self._m)
 
-    def _input(self, x):
+    def _input(self, x: Any) -> np.ndarray:
         """x as a C-contiguous float32 (N, C, H, W) batch; an MLP's graph also takes (N, C*H*W).
         Any other shape is refused, even one of the right size per image: a channels-last
         (N, H, W, C) batch would run with its values in the wrong places."""
@@ -103,35 +109,35 @@ class CompressedNet:
         raise ValueError(f"x: expected (N, {c}, {h}, {w}){also} with N >= 1 (channels first, the shape the "
                          f"model was exported for), got shape {a.shape}")
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits (N, num_classes) float32 of x (N, C, H, W) at the current alpha."""
         return _core.model_forward(self._m, self._input(x))
 
     __call__ = forward
 
-    def profile(self, x):
+    def profile(self, x: np.ndarray) -> dict[str, float]:
         """Milliseconds per operation of one forward of x (N, C, H, W), summed by operation name
         ("conv/sparse", "gn+relu", "add", ...): where the time goes at this alpha."""
         x = self._input(x)
-        out = {}
+        out: dict[str, float] = {}
         for name, ms in _core.model_profile(self._m, x):
             out[name] = out.get(name, 0.0) + ms
         return out
 
-    def predict(self, x):
+    def predict(self, x: np.ndarray) -> np.ndarray:
         """Class index per sample of x (N, C, H, W): (N,) int64."""
         return np.argmax(self.forward(x), axis=1)
 
-    def meta_input_stats(self):
+    def meta_input_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) per input channel, float32: inputs are (pixel / 255 - mean) / std."""
         st = self._stats
         return st["input_mean"], st["input_std"]
 
-    def memory_bytes(self, batch_size=1):
+    def memory_bytes(self, batch_size: int = 1) -> int:
         """Bytes to run a batch at the current alpha: subspace, weights at alpha, activations."""
         return _core.model_memory(self._m, _count(batch_size, "batch_size"))
 
-    def default_alphas(self):
+    def default_alphas(self) -> list[float]:
         """The alphas of the stored accuracy levels, else a grid of the regime's levels."""
         if self.meta.get("levels"):
             return [lv["alpha"] for lv in self.meta["levels"]]
@@ -140,7 +146,7 @@ class CompressedNet:
             return [1.0]
         return regime.runtime_grid(self.meta.get("bit_range"))
 
-    def calibrate(self, alphas=None, batch_size=1, reps=5):
+    def calibrate(self, alphas: Optional[Sequence[float]] = None, batch_size: int = 1, reps: int = 5) -> Calibration:
         """Measure each alpha on this machine (see ``Calibration``); the model stays at its alpha."""
         if alphas is None:
             alphas = self.default_alphas()
@@ -160,7 +166,7 @@ class CompressedNet:
         return Calibration(rows, batch_size)
 
 
-def _count(v, name):
+def _count(v: int, name: str) -> int:
     """An int >= 1 (NumPy ints included, bools and floats not)."""
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name}: expected an int >= 1, got {type(v).__name__} {v!r}")
@@ -174,10 +180,10 @@ class Calibration:
 
     ``levels``: one dict per alpha with alpha, latency_ms (median forward time of
     one batch), set_alpha_ms, memory_bytes and accuracy (stored at export, NaN
-    where unknown).
+    where unknown); ``batch_size``: the batch every latency was measured at.
     """
 
-    def __init__(self, levels, batch_size):
+    def __init__(self, levels: Sequence[dict[str, float]], batch_size: int) -> None:
         self.levels = list(levels)
         self.batch_size = batch_size
 
@@ -186,7 +192,7 @@ class Calibration:
         return (np.array([r["alpha"] for r in lv], np.float64), np.array([r["latency_ms"] for r in lv], np.float64),
                 np.array([r["memory_bytes"] for r in lv], np.int64), np.array([r["accuracy"] for r in lv], np.float64))
 
-    def pick_alpha(self, latency_ms=None, memory_bytes=None):
+    def pick_alpha(self, latency_ms: Optional[float] = None, memory_bytes: Optional[int] = None) -> Optional[float]:
         """The most accurate alpha whose latency and memory fit (None: no limit), by stored accuracy
         when every level has one, else the largest alpha (the least compressed). None if nothing fits."""
         for v, name in ((latency_ms, "latency_ms"), (memory_bytes, "memory_bytes")):
@@ -194,7 +200,8 @@ class Calibration:
                 raise ValueError(f"{name}: expected a positive number or None, got {v!r}")
         return _core.pick_alpha(*self._arrays(), float(latency_ms or 0.0), int(memory_bytes or 0))
 
-    def table(self):
+    def table(self) -> str:
+        """The levels as a text table: alpha, latency (ms), set_alpha (ms), memory (MB, 1e6 bytes), accuracy."""
         lines = [f"{'alpha':>7} {'latency ms':>11} {'set_alpha ms':>13} {'memory MB':>10} {'accuracy':>9}"]
         for r in self.levels:
             lines.append(f"{r['alpha']:7.4f} {r['latency_ms']:11.3f} {r['set_alpha_ms']:13.3f} "
@@ -202,7 +209,7 @@ class Calibration:
         return "\n".join(lines)
 
 
-def compress(model, alpha, input_shape=None):
+def compress(model: Any, alpha: float, input_shape: Optional[Sequence[int]] = None) -> CompressedNet:
     """The network ``model`` (a subspace of csub.models) at alpha, compressed for real
     (``CompressedNet``, run by the C runtime)."""
     return CompressedNet(modelfile.to_bytes(model, input_shape), alpha)

@@ -4,13 +4,17 @@ LCS-SPEC section 5: for a line, ``loss += beta * S01^2 / (S00 * S11)`` with
 ``S01 = sum w0 . w1``, ``S00 = sum |w0|^2``, ``S11 = sum |w1|^2``, the sums
 running over all the tensor pairs that form the line (``line_pairs``).
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Iterable
 
 from . import _core
+from .nn.module import Module, Parameter
 
 
-def line_pairs(model, kind="weights"):
+def line_pairs(model: Module, kind: str = "weights") -> list[tuple[Parameter, Parameter]]:
     """The (theta0, theta1) Parameter pairs of a network's line layers.
 
     kind: "weights" for conv/linear weights (unstructured and quantized
@@ -23,7 +27,7 @@ def line_pairs(model, kind="weights"):
         raise ValueError(f"kind: expected 'weights', 'norms' or 'all', got {kind!r}")
     pairs = []
     for m in model.modules():
-        if m.__dict__.get("subspace") != "line":
+        if m.subspace != "line":
             continue
         if kind == "weights" and isinstance(m, _Weighted):
             pairs.append((m.weight, m.weight1))
@@ -34,8 +38,10 @@ def line_pairs(model, kind="weights"):
     return pairs
 
 
-def line_regularizer(pairs, beta=1.0, backward=True):
-    """beta * S01^2 / (S00 S11) over the given Parameter pairs.
+def line_regularizer(pairs: Iterable[tuple[Parameter, Parameter]], beta: float = 1.0,
+                     backward: bool = True) -> float:
+    """beta * S01^2 / (S00 S11) over the given Parameter pairs (a dimensionless float: the
+    squared cosine of the angle between the two ends, times beta).
 
     Returns the value (a float); with ``backward`` its gradient is added to
     the pairs' ``.grad``. Returns 0.0 for no pairs.

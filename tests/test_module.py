@@ -170,6 +170,62 @@ def test_set_alpha_recurses_and_validates():
     assert all(m.alpha == 0.0 for m in net.modules())  # a rejected value changes nothing
 
 
+class AlphaScaled(nn.Module):
+    """A user module overriding set_alpha and train: y = (1 + alpha) * x, counting the calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+        self.scale = 2.0
+
+    def set_alpha(self, alpha):
+        super().set_alpha(alpha)
+        self.calls.append(("set_alpha", alpha))
+        self.scale = 1.0 + self.alpha
+        return self
+
+    def train(self, mode=True):
+        self.calls.append(("train", mode))
+        return super().train(mode)
+
+    def forward(self, x):
+        return (self.scale * x).astype(F32)
+
+
+def test_set_alpha_and_train_call_submodule_overrides():
+    """set_alpha and train reach a submodule through its own method (an override runs), at any depth."""
+    deep = AlphaScaled()
+    net = nn.Sequential(nn.Linear(2, 2), nn.Residual(nn.Sequential(nn.ReLU(), deep)))
+    net.set_alpha(0.25)
+    assert deep.calls == [("set_alpha", 0.25)] and deep.scale == 1.25 and deep.alpha == 0.25
+    x = np.ones((1, 2), F32)
+    np.testing.assert_array_equal(net[1].body(x), np.full((1, 2), 1.25, F32))
+    net.eval()
+    assert deep.calls[-1] == ("train", False) and not deep.training
+    net.train()
+    assert deep.calls[-1] == ("train", True) and deep.training
+    with pytest.raises(ValueError, match="alpha"):
+        net.set_alpha(2.0)
+    assert deep.calls[-1] == ("train", True) and deep.scale == 1.25  # a rejected alpha reaches no child
+
+
+def test_network_set_alpha_calls_block_overrides():
+    """A csub network's set_alpha (regime levels included) runs a block's own set_alpha."""
+    from csub import models
+
+    net = models.cpreresnet20(regime="unstructured", subspace="line", n=1)
+    seen = []
+
+    class Probe(nn.Module):
+        def set_alpha(self, alpha):
+            seen.append(alpha)
+            return super().set_alpha(alpha)
+
+    net.blocks[0].probe = Probe()
+    net.set_alpha(0.5)
+    assert seen == [0.5] and net.blocks[0].probe.alpha == 0.5 and net.blocks[0].conv1.topk == 0.5
+
+
 # ----------------------------------------------------------------- state_dict
 
 def bn_net(seed_rng):
@@ -442,3 +498,23 @@ def test_network_training_steps_reduce_loss(rng):
         opt.step()
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_subspace_is_an_attribute_of_every_module():
+    """``subspace`` reads on any module: the layers' own kind, None where a module has no subspace tensors."""
+    from csub import models
+    from csub.subspace import line_pairs
+
+    assert nn.Linear(2, 3, subspace="line").subspace == "line"
+    assert nn.Conv2d(2, 3, 1, subspace="point").subspace == "point"
+    assert nn.GroupNorm(1, 3, subspace="line").subspace == "line"
+    assert nn.BatchNorm2d(3).subspace is None
+    for m in (nn.ReLU(), nn.Flatten(), nn.MaxPool2d(2), nn.Sequential(), Scale(2)):
+        assert m.subspace is None
+    net = models.cpreresnet20(regime="structured", subspace="line", n=1)
+    assert net.subspace == "line" and net.blocks[0].subspace is None
+    assert net.blocks[0].conv1.subspace == "point" and net.blocks[0].n1.subspace == "line"
+    kinds = {type(m).__name__: m.subspace for m in net.modules()}
+    assert kinds["ReLU"] is None and kinds["PreActBottleneck"] is None
+    assert len(line_pairs(net, "norms")) == 2 * sum(isinstance(m, nn.GroupNorm) for m in net.modules())
+    assert line_pairs(net, "weights") == []

@@ -18,7 +18,10 @@ before it); group norm with one group per channel as InstanceNormalization; grou
 with fewer groups as Reshape (N, G, -1) -> InstanceNormalization -> Reshape -> Mul -> Add
 (ahead of GroupNormalization-21 and of a ReduceMean decomposition).
 """
+from __future__ import annotations
+
 import os
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -53,19 +56,21 @@ def _check_path(path):
 class _Graph:
     """Nodes and initializers of the ONNX graph being built."""
 
-    def __init__(self, helper, numpy_helper):
+    def __init__(self, helper: Any, numpy_helper: Any) -> None:
         self.h, self.nh = helper, numpy_helper
         self.nodes, self.inits, self.ops = [], [], set()
         self.n = 0
 
-    def const(self, array, hint="c"):
+    def const(self, array: Any, hint: str = "c") -> str:
+        """Add ``array`` as an initializer named ``<hint>_<n>``; return its name."""
         self.n += 1
         name = f"{hint}_{self.n}"
         a = np.asarray(array)  # 0-d stays 0-d: per-tensor scales and zero points are scalars
         self.inits.append(self.nh.from_array(a if a.flags.c_contiguous else a.copy(), name))
         return name
 
-    def node(self, op, inputs, out=None, **attrs):
+    def node(self, op: str, inputs: Sequence[str], out: Optional[str] = None, **attrs: Any) -> str:
+        """Add an ``op`` node reading ``inputs`` (its attributes: ``attrs``); return its output's name."""
         self.n += 1
         out = out or f"{op.lower()}_{self.n}"
         self.nodes.append(self.h.make_node(op, list(inputs), [out], name=f"{op}_{self.n}", **attrs))
@@ -212,7 +217,8 @@ def _build(model, alpha, shape, opset):
     return onnx_model
 
 
-def to_onnx(model, path, alpha, input_shape=None, opset=None):
+def to_onnx(model: models.SubspaceNet, path: Union[str, os.PathLike], alpha: float,
+            input_shape: Optional[Sequence[int]] = None, opset: Optional[int] = None) -> Union[str, os.PathLike]:
     """Write the network of ``model`` at ``alpha`` as an ONNX file (checked with ``onnx.checker``).
 
     Args:

@@ -8,8 +8,11 @@ value against the network the reference builds for the given regime, subspace
 and norm, and returns ``csub.models.cpreresnet20(..., layout="reference")``
 holding exactly those tensors.
 """
+from __future__ import annotations
+
 import os
 from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -41,7 +44,7 @@ def _to_numpy(name, v):
         raise ValueError(f"checkpoint[{name!r}]: not an array ({type(v).__name__}: {e})") from None
 
 
-def read_checkpoint(checkpoint):
+def read_checkpoint(checkpoint: Union[str, os.PathLike, Mapping[str, Any]]) -> dict[str, np.ndarray]:
     """The tensors of a checkpoint as ``{key: numpy array}``, key prefixes removed.
 
     Args:
@@ -140,8 +143,9 @@ def _hints(missing, extra, regime, subspace, norm):
     return ("; " + "; ".join(h)) if h else ""
 
 
-def from_reference(checkpoint, model="cpreresnet20", regime="unstructured", subspace="line", norm="gn",
-                   **model_kwargs):
+def from_reference(checkpoint: Union[str, os.PathLike, Mapping[str, Any]], model: str = "cpreresnet20",
+                   regime: Optional[str] = "unstructured", subspace: str = "line", norm: str = "gn",
+                   **model_kwargs: Any) -> models.CPreResNet20:
     """A csub model holding a subspace trained by the method's PyTorch reference code.
 
     Args:

@@ -1,38 +1,52 @@
 """Containers: Sequential and Residual."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
 from .. import _core
+from .graph import Graph
 from .module import Module
 
 
 class Sequential(Module):
-    """Applies its modules in order; backward runs them in reverse."""
+    """Applies its modules in order; backward runs them in reverse.
 
-    def __init__(self, *modules):
+    Children are named "0", "1", ... (``state_dict`` keys ``"0.weight"``, ...).
+    Shapes: each module's output is the next one's input.
+    """
+
+    def __init__(self, *modules: Module) -> None:
         super().__init__()
         for i, m in enumerate(modules):
             if not isinstance(m, Module):
                 raise TypeError(f"modules[{i}]: expected a csub.nn.Module, got {type(m).__name__}")
             setattr(self, str(i), m)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._modules)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Module:
         return list(self._modules.values())[i]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x through every module in order."""
         for m in self._modules.values():
             x = m(x)
         return x
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dy through every module's backward in reverse order."""
         for m in reversed(list(self._modules.values())):
             dy = m.backward(dy)
         return dy
 
-    def emit(self, g, x):
+    def emit(self, g: Graph, x: int) -> int:
+        """Every module's operations in order."""
         for m in self._modules.values():
             x = m.emit(g, x)
         return x
@@ -44,7 +58,7 @@ class Residual(Module):
     Shapes: body and shortcut must map x to arrays of one shape.
     """
 
-    def __init__(self, body, shortcut=None):
+    def __init__(self, body: Module, shortcut: Module | None = None) -> None:
         super().__init__()
         if not isinstance(body, Module):
             raise TypeError(f"body: expected a csub.nn.Module, got {type(body).__name__}")
@@ -53,18 +67,21 @@ class Residual(Module):
         self.body = body
         self.shortcut = shortcut
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """body(x) + shortcut(x); ValueError if their shapes differ."""
         s = x if self.shortcut is None else self.shortcut(x)
         y = self.body(x)
         if y.shape != s.shape:
             raise ValueError(f"Residual: body output {y.shape} and shortcut output {s.shape} differ")
         return _core.add(y, s)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """The sum of the body's and the shortcut's input gradients (x's shape)."""
         dx = self.body.backward(dy)
         ds = dy if self.shortcut is None else self.shortcut.backward(dy)
         return _core.add(dx, ds)
 
-    def emit(self, g, x):
+    def emit(self, g: Graph, x: int) -> int:
+        """The body's and the shortcut's operations, then an ``add``."""
         s = x if self.shortcut is None else self.shortcut.emit(g, x)
         return g.add("add", self.body.emit(g, x), x2=s)

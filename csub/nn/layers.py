@@ -1,8 +1,13 @@
 """Linear and Conv2d: the layers with weights, optionally a subspace, a top-k mask and fake quantization."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, TypeVar
+
 import numpy as np
 
 from .. import _core
-from .module import Module, check_input, check_subspace, kaiming_normal
+from .graph import Graph
+from .module import Module, Parameter, check_input, check_subspace, kaiming_normal
 from .quant import MinMaxObserver
 
 
@@ -38,6 +43,9 @@ def _check_int(v, name, lo):
     return int(v)
 
 
+W = TypeVar("W", bound="_Weighted")
+
+
 class _Weighted(Module):
     """Shared weight handling: subspace interpolation, compression, gradient routing.
 
@@ -60,8 +68,10 @@ class _Weighted(Module):
     """
 
     _cache = ("_x", "_w")
+    weight: Parameter
+    bias: Optional[Parameter]
 
-    def __init__(self, subspace):
+    def __init__(self, subspace: Optional[str]) -> None:
         super().__init__()
         self.subspace = check_subspace(subspace)
         self.topk = None
@@ -72,14 +82,23 @@ class _Weighted(Module):
         self.fold_norm = None
         self._fold = None
 
-    def set_fold_norm(self, norm):
+    def _init_params(self, shape: Sequence[int], fan: int, bias: bool) -> None:
+        """``weight`` of ``shape`` ~ N(0, 2 / fan) (He) and, with ``bias``, a zero ``bias`` of
+        (shape[0],), each with its line partner for a line (drawn in this order)."""
+        self._subspace_param("weight", lambda: kaiming_normal(shape, fan), self.subspace)
+        if bias:
+            self._subspace_param("bias", lambda: np.zeros(shape[0], np.float32), self.subspace)
+        else:
+            self.bias = None
+
+    def set_fold_norm(self: W, norm: Optional[Module]) -> W:
         """Fold this BatchNorm2d's scale into the weight before quantizing (None: no folding)."""
         if norm is not None and not hasattr(norm, "fold_scale"):
             raise TypeError(f"norm: expected a BatchNorm2d or None, got {type(norm).__name__}")
         object.__setattr__(self, "fold_norm", norm)  # a reference, not a child module
         return self
 
-    def enable_quantization(self, momentum=0.1):
+    def enable_quantization(self: W, momentum: float = 0.1) -> W:
         """Make the layer quantizable: an input observer whose state is the buffer ``act_range``
         = [running min, running max, initialised]."""
         self.observer = MinMaxObserver(momentum)
@@ -115,7 +134,7 @@ class _Weighted(Module):
             w = _core.fake_quantize(w, bits, mn, mx)
         return w, mask, fold
 
-    def effective_weight(self):
+    def effective_weight(self) -> np.ndarray:
         """The weight this layer computes with now: interpolated, masked, (folded,) quantized.
         Read-only: what the last forward cached for backward stays as it was."""
         return self._weight_now()[0]
@@ -130,7 +149,7 @@ class _Weighted(Module):
             return None
         return _core.csr_from_mask(self._w, self._mask)
 
-    def quantize_input_array(self, x):
+    def quantize_input_array(self, x: np.ndarray) -> np.ndarray:
         """The layer's input after fake quantization (x itself when not quantizing)."""
         bits = self._bits()
         if bits is None or (self.training and not self.quantize_input):
@@ -149,20 +168,37 @@ class _Weighted(Module):
             return a
         return _core.channel_scale(np.ascontiguousarray(a), (1.0 / self._fold).astype(np.float32))
 
-    def _weight_grad_buffer(self):
-        # Accumulate straight into .grad when nothing sits between the kernel and it.
-        if self.subspace != "line" and self._mask is None and self._fold is None and "weight" not in self._active:
-            return self.weight.grad, False
-        return np.zeros(self._w.shape, np.float32), True
+    def _grad_buffers(self):
+        """(dw, db, routed): where the backward kernel writes the weight and bias gradients.
+        ``.grad`` itself when nothing sits between the kernel and it (the kernel accumulates
+        there), else a zeroed buffer of the active shape that ``_route_grads`` routes; ``routed``
+        says which (weight, bias). db is None without a bias."""
+        line = self.subspace == "line"
+        if not line and self._mask is None and self._fold is None and "weight" not in self._active:
+            dw, w_routed = self.weight.grad, False
+        else:
+            dw, w_routed = np.zeros(self._w.shape, np.float32), True
+        if self.bias is None:
+            db, b_routed = None, False
+        elif not line and "bias" not in self._active:
+            db, b_routed = self.bias.grad, False
+        else:
+            db, b_routed = np.zeros(self.active_out, np.float32), True
+        return dw, db, (w_routed, b_routed)
 
-    def _route_weight_grad(self, dw):
-        if self._fold is not None:
-            dw = _core.channel_scale(dw.reshape(1, dw.shape[0], -1), self._fold).reshape(dw.shape)
-        if self._mask is not None and self._csr is None:  # the sparse kernels write kept positions only
-            _core.apply_mask(dw, self._mask, dw)
-        self._accumulate("weight", dw)
+    def _route_grads(self, dw, db, routed):
+        """Add the gradients written into ``_grad_buffers``' own buffers to the parameters:
+        the folded scale and the mask applied to dw, a line's share to each end."""
+        if routed[0]:
+            if self._fold is not None:
+                dw = _core.channel_scale(dw.reshape(1, dw.shape[0], -1), self._fold).reshape(dw.shape)
+            if self._mask is not None and self._csr is None:  # the sparse kernels write kept positions only
+                _core.apply_mask(dw, self._mask, dw)
+            self._accumulate("weight", dw)
+        if routed[1]:
+            self._accumulate("bias", db)
 
-    def set_width(self, in_active=None, out_active=None):
+    def set_width(self: W, in_active: Optional[int] = None, out_active: Optional[int] = None) -> W:
         """Structured width: compute with the first ``in_active`` inputs and ``out_active`` outputs
         (None: all). The weight is used as the prefix ``weight[:out_active, :in_active]``."""
         full_in, full_out = self.weight.shape[1], self.weight.shape[0]
@@ -177,23 +213,18 @@ class _Weighted(Module):
         return self
 
     @property
-    def active_in(self):
+    def active_in(self) -> int:
+        """The inputs (features or channels) used now (``set_width``)."""
         sl = self._active.get("weight")
         return self.weight.shape[1] if sl is None else sl[1].stop
 
     @property
-    def active_out(self):
+    def active_out(self) -> int:
+        """The outputs (features or channels) computed now (``set_width``)."""
         sl = self._active.get("weight")
         return self.weight.shape[0] if sl is None else sl[0].stop
 
-    def _bias_grad_buffer(self):
-        if self.bias is None:
-            return None, False
-        if self.subspace != "line" and "bias" not in self._active:
-            return self.bias.grad, False
-        return np.zeros(self.active_out, np.float32), True
-
-    def _emit_attrs(self, g):
+    def _emit_attrs(self, g: Graph) -> dict:
         """The graph attributes of a weight layer: tensor names, line, compression, folding."""
         return dict(w=g.name(self, "weight"), b=None if self.bias is None else g.name(self, "bias"),
                     line=self.subspace == "line", compress=id(self) in g.compressible,
@@ -212,18 +243,16 @@ class Linear(_Weighted):
     Initialisation: weight ~ N(0, 2 / I) (He), bias 0.
     """
 
-    def __init__(self, in_features, out_features, bias=True, subspace=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 subspace: Optional[str] = None) -> None:
         super().__init__(subspace)
         self.in_features = _check_int(in_features, "in_features", 1)
         self.out_features = _check_int(out_features, "out_features", 1)
-        shape = (self.out_features, self.in_features)
-        self._subspace_param("weight", lambda: kaiming_normal(shape, self.in_features), subspace)
-        if bias:
-            self._subspace_param("bias", lambda: np.zeros(self.out_features, np.float32), subspace)
-        else:
-            self.bias = None
+        self._init_params((self.out_features, self.in_features), self.in_features, bias)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, I') -> x W'^T + b' (N, O') with the weight at the current alpha (masked,
+        quantized) and I', O' the active sizes."""
         x = check_input(x, "x", 2, self.active_in)
         self._w, self._mask, self._fold = self._weight_now()
         self._csr = self._sparse_weight("linear")
@@ -234,24 +263,23 @@ class Linear(_Weighted):
             return _core.linear_sparse_forward(self._x, *self._csr, self._w.shape, b)
         return _core.linear_forward(self._x, self._w, b)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dx (N, I') for dy (N, O'); adds d weight, d bias to the grads (straight through the
+        quantizers, only at kept positions under a mask, split between a line's ends)."""
         self.check_forward_cache()
-        dw, routed = self._weight_grad_buffer()
-        db, b_routed = self._bias_grad_buffer()
+        dw, db, routed = self._grad_buffers()
         if self._csr is not None:
             dx = _core.linear_sparse_backward(self._x, *self._csr, self._w.shape, dy, dw, db)
         else:
             dx = _core.linear_backward(self._x, self._w, dy, dw, db)
-        if routed:
-            self._route_weight_grad(dw)
-        if b_routed:
-            self._accumulate("bias", db)
+        self._route_grads(dw, db, routed)
         return dx
 
-    def emit(self, g, x):
+    def emit(self, g: Graph, x: int) -> int:
+        """A ``linear`` operation."""
         return g.add("linear", x, cin=self.in_features, cout=self.out_features, **self._emit_attrs(g))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, "
                 f"subspace={self.subspace!r}")
 
@@ -270,8 +298,8 @@ class Conv2d(_Weighted):
     Initialisation: weight ~ N(0, 2 / (K R R)) (He, fan-out), bias 0.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False,
-                 subspace=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 bias: bool = False, subspace: Optional[str] = None) -> None:
         super().__init__(subspace)
         self.in_channels = _check_int(in_channels, "in_channels", 1)
         self.out_channels = _check_int(out_channels, "out_channels", 1)
@@ -279,15 +307,11 @@ class Conv2d(_Weighted):
         self.stride = _check_int(stride, "stride", 1)
         self.padding = _check_int(padding, "padding", 0)
         k = self.kernel_size
-        shape = (self.out_channels, self.in_channels, k, k)
-        fan_out = self.out_channels * k * k
-        self._subspace_param("weight", lambda: kaiming_normal(shape, fan_out), subspace)
-        if bias:
-            self._subspace_param("bias", lambda: np.zeros(self.out_channels, np.float32), subspace)
-        else:
-            self.bias = None
+        self._init_params((self.out_channels, self.in_channels, k, k), self.out_channels * k * k, bias)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, C', H, W) -> y (N, K', P, Q) with the weight at the current alpha (masked,
+        quantized, folded norm scale divided back out) and C', K' the active channels."""
         x = check_input(x, "x", 4, self.active_in)
         self._w, self._mask, self._fold = self._weight_now()
         self._x = self.quantize_input_array(x)
@@ -302,27 +326,25 @@ class Conv2d(_Weighted):
         self.macs = self._w.size * y.shape[2] * y.shape[3]  # multiply-accumulates per sample
         return self._unfold(y)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dx (N, C', H, W) for dy (N, K', P, Q); adds d weight, d bias to the grads as Linear does."""
         self.check_forward_cache()
         dy = self._unfold(dy)
-        dw, routed = self._weight_grad_buffer()
-        db, b_routed = self._bias_grad_buffer()
+        dw, db, routed = self._grad_buffers()
         if self._csr is not None:
             dx = _core.conv2d_sparse_backward(self._x, *self._csr, self._w.shape, dy, dw, db,
                                               self.stride, self.padding)
         else:
             dx = _core.conv2d_backward(self._x, self._w, dy, dw, db, self.stride, self.padding)
-        if routed:
-            self._route_weight_grad(dw)
-        if b_routed:
-            self._accumulate("bias", db)
+        self._route_grads(dw, db, routed)
         return dx
 
-    def emit(self, g, x):
+    def emit(self, g: Graph, x: int) -> int:
+        """A ``conv`` operation."""
         return g.add("conv", x, cin=self.in_channels, cout=self.out_channels, k=self.kernel_size,
                      stride=self.stride, pad=self.padding, **self._emit_attrs(g))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}, "
                 f"subspace={self.subspace!r}")

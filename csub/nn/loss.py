@@ -1,4 +1,6 @@
 """Softmax cross-entropy."""
+from __future__ import annotations
+
 import numbers
 
 import numpy as np
@@ -15,7 +17,7 @@ class CrossEntropyLoss:
     d loss / d logits, (N, K) float32.
     """
 
-    def __call__(self, logits, labels):
+    def __call__(self, logits: np.ndarray, labels: np.ndarray) -> float:
         logits = check_input(logits, "logits", 2)
         labels = np.asarray(labels)
         if labels.dtype.kind not in "iu":
@@ -26,8 +28,8 @@ class CrossEntropyLoss:
 
     forward = __call__
 
-    def backward(self, scale=1.0):
-        """d (scale * loss) / d logits."""
+    def backward(self, scale: float = 1.0) -> np.ndarray:
+        """d (scale * loss) / d logits of the last call: (N, K) float32."""
         if not hasattr(self, "_prob"):
             raise RuntimeError("CrossEntropyLoss.backward() called before the loss was computed")
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
@@ -35,6 +37,6 @@ class CrossEntropyLoss:
         return _core.cross_entropy_backward(self._prob, self._labels, float(scale))
 
     @property
-    def prob(self):
+    def prob(self) -> np.ndarray:
         """softmax(logits) of the last call, (N, K)."""
         return self._prob

@@ -4,13 +4,20 @@ The affine scale ``weight`` (gamma) and shift ``bias`` (beta) may form a
 subspace like any other parameter (``subspace="line"`` adds ``weight1`` and
 ``bias1``); they start at 1 and 0 at both ends.
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Optional, TypeVar
 
 import numpy as np
 
 from .. import _core
-from .module import Module, check_input, check_subspace
+from .graph import Graph
+from .module import Module, Parameter, check_input, check_subspace
+
+N = TypeVar("N", bound="_AffineNorm")
+G = TypeVar("G", bound="GroupNorm")
 
 
 def _is_real(v):
@@ -24,9 +31,15 @@ def _check_channels(n, name):
 
 
 class _AffineNorm(Module):
-    _cache = ("_x", "_g")
+    """A norm over ``num_channels`` channels with an affine scale ``weight`` and shift ``bias``
+    (C,), each a subspace tensor; ``eps`` is added to the variance."""
 
-    def __init__(self, num_channels, eps, subspace, channels_name="num_channels"):
+    _cache = ("_x", "_g")
+    weight: Parameter
+    bias: Parameter
+
+    def __init__(self, num_channels: int, eps: float, subspace: Optional[str],
+                 channels_name: str = "num_channels") -> None:
         super().__init__()
         _check_channels(num_channels, channels_name)
         if not (_is_real(eps) and 0 < eps < 1):
@@ -39,11 +52,12 @@ class _AffineNorm(Module):
         self._subspace_param("bias", lambda: np.zeros(C, np.float32), subspace)
 
     @property
-    def active_channels(self):
+    def active_channels(self) -> int:
+        """The channels normalised now (``set_width``): the first ``active_channels`` of C."""
         sl = self._active.get("weight")
         return self.num_channels if sl is None else sl[0].stop
 
-    def set_width(self, channels=None):
+    def set_width(self: N, channels: Optional[int] = None) -> N:
         """Structured width: normalise only the first ``channels`` channels with their own
         scale and shift (None: all)."""
         c = self.num_channels if channels is None else int(channels)
@@ -72,10 +86,14 @@ class BatchNorm2d(_AffineNorm):
     Training mode normalises with the batch statistics and updates
     ``running_mean``/``running_var`` (unbiased variance) with ``momentum``;
     evaluation mode uses the running statistics.
-    Shapes: x (N, C, H, W) or (N, C) float32 -> y of x's shape.
+    Shapes: x (N, C, H, W) or (N, C) float32 -> y of x's shape; running_mean, running_var (C,).
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, subspace=None):
+    running_mean: np.ndarray
+    running_var: np.ndarray
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 subspace: Optional[str] = None) -> None:
         super().__init__(num_features, eps, subspace, "num_features")
         if not (_is_real(momentum) and 0 <= momentum <= 1):
             raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
@@ -83,13 +101,17 @@ class BatchNorm2d(_AffineNorm):
         self.register_buffer("running_mean", np.zeros(self.num_channels, np.float32))
         self.register_buffer("running_var", np.ones(self.num_channels, np.float32))
 
-    def set_width(self, channels=None):
+    def set_width(self: N, channels: Optional[int] = None) -> N:
+        """Only the full width (None or C): running statistics hold at the width they were
+        collected at; any other width is a ValueError."""
         if channels is not None and channels != self.num_channels:
             raise ValueError("channels: batch norm's running statistics are only valid at the width they were "
                              "collected at; use group or instance norm for structured subspaces")
         return super().set_width(channels)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, C, H, W) or (N, C) -> normalised, scaled and shifted, x's shape. Training mode:
+        batch statistics, running statistics updated; evaluation: running statistics."""
         x = check_input(x, "x", (2, 4), self.num_channels)
         self._x = x
         self._g = self._value("weight")
@@ -99,11 +121,12 @@ class BatchNorm2d(_AffineNorm):
         self._training_stats = self.training
         return y
 
-    def fold_scale(self):
+    def fold_scale(self) -> np.ndarray:
         """gamma / sqrt(running_var + eps) at the current alpha, (C,) float32 (batch-norm folding)."""
         return (self._value("weight") / np.sqrt(self.running_var + self.eps)).astype(np.float32)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dx of x's shape for dy of x's shape; adds d weight, d bias (C,) to the grads."""
         self.check_forward_cache()
         dg, db = self._grad_buffers()
         dx = _core.batchnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db,
@@ -111,12 +134,13 @@ class BatchNorm2d(_AffineNorm):
         self._route(dg, db)
         return dx
 
-    def emit(self, g, x):
+    def emit(self, g: Graph, x: int) -> int:
+        """A ``norm`` operation of kind "bn" with its running statistics."""
         return g.add("norm", x, kind="bn", groups=1, c=self.num_channels, eps=self.eps, w=g.name(self, "weight"),
                      b=g.name(self, "bias"), line=self.subspace == "line", mean=g.name(self, "running_mean"),
                      var=g.name(self, "running_var"))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.num_channels}, subspace={self.subspace!r}"
 
 
@@ -129,7 +153,8 @@ class GroupNorm(_AffineNorm):
     Shapes: x (N, C, ...) float32 -> y of x's shape.
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, subspace=None):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 subspace: Optional[str] = None) -> None:
         super().__init__(num_channels, eps, subspace)
         if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) \
                 or num_groups < 1 or self.num_channels % num_groups:
@@ -137,7 +162,9 @@ class GroupNorm(_AffineNorm):
                              f"got {num_groups!r}")
         self.num_groups = int(num_groups)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, C', ...) with C' the active channels -> normalised per sample and group,
+        scaled and shifted, x's shape."""
         c = self.active_channels
         x = check_input(x, "x", (2, 3, 4), c)
         self._x = x
@@ -146,7 +173,8 @@ class GroupNorm(_AffineNorm):
                                                               self._active_groups(c), self.eps)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dx of x's shape for dy of x's shape; adds d weight, d bias (C',) to the grads."""
         self.check_forward_cache()
         dg, db = self._grad_buffers()
         dx = _core.groupnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db)
@@ -163,26 +191,32 @@ class GroupNorm(_AffineNorm):
         raise ValueError(f"channels: group norm with {self.num_groups} groups of {self.num_channels} channels "
                          "has no consistent grouping at other widths; use one group or one per channel")
 
-    def set_width(self, channels=None):
+    def set_width(self: G, channels: Optional[int] = None) -> G:
+        """Normalise the first ``channels`` channels (None: all); one group or one group per
+        channel keep their grouping at any width, other groupings raise ValueError."""
         super().set_width(channels)
         self._active_groups(self.active_channels)  # reject inconsistent groupings now
         return self
 
-    def emit(self, g, x):
+    def emit(self, g: Graph, x: int) -> int:
+        """A ``norm`` operation of kind "gn" with its group count."""
         return g.add("norm", x, kind="gn", groups=self.num_groups, c=self.num_channels, eps=self.eps,
                      w=g.name(self, "weight"), b=g.name(self, "bias"), line=self.subspace == "line",
                      mean=None, var=None)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, subspace={self.subspace!r}"
 
 
 class InstanceNorm2d(GroupNorm):
-    """Instance normalisation (affine): group norm with one group per channel."""
+    """Instance normalisation (affine): group norm with one group per channel.
 
-    def __init__(self, num_features, eps=1e-5, subspace=None):
+    Shapes: x (N, C, ...) float32 -> y of x's shape.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, subspace: Optional[str] = None) -> None:
         _check_channels(num_features, "num_features")
         super().__init__(num_features, num_features, eps, subspace)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.num_channels}, subspace={self.subspace!r}"

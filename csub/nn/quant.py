@@ -10,7 +10,10 @@ Fake quantization itself is ``csub.functional.fake_quantize`` (the C kernel);
 its backward is the straight-through estimator (the gradient passes
 unchanged), so layers need no quantization kernel in backward.
 """
+from __future__ import annotations
+
 import math
+from typing import Mapping
 
 import numpy as np
 
@@ -41,7 +44,7 @@ def _bit_range(min_bits, max_bits):
     return lo, hi
 
 
-def bits_for_alpha(alpha, min_bits=3, max_bits=8):
+def bits_for_alpha(alpha: float, min_bits: int = 3, max_bits: int = 8) -> int:
     """Bit width for alpha in [0, 1]: ``min_bits + k - 1`` for alpha in ``((k - 1)/K, k/K]``.
 
     K = max_bits - min_bits + 1; alpha = 0 gives min_bits, alpha = 1 max_bits.
@@ -63,7 +66,7 @@ def bits_for_alpha(alpha, min_bits=3, max_bits=8):
     return lo + k - 1
 
 
-def alpha_for_bits(bits, min_bits=3, max_bits=8):
+def alpha_for_bits(bits: int, min_bits: int = 3, max_bits: int = 8) -> float:
     """The alpha ``k / K`` (the top of its bin) for a bit width in [min_bits, max_bits]."""
     lo, hi = _bit_range(min_bits, max_bits)
     b = _int(bits, "bits")
@@ -86,7 +89,7 @@ class MinMaxObserver:
     buffer (updated in place, so checkpoints see it).
     """
 
-    def __init__(self, momentum=0.1):
+    def __init__(self, momentum: float = 0.1) -> None:
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.integer, np.floating)):
             raise TypeError(f"momentum: expected a real number, got {type(momentum).__name__}")
         if not 0.0 <= float(momentum) <= 1.0:
@@ -94,23 +97,26 @@ class MinMaxObserver:
         self.momentum = float(momentum)
         self.reset()
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget everything seen so far."""
         self.state = np.zeros(3, np.float32)  # [running_min, running_max, initialized]
 
     @property
-    def running_min(self):
+    def running_min(self) -> float:
+        """The running minimum (the input's units)."""
         return float(self.state[0])
 
     @property
-    def running_max(self):
+    def running_max(self) -> float:
+        """The running maximum (the input's units)."""
         return float(self.state[1])
 
     @property
-    def initialized(self):
+    def initialized(self) -> bool:
+        """Whether a batch has been observed."""
         return bool(self.state[2])
 
-    def update(self, x):
+    def update(self, x: np.ndarray) -> tuple[float, float]:
         """Fold one batch's min/max into the running range; returns (running_min, running_max)."""
         a = np.asarray(x)
         if a.dtype.kind not in "fiub":
@@ -128,13 +134,13 @@ class MinMaxObserver:
         self.state[:] = (mn, mx, 1.0)
         return self.running_min, self.running_max
 
-    def quant_params(self, num_bits):
+    def quant_params(self, num_bits: int) -> tuple[float, int]:
         """(scale, zero_point) of the running range at num_bits; requires an observed batch."""
         if not self.initialized:
             raise RuntimeError("MinMaxObserver: no batch observed yet")
         return _core.quant_params(self.running_min, self.running_max, _int(num_bits, "num_bits"))
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """``running_min``, ``running_max``, ``initialized`` (0/1) as float32 arrays of shape (1,)."""
         return {
             "running_min": np.array([self.running_min], np.float32),
@@ -142,7 +148,7 @@ class MinMaxObserver:
             "initialized": np.array([1.0 if self.initialized else 0.0], np.float32),
         }
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> MinMaxObserver:
         """Restore from ``state_dict()``'s arrays; checks every entry before changing anything."""
         vals = {}
         for k in ("running_min", "running_max", "initialized"):
@@ -161,6 +167,6 @@ class MinMaxObserver:
         self.state[:] = (rmin, rmax, init)
         return self
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"MinMaxObserver(momentum={self.momentum}, running_min={self.running_min}, "
                 f"running_max={self.running_max}, initialized={self.initialized})")
