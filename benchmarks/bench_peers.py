@@ -21,11 +21,15 @@ the median of its reps forwards after two warm-up calls, and the table shows
 the range over the rounds; one table per thread count of --threads. Every
 runtime's logits are checked against csub's training forward first. The last
 columns: the best peer's median over csub's, and whether it reaches the goal
-of 1.25x. The table is written to --out.
+of 1.25x. The tables are written to --out (a --fold section there stays).
 
 A full default run (three networks, 2 threads, two rounds, four runtimes)
-takes about 10-15 minutes on a quiet 2-core machine, most of it ResNet18 at
-batch 16 (about 29 GFLOP a forward); --threads 1 2 about doubles it.
+takes an estimated 10-15 minutes on a quiet 2-core machine: about 11 minutes
+of forwards at one thread (from the forward times of a short run), less with
+two, plus about 3 minutes of process starts, network builds, ONNX exports and
+DeepSparse compiles. --threads 1 2 about doubles it; --reps, --reps-resnet18
+and --rounds scale the forwards (ResNet18 at batch 16, about 29 G multiply-adds a
+forward, and the group-norm networks under DeepSparse are the slowest cells).
 
 DeepSparse pins numpy 1.26, so it lives in its own virtual environment and
 runs in a child process of that interpreter (``peers_deepsparse.py``, which
@@ -238,7 +242,7 @@ def child_command(rt, spec, ds_python):
 
 def peers(args):
     print_machine()
-    t_start = time.perf_counter()
+    t_start, la0 = time.perf_counter(), os.getloadavg()
     import torch
     notes = []
     runtimes = []
@@ -277,14 +281,20 @@ def peers(args):
         f"and whether that reaches the goal of {GOAL}x.",
         "",
     ] + tables + [
-        f"Machine: {machine(versions)}; load average at the end {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}. The machine was "
-        "shared with other work while this ran (a load above its 2 cores slows the runtimes whose threads "
-        "wait for each other most): compare within a row, not across runs.",
+        f"Machine: {machine(versions)}; load average at the start {la0[0]:.2f} {la0[1]:.2f} {la0[2]:.2f}, "
+        f"at the end {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}"
+        + (f". **The machine was shared with other work while this ran** (a load above its {os.cpu_count()} "
+           "cores slows the runtimes whose threads wait for each other most, the 2-thread cells above all): "
+           "compare within a row, not across runs." if max(la0[:2] + la[:2]) > os.cpu_count() else "."),
+        "",
+        f"DeepSparse runs from its own virtual environment (it pins numpy 1.26): `{DEEPSPARSE_SETUP}`.",
     ]
     if notes:
         doc += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    old = open(args.out).read() if os.path.exists(args.out) else ""
+    fold_section = old[old.index(FOLD_SECTION):] if FOLD_SECTION in old else ""  # --fold's, kept
     with open(args.out, "w") as f:
-        f.write("\n".join(doc) + "\n")
+        f.write("\n".join(doc) + "\n" + ("\n" + fold_section if fold_section else ""))
     print(f"wrote {args.out} ({minutes:.1f} minutes)")
 
 
