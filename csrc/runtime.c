@@ -44,6 +44,12 @@
  * returns a CSUB_ERR_* code and leaves a message (csub_model_error, or the
  * err buffer of the load functions). A model is not safe to use from two
  * threads at once; the kernels themselves use OpenMP.
+ *
+ * Files: runtime.c (this one) errors, what a model reports, the budget
+ * controller; runtime_load.c reading and checking; runtime_graph.c the graph
+ * passes (shapes, fold and fuse); runtime_memory.c buffers and workspaces;
+ * runtime_alpha.c set_alpha; runtime_exec.c forward; runtime_internal.h the
+ * model's structure they share.
  */
 #include <math.h>
 #include <stdlib.h>
