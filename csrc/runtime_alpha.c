@@ -93,6 +93,85 @@ static int fold_vectors(csub_model *m, op_t *op)
     return CSUB_OK;
 }
 
+/* Unstructured: the top-k mask of w, the kept weights as CSR and/or the masked dense
+ * weight (the kernels at each crossover), rows scaled by a folded norm's fs. */
+static int materialise_sparse(csub_model *m, op_t *op, const float *w, const float *fs, int64_t cols_full)
+{
+    if (csub_topk_mask(w, op->w.n, m->keep, m->mask)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+    int csr = m->keep <= m->crossover || m->keep <= m->crossover_split;
+    int dense = m->keep > m->crossover || m->keep > m->crossover_split;
+    op->path = m->keep <= m->crossover ? PATH_SPARSE : PATH_DENSE;
+    op->path_split = m->keep <= m->crossover_split ? PATH_SPARSE : PATH_DENSE;
+    if (dense) {
+        csub_apply_mask(w, m->mask, op->wa, op->w.n);
+        if (fs) scale_rows(op->wa, fs, op->cout, cols_full);
+    }
+    if (csr) {
+        if (!op->rowptr) {
+            op->rowptr = malloc(sizeof(int64_t) * (size_t)(op->cout + 1));
+            op->colidx = malloc(sizeof(int32_t) * (size_t)(op->w.n > 0 ? op->w.n : 1));
+            op->vals = falloc(op->w.n);
+            if (op->kind == OP_CONV) op->foff = malloc(sizeof(int64_t) * (size_t)(op->w.n > 0 ? op->w.n : 1));
+            if (!op->rowptr || !op->colidx || !op->vals || (op->kind == OP_CONV && !op->foff))
+                return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        }
+        op->nnz = csub_csr_count(m->mask, op->cout, cols_full, op->rowptr);
+        csub_csr_fill(w, m->mask, op->cout, cols_full, op->rowptr, op->colidx, op->vals);
+        for (int64_t k = 0; fs && k < op->cout; k++)
+            for (int64_t e = op->rowptr[k]; e < op->rowptr[k + 1]; e++) op->vals[e] *= fs[k];
+        if (op->kind == OP_CONV) {
+            shape3 s = m->vshape[op->x];
+            if (csub_conv2d_sparse_offsets(op->colidx, op->nnz, op->cin, s.h, s.w, op->k, op->k, op->stride,
+                                           op->pad, op->foff))
+                return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        }
+    }
+    return CSUB_OK;
+}
+
+/* Quantized: the weight (a norm's scale folded in where training folds it) to
+ * integer codes (bits <= 8) or fake-quantized in float. */
+static int materialise_quantized(csub_model *m, op_t *op, int i, const float *w, const float *fs, int64_t cols_full)
+{
+    float *wf = op->wa;
+    memcpy(wf, w, sizeof(float) * (size_t)op->w.n);
+    if (op->fold >= 0 && fs) { /* the norm's scale folded before quantizing, as training does */
+        scale_rows(wf, fs, op->cout, cols_full);
+    } else if (op->fold >= 0) { /* the same, but the norm runs after: its scale is divided out */
+        op_t *bn = &m->ops[op->fold];
+        const float *g = at_alpha(&bn->g, m->alpha, m->tmp);
+        if (!op->oscale && !(op->oscale = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        for (int64_t k = 0; k < op->cout; k++) {
+            float s = g[k] / sqrtf(bn->rvar[k] + bn->eps);
+            for (int64_t j = 0; j < cols_full; j++) wf[k * cols_full + j] *= s;
+            op->oscale[k] = 1.0f / s;
+        }
+    } else if (fs) { /* the weight quantized as it is; the norm's scale applied to the products */
+        if (!op->oscale && !(op->oscale = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        memcpy(op->oscale, fs, sizeof(float) * (size_t)op->cout);
+    }
+    float mn, mx;
+    op->act_dynamic = op->act[2] == 0.0f || !op->has_act; /* never observed: each batch's own range */
+    if (!op->act_dynamic) csub_quant_params(op->act[0], op->act[1], m->bits, &op->xscale, &op->xzp);
+    if (m->bits <= 8) {
+        int st = op->kind == OP_CONV ? csub_qweight_init_conv(&op->qw, wf, op->cout, op->cin, op->k, op->k, m->bits)
+                                     : csub_qweight_init(&op->qw, wf, op->cout, cols_full, m->bits);
+        if (st) return MFAIL(m, st, "graph[%d]: quantizing the weight failed (%s)", i, csub_strerror(st));
+        op->has_qw = 1;
+        op->path = op->path_split = PATH_INT8;
+    } else {
+        csub_minmax(wf, op->w.n, &mn, &mx);
+        float scale;
+        int32_t zp;
+        csub_quant_params(mn, mx, m->bits, &scale, &zp);
+        csub_fake_quant_forward(wf, wf, op->w.n, scale, zp, m->bits);
+        op->path = op->path_split = PATH_FAKEQ;
+    }
+    return CSUB_OK;
+}
+
+/* A conv or linear layer at the model's alpha: its bias and a folded batch norm's
+ * vectors, then the weight per regime (dense and structured: the active block). */
 static int materialise_weight(csub_model *m, op_t *op, int i)
 {
     int64_t kk = op->k * op->k;
@@ -113,75 +192,9 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
         if ((st = fold_vectors(m, op))) return st;
         fs = op->fs;
     }
-    if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0) {
-        if (csub_topk_mask(w, op->w.n, m->keep, m->mask)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
-        int csr = m->keep <= m->crossover || m->keep <= m->crossover_split;
-        int dense = m->keep > m->crossover || m->keep > m->crossover_split;
-        op->path = m->keep <= m->crossover ? PATH_SPARSE : PATH_DENSE;
-        op->path_split = m->keep <= m->crossover_split ? PATH_SPARSE : PATH_DENSE;
-        if (dense) {
-            csub_apply_mask(w, m->mask, op->wa, op->w.n);
-            if (fs) scale_rows(op->wa, fs, op->cout, cols_full);
-        }
-        if (csr) {
-            if (!op->rowptr) {
-                op->rowptr = malloc(sizeof(int64_t) * (size_t)(op->cout + 1));
-                op->colidx = malloc(sizeof(int32_t) * (size_t)(op->w.n > 0 ? op->w.n : 1));
-                op->vals = falloc(op->w.n);
-                if (op->kind == OP_CONV) op->foff = malloc(sizeof(int64_t) * (size_t)(op->w.n > 0 ? op->w.n : 1));
-                if (!op->rowptr || !op->colidx || !op->vals || (op->kind == OP_CONV && !op->foff))
-                    return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
-            }
-            op->nnz = csub_csr_count(m->mask, op->cout, cols_full, op->rowptr);
-            csub_csr_fill(w, m->mask, op->cout, cols_full, op->rowptr, op->colidx, op->vals);
-            for (int64_t k = 0; fs && k < op->cout; k++)
-                for (int64_t e = op->rowptr[k]; e < op->rowptr[k + 1]; e++) op->vals[e] *= fs[k];
-            if (op->kind == OP_CONV) {
-                shape3 s = m->vshape[op->x];
-                if (csub_conv2d_sparse_offsets(op->colidx, op->nnz, op->cin, s.h, s.w, op->k, op->k, op->stride,
-                                               op->pad, op->foff))
-                    return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
-            }
-        }
-        return CSUB_OK;
-    }
-    if (m->regime == REG_QUANTIZED && op->compress) {
-        float *wf = op->wa;
-        memcpy(wf, w, sizeof(float) * (size_t)op->w.n);
-        if (op->fold >= 0 && fs) { /* the norm's scale folded before quantizing, as training does */
-            scale_rows(wf, fs, op->cout, cols_full);
-        } else if (op->fold >= 0) { /* the same, but the norm runs after: its scale is divided out */
-            op_t *bn = &m->ops[op->fold];
-            const float *g = at_alpha(&bn->g, m->alpha, m->tmp);
-            if (!op->oscale && !(op->oscale = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
-            for (int64_t k = 0; k < op->cout; k++) {
-                float s = g[k] / sqrtf(bn->rvar[k] + bn->eps);
-                for (int64_t j = 0; j < cols_full; j++) wf[k * cols_full + j] *= s;
-                op->oscale[k] = 1.0f / s;
-            }
-        } else if (fs) { /* the weight quantized as it is; the norm's scale applied to the products */
-            if (!op->oscale && !(op->oscale = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
-            memcpy(op->oscale, fs, sizeof(float) * (size_t)op->cout);
-        }
-        float mn, mx;
-        op->act_dynamic = op->act[2] == 0.0f || !op->has_act; /* never observed: each batch's own range */
-        if (!op->act_dynamic) csub_quant_params(op->act[0], op->act[1], m->bits, &op->xscale, &op->xzp);
-        if (m->bits <= 8) {
-            int st = op->kind == OP_CONV ? csub_qweight_init_conv(&op->qw, wf, op->cout, op->cin, op->k, op->k, m->bits)
-                                         : csub_qweight_init(&op->qw, wf, op->cout, cols_full, m->bits);
-            if (st) return MFAIL(m, st, "graph[%d]: quantizing the weight failed (%s)", i, csub_strerror(st));
-            op->has_qw = 1;
-            op->path = op->path_split = PATH_INT8;
-        } else {
-            csub_minmax(wf, op->w.n, &mn, &mx);
-            float scale;
-            int32_t zp;
-            csub_quant_params(mn, mx, m->bits, &scale, &zp);
-            csub_fake_quant_forward(wf, wf, op->w.n, scale, zp, m->bits);
-            op->path = op->path_split = PATH_FAKEQ;
-        }
-        return CSUB_OK;
-    }
+    if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0)
+        return materialise_sparse(m, op, w, fs, cols_full);
+    if (m->regime == REG_QUANTIZED && op->compress) return materialise_quantized(m, op, i, w, fs, cols_full);
     if (cols == cols_full && op->aout == op->cout) memcpy(op->wa, w, sizeof(float) * (size_t)op->w.n);
     else copy_block(w, cols_full, op->wa, op->aout, cols);
     if (fs) scale_rows(op->wa, fs, op->aout, cols);
