@@ -55,6 +55,7 @@
 
 #include "int8_internal.h"
 
+/* The kernels of the instruction-set level in use (csub_isa_level). */
 static variant get_variant(void)
 {
     variant v;
