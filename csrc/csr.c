@@ -144,22 +144,19 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, co
         for (int64_t t = 0; t < T; t++) a0 += v[t] * vload(base + off[t] + i0);
         vstore(out + i0, a0);
     }
-    if (i0 + 8 <= L) {
-        vf8 a0 = {0};
-        a0 += init;
-        if (r) a0 += *(const vf8 *)(r + i0);
-        for (int64_t t = 0; t < T; t++) a0 += v[t] * *(const vf8 *)(base + off[t] + i0);
-        *(vf8 *)(out + i0) = a0;
-        i0 += 8;
+    /* then at most one vector of 8 outputs and one of 4, of the type vt */
+#define TAIL(vt, w)                                                                      \
+    if (i0 + (w) <= L) {                                                                 \
+        vt a0 = {0};                                                                     \
+        a0 += init;                                                                      \
+        if (r) a0 += *(const vt *)(r + i0);                                              \
+        for (int64_t t = 0; t < T; t++) a0 += v[t] * *(const vt *)(base + off[t] + i0); \
+        *(vt *)(out + i0) = a0;                                                          \
+        i0 += (w);                                                                       \
     }
-    if (i0 + 4 <= L) {
-        vf4 a0 = {0};
-        a0 += init;
-        if (r) a0 += *(const vf4 *)(r + i0);
-        for (int64_t t = 0; t < T; t++) a0 += v[t] * *(const vf4 *)(base + off[t] + i0);
-        *(vf4 *)(out + i0) = a0;
-        i0 += 4;
-    }
+    TAIL(vf8, 8)
+    TAIL(vf4, 4)
+#undef TAIL
     for (; i0 < L; i0++) {
         float a = init + (r ? r[i0] : 0.0f);
         for (int64_t t = 0; t < T; t++) a += v[t] * base[off[t] + i0];

@@ -1,0 +1,265 @@
+/* runtime_alpha.c - set_alpha: the network materialised at one alpha (the
+ * overview: runtime.c): the line interpolated, then per regime top-k and CSR,
+ * a width prefix, or integer codes, with folded batch norms applied. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime_internal.h"
+
+void csub_rt_free_materialised(op_t *op)
+{
+    free(op->wa); free(op->ba); free(op->ga); free(op->rowptr); free(op->colidx); free(op->vals); free(op->oscale);
+    free(op->foff); free(op->fs);
+    op->wa = op->ba = op->ga = op->vals = op->oscale = op->fs = NULL;
+    op->rowptr = op->foff = NULL;
+    op->colidx = NULL;
+    if (op->has_qw) csub_qweight_free(&op->qw);
+    op->has_qw = 0;
+}
+
+int csub_model_set_sparse_crossover(csub_model *m, double keep, double keep_split)
+{
+    if (!m) return CSUB_ERR_ARG;
+    if (!(keep >= 0.0 && keep <= 1.0)) return MFAIL(m, CSUB_ERR_ARG, "keep: expected a fraction in [0, 1], got %g", keep);
+    if (!(keep_split >= 0.0 && keep_split <= 1.0))
+        return MFAIL(m, CSUB_ERR_ARG, "keep_split: expected a fraction in [0, 1], got %g", keep_split);
+    m->crossover = keep;
+    m->crossover_split = keep_split;
+    return csub_model_set_alpha(m, m->alpha); /* rebuild the weights at the current alpha */
+}
+
+/* ----------------------------------------------------------- set_alpha */
+
+/* Bits for alpha: K = hi - lo + 1 bins, alpha in ((k-1)/K, k/K] -> lo + k - 1, robust at the
+ * boundaries as csub.nn.quant.bits_for_alpha. */
+int csub_bits_for_alpha(double alpha, int lo, int hi)
+{
+    int K = hi - lo + 1;
+    double r = alpha * K;
+    double k = nearbyint(r);
+    int kk = fabs(r - k) <= 1e-6 ? (int)k : (int)ceil(r);
+    if (kk < 1) kk = 1;
+    if (kk > K) kk = K;
+    return lo + kk - 1;
+}
+
+static int64_t width_of(int64_t n, double w)
+{
+    int64_t c = (int64_t)floor((double)n * w + 0.5);
+    return c < 1 ? 1 : c;
+}
+
+/* The tensor at alpha (interpolated for a line) into dst. */
+static const float *at_alpha(const param *p, double alpha, float *dst)
+{
+    if (!p->p1) return p->p0;
+    csub_line_forward(p->p0, p->p1, (float)alpha, dst, p->n);
+    return dst;
+}
+
+/* dst[rows, cols] = the top-left block of src[R, C] (R >= rows, C >= cols) */
+static void copy_block(const float *src, int64_t C, float *dst, int64_t rows, int64_t cols)
+{
+    for (int64_t r = 0; r < rows; r++) memcpy(dst + r * cols, src + r * C, sizeof(float) * (size_t)cols);
+}
+
+/* w[rows, cols] *= s[row] */
+static void scale_rows(float *w, const float *s, int64_t rows, int64_t cols)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < cols; j++) w[r * cols + j] *= s[r];
+}
+
+/* The folded batch norm of op at alpha: its scale into op->fs[0, cout) and the layer's bias
+ * (b - mean) * scale + beta into op->ba. The scale is the training forward's own: for a
+ * weight quantized with the scale folded in (op->fold), gamma / sqrtf(var + eps) as
+ * BatchNorm2d.fold_scale (the weight's codes depend on it), else gamma times the inverse
+ * standard deviation of the inference norm. */
+static int fold_vectors(csub_model *m, op_t *op)
+{
+    const op_t *bn = &m->ops[op->bnf];
+    int64_t K = op->cout;
+    if (op->aout != K)
+        return MFAIL(m, CSUB_ERR_UNSUPPORTED, "graph[%d]: batch norm cannot run at another width", op->bnf);
+    if (!op->fs && !(op->fs = falloc(3 * K))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+    float *sc = op->fs;
+    const float *g = at_alpha(&bn->g, m->alpha, op->fs + K), *beta = at_alpha(&bn->beta, m->alpha, op->fs + 2 * K);
+    for (int64_t k = 0; k < K; k++) {
+        sc[k] = op->fold >= 0 ? g[k] / sqrtf(bn->rvar[k] + bn->eps)
+                              : g[k] * (float)(1.0 / sqrt((double)bn->rvar[k] + bn->eps));
+        op->ba[k] = ((op->b.p0 ? op->ba[k] : 0.0f) - bn->rmean[k]) * sc[k] + beta[k];
+    }
+    return CSUB_OK;
+}
+
+/* Unstructured: the top-k mask of w, the kept weights as CSR and/or the masked dense
+ * weight (the kernels at each crossover), rows scaled by a folded norm's fs. */
+static int materialise_sparse(csub_model *m, op_t *op, const float *w, const float *fs, int64_t cols_full)
+{
+    if (csub_topk_mask(w, op->w.n, m->keep, m->mask)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+    int csr = m->keep <= m->crossover || m->keep <= m->crossover_split;
+    int dense = m->keep > m->crossover || m->keep > m->crossover_split;
+    op->path = m->keep <= m->crossover ? PATH_SPARSE : PATH_DENSE;
+    op->path_split = m->keep <= m->crossover_split ? PATH_SPARSE : PATH_DENSE;
+    if (dense) {
+        csub_apply_mask(w, m->mask, op->wa, op->w.n);
+        if (fs) scale_rows(op->wa, fs, op->cout, cols_full);
+    }
+    if (csr) {
+        if (!op->rowptr) {
+            op->rowptr = malloc(sizeof(int64_t) * (size_t)(op->cout + 1));
+            op->colidx = malloc(sizeof(int32_t) * (size_t)(op->w.n > 0 ? op->w.n : 1));
+            op->vals = falloc(op->w.n);
+            if (op->kind == OP_CONV) op->foff = malloc(sizeof(int64_t) * (size_t)(op->w.n > 0 ? op->w.n : 1));
+            if (!op->rowptr || !op->colidx || !op->vals || (op->kind == OP_CONV && !op->foff))
+                return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        }
+        op->nnz = csub_csr_count(m->mask, op->cout, cols_full, op->rowptr);
+        csub_csr_fill(w, m->mask, op->cout, cols_full, op->rowptr, op->colidx, op->vals);
+        for (int64_t k = 0; fs && k < op->cout; k++)
+            for (int64_t e = op->rowptr[k]; e < op->rowptr[k + 1]; e++) op->vals[e] *= fs[k];
+        if (op->kind == OP_CONV) {
+            shape3 s = m->vshape[op->x];
+            if (csub_conv2d_sparse_offsets(op->colidx, op->nnz, op->cin, s.h, s.w, op->k, op->k, op->stride,
+                                           op->pad, op->foff))
+                return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        }
+    }
+    return CSUB_OK;
+}
+
+/* Quantized: the weight (a norm's scale folded in where training folds it) to
+ * integer codes (bits <= 8) or fake-quantized in float. */
+static int materialise_quantized(csub_model *m, op_t *op, int i, const float *w, const float *fs, int64_t cols_full)
+{
+    float *wf = op->wa;
+    memcpy(wf, w, sizeof(float) * (size_t)op->w.n);
+    if (op->fold >= 0 && fs) { /* the norm's scale folded before quantizing, as training does */
+        scale_rows(wf, fs, op->cout, cols_full);
+    } else if (op->fold >= 0) { /* the same, but the norm runs after: its scale is divided out */
+        op_t *bn = &m->ops[op->fold];
+        const float *g = at_alpha(&bn->g, m->alpha, m->tmp);
+        if (!op->oscale && !(op->oscale = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        for (int64_t k = 0; k < op->cout; k++) {
+            float s = g[k] / sqrtf(bn->rvar[k] + bn->eps);
+            for (int64_t j = 0; j < cols_full; j++) wf[k * cols_full + j] *= s;
+            op->oscale[k] = 1.0f / s;
+        }
+    } else if (fs) { /* the weight quantized as it is; the norm's scale applied to the products */
+        if (!op->oscale && !(op->oscale = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        memcpy(op->oscale, fs, sizeof(float) * (size_t)op->cout);
+    }
+    float mn, mx;
+    op->act_dynamic = op->act[2] == 0.0f || !op->has_act; /* never observed: each batch's own range */
+    if (!op->act_dynamic) csub_quant_params(op->act[0], op->act[1], m->bits, &op->xscale, &op->xzp);
+    if (m->bits <= 8) {
+        int st = op->kind == OP_CONV ? csub_qweight_init_conv(&op->qw, wf, op->cout, op->cin, op->k, op->k, m->bits)
+                                     : csub_qweight_init(&op->qw, wf, op->cout, cols_full, m->bits);
+        if (st) return MFAIL(m, st, "graph[%d]: quantizing the weight failed (%s)", i, csub_strerror(st));
+        op->has_qw = 1;
+        op->path = op->path_split = PATH_INT8;
+    } else {
+        csub_minmax(wf, op->w.n, &mn, &mx);
+        float scale;
+        int32_t zp;
+        csub_quant_params(mn, mx, m->bits, &scale, &zp);
+        csub_fake_quant_forward(wf, wf, op->w.n, scale, zp, m->bits);
+        op->path = op->path_split = PATH_FAKEQ;
+    }
+    return CSUB_OK;
+}
+
+/* A conv or linear layer at the model's alpha: its bias and a folded batch norm's
+ * vectors, then the weight per regime (dense and structured: the active block). */
+static int materialise_weight(csub_model *m, op_t *op, int i)
+{
+    int64_t kk = op->k * op->k;
+    int64_t cols_full = op->kind == OP_CONV ? op->cin * kk : op->cin;
+    int64_t cols = op->kind == OP_CONV ? op->ain * kk : op->ain;
+    const float *w = at_alpha(&op->w, m->alpha, m->tmp);
+    const float *fs = NULL; /* a folded batch norm's scale per output channel */
+    int st;
+    op->path = op->path_split = PATH_DENSE;
+    if (!op->wa && !(op->wa = falloc(op->w.n))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+    op->bias = op->b.p0 || op->bnf >= 0;
+    if (op->bias && !op->ba && !(op->ba = falloc(op->cout))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+    if (op->b.p0) {
+        const float *b = at_alpha(&op->b, m->alpha, op->ba);
+        if (b != op->ba) memcpy(op->ba, b, sizeof(float) * (size_t)op->cout);
+    }
+    if (op->bnf >= 0) {
+        if ((st = fold_vectors(m, op))) return st;
+        fs = op->fs;
+    }
+    if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0)
+        return materialise_sparse(m, op, w, fs, cols_full);
+    if (m->regime == REG_QUANTIZED && op->compress) return materialise_quantized(m, op, i, w, fs, cols_full);
+    if (cols == cols_full && op->aout == op->cout) memcpy(op->wa, w, sizeof(float) * (size_t)op->w.n);
+    else copy_block(w, cols_full, op->wa, op->aout, cols);
+    if (fs) scale_rows(op->wa, fs, op->aout, cols);
+    return CSUB_OK;
+}
+
+int csub_model_set_alpha(csub_model *m, double alpha)
+{
+    if (!m) return CSUB_ERR_ARG;
+    if (!(alpha >= 0.0 && alpha <= 1.0)) return MFAIL(m, CSUB_ERR_ARG, "alpha: expected a number in [0, 1], got %g", alpha);
+    if (m->regime == REG_UNSTRUCTURED && alpha <= 0.0)
+        return MFAIL(m, CSUB_ERR_ARG, "alpha: 0 keeps no weight in the unstructured regime; use alpha > 0");
+    m->ready = 0;
+    m->alpha = alpha;
+    m->keep = m->regime == REG_UNSTRUCTURED ? alpha : 1.0;
+    m->width = m->regime == REG_STRUCTURED ? m->w_lo + (m->w_hi - m->w_lo) * alpha : 1.0;
+    m->bits = m->regime == REG_QUANTIZED ? csub_bits_for_alpha(alpha, m->bit_lo, m->bit_hi) : 0;
+    for (int i = 0; i < m->nops; i++) {
+        op_t *op = &m->ops[i];
+        if (op->has_qw) { csub_qweight_free(&op->qw); op->has_qw = 0; }
+    }
+    m->vc[0] = m->in_c;
+    for (int i = 0; i < m->nops; i++) {
+        op_t *op = &m->ops[i];
+        int64_t cin = m->vc[op->x];
+        shape3 s = m->vshape[op->x];
+        int st;
+        switch (op->kind) {
+        case OP_CONV: case OP_LINEAR:
+            op->ain = op->kind == OP_CONV ? cin : cin * s.h * s.w;
+            op->aout = op->last ? op->cout : width_of(op->cout, m->width);
+            if ((st = materialise_weight(m, op, i))) return st;
+            if (op->x2 >= 0 && m->vc[op->x2] != op->aout)
+                return MFAIL(m, CSUB_ERR_FORMAT, "graph[%d]: add of different widths", i + 1);
+            m->vc[op->y] = op->aout;
+            break;
+        case OP_NORM: {
+            int64_t c = cin;
+            if (c != op->c && op->bn)
+                return MFAIL(m, CSUB_ERR_UNSUPPORTED, "graph[%d]: batch norm cannot run at another width", i);
+            op->agroups = c == op->c ? op->groups : op->groups == op->c ? c : op->groups == 1 ? 1 : -1;
+            if (op->agroups < 0)
+                return MFAIL(m, CSUB_ERR_UNSUPPORTED, "graph[%d]: group norm with %lld groups has no grouping at width %g",
+                             i, (long long)op->groups, m->width);
+            if (!op->ga) op->ga = falloc(op->c);
+            if (!op->ba) op->ba = falloc(op->c);
+            if (!op->ga || !op->ba) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+            const float *g = at_alpha(&op->g, alpha, op->ga), *b = at_alpha(&op->beta, alpha, op->ba);
+            if (g != op->ga) memcpy(op->ga, g, sizeof(float) * (size_t)op->c);
+            if (b != op->ba) memcpy(op->ba, b, sizeof(float) * (size_t)op->c);
+            op->ain = op->aout = c;
+            m->vc[op->y] = c;
+            break;
+        }
+        case OP_ADD:
+            if (m->vc[op->x2] != cin) return MFAIL(m, CSUB_ERR_FORMAT, "graph[%d]: add of different widths", i);
+            m->vc[op->y] = cin;
+            break;
+        default:
+            m->vc[op->y] = cin;
+        }
+    }
+    if (m->vc[m->out_val] * m->vshape[m->out_val].h * m->vshape[m->out_val].w != m->classes)
+        return MFAIL(m, CSUB_ERR_FORMAT, "the output narrows at width %g", m->width);
+    m->ready = 1;
+    return CSUB_OK;
+}
+

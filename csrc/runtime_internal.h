@@ -1,0 +1,160 @@
+/*
+ * runtime_internal.h - what the runtime's files share (runtime.c has the
+ * overview): the model's structure, its operations and the functions one
+ * file of the runtime calls in another. Included by csrc/runtime*.c only.
+ *
+ *   runtime.c         errors, what a loaded model reports, the budget controller
+ *   runtime_load.c    the model file read and checked: header, operations, levels
+ *   runtime_graph.c   passes over the graph: folds linked, shapes, folding and fusion
+ *   runtime_memory.c  activation buffers by liveness, per-thread workspaces, memory bound
+ *   runtime_alpha.c   set_alpha: the weights materialised per regime
+ *   runtime_exec.c    forward: the graph run on a batch
+ */
+#ifndef CSUB_RUNTIME_INTERNAL_H
+#define CSUB_RUNTIME_INTERNAL_H
+
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* Activation buffers for `cap` images: one per buffer slot, and a scratch. */
+typedef struct workspace {
+    float **slots;
+    float *scratch;
+    int64_t cap;
+    float *spwork;      /* the CSR convolutions' buffers, for cap images and `threads` threads */
+    int64_t spwork_len;
+    int threads;
+} workspace;
+
+/* Default keep fractions at or below which a compressed layer runs its CSR
+ * kernel at inference (csub_model_set_sparse_crossover changes them per
+ * model), measured with `python benchmarks/bench_deploy.py --crossover`
+ * (benchmarks/deploy.md) on cPreResNet20, two threads: whole images per
+ * thread (batch 64): the CSR network is 1.04x faster than dense kernels on the
+ * masked weights at keep 0.6, 0.89x at 0.7. One image split across threads
+ * (batch 1): the dense products split well and the CSR ones do not, so they
+ * stop paying earlier: 0.94x / 1.05x at keep 0.4 in two runs, 0.82x at 0.5.
+ * Between the two, a layer holds both forms. */
+#define RT_SPARSE_CROSSOVER 0.6
+#define RT_SPARSE_CROSSOVER_SPLIT 0.4
+#define RT_MAX_OPS 100000
+#define RT_MAX_BATCH ((int64_t)1 << 24) /* images per forward */
+#define DIM_MAX ((int64_t)1 << 24)
+#define VALUE_MAX ((int64_t)1 << 32) /* values per image of one tensor of the graph */
+/* Images per thread and call in the image-parallel mode: a few images keep
+ * every activation of the network in the thread's cache. */
+#define RT_CHUNK 2
+
+enum { OP_CONV, OP_LINEAR, OP_NORM, OP_RELU, OP_MAXPOOL, OP_AVGPOOL, OP_GAP, OP_FLATTEN, OP_ADD, OP_ALIAS };
+enum { REG_NONE, REG_UNSTRUCTURED, REG_STRUCTURED, REG_QUANTIZED };
+enum { PATH_DENSE, PATH_SPARSE, PATH_INT8, PATH_FAKEQ };
+
+typedef struct {     /* a tensor of the subspace: one point, or the two ends of a line */
+    float *p0, *p1;  /* p1 NULL unless a line */
+    int64_t n;
+} param;
+
+typedef struct {
+    int kind, x, x2, y;
+    /* conv, linear */
+    int64_t cin, cout, k, stride, pad;
+    int compress, fold;          /* fold: op index of the batch norm whose scale is folded before quantizing, or -1 */
+    int bnf;                     /* op index of the batch norm folded in whole (weights and a bias), or -1 */
+    int last;                    /* the network's last weight layer (its outputs never narrow) */
+    param w, b;
+    float act[3];                /* activation range: min, max, initialised */
+    int has_act;
+    /* norm */
+    int bn, relu;                /* relu: a ReLU fused into the norm, or into a conv or linear layer after its
+                                  * residual add (the ReLU op became an alias) */
+    int64_t groups, c;
+    float eps;
+    param g, beta;
+    float *rmean, *rvar;
+    /* pools */
+    int64_t pk, ps;
+    /* materialised by set_alpha */
+    int path, path_split;        /* the kernels for whole images per thread, and for an image split across threads */
+    int64_t ain, aout;           /* active inputs (conv: channels, linear: features), outputs */
+    int64_t agroups;
+    float *wa, *ba, *ga;         /* dense weight (active prefix), bias, norm gamma (active) */
+    int64_t *rowptr;
+    int32_t *colidx;
+    float *vals;
+    int64_t *foff;               /* conv: where each kept weight reads the laid-out input */
+    int64_t nnz;
+    csub_qweight qw;
+    int has_qw;
+    float *oscale;               /* per output channel: 1 / the scale folded before quantizing, or the scale of a
+                                  * batch norm folded after it; NULL when neither */
+    float *fs;                   /* a folded batch norm: its scale gamma / sqrt(var + eps) [cout], and gamma and
+                                  * beta at alpha [2 cout] */
+    int bias;                    /* ba is added: the layer's own bias, or a folded batch norm's shift */
+    float xscale;
+    int32_t xzp;
+    int bits, act_dynamic;
+} op_t;
+
+typedef struct { int64_t c, h, w; } shape3;
+
+struct csub_model {
+    char err[256];
+    int regime, bit_lo, bit_hi;
+    double w_lo, w_hi;
+    int64_t in_c, in_h, in_w, classes;
+    op_t *ops;
+    int nops, nvals, out_val;
+    shape3 *vshape;              /* full shape of each value (per sample) */
+    int64_t *vc;                 /* active channels of each value at the current alpha */
+    int *vslot;                  /* buffer of each value (-1: the input) */
+    int nslots;
+    int64_t *slot_size;          /* floats per sample at full width */
+    int64_t scratch_size;        /* floats per sample */
+    workspace *ws;               /* one per thread (ws[0]: layer-by-layer runs) */
+    int nws;
+    float *tmp;                  /* one full tensor (interpolation) */
+    uint8_t *mask;
+    int64_t tmp_size;
+    float *input_mean, *input_std;
+    int nlevels;
+    double *level_alpha, *level_acc;
+    double alpha, width, keep, crossover, crossover_split;
+    int bits, ready;
+    int split;                   /* the last forward split its images across threads */
+    int fold;                    /* batch norms folded, ReLUs and residual adds in the conv's epilogue (CSUB_FOLD) */
+};
+
+#define MFAIL(m, code, ...) csub_fail((m)->err, sizeof (m)->err, code, __VA_ARGS__)
+
+static inline void *xcalloc(size_t n, size_t size)
+{
+    return n && size ? calloc(n, size) : calloc(1, 1);
+}
+
+static inline float *falloc(int64_t n)
+{
+    return (float *)xcalloc((size_t)(n > 0 ? n : 1), sizeof(float));
+}
+
+/* runtime_graph.c: the graph as read checked and rewritten: each fold linked
+ * to its batch norm, the last weight layer marked, a norm's ReLU fused into
+ * it, every value's shape inferred, batch norms folded and residual adds and
+ * ReLUs fused into the layer before (CSUB_FOLD). */
+int csub_rt_prepare_graph(csub_model *m, char *err, size_t errlen);
+
+/* runtime_memory.c */
+int csub_rt_assign_slots(csub_model *m);
+int csub_rt_ws_ensure(const csub_model *m, workspace *w, int64_t N, int threads);
+void csub_rt_ws_free(workspace *w, int nslots);
+
+/* runtime_alpha.c: frees what set_alpha made of op */
+void csub_rt_free_materialised(op_t *op);
+
+/* runtime_exec.c: a batch of N images runs image-parallel on nt threads */
+int csub_rt_image_parallel(const csub_model *m, int64_t N, int nt);
+
+/* runtime.c: a monotonic clock in milliseconds */
+double csub_rt_now_ms(void);
+
+#endif /* CSUB_RUNTIME_INTERNAL_H */
