@@ -143,19 +143,14 @@ def test_idx_truncated_header(tmp_path):
         data.read_idx(path)
 
 
-def test_idx_bad_magic(tmp_path):
+@pytest.mark.parametrize("offset, value, name, message", [(0, 1, "m.gz", "magic"),
+                                                       (2, 0x0A, "c", "type code 0x0a")])
+def test_idx_bad_header_byte(tmp_path, offset, value, name, message):
+    """A wrong magic (byte 0) or an unknown type code (byte 2) is an error naming the file."""
     payload = bytearray(idx_bytes(np.zeros(4, np.uint8)))
-    payload[0] = 1
-    path = write_file(tmp_path / "m.gz", bytes(payload))
-    with pytest.raises(ValueError, match=re.escape(path) + ".*magic"):
-        data.read_idx(path)
-
-
-def test_idx_unknown_type_code(tmp_path):
-    payload = bytearray(idx_bytes(np.zeros(4, np.uint8)))
-    payload[2] = 0x0A
-    path = write_file(tmp_path / "c", bytes(payload))
-    with pytest.raises(ValueError, match=re.escape(path) + ".*type code 0x0a"):
+    payload[offset] = value
+    path = write_file(tmp_path / name, bytes(payload))
+    with pytest.raises(ValueError, match=re.escape(path) + ".*" + message):
         data.read_idx(path)
 
 
