@@ -29,7 +29,7 @@ import os
 import tempfile
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -110,11 +110,12 @@ def _real(v, name, lo=None, hi=None):
     return v
 
 
-def check_out(out, files=(CHECKPOINT, "history.json", "eval.json", "eval.csv"), create=True):
+def check_out(out: PathLike, files: Sequence[str] = (CHECKPOINT, "history.json", "eval.json", "eval.csv"),
+              create: bool = True) -> PathLike:
     """Make sure run files can be written into directory ``out`` before any work: create it
     (``create``; else check that it could be created), write and remove a probe file there
     (else in its nearest existing parent), and refuse a directory where one of ``files`` goes.
-    Raises the OSError subclass that a later write would have raised, naming the path."""
+    Raises the OSError subclass that a later write would have raised, naming the path; returns ``out``."""
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out: expected a directory path, got {type(out).__name__}")
     try:
@@ -139,8 +140,12 @@ def check_out(out, files=(CHECKPOINT, "history.json", "eval.json", "eval.csv"), 
     return out
 
 
-def check_method(model, method, regime, topk=None, num_bits=None):
-    """Raise ValueError (naming the argument) unless ``model`` can be trained with method and regime."""
+def check_method(model: SubspaceNet, method: str, regime: str, topk: Optional[float] = None,
+                 num_bits: Optional[int] = None) -> None:
+    """Raise ValueError (naming the argument) unless ``model`` can be trained with method and regime.
+
+    ``topk`` (target_topk) is a keep fraction in (0, 1]; ``num_bits`` (target_bits) a bit width in the
+    model's ``bit_range``. Warns where a subspace method meets batch norm."""
     m = _regimes.method(method)
     _regimes.regime(regime)
     if regime not in m.regimes:
@@ -176,8 +181,10 @@ class AlphaSchedule:
     bit width over the warm-up. The returned keep fraction is 1 there.
     """
 
-    def __init__(self, method, warmup_its, generator, lo=0.025, hi=1.0, p=0.5, topk=None,
-                 regime="unstructured", bit_range=(3, 8), num_bits=None, width_range=(0.25, 1.0), n=4):
+    def __init__(self, method: str, warmup_its: float, generator: Generator, lo: float = 0.025, hi: float = 1.0,
+                 p: float = 0.5, topk: Optional[float] = None, regime: str = "unstructured",
+                 bit_range: Tuple[int, int] = (3, 8), num_bits: Optional[int] = None,
+                 width_range: Tuple[float, float] = (0.25, 1.0), n: int = 4) -> None:
         self.method, self.warmup_its, self.gen = method, warmup_its, generator
         self.width_range, self.n = width_range, n
         self.lo, self.hi, self.p, self.target = lo, hi, p, topk
@@ -185,10 +192,12 @@ class AlphaSchedule:
         self.K = bit_range[1] - bit_range[0] + 1
         self.sampler = _regimes.REGIMES[regime].sampler if regime in _regimes.REGIMES else None
 
-    def ramp(self, it):
+    def ramp(self, it: float) -> float:
+        """The share of the warm-up still to go at iteration ``it``: 1 at 0, falling linearly to 0
+        at ``warmup_its`` (0 throughout without a warm-up)."""
         return max(1.0 - it / self.warmup_its, 0.0) if self.warmup_its > 0 else 0.0
 
-    def samples(self, it):
+    def samples(self, it: int) -> List[Tuple[float, float]]:
         """The (alpha, topk) of each forward pass of iteration ``it``: the structured methods take
         several per step (sandwich rule: alphas 0, 1 and n - 2 uniform; ns: its fixed widths)."""
         if self.sampler == "sandwich" and self.method != "standard":
@@ -198,7 +207,7 @@ class AlphaSchedule:
             return [(a, 1.0) for a in self.gen.alpha_sandwich(self.n)]
         return [self(it)]
 
-    def __call__(self, it):
+    def __call__(self, it: int) -> Tuple[float, float]:
         """(alpha, topk) for iteration ``it`` (0-based)."""
         if self.method == "standard":
             return 1.0, 1.0
@@ -477,7 +486,11 @@ def fit(model: SubspaceNet, train: Data, test: Optional[Data] = None, method: st
         eval_alphas: Optional[Sequence[float]] = None, num_bits: Optional[int] = None,
         distributed: Optional[bool] = None, alpha_per_rank: bool = False,
         sync_batchnorm: bool = False) -> List[Dict[str, Any]]:
-    """Train ``model`` with ``method``; returns the history (a list of per-epoch dicts).
+    """Train ``model`` with ``method``; returns the history, one dict per epoch with keys epoch
+    (1-based), lr (the epoch's learning rate), train_loss (each step's loss, cross-entropy in nats
+    at the sampled alphas plus the line regulariser, averaged over the epoch's images),
+    train_accuracy (a fraction, at each step's largest alpha), seconds (wall-clock time of the
+    training pass) and, with ``test``, ``test_accuracy@<alpha>`` (a fraction) at the method's end alphas.
 
     Args:
         model: a ``csub.models`` network built with the method's subspace and regime.
@@ -532,19 +545,24 @@ def _end_alphas(method, lo, topk, regime="unstructured", bit_range=(3, 8), num_b
     return _regimes.end_alphas(method, lo, topk, regime, bit_range, num_bits)
 
 
-def default_alphas(method, topk=None, regime="unstructured", bit_range=(3, 8), num_bits=None,
-                   width_range=(0.25, 1.0)):
-    """The evaluation grid of a method (LCS-SPEC section 9)."""
+def default_alphas(method: str, topk: Optional[float] = None, regime: str = "unstructured",
+                   bit_range: Tuple[int, int] = (3, 8), num_bits: Optional[int] = None,
+                   width_range: Tuple[float, float] = (0.25, 1.0)) -> List[float]:
+    """The evaluation grid of a method (LCS-SPEC section 9): a list of alphas in [0, 1].
+
+    ``topk`` (target_topk) is the keep fraction, ``num_bits`` (target_bits) the bit width of the
+    baselines, each evaluated at its one point; ``bit_range`` and ``width_range`` are the model's."""
     return _regimes.default_alphas(method, topk, regime, bit_range, num_bits, width_range)
 
 
-def evaluate(model, data, alphas, batch_size=500):
+def evaluate(model: SubspaceNet, data: Data, alphas: Iterable[float], batch_size: int = 500) -> List[Dict[str, Any]]:
     """Accuracy and loss of ``model`` at each alpha.
 
     Args:
         data: ``(images uint8, labels)`` (normalised with the model's input
             statistics) or a DataLoader.
         alphas: iterable of alphas in [0, 1] (unstructured: alpha > 0).
+        batch_size: images per forward pass where ``data`` is a tuple.
     Returns:
         list of dicts, one per alpha, with keys alpha, then for the unstructured
         regime (and dense models) topk (keep fraction) and sparsity (zeros over
@@ -554,8 +572,7 @@ def evaluate(model, data, alphas, batch_size=500):
         2 per multiply-accumulate), then accuracy (a fraction in [0, 1]) and loss.
     """
     alphas = _check_alphas(alphas, "alphas", model.regime)
-    data = _check_data(data, "data")
-    _check_images_fit(model, data.images if isinstance(data, DataLoader) else data[0], "data")
+    data = _checked_data(model, data, "data")
     if not isinstance(data, DataLoader):
         data = DataLoader(data[0], data[1], batch_size=batch_size, shuffle=False, augment=False,
                           mean=model.input_mean, std=model.input_std)
@@ -593,8 +610,9 @@ def _write_json(path, obj):
     checkpoint.atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
-def save_results(out, results, name="eval"):
-    """Write results as ``out/<name>.json`` and ``out/<name>.csv``."""
+def save_results(out: PathLike, results: Sequence[Dict[str, Any]], name: str = "eval") -> None:
+    """Write results (``evaluate``'s list of dicts, one per alpha) as ``out/<name>.json`` and
+    ``out/<name>.csv`` (one row per alpha, floats to 6 significant digits), each atomically."""
     _write_json(os.path.join(out, f"{name}.json"), results)
     keys = list(results[0])
     lines = [",".join(keys)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
@@ -602,8 +620,9 @@ def save_results(out, results, name="eval"):
     checkpoint.atomic_write(os.path.join(out, f"{name}.csv"), ("\n".join(lines) + "\n").encode())
 
 
-def format_table(results):
-    """Results as an aligned text table."""
+def format_table(results: Sequence[Dict[str, Any]]) -> str:
+    """Results (``evaluate``'s list of dicts) as an aligned text table: a header of their keys, then
+    one row per alpha, floats to 4 decimals."""
     keys = list(results[0])
     rows = [[f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in results]
     widths = [max(len(k), *(len(row[i]) for row in rows)) for i, k in enumerate(keys)]
