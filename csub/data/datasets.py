@@ -19,10 +19,11 @@ import urllib.error
 import urllib.request
 import warnings
 import zlib
+from typing import Optional, Tuple
 
 import numpy as np
 
-from .formats import _read_cifar_binary, _read_cifar_pickle, load_idx_pair
+from .formats import PathLike, _read_cifar_binary, _read_cifar_pickle, load_idx_pair
 
 __all__ = [
     "fashion_mnist",
@@ -103,7 +104,7 @@ _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 # --------------------------------------------------------------------------
 
 
-def cache_dir():
+def cache_dir() -> str:
     """The user cache directory of csub: ``$XDG_CACHE_HOME/csub`` or ``~/.cache/csub``."""
     base = os.environ.get("XDG_CACHE_HOME")
     if not base:
@@ -263,7 +264,8 @@ def _find_idx(dirs, prefix, what, download, url, md5s, target):
 # --------------------------------------------------------------------------
 
 
-def fashion_mnist(split="train", root=None, bundled=False, download=True):
+def fashion_mnist(split: str = "train", root: Optional[PathLike] = None, bundled: bool = False,
+                  download: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Load Fashion-MNIST.
 
     Args:
@@ -315,7 +317,8 @@ def _bundled_fashion_mnist(prefix):
     return _load_28x28(pair, "Fashion-MNIST")
 
 
-def mnist(split="train", root=None, download=True):
+def mnist(split: str = "train", root: Optional[PathLike] = None,
+          download: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Load MNIST.
 
     Args:
@@ -476,7 +479,8 @@ def _load_cifar_batches(fmt, folder, split):
     return images, labels
 
 
-def cifar10(split="train", root=None, download=True):
+def cifar10(split: str = "train", root: Optional[PathLike] = None,
+            download: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Load CIFAR-10.
 
     Both distribution formats are read: the python version
