@@ -21,6 +21,8 @@ Temporary files are named ``.<target>.csub-tmp-<host>-<pid>-<random>``; a
 write (and a checkpoint read) removes the ones in its directory left by a
 process of this host that no longer runs (a killed write), never a live one's.
 """
+from __future__ import annotations
+
 import errno
 import json
 import math
@@ -31,6 +33,7 @@ import socket
 import stat
 import struct
 import zlib
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from safetensors.numpy import load as _st_load
@@ -38,6 +41,7 @@ from safetensors.numpy import load as _st_load
 CRC_KEY = "csub.crc32"
 _CRC_META = "__metadata__"
 _TMP = re.compile(r"^\..+\.csub-tmp-([0-9a-f]{8})-([0-9]+)-[0-9a-f]{8}$")
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 # -------------------------------------------------------------- atomic files
@@ -60,7 +64,7 @@ def _pid_alive(pid):
     return True
 
 
-def remove_stale_temporaries(directory):
+def remove_stale_temporaries(directory: PathLike) -> List[str]:
     """Remove csub's temporary files in ``directory`` left by dead processes of this host
     (a write killed before its rename). Returns the names removed. Others' files, and the
     temporaries of live processes, are never touched."""
@@ -81,7 +85,8 @@ def remove_stale_temporaries(directory):
     return removed
 
 
-def atomic_write(path, data, overwrite_readonly=False, verify=None):
+def atomic_write(path: PathLike, data: bytes, overwrite_readonly: bool = False,
+                 verify: Optional[Callable[[str], Any]] = None) -> None:
     """Write bytes to ``path`` atomically: a temporary file in the same directory, fsync,
     rename over the target, fsync of the directory.
 
@@ -91,6 +96,9 @@ def atomic_write(path, data, overwrite_readonly=False, verify=None):
     IsADirectoryError. A symbolic link is followed (its target is replaced).
 
     Args:
+        path: the file to write.
+        data: its whole content (bytes or another buffer).
+        overwrite_readonly: replace a read-only target instead of refusing it.
         verify: optional callable run on the temporary file's path after it is on disk and
             before the rename; what it raises aborts the write (the target stays as it was).
     """
@@ -167,9 +175,10 @@ _ST_DTYPES = {np.dtype(t): n for t, n in [
     (np.uint32, "U32"), (np.uint64, "U64")]}
 
 
-def to_bytes(tensors, metadata):
-    """safetensors bytes of ``{name: array}`` and ``{key: str}`` metadata, with the
-    ``csub.crc32`` checksum entry added (see the module docstring)."""
+def to_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
+    """safetensors bytes of ``{name: array}`` (any shape, a dtype of ``_ST_DTYPES``, else TypeError)
+    and ``{key: str}`` metadata, with the ``csub.crc32`` checksum entry added (see the module
+    docstring). The same tensors and metadata always give the same bytes."""
     metadata = dict(metadata)
     sums = {_CRC_META: _metadata_crc(metadata)}
     for name, a in tensors.items():
@@ -193,8 +202,9 @@ def to_bytes(tensors, metadata):
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
-def read(data, path="<bytes>"):
-    """Parse and verify safetensors bytes: ``(metadata dict or {}, {name: array})``.
+def read(data: bytes, path: str = "<bytes>") -> Tuple[Dict[str, str], Dict[str, np.ndarray]]:
+    """Parse and verify safetensors bytes: ``(metadata dict or {}, {name: array})``; ``path``
+    names the source in errors.
 
     Beyond the format (safetensors' own checks), the tensors must fill the data section
     exactly (no trailing bytes, as the C reader's model loader requires), and where the
@@ -268,8 +278,9 @@ def _verify(header, metadata, tensors, body, path):
 
 # --------------------------------------------------------------- checkpoints
 
-def save(path, groups, meta):
-    """Save ``{group: {name: array}}`` and a JSON-serialisable ``meta`` to ``path``."""
+def save(path: PathLike, groups: Mapping[str, Mapping[str, np.ndarray]], meta: Dict[str, Any]) -> None:
+    """Save ``{group: {name: array}}`` and a JSON-serialisable ``meta`` to ``path``, atomically.
+    A tensor is stored as ``<group>.<name>`` with its dtype and shape (a 0-d array as shape (1,))."""
     tensors = {}
     for g, arrays in groups.items():
         for name, a in arrays.items():
@@ -278,9 +289,10 @@ def save(path, groups, meta):
     atomic_write(path, to_bytes(tensors, {"csub": json.dumps(meta)}))
 
 
-def load(path):
+def load(path: PathLike) -> Dict[str, Any]:
     """Read a checkpoint: ``{"meta": dict, group: {name: array}, ...}``; checksums verified.
-    Removes stale temporaries of killed writes in its directory."""
+    Removes stale temporaries of killed writes in its directory. A file that is not a csub
+    checkpoint is a ValueError naming it."""
     path = os.fspath(path)
     with open(path, "rb") as f:
         data = f.read()
@@ -307,7 +319,7 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def load_training(path, template, config):
+def load_training(path: PathLike, template: Mapping[str, Mapping[str, Any]], config: Dict[str, Any]) -> Dict[str, Any]:
     """Read a checkpoint written by ``csub.fit`` and check it against the run resuming it.
 
     Args:

@@ -8,6 +8,8 @@
   python -m csub import-reference model_200 ref.safetensors --model cpreresnet20 --regime unstructured
   python -m csub onnx ref.safetensors ref_0.1.onnx --alpha 0.1
 """
+from __future__ import annotations
+
 import argparse
 import errno
 import json
@@ -15,6 +17,9 @@ import os
 import sys
 import tempfile
 import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from . import __version__, checkpoint, data, modelfile, models, regimes, train
 
@@ -33,7 +38,7 @@ class CLIError(Exception):
     """A problem with the command's arguments or files, reported without a traceback."""
 
 
-def check_writable_file(path, what):
+def check_writable_file(path: str, what: str) -> str:
     """Before any work: refuse a file path csub could not write later (its directory missing or not
     a directory, a directory in its place, a directory that refuses new files). Raises the OSError
     subclass the write itself would raise, naming ``what`` and the path."""
@@ -73,8 +78,9 @@ def _model_kwargs(args, images):
     return kw
 
 
-def build_model(config, images):
-    """The model a run's config.json describes, for images shaped like `images`."""
+def build_model(config: Dict[str, Any], images: np.ndarray) -> models.SubspaceNet:
+    """The model a run's config.json describes (model, regime, method, norm, optional widths), for
+    images shaped like ``images`` (N, C, H, W)."""
     args = argparse.Namespace(**config)
     kw = _model_kwargs(args, images)
     if "widths" in config:
@@ -82,7 +88,8 @@ def build_model(config, images):
     return models.build(args.model, **kw)
 
 
-def cmd_train(args):
+def cmd_train(args: argparse.Namespace) -> int:
+    """``train``: check --out, write config.json, fit (data-parallel under mpiexec), print the results."""
     import csub
     from . import distributed as dist
 
@@ -121,8 +128,9 @@ def cmd_train(args):
     return 0
 
 
-def load_run(run):
-    """(model, config, test data) of a finished or interrupted run directory, or of a model file."""
+def load_run(run: str) -> Tuple[models.SubspaceNet, Dict[str, Any], Tuple[np.ndarray, np.ndarray]]:
+    """(model, config, test data) of a finished or interrupted run directory, or of a model file;
+    the test data are (images uint8 (N, C, H, W), labels int64 (N,))."""
     if os.path.isfile(run):
         return load_model_file(run)
     for name in ("config.json", train.CHECKPOINT):
@@ -143,7 +151,7 @@ def load_run(run):
 DATASET_OF_SHAPE = {(1, 28, 28): "fashion-mnist", (3, 32, 32): "cifar10"}
 
 
-def load_model_file(path):
+def load_model_file(path: str) -> Tuple[models.SubspaceNet, Dict[str, Any], Tuple[np.ndarray, np.ndarray]]:
     """(model, config, test data) of a model file (``csub.export``, ``import-reference``); the test
     data is the dataset the file names (``dataset`` in its metadata) or the one its input fits."""
     with open(path, "rb") as f:
@@ -158,7 +166,8 @@ def load_model_file(path):
     return model, config, DATASETS[dataset]("test")
 
 
-def cmd_eval(args):
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``eval``: evaluate a run or model file over an alpha grid, print, save (and plot) the results."""
     # a run directory holds its results; a model file's go beside it
     out = args.run if os.path.isdir(args.run) else os.path.dirname(os.path.abspath(args.run))
     for name in ("eval_cli.json", "eval_cli.csv"):  # where the results go, checked before the work
@@ -179,7 +188,7 @@ def cmd_eval(args):
     return 0
 
 
-def cmd_export(args):
+def cmd_export(args: argparse.Namespace) -> int:
     """Evaluate a run over its alpha grid and export the subspace with those accuracy levels."""
     check_writable_file(args.out, "out")  # before the evaluation, not after
     model, config, te = load_run(args.run)
@@ -192,10 +201,13 @@ def cmd_export(args):
     return 0
 
 
-def follow_budget(net, images, labels, latencies_ms, memory_bytes=None, batch_size=1, reps=10, out=print, cal=None):
+def follow_budget(net: Any, images: np.ndarray, labels: np.ndarray, latencies_ms: Sequence[float],
+                  memory_bytes: Optional[int] = None, batch_size: int = 1, reps: int = 10,
+                  out: Callable[[str], Any] = print, cal: Any = None) -> List[Optional[float]]:
     """Calibrate ``net`` (a CompressedNet) on this machine (or take ``cal``, its calibration), then for
-    each latency budget in turn pick the most accurate alpha that fits, move there and classify a batch.
-    Returns the picks."""
+    each latency budget (milliseconds) in turn pick the most accurate alpha that fits (and fits in
+    ``memory_bytes``), move there and classify the first ``batch_size`` of ``images`` uint8
+    (N, C, H, W) against ``labels`` (N,). Returns the picked alphas (None where nothing fits)."""
     cal = cal if cal is not None else net.calibrate(batch_size=batch_size, reps=reps)
     out(f"calibration (batch {batch_size}, median of {reps}):")
     out(cal.table())
@@ -221,7 +233,8 @@ def follow_budget(net, images, labels, latencies_ms, memory_bytes=None, batch_si
     return picks
 
 
-def cmd_budget(args):
+def cmd_budget(args: argparse.Namespace) -> int:
+    """``budget``: follow a changing latency budget with an exported model on this machine."""
     import csub
 
     net = csub.CompressedNet(args.model)
@@ -234,7 +247,7 @@ def cmd_budget(args):
     return 0
 
 
-def cmd_demo(args):
+def cmd_demo(args: argparse.Namespace) -> int:
     """Train a small lcs_l line on the bundled Fashion-MNIST subset, print and plot the curve."""
     import csub
 
@@ -275,7 +288,7 @@ def cmd_demo(args):
     return 0
 
 
-def cmd_import_reference(args):
+def cmd_import_reference(args: argparse.Namespace) -> int:
     """Convert a checkpoint of the method's PyTorch reference code (CIFAR-10) into a csub model file."""
     from safetensors.numpy import save as st_save
 
@@ -301,7 +314,7 @@ def cmd_import_reference(args):
     return 0
 
 
-def cmd_onnx(args):
+def cmd_onnx(args: argparse.Namespace) -> int:
     """Write the network of a run or model file at one alpha as ONNX."""
     from .interop import to_onnx
 
@@ -322,7 +335,9 @@ def cmd_onnx(args):
     return 0
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``python -m csub`` with ``argv`` (default: sys.argv[1:]); returns the exit status: 0, 1
+    for a file problem, 2 for bad arguments or data (argparse exits on its own errors)."""
     p = argparse.ArgumentParser(prog="python -m csub", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"csub {__version__}")

@@ -18,12 +18,22 @@ aborts the whole job (``MPI_Abort``): the other ranks would otherwise wait
 for it forever. A rank killed by a signal brings the job down through
 ``mpiexec`` itself.
 """
+from __future__ import annotations
+
 import os
 import sys
 import time
 import zlib
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .data import DataLoader
+    from .models import SubspaceNet
+    from .nn import Parameter
+    from .optim import SGD
+    from .random import Generator
 
 __all__ = ["init", "is_initialized", "rank", "world_size", "barrier", "all_reduce", "broadcast",
            "broadcast_object", "broadcast_parameters", "abort", "launched", "GradientReducer", "ShardLoader",
@@ -37,7 +47,7 @@ _MPI = None
 _comm = None
 
 
-def launched():
+def launched() -> bool:
     """True when this process was started by an MPI launcher (mpiexec, mpirun, srun with PMI/PMIx)."""
     return any(k in os.environ for k in LAUNCHER_ENV)
 
@@ -58,7 +68,7 @@ def _import_mpi():
     return _MPI
 
 
-def init(threads=None):
+def init(threads: Optional[int] = None) -> Tuple[int, int]:
     """Join the MPI job this process was launched in; returns ``(rank, world_size)``.
 
     Idempotent. Raises ``RuntimeError`` when the process was not started by
@@ -102,7 +112,7 @@ def _install_excepthook():
     sys.excepthook = hook
 
 
-def abort(code=1):
+def abort(code: int = 1) -> None:
     """End every rank of a multi-rank job now with exit status ``code`` (no-op on one process)."""
     if _comm is not None and _comm.Get_size() > 1:
         sys.stderr.flush()
@@ -110,22 +120,22 @@ def abort(code=1):
         _comm.Abort(code)
 
 
-def is_initialized():
+def is_initialized() -> bool:
     """True after ``init()``."""
     return _comm is not None
 
 
-def rank():
+def rank() -> int:
     """This process's rank in 0..world_size() - 1 (0 before ``init()``)."""
     return _comm.Get_rank() if _comm is not None else 0
 
 
-def world_size():
+def world_size() -> int:
     """Number of ranks (1 before ``init()``)."""
     return _comm.Get_size() if _comm is not None else 1
 
 
-def barrier():
+def barrier() -> None:
     """Wait until every rank arrives."""
     if _comm is not None:
         _comm.Barrier()
@@ -144,7 +154,7 @@ def _check_array(array, name="array"):
     return array
 
 
-def all_reduce(array, op="sum"):
+def all_reduce(array: np.ndarray, op: str = "sum") -> np.ndarray:
     """Combine ``array`` over all ranks in place (op "sum", "max" or "min"); returns it.
 
     ``array``: a writable C-contiguous NumPy array of the same shape and dtype on every rank.
@@ -157,15 +167,18 @@ def all_reduce(array, op="sum"):
     return array
 
 
-def broadcast(array, root=0):
-    """Overwrite ``array`` on every rank with root's, in place; returns it."""
+def broadcast(array: np.ndarray, root: int = 0) -> np.ndarray:
+    """Overwrite ``array`` on every rank with root's, in place; returns it.
+
+    ``array``: a writable C-contiguous NumPy array of the same shape and dtype on every rank.
+    """
     _check_array(array)
     if _comm is not None and _comm.Get_size() > 1:
         _comm.Bcast(array, root=root)
     return array
 
 
-def broadcast_object(obj, root=0):
+def broadcast_object(obj: Any, root: int = 0) -> Any:
     """Root's ``obj`` (any picklable object) on every rank."""
     if _comm is not None and _comm.Get_size() > 1:
         return _comm.bcast(obj, root=root)
@@ -185,13 +198,13 @@ def _flat_broadcast(arrays, root=0):
         off += a.size
 
 
-def broadcast_parameters(model, root=0):
+def broadcast_parameters(model: SubspaceNet, root: int = 0) -> None:
     """Give every rank root's parameters and float32 buffers (running statistics, ranges)."""
     _flat_broadcast([p.data for p in model.parameters()]
                     + [b for _, b in model.named_buffers() if b.dtype == np.float32], root)
 
 
-def shard_range(n, r=None, size=None):
+def shard_range(n: int, r: Optional[int] = None, size: Optional[int] = None) -> Tuple[int, int]:
     """The contiguous share [lo, hi) of n items that rank r of ``size`` takes (sizes differ by at most one)."""
     r = rank() if r is None else r
     size = world_size() if size is None else size
@@ -207,7 +220,7 @@ class GradientReducer:
     ``bucket_bytes``, one MPI call per bucket, not one per tensor.
     """
 
-    def __init__(self, params, bucket_bytes=BUCKET_BYTES):
+    def __init__(self, params: Iterable[Parameter], bucket_bytes: int = BUCKET_BYTES) -> None:
         params = list(params)
         total = sum(p.size for p in params)
         self.flat = np.zeros(total, np.float32)
@@ -222,7 +235,8 @@ class GradientReducer:
         self.nbytes = self.flat.nbytes
         self.seconds = 0.0  # time spent in reduce(), summed
 
-    def reduce(self):
+    def reduce(self) -> None:
+        """Replace every gradient by its mean over the ranks (in place; a no-op on one rank)."""
         t = time.perf_counter()
         size = world_size()
         if size > 1:
@@ -242,22 +256,26 @@ class ShardLoader:
     are the loader's (global).
     """
 
-    def __init__(self, loader, r=None, size=None):
+    def __init__(self, loader: DataLoader, r: Optional[int] = None, size: Optional[int] = None) -> None:
         self.loader = loader
         self.rank = rank() if r is None else r
         self.size = world_size() if size is None else size
 
     @property
-    def batch_size(self):
+    def batch_size(self) -> int:
+        """The global batch size (images per step over all ranks)."""
         return self.loader.batch_size
 
-    def __len__(self):
+    def __len__(self) -> int:
+        """Batches (steps) per epoch, the loader's."""
         return len(self.loader)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
+        """Start the loader's order and augmentation draws of ``epoch`` (0-based)."""
         self.loader.set_epoch(epoch)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """This rank's share of each batch: (x (b, C, H, W) float32 normalised, y (b,) int64)."""
         L = self.loader
         rng = L.generator(L.epoch)
         L.epoch += 1
@@ -301,7 +319,8 @@ def _shard_data(data, batch_size):
     return images[lo:hi], np.asarray(labels)[lo:hi]
 
 
-def evaluate(model, data, alphas, batch_size=500):
+def evaluate(model: SubspaceNet, data: Union[Tuple[np.ndarray, np.ndarray], DataLoader],
+             alphas: Iterable[float], batch_size: int = 500) -> List[Dict[str, Any]]:
     """``csub.train.evaluate`` sharded over the ranks: each rank evaluates its contiguous share of
     ``data`` and the correct counts and loss sums are added up; every rank returns the same list."""
     from . import train
@@ -394,7 +413,7 @@ class Trainer:
     """
 
     @staticmethod
-    def create(distributed):
+    def create(distributed: Optional[bool]) -> Optional[Trainer]:
         """A Trainer for ``distributed=True``, or for None in a process started by mpiexec; else None."""
         if distributed is None:
             distributed = launched()
@@ -405,13 +424,13 @@ class Trainer:
         init()
         return Trainer()
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rank, self.size = rank(), world_size()
         self.is_root = self.rank == 0
         self._undo = []
         self.reducer = None
 
-    def check_batch(self, loader, name="train"):
+    def check_batch(self, loader: DataLoader, name: str = "train") -> None:
         """Every batch of ``loader`` must split evenly; every rank must hold the same data."""
         B, n = loader.batch_size, loader.num_samples
         if B % self.size:
@@ -432,7 +451,7 @@ class Trainer:
             raise ValueError(f"{name}: the ranks hold different data of the same length; "
                              "every rank must load the same data set")
 
-    def prepare(self, model, loader, sync_batchnorm=False):
+    def prepare(self, model: SubspaceNet, loader: DataLoader, sync_batchnorm: bool = False) -> ShardLoader:
         """The rank's loader; flat gradient buffers; global activation ranges (and batch norm)."""
         from .nn.norm import BatchNorm2d
 
@@ -452,7 +471,8 @@ class Trainer:
                 self._undo.append((m, "_cache", None))
         return ShardLoader(loader, self.rank, self.size)
 
-    def sync_state(self, model, opt, gen, history, start):
+    def sync_state(self, model: SubspaceNet, opt: SGD, gen: Generator, history: List[Dict[str, Any]],
+                   start: int) -> Tuple[List[Dict[str, Any]], int]:
         """Root's model, optimizer, generator, history and start epoch on every rank (at start and resume)."""
         broadcast_parameters(model)
         if opt.velocity is not None:
@@ -461,7 +481,7 @@ class Trainer:
         broadcast(gen.state)
         return broadcast_object((history, start))
 
-    def alpha_generator(self, gen, seed, epoch, per_rank):
+    def alpha_generator(self, gen: Generator, seed: int, epoch: int, per_rank: bool) -> Generator:
         """The generator of an epoch's alphas: the shared one, or with ``per_rank`` one per rank and epoch."""
         if not per_rank:
             return gen
@@ -470,21 +490,24 @@ class Trainer:
         s = np.random.SeedSequence([seed, epoch, self.rank]).generate_state(2, np.uint64)
         return Generator(int(s[0]) & ((1 << 63) - 1))
 
-    def reduce_gradients(self):
+    def reduce_gradients(self) -> None:
+        """Every gradient becomes the mean of the ranks' (the gradient of the global batch)."""
         self.reducer.reduce()
 
-    def reduce_stats(self, seen, correct, loss_sum):
+    def reduce_stats(self, seen: int, correct: int, loss_sum: float) -> Tuple[int, int, float]:
+        """The epoch's (images seen, correct predictions, loss sum in nats) summed over the ranks."""
         s = np.array([seen, correct, loss_sum], np.float64)
         all_reduce(s)
         return int(s[0]), int(s[1]), float(s[2])
 
-    def end_epoch(self, model, opt):
+    def end_epoch(self, model: SubspaceNet, opt: SGD) -> None:
         """Root's parameters, buffers (batch-norm running statistics) and momentum on every rank."""
         broadcast_parameters(model)
         if opt.velocity is not None:
             _flat_broadcast(opt.velocity)
 
-    def close(self):
+    def close(self) -> None:
+        """Undo ``prepare``'s wrapping of observers and batch norms (the gradient buffers stay)."""
         for m, name, old in reversed(self._undo):
             if old is None:
                 object.__delattr__(m, name)

@@ -19,6 +19,9 @@ learning-rate schedule. One checkpoint per epoch is written
 atomically to ``out/checkpoint.safetensors``; ``fit(..., resume=True)``
 continues from it and gives the same numbers as an uninterrupted run.
 """
+from __future__ import annotations
+
+import dataclasses
 import errno
 import json
 import math
@@ -26,6 +29,7 @@ import os
 import tempfile
 import time
 import warnings
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -38,6 +42,12 @@ from .nn.quant import alpha_for_bits
 from .optim import SGD, cosine_lr
 from .random import Generator
 from .subspace import line_pairs, line_regularizer
+
+if TYPE_CHECKING:
+    from .models import SubspaceNet
+
+PathLike = Union[str, "os.PathLike[str]"]
+Data = Union[Tuple[np.ndarray, np.ndarray], DataLoader]  # (images uint8 (N, C, H, W), labels (N,)) or a loader
 
 METHODS = tuple(_regimes.METHODS)
 REGIMES = tuple(_regimes.REGIMES)
@@ -100,11 +110,12 @@ def _real(v, name, lo=None, hi=None):
     return v
 
 
-def check_out(out, files=(CHECKPOINT, "history.json", "eval.json", "eval.csv"), create=True):
+def check_out(out: PathLike, files: Sequence[str] = (CHECKPOINT, "history.json", "eval.json", "eval.csv"),
+              create: bool = True) -> PathLike:
     """Make sure run files can be written into directory ``out`` before any work: create it
     (``create``; else check that it could be created), write and remove a probe file there
     (else in its nearest existing parent), and refuse a directory where one of ``files`` goes.
-    Raises the OSError subclass that a later write would have raised, naming the path."""
+    Raises the OSError subclass that a later write would have raised, naming the path; returns ``out``."""
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out: expected a directory path, got {type(out).__name__}")
     try:
@@ -129,8 +140,12 @@ def check_out(out, files=(CHECKPOINT, "history.json", "eval.json", "eval.csv"), 
     return out
 
 
-def check_method(model, method, regime, topk=None, num_bits=None):
-    """Raise ValueError (naming the argument) unless ``model`` can be trained with method and regime."""
+def check_method(model: SubspaceNet, method: str, regime: str, topk: Optional[float] = None,
+                 num_bits: Optional[int] = None) -> None:
+    """Raise ValueError (naming the argument) unless ``model`` can be trained with method and regime.
+
+    ``topk`` (target_topk) is a keep fraction in (0, 1]; ``num_bits`` (target_bits) a bit width in the
+    model's ``bit_range``. Warns where a subspace method meets batch norm."""
     m = _regimes.method(method)
     _regimes.regime(regime)
     if regime not in m.regimes:
@@ -166,8 +181,10 @@ class AlphaSchedule:
     bit width over the warm-up. The returned keep fraction is 1 there.
     """
 
-    def __init__(self, method, warmup_its, generator, lo=0.025, hi=1.0, p=0.5, topk=None,
-                 regime="unstructured", bit_range=(3, 8), num_bits=None, width_range=(0.25, 1.0), n=4):
+    def __init__(self, method: str, warmup_its: float, generator: Generator, lo: float = 0.025, hi: float = 1.0,
+                 p: float = 0.5, topk: Optional[float] = None, regime: str = "unstructured",
+                 bit_range: Tuple[int, int] = (3, 8), num_bits: Optional[int] = None,
+                 width_range: Tuple[float, float] = (0.25, 1.0), n: int = 4) -> None:
         self.method, self.warmup_its, self.gen = method, warmup_its, generator
         self.width_range, self.n = width_range, n
         self.lo, self.hi, self.p, self.target = lo, hi, p, topk
@@ -175,10 +192,12 @@ class AlphaSchedule:
         self.K = bit_range[1] - bit_range[0] + 1
         self.sampler = _regimes.REGIMES[regime].sampler if regime in _regimes.REGIMES else None
 
-    def ramp(self, it):
+    def ramp(self, it: float) -> float:
+        """The share of the warm-up still to go at iteration ``it``: 1 at 0, falling linearly to 0
+        at ``warmup_its`` (0 throughout without a warm-up)."""
         return max(1.0 - it / self.warmup_its, 0.0) if self.warmup_its > 0 else 0.0
 
-    def samples(self, it):
+    def samples(self, it: int) -> List[Tuple[float, float]]:
         """The (alpha, topk) of each forward pass of iteration ``it``: the structured methods take
         several per step (sandwich rule: alphas 0, 1 and n - 2 uniform; ns: its fixed widths)."""
         if self.sampler == "sandwich" and self.method != "standard":
@@ -188,7 +207,7 @@ class AlphaSchedule:
             return [(a, 1.0) for a in self.gen.alpha_sandwich(self.n)]
         return [self(it)]
 
-    def __call__(self, it):
+    def __call__(self, it: int) -> Tuple[float, float]:
         """(alpha, topk) for iteration ``it`` (0-based)."""
         if self.method == "standard":
             return 1.0, 1.0
@@ -211,6 +230,7 @@ class AlphaSchedule:
 
 
 def _progress(iterable, enabled, desc, total):
+    """``iterable`` behind a tqdm bar when ``enabled``, else as it is."""
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -218,12 +238,259 @@ def _progress(iterable, enabled, desc, total):
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
-def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=10, batch_size=128,
-        lr=None, momentum=0.9, weight_decay=5e-4, warmup=0.8, lr_warmup_epochs=None, seed=0, out=None,
-        progress=True, resume=False, topk=None, beta=1.0, alpha_sampling=(0.025, 1.0, 0.5),
-        augment=True, eval_alphas=None, num_bits=None, distributed=None, alpha_per_rank=False,
-        sync_batchnorm=False):
-    """Train ``model`` with ``method``; returns the history (a list of per-epoch dicts).
+@dataclasses.dataclass
+class _Settings:
+    """The arguments of one ``fit`` call (their meaning is in its docstring), checked by ``checked``."""
+
+    method: str
+    regime: str
+    epochs: int
+    batch_size: int
+    lr: Optional[float]
+    momentum: float
+    weight_decay: float
+    warmup: float
+    lr_warmup_epochs: Optional[int]
+    seed: int
+    out: Optional[PathLike]
+    progress: bool
+    resume: bool
+    topk: Optional[float]
+    beta: float
+    alpha_sampling: Sequence[float]
+    augment: bool
+    eval_alphas: Optional[Sequence[float]]
+    num_bits: Optional[int]
+    distributed: Optional[bool]
+    alpha_per_rank: bool
+    sync_batchnorm: bool
+
+    @classmethod
+    def checked(cls, model, **kwargs):
+        """The settings with ``lr`` defaulted to the regime's, ``warmup`` and ``beta`` as floats,
+        ``alpha_sampling`` as a (lo, hi, p) tuple of floats and ``eval_alphas`` as a list; a bad
+        value is a TypeError/ValueError naming the argument (the data are checked after)."""
+        s = cls(**kwargs)
+        if s.lr is None:
+            s.lr = _regimes.REGIMES[s.regime].lr
+        if isinstance(s.epochs, bool) or not isinstance(s.epochs, int) or s.epochs < 1:
+            raise ValueError(f"epochs: expected an int >= 1, got {s.epochs!r}")
+        s.warmup = _real(s.warmup, "warmup", 0.0, 1.0)
+        if s.lr_warmup_epochs is not None and (isinstance(s.lr_warmup_epochs, bool) or
+                                               not isinstance(s.lr_warmup_epochs, (int, np.integer)) or
+                                               s.lr_warmup_epochs < 0):
+            raise ValueError(f"lr_warmup_epochs: expected None or an int >= 0, got {s.lr_warmup_epochs!r}")
+        s.beta = _real(s.beta, "beta", 0.0)
+        sampling = s.alpha_sampling
+        if isinstance(sampling, (str, bytes)) or not hasattr(sampling, "__len__") or len(sampling) != 3:
+            raise TypeError(f"alpha_sampling: expected (lo, hi, p), got {sampling!r}")
+        lo, hi, p = (_real(v, f"alpha_sampling[{i}]") for i, v in enumerate(sampling))
+        if not (0.0 < lo <= hi <= 1.0 and 0.0 <= p <= 1.0):
+            raise ValueError(f"alpha_sampling: expected (lo, hi, p) with 0 < lo <= hi <= 1, 0 <= p <= 1, "
+                             f"got {sampling!r}")
+        s.alpha_sampling = (lo, hi, p)
+        if s.eval_alphas is not None:
+            s.eval_alphas = _check_alphas(s.eval_alphas, "eval_alphas", model.regime)
+        if not isinstance(s.resume, bool):
+            raise TypeError(f"resume: expected True or False, got {type(s.resume).__name__}")
+        if s.resume and s.out is None:
+            raise ValueError("resume: needs out= (the directory holding the checkpoint)")
+        return s
+
+    def config(self, batch_size, alpha_per_rank):
+        """The run's configuration as its checkpoint records it (a resumed run must have the same)."""
+        config = dict(method=self.method, regime=self.regime, epochs=self.epochs, batch_size=batch_size,
+                      lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, warmup=self.warmup,
+                      lr_warmup_epochs=self.lr_warmup_epochs, seed=self.seed, topk=self.topk, beta=self.beta,
+                      alpha_sampling=list(self.alpha_sampling), augment=bool(self.augment),
+                      num_bits=self.num_bits)
+        if alpha_per_rank:
+            config["alpha_per_rank"] = True
+        return config
+
+
+def _checked_data(model, data, name):
+    """``data`` (a tuple or DataLoader) checked by ``_check_data`` and against the model's input shape."""
+    data = _check_data(data, name)
+    _check_images_fit(model, data.images if isinstance(data, DataLoader) else data[0], name)
+    return data
+
+
+def _check_fit_data(model, train, test, batch_size):
+    """fit's checked ``(train, test)``: a training set that gives at least one batch, both sets
+    (images uint8 (N, C, H, W), labels (N,)) or DataLoaders whose images fit the model."""
+    if isinstance(train, DataLoader):
+        if len(train) == 0:
+            raise ValueError(f"train: the DataLoader yields no batches ({train.num_samples} images, batch_size "
+                             f"{train.batch_size}, drop_last={train.drop_last})")
+    elif isinstance(train, (tuple, list)) and len(train) == 2 and hasattr(train[0], "__len__"):
+        if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) and \
+                0 < len(train[0]) < batch_size:
+            raise ValueError(f"batch_size: {batch_size} is more than the {len(train[0])} training images; training "
+                             "drops the last incomplete batch, so no step would run")
+    train = _checked_data(model, train, "train")
+    if test is not None:
+        test = _checked_data(model, test, "test")
+    return train, test
+
+
+class _Run:
+    """One ``fit`` call in progress: its loader, optimizer, alpha schedule, generator and history,
+    and on N ranks the ``csub.distributed.Trainer``. ``fit`` drives it epoch by epoch."""
+
+    def __init__(self, model, train, test, s):
+        self.model, self.test, self.s = model, test, s
+        if isinstance(train, DataLoader):
+            loader = train
+        else:  # the training images' channel statistics normalise every input of the model
+            mean, std = channel_stats(train[0])
+            loader = DataLoader(train[0], train[1], batch_size=s.batch_size, shuffle=True, augment=s.augment,
+                                mean=mean, std=std, drop_last=True, seed=s.seed)
+            model.input_mean[...] = mean
+            model.input_std[...] = std
+        self.ddp = _distributed.Trainer.create(s.distributed)  # None on one process
+        self.progress, self.evaluate = s.progress, evaluate
+        if self.ddp:
+            loader = self.ddp.prepare(model, loader, s.sync_batchnorm)
+            self.progress, self.evaluate = s.progress and self.ddp.is_root, _distributed.evaluate
+        self.loader = loader
+        self.config = s.config(loader.batch_size, bool(self.ddp and s.alpha_per_rank))
+        self.its_per_epoch = len(loader)
+        total_its = self.its_per_epoch * s.epochs
+        self.gen = Generator(s.seed)
+        self.schedule = AlphaSchedule(s.method, s.warmup * total_its, self.gen, *s.alpha_sampling, s.topk,
+                                      s.regime, model.bit_range, s.num_bits, model.width_range)
+        self.opt = SGD(model.parameters(), s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        self.crit = CrossEntropyLoss()
+        # the regulariser runs over the tensors that form the line: norms for structured, weights otherwise
+        self.pairs = line_pairs(model, _regimes.REGIMES[s.regime].line) if s.method == "lcs_l" else []
+        self.lr_warm = min(5, s.epochs // 10) if s.lr_warmup_epochs is None else \
+            min(int(s.lr_warmup_epochs), s.epochs - 1)
+        self.history, self.start = [], 0
+        self.path = os.path.join(s.out, CHECKPOINT) if s.out else None
+        if s.out:
+            os.makedirs(s.out, exist_ok=True)
+
+    def state(self):
+        """The tensors of a checkpoint: ``{"model": ..., "optim": ..., "rng": {"state": ...}}``."""
+        return {"model": self.model.state_dict(), "optim": self.opt.state_dict(),
+                "rng": {"state": self.gen.get_state()}}
+
+    def resume(self):
+        """Continue from ``out/checkpoint.safetensors`` (with resume=True, where it exists); on N ranks
+        rank 0's parameters, optimizer, generator and position on every rank."""
+        if self.s.resume and os.path.exists(self.path):
+            state = checkpoint.load_training(self.path, self.state(), json.loads(json.dumps(self.config)))
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optim"])
+            self.gen.set_state(state["rng"]["state"])
+            self.history = state["meta"]["history"]
+            self.start = state["meta"]["epoch"]
+        if self.ddp:
+            self.history, self.start = self.ddp.sync_state(self.model, self.opt, self.gen, self.history,
+                                                           self.start)
+
+    def step(self, x, y, it):
+        """One SGD step on a batch x (B, C, H, W) float32 with labels y (B,) at iteration ``it``
+        (0-based over all epochs). Returns (loss, logits (B, classes) at the step's largest alpha):
+        the mean cross-entropy (nats) over the step's forward passes plus the line regulariser."""
+        model, schedule, opt, crit = self.model, self.schedule, self.opt, self.crit
+        samples = schedule.samples(it)  # one (alpha, keep) per forward; the losses add up
+        if model.regime == "quantized":  # activation quantization starts after the warm-up
+            model.set_quantize_inputs(it >= schedule.warmup_its)
+        opt.zero_grad()
+        loss = 0.0
+        for alpha, keep in samples:
+            model.set_alpha(alpha, topk=keep if model.regime == "unstructured" else None)
+            z = model(x)
+            loss += crit(z, y)
+            model.backward(crit.backward())
+            if alpha == max(a for a, _ in samples):
+                logits = z  # training accuracy is tracked at the step's largest alpha
+        loss /= len(samples)
+        if self.ddp:
+            self.ddp.reduce_gradients()  # the mean gradient of the global batch, on every rank
+        if self.pairs and self.s.beta:
+            loss += line_regularizer(self.pairs, self.s.beta)
+        opt.step()
+        return loss, logits
+
+    def train_epoch(self, epoch):
+        """One pass over the training data (``epoch`` 0-based); returns the epoch's record: epoch
+        (1-based), lr, train_loss (mean cross-entropy, nats), train_accuracy (a fraction), seconds."""
+        s, model, opt, loader = self.s, self.model, self.opt, self.loader
+        opt.lr = cosine_lr(s.lr, epoch, s.epochs, self.lr_warm)
+        if self.ddp:
+            self.schedule.gen = self.ddp.alpha_generator(self.gen, s.seed, epoch, s.alpha_per_rank)
+        loader.set_epoch(epoch)
+        model.train()
+        t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
+        bar = _progress(loader, self.progress, f"{s.method} epoch {epoch + 1}/{s.epochs}", self.its_per_epoch)
+        for i, (x, y) in enumerate(bar):
+            loss, logits = self.step(x, y, epoch * self.its_per_epoch + i)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch + 1}, iteration {i}: loss {loss}")
+            seen += len(y)
+            correct += int(np.sum(np.argmax(logits, 1) == y))
+            loss_sum += loss * len(y)
+            if self.progress and i % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if self.ddp:
+            seen, correct, loss_sum = self.ddp.reduce_stats(seen, correct, loss_sum)
+            self.ddp.end_epoch(model, opt)
+        return dict(epoch=epoch + 1, lr=opt.lr, train_loss=loss_sum / seen, train_accuracy=correct / seen,
+                    seconds=time.perf_counter() - t0)
+
+    def test_ends(self, record):
+        """Add ``test_accuracy@<alpha>`` (a fraction) at the method's end alphas to ``record``."""
+        s, model = self.s, self.model
+        ends = _end_alphas(s.method, s.alpha_sampling[0], s.topk, s.regime, model.bit_range, s.num_bits,
+                           model.width_range)
+        for a, r in zip(ends, self.evaluate(model, self.test, ends)):
+            record[f"test_accuracy@{a:g}"] = r["accuracy"]
+
+    def end_epoch(self, epoch, record):
+        """Append ``record`` to the history, print it (progress) and, with ``out``, write the
+        checkpoint and history.json (rank 0)."""
+        self.history.append(record)
+        if self.progress:
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                  flush=True)
+        if self.s.out and (not self.ddp or self.ddp.is_root):
+            checkpoint.save(self.path, self.state(), {"epoch": epoch + 1, "config": self.config,
+                                                      "history": self.history})
+            _write_json(os.path.join(self.s.out, "history.json"), self.history)
+
+    def finish(self):
+        """Evaluate the grid into out/eval.json and eval.csv (with test data and ``out``), undo the
+        distributed set-up; returns the history."""
+        s, model = self.s, self.model
+        if self.test is not None and s.out:
+            alphas = s.eval_alphas or default_alphas(s.method, s.topk, s.regime, model.bit_range, s.num_bits,
+                                                     model.width_range)
+            results = self.evaluate(model, self.test, alphas)
+            if not self.ddp or self.ddp.is_root:
+                save_results(s.out, results)
+        if self.ddp:
+            self.ddp.close()
+            _distributed.barrier()  # every rank returns once rank 0's files are written
+        return self.history
+
+
+def fit(model: SubspaceNet, train: Data, test: Optional[Data] = None, method: str = "lcs_l",
+        regime: str = "unstructured", epochs: int = 10, batch_size: int = 128, lr: Optional[float] = None,
+        momentum: float = 0.9, weight_decay: float = 5e-4, warmup: float = 0.8,
+        lr_warmup_epochs: Optional[int] = None, seed: int = 0, out: Optional[PathLike] = None,
+        progress: bool = True, resume: bool = False, topk: Optional[float] = None, beta: float = 1.0,
+        alpha_sampling: Sequence[float] = (0.025, 1.0, 0.5), augment: bool = True,
+        eval_alphas: Optional[Sequence[float]] = None, num_bits: Optional[int] = None,
+        distributed: Optional[bool] = None, alpha_per_rank: bool = False,
+        sync_batchnorm: bool = False) -> List[Dict[str, Any]]:
+    """Train ``model`` with ``method``; returns the history, one dict per epoch with keys epoch
+    (1-based), lr (the epoch's learning rate), train_loss (each step's loss, cross-entropy in nats
+    at the sampled alphas plus the line regulariser, averaged over the epoch's images),
+    train_accuracy (a fraction, at each step's largest alpha), seconds (wall-clock time of the
+    training pass) and, with ``test``, ``test_accuracy@<alpha>`` (a fraction) at the method's end alphas.
 
     Args:
         model: a ``csub.models`` network built with the method's subspace and regime.
@@ -254,155 +521,23 @@ def fit(model, train, test=None, method="lcs_l", regime="unstructured", epochs=1
         sync_batchnorm: (distributed) batch-norm statistics over the global batch instead of per rank.
     """
     check_method(model, method, regime, topk, num_bits)
-    if lr is None:
-        lr = _regimes.REGIMES[regime].lr
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
-    warmup = _real(warmup, "warmup", 0.0, 1.0)
-    if lr_warmup_epochs is not None and (isinstance(lr_warmup_epochs, bool) or
-                                         not isinstance(lr_warmup_epochs, (int, np.integer)) or lr_warmup_epochs < 0):
-        raise ValueError(f"lr_warmup_epochs: expected None or an int >= 0, got {lr_warmup_epochs!r}")
-    beta = _real(beta, "beta", 0.0)
-    if isinstance(alpha_sampling, (str, bytes)) or not hasattr(alpha_sampling, "__len__") or len(alpha_sampling) != 3:
-        raise TypeError(f"alpha_sampling: expected (lo, hi, p), got {alpha_sampling!r}")
-    lo, hi, p = (_real(v, f"alpha_sampling[{i}]") for i, v in enumerate(alpha_sampling))
-    if not (0.0 < lo <= hi <= 1.0 and 0.0 <= p <= 1.0):
-        raise ValueError(f"alpha_sampling: expected (lo, hi, p) with 0 < lo <= hi <= 1, 0 <= p <= 1, "
-                         f"got {alpha_sampling!r}")
-    if eval_alphas is not None:
-        eval_alphas = _check_alphas(eval_alphas, "eval_alphas", model.regime)
-    if not isinstance(resume, bool):
-        raise TypeError(f"resume: expected True or False, got {type(resume).__name__}")
-    if resume and out is None:
-        raise ValueError("resume: needs out= (the directory holding the checkpoint)")
-    if isinstance(train, DataLoader):
-        if len(train) == 0:
-            raise ValueError(f"train: the DataLoader yields no batches ({train.num_samples} images, batch_size "
-                             f"{train.batch_size}, drop_last={train.drop_last})")
-    elif isinstance(train, (tuple, list)) and len(train) == 2 and hasattr(train[0], "__len__"):
-        if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) and \
-                0 < len(train[0]) < batch_size:
-            raise ValueError(f"batch_size: {batch_size} is more than the {len(train[0])} training images; training "
-                             "drops the last incomplete batch, so no step would run")
-
-    train = _check_data(train, "train")
-    _check_images_fit(model, train.images if isinstance(train, DataLoader) else train[0], "train")
-    if test is not None:
-        test = _check_data(test, "test")
-        _check_images_fit(model, test.images if isinstance(test, DataLoader) else test[0], "test")
+    s = _Settings.checked(model, method=method, regime=regime, epochs=epochs, batch_size=batch_size, lr=lr,
+                          momentum=momentum, weight_decay=weight_decay, warmup=warmup,
+                          lr_warmup_epochs=lr_warmup_epochs, seed=seed, out=out, progress=progress,
+                          resume=resume, topk=topk, beta=beta, alpha_sampling=alpha_sampling, augment=augment,
+                          eval_alphas=eval_alphas, num_bits=num_bits, distributed=distributed,
+                          alpha_per_rank=alpha_per_rank, sync_batchnorm=sync_batchnorm)
+    train, test = _check_fit_data(model, train, test, batch_size)
     if out is not None:
         check_out(out)  # before any work: a run that cannot save fails now, not after an epoch
-    if isinstance(train, DataLoader):
-        loader = train
-    else:
-        mean, std = channel_stats(train[0])
-        loader = DataLoader(train[0], train[1], batch_size=batch_size, shuffle=True, augment=augment,
-                            mean=mean, std=std, drop_last=True, seed=seed)
-        model.input_mean[...] = mean
-        model.input_std[...] = std
-    ddp = _distributed.Trainer.create(distributed)  # None on one process
-    if ddp:
-        loader = ddp.prepare(model, loader, sync_batchnorm)
-        progress = progress and ddp.is_root
-        _evaluate = _distributed.evaluate
-    else:
-        _evaluate = evaluate
-
-    config = dict(method=method, regime=regime, epochs=epochs, batch_size=loader.batch_size, lr=lr,
-                  momentum=momentum, weight_decay=weight_decay, warmup=warmup,
-                  lr_warmup_epochs=lr_warmup_epochs, seed=seed, topk=topk, beta=beta,
-                  alpha_sampling=[lo, hi, p], augment=bool(augment), num_bits=num_bits)
-    if ddp and alpha_per_rank:
-        config["alpha_per_rank"] = True
-    its_per_epoch = len(loader)
-    total_its = its_per_epoch * epochs
-    gen = Generator(seed)
-    schedule = AlphaSchedule(method, warmup * total_its, gen, lo, hi, p, topk, regime, model.bit_range, num_bits,
-                             model.width_range)
-    opt = SGD(model.parameters(), lr, momentum=momentum, weight_decay=weight_decay)
-    crit = CrossEntropyLoss()
-    # the regulariser runs over the tensors that form the line: norms for structured, weights otherwise
-    pairs = line_pairs(model, _regimes.REGIMES[regime].line) if method == "lcs_l" else []
-    lr_warm = min(5, epochs // 10) if lr_warmup_epochs is None else min(int(lr_warmup_epochs), epochs - 1)
-
-    history, start = [], 0
-    path = os.path.join(out, CHECKPOINT) if out else None
-    if out:
-        os.makedirs(out, exist_ok=True)
-    if resume and os.path.exists(path):
-        template = {"model": model.state_dict(), "optim": opt.state_dict(), "rng": {"state": gen.get_state()}}
-        state = checkpoint.load_training(path, template, json.loads(json.dumps(config)))
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        gen.set_state(state["rng"]["state"])
-        history = state["meta"]["history"]
-        start = state["meta"]["epoch"]
-    if ddp:  # rank 0's parameters, optimizer, generator and position on every rank
-        history, start = ddp.sync_state(model, opt, gen, history, start)
-
-    for epoch in range(start, epochs):
-        opt.lr = cosine_lr(lr, epoch, epochs, lr_warm)
-        if ddp:
-            schedule.gen = ddp.alpha_generator(gen, seed, epoch, alpha_per_rank)
-        loader.set_epoch(epoch)
-        model.train()
-        t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-        bar = _progress(loader, progress, f"{method} epoch {epoch + 1}/{epochs}", its_per_epoch)
-        for i, (x, y) in enumerate(bar):
-            it = epoch * its_per_epoch + i
-            samples = schedule.samples(it)  # one (alpha, keep) per forward; the losses add up
-            if model.regime == "quantized":  # activation quantization starts after the warm-up
-                model.set_quantize_inputs(it >= schedule.warmup_its)
-            opt.zero_grad()
-            loss = 0.0
-            for alpha, keep in samples:
-                model.set_alpha(alpha, topk=keep if model.regime == "unstructured" else None)
-                z = model(x)
-                loss += crit(z, y)
-                model.backward(crit.backward())
-                if alpha == max(a for a, _ in samples):
-                    logits = z  # training accuracy is tracked at the step's largest alpha
-            loss /= len(samples)
-            if ddp:
-                ddp.reduce_gradients()  # the mean gradient of the global batch, on every rank
-            if pairs and beta:
-                loss += line_regularizer(pairs, beta)
-            opt.step()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"training diverged at epoch {epoch + 1}, iteration {i}: loss {loss}")
-            seen += len(y)
-            correct += int(np.sum(np.argmax(logits, 1) == y))
-            loss_sum += loss * len(y)
-            if progress and i % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        if ddp:
-            seen, correct, loss_sum = ddp.reduce_stats(seen, correct, loss_sum)
-            ddp.end_epoch(model, opt)
-        record = dict(epoch=epoch + 1, lr=opt.lr, train_loss=loss_sum / seen, train_accuracy=correct / seen,
-                      seconds=time.perf_counter() - t0)
+    run = _Run(model, train, test, s)
+    run.resume()
+    for epoch in range(run.start, s.epochs):
+        record = run.train_epoch(epoch)
         if test is not None:
-            ends = _end_alphas(method, lo, topk, regime, model.bit_range, num_bits, model.width_range)
-            for a, r in zip(ends, _evaluate(model, test, ends)):
-                record[f"test_accuracy@{a:g}"] = r["accuracy"]
-        history.append(record)
-        if progress:
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-                  flush=True)
-        if out and (not ddp or ddp.is_root):
-            checkpoint.save(path, {"model": model.state_dict(), "optim": opt.state_dict(),
-                                   "rng": {"state": gen.get_state()}},
-                            {"epoch": epoch + 1, "config": config, "history": history})
-            _write_json(os.path.join(out, "history.json"), history)
-
-    if test is not None and out:
-        alphas = eval_alphas or default_alphas(method, topk, regime, model.bit_range, num_bits, model.width_range)
-        results = _evaluate(model, test, alphas)
-        if not ddp or ddp.is_root:
-            save_results(out, results)
-    if ddp:
-        ddp.close()
-        _distributed.barrier()  # every rank returns once rank 0's files are written
-    return history
+            run.test_ends(record)
+        run.end_epoch(epoch, record)
+    return run.finish()
 
 
 def _end_alphas(method, lo, topk, regime="unstructured", bit_range=(3, 8), num_bits=None,
@@ -410,19 +545,24 @@ def _end_alphas(method, lo, topk, regime="unstructured", bit_range=(3, 8), num_b
     return _regimes.end_alphas(method, lo, topk, regime, bit_range, num_bits)
 
 
-def default_alphas(method, topk=None, regime="unstructured", bit_range=(3, 8), num_bits=None,
-                   width_range=(0.25, 1.0)):
-    """The evaluation grid of a method (LCS-SPEC section 9)."""
+def default_alphas(method: str, topk: Optional[float] = None, regime: str = "unstructured",
+                   bit_range: Tuple[int, int] = (3, 8), num_bits: Optional[int] = None,
+                   width_range: Tuple[float, float] = (0.25, 1.0)) -> List[float]:
+    """The evaluation grid of a method (LCS-SPEC section 9): a list of alphas in [0, 1].
+
+    ``topk`` (target_topk) is the keep fraction, ``num_bits`` (target_bits) the bit width of the
+    baselines, each evaluated at its one point; ``bit_range`` and ``width_range`` are the model's."""
     return _regimes.default_alphas(method, topk, regime, bit_range, num_bits, width_range)
 
 
-def evaluate(model, data, alphas, batch_size=500):
+def evaluate(model: SubspaceNet, data: Data, alphas: Iterable[float], batch_size: int = 500) -> List[Dict[str, Any]]:
     """Accuracy and loss of ``model`` at each alpha.
 
     Args:
         data: ``(images uint8, labels)`` (normalised with the model's input
             statistics) or a DataLoader.
         alphas: iterable of alphas in [0, 1] (unstructured: alpha > 0).
+        batch_size: images per forward pass where ``data`` is a tuple.
     Returns:
         list of dicts, one per alpha, with keys alpha, then for the unstructured
         regime (and dense models) topk (keep fraction) and sparsity (zeros over
@@ -432,8 +572,7 @@ def evaluate(model, data, alphas, batch_size=500):
         2 per multiply-accumulate), then accuracy (a fraction in [0, 1]) and loss.
     """
     alphas = _check_alphas(alphas, "alphas", model.regime)
-    data = _check_data(data, "data")
-    _check_images_fit(model, data.images if isinstance(data, DataLoader) else data[0], "data")
+    data = _checked_data(model, data, "data")
     if not isinstance(data, DataLoader):
         data = DataLoader(data[0], data[1], batch_size=batch_size, shuffle=False, augment=False,
                           mean=model.input_mean, std=model.input_std)
@@ -471,8 +610,9 @@ def _write_json(path, obj):
     checkpoint.atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
-def save_results(out, results, name="eval"):
-    """Write results as ``out/<name>.json`` and ``out/<name>.csv``."""
+def save_results(out: PathLike, results: Sequence[Dict[str, Any]], name: str = "eval") -> None:
+    """Write results (``evaluate``'s list of dicts, one per alpha) as ``out/<name>.json`` and
+    ``out/<name>.csv`` (one row per alpha, floats to 6 significant digits), each atomically."""
     _write_json(os.path.join(out, f"{name}.json"), results)
     keys = list(results[0])
     lines = [",".join(keys)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
@@ -480,8 +620,9 @@ def save_results(out, results, name="eval"):
     checkpoint.atomic_write(os.path.join(out, f"{name}.csv"), ("\n".join(lines) + "\n").encode())
 
 
-def format_table(results):
-    """Results as an aligned text table."""
+def format_table(results: Sequence[Dict[str, Any]]) -> str:
+    """Results (``evaluate``'s list of dicts) as an aligned text table: a header of their keys, then
+    one row per alpha, floats to 4 decimals."""
     keys = list(results[0])
     rows = [[f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in results]
     widths = [max(len(k), *(len(row[i]) for row in rows)) for i, k in enumerate(keys)]

@@ -32,6 +32,17 @@ def ok(proc):
     return proc
 
 
+def run_fixture(name, args):
+    """A module-scoped fixture: ``python -m csub`` with ``args`` run to success once in a new
+    temporary cwd (named after ``name``), shared by the module's tests as (cwd, stdout)."""
+    @pytest.fixture(scope="module")
+    def run_dir(tmp_path_factory):
+        cwd = tmp_path_factory.mktemp(name)
+        return cwd, ok(run_csub(args, cwd)).stdout
+
+    return run_dir
+
+
 def parse_table(stdout, columns, key):
     """{row[key]: row dict} of the table format_table prints, whose header must be ``columns``."""
     lines = stdout.splitlines()
@@ -56,12 +67,7 @@ def table_rows(stdout):
     return parse_table(stdout, ["alpha", "topk", "sparsity", "accuracy", "loss"], "alpha")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A finished 1-epoch lcs_l MLP run in a temporary cwd: (cwd, stdout)."""
-    cwd = tmp_path_factory.mktemp("cli")
-    proc = ok(run_csub(TRAIN_MLP, cwd))
-    return cwd, proc.stdout
+run_dir = run_fixture("cli", TRAIN_MLP)  # a finished 1-epoch lcs_l MLP run: (cwd, stdout)
 
 
 def test_help(tmp_path):

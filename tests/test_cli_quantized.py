@@ -8,7 +8,7 @@ import json
 import pytest
 
 from csub.nn.quant import alpha_for_bits
-from test_cli import PNG_SIGNATURE, ok, parse_table, run_csub
+from test_cli import PNG_SIGNATURE, ok, parse_table, run_csub, run_fixture
 
 BITS = list(range(3, 9))  # the default bit_range (3, 8)
 TRAIN = ["train", "--dataset", "fashion-mnist-bundled", "--model", "mlp", "--regime", "quantized",
@@ -21,12 +21,8 @@ def bits_rows(stdout):
     return {int(b): r for b, r in rows.items()}
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A finished 1-epoch quantized lcs_l MLP run in a temporary cwd: (cwd, stdout)."""
-    cwd = tmp_path_factory.mktemp("cli_quantized")
-    proc = ok(run_csub(TRAIN + ["--method", "lcs_l", "--out", "RUN"], cwd))
-    return cwd, proc.stdout
+# a finished 1-epoch quantized lcs_l MLP run: (cwd, stdout)
+run_dir = run_fixture("cli_quantized", TRAIN + ["--method", "lcs_l", "--out", "RUN"])
 
 
 def test_train_lcs_l_prints_bits_table(run_dir):

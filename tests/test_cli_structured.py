@@ -10,7 +10,7 @@ import pytest
 
 from csub import checkpoint
 from csub.train import CHECKPOINT, STRUCTURED_WIDTHS
-from test_cli import PNG_SIGNATURE, ok, parse_table, run_csub
+from test_cli import PNG_SIGNATURE, ok, parse_table, run_csub, run_fixture
 
 WIDTHS = list(STRUCTURED_WIDTHS)  # 0.25 .. 1.0 in steps of 0.125, the default width_range (0.25, 1.0)
 KEYS = ["alpha", "width", "params", "flops", "accuracy", "loss"]
@@ -55,12 +55,8 @@ def line_tensors(run):
     return [k for k in state if k.endswith(("weight1", "bias1"))]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A finished 1-epoch structured lcs_l MLP run in a temporary cwd: (cwd, stdout)."""
-    cwd = tmp_path_factory.mktemp("cli_structured")
-    proc = ok(run_csub(TRAIN + ["--method", "lcs_l", "--out", "RUN"], cwd))
-    return cwd, proc.stdout
+# a finished 1-epoch structured lcs_l MLP run: (cwd, stdout)
+run_dir = run_fixture("cli_structured", TRAIN + ["--method", "lcs_l", "--out", "RUN"])
 
 
 def test_train_lcs_l_prints_width_table(run_dir):

@@ -143,19 +143,14 @@ def test_idx_truncated_header(tmp_path):
         data.read_idx(path)
 
 
-def test_idx_bad_magic(tmp_path):
+@pytest.mark.parametrize("offset, value, name, message", [(0, 1, "m.gz", "magic"),
+                                                       (2, 0x0A, "c", "type code 0x0a")])
+def test_idx_bad_header_byte(tmp_path, offset, value, name, message):
+    """A wrong magic (byte 0) or an unknown type code (byte 2) is an error naming the file."""
     payload = bytearray(idx_bytes(np.zeros(4, np.uint8)))
-    payload[0] = 1
-    path = write_file(tmp_path / "m.gz", bytes(payload))
-    with pytest.raises(ValueError, match=re.escape(path) + ".*magic"):
-        data.read_idx(path)
-
-
-def test_idx_unknown_type_code(tmp_path):
-    payload = bytearray(idx_bytes(np.zeros(4, np.uint8)))
-    payload[2] = 0x0A
-    path = write_file(tmp_path / "c", bytes(payload))
-    with pytest.raises(ValueError, match=re.escape(path) + ".*type code 0x0a"):
+    payload[offset] = value
+    path = write_file(tmp_path / name, bytes(payload))
+    with pytest.raises(ValueError, match=re.escape(path) + ".*" + message):
         data.read_idx(path)
 
 
@@ -415,13 +410,20 @@ def test_cifar_bad_contents(tmp_path, cache):
         data.cifar10("test", root=folder)
 
 
-def test_cifar_search_and_not_found(tmp_path, monkeypatch, cache):
+def offline_and_empty(monkeypatch, tmp_path, load, split, named):
+    """No data anywhere and no network: ``load(split)`` fails naming ``named`` (the file to get),
+    ``load("test", download=False)`` names download=False. Returns the isolated data directory."""
     data_dir = isolate_env(monkeypatch, tmp_path)
     no_network(monkeypatch)
-    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
-        data.cifar10("test")
+    with pytest.raises(FileNotFoundError, match=named):
+        load(split)
     with pytest.raises(FileNotFoundError, match="download=False"):
-        data.cifar10("test", download=False)
+        load("test", download=False)
+    return data_dir
+
+
+def test_cifar_search_and_not_found(tmp_path, monkeypatch, cache):
+    data_dir = offline_and_empty(monkeypatch, tmp_path, data.cifar10, "test", "cifar-10-python.tar.gz")
     _, expected = make_cifar(data_dir / "cifar10", "bin")
     check_cifar(data.cifar10("test", download=False), expected["test"])
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "missing"))):
@@ -569,12 +571,7 @@ def test_fashion_mnist_arguments(tmp_path):
 
 
 def test_mnist(tmp_path, monkeypatch):
-    data_dir = isolate_env(monkeypatch, tmp_path)
-    no_network(monkeypatch)
-    with pytest.raises(FileNotFoundError, match="ossci-datasets"):
-        data.mnist("train")
-    with pytest.raises(FileNotFoundError, match="download=False"):
-        data.mnist("test", download=False)
+    data_dir = offline_and_empty(monkeypatch, tmp_path, data.mnist, "train", "ossci-datasets")
     with pytest.raises(ValueError, match="split"):
         data.mnist("dev")
     (data_dir / "mnist").mkdir()

@@ -132,21 +132,35 @@ def test_alpha_per_rank_samples_other_alphas(tmp_path):
     assert json.loads((out / "history.json").read_text())[0]["epoch"] == 1
 
 
-@needs_mpi
-def test_killed_rank_ends_the_job_and_resume_on_another_rank_count(tmp_path):
-    extra = ["--epochs", "2"]
-    _, ref = fit_run(tmp_path, "ref", "unstructured", None, extra)
+def paused_run(tmp_path, extra, n):
+    """Start run_fit.py unstructured into tmp_path/killed with --pause-after-epoch 1, on ``n`` ranks
+    (None: one process without mpiexec), and wait (at most 120 s) until rank 0 has written epoch
+    1's checkpoint. Returns (the Popen, still running, with stdout and stderr piped; out)."""
     out = tmp_path / "killed"
     out.mkdir()
     args = [sys.executable, os.path.join(SCRIPTS, "run_fit.py"), "unstructured", str(out), *extra,
             "--pause-after-epoch", "1"]
-    proc = subprocess.Popen([MPIEXEC, "--oversubscribe", "-n", "2"] + args, cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = [MPIEXEC, "--oversubscribe", "-n", str(n)] if n else []
+    proc = subprocess.Popen(launcher + args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         deadline = time.monotonic() + 120
         while not (out / "paused").exists():  # rank 0 has written epoch 1's checkpoint
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc, out
+
+
+@needs_mpi
+def test_killed_rank_ends_the_job_and_resume_on_another_rank_count(tmp_path):
+    extra = ["--epochs", "2"]
+    _, ref = fit_run(tmp_path, "ref", "unstructured", None, extra)
+    proc, out = paused_run(tmp_path, extra, 2)
+    try:
         os.kill(int((out / "pid.1").read_text()), signal.SIGKILL)
         t = time.monotonic()
         stdout, stderr = proc.communicate(timeout=60)  # never a hang
@@ -171,18 +185,9 @@ def test_killed_rank_ends_the_job_and_resume_on_another_rank_count(tmp_path):
 def test_resume_on_two_ranks_from_one_process(tmp_path):
     extra = ["--epochs", "2"]
     _, ref = fit_run(tmp_path, "ref", "unstructured", None, extra)
-    out = tmp_path / "killed"
-    out.mkdir()
-    proc = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "run_fit.py"), "unstructured", str(out), *extra,
-                             "--pause-after-epoch", "1"], cwd=ROOT, env=_env())
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "paused").exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
-    finally:
-        proc.kill()
-        proc.wait()
+    proc, out = paused_run(tmp_path, extra, None)
+    proc.kill()
+    proc.communicate()
     p = mpiexec(2, [os.path.join(SCRIPTS, "run_fit.py"), "unstructured", str(out), *extra, "--resume"])
     assert p.returncode == 0, p.stderr
     resumed = dict(np.load(out / "result.npz"))

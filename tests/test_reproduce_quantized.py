@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-import csub
-from csub import data, models, train
+from csub import models
+from reproduce_common import reproduce_run, require_full_fashion_mnist
 
 EPOCHS = int(os.environ.get("CSUB_REPRO_EPOCHS", "10"))
 OUT = os.environ.get("CSUB_REPRO_DIR", "runs/repro-quantized")
@@ -21,21 +21,13 @@ HIDDEN = (512, 256, 256, 128)
 
 
 def _run(name, method, subspace, regime="quantized", num_bits=None):
-    path = os.path.join(OUT, name)
-    if not os.path.exists(os.path.join(path, "eval.json")):
-        csub.manual_seed(0)
-        model = models.mlp(hidden=HIDDEN, regime=regime, subspace=subspace, norm="gn")
-        tr, te = data.fashion_mnist("train"), data.fashion_mnist("test")
-        train.fit(model, tr, te, method=method, regime="quantized", epochs=EPOCHS, out=path,
-                  num_bits=num_bits, resume=True, progress=True, augment=False)
-    with open(os.path.join(path, "eval.json")) as f:
-        return json.load(f)
+    return reproduce_run(OUT, name, lambda: models.mlp(hidden=HIDDEN, regime=regime, subspace=subspace, norm="gn"),
+                         method=method, regime="quantized", epochs=EPOCHS, num_bits=num_bits, augment=False)
 
 
 @pytest.mark.slow
 def test_quantized_reproduction():
-    if not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("CSUB_DATA"):
-        pytest.skip("full Fashion-MNIST not installed")
+    require_full_fashion_mnist()
     std = _run("standard", "standard", None, regime=None)[0]["accuracy"]
     lcs = {r["bits"]: r for r in _run("lcs_l", "lcs_l", "line")}
     target = {b: _run(f"target_bits_{b}", "target_bits", None, num_bits=b)[0] for b in range(3, 9)}

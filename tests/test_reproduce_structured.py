@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-import csub
-from csub import data, models, train
+from csub import models
+from reproduce_common import reproduce_run, require_full_fashion_mnist
 
 EPOCHS = int(os.environ.get("CSUB_REPRO_EPOCHS", "5"))
 OUT = os.environ.get("CSUB_REPRO_DIR", "runs/repro-structured")
@@ -20,21 +20,13 @@ HIDDEN = (512, 256, 256, 128)
 
 
 def _run(name, method, subspace, regime="structured"):
-    path = os.path.join(OUT, name)
-    if not os.path.exists(os.path.join(path, "eval.json")):
-        csub.manual_seed(0)
-        model = models.mlp(hidden=HIDDEN, regime=regime, subspace=subspace, norm="gn")
-        tr, te = data.fashion_mnist("train"), data.fashion_mnist("test")
-        train.fit(model, tr, te, method=method, regime="structured", epochs=EPOCHS, out=path, resume=True,
-                  progress=True, augment=False)
-    with open(os.path.join(path, "eval.json")) as f:
-        return json.load(f)
+    return reproduce_run(OUT, name, lambda: models.mlp(hidden=HIDDEN, regime=regime, subspace=subspace, norm="gn"),
+                         method=method, regime="structured", epochs=EPOCHS, augment=False)
 
 
 @pytest.mark.slow
 def test_structured_reproduction():
-    if not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("CSUB_DATA"):
-        pytest.skip("full Fashion-MNIST not installed")
+    require_full_fashion_mnist()
     std = _run("standard", "standard", None, regime=None)[0]["accuracy"]
     lcs = {r["width"]: r for r in _run("lcs_l", "lcs_l", "line")}
     us = {r["width"]: r for r in _run("us", "us", "point")}

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-import csub
-from csub import data, models, train
+from csub import models
+from reproduce_common import reproduce_run, require_full_fashion_mnist
 
 EPOCHS = int(os.environ.get("CSUB_REPRO_EPOCHS", "30"))
 OUT = os.environ.get("CSUB_REPRO_DIR", f"runs/repro-unstructured-{EPOCHS}")
@@ -20,23 +20,13 @@ WIDTHS = (16, 32, 64)
 
 
 def _run(name, method, subspace, regime="unstructured", topk=None):
-    path = os.path.join(OUT, name)
-    if os.path.exists(os.path.join(path, "eval.json")):
-        with open(os.path.join(path, "eval.json")) as f:
-            return json.load(f)
-    csub.manual_seed(0)
-    model = models.cnn(widths=WIDTHS, regime=regime, subspace=subspace)
-    tr, te = data.fashion_mnist("train"), data.fashion_mnist("test")
-    train.fit(model, tr, te, method=method, epochs=EPOCHS, lr=0.1, out=path, topk=topk, resume=True,
-              progress=True)
-    with open(os.path.join(path, "eval.json")) as f:
-        return json.load(f)
+    return reproduce_run(OUT, name, lambda: models.cnn(widths=WIDTHS, regime=regime, subspace=subspace),
+                         method=method, epochs=EPOCHS, lr=0.1, topk=topk)
 
 
 @pytest.mark.slow
 def test_unstructured_reproduction():
-    if not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("CSUB_DATA"):
-        pytest.skip("full Fashion-MNIST not installed")
+    require_full_fashion_mnist()
     std = _run("standard", "standard", None, regime=None)[0]["accuracy"]
     lcs_l = {r["alpha"]: r for r in _run("lcs_l", "lcs_l", "line")}
     t90 = _run("target_topk_0.1", "target_topk", None, topk=0.1)[0]

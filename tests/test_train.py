@@ -1,4 +1,5 @@
 """The unstructured regime end to end on the bundled data: training, evaluation, checkpoints."""
+import inspect
 import json
 import os
 
@@ -293,3 +294,16 @@ def test_quantized_bad_arguments(bundled):
     layer.num_bits = 4
     with pytest.raises(RuntimeError, match="enable_quantization"):
         layer(np.zeros((1, 2, 5, 5), np.float32))
+
+
+def test_fit_keeps_its_keywords_and_defaults():
+    """fit's parameters in order with their defaults: the calling contract of scripts and the CLI."""
+    empty = inspect.Parameter.empty
+    assert [(p.name, p.default, p.kind) for p in inspect.signature(train.fit).parameters.values()] == [
+        (name, default, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name, default in [
+            ("model", empty), ("train", empty), ("test", None), ("method", "lcs_l"), ("regime", "unstructured"),
+            ("epochs", 10), ("batch_size", 128), ("lr", None), ("momentum", 0.9), ("weight_decay", 5e-4),
+            ("warmup", 0.8), ("lr_warmup_epochs", None), ("seed", 0), ("out", None), ("progress", True),
+            ("resume", False), ("topk", None), ("beta", 1.0), ("alpha_sampling", (0.025, 1.0, 0.5)),
+            ("augment", True), ("eval_alphas", None), ("num_bits", None), ("distributed", None),
+            ("alpha_per_rank", False), ("sync_batchnorm", False)]]

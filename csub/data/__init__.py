@@ -67,26 +67,8 @@ from .datasets import (  # noqa: F401 (settings re-exported, not in __all__)
     fashion_mnist,
     mnist,
 )
+from . import datasets, formats, loader
 from .formats import load_idx_pair, read_idx, write_idx
 from .loader import DataLoader, channel_stats
 
-__all__ = [
-    "read_idx",
-    "write_idx",
-    "load_idx_pair",
-    "fashion_mnist",
-    "mnist",
-    "cifar10",
-    "channel_stats",
-    "cache_dir",
-    "DataLoader",
-    "DownloadError",
-    "FASHION_MNIST_MEAN",
-    "FASHION_MNIST_STD",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "FASHION_MNIST_CLASSES",
-    "MNIST_CLASSES",
-    "CIFAR10_CLASSES",
-]
-
+__all__ = formats.__all__ + datasets.__all__ + loader.__all__

@@ -19,10 +19,11 @@ import urllib.error
 import urllib.request
 import warnings
 import zlib
+from typing import Optional, Tuple
 
 import numpy as np
 
-from .formats import _read_cifar_binary, _read_cifar_pickle, load_idx_pair
+from .formats import PathLike, _read_cifar_binary, _read_cifar_pickle, load_idx_pair
 
 __all__ = [
     "fashion_mnist",
@@ -103,7 +104,7 @@ _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 # --------------------------------------------------------------------------
 
 
-def cache_dir():
+def cache_dir() -> str:
     """The user cache directory of csub: ``$XDG_CACHE_HOME/csub`` or ``~/.cache/csub``."""
     base = os.environ.get("XDG_CACHE_HOME")
     if not base:
@@ -242,12 +243,29 @@ def _search_idx(dirs, prefix):
     return None
 
 
+def _find_idx(dirs, prefix, what, download, url, md5s, target):
+    """A split's 28x28 IDX pair from the first of ``dirs`` that holds it, else (``download``) from
+    the files fetched from ``url`` into ``target``. Returns ``((images, labels), None)``, or
+    ``(None, reason)`` where neither worked."""
+    pair = _search_idx(dirs, prefix)
+    if pair is not None:
+        return _load_28x28(pair, what), None
+    if not download:
+        return None, "download=False"
+    try:
+        _download_idx_set(url, md5s, target)
+    except OSError as exc:
+        return None, f"download failed ({exc})"
+    return _load_idx_from_root(target, prefix, what), None
+
+
 # --------------------------------------------------------------------------
 # Fashion-MNIST and MNIST
 # --------------------------------------------------------------------------
 
 
-def fashion_mnist(split="train", root=None, bundled=False, download=True):
+def fashion_mnist(split: str = "train", root: Optional[PathLike] = None, bundled: bool = False,
+                  download: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Load Fashion-MNIST.
 
     Args:
@@ -271,24 +289,14 @@ def fashion_mnist(split="train", root=None, bundled=False, download=True):
     """
     prefix = _check_split(split)
     if bundled:
-        return _load_28x28(_idx_pair_in(_BUNDLED_FASHION_MNIST_DIR, prefix)
-                           or _missing_bundled(), "Fashion-MNIST")
+        return _bundled_fashion_mnist(prefix)
     if root is not None:
         return _load_idx_from_root(root, prefix, "Fashion-MNIST")
     dirs = _fashion_mnist_dirs()
-    pair = _search_idx(dirs, prefix)
-    if pair is not None:
-        return _load_28x28(pair, "Fashion-MNIST")
-    if download:
-        target = os.path.join(cache_dir(), "fashion-mnist")
-        try:
-            _download_idx_set(FASHION_MNIST_URL, FASHION_MNIST_MD5, target)
-        except OSError as exc:
-            reason = f"download failed ({exc})"
-        else:
-            return _load_idx_from_root(target, prefix, "Fashion-MNIST")
-    else:
-        reason = "download=False"
+    found, reason = _find_idx(dirs, prefix, "Fashion-MNIST", download, FASHION_MNIST_URL, FASHION_MNIST_MD5,
+                              os.path.join(cache_dir(), "fashion-mnist"))
+    if found is not None:
+        return found
     warnings.warn(
         f"Full Fashion-MNIST not found (searched {', '.join(dirs)}; {reason}); using the "
         f"bundled subset of 600 train / 100 test images per class. To get the full set, "
@@ -296,17 +304,21 @@ def fashion_mnist(split="train", root=None, bundled=False, download=True):
         f"holding fashion-mnist/train-images-idx3-ubyte.gz and the other three files "
         f"from {FASHION_MNIST_URL}.",
         UserWarning, stacklevel=2)
-    return _load_28x28(_idx_pair_in(_BUNDLED_FASHION_MNIST_DIR, prefix)
-                       or _missing_bundled(), "Fashion-MNIST")
+    return _bundled_fashion_mnist(prefix)
 
 
-def _missing_bundled():
-    raise FileNotFoundError(
-        f"bundled Fashion-MNIST subset missing from {_BUNDLED_FASHION_MNIST_DIR} "
-        f"(broken installation?)")
+def _bundled_fashion_mnist(prefix):
+    """The bundled subset's split ``prefix`` ("train" or "t10k"): uint8 (N, 1, 28, 28), int64 (N,)."""
+    pair = _idx_pair_in(_BUNDLED_FASHION_MNIST_DIR, prefix)
+    if pair is None:
+        raise FileNotFoundError(
+            f"bundled Fashion-MNIST subset missing from {_BUNDLED_FASHION_MNIST_DIR} "
+            f"(broken installation?)")
+    return _load_28x28(pair, "Fashion-MNIST")
 
 
-def mnist(split="train", root=None, download=True):
+def mnist(split: str = "train", root: Optional[PathLike] = None,
+          download: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Load MNIST.
 
     Args:
@@ -330,19 +342,10 @@ def mnist(split="train", root=None, download=True):
     if root is not None:
         return _load_idx_from_root(root, prefix, "MNIST")
     dirs = _mnist_dirs()
-    pair = _search_idx(dirs, prefix)
-    if pair is not None:
-        return _load_28x28(pair, "MNIST")
     target = os.path.join(cache_dir(), "mnist")
-    if download:
-        try:
-            _download_idx_set(MNIST_URL, MNIST_MD5, target)
-        except OSError as exc:
-            reason = f"download failed ({exc})"
-        else:
-            return _load_idx_from_root(target, prefix, "MNIST")
-    else:
-        reason = "download=False"
+    found, reason = _find_idx(dirs, prefix, "MNIST", download, MNIST_URL, MNIST_MD5, target)
+    if found is not None:
+        return found
     raise FileNotFoundError(
         f"MNIST not found (searched {', '.join(dirs)}; {reason}). Put the four files "
         f"{', '.join(MNIST_MD5)} from {MNIST_URL} into {target} (or into "
@@ -476,7 +479,8 @@ def _load_cifar_batches(fmt, folder, split):
     return images, labels
 
 
-def cifar10(split="train", root=None, download=True):
+def cifar10(split: str = "train", root: Optional[PathLike] = None,
+            download: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Load CIFAR-10.
 
     Both distribution formats are read: the python version

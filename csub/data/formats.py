@@ -17,8 +17,11 @@ import os
 import pickle
 import struct
 import zlib
+from typing import Tuple, Union
 
 import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["read_idx", "write_idx", "load_idx_pair"]
 
@@ -60,7 +63,7 @@ def _read_exact_into(stream, buf):
     return total
 
 
-def read_idx(path):
+def read_idx(path: PathLike) -> np.ndarray:
     """Read an IDX file (the MNIST / Fashion-MNIST container format).
 
     The file may be gzip-compressed (detected from the gzip magic bytes, so
@@ -144,7 +147,7 @@ def read_idx(path):
     return data
 
 
-def write_idx(path, array):
+def write_idx(path: PathLike, array: np.ndarray) -> None:
     """Write ``array`` as an IDX file; gzip-compressed if ``path`` ends in ``.gz``.
 
     Compressed output uses mtime 0 and no stored file name, so identical
@@ -176,7 +179,7 @@ def write_idx(path, array):
             raw.write(payload)
 
 
-def load_idx_pair(images_path, labels_path):
+def load_idx_pair(images_path: PathLike, labels_path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
     """Load an MNIST-style (images, labels) pair of IDX files.
 
     Args:

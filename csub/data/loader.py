@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -26,7 +27,7 @@ def _check_images(images, name="images"):
         raise ValueError(f"{name} must be non-empty in every dimension, got shape {images.shape}")
 
 
-def channel_stats(images):
+def channel_stats(images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation of uint8 images.
 
     Exact integer sums of pixels and squared pixels (computed in chunks, so
@@ -130,8 +131,10 @@ class DataLoader:
         pad: padding (pixels) for the random crop, >= 0.
     """
 
-    def __init__(self, images, labels, batch_size=128, shuffle=False, augment=False,
-                 mean=None, std=None, drop_last=False, seed=0, pad=4):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 128, shuffle: bool = False,
+                 augment: bool = False, mean: Optional[Union[float, np.ndarray]] = None,
+                 std: Optional[Union[float, np.ndarray]] = None, drop_last: bool = False, seed: int = 0,
+                 pad: int = 4) -> None:
         _check_images(images)
         try:
             labels = np.asarray(labels)
@@ -171,23 +174,25 @@ class DataLoader:
         self._base = (np.arange(channels, dtype=np.uint16) * 257)[None, :, None, None]
 
     @property
-    def num_samples(self):
+    def num_samples(self) -> int:
         """Number of images N."""
         return self.images.shape[0]
 
-    def __len__(self):
+    def __len__(self) -> int:
+        """Batches per epoch: N / batch_size rounded down with ``drop_last``, else up."""
         n, b = self.num_samples, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Make the next iteration run epoch ``epoch`` (an int >= 0)."""
         self.epoch = _check_int(epoch, "epoch", 0)
 
-    def generator(self, epoch):
+    def generator(self, epoch: int) -> np.random.Generator:
         """A fresh copy of the random generator epoch ``epoch`` uses."""
         return np.random.Generator(np.random.PCG64(self.seed).jumped(epoch))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """One epoch of batches (x (B, C, H, W) float32 normalised, y (B,) int64); see the class."""
         # A generator: the epoch is taken (and advanced) when iteration starts,
         # so an iterator made and dropped unused (as progress bars may do)
         # does not skip an epoch.
