@@ -319,7 +319,9 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def load_training(path: PathLike, template: Mapping[str, Mapping[str, Any]], config: Dict[str, Any]) -> Dict[str, Any]:
+def load_training(path: PathLike, template: Mapping[str, Mapping[str, Any]], config: Dict[str, Any],
+                  upgrade: Optional[Mapping[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]]] = None
+                  ) -> Dict[str, Any]:
     """Read a checkpoint written by ``csub.fit`` and check it against the run resuming it.
 
     Args:
@@ -327,6 +329,8 @@ def load_training(path: PathLike, template: Mapping[str, Mapping[str, Any]], con
             state): the checkpoint must hold exactly these tensors, with these dtypes and
             shapes (0-d arrays are stored with shape (1,)).
         config: the run's configuration (JSON types); the checkpoint's must equal it.
+        upgrade: ``{group: function}`` applied to a group's ``{name: array}`` before the check,
+            e.g. the model's ``_upgrade_keys`` for tensor names older csub wrote.
     Returns:
         ``load``'s dict. Meta fields: epoch (int in [1, config["epochs"]]), config, history
         (a list of ``epoch`` dicts numbered 1..epoch). Any other content is a ValueError
@@ -352,6 +356,9 @@ def load_training(path: PathLike, template: Mapping[str, Mapping[str, Any]], con
     for i, rec in enumerate(history):
         if not isinstance(rec, dict) or rec.get("epoch") != i + 1:
             raise ValueError(f"{path}: meta field 'history[{i}]' is not the record of epoch {i + 1}")
+    for g, fn in (upgrade or {}).items():
+        if g in state:
+            state[g] = dict(fn(state[g]))
     extra = sorted(set(state) - {"meta"} - set(template))
     if extra:
         raise ValueError(f"{path}: unexpected tensor group {extra[0]!r} (tensor "

@@ -380,7 +380,8 @@ class _Run:
         """Continue from ``out/checkpoint.safetensors`` (with resume=True, where it exists); on N ranks
         rank 0's parameters, optimizer, generator and position on every rank."""
         if self.s.resume and os.path.exists(self.path):
-            state = checkpoint.load_training(self.path, self.state(), json.loads(json.dumps(self.config)))
+            state = checkpoint.load_training(self.path, self.state(), json.loads(json.dumps(self.config)),
+                                             upgrade={"model": self.model._upgrade_keys})
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optim"])
             self.gen.set_state(state["rng"]["state"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import csub
-from csub import checkpoint, models, modelfile, nn
+from csub import checkpoint, models, modelfile, nn, train
 
 SHAPE = (3, 32, 32)  # small images: ResNet18's stem and stages still leave a 1x1 map
 
@@ -113,3 +113,41 @@ def test_old_model_file_loads_and_runs(tmp_path, rng):
     old_run = csub.CompressedNet(str(path), 0.5)
     np.testing.assert_array_equal(old_run(x), new_run(x))
     np.testing.assert_allclose(old_run(x), net(x), rtol=1e-3, atol=2e-4 * np.abs(net(x)).max())
+
+
+def test_old_training_checkpoint_resumes(tmp_path, rng, monkeypatch):
+    """A ResNet18 training checkpoint with the old ``short`` names resumes to the same weights."""
+    x = rng.integers(0, 256, (8,) + SHAPE, dtype=np.uint8)
+    y = rng.integers(0, 5, 8)
+
+    def run(out, resume):
+        csub.manual_seed(3)
+        net = models.resnet18(num_classes=5, regime="unstructured", subspace="line", norm="gn")
+        train.fit(net, (x, y), method="lcs_l", epochs=2, batch_size=8, out=str(out), resume=resume,
+                  progress=False, seed=3, augment=False)
+        return net
+
+    class Killed(Exception):
+        pass
+
+    save = checkpoint.save
+
+    def save_then_die(*a, **k):  # the process dies right after the first epoch's checkpoint
+        save(*a, **k)
+        raise Killed
+
+    whole = run(tmp_path / "whole", False)
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        run(tmp_path / "old", False)
+    monkeypatch.setattr(checkpoint, "save", save)
+    path = tmp_path / "old" / "checkpoint.safetensors"
+    state = checkpoint.load(path)
+    meta = state.pop("meta")
+    state["model"] = {_old_name(k): v for k, v in state["model"].items()}
+    assert any(".short." in k for k in state["model"])
+    checkpoint.save(path, state, meta)
+
+    resumed = run(tmp_path / "old", True)
+    for k, v in whole.state_dict().items():
+        np.testing.assert_array_equal(resumed.state_dict()[k], v, err_msg=k)
