@@ -192,13 +192,23 @@ class Calibration:
         return (np.array([r["alpha"] for r in lv], np.float64), np.array([r["latency_ms"] for r in lv], np.float64),
                 np.array([r["memory_bytes"] for r in lv], np.int64), np.array([r["accuracy"] for r in lv], np.float64))
 
-    def pick_alpha(self, latency_ms: Optional[float] = None, memory_bytes: Optional[int] = None) -> Optional[float]:
+    def pick_alpha(self, latency_ms: Optional[float] = None, memory_bytes: Optional[int] = None,
+                   strict: bool = False) -> Optional[float]:
         """The most accurate alpha whose latency and memory fit (None: no limit), by stored accuracy
-        when every level has one, else the largest alpha (the least compressed). None if nothing fits."""
+        when every level has one, else the largest alpha (the least compressed). None if nothing
+        fits, or with ``strict=True`` a ``csub.BudgetError`` naming the budget."""
         for v, name in ((latency_ms, "latency_ms"), (memory_bytes, "memory_bytes")):
             if v is not None and not (isinstance(v, (int, float, np.integer, np.floating)) and v > 0):
                 raise ValueError(f"{name}: expected a positive number or None, got {v!r}")
-        return _core.pick_alpha(*self._arrays(), float(latency_ms or 0.0), int(memory_bytes or 0))
+        alpha = _core.pick_alpha(*self._arrays(), float(latency_ms or 0.0), int(memory_bytes or 0))
+        if alpha is None and strict:
+            fastest = min(self.levels, key=lambda r: r["latency_ms"])
+            smallest = min(self.levels, key=lambda r: r["memory_bytes"])
+            raise _core.BudgetError(
+                f"no level fits latency_ms={latency_ms}, memory_bytes={memory_bytes} (fastest level: "
+                f"{fastest['latency_ms']:.3f} ms at alpha {fastest['alpha']}; smallest: "
+                f"{smallest['memory_bytes']} bytes at alpha {smallest['alpha']})")
+        return alpha
 
     def table(self) -> str:
         """The levels as a text table: alpha, latency (ms), set_alpha (ms), memory (MB, 1e6 bytes), accuracy."""

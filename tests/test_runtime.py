@@ -285,6 +285,10 @@ def test_pick_alpha_semantics():
     assert cal.pick_alpha(latency_ms=2.5) == 0.5 and cal.pick_alpha() == 1.0
     with pytest.raises(ValueError, match="latency_ms"):
         cal.pick_alpha(latency_ms=-1)
+    assert cal.pick_alpha(latency_ms=0.5) is None
+    with pytest.raises(csub.BudgetError, match=r"latency_ms=0.5.*fastest level: 1.000 ms at alpha 0.1"):
+        cal.pick_alpha(latency_ms=0.5, strict=True)
+    assert cal.pick_alpha(latency_ms=2.5, strict=True) == 0.5
 
 
 def test_calibrate_measures_every_level():
