@@ -7,7 +7,7 @@ import scipy_openblas32
 from setuptools import Extension, setup
 
 sources = sorted(glob.glob("csrc/*.c")) + sorted(glob.glob("csrc/python/*.c"))
-flags = ["-std=c11", "-ffp-contract=off", "-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra",
+flags = ["-std=c11", "-ffp-contract=off", "-O3", "-fopenmp", "-fno-math-errno", "-fvisibility=hidden", "-Wall", "-Wextra",
          "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 if os.environ.get("CSUB_DEBUG"):
     flags += ["-O0", "-g", "-fsanitize=address,undefined"]

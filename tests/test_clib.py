@@ -1,6 +1,7 @@
 """The standalone C library (make -C csrc): the example program against Python, and the model loader
 under AddressSanitizer and UndefinedBehaviorSanitizer over corrupt model files."""
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -270,3 +271,16 @@ def test_c_thread_count_is_checked():
         assert lib.csub_get_num_threads() == before
     assert lib.csub_set_num_threads(1024) == 0 and lib.csub_get_num_threads() == 1024
     assert lib.csub_set_num_threads(before) == 0
+
+
+def test_shared_library_exports_the_public_header_only(classify):
+    """libcsub.so exports exactly the functions csub.h declares (built with -fvisibility=hidden)."""
+    if not shutil.which("nm"):
+        pytest.skip("nm is missing")
+    with open(os.path.join(ROOT, "csrc", "include", "csub.h")) as f:
+        header = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+    declared = set(re.findall(r"\b(csub_[a-z0-9_]+)\s*\(", header))
+    lib = os.path.join(os.path.dirname(classify), "libcsub.so")
+    out = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True, text=True, check=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if line.split()[-1].startswith("csub_")}
+    assert declared and exported == declared, (sorted(exported - declared), sorted(declared - exported))

@@ -23,6 +23,12 @@
 extern "C" {
 #endif
 
+/* The library is built with -fvisibility=hidden: what this header declares is
+ * its whole exported interface, and nothing of csrc/internal.h leaks out. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 #define CSUB_OK 0
 #define CSUB_ERR_ARG (-1)     /* invalid argument (sizes, ranges) */
 #define CSUB_ERR_NOMEM (-2)   /* workspace allocation failed */
@@ -558,6 +564,10 @@ typedef struct {
 } csub_level;
 int csub_model_calibrate(csub_model *model, const double *alphas, int n, int64_t batch, int reps, csub_level *out);
 int csub_pick_alpha(const csub_level *levels, int n, double latency_ms, int64_t memory_bytes, double *alpha);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }
