@@ -117,6 +117,52 @@ void csub_maxpool2d_backward(const float *dy, const int32_t *argmax, float *dx,
     }
 }
 
+/* m, or v where v is larger: the first NaN and the first of equal values stay, as in the forward */
+static inline float max_first(float m, float v) { return ((m != m) | (v <= m)) ? m : v; }
+
+/* x[N,C,H,W] -> y[N,C,P,Q]: csub_maxpool2d_forward's y, without the argmax (inference).
+ * Separable and branch-free: per output row, the column maxima of its k input rows (a
+ * contiguous pass that vectorises) for a band of up to MP_BAND input columns, then the
+ * window maxima along the band. The forward's values; a window's NaN comes out as a NaN
+ * (perhaps another one of the window's), and a window whose maximum is a zero of either sign
+ * may give the other sign (columns are reduced before rows). */
+#define MP_BAND 512
+void csub_maxpool2d_infer(const float *x, float *y, int64_t N, int64_t C, int64_t H, int64_t W,
+                          int64_t k, int64_t s)
+{
+    int64_t P = (H - k) / s + 1, Q = (W - k) / s + 1;
+    int64_t qb = k <= MP_BAND ? (MP_BAND - k) / s + 1 : 0; /* output columns per band */
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
+    for (int64_t nc = 0; nc < N * C; nc++) {
+        float col[MP_BAND];
+        const float *xp = x + nc * H * W;
+        float *yp = y + nc * P * Q;
+        for (int64_t p = 0; p < P; p++) {
+            const float *r0 = xp + p * s * W;
+            if (!qb) { /* a window wider than a band: one output at a time */
+                for (int64_t q = 0; q < Q; q++) {
+                    float m = r0[q * s];
+                    for (int64_t i = 0; i < k; i++)
+                        for (int64_t j = 0; j < k; j++) m = max_first(m, r0[i * W + q * s + j]);
+                    yp[p * Q + q] = m;
+                }
+                continue;
+            }
+            for (int64_t q0 = 0; q0 < Q; q0 += qb) {
+                int64_t nq = Q - q0 < qb ? Q - q0 : qb, w0 = q0 * s, nw = (nq - 1) * s + k;
+                for (int64_t c = 0; c < nw; c++) col[c] = r0[w0 + c];
+                for (int64_t i = 1; i < k; i++)
+                    for (int64_t c = 0; c < nw; c++) col[c] = max_first(col[c], r0[i * W + w0 + c]);
+                for (int64_t q = 0; q < nq; q++) {
+                    float m = col[q * s];
+                    for (int64_t j = 1; j < k; j++) m = max_first(m, col[q * s + j]);
+                    yp[p * Q + q0 + q] = m;
+                }
+            }
+        }
+    }
+}
+
 /* x[N,C,H,W] -> y[N,C,P,Q], mean over each k x k window */
 void csub_avgpool2d_forward(const float *x, float *y,
                             int64_t N, int64_t C, int64_t H, int64_t W, int64_t k, int64_t s)

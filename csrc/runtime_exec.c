@@ -135,7 +135,7 @@ static int run_graph(const csub_model *m, const workspace *w, const float *input
             csub_relu_forward(x, y, N * C * HW);
             break;
         case OP_MAXPOOL:
-            csub_maxpool2d_forward(x, y, (int32_t *)w->scratch, N, C, s.h, s.w, op->pk, op->ps);
+            csub_maxpool2d_infer(x, y, N, C, s.h, s.w, op->pk, op->ps);
             break;
         case OP_AVGPOOL:
             csub_avgpool2d_forward(x, y, N, C, s.h, s.w, op->pk, op->ps);

@@ -285,8 +285,8 @@ static int build(csub_model *m, const csub_st_file *f, char *err, size_t errlen)
     m->tmp = falloc(big);
     m->mask = malloc((size_t)big);
     if (!m->ws || !m->tmp || !m->mask) return csub_fail(err, errlen, CSUB_ERR_NOMEM, "out of memory");
-    /* scratch per sample: a quantized copy of a layer's input, maxpool indices */
-    for (int v = 0; v < m->nvals; v++) {
+    /* scratch per sample: a fake-quantized copy of a layer's input (quantized regime only) */
+    for (int v = 0; v < m->nvals && m->regime == REG_QUANTIZED; v++) {
         int64_t s = m->vshape[v].c * m->vshape[v].h * m->vshape[v].w;
         if (s > m->scratch_size) m->scratch_size = s;
     }

@@ -201,6 +201,40 @@ def test_maxpool_kernel_vs_twin_and_fd(rng, N, C, H, W, k, s):
         assert_close(dx, fd, 1e-5, 1e-6)
 
 
+@pytest.mark.parametrize("N,C,H,W,k,s", POOL_CASES + [
+    (1, 2, 9, 1200, 3, 2),   # several bands of columns
+    (1, 1, 3, 1100, 3, 600), # one output column per band
+    (1, 2, 520, 530, 515, 4),  # a window wider than a band
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_maxpool_infer_is_the_forwards_y(rng, N, C, H, W, k, s, threads):
+    old = csub.get_num_threads()
+    csub.set_num_threads(threads)
+    try:
+        x = distinct(rng, (N, C, H, W))
+        x.reshape(-1)[rng.choice(x.size, max(1, x.size // 50), replace=False)] = -np.inf
+        y = _core.maxpool2d_infer(x, k, s)
+        np.testing.assert_array_equal(y, _core.maxpool2d_forward(x, k, s)[0])
+        if x.size <= 5000:
+            np.testing.assert_array_equal(y, misc.maxpool2d_forward(x, k, s)[0].astype(F32))
+        x.reshape(-1)[rng.choice(x.size, max(1, x.size // 30), replace=False)] = np.nan
+        x[0, 0, k - 1, k - 1] = np.nan  # the last element of the first window
+        y, (want, _) = _core.maxpool2d_infer(x, k, s), _core.maxpool2d_forward(x, k, s)
+        assert np.isnan(want).any()
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+        np.testing.assert_array_equal(y[~np.isnan(y)], want[~np.isnan(want)])
+    finally:
+        csub.set_num_threads(old)
+
+
+def test_maxpool_infer_refuses_bad_arguments(rng):
+    x = rng.standard_normal((1, 2, 5, 5)).astype(F32)
+    with pytest.raises(ValueError, match="kernel_size"):
+        _core.maxpool2d_infer(x, 0, 1)
+    with pytest.raises(ValueError, match="x"):
+        _core.maxpool2d_infer(x[0], 2, 2)
+
+
 @pytest.mark.parametrize("N,C,H,W,k,s", POOL_CASES)
 def test_avgpool_kernel_vs_twin_and_fd(rng, N, C, H, W, k, s):
     x = rng.standard_normal((N, C, H, W)).astype(F32)

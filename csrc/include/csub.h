@@ -161,6 +161,9 @@ void csub_maxpool2d_forward(const float *x, float *y, int32_t *argmax,
 void csub_maxpool2d_backward(const float *dy, const int32_t *argmax, float *dx,
                              int64_t N, int64_t C, int64_t H, int64_t W,
                              int64_t k, int64_t s);
+/* The forward's y alone, for inference (no argmax; the same values). */
+void csub_maxpool2d_infer(const float *x, float *y, int64_t N, int64_t C, int64_t H, int64_t W,
+                          int64_t k, int64_t s);
 
 /* Average pool, window k x k, stride s, no padding. */
 void csub_avgpool2d_forward(const float *x, float *y,

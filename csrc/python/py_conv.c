@@ -181,6 +181,16 @@ static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args, PyObject *
     return Py_BuildValue("NN", y, am);
 }
 
+static PyObject *py_maxpool2d_infer(PyObject *self, PyObject *args, PyObject *kw)
+{
+    pool_args p;
+    if (pool_forward_args(args, kw, &p)) return NULL;
+    PyArrayObject *y = new_f32(4, p.ys);
+    if (!y) return NULL;
+    NOGIL(csub_maxpool2d_infer(F32(p.x), F32(y), p.xs[0], p.xs[1], p.xs[2], p.xs[3], p.k, p.s));
+    return (PyObject *)y;
+}
+
 static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyArrayObject *dy, *am;
@@ -325,6 +335,7 @@ PyMethodDef csub_py_conv_methods[] = {
     M(relu_backward, "relu_backward(x, dy) -> dx"),
     M(add, "add(a, b, out=None) -> a + b (out may be a or b)"),
     M(maxpool2d_forward, "maxpool2d_forward(x, kernel_size, stride) -> (y, argmax int32)"),
+    M(maxpool2d_infer, "maxpool2d_infer(x, kernel_size, stride) -> y (maxpool2d_forward's y, no argmax)"),
     M(maxpool2d_backward, "maxpool2d_backward(dy, argmax, input_shape, kernel_size, stride) -> dx"),
     M(avgpool2d_forward, "avgpool2d_forward(x, kernel_size, stride) -> y"),
     M(avgpool2d_backward, "avgpool2d_backward(dy, input_shape, kernel_size, stride) -> dx"),
