@@ -133,6 +133,16 @@ int csub_conv2d_forward_fused(const float *x, const float *w, const float *b, co
     int pw = is_pointwise(R, S, stride, pad);
     int nt = csub_get_num_threads();
     float *cols = NULL;
+    if (csub_conv3x3_applies(R, S, stride, pad)) { /* direct (conv_direct.c), the weight packed for this call */
+        size_t bytes;
+        float *wp;
+        if (csub_bytes_overflow(csub_conv3x3_packed_len(K, C), sizeof(float), &bytes) || !(wp = malloc(bytes)))
+            return CSUB_ERR_NOMEM;
+        csub_conv3x3_pack(w, wp, K, C);
+        int st = csub_conv3x3_forward(x, wp, b, res, relu, y, N, C, H, W, K, stride);
+        free(wp);
+        return st;
+    }
     if (N < nt && !omp_in_parallel()) {
         /* fewer images than threads (inference at batch 1): each thread lays out and
          * multiplies the output rows of its band (csub_row_band), no barrier; a
