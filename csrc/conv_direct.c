@@ -52,13 +52,12 @@ int64_t csub_conv3x3_packed_len(int64_t K, int64_t C)
 void csub_conv3x3_pack(const float *w, float *wp, int64_t K, int64_t C)
 {
     int64_t ng = (K + OCG - 1) / OCG;
-    for (int64_t g = 0; g < ng; g++)
-        for (int64_t c = 0; c < C; c++)
-            for (int64_t t = 0; t < 9; t++)
-                for (int64_t j = 0; j < OCG; j++) {
-                    int64_t k = g * OCG + j;
-                    wp[((g * C + c) * 9 + t) * OCG + j] = k < K ? w[(k * C + c) * 9 + t] : 0.0f;
-                }
+    memset(wp, 0, sizeof(float) * (size_t)(ng * OCG * C * 9));
+    for (int64_t k = 0; k < K; k++) { /* w[k] is [C*9] contiguous; its packed values sit OCG apart */
+        const float *wk = w + k * C * 9;
+        float *d = wp + (k / OCG) * C * 9 * OCG + k % OCG;
+        for (int64_t i = 0; i < C * 9; i++) d[i * OCG] = wk[i];
+    }
 }
 
 /* The geometry of one band of np output rows: grid width G, the flat output
@@ -106,19 +105,18 @@ static void lay_out(const float *x, float *xin, const band_geom *b, int64_t C, i
             }
             continue;
         }
-        for (int a = 0; a < 2; a++) /* phase (a, e): padded row 2 (p0 + i) + a, padded column 2 j + e */
-            for (int e = 0; e < 2; e++) {
-                float *d = xin + (c * 4 + a * 2 + e) * Lin;
-                memset(d, 0, sizeof(float) * (size_t)Lin);
-                for (int64_t i = 0; i < np + 1 - a; i++) {
-                    int64_t h = 2 * (p0 + i) + a - 1;
-                    if (h < 0 || h >= H) continue;
-                    const float *xr = xc + h * W;
-                    for (int64_t j = 0; j < G; j++) {
-                        int64_t v = 2 * j + e - 1;
-                        if (v >= 0 && v < W) d[i * G + j] = xr[v];
-                    }
-                }
+        /* phase (a, e) holds padded rows 2 (p0 + i) + a and padded columns 2 j + e: input column
+         * 2 j - 1 (e = 0, j >= 1) or 2 j (e = 1) */
+        float *ph = xin + c * 4 * Lin;
+        memset(ph, 0, sizeof(float) * (size_t)(4 * Lin));
+        for (int a = 0; a < 2; a++)
+            for (int64_t i = 0; i < np + 1 - a; i++) {
+                int64_t h = 2 * (p0 + i) + a - 1;
+                if (h < 0 || h >= H) continue;
+                const float *xr = xc + h * W;
+                float *d0 = ph + (a * 2) * Lin + i * G, *d1 = ph + (a * 2 + 1) * Lin + i * G;
+                for (int64_t j = 1; 2 * j - 1 < W; j++) d0[j] = xr[2 * j - 1];
+                for (int64_t j = 0; 2 * j < W; j++) d1[j] = xr[2 * j];
             }
     }
 }
