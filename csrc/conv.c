@@ -206,6 +206,18 @@ int csub_conv2d_backward(const float *x, const float *w, const float *dy,
     int nt = csub_get_num_threads();
     if (nt > N) nt = (int)N;
     float *cols = NULL, *dws = NULL;
+    if (dx && stride == 1 && csub_conv3x3_applies(R, S, stride, pad)) {
+        /* dx = the flipped transposed weight convolved with dy, by the direct kernel; then dw alone below */
+        size_t bytes;
+        float *wp;
+        if (csub_bytes_overflow(csub_conv3x3_packed_len(C, K), sizeof(float), &bytes) || !(wp = malloc(bytes)))
+            return CSUB_ERR_NOMEM;
+        csub_conv3x3_pack_flipped(w, wp, K, C);
+        int st = csub_conv3x3_forward(dy, wp, NULL, NULL, 0, dx, N, K, P, Q, C, 1);
+        free(wp);
+        if (st) return st;
+        dx = NULL;
+    }
     if (!pw && !(cols = malloc(sizeof(float) * (size_t)(CRS * PQ) * nt))) return CSUB_ERR_NOMEM;
     if (dw && !(dws = calloc((size_t)(K * CRS) * nt, sizeof(float)))) {
         free(cols);

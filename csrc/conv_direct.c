@@ -60,6 +60,20 @@ void csub_conv3x3_pack(const float *w, float *wp, int64_t K, int64_t C)
     }
 }
 
+/* w[K,C,3,3] -> the packed weight of its flipped transpose wt[C,K,3,3], wt[c][k][r][s] = w[k][c][2-r][2-s]:
+ * the input gradient of a stride-1 convolution is this convolution of the output gradient */
+void csub_conv3x3_pack_flipped(const float *w, float *wp, int64_t K, int64_t C)
+{
+    int64_t ng = (C + OCG - 1) / OCG;
+    memset(wp, 0, sizeof(float) * (size_t)(ng * OCG * K * 9));
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t c = 0; c < C; c++) {
+            const float *wkc = w + (k * C + c) * 9;
+            float *d = wp + ((c / OCG) * K + k) * 9 * OCG + c % OCG;
+            for (int t = 0; t < 9; t++) d[t * OCG] = wkc[8 - t];
+        }
+}
+
 /* The geometry of one band of np output rows: grid width G, the flat output
  * length Lo (rounded up to whole vectors), one input plane's length Lin, the
  * planes per channel nph, and the tap offsets off[9] into a channel's planes. */

@@ -2,7 +2,9 @@
 forward and the runtime's fused dense convs run, at every instruction-set level (CSUB_ISA):
 against the float64 NumPy twin, against the im2col path (the same convolution with the padding
 done outside, pad 0, which the direct kernel does not take), against PyTorch, and in the runtime
-(the fused bias, residual and ReLU epilogue) against the training forward."""
+(the fused bias, residual and ReLU epilogue) against the training forward; and the input
+gradient, which at stride 1 is the direct convolution of the output gradient with the flipped,
+transposed weight."""
 import json
 import os
 import subprocess
@@ -53,6 +55,15 @@ for N, C, H, W, K, st in shapes:
         key = f"{N}x{C}x{H}x{W}/{K}/s{st}/t{threads}"
         out["err"][key] = [float(np.abs(y - want).max()) / scale, float(np.abs(y - im2col).max()) / scale,
                            list(y.shape) == list(want.shape)]
+        # the input gradient (direct at stride 1: the flipped transposed weight) and the weight gradient
+        dy = rng.standard_normal(want.shape).astype(np.float32)
+        dw, db = np.zeros_like(w), np.zeros_like(b)
+        dx = _core.conv2d_backward(x, w, dy, dw, db, st, 1)
+        edx, edw, edb = ref.conv2d_backward(x, w, dy, st, 1)
+        out["err"]["dx/" + key] = [float(np.abs(dx - edx).max()) / max(1.0, float(np.abs(edx).max())), 0.0,
+                                   dx.shape == edx.shape]
+        out["err"]["dw/" + key] = [float(np.abs(dw - edw).max()) / max(1.0, float(np.abs(edw).max())), 0.0,
+                                   dw.shape == edw.shape]
 print(json.dumps(out))
 """
 
@@ -73,15 +84,15 @@ def levels():
     return SUPPORTED
 
 
-def test_every_level_matches_the_twin_and_the_im2col_path(levels):
+def test_every_level_matches_the_twins_and_the_im2col_path(levels):
     for isa in levels:
         res = _run(isa, _SCRIPT, json.dumps(SHAPES))
         assert res["isa"] == isa
-        assert len(res["err"]) == 2 * len(SHAPES)
+        assert len(res["err"]) == 6 * len(SHAPES)
         for key, (e_twin, e_im2col, shape_ok) in res["err"].items():
             assert shape_ok, (isa, key)
-            # float32 rounding over sums of up to 9 * 70 products of O(1) values
-            assert e_twin < 2e-6, (isa, key, e_twin)
+            # float32 rounding over sums of up to 9 * 70 products of O(1) values (dw: of up to 2 * 1024)
+            assert e_twin < (1e-5 if key.startswith("dw/") else 2e-6), (isa, key, e_twin)
             assert e_im2col < 2e-6, (isa, key, e_im2col)
 
 
