@@ -74,6 +74,15 @@ static void col2im(const float *col, float *dx, int64_t C, int64_t H, int64_t W,
             }
 }
 
+/* The direct 3x3 kernel (conv_direct.c) takes the shape, and packing its weight for one call pays: a
+ * small weight, or enough output pixels (N P Q) to spread a large one's packing over (at batch 1,
+ * 512 channels on 7x7 pay more to pack than the direct kernel saves over im2col). */
+static int direct_pays(int64_t N, int64_t C, int64_t K, int64_t P, int64_t Q, int64_t R, int64_t S, int64_t stride,
+                       int64_t pad)
+{
+    return csub_conv3x3_applies(R, S, stride, pad) && (K * C * 9 <= 65536 || N * P * Q >= 256);
+}
+
 static int is_pointwise(int64_t R, int64_t S, int64_t stride, int64_t pad)
 {
     return R == 1 && S == 1 && stride == 1 && pad == 0;
@@ -133,7 +142,7 @@ int csub_conv2d_forward_fused(const float *x, const float *w, const float *b, co
     int pw = is_pointwise(R, S, stride, pad);
     int nt = csub_get_num_threads();
     float *cols = NULL;
-    if (csub_conv3x3_applies(R, S, stride, pad)) { /* direct (conv_direct.c), the weight packed for this call */
+    if (direct_pays(N, C, K, P, Q, R, S, stride, pad)) { /* direct, the weight packed for this call */
         size_t bytes;
         float *wp;
         if (csub_bytes_overflow(csub_conv3x3_packed_len(K, C), sizeof(float), &bytes) || !(wp = malloc(bytes)))
@@ -206,7 +215,7 @@ int csub_conv2d_backward(const float *x, const float *w, const float *dy,
     int nt = csub_get_num_threads();
     if (nt > N) nt = (int)N;
     float *cols = NULL, *dws = NULL;
-    if (dx && stride == 1 && csub_conv3x3_applies(R, S, stride, pad)) {
+    if (dx && stride == 1 && direct_pays(N, K, C, H, W, R, S, stride, pad)) {
         /* dx = the flipped transposed weight convolved with dy, by the direct kernel; then dw alone below */
         size_t bytes;
         float *wp;

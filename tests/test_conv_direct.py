@@ -24,11 +24,12 @@ LEVELS = ["baseline", "avx2", "avx512", "avx512vnni"]  # each CPU runs a prefix 
 SUPPORTED = LEVELS[:LEVELS.index(_core.isa()) + 1] if not os.environ.get("CSUB_ISA") else None
 
 # (N, C, H, W, K, stride): odd and tiny planes, channel counts off every vector and group size
-# (K not a multiple of 8 or 16), cPreResNet20's shapes, and one image with more rows than threads
+# (K not a multiple of 8 or 16), cPreResNet20's shapes, one image with more rows than threads, and
+# (last) a weight too large to pack for so few pixels, which the dense forward leaves to im2col
 SHAPES = [
     (1, 1, 1, 1, 1, 1), (2, 3, 1, 5, 2, 2), (1, 3, 5, 7, 5, 1), (3, 7, 9, 11, 13, 2), (2, 5, 2, 3, 9, 2),
     (1, 16, 32, 32, 16, 1), (2, 16, 32, 32, 32, 2), (1, 32, 16, 16, 32, 1), (2, 32, 16, 16, 64, 2),
-    (1, 64, 8, 8, 64, 1), (1, 33, 17, 15, 70, 1), (2, 24, 13, 6, 17, 2), (1, 8, 40, 3, 24, 1),
+    (1, 64, 8, 8, 64, 1), (1, 33, 17, 15, 70, 1), (2, 24, 13, 6, 17, 2), (1, 8, 40, 3, 24, 1), (1, 96, 3, 4, 96, 1),
 ]
 
 _SCRIPT = r"""
