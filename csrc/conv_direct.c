@@ -23,17 +23,17 @@
  *
  * Variants by instruction-set level (csub_isa_level, internal.h): AVX-512
  * (16 floats a vector), AVX2 (8), the baseline (4, SSE2 or any other
- * architecture). Contraction is on for this file (CSUB_FP_CONTRACT_FAST): the
- * levels with FMA fuse each multiply-add, so the variants and the im2col path
- * agree to float32 rounding, not bit for bit.
+ * architecture). Contraction stays off (internal.h): each output is summed over
+ * c, then the taps, in the same order at every level, one rounding per multiply
+ * and per add, so every level computes the same bits (the quantized runtime's
+ * results must not depend on CSUB_ISA); the im2col path sums in another order
+ * and agrees to float32 rounding.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 
 #include "internal.h"
-
-CSUB_FP_CONTRACT_FAST
 
 #define OCG 8 /* output channels per packed weight group */
 #define GRID_ALIGN 16 /* the flat grid rounded up to whole vectors of the widest level */
