@@ -23,17 +23,24 @@
  *
  * Variants by instruction-set level (csub_isa_level, internal.h): AVX-512
  * (16 floats a vector), AVX2 (8), the baseline (4, SSE2 or any other
- * architecture). Contraction stays off (internal.h): each output is summed over
- * c, then the taps, in the same order at every level, one rounding per multiply
- * and per add, so every level computes the same bits (the quantized runtime's
- * results must not depend on CSUB_ISA); the im2col path sums in another order
- * and agrees to float32 rounding.
+ * architecture). Each multiply-add is fused, rounded once: AVX2 and AVX-512
+ * by contraction (CSUB_FP_CONTRACT_FAST, for this file), the baseline by fmaf on
+ * each lane (the FMA instruction where the CPU has one, glibc picks it; a
+ * software fma, much slower, on x86-64 CPUs without it). Each output is summed
+ * over c, then the taps, in the same order at every level, so every level
+ * computes the same bits (the quantized runtime's results must not depend on
+ * CSUB_ISA); the im2col path sums in another order and agrees to float32
+ * rounding. Where contraction is off (clang builds: internal.h) every level,
+ * the baseline too, multiplies and adds unfused, again the same bits.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 
 #include "internal.h"
+
+CSUB_FP_CONTRACT_FAST
 
 #define OCG 8 /* output channels per packed weight group */
 #define GRID_ALIGN 16 /* the flat grid rounded up to whole vectors of the widest level */
@@ -138,7 +145,7 @@ static void lay_out(const float *x, float *xin, const band_geom *b, int64_t C, i
 /* One tile: out[j][o .. o + V VW) = sum over c, t of wg[c][t][j] * xin[c][off[t] + o ..], j < 8.
  * Defined per vector type (VT, VW floats); V is a constant at each call, so the 8 x V
  * accumulators live in registers. */
-#define DEFINE_TILE(NAME, VT, VW)                                                                   \
+#define DEFINE_TILE(NAME, VT, VW, MADD)                                                             \
     static CSUB_ALWAYS_INLINE void NAME(const float *xin, const int64_t *off, const float *wg,       \
                                         int64_t C, int64_t CS, float *out, int64_t Lo, int64_t o,    \
                                         const int V)                                                 \
@@ -157,7 +164,7 @@ static void lay_out(const float *x, float *xin, const band_geom *b, int64_t C, i
                     memcpy(&xv[v], xc + ot[t] + v * VW, sizeof(VT));                                 \
                 _Pragma("GCC unroll 8") for (int j = 0; j < OCG; j++) {                             \
                     float wj = wc[t * OCG + j];                                                      \
-                    _Pragma("GCC unroll 3") for (int v = 0; v < V; v++) acc[j][v] += xv[v] * wj;    \
+                    _Pragma("GCC unroll 3") for (int v = 0; v < V; v++) MADD(acc[j][v], xv[v], wj);  \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
@@ -167,7 +174,17 @@ static void lay_out(const float *x, float *xin, const band_geom *b, int64_t C, i
     }
 
 typedef float f32x4 __attribute__((vector_size(16)));
-DEFINE_TILE(tile_baseline, f32x4, 4)
+/* acc += x * w, fused (contracted) where the level has FMA */
+#define MADD_CONTRACT(acc, x, w) ((acc) += (x) * (w))
+#if defined(__clang__) /* no contraction anywhere (internal.h): the baseline unfused too */
+#define MADD_BASELINE MADD_CONTRACT
+#else /* fused, as the levels with FMA */
+#define MADD_BASELINE(acc, x, w)                                                                \
+    do {                                                                                        \
+        for (int l_ = 0; l_ < 4; l_++) (acc)[l_] = fmaf((x)[l_], (w), (acc)[l_]);               \
+    } while (0)
+#endif
+DEFINE_TILE(tile_baseline, f32x4, 4, MADD_BASELINE)
 
 /* The whole grid of one channel group, out[8][Lo], by the baseline's 4-float vectors */
 static void grid_baseline(const float *xin, const int64_t *off, const float *wg, int64_t C, int64_t CS,
@@ -179,8 +196,8 @@ static void grid_baseline(const float *xin, const int64_t *off, const float *wg,
 #if CSUB_X86
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef float f32x16 __attribute__((vector_size(64)));
-DEFINE_TILE(tile_avx2, f32x8, 8)
-DEFINE_TILE(tile_avx512, f32x16, 16)
+DEFINE_TILE(tile_avx2, f32x8, 8, MADD_CONTRACT)
+DEFINE_TILE(tile_avx512, f32x16, 16, MADD_CONTRACT)
 
 CSUB_TARGET_AVX2 static void grid_avx2(const float *xin, const int64_t *off, const float *wg, int64_t C, int64_t CS,
                                        float *out, int64_t Lo)
