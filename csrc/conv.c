@@ -74,6 +74,15 @@ static void col2im(const float *col, float *dx, int64_t C, int64_t H, int64_t W,
             }
 }
 
+/* The direct 3x3 kernel (conv_direct.c) takes the shape, and packing its weight for one call pays: a
+ * small weight, or enough output pixels (N P Q) to spread a large one's packing over (at batch 1,
+ * 512 channels on 7x7 pay more to pack than the direct kernel saves over im2col). */
+static int direct_pays(int64_t N, int64_t C, int64_t K, int64_t P, int64_t Q, int64_t R, int64_t S, int64_t stride,
+                       int64_t pad)
+{
+    return csub_conv3x3_applies(R, S, stride, pad) && (K * C * 9 <= 65536 || N * P * Q >= 256);
+}
+
 static int is_pointwise(int64_t R, int64_t S, int64_t stride, int64_t pad)
 {
     return R == 1 && S == 1 && stride == 1 && pad == 0;
@@ -133,6 +142,16 @@ int csub_conv2d_forward_fused(const float *x, const float *w, const float *b, co
     int pw = is_pointwise(R, S, stride, pad);
     int nt = csub_get_num_threads();
     float *cols = NULL;
+    if (direct_pays(N, C, K, P, Q, R, S, stride, pad)) { /* direct, the weight packed for this call */
+        size_t bytes;
+        float *wp;
+        if (csub_bytes_overflow(csub_conv3x3_packed_len(K, C), sizeof(float), &bytes) || !(wp = malloc(bytes)))
+            return CSUB_ERR_NOMEM;
+        csub_conv3x3_pack(w, wp, K, C);
+        int st = csub_conv3x3_forward(x, wp, b, res, relu, y, N, C, H, W, K, stride);
+        free(wp);
+        return st;
+    }
     if (N < nt && !omp_in_parallel()) {
         /* fewer images than threads (inference at batch 1): each thread lays out and
          * multiplies the output rows of its band (csub_row_band), no barrier; a
@@ -196,6 +215,18 @@ int csub_conv2d_backward(const float *x, const float *w, const float *dy,
     int nt = csub_get_num_threads();
     if (nt > N) nt = (int)N;
     float *cols = NULL, *dws = NULL;
+    if (dx && stride == 1 && direct_pays(N, K, C, H, W, R, S, stride, pad)) {
+        /* dx = the flipped transposed weight convolved with dy, by the direct kernel; then dw alone below */
+        size_t bytes;
+        float *wp;
+        if (csub_bytes_overflow(csub_conv3x3_packed_len(C, K), sizeof(float), &bytes) || !(wp = malloc(bytes)))
+            return CSUB_ERR_NOMEM;
+        csub_conv3x3_pack_flipped(w, wp, K, C);
+        int st = csub_conv3x3_forward(dy, wp, NULL, NULL, 0, dx, N, K, P, Q, C, 1);
+        free(wp);
+        if (st) return st;
+        dx = NULL;
+    }
     if (!pw && !(cols = malloc(sizeof(float) * (size_t)(CRS * PQ) * nt))) return CSUB_ERR_NOMEM;
     if (dw && !(dws = calloc((size_t)(K * CRS) * nt, sizeof(float)))) {
         free(cols);

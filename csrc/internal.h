@@ -169,4 +169,18 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                                        int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad,
                                        const float *res, float *work, int64_t work_len);
 
+/* Direct 3x3 convolution, pad 1, stride 1 or 2 (conv_direct.c): the weight w[K,C,3,3] packed
+ * once into wp[csub_conv3x3_packed_len(K, C)] (csub_conv3x3_pack), then
+ * y[N,K,P,Q] = relu?(conv(x[N,C,H,W], w) + b[K] + res[N,K,P,Q]) (b, res may be NULL; res must
+ * not overlap y). Agrees with the im2col path to float32 rounding. csub_conv3x3_applies: the
+ * shapes it takes. Returns CSUB_OK or CSUB_ERR_NOMEM. */
+int csub_conv3x3_applies(int64_t R, int64_t S, int64_t stride, int64_t pad);
+int64_t csub_conv3x3_packed_len(int64_t K, int64_t C);
+void csub_conv3x3_pack(const float *w, float *wp, int64_t K, int64_t C);
+/* the same for the flipped transpose wt[C,K,3,3] (wt[c][k][r][s] = w[k][c][2-r][2-s]), whose stride-1
+ * convolution of dy[N,K,H,W] is the input gradient dx[N,C,H,W]; wp holds csub_conv3x3_packed_len(C, K) */
+void csub_conv3x3_pack_flipped(const float *w, float *wp, int64_t K, int64_t C);
+int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const float *res, int relu, float *y,
+                         int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride);
+
 #endif /* CSUB_INTERNAL_H */

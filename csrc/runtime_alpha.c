@@ -10,7 +10,8 @@
 void csub_rt_free_materialised(op_t *op)
 {
     free(op->wa); free(op->ba); free(op->ga); free(op->rowptr); free(op->colidx); free(op->vals); free(op->oscale);
-    free(op->foff); free(op->fs);
+    free(op->foff); free(op->fs); free(op->wd);
+    op->wd = NULL;
     op->wa = op->ba = op->ga = op->vals = op->oscale = op->fs = NULL;
     op->rowptr = op->foff = NULL;
     op->colidx = NULL;
@@ -201,6 +202,19 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
     return CSUB_OK;
 }
 
+/* A 3x3 conv that runs dense and fused (runtime_exec.c): its weight packed for the direct kernel */
+static int pack_direct(csub_model *m, op_t *op)
+{
+    free(op->wd);
+    op->wd = NULL;
+    if (op->kind != OP_CONV || op->oscale || !m->fold || !csub_conv3x3_applies(op->k, op->k, op->stride, op->pad) ||
+        (op->path != PATH_DENSE && op->path != PATH_FAKEQ && op->path_split != PATH_DENSE))
+        return CSUB_OK;
+    if (!(op->wd = falloc(csub_conv3x3_packed_len(op->aout, op->ain)))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+    csub_conv3x3_pack(op->wa, op->wd, op->aout, op->ain);
+    return CSUB_OK;
+}
+
 int csub_model_set_alpha(csub_model *m, double alpha)
 {
     if (!m) return CSUB_ERR_ARG;
@@ -226,7 +240,7 @@ int csub_model_set_alpha(csub_model *m, double alpha)
         case OP_CONV: case OP_LINEAR:
             op->ain = op->kind == OP_CONV ? cin : cin * s.h * s.w;
             op->aout = op->last ? op->cout : width_of(op->cout, m->width);
-            if ((st = materialise_weight(m, op, i))) return st;
+            if ((st = materialise_weight(m, op, i)) || (st = pack_direct(m, op))) return st;
             if (op->x2 >= 0 && m->vc[op->x2] != op->aout)
                 return MFAIL(m, CSUB_ERR_FORMAT, "graph[%d]: add of different widths", i + 1);
             m->vc[op->y] = op->aout;

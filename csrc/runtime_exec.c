@@ -93,6 +93,8 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
             if ((st = quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz))) return st;
             x = w->scratch;
         }
+        if (op->wd) /* the same, by the direct 3x3 kernel */
+            return csub_conv3x3_forward(x, op->wd, b, res, op->relu, y, N, C, s.h, s.w, op->aout, op->stride);
         if (op->kind == OP_CONV && !op->oscale && m->fold) /* bias, residual and ReLU as each image's rows are made */
             return csub_conv2d_forward_fused(x, op->wa, b, res, op->relu, y, N, C, s.h, s.w, op->aout, op->k, op->k,
                                              op->stride, op->pad);

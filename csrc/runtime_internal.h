@@ -79,6 +79,7 @@ typedef struct {
     int64_t ain, aout;           /* active inputs (conv: channels, linear: features), outputs */
     int64_t agroups;
     float *wa, *ba, *ga;         /* dense weight (active prefix), bias, norm gamma (active) */
+    float *wd;                   /* a 3x3 conv's wa packed for the direct kernel (csub_conv3x3_pack), or NULL */
     int64_t *rowptr;
     int32_t *colidx;
     float *vals;
