@@ -50,10 +50,9 @@
 
 CSUB_FP_CONTRACT_FAST /* fused multiply-add where the variant has FMA (internal.h) */
 
-/* 16, 8 and 4 floats; unaligned, may alias float data */
+/* 16 and 8 floats; unaligned, may alias float data */
 typedef float vf __attribute__((vector_size(64), aligned(4), may_alias));
 typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
-typedef float vf4 __attribute__((vector_size(16), aligned(4), may_alias));
 
 #define vload(p) (*(const vf *)(p))
 #define vstore(p, v) (*(vf *)(p) = (v))
@@ -106,6 +105,24 @@ void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
 
 /* -------------------------------------------------------------- kernels */
 
+/* sp_gather_body over 8 n outputs (n < 8, a constant where it is inlined) in one pass */
+static CSUB_ALWAYS_INLINE void sp_gather_vec8(float *restrict out, int n, const float *base,
+                                              const int64_t *restrict off, const float *restrict v, int64_t T,
+                                              float init, const float *r)
+{
+    vf8 a[7];
+    for (int j = 0; j < n; j++) {
+        a[j] = (vf8){0} + init;
+        if (r) a[j] += *(const vf8 *)(r + 8 * j);
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const float *s = base + off[t];
+        float vt = v[t];
+        for (int j = 0; j < n; j++) a[j] += vt * *(const vf8 *)(s + 8 * j);
+    }
+    for (int j = 0; j < n; j++) *(vf8 *)(out + 8 * j) = a[j];
+}
+
 /* out[i] = init (+ r[i] when r) + sum_t v[t] * base[off[t] + i], i in [0, L) */
 static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, const float *base,
                                               const int64_t *restrict off, const float *restrict v, int64_t T,
@@ -114,7 +131,7 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, co
     int64_t i0 = 0;
     /* 64 outputs as eight 8-float vectors: the shifted windows start anywhere, and
      * a 32-byte load crosses a cache line half as often as a 64-byte one (2 % on
-     * the sparse cPreResNet20 at batch 1; the 16-float loop below takes the rest) */
+     * the sparse cPreResNet20 at batch 1; two passes below take the rest) */
 #define V8(p) (*(const vf8 *)(p))
     for (; i0 + 64 <= L; i0 += 64) {
         vf8 a[8];
@@ -137,30 +154,30 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, co
         for (int j = 0; j < 8; j++) *(vf8 *)(out + i0 + 8 * j) = a[j];
     }
 #undef V8
-    for (; i0 + 16 <= L; i0 += 16) {
-        vf a0 = {0};
-        a0 += init;
-        if (r) a0 += vload(r + i0);
-        for (int64_t t = 0; t < T; t++) a0 += v[t] * vload(base + off[t] + i0);
-        vstore(out + i0, a0);
+    /* the rest, under 64 outputs, in two passes over the kept weights: up to seven
+     * 8-float vectors, then up to seven single floats (the same sums, lane by lane) */
+    int64_t n8 = (L - i0) / 8;
+    switch (n8) {
+    case 7: sp_gather_vec8(out + i0, 7, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 6: sp_gather_vec8(out + i0, 6, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 5: sp_gather_vec8(out + i0, 5, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 4: sp_gather_vec8(out + i0, 4, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 3: sp_gather_vec8(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 2: sp_gather_vec8(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 1: sp_gather_vec8(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    default: break;
     }
-    /* then at most one vector of 8 outputs and one of 4, of the type vt */
-#define TAIL(vt, w)                                                                      \
-    if (i0 + (w) <= L) {                                                                 \
-        vt a0 = {0};                                                                     \
-        a0 += init;                                                                      \
-        if (r) a0 += *(const vt *)(r + i0);                                              \
-        for (int64_t t = 0; t < T; t++) a0 += v[t] * *(const vt *)(base + off[t] + i0); \
-        *(vt *)(out + i0) = a0;                                                          \
-        i0 += (w);                                                                       \
-    }
-    TAIL(vf8, 8)
-    TAIL(vf4, 4)
-#undef TAIL
-    for (; i0 < L; i0++) {
-        float a = init + (r ? r[i0] : 0.0f);
-        for (int64_t t = 0; t < T; t++) a += v[t] * base[off[t] + i0];
-        out[i0] = a;
+    i0 += 8 * n8;
+    int64_t n1 = L - i0;
+    if (n1 > 0) {
+        float a[7];
+        for (int64_t i = 0; i < n1; i++) a[i] = init + (r ? r[i0 + i] : 0.0f);
+        for (int64_t t = 0; t < T; t++) {
+            const float *s = base + off[t] + i0;
+            float vt = v[t];
+            for (int64_t i = 0; i < n1; i++) a[i] += vt * s[i];
+        }
+        for (int64_t i = 0; i < n1; i++) out[i0 + i] = a[i];
     }
 }
 CSUB_VARIANTS(sp_gather, (float *restrict out, int64_t L, const float *base, const int64_t *restrict off,

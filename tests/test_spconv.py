@@ -117,6 +117,16 @@ def test_conv_sparse_against_dense_masked(rng, N, C, H, W, K, R, stride, pad, ke
     assert not dw[mask == 0].any()  # masked positions: exactly zero
 
 
+@pytest.mark.parametrize("R,pad", [(1, 0), (3, 1)])
+def test_conv_sparse_every_row_length(rng, R, pad):
+    """Output rows of every length from 1 to 140: each tail of the 64-, 8- and 1-wide passes."""
+    for W in range(1, 141):
+        x, mask, wm, csr, b, dy = _conv_case(rng, 1, 3, 2, W, 4, R, 1, pad, 0.5)
+        y = _core.conv2d_sparse_forward(x, *csr, wm.shape, b, 1, pad)
+        y_d = _core.conv2d_forward(x, wm, b, 1, pad)
+        assert rel_err(y, y_d) < 1e-5, W
+
+
 @pytest.mark.parametrize("keep", [0.5, 0.1])
 @pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", CONV_SHAPES[5:])
 def test_conv_sparse_against_twin(rng, N, C, H, W, K, R, stride, pad, keep):
