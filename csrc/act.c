@@ -150,6 +150,26 @@ void csub_maxpool2d_infer(const float *x, float *y, int64_t N, int64_t C, int64_
             }
             for (int64_t q0 = 0; q0 < Q; q0 += qb) {
                 int64_t nq = Q - q0 < qb ? Q - q0 : qb, w0 = q0 * s, nw = (nq - 1) * s + k;
+                if (s == 2) { /* even and odd columns apart, so that every pass is contiguous */
+                    float *ev = col, *od = col + MP_BAND / 2, *yq = yp + p * Q + q0;
+                    int64_t no = nw / 2, ne = nw - no;
+                    for (int64_t c = 0; c < no; c++) ev[c] = r0[w0 + 2 * c], od[c] = r0[w0 + 2 * c + 1];
+                    if (ne > no) ev[no] = r0[w0 + 2 * no];
+                    for (int64_t i = 1; i < k; i++) {
+                        const float *ri = r0 + i * W + w0;
+                        for (int64_t c = 0; c < no; c++) {
+                            ev[c] = max_first(ev[c], ri[2 * c]);
+                            od[c] = max_first(od[c], ri[2 * c + 1]);
+                        }
+                        if (ne > no) ev[no] = max_first(ev[no], ri[2 * no]);
+                    }
+                    for (int64_t q = 0; q < nq; q++) yq[q] = ev[q];
+                    for (int64_t j = 1; j < k; j++) {
+                        const float *src = (j & 1 ? od : ev) + j / 2;
+                        for (int64_t q = 0; q < nq; q++) yq[q] = max_first(yq[q], src[q]);
+                    }
+                    continue;
+                }
                 for (int64_t c = 0; c < nw; c++) col[c] = r0[w0 + c];
                 for (int64_t i = 1; i < k; i++)
                     for (int64_t c = 0; c < nw; c++) col[c] = max_first(col[c], r0[i * W + w0 + c]);
