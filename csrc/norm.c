@@ -195,29 +195,6 @@ void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy
     }
 }
 
-/* x[N,C,HW] in G groups of C/G channels -> y, mean/invstd[N,G] */
-void csub_groupnorm_forward(const float *x, const float *gamma, const float *beta,
-                            float *y, float *mean, float *invstd,
-                            int64_t N, int64_t C, int64_t HW, int64_t G, float eps)
-{
-    int64_t Cg = C / G, m = Cg * HW;
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
-    for (int64_t ng = 0; ng < N * G; ng++) {
-        const float *xg = x + ng * m; /* the group's channels are contiguous */
-        float *yg = y + ng * m;
-        double mu, v;
-        lsum(xg, m, &mu);
-        mu /= (double)m;
-        lsumsq(xg, m, mu, &v);
-        float is = (float)(1.0 / sqrt(v / (double)m + eps));
-        mean[ng] = (float)mu;
-        invstd[ng] = is;
-        int64_t c0 = (ng % G) * Cg;
-        for (int64_t j = 0; j < Cg; j++) /* centred, as in batch norm */
-            centred_affine(xg + j * HW, yg + j * HW, HW, mu, gamma[c0 + j] * is, beta[c0 + j], 0);
-    }
-}
-
 /* Inference forms. Group norm: one pass for the statistics of each (sample,
  * group) and one that writes y (with the ReLU fused), both vectorised for the
  * CPU at hand (CSUB_VARIANTS: AVX-512, AVX2, baseline). The statistics are
@@ -472,6 +449,29 @@ void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
         int64_t c = nc % C;
         float is = (float)(1.0 / sqrt((double)running_var[c] + eps));
         centred_affine(x + nc * HW, y + nc * HW, HW, running_mean[c], gamma[c] * is, beta[c], relu);
+    }
+}
+
+/* x[N,C,HW] in G groups of C/G channels -> y, mean/invstd[N,G] */
+void csub_groupnorm_forward(const float *x, const float *gamma, const float *beta,
+                            float *y, float *mean, float *invstd,
+                            int64_t N, int64_t C, int64_t HW, int64_t G, float eps)
+{
+    int64_t Cg = C / G, m = Cg * HW;
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
+    for (int64_t ng = 0; ng < N * G; ng++) {
+        const float *xg = x + ng * m; /* the group's channels are contiguous */
+        float *yg = y + ng * m;
+        double mu, v;
+        lsum(xg, m, &mu);
+        mu /= (double)m;
+        lsumsq(xg, m, mu, &v);
+        float is = (float)(1.0 / sqrt(v / (double)m + eps));
+        mean[ng] = (float)mu;
+        invstd[ng] = is;
+        int64_t c0 = (ng % G) * Cg;
+        for (int64_t j = 0; j < Cg; j++) /* centred, as in batch norm */
+            centred_affine(xg + j * HW, yg + j * HW, HW, mu, gamma[c0 + j] * is, beta[c0 + j], 0);
     }
 }
 
