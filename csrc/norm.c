@@ -452,10 +452,11 @@ void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
     }
 }
 
-/* x[N,C,HW] in G groups of C/G channels -> y, mean/invstd[N,G] */
-void csub_groupnorm_forward(const float *x, const float *gamma, const float *beta,
-                            float *y, float *mean, float *invstd,
-                            int64_t N, int64_t C, int64_t HW, int64_t G, float eps)
+/* Group norm in training, forward beside backward. relu != 0 fuses the ReLU
+ * that follows: y = max(norm(x), 0) (NaN propagates), the bits of
+ * csub_groupnorm_forward then csub_relu_forward, in one pass that writes y. */
+static void gn_forward(const float *x, const float *gamma, const float *beta, float *y, float *mean,
+                       float *invstd, int64_t N, int64_t C, int64_t HW, int64_t G, float eps, int relu)
 {
     int64_t Cg = C / G, m = Cg * HW;
     #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
@@ -471,9 +472,56 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
         invstd[ng] = is;
         int64_t c0 = (ng % G) * Cg;
         for (int64_t j = 0; j < Cg; j++) /* centred, as in batch norm */
-            centred_affine(xg + j * HW, yg + j * HW, HW, mu, gamma[c0 + j] * is, beta[c0 + j], 0);
+            centred_affine(xg + j * HW, yg + j * HW, HW, mu, gamma[c0 + j] * is, beta[c0 + j], relu);
     }
 }
+
+/* x[N,C,HW] in G groups of C/G channels -> y, mean/invstd[N,G] */
+void csub_groupnorm_forward(const float *x, const float *gamma, const float *beta,
+                            float *y, float *mean, float *invstd,
+                            int64_t N, int64_t C, int64_t HW, int64_t G, float eps)
+{
+    gn_forward(x, gamma, beta, y, mean, invstd, N, C, HW, G, eps, 0);
+}
+
+/* x[N,C,HW] -> y = max(groupnorm(x), 0), mean/invstd[N,G] */
+void csub_groupnorm_relu_forward(const float *x, const float *gamma, const float *beta,
+                                 float *y, float *mean, float *invstd,
+                                 int64_t N, int64_t C, int64_t HW, int64_t G, float eps)
+{
+    gn_forward(x, gamma, beta, y, mean, invstd, N, C, HW, G, eps, 1);
+}
+
+/* The ReLU's backward fused into lsums3 (gm = 1): e = y <= 0 ? 0 : dy (y the
+ * ReLU's output, whose sign is its input's; NaN passes), stored to e[n], and
+ * s[0] += sum e, s[1] += sum e (x - mu), s[2] += sum (x - mu), the bits of
+ * csub_relu_backward then lsums3. */
+static CSUB_ALWAYS_INLINE void relu_sums3_body(const float *x, const float *y, const float *dy, float *e, int64_t n,
+                                               float mu, double s[3])
+{
+    double a0[NL] = {0}, a1[NL] = {0}, a2[NL] = {0};
+    int64_t i = 0;
+    for (; i + NL <= n; i += NL)
+        for (int l = 0; l < NL; l++) {
+            float g = dy[i + l], t = y[i + l] <= 0.0f ? 0.0f : g, d = x[i + l] - mu;
+            e[i + l] = t;
+            a0[l] += t;
+            a1[l] += (double)t * d;
+            a2[l] += d;
+        }
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+    for (; i < n; i++) {
+        float g = dy[i], t = y[i] <= 0.0f ? 0.0f : g, d = x[i] - mu;
+        e[i] = t;
+        s0 += t;
+        s1 += (double)t * d;
+        s2 += d;
+    }
+    for (int l = 0; l < NL; l++) s0 += a0[l], s1 += a1[l], s2 += a2[l];
+    s[0] += s0, s[1] += s1, s[2] += s2;
+}
+CSUB_VARIANTS(relu_sums3, (const float *x, const float *y, const float *dy, float *e, int64_t n, float mu,
+                           double s[3]), (x, y, dy, e, n, mu, s))
 
 /* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=). As in batch norm, the
  * residual delta = mean(x - mean) of each (sample, group) corrects the float
@@ -481,11 +529,13 @@ void csub_groupnorm_forward(const float *x, const float *gamma, const float *bet
  * One pass over x and dy gathers, per (sample, channel), A = sum dy,
  * B = sum dy (x - mean) and D = sum (x - mean); the group sums for dx and the
  * parameter gradients dgamma = sum_n invstd (B - delta A), dbeta = sum_n A
- * follow from them, so a second pass only writes dx. */
-void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy,
-                             const float *mean, const float *invstd,
-                             float *dx, float *dgamma, float *dbeta,
-                             int64_t N, int64_t C, int64_t HW, int64_t G)
+ * follow from them, so a second pass only writes dx.
+ * With y (the fused ReLU's output) dy is the gradient of y: the first pass
+ * masks it into dx, the second reads it back from there and overwrites it.
+ * CSUB_ERR_NOMEM (nothing written) when y and the workspace cannot be had. */
+static int gn_backward(const float *x, const float *y, const float *gamma, const float *dy,
+                       const float *mean, const float *invstd, float *dx, float *dgamma, float *dbeta,
+                       int64_t N, int64_t C, int64_t HW, int64_t G)
 {
     int64_t Cg = C / G, m = Cg * HW;
     int nt = csub_get_num_threads();
@@ -496,20 +546,24 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
     float *deltas = params ? malloc(sizeof(float) * (size_t)(N * G)) : NULL;
     if (params && (!ab || !deltas)) {
         free(ab), free(deltas);
+        if (y) return CSUB_ERR_NOMEM; /* the recomputation below reads an unmasked dy */
         ab = NULL, deltas = NULL;
     }
     #pragma omp parallel num_threads(nt)
     {
         #pragma omp for schedule(static)
         for (int64_t ng = 0; ng < N * G; ng++) {
-            const float *xg = x + ng * m, *dg = dy + ng * m;
+            const float *xg = x + ng * m, *dg = y ? dx + ng * m : dy + ng * m;
             float *dxg = dx + ng * m;
             float mu = mean[ng], is = invstd[ng];
             int64_t c0 = (ng % G) * Cg;
             double s1 = 0.0, s2d = 0.0, sd = 0.0; /* sum dxhat, sum dxhat * (x - mu), sum (x - mu) */
             for (int64_t j = 0; j < Cg; j++) {
                 double sums[3] = {0.0, 0.0, 0.0};
-                lsums3(xg + j * HW, dg + j * HW, HW, mu, 1.0f, sums);
+                if (y)
+                    relu_sums3(xg + j * HW, y + ng * m + j * HW, dy + ng * m + j * HW, dxg + j * HW, HW, mu, sums);
+                else
+                    lsums3(xg + j * HW, dg + j * HW, HW, mu, 1.0f, sums);
                 double gm = gamma[c0 + j];
                 s1 += gm * sums[0];
                 s2d += gm * sums[1];
@@ -523,7 +577,7 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
             float df = (float)delta;
             if (deltas) deltas[ng] = df;
             float k1 = (float)(s1 / (double)m), k2 = (float)((s2d - delta * s1) * is / (double)m);
-            for (int64_t j = 0; j < Cg; j++)
+            for (int64_t j = 0; j < Cg; j++) /* in place when y: dg is dx */
                 gn_dx(xg + j * HW, dg + j * HW, dxg + j * HW, HW, mu, df, is, gamma[c0 + j], k1, k2);
         }
         if (params) {
@@ -552,4 +606,23 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
     }
     free(ab);
     free(deltas);
+    return CSUB_OK;
+}
+
+void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy,
+                             const float *mean, const float *invstd,
+                             float *dx, float *dgamma, float *dbeta,
+                             int64_t N, int64_t C, int64_t HW, int64_t G)
+{
+    gn_backward(x, NULL, gamma, dy, mean, invstd, dx, dgamma, dbeta, N, C, HW, G);
+}
+
+/* dy[N,C,HW], the gradient of y = max(groupnorm(x), 0) -> dx (=), dgamma/dbeta[C] (+=):
+ * the bits of csub_relu_backward(y, dy) then csub_groupnorm_backward, in two passes. */
+int csub_groupnorm_relu_backward(const float *x, const float *y, const float *gamma, const float *dy,
+                                 const float *mean, const float *invstd,
+                                 float *dx, float *dgamma, float *dbeta,
+                                 int64_t N, int64_t C, int64_t HW, int64_t G)
+{
+    return gn_backward(x, y, gamma, dy, mean, invstd, dx, dgamma, dbeta, N, C, HW, G);
 }

@@ -34,6 +34,7 @@ import os
 from . import _core, checkpoint, modelfile, nn, runtime
 from .nn.layers import _Weighted
 from .nn.module import Module, check_alpha, check_input, check_subspace
+from .nn.norm import norm_relu, norm_relu_backward
 from .regimes import REGIMES as _REGIME_TABLE
 
 REGIMES = (None,) + tuple(_REGIME_TABLE)
@@ -480,21 +481,22 @@ class PreActBottleneck(Module):
             fold(self.conv2, self.n3)
 
     def forward(self, x):
-        a = self.r1(self.n1(x))
+        # norm -> relu pairs run fused where the norm allows (nn.norm.norm_relu: same numbers)
+        a = norm_relu(self.n1, self.r1, x)
         s = x if self.shortcut is None else self.shortcut(x if self.input_shortcut else a)
         h = self.conv1(a)
-        h = self.conv2(self.r2(self.n2(h)))
-        h = self.conv3(self.r3(self.n3(h)))
+        h = self.conv2(norm_relu(self.n2, self.r2, h))
+        h = self.conv3(norm_relu(self.n3, self.r3, h))
         return _core.add(h, s, out=h)  # h is this block's own temporary: add in place
 
     def backward(self, dy):
         dh = self.conv3.backward(dy)                    # d/d relu3 output
-        dh = self.conv2.backward(self.n3.backward(self.r3.backward(dh)))
-        da = self.conv1.backward(self.n2.backward(self.r2.backward(dh)))
+        dh = self.conv2.backward(norm_relu_backward(self.n3, self.r3, dh))
+        da = self.conv1.backward(norm_relu_backward(self.n2, self.r2, dh))
         if self.shortcut is not None and not self.input_shortcut:
             da = _core.add(da, self.shortcut.backward(dy), out=da)
-            return self.n1.backward(self.r1.backward(da))
-        dx = self.n1.backward(self.r1.backward(da))
+            return norm_relu_backward(self.n1, self.r1, da)
+        dx = norm_relu_backward(self.n1, self.r1, da)
         return _core.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy), out=dx)
 
     def emit(self, g, x):

@@ -1,6 +1,8 @@
 """Containers: Sequential and Residual."""
 from .. import _core
+from .activation import ReLU
 from .module import Module
+from .norm import GroupNorm, norm_relu, norm_relu_backward
 
 
 class Sequential(Module):
@@ -23,13 +25,29 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
+        """The modules in order; a group norm directly followed by a ReLU runs as one fused
+        kernel (``csub.nn.norm.norm_relu``, the same numbers)."""
+        mods = list(self._modules.values())
+        i = 0
+        while i < len(mods):
+            if i + 1 < len(mods) and isinstance(mods[i], GroupNorm) and type(mods[i + 1]) is ReLU:
+                x = norm_relu(mods[i], mods[i + 1], x)
+                i += 2
+            else:
+                x = mods[i](x)
+                i += 1
         return x
 
     def backward(self, dy):
-        for m in reversed(list(self._modules.values())):
-            dy = m.backward(dy)
+        mods = list(self._modules.values())
+        i = len(mods) - 1
+        while i >= 0:
+            if i > 0 and isinstance(mods[i - 1], GroupNorm) and type(mods[i]) is ReLU:
+                dy = norm_relu_backward(mods[i - 1], mods[i], dy)
+                i -= 2
+            else:
+                dy = mods[i].backward(dy)
+                i -= 1
         return dy
 
     def emit(self, g, x):

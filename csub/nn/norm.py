@@ -10,6 +10,7 @@ import numbers
 import numpy as np
 
 from .. import _core
+from .activation import ReLU
 from .module import Module, check_input, check_subspace
 
 
@@ -142,14 +143,42 @@ class GroupNorm(_AffineNorm):
         x = check_input(x, "x", (2, 3, 4), c)
         self._x = x
         self._g = self._value("weight")
+        self._y = None
         y, self._mean, self._invstd = _core.groupnorm_forward(x, self._g, self._value("bias"),
                                                               self._active_groups(c), self.eps)
         return y
 
     def backward(self, dy):
         self.check_forward_cache()
+        if self._y is not None:
+            raise RuntimeError("GroupNorm.backward: the last forward was forward_relu; call backward_relu")
         dg, db = self._grad_buffers()
         dx = _core.groupnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db)
+        self._route(dg, db)
+        return dx
+
+    def forward_relu(self, x, relu):
+        """``relu(self(x))`` in one kernel (the same numbers), for the ReLU module ``relu`` that
+        follows this norm; its cache gets the output (whose sign is its input's), so either
+        ``backward_relu(dy)`` or ``self.backward(relu.backward(dy))`` undoes it.
+        Shapes: x (N, C, ...) float32 -> y of x's shape."""
+        c = self.active_channels
+        x = check_input(x, "x", (2, 3, 4), c)
+        self._x = x
+        self._g = self._value("weight")
+        y, self._mean, self._invstd = _core.groupnorm_relu_forward(x, self._g, self._value("bias"),
+                                                                   self._active_groups(c), self.eps)
+        self._y = y
+        relu._x = y
+        return y
+
+    def backward_relu(self, dy):
+        """Backward of ``forward_relu``: dy is the gradient of its output; returns the input's."""
+        self.check_forward_cache()
+        if self._y is None:
+            raise RuntimeError("GroupNorm.backward_relu: the last forward was not forward_relu")
+        dg, db = self._grad_buffers()
+        dx = _core.groupnorm_relu_backward(self._x, self._y, self._g, dy, self._mean, self._invstd, dg, db)
         self._route(dg, db)
         return dx
 
@@ -186,3 +215,18 @@ class InstanceNorm2d(GroupNorm):
 
     def extra_repr(self):
         return f"{self.num_channels}, subspace={self.subspace!r}"
+
+
+def norm_relu(norm, relu, x):
+    """``relu(norm(x))``: one fused kernel when ``norm`` is a GroupNorm (or InstanceNorm2d)
+    and ``relu`` a ReLU, else the two modules in turn; undo it with ``norm_relu_backward``."""
+    if isinstance(norm, GroupNorm) and type(relu) is ReLU:
+        return norm.forward_relu(x, relu)
+    return relu(norm(x))
+
+
+def norm_relu_backward(norm, relu, dy):
+    """Backward of ``norm_relu(norm, relu, x)``: dy is the gradient of its output."""
+    if isinstance(norm, GroupNorm) and norm.__dict__.get("_y") is not None:
+        return norm.backward_relu(dy)
+    return norm.backward(relu.backward(dy))

@@ -1,0 +1,73 @@
+/* py_fused.c - csub._core: layers fused with the activation that follows them
+ * (group norm + ReLU in training, csrc/norm.c). */
+#include "convert.h"
+
+/* x[N,C,...], gamma/beta[C], num_groups G dividing C, eps. */
+static int gn_relu_args(PyArrayObject *x, PyArrayObject *g, PyArrayObject *b, long long G, double eps,
+                        npy_intp *N, npy_intp *C, npy_intp *HW)
+{
+    if (nc_rest(x, "x", N, C, HW)) return -1;
+    npy_intp cs[1] = {*C};
+    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(b, "beta", 1, cs, "(C,)")) return -1;
+    if (G < 1 || *C % G) {
+        PyErr_Format(PyExc_ValueError, "num_groups: must be >= 1 and divide the %ld channels, got %lld",
+                     (long)*C, G);
+        return -1;
+    }
+    return eps_check(eps);
+}
+
+static PyObject *py_groupnorm_relu_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *g, *b;
+    long long G;
+    double eps = 1e-5;
+    KW("x", "gamma", "beta", "num_groups", "eps");
+    if (!parse(args, kw, "O&O&O&L|d", kwlist, ARG_F32(x, -1), ARG_F32_AS(g, "gamma", 1),
+               ARG_F32_AS(b, "beta", 1), &G, &eps))
+        return NULL;
+    npy_intp N, C, HW;
+    if (gn_relu_args(x, g, b, G, eps, &N, &C, &HW)) return NULL;
+    npy_intp ss[2] = {N, G};
+    PyArrayObject *y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    PyArrayObject *mean = new_f32(2, ss), *invstd = new_f32(2, ss);
+    if (!y || !mean || !invstd) { Py_XDECREF(y); Py_XDECREF(mean); Py_XDECREF(invstd); return NULL; }
+    NOGIL(csub_groupnorm_relu_forward(F32(x), F32(g), F32(b), F32(y), F32(mean), F32(invstd), N, C, HW, G,
+                                      (float)eps));
+    return Py_BuildValue("NNN", y, mean, invstd);
+}
+
+static PyObject *py_groupnorm_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *y, *g, *dy, *m, *is, *dg = NULL, *db = NULL;
+    KW("x", "y", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta");
+    if (!parse(args, kw, "O&O&O&O&O&O&|O&O&", kwlist, ARG_F32(x, -1), ARG_F32(y, -1), ARG_F32_AS(g, "gamma", 1),
+               ARG_F32(dy, -1), ARG_F32_AS(m, "mean", 2), ARG_F32_AS(is, "invstd", 2),
+               ARG_OPT_F32_W_AS(dg, "dgamma", 1), ARG_OPT_F32_W_AS(db, "dbeta", 1)))
+        return NULL;
+    npy_intp N, C, HW;
+    if (nc_rest(x, "x", &N, &C, &HW) || same_shape(y, "y", x, "x") || same_shape(dy, "dy", x, "x")) return NULL;
+    npy_intp G = PyArray_DIM(m, 1), cs[1] = {C}, ss[2] = {N, G};
+    if (G < 1 || C % G) {
+        PyErr_Format(PyExc_ValueError, "mean: its %ld groups do not divide the %ld channels", (long)G, (long)C);
+        return NULL;
+    }
+    if (shape_check(g, "gamma", 1, cs, "(C,)") || shape_check(m, "mean", 2, ss, "(N, num_groups)") ||
+        shape_check(is, "invstd", 2, ss, "(N, num_groups)") ||
+        (dg && shape_check(dg, "dgamma", 1, cs, "(C,)")) || (db && shape_check(db, "dbeta", 1, cs, "(C,)")))
+        return NULL;
+    PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
+    if (!dx) return NULL;
+    int st;
+    NOGIL(st = csub_groupnorm_relu_backward(F32(x), F32(y), F32(g), F32(dy), F32(m), F32(is), F32(dx), OPT_F32(dg),
+                                            OPT_F32(db), N, C, HW, G));
+    return finish(st, "groupnorm_relu_backward", dx);
+}
+
+PyMethodDef csub_py_fused_methods[] = {
+    M(groupnorm_relu_forward, "groupnorm_relu_forward(x[N,C,...], gamma, beta, num_groups, eps=1e-5) -> "
+                              "(y = max(groupnorm(x), 0), mean[N,G], invstd[N,G])"),
+    M(groupnorm_relu_backward, "groupnorm_relu_backward(x, y, gamma, dy, mean, invstd, dgamma=None, dbeta=None) "
+                               "-> dx (dy: the gradient of y = max(groupnorm(x), 0))"),
+    {NULL, NULL, 0, NULL},
+};
