@@ -117,6 +117,19 @@ static CSUB_ALWAYS_INLINE void gn_dx_body(const float *x, const float *dy, float
 CSUB_VARIANTS(gn_dx, (const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is, float gm,
                       float k1, float k2), (x, dy, dx, n, mu, df, is, gm, k1, k2))
 
+/* gn_dx plus r[n] (a residual branch's gradient): the bits of gn_dx then an add */
+static CSUB_ALWAYS_INLINE void gn_dx_add_body(const float *x, const float *dy, const float *r, float *dx, int64_t n,
+                                              float mu, float df, float is, float gm, float k1, float k2)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float xh = ((x[i] - mu) - df) * is;
+        float d = is * (dy[i] * gm - k1 - xh * k2);
+        dx[i] = d + r[i];
+    }
+}
+CSUB_VARIANTS(gn_dx_add, (const float *x, const float *dy, const float *r, float *dx, int64_t n, float mu, float df,
+                          float is, float gm, float k1, float k2), (x, dy, r, dx, n, mu, df, is, gm, k1, k2))
+
 /* Batch norm's input gradient over one plane: dx = g (dy - k1 - ((x - mu) - df) is k2) */
 static CSUB_ALWAYS_INLINE void bn_dx_body(const float *x, const float *dy, float *dx, int64_t n, float mu, float df,
                                           float is, float g, float k1, float k2)
@@ -531,9 +544,10 @@ CSUB_VARIANTS(relu_sums3, (const float *x, const float *y, const float *dy, floa
  * parameter gradients dgamma = sum_n invstd (B - delta A), dbeta = sum_n A
  * follow from them, so a second pass only writes dx.
  * With y (the fused ReLU's output) dy is the gradient of y: the first pass
- * masks it into dx, the second reads it back from there and overwrites it.
+ * masks it into dx, the second reads it back from there and overwrites it;
+ * with add[N,C,HW] the second pass writes dx + add.
  * CSUB_ERR_NOMEM (nothing written) when y and the workspace cannot be had. */
-static int gn_backward(const float *x, const float *y, const float *gamma, const float *dy,
+static int gn_backward(const float *x, const float *y, const float *gamma, const float *dy, const float *add,
                        const float *mean, const float *invstd, float *dx, float *dgamma, float *dbeta,
                        int64_t N, int64_t C, int64_t HW, int64_t G)
 {
@@ -578,7 +592,11 @@ static int gn_backward(const float *x, const float *y, const float *gamma, const
             if (deltas) deltas[ng] = df;
             float k1 = (float)(s1 / (double)m), k2 = (float)((s2d - delta * s1) * is / (double)m);
             for (int64_t j = 0; j < Cg; j++) /* in place when y: dg is dx */
-                gn_dx(xg + j * HW, dg + j * HW, dxg + j * HW, HW, mu, df, is, gamma[c0 + j], k1, k2);
+                if (add)
+                    gn_dx_add(xg + j * HW, dg + j * HW, add + ng * m + j * HW, dxg + j * HW, HW, mu, df, is,
+                              gamma[c0 + j], k1, k2);
+                else
+                    gn_dx(xg + j * HW, dg + j * HW, dxg + j * HW, HW, mu, df, is, gamma[c0 + j], k1, k2);
         }
         if (params) {
             #pragma omp for schedule(static)
@@ -614,15 +632,16 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
                              float *dx, float *dgamma, float *dbeta,
                              int64_t N, int64_t C, int64_t HW, int64_t G)
 {
-    gn_backward(x, NULL, gamma, dy, mean, invstd, dx, dgamma, dbeta, N, C, HW, G);
+    gn_backward(x, NULL, gamma, dy, NULL, mean, invstd, dx, dgamma, dbeta, N, C, HW, G);
 }
 
-/* dy[N,C,HW], the gradient of y = max(groupnorm(x), 0) -> dx (=), dgamma/dbeta[C] (+=):
- * the bits of csub_relu_backward(y, dy) then csub_groupnorm_backward, in two passes. */
+/* dy[N,C,HW], the gradient of y = max(groupnorm(x), 0) -> dx (=), plus add[N,C,HW] when
+ * not NULL, dgamma/dbeta[C] (+=): the bits of csub_relu_backward(y, dy), then
+ * csub_groupnorm_backward, then csub_add(dx, add), in two passes. */
 int csub_groupnorm_relu_backward(const float *x, const float *y, const float *gamma, const float *dy,
-                                 const float *mean, const float *invstd,
+                                 const float *add, const float *mean, const float *invstd,
                                  float *dx, float *dgamma, float *dbeta,
                                  int64_t N, int64_t C, int64_t HW, int64_t G)
 {
-    return gn_backward(x, y, gamma, dy, mean, invstd, dx, dgamma, dbeta, N, C, HW, G);
+    return gn_backward(x, y, gamma, dy, add, mean, invstd, dx, dgamma, dbeta, N, C, HW, G);
 }

@@ -496,8 +496,7 @@ class PreActBottleneck(Module):
         if self.shortcut is not None and not self.input_shortcut:
             da = _core.add(da, self.shortcut.backward(dy), out=da)
             return norm_relu_backward(self.n1, self.r1, da)
-        dx = norm_relu_backward(self.n1, self.r1, da)
-        return _core.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy), out=dx)
+        return norm_relu_backward(self.n1, self.r1, da, dy if self.shortcut is None else self.shortcut.backward(dy))
 
     def emit(self, g, x):
         a = self.r1.emit(g, self.n1.emit(g, x))

@@ -51,10 +51,12 @@ def test_same_bits_as_the_unfused_pair(rng, shape, G, threads):
         y, m2, i2 = _core.groupnorm_relu_forward(x, g, b, G, 1e-5)
         dg, db = np.full_like(g, 0.25), np.full_like(b, -0.5)
         dx = _core.groupnorm_relu_backward(x, y, g, dy, m2, i2, dg, db)
+        res = rng.standard_normal(shape).astype(F32)  # a residual branch's gradient, added in the last pass
+        dx_add = _core.groupnorm_relu_backward(x, y, g, dy, m2, i2, add=res)
     finally:
         csub.set_num_threads(old)
     for name, a, r in (("y", y, y_ref), ("mean", m2, mean), ("invstd", i2, invstd), ("dx", dx, dx_ref),
-                       ("dgamma", dg, dg_ref), ("dbeta", db, db_ref)):
+                       ("dgamma", dg, dg_ref), ("dbeta", db, db_ref), ("dx + add", dx_add, _core.add(dx_ref, res))):
         assert np.array_equal(a, r), name
 
 
@@ -144,6 +146,8 @@ def test_argument_errors(rng):
         _core.groupnorm_relu_backward(x, y, g, dy, mean, invstd, np.zeros(3, F32))
     with pytest.raises(TypeError, match="dy"):
         _core.groupnorm_relu_backward(x, y, g, dy.astype(np.float64), mean, invstd)
+    with pytest.raises(ValueError, match="add"):
+        _core.groupnorm_relu_backward(x, y, g, dy, mean, invstd, add=dy[:1])
 
 
 # ------------------------------------------------------------------ layers
@@ -164,8 +168,8 @@ def test_layer_fused_path_matches_unfused(rng, subspace):
     dx_ref = a.backward(ra.backward(dy))
     y = b.forward_relu(x, rb)
     assert np.array_equal(rb._x, y)  # the ReLU's own backward stays valid
-    dx = b.backward_relu(dy)
-    assert np.array_equal(y, y_ref) and np.array_equal(dx, dx_ref)
+    dx = b.backward_relu(dy, add=x)
+    assert np.array_equal(y, y_ref) and np.array_equal(dx, _core.add(dx_ref, x))
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert np.array_equal(p.grad, q.grad), name
     with pytest.raises(RuntimeError, match="backward_relu"):
@@ -191,7 +195,7 @@ def test_sequential_fuses_group_norm_then_relu(rng, monkeypatch):
     assert np.array_equal(dx, want_dx)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(regime="unstructured", subspace="line")])
+@pytest.mark.parametrize("kw", [dict(), dict(regime="unstructured", subspace="line"), dict(layout="reference")])
 def test_cpreresnet20_step_matches_unfused(rng, monkeypatch, kw):
     """A whole forward and backward of cPreResNet20 with the fused kernels gives the bits of the
     unfused layers (the fused entry points replaced by the unfused pair)."""
@@ -216,8 +220,9 @@ def test_cpreresnet20_step_matches_unfused(rng, monkeypatch, kw):
         pre, mean, invstd = _core.groupnorm_forward(x, g, b, G, eps)
         return _core.relu_forward(pre), mean, invstd
 
-    def bwd(x, y, g, dy, mean, invstd, dg=None, db=None):
-        return _core.groupnorm_backward(x, g, _core.relu_backward(y, dy), mean, invstd, dg, db)
+    def bwd(x, y, g, dy, mean, invstd, dg=None, db=None, add=None):
+        dx = _core.groupnorm_backward(x, g, _core.relu_backward(y, dy), mean, invstd, dg, db)
+        return dx if add is None else _core.add(dx, add)
 
     monkeypatch.setattr(_core, "groupnorm_relu_forward", fwd)
     monkeypatch.setattr(_core, "groupnorm_relu_backward", bwd)

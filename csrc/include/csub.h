@@ -127,14 +127,15 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
 /* Group norm with the ReLU that follows it fused: y = max(groupnorm(x), 0)
  * (NaN propagates), the same bits as csub_groupnorm_forward then
  * csub_relu_forward. Backward takes y and dy, the gradient of y, and gives
- * the bits of csub_relu_backward(y, dy) then csub_groupnorm_backward; it
- * returns CSUB_OK, or CSUB_ERR_NOMEM (nothing written) when the workspace
- * for dgamma/dbeta cannot be allocated. */
+ * the bits of csub_relu_backward(y, dy) then csub_groupnorm_backward, then
+ * with add (not NULL, x's shape: a residual branch's gradient) csub_add(dx,
+ * add); it returns CSUB_OK, or CSUB_ERR_NOMEM (nothing written) when the
+ * workspace for dgamma/dbeta cannot be allocated. */
 void csub_groupnorm_relu_forward(const float *x, const float *gamma, const float *beta,
                                  float *y, float *mean, float *invstd,
                                  int64_t N, int64_t C, int64_t HW, int64_t G, float eps);
 int csub_groupnorm_relu_backward(const float *x, const float *y, const float *gamma, const float *dy,
-                                 const float *mean, const float *invstd,
+                                 const float *add, const float *mean, const float *invstd,
                                  float *dx, float *dgamma, float *dbeta,
                                  int64_t N, int64_t C, int64_t HW, int64_t G);
 

@@ -39,14 +39,16 @@ static PyObject *py_groupnorm_relu_forward(PyObject *self, PyObject *args, PyObj
 
 static PyObject *py_groupnorm_relu_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *x, *y, *g, *dy, *m, *is, *dg = NULL, *db = NULL;
-    KW("x", "y", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta");
-    if (!parse(args, kw, "O&O&O&O&O&O&|O&O&", kwlist, ARG_F32(x, -1), ARG_F32(y, -1), ARG_F32_AS(g, "gamma", 1),
+    PyArrayObject *x, *y, *g, *dy, *m, *is, *dg = NULL, *db = NULL, *add = NULL;
+    KW("x", "y", "gamma", "dy", "mean", "invstd", "dgamma", "dbeta", "add");
+    if (!parse(args, kw, "O&O&O&O&O&O&|O&O&O&", kwlist, ARG_F32(x, -1), ARG_F32(y, -1), ARG_F32_AS(g, "gamma", 1),
                ARG_F32(dy, -1), ARG_F32_AS(m, "mean", 2), ARG_F32_AS(is, "invstd", 2),
-               ARG_OPT_F32_W_AS(dg, "dgamma", 1), ARG_OPT_F32_W_AS(db, "dbeta", 1)))
+               ARG_OPT_F32_W_AS(dg, "dgamma", 1), ARG_OPT_F32_W_AS(db, "dbeta", 1), ARG_OPT_F32(add, -1)))
         return NULL;
     npy_intp N, C, HW;
-    if (nc_rest(x, "x", &N, &C, &HW) || same_shape(y, "y", x, "x") || same_shape(dy, "dy", x, "x")) return NULL;
+    if (nc_rest(x, "x", &N, &C, &HW) || same_shape(y, "y", x, "x") || same_shape(dy, "dy", x, "x") ||
+        (add && same_shape(add, "add", x, "x")))
+        return NULL;
     npy_intp G = PyArray_DIM(m, 1), cs[1] = {C}, ss[2] = {N, G};
     if (G < 1 || C % G) {
         PyErr_Format(PyExc_ValueError, "mean: its %ld groups do not divide the %ld channels", (long)G, (long)C);
@@ -59,15 +61,15 @@ static PyObject *py_groupnorm_relu_backward(PyObject *self, PyObject *args, PyOb
     PyArrayObject *dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
     if (!dx) return NULL;
     int st;
-    NOGIL(st = csub_groupnorm_relu_backward(F32(x), F32(y), F32(g), F32(dy), F32(m), F32(is), F32(dx), OPT_F32(dg),
-                                            OPT_F32(db), N, C, HW, G));
+    NOGIL(st = csub_groupnorm_relu_backward(F32(x), F32(y), F32(g), F32(dy), OPT_F32(add), F32(m), F32(is), F32(dx),
+                                            OPT_F32(dg), OPT_F32(db), N, C, HW, G));
     return finish(st, "groupnorm_relu_backward", dx);
 }
 
 PyMethodDef csub_py_fused_methods[] = {
     M(groupnorm_relu_forward, "groupnorm_relu_forward(x[N,C,...], gamma, beta, num_groups, eps=1e-5) -> "
                               "(y = max(groupnorm(x), 0), mean[N,G], invstd[N,G])"),
-    M(groupnorm_relu_backward, "groupnorm_relu_backward(x, y, gamma, dy, mean, invstd, dgamma=None, dbeta=None) "
-                               "-> dx (dy: the gradient of y = max(groupnorm(x), 0))"),
+    M(groupnorm_relu_backward, "groupnorm_relu_backward(x, y, gamma, dy, mean, invstd, dgamma=None, dbeta=None, add=None) "
+                               "-> dx (dy: the gradient of y = max(groupnorm(x), 0); plus add when given)"),
     {NULL, NULL, 0, NULL},
 };

@@ -172,13 +172,14 @@ class GroupNorm(_AffineNorm):
         relu._x = y
         return y
 
-    def backward_relu(self, dy):
-        """Backward of ``forward_relu``: dy is the gradient of its output; returns the input's."""
+    def backward_relu(self, dy, add=None):
+        """Backward of ``forward_relu``: dy is the gradient of its output; returns the input's,
+        plus ``add`` (x's shape, e.g. a residual branch's gradient) when given, in the same pass."""
         self.check_forward_cache()
         if self._y is None:
             raise RuntimeError("GroupNorm.backward_relu: the last forward was not forward_relu")
         dg, db = self._grad_buffers()
-        dx = _core.groupnorm_relu_backward(self._x, self._y, self._g, dy, self._mean, self._invstd, dg, db)
+        dx = _core.groupnorm_relu_backward(self._x, self._y, self._g, dy, self._mean, self._invstd, dg, db, add)
         self._route(dg, db)
         return dx
 
@@ -225,8 +226,10 @@ def norm_relu(norm, relu, x):
     return relu(norm(x))
 
 
-def norm_relu_backward(norm, relu, dy):
-    """Backward of ``norm_relu(norm, relu, x)``: dy is the gradient of its output."""
+def norm_relu_backward(norm, relu, dy, add=None):
+    """Backward of ``norm_relu(norm, relu, x)``: dy is the gradient of its output; returns the
+    gradient of x, plus ``add`` (x's shape) when given (fused into the norm's last pass)."""
     if isinstance(norm, GroupNorm) and norm.__dict__.get("_y") is not None:
-        return norm.backward_relu(dy)
-    return norm.backward(relu.backward(dy))
+        return norm.backward_relu(dy, add)
+    dx = norm.backward(relu.backward(dy))
+    return dx if add is None else _core.add(dx, add, out=dx)
