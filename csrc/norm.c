@@ -117,18 +117,32 @@ static CSUB_ALWAYS_INLINE void gn_dx_body(const float *x, const float *dy, float
 CSUB_VARIANTS(gn_dx, (const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is, float gm,
                       float k1, float k2), (x, dy, dx, n, mu, df, is, gm, k1, k2))
 
-/* gn_dx plus r[n] (a residual branch's gradient): the bits of gn_dx then an add */
-static CSUB_ALWAYS_INLINE void gn_dx_add_body(const float *x, const float *dy, const float *r, float *dx, int64_t n,
-                                              float mu, float df, float is, float gm, float k1, float k2)
+/* gn_dx in place: d holds dy on entry and dx on return. One pointer, so that
+ * the loop vectorises (dy and dx as two pointers that are equal fail the
+ * compiler's overlap check and run the scalar loop). */
+static CSUB_ALWAYS_INLINE void gn_dx_ip_body(const float *x, float *d, int64_t n, float mu, float df, float is,
+                                             float gm, float k1, float k2)
 {
     for (int64_t i = 0; i < n; i++) {
         float xh = ((x[i] - mu) - df) * is;
-        float d = is * (dy[i] * gm - k1 - xh * k2);
-        dx[i] = d + r[i];
+        d[i] = is * (d[i] * gm - k1 - xh * k2);
     }
 }
-CSUB_VARIANTS(gn_dx_add, (const float *x, const float *dy, const float *r, float *dx, int64_t n, float mu, float df,
-                          float is, float gm, float k1, float k2), (x, dy, r, dx, n, mu, df, is, gm, k1, k2))
+CSUB_VARIANTS(gn_dx_ip, (const float *x, float *d, int64_t n, float mu, float df, float is, float gm, float k1,
+                         float k2), (x, d, n, mu, df, is, gm, k1, k2))
+
+/* gn_dx_ip plus r[n] (a residual branch's gradient): the bits of gn_dx then an add */
+static CSUB_ALWAYS_INLINE void gn_dx_add_ip_body(const float *x, float *d, const float *r, int64_t n, float mu,
+                                                 float df, float is, float gm, float k1, float k2)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float xh = ((x[i] - mu) - df) * is;
+        float v = is * (d[i] * gm - k1 - xh * k2);
+        d[i] = v + r[i];
+    }
+}
+CSUB_VARIANTS(gn_dx_add_ip, (const float *x, float *d, const float *r, int64_t n, float mu, float df, float is,
+                             float gm, float k1, float k2), (x, d, r, n, mu, df, is, gm, k1, k2))
 
 /* Batch norm's input gradient over one plane: dx = g (dy - k1 - ((x - mu) - df) is k2) */
 static CSUB_ALWAYS_INLINE void bn_dx_body(const float *x, const float *dy, float *dx, int64_t n, float mu, float df,
@@ -505,36 +519,17 @@ void csub_groupnorm_relu_forward(const float *x, const float *gamma, const float
     gn_forward(x, gamma, beta, y, mean, invstd, N, C, HW, G, eps, 1);
 }
 
-/* The ReLU's backward fused into lsums3 (gm = 1): e = y <= 0 ? 0 : dy (y the
- * ReLU's output, whose sign is its input's; NaN passes), stored to e[n], and
- * s[0] += sum e, s[1] += sum e (x - mu), s[2] += sum (x - mu), the bits of
- * csub_relu_backward then lsums3. */
-static CSUB_ALWAYS_INLINE void relu_sums3_body(const float *x, const float *y, const float *dy, float *e, int64_t n,
-                                               float mu, double s[3])
+/* The ReLU's backward: e[n] = y <= 0 ? 0 : dy (y the ReLU's output, whose sign
+ * is its input's; NaN passes), the bits of csub_relu_backward. dy is read
+ * unconditionally so that the select vectorises. */
+static CSUB_ALWAYS_INLINE void relu_mask_body(const float *y, const float *dy, float *e, int64_t n)
 {
-    double a0[NL] = {0}, a1[NL] = {0}, a2[NL] = {0};
-    int64_t i = 0;
-    for (; i + NL <= n; i += NL)
-        for (int l = 0; l < NL; l++) {
-            float g = dy[i + l], t = y[i + l] <= 0.0f ? 0.0f : g, d = x[i + l] - mu;
-            e[i + l] = t;
-            a0[l] += t;
-            a1[l] += (double)t * d;
-            a2[l] += d;
-        }
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0;
-    for (; i < n; i++) {
-        float g = dy[i], t = y[i] <= 0.0f ? 0.0f : g, d = x[i] - mu;
-        e[i] = t;
-        s0 += t;
-        s1 += (double)t * d;
-        s2 += d;
+    for (int64_t i = 0; i < n; i++) {
+        float d = dy[i];
+        e[i] = y[i] <= 0.0f ? 0.0f : d;
     }
-    for (int l = 0; l < NL; l++) s0 += a0[l], s1 += a1[l], s2 += a2[l];
-    s[0] += s0, s[1] += s1, s[2] += s2;
 }
-CSUB_VARIANTS(relu_sums3, (const float *x, const float *y, const float *dy, float *e, int64_t n, float mu,
-                           double s[3]), (x, y, dy, e, n, mu, s))
+CSUB_VARIANTS(relu_mask, (const float *y, const float *dy, float *e, int64_t n), (y, dy, e, n))
 
 /* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=). As in batch norm, the
  * residual delta = mean(x - mean) of each (sample, group) corrects the float
@@ -574,10 +569,9 @@ static int gn_backward(const float *x, const float *y, const float *gamma, const
             double s1 = 0.0, s2d = 0.0, sd = 0.0; /* sum dxhat, sum dxhat * (x - mu), sum (x - mu) */
             for (int64_t j = 0; j < Cg; j++) {
                 double sums[3] = {0.0, 0.0, 0.0};
-                if (y)
-                    relu_sums3(xg + j * HW, y + ng * m + j * HW, dy + ng * m + j * HW, dxg + j * HW, HW, mu, sums);
-                else
-                    lsums3(xg + j * HW, dg + j * HW, HW, mu, 1.0f, sums);
+                if (y) /* the plane's masked gradient, read back at once from the cache */
+                    relu_mask(y + ng * m + j * HW, dy + ng * m + j * HW, dxg + j * HW, HW);
+                lsums3(xg + j * HW, dg + j * HW, HW, mu, 1.0f, sums);
                 double gm = gamma[c0 + j];
                 s1 += gm * sums[0];
                 s2d += gm * sums[1];
@@ -592,11 +586,13 @@ static int gn_backward(const float *x, const float *y, const float *gamma, const
             if (deltas) deltas[ng] = df;
             float k1 = (float)(s1 / (double)m), k2 = (float)((s2d - delta * s1) * is / (double)m);
             for (int64_t j = 0; j < Cg; j++) /* in place when y: dg is dx */
-                if (add)
-                    gn_dx_add(xg + j * HW, dg + j * HW, add + ng * m + j * HW, dxg + j * HW, HW, mu, df, is,
-                              gamma[c0 + j], k1, k2);
-                else
+                if (!y)
                     gn_dx(xg + j * HW, dg + j * HW, dxg + j * HW, HW, mu, df, is, gamma[c0 + j], k1, k2);
+                else if (add)
+                    gn_dx_add_ip(xg + j * HW, dxg + j * HW, add + ng * m + j * HW, HW, mu, df, is, gamma[c0 + j],
+                                 k1, k2);
+                else
+                    gn_dx_ip(xg + j * HW, dxg + j * HW, HW, mu, df, is, gamma[c0 + j], k1, k2);
         }
         if (params) {
             #pragma omp for schedule(static)
