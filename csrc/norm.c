@@ -153,12 +153,39 @@ static CSUB_ALWAYS_INLINE void bn_dx_body(const float *x, const float *dy, float
 CSUB_VARIANTS(bn_dx, (const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is, float g,
                       float k1, float k2), (x, dy, dx, n, mu, df, is, g, k1, k2))
 
+/* The ReLU's backward: e[n] = y <= 0 ? 0 : dy (y the ReLU's output, whose sign
+ * is its input's; NaN passes), the bits of csub_relu_backward. dy is read
+ * unconditionally so that the select vectorises. */
+static CSUB_ALWAYS_INLINE void relu_mask_body(const float *y, const float *dy, float *e, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float d = dy[i];
+        e[i] = y[i] <= 0.0f ? 0.0f : d;
+    }
+}
+CSUB_VARIANTS(relu_mask, (const float *y, const float *dy, float *e, int64_t n), (y, dy, e, n))
+
+/* bn_dx in place (d: dy on entry, dx on return; one pointer, as gn_dx_ip), plus r[n] when r */
+static CSUB_ALWAYS_INLINE void bn_dx_ip_body(const float *x, float *d, const float *r, int64_t n, float mu, float df,
+                                             float is, float g, float k1, float k2)
+{
+    if (r)
+        for (int64_t i = 0; i < n; i++) {
+            float v = g * (d[i] - k1 - ((x[i] - mu) - df) * is * k2);
+            d[i] = v + r[i];
+        }
+    else
+        for (int64_t i = 0; i < n; i++) d[i] = g * (d[i] - k1 - ((x[i] - mu) - df) * is * k2);
+}
+CSUB_VARIANTS(bn_dx_ip, (const float *x, float *d, const float *r, int64_t n, float mu, float df, float is, float g,
+                         float k1, float k2), (x, d, r, n, mu, df, is, g, k1, k2))
+
+/* Batch norm, forward beside backward; relu != 0 fuses the ReLU that follows
+ * (y = max(norm(x), 0), the bits of the two in turn), as for group norm below. */
 /* x[N,C,HW], gamma/beta[C] -> y[N,C,HW], mean/invstd[C]; running stats updated in training */
-void csub_batchnorm_forward(const float *x, const float *gamma, const float *beta,
-                            float *y, float *mean, float *invstd,
-                            float *running_mean, float *running_var,
-                            int64_t N, int64_t C, int64_t HW,
-                            float momentum, float eps, int training)
+static void bn_forward(const float *x, const float *gamma, const float *beta, float *y, float *mean, float *invstd,
+                       float *running_mean, float *running_var, int64_t N, int64_t C, int64_t HW, float momentum,
+                       float eps, int training, int relu)
 {
     int64_t m = N * HW;
     #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
@@ -187,8 +214,26 @@ void csub_batchnorm_forward(const float *x, const float *gamma, const float *bet
          * (x * a + (beta - mu * a)) cancels catastrophically when |mu| >> std.
          * mu is split into float hi + lo so that x - hi is exact near mu. */
         for (int64_t n = 0; n < N; n++)
-            centred_affine(x + (n * C + c) * HW, y + (n * C + c) * HW, HW, mu, gamma[c] * is, beta[c], 0);
+            centred_affine(x + (n * C + c) * HW, y + (n * C + c) * HW, HW, mu, gamma[c] * is, beta[c], relu);
     }
+}
+
+void csub_batchnorm_forward(const float *x, const float *gamma, const float *beta,
+                            float *y, float *mean, float *invstd,
+                            float *running_mean, float *running_var,
+                            int64_t N, int64_t C, int64_t HW,
+                            float momentum, float eps, int training)
+{
+    bn_forward(x, gamma, beta, y, mean, invstd, running_mean, running_var, N, C, HW, momentum, eps, training, 0);
+}
+
+void csub_batchnorm_relu_forward(const float *x, const float *gamma, const float *beta,
+                                 float *y, float *mean, float *invstd,
+                                 float *running_mean, float *running_var,
+                                 int64_t N, int64_t C, int64_t HW,
+                                 float momentum, float eps, int training)
+{
+    bn_forward(x, gamma, beta, y, mean, invstd, running_mean, running_var, N, C, HW, momentum, eps, training, 1);
 }
 
 /* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=).
@@ -196,11 +241,12 @@ void csub_batchnorm_forward(const float *x, const float *gamma, const float *bet
  * rounding is a visible fraction of a standard deviation. In training the
  * statistics are the batch's own, so the residual delta = mean(x - mean) is
  * measured here (in double) and xhat = (x - mean - delta) * invstd is exact
- * to float rounding. In evaluation the running mean is used as given. */
-void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy,
-                             const float *mean, const float *invstd,
-                             float *dx, float *dgamma, float *dbeta,
-                             int64_t N, int64_t C, int64_t HW, int training)
+ * to float rounding. In evaluation the running mean is used as given.
+ * With y (the fused ReLU's output) dy is the gradient of y: the first pass
+ * masks it into dx, the second overwrites it there (plus add when not NULL). */
+static void bn_backward(const float *x, const float *y, const float *gamma, const float *dy, const float *add,
+                        const float *mean, const float *invstd, float *dx, float *dgamma, float *dbeta,
+                        int64_t N, int64_t C, int64_t HW, int training)
 {
     double m = (double)(N * HW);
     #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
@@ -208,8 +254,11 @@ void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy
         float mu = mean[c], is = invstd[c];
         /* sum dy, sum dy * (x - mu), sum (x - mu) */
         double sums[3] = {0.0, 0.0, 0.0};
-        for (int64_t n = 0; n < N; n++)
-            lsums3(x + (n * C + c) * HW, dy + (n * C + c) * HW, HW, mu, 1.0f, sums);
+        for (int64_t n = 0; n < N; n++) {
+            int64_t o = (n * C + c) * HW;
+            if (y) relu_mask(y + o, dy + o, dx + o, HW);
+            lsums3(x + o, y ? dx + o : dy + o, HW, mu, 1.0f, sums);
+        }
         double sdy = sums[0], sdyd = sums[1], sd = sums[2];
         double delta = training ? sd / m : 0.0;
         double sdyx = (sdyd - delta * sdy) * is; /* sum dy * xhat */
@@ -217,9 +266,33 @@ void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy
         if (dbeta) dbeta[c] += (float)sdy;
         float g = gamma[c] * is, df = (float)delta;
         float k1 = training ? (float)(sdy / m) : 0.0f, k2 = training ? (float)(sdyx / m) : 0.0f;
-        for (int64_t n = 0; n < N; n++)
-            bn_dx(x + (n * C + c) * HW, dy + (n * C + c) * HW, dx + (n * C + c) * HW, HW, mu, df, is, g, k1, k2);
+        for (int64_t n = 0; n < N; n++) {
+            int64_t o = (n * C + c) * HW;
+            if (y)
+                bn_dx_ip(x + o, dx + o, add ? add + o : NULL, HW, mu, df, is, g, k1, k2);
+            else
+                bn_dx(x + o, dy + o, dx + o, HW, mu, df, is, g, k1, k2);
+        }
     }
+}
+
+void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy,
+                             const float *mean, const float *invstd,
+                             float *dx, float *dgamma, float *dbeta,
+                             int64_t N, int64_t C, int64_t HW, int training)
+{
+    bn_backward(x, NULL, gamma, dy, NULL, mean, invstd, dx, dgamma, dbeta, N, C, HW, training);
+}
+
+/* dy[N,C,HW], the gradient of y = max(batchnorm(x), 0) -> dx (=), plus add[N,C,HW]
+ * when not NULL, dgamma/dbeta[C] (+=): the bits of csub_relu_backward(y, dy),
+ * then csub_batchnorm_backward, then csub_add(dx, add). */
+void csub_batchnorm_relu_backward(const float *x, const float *y, const float *gamma, const float *dy,
+                                  const float *add, const float *mean, const float *invstd,
+                                  float *dx, float *dgamma, float *dbeta,
+                                  int64_t N, int64_t C, int64_t HW, int training)
+{
+    bn_backward(x, y, gamma, dy, add, mean, invstd, dx, dgamma, dbeta, N, C, HW, training);
 }
 
 /* Inference forms. Group norm: one pass for the statistics of each (sample,
@@ -518,18 +591,6 @@ void csub_groupnorm_relu_forward(const float *x, const float *gamma, const float
 {
     gn_forward(x, gamma, beta, y, mean, invstd, N, C, HW, G, eps, 1);
 }
-
-/* The ReLU's backward: e[n] = y <= 0 ? 0 : dy (y the ReLU's output, whose sign
- * is its input's; NaN passes), the bits of csub_relu_backward. dy is read
- * unconditionally so that the select vectorises. */
-static CSUB_ALWAYS_INLINE void relu_mask_body(const float *y, const float *dy, float *e, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) {
-        float d = dy[i];
-        e[i] = y[i] <= 0.0f ? 0.0f : d;
-    }
-}
-CSUB_VARIANTS(relu_mask, (const float *y, const float *dy, float *e, int64_t n), (y, dy, e, n))
 
 /* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=). As in batch norm, the
  * residual delta = mean(x - mean) of each (sample, group) corrects the float

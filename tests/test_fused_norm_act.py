@@ -1,4 +1,4 @@
-"""Group norm fused with the ReLU that follows it (training forward and backward):
+"""Batch norm and group norm fused with the ReLU that follows them (training forward and backward):
 the kernels against the unfused pair (same bits), the NumPy float64 twin of
 relu(groupnorm(x)), finite differences and PyTorch; the layers' fused path
 (GroupNorm.forward_relu / backward_relu, Sequential, cPreResNet20's blocks)
@@ -9,7 +9,7 @@ import pytest
 import csub
 from csub import _core
 from csub.models import cpreresnet20
-from csub.nn import GroupNorm, ReLU, Sequential
+from csub.nn import BatchNorm2d, GroupNorm, ReLU, Sequential
 from gradcheck import assert_close, numerical_grad
 from reference import norm as ref
 
@@ -150,15 +150,104 @@ def test_argument_errors(rng):
         _core.groupnorm_relu_backward(x, y, g, dy, mean, invstd, add=dy[:1])
 
 
+# ------------------------------------------------------------- batch norm
+
+BN_SHAPES = [(4, 3), (7, 13), (2, 5, 3, 3), (1, 13, 2, 3), (3, 3, 5), (2, 16, 3, 1), (3, 4, 17, 3)]
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batchnorm_same_bits_as_the_unfused_pair(rng, shape, training, threads):
+    x, dy, g, b = _data(rng, shape)
+    C = shape[1]
+    rm0, rv0 = rng.standard_normal(C).astype(F32), (rng.random(C) + 0.5).astype(F32)
+    old = csub.get_num_threads()
+    csub.set_num_threads(threads)
+    try:
+        rm, rv = rm0.copy(), rv0.copy()
+        pre, mean, invstd = _core.batchnorm_forward(x, g, b, rm, rv, 0.1, 1e-5, training)
+        y_ref = _core.relu_forward(pre)
+        dg_ref, db_ref = np.full_like(g, 0.25), np.full_like(b, -0.5)
+        dx_ref = _core.batchnorm_backward(x, g, _core.relu_backward(pre, dy), mean, invstd, dg_ref, db_ref, training)
+        rm2, rv2 = rm0.copy(), rv0.copy()
+        y, m2, i2 = _core.batchnorm_relu_forward(x, g, b, rm2, rv2, 0.1, 1e-5, training)
+        dg, db = np.full_like(g, 0.25), np.full_like(b, -0.5)
+        dx = _core.batchnorm_relu_backward(x, y, g, dy, m2, i2, dg, db, training)
+        res = rng.standard_normal(shape).astype(F32)
+        dx_add = _core.batchnorm_relu_backward(x, y, g, dy, m2, i2, training=training, add=res)
+    finally:
+        csub.set_num_threads(old)
+    for name, a, r in (("y", y, y_ref), ("mean", m2, mean), ("invstd", i2, invstd), ("running_mean", rm2, rm),
+                       ("running_var", rv2, rv), ("dx", dx, dx_ref), ("dgamma", dg, dg_ref), ("dbeta", db, db_ref),
+                       ("dx + add", dx_add, _core.add(dx_ref, res))):
+        assert np.array_equal(a, r), name
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 3), (3, 4, 17, 3)])
+def test_batchnorm_against_float64_twin_and_torch(torch, rng, shape):
+    F = torch.nn.functional
+    x, dy, g, b = _data(rng, shape)
+    y, mean, invstd = _core.batchnorm_relu_forward(x, g, b, eps=1e-5)
+    dg, db = np.zeros_like(g), np.zeros_like(b)
+    dx = _core.batchnorm_relu_backward(x, y, g, dy, mean, invstd, dg, db)
+    pre = ref.batchnorm_forward(x, g, b, eps=1e-5)[0]
+    dpre = np.where(pre > 0, dy.astype(np.float64), 0.0)
+    dx64, dg64, db64 = ref.batchnorm_backward(x, g, dpre, eps=1e-5)
+    assert_close(y, np.maximum(pre, 0.0), 1e-5, 1e-6, "y")
+    for name, a, r in (("dx", dx, dx64), ("dgamma", dg, dg64), ("dbeta", db, db64)):
+        assert_close(a, r, 1e-4, 1e-5, name)
+    tx, tg, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, g, b))
+    ty = F.relu(F.batch_norm(tx, None, None, tg, tb, True, 0.1, 1e-5))
+    ty.backward(torch.tensor(dy.astype(np.float64)))
+    assert_close(y, ty.detach().numpy(), 1e-5, 1e-6, "torch y")
+    for name, a, r in (("dx", dx, tx.grad), ("dgamma", dg, tg.grad), ("dbeta", db, tb.grad)):
+        assert_close(a, r.numpy(), 1e-4, 1e-5, "torch " + name)
+
+
+def test_batchnorm_backward_against_finite_differences(rng):
+    x, dy, g, b = _data(rng, (3, 2, 2, 2))
+    y, mean, invstd = _core.batchnorm_relu_forward(x, g, b, eps=1e-3)
+    pre = ref.batchnorm_forward(x, g, b, eps=1e-3)[0]
+    assert np.min(np.abs(pre)) > 1e-3, "a pre-activation at the ReLU's kink: pick another seed"
+    dg, db = np.zeros_like(g), np.zeros_like(b)
+    dx = _core.batchnorm_relu_backward(x, y, g, dy, mean, invstd, dg, db)
+    f = [lambda v: np.maximum(ref.batchnorm_forward(v, g, b, eps=1e-3)[0], 0.0),
+         lambda v: np.maximum(ref.batchnorm_forward(x, v, b, eps=1e-3)[0], 0.0),
+         lambda v: np.maximum(ref.batchnorm_forward(x, g, v, eps=1e-3)[0], 0.0)]
+    for name, a, fn, at in (("dx", dx, f[0], x), ("dgamma", dg, f[1], g), ("dbeta", db, f[2], b)):
+        assert_close(a, numerical_grad(fn, at, dy), 1e-4, 1e-5, name)
+
+
+def test_batchnorm_argument_errors(rng):
+    x, dy, g, b = _data(rng, (2, 4, 3, 3))
+    with pytest.raises(ValueError, match="running_mean"):
+        _core.batchnorm_relu_forward(x, g, b, training=False)
+    with pytest.raises(ValueError, match="gamma"):
+        _core.batchnorm_relu_forward(x, g[:3], b)
+    with pytest.raises(ValueError, match="momentum"):
+        _core.batchnorm_relu_forward(x, g, b, np.zeros(4, F32), np.ones(4, F32), 2.0)
+    y, mean, invstd = _core.batchnorm_relu_forward(x, g, b)
+    with pytest.raises(ValueError, match="y"):
+        _core.batchnorm_relu_backward(x, y[:1], g, dy, mean, invstd)
+    with pytest.raises(ValueError, match="add"):
+        _core.batchnorm_relu_backward(x, y, g, dy, mean, invstd, add=dy[:1])
+    with pytest.raises(ValueError, match="mean"):
+        _core.batchnorm_relu_backward(x, y, g, dy, mean[:2], invstd)
+    with pytest.raises(TypeError, match="dy"):
+        _core.batchnorm_relu_backward(x, y, g, dy.astype(np.float64), mean, invstd)
+
+
 # ------------------------------------------------------------------ layers
 
 @pytest.mark.parametrize("subspace", [None, "line"])
-def test_layer_fused_path_matches_unfused(rng, subspace):
+@pytest.mark.parametrize("make", [lambda s: GroupNorm(3, 6, subspace=s), lambda s: BatchNorm2d(6, subspace=s)])
+def test_layer_fused_path_matches_unfused(rng, subspace, make):
     x, dy, _, _ = _data(rng, (3, 6, 4, 4))
     csub.manual_seed(3)
-    a, ra = GroupNorm(3, 6, subspace=subspace), ReLU()
+    a, ra = make(subspace), ReLU()
     csub.manual_seed(3)
-    b, rb = GroupNorm(3, 6, subspace=subspace), ReLU()
+    b, rb = make(subspace), ReLU()
     for n in (a, b):
         for p in n.parameters():
             p.data[...] = rng.standard_normal(p.shape).astype(F32)
@@ -181,51 +270,67 @@ def test_layer_fused_path_matches_unfused(rng, subspace):
 
 def test_sequential_fuses_group_norm_then_relu(rng, monkeypatch):
     x, dy, _, _ = _data(rng, (2, 8, 5, 5))
-    seq = Sequential(GroupNorm(8, 8), ReLU(), GroupNorm(2, 8), ReLU())
+    seq = Sequential(GroupNorm(8, 8), ReLU(), GroupNorm(2, 8), ReLU(), BatchNorm2d(8), ReLU())
     calls = []
-    real = _core.groupnorm_relu_forward
-    monkeypatch.setattr(_core, "groupnorm_relu_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("groupnorm_relu_forward", "batchnorm_relu_forward"):
+        real = getattr(_core, name)
+        monkeypatch.setattr(_core, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     y = seq(x)
     dx = seq.backward(dy)
-    assert len(calls) == 2
+    assert len(calls) == 3
     m = list(seq)
-    want = m[3](m[2](m[1](m[0](x))))
+    for mod in m:  # the unfused pairs from the same state (batch norm's running statistics as before)
+        if isinstance(mod, BatchNorm2d):
+            mod.running_mean[...] = 0.0
+            mod.running_var[...] = 1.0
+    want = m[5](m[4](m[3](m[2](m[1](m[0](x))))))
     assert np.array_equal(y, want)
-    want_dx = m[0].backward(m[1].backward(m[2].backward(m[3].backward(dy))))
+    want_dx = m[0].backward(m[1].backward(m[2].backward(m[3].backward(m[4].backward(m[5].backward(dy))))))
     assert np.array_equal(dx, want_dx)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(regime="unstructured", subspace="line"), dict(layout="reference")])
+@pytest.mark.parametrize("kw", [dict(norm="gn"), dict(norm="gn", regime="unstructured", subspace="line"),
+                                dict(norm="gn", layout="reference"), dict(norm="bn")])
 def test_cpreresnet20_step_matches_unfused(rng, monkeypatch, kw):
     """A whole forward and backward of cPreResNet20 with the fused kernels gives the bits of the
-    unfused layers (the fused entry points replaced by the unfused pair)."""
+    unfused layers (the fused entry points replaced by the unfused pairs)."""
     x = rng.standard_normal((2, 3, 16, 16)).astype(F32)
 
     def run():
         csub.manual_seed(5)
-        model = cpreresnet20(norm="gn", **kw)
+        model = cpreresnet20(**kw)
         model.train()
         model.set_alpha(0.3)
         out = model(x)
         model.backward(out)
-        return out, [p.grad.copy() for p in model.parameters()]
+        return out, [p.grad.copy() for p in model.parameters()] + [b.copy() for _, b in model.named_buffers()]
 
     calls = []
-    real = _core.groupnorm_relu_forward
-    monkeypatch.setattr(_core, "groupnorm_relu_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("groupnorm_relu_forward", "batchnorm_relu_forward"):
+        real = getattr(_core, name)
+        monkeypatch.setattr(_core, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     fused_out, fused_grads = run()
     assert len(calls) == 6 * 3 + 1  # every block's three norm -> relu pairs and the head's
 
-    def fwd(x, g, b, G, eps=1e-5):
+    def gn_fwd(x, g, b, G, eps=1e-5):
         pre, mean, invstd = _core.groupnorm_forward(x, g, b, G, eps)
         return _core.relu_forward(pre), mean, invstd
 
-    def bwd(x, y, g, dy, mean, invstd, dg=None, db=None, add=None):
+    def gn_bwd(x, y, g, dy, mean, invstd, dg=None, db=None, add=None):
         dx = _core.groupnorm_backward(x, g, _core.relu_backward(y, dy), mean, invstd, dg, db)
         return dx if add is None else _core.add(dx, add)
 
-    monkeypatch.setattr(_core, "groupnorm_relu_forward", fwd)
-    monkeypatch.setattr(_core, "groupnorm_relu_backward", bwd)
+    def bn_fwd(x, g, b, rm, rv, momentum, eps, training):
+        pre, mean, invstd = _core.batchnorm_forward(x, g, b, rm, rv, momentum, eps, training)
+        return _core.relu_forward(pre), mean, invstd
+
+    def bn_bwd(x, y, g, dy, mean, invstd, dg, db, training, add=None):
+        dx = _core.batchnorm_backward(x, g, _core.relu_backward(y, dy), mean, invstd, dg, db, training)
+        return dx if add is None else _core.add(dx, add)
+
+    for name, fn in (("groupnorm_relu_forward", gn_fwd), ("groupnorm_relu_backward", gn_bwd),
+                     ("batchnorm_relu_forward", bn_fwd), ("batchnorm_relu_backward", bn_bwd)):
+        monkeypatch.setattr(_core, name, fn)
     out, grads = run()
     assert np.array_equal(fused_out, out)
     for a, b in zip(fused_grads, grads):

@@ -114,6 +114,21 @@ void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy
                              float *dx, float *dgamma, float *dbeta,
                              int64_t N, int64_t C, int64_t HW, int training);
 
+/* Batch norm with the ReLU that follows it fused, as group norm's below:
+ * y = max(batchnorm(x), 0), the bits of csub_batchnorm_forward then
+ * csub_relu_forward; backward takes y and dy, the gradient of y, and gives the
+ * bits of csub_relu_backward(y, dy), csub_batchnorm_backward, then with add
+ * (not NULL, x's shape) csub_add(dx, add). */
+void csub_batchnorm_relu_forward(const float *x, const float *gamma, const float *beta,
+                                 float *y, float *mean, float *invstd,
+                                 float *running_mean, float *running_var,
+                                 int64_t N, int64_t C, int64_t HW,
+                                 float momentum, float eps, int training);
+void csub_batchnorm_relu_backward(const float *x, const float *y, const float *gamma, const float *dy,
+                                  const float *add, const float *mean, const float *invstd,
+                                  float *dx, float *dgamma, float *dbeta,
+                                  int64_t N, int64_t C, int64_t HW, int training);
+
 /* Group norm: C channels in G groups (C % G == 0), statistics per (sample,
  * group) over (C/G)*HW values; per-channel affine gamma/beta[C].
  * Instance norm is G = C. mean/invstd[N,G] are saved for backward. */

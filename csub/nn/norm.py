@@ -94,11 +94,36 @@ class BatchNorm2d(_AffineNorm):
         x = check_input(x, "x", (2, 4), self.num_channels)
         self._x = x
         self._g = self._value("weight")
+        self._y = None
         y, self._mean, self._invstd = _core.batchnorm_forward(
             x, self._g, self._value("bias"), self.running_mean, self.running_var,
             self.momentum, self.eps, self.training)
         self._training_stats = self.training
         return y
+
+    def forward_relu(self, x, relu):
+        """``relu(self(x))`` in one kernel (the same numbers), as ``GroupNorm.forward_relu``."""
+        x = check_input(x, "x", (2, 4), self.num_channels)
+        self._x = x
+        self._g = self._value("weight")
+        y, self._mean, self._invstd = _core.batchnorm_relu_forward(
+            x, self._g, self._value("bias"), self.running_mean, self.running_var,
+            self.momentum, self.eps, self.training)
+        self._training_stats = self.training
+        self._y = y
+        relu._x = y
+        return y
+
+    def backward_relu(self, dy, add=None):
+        """Backward of ``forward_relu`` (plus ``add`` when given), as ``GroupNorm.backward_relu``."""
+        self.check_forward_cache()
+        if self._y is None:
+            raise RuntimeError("BatchNorm2d.backward_relu: the last forward was not forward_relu")
+        dg, db = self._grad_buffers()
+        dx = _core.batchnorm_relu_backward(self._x, self._y, self._g, dy, self._mean, self._invstd, dg, db,
+                                           self._training_stats, add)
+        self._route(dg, db)
+        return dx
 
     def fold_scale(self):
         """gamma / sqrt(running_var + eps) at the current alpha, (C,) float32 (batch-norm folding)."""
@@ -106,6 +131,8 @@ class BatchNorm2d(_AffineNorm):
 
     def backward(self, dy):
         self.check_forward_cache()
+        if self._y is not None:
+            raise RuntimeError("BatchNorm2d.backward: the last forward was forward_relu; call backward_relu")
         dg, db = self._grad_buffers()
         dx = _core.batchnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db,
                                       self._training_stats)
@@ -219,9 +246,10 @@ class InstanceNorm2d(GroupNorm):
 
 
 def norm_relu(norm, relu, x):
-    """``relu(norm(x))``: one fused kernel when ``norm`` is a GroupNorm (or InstanceNorm2d)
-    and ``relu`` a ReLU, else the two modules in turn; undo it with ``norm_relu_backward``."""
-    if isinstance(norm, GroupNorm) and type(relu) is ReLU:
+    """``relu(norm(x))``: one fused kernel when ``norm`` is a BatchNorm2d, GroupNorm or
+    InstanceNorm2d and ``relu`` a ReLU, else the two modules in turn; undo it with
+    ``norm_relu_backward``."""
+    if isinstance(norm, (BatchNorm2d, GroupNorm)) and type(relu) is ReLU:
         return norm.forward_relu(x, relu)
     return relu(norm(x))
 
@@ -229,7 +257,7 @@ def norm_relu(norm, relu, x):
 def norm_relu_backward(norm, relu, dy, add=None):
     """Backward of ``norm_relu(norm, relu, x)``: dy is the gradient of its output; returns the
     gradient of x, plus ``add`` (x's shape) when given (fused into the norm's last pass)."""
-    if isinstance(norm, GroupNorm) and norm.__dict__.get("_y") is not None:
+    if isinstance(norm, (BatchNorm2d, GroupNorm)) and norm.__dict__.get("_y") is not None:
         return norm.backward_relu(dy, add)
     dx = norm.backward(relu.backward(dy))
     return dx if add is None else _core.add(dx, add, out=dx)
