@@ -335,3 +335,31 @@ def test_cpreresnet20_step_matches_unfused(rng, monkeypatch, kw):
     assert np.array_equal(fused_out, out)
     for a, b in zip(fused_grads, grads):
         assert np.array_equal(a, b)
+
+
+def test_replaced_forward_is_not_fused(rng, monkeypatch):
+    """A norm whose forward and backward are replaced on the instance (as csub.distributed does
+    for synchronised batch norm) runs its own forward, in Sequential and in norm_relu."""
+    x, dy, _, _ = _data(rng, (4, 3, 3, 3))
+    norm, relu = BatchNorm2d(3), ReLU()
+    seen = []
+
+    def forward(v):
+        seen.append("forward")
+        return BatchNorm2d.forward(norm, v)
+
+    def backward(d):
+        seen.append("backward")
+        return BatchNorm2d.backward(norm, d)
+
+    object.__setattr__(norm, "forward", forward)
+    object.__setattr__(norm, "backward", backward)
+    monkeypatch.setattr(_core, "batchnorm_relu_forward", None)  # a fused call would fail
+    seq = Sequential(norm, relu)
+    y = seq(x)
+    seq.backward(dy)
+    assert seen == ["forward", "backward"]
+    from csub.nn.norm import norm_relu, norm_relu_backward
+    assert np.array_equal(norm_relu(norm, relu, x), y)
+    norm_relu_backward(norm, relu, dy)
+    assert seen == ["forward", "backward"] * 2

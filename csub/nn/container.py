@@ -1,8 +1,7 @@
 """Containers: Sequential and Residual."""
 from .. import _core
-from .activation import ReLU
 from .module import Module
-from .norm import BatchNorm2d, GroupNorm, norm_relu, norm_relu_backward
+from .norm import fusable, norm_relu, norm_relu_backward
 
 
 class Sequential(Module):
@@ -25,12 +24,12 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        """The modules in order; a batch or group norm directly followed by a ReLU runs as one fused
-        kernel (``csub.nn.norm.norm_relu``, the same numbers)."""
+        """The modules in order; a norm directly followed by a ReLU runs as one fused kernel where
+        ``csub.nn.norm.fusable`` (``norm_relu``: the same numbers)."""
         mods = list(self._modules.values())
         i = 0
         while i < len(mods):
-            if i + 1 < len(mods) and isinstance(mods[i], (BatchNorm2d, GroupNorm)) and type(mods[i + 1]) is ReLU:
+            if i + 1 < len(mods) and fusable(mods[i], mods[i + 1]):
                 x = norm_relu(mods[i], mods[i + 1], x)
                 i += 2
             else:
@@ -42,7 +41,7 @@ class Sequential(Module):
         mods = list(self._modules.values())
         i = len(mods) - 1
         while i >= 0:
-            if i > 0 and isinstance(mods[i - 1], (BatchNorm2d, GroupNorm)) and type(mods[i]) is ReLU:
+            if i > 0 and fusable(mods[i - 1], mods[i]):
                 dy = norm_relu_backward(mods[i - 1], mods[i], dy)
                 i -= 2
             else:

@@ -245,11 +245,18 @@ class InstanceNorm2d(GroupNorm):
         return f"{self.num_channels}, subspace={self.subspace!r}"
 
 
+def fusable(norm, relu):
+    """True when ``relu(norm(x))`` may run as one fused kernel: ``norm`` a BatchNorm2d, GroupNorm
+    or InstanceNorm2d and ``relu`` a ReLU (those classes exactly), neither with its forward or
+    backward replaced on the instance (e.g. synchronised batch norm in ``csub.distributed``)."""
+    return (type(relu) is ReLU and type(norm) in (BatchNorm2d, GroupNorm, InstanceNorm2d)
+            and not any(k in m.__dict__ for m in (norm, relu) for k in ("forward", "backward")))
+
+
 def norm_relu(norm, relu, x):
-    """``relu(norm(x))``: one fused kernel when ``norm`` is a BatchNorm2d, GroupNorm or
-    InstanceNorm2d and ``relu`` a ReLU, else the two modules in turn; undo it with
-    ``norm_relu_backward``."""
-    if isinstance(norm, (BatchNorm2d, GroupNorm)) and type(relu) is ReLU:
+    """``relu(norm(x))``: one fused kernel where ``fusable(norm, relu)``, else the two modules
+    in turn; undo it with ``norm_relu_backward``."""
+    if fusable(norm, relu):
         return norm.forward_relu(x, relu)
     return relu(norm(x))
 
@@ -257,7 +264,7 @@ def norm_relu(norm, relu, x):
 def norm_relu_backward(norm, relu, dy, add=None):
     """Backward of ``norm_relu(norm, relu, x)``: dy is the gradient of its output; returns the
     gradient of x, plus ``add`` (x's shape) when given (fused into the norm's last pass)."""
-    if isinstance(norm, (BatchNorm2d, GroupNorm)) and norm.__dict__.get("_y") is not None:
+    if fusable(norm, relu) and norm.__dict__.get("_y") is not None:
         return norm.backward_relu(dy, add)
     dx = norm.backward(relu.backward(dy))
     return dx if add is None else _core.add(dx, add, out=dx)
