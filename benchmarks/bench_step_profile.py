@@ -164,8 +164,8 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--steps", type=int, default=7)
     args = ap.parse_args()
-    print(f"csub {csub.__version__}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-          " (a shared machine: read the shares and ratios)")
+    print(f"csub {csub.__version__} from {os.path.dirname(csub.__file__)}; load average {os.getloadavg()[0]:.1f}"
+          f" on {os.cpu_count()} CPUs (a shared machine: read the shares and ratios)")
     for n in args.threads:
         profile(n, args.steps)
 
