@@ -11,7 +11,9 @@ One run prints, after the machine, versions and thread counts (2 threads each):
 2. one whole training step of cPreResNet20 at batch 128 (forward,
    cross-entropy, backward, SGD momentum 0.9, weight decay 5e-4) with
    norm="gn" and norm="bn", csub against a torch module mirroring it layer
-   by layer (same initial weights, checked by the first loss);
+   by layer (same initial weights, checked by the first loss); then csub's
+   unstructured line (lcs_l) model at alpha 0.05 (keep 0.05, sparse) against
+   alpha 1.0, and their ratio;
 3. ``_core.gemm`` GFLOP/s on the matmul shapes the convs produce (per image as
    conv.c calls them, M = K_out, N = P*Q, K = C*R*S, and folded over the batch,
    N = 128*P*Q) and on 2048^3, against NumPy's float32 ``a @ b`` at 2048 as the
@@ -372,6 +374,31 @@ def bench_steps(reps, warmup, budget):
         print(f"{label:<34} | {fmt_time(tc)} {BATCH / tc:6.0f} | {fmt_time(tt)} {BATCH / tt:6.0f} |"
               f" {tt / tc:5.2f} | {lc:.5f} / {lt:.5f}{flag}")
     print("   (ratio = torch / csub; DESIGN.md budget: >= 1, goal 1.5)")
+    bench_sparse_step(x, y, reps, warmup, budget)
+
+
+def bench_sparse_step(x, y, reps, warmup, budget):
+    """The unstructured line (lcs_l) step at alpha 0.05 (keep 0.05 of the block convs' weights:
+    top-k mask, CSR kernels) against the same model at alpha 1.0 (nothing masked), alternating."""
+    csub.manual_seed(0)
+    model = cpreresnet20(norm="gn", regime="unstructured", subspace="line")
+    model.train()
+    opt = SGD(model.parameters(), LR, MOMENTUM, WEIGHT_DECAY)
+    crit = CrossEntropyLoss()
+
+    def step_at(alpha):
+        def step():
+            model.set_alpha(alpha)
+            opt.zero_grad()
+            crit(model(x), y)
+            model.backward(crit.backward())
+            opt.step()
+        return step
+
+    t1, t05 = bench_pair(step_at(1.0), step_at(0.05), reps, warmup, min_sample=0, budget=budget)
+    print(f"{'gn, unstructured line, alpha 1.0':<34} | {fmt_time(t1)} {BATCH / t1:6.0f} |")
+    print(f"{'gn, unstructured line, alpha 0.05':<34} | {fmt_time(t05)} {BATCH / t05:6.0f} |"
+          f" keep-0.05 step / alpha-1.0 step {t05 / t1:.2f} (goal < 0.35)")
 
 
 # ----------------------------------------------------------------- 3. gemm

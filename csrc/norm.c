@@ -117,6 +117,33 @@ static CSUB_ALWAYS_INLINE void gn_dx_body(const float *x, const float *dy, float
 CSUB_VARIANTS(gn_dx, (const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is, float gm,
                       float k1, float k2), (x, dy, dx, n, mu, df, is, gm, k1, k2))
 
+/* gn_dx in place: d holds dy on entry and dx on return. One pointer, so that
+ * the loop vectorises (dy and dx as two pointers that are equal fail the
+ * compiler's overlap check and run the scalar loop). */
+static CSUB_ALWAYS_INLINE void gn_dx_ip_body(const float *x, float *d, int64_t n, float mu, float df, float is,
+                                             float gm, float k1, float k2)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float xh = ((x[i] - mu) - df) * is;
+        d[i] = is * (d[i] * gm - k1 - xh * k2);
+    }
+}
+CSUB_VARIANTS(gn_dx_ip, (const float *x, float *d, int64_t n, float mu, float df, float is, float gm, float k1,
+                         float k2), (x, d, n, mu, df, is, gm, k1, k2))
+
+/* gn_dx_ip plus r[n] (a residual branch's gradient): the bits of gn_dx then an add */
+static CSUB_ALWAYS_INLINE void gn_dx_add_ip_body(const float *x, float *d, const float *r, int64_t n, float mu,
+                                                 float df, float is, float gm, float k1, float k2)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float xh = ((x[i] - mu) - df) * is;
+        float v = is * (d[i] * gm - k1 - xh * k2);
+        d[i] = v + r[i];
+    }
+}
+CSUB_VARIANTS(gn_dx_add_ip, (const float *x, float *d, const float *r, int64_t n, float mu, float df, float is,
+                             float gm, float k1, float k2), (x, d, r, n, mu, df, is, gm, k1, k2))
+
 /* Batch norm's input gradient over one plane: dx = g (dy - k1 - ((x - mu) - df) is k2) */
 static CSUB_ALWAYS_INLINE void bn_dx_body(const float *x, const float *dy, float *dx, int64_t n, float mu, float df,
                                           float is, float g, float k1, float k2)
@@ -126,12 +153,39 @@ static CSUB_ALWAYS_INLINE void bn_dx_body(const float *x, const float *dy, float
 CSUB_VARIANTS(bn_dx, (const float *x, const float *dy, float *dx, int64_t n, float mu, float df, float is, float g,
                       float k1, float k2), (x, dy, dx, n, mu, df, is, g, k1, k2))
 
+/* The ReLU's backward: e[n] = y <= 0 ? 0 : dy (y the ReLU's output, whose sign
+ * is its input's; NaN passes), the bits of csub_relu_backward. dy is read
+ * unconditionally so that the select vectorises. */
+static CSUB_ALWAYS_INLINE void relu_mask_body(const float *y, const float *dy, float *e, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float d = dy[i];
+        e[i] = y[i] <= 0.0f ? 0.0f : d;
+    }
+}
+CSUB_VARIANTS(relu_mask, (const float *y, const float *dy, float *e, int64_t n), (y, dy, e, n))
+
+/* bn_dx in place (d: dy on entry, dx on return; one pointer, as gn_dx_ip), plus r[n] when r */
+static CSUB_ALWAYS_INLINE void bn_dx_ip_body(const float *x, float *d, const float *r, int64_t n, float mu, float df,
+                                             float is, float g, float k1, float k2)
+{
+    if (r)
+        for (int64_t i = 0; i < n; i++) {
+            float v = g * (d[i] - k1 - ((x[i] - mu) - df) * is * k2);
+            d[i] = v + r[i];
+        }
+    else
+        for (int64_t i = 0; i < n; i++) d[i] = g * (d[i] - k1 - ((x[i] - mu) - df) * is * k2);
+}
+CSUB_VARIANTS(bn_dx_ip, (const float *x, float *d, const float *r, int64_t n, float mu, float df, float is, float g,
+                         float k1, float k2), (x, d, r, n, mu, df, is, g, k1, k2))
+
+/* Batch norm, forward beside backward; relu != 0 fuses the ReLU that follows
+ * (y = max(norm(x), 0), the bits of the two in turn), as for group norm below. */
 /* x[N,C,HW], gamma/beta[C] -> y[N,C,HW], mean/invstd[C]; running stats updated in training */
-void csub_batchnorm_forward(const float *x, const float *gamma, const float *beta,
-                            float *y, float *mean, float *invstd,
-                            float *running_mean, float *running_var,
-                            int64_t N, int64_t C, int64_t HW,
-                            float momentum, float eps, int training)
+static void bn_forward(const float *x, const float *gamma, const float *beta, float *y, float *mean, float *invstd,
+                       float *running_mean, float *running_var, int64_t N, int64_t C, int64_t HW, float momentum,
+                       float eps, int training, int relu)
 {
     int64_t m = N * HW;
     #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
@@ -160,8 +214,26 @@ void csub_batchnorm_forward(const float *x, const float *gamma, const float *bet
          * (x * a + (beta - mu * a)) cancels catastrophically when |mu| >> std.
          * mu is split into float hi + lo so that x - hi is exact near mu. */
         for (int64_t n = 0; n < N; n++)
-            centred_affine(x + (n * C + c) * HW, y + (n * C + c) * HW, HW, mu, gamma[c] * is, beta[c], 0);
+            centred_affine(x + (n * C + c) * HW, y + (n * C + c) * HW, HW, mu, gamma[c] * is, beta[c], relu);
     }
+}
+
+void csub_batchnorm_forward(const float *x, const float *gamma, const float *beta,
+                            float *y, float *mean, float *invstd,
+                            float *running_mean, float *running_var,
+                            int64_t N, int64_t C, int64_t HW,
+                            float momentum, float eps, int training)
+{
+    bn_forward(x, gamma, beta, y, mean, invstd, running_mean, running_var, N, C, HW, momentum, eps, training, 0);
+}
+
+void csub_batchnorm_relu_forward(const float *x, const float *gamma, const float *beta,
+                                 float *y, float *mean, float *invstd,
+                                 float *running_mean, float *running_var,
+                                 int64_t N, int64_t C, int64_t HW,
+                                 float momentum, float eps, int training)
+{
+    bn_forward(x, gamma, beta, y, mean, invstd, running_mean, running_var, N, C, HW, momentum, eps, training, 1);
 }
 
 /* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=).
@@ -169,11 +241,12 @@ void csub_batchnorm_forward(const float *x, const float *gamma, const float *bet
  * rounding is a visible fraction of a standard deviation. In training the
  * statistics are the batch's own, so the residual delta = mean(x - mean) is
  * measured here (in double) and xhat = (x - mean - delta) * invstd is exact
- * to float rounding. In evaluation the running mean is used as given. */
-void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy,
-                             const float *mean, const float *invstd,
-                             float *dx, float *dgamma, float *dbeta,
-                             int64_t N, int64_t C, int64_t HW, int training)
+ * to float rounding. In evaluation the running mean is used as given.
+ * With y (the fused ReLU's output) dy is the gradient of y: the first pass
+ * masks it into dx, the second overwrites it there (plus add when not NULL). */
+static void bn_backward(const float *x, const float *y, const float *gamma, const float *dy, const float *add,
+                        const float *mean, const float *invstd, float *dx, float *dgamma, float *dbeta,
+                        int64_t N, int64_t C, int64_t HW, int training)
 {
     double m = (double)(N * HW);
     #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
@@ -181,8 +254,11 @@ void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy
         float mu = mean[c], is = invstd[c];
         /* sum dy, sum dy * (x - mu), sum (x - mu) */
         double sums[3] = {0.0, 0.0, 0.0};
-        for (int64_t n = 0; n < N; n++)
-            lsums3(x + (n * C + c) * HW, dy + (n * C + c) * HW, HW, mu, 1.0f, sums);
+        for (int64_t n = 0; n < N; n++) {
+            int64_t o = (n * C + c) * HW;
+            if (y) relu_mask(y + o, dy + o, dx + o, HW);
+            lsums3(x + o, y ? dx + o : dy + o, HW, mu, 1.0f, sums);
+        }
         double sdy = sums[0], sdyd = sums[1], sd = sums[2];
         double delta = training ? sd / m : 0.0;
         double sdyx = (sdyd - delta * sdy) * is; /* sum dy * xhat */
@@ -190,32 +266,33 @@ void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy
         if (dbeta) dbeta[c] += (float)sdy;
         float g = gamma[c] * is, df = (float)delta;
         float k1 = training ? (float)(sdy / m) : 0.0f, k2 = training ? (float)(sdyx / m) : 0.0f;
-        for (int64_t n = 0; n < N; n++)
-            bn_dx(x + (n * C + c) * HW, dy + (n * C + c) * HW, dx + (n * C + c) * HW, HW, mu, df, is, g, k1, k2);
+        for (int64_t n = 0; n < N; n++) {
+            int64_t o = (n * C + c) * HW;
+            if (y)
+                bn_dx_ip(x + o, dx + o, add ? add + o : NULL, HW, mu, df, is, g, k1, k2);
+            else
+                bn_dx(x + o, dy + o, dx + o, HW, mu, df, is, g, k1, k2);
+        }
     }
 }
 
-/* x[N,C,HW] in G groups of C/G channels -> y, mean/invstd[N,G] */
-void csub_groupnorm_forward(const float *x, const float *gamma, const float *beta,
-                            float *y, float *mean, float *invstd,
-                            int64_t N, int64_t C, int64_t HW, int64_t G, float eps)
+void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy,
+                             const float *mean, const float *invstd,
+                             float *dx, float *dgamma, float *dbeta,
+                             int64_t N, int64_t C, int64_t HW, int training)
 {
-    int64_t Cg = C / G, m = Cg * HW;
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
-    for (int64_t ng = 0; ng < N * G; ng++) {
-        const float *xg = x + ng * m; /* the group's channels are contiguous */
-        float *yg = y + ng * m;
-        double mu, v;
-        lsum(xg, m, &mu);
-        mu /= (double)m;
-        lsumsq(xg, m, mu, &v);
-        float is = (float)(1.0 / sqrt(v / (double)m + eps));
-        mean[ng] = (float)mu;
-        invstd[ng] = is;
-        int64_t c0 = (ng % G) * Cg;
-        for (int64_t j = 0; j < Cg; j++) /* centred, as in batch norm */
-            centred_affine(xg + j * HW, yg + j * HW, HW, mu, gamma[c0 + j] * is, beta[c0 + j], 0);
-    }
+    bn_backward(x, NULL, gamma, dy, NULL, mean, invstd, dx, dgamma, dbeta, N, C, HW, training);
+}
+
+/* dy[N,C,HW], the gradient of y = max(batchnorm(x), 0) -> dx (=), plus add[N,C,HW]
+ * when not NULL, dgamma/dbeta[C] (+=): the bits of csub_relu_backward(y, dy),
+ * then csub_batchnorm_backward, then csub_add(dx, add). */
+void csub_batchnorm_relu_backward(const float *x, const float *y, const float *gamma, const float *dy,
+                                  const float *add, const float *mean, const float *invstd,
+                                  float *dx, float *dgamma, float *dbeta,
+                                  int64_t N, int64_t C, int64_t HW, int training)
+{
+    bn_backward(x, y, gamma, dy, add, mean, invstd, dx, dgamma, dbeta, N, C, HW, training);
 }
 
 /* Inference forms. Group norm: one pass for the statistics of each (sample,
@@ -475,17 +552,60 @@ void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
     }
 }
 
+/* Group norm in training, forward beside backward. relu != 0 fuses the ReLU
+ * that follows: y = max(norm(x), 0) (NaN propagates), the bits of
+ * csub_groupnorm_forward then csub_relu_forward, in one pass that writes y. */
+static void gn_forward(const float *x, const float *gamma, const float *beta, float *y, float *mean,
+                       float *invstd, int64_t N, int64_t C, int64_t HW, int64_t G, float eps, int relu)
+{
+    int64_t Cg = C / G, m = Cg * HW;
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
+    for (int64_t ng = 0; ng < N * G; ng++) {
+        const float *xg = x + ng * m; /* the group's channels are contiguous */
+        float *yg = y + ng * m;
+        double mu, v;
+        lsum(xg, m, &mu);
+        mu /= (double)m;
+        lsumsq(xg, m, mu, &v);
+        float is = (float)(1.0 / sqrt(v / (double)m + eps));
+        mean[ng] = (float)mu;
+        invstd[ng] = is;
+        int64_t c0 = (ng % G) * Cg;
+        for (int64_t j = 0; j < Cg; j++) /* centred, as in batch norm */
+            centred_affine(xg + j * HW, yg + j * HW, HW, mu, gamma[c0 + j] * is, beta[c0 + j], relu);
+    }
+}
+
+/* x[N,C,HW] in G groups of C/G channels -> y, mean/invstd[N,G] */
+void csub_groupnorm_forward(const float *x, const float *gamma, const float *beta,
+                            float *y, float *mean, float *invstd,
+                            int64_t N, int64_t C, int64_t HW, int64_t G, float eps)
+{
+    gn_forward(x, gamma, beta, y, mean, invstd, N, C, HW, G, eps, 0);
+}
+
+/* x[N,C,HW] -> y = max(groupnorm(x), 0), mean/invstd[N,G] */
+void csub_groupnorm_relu_forward(const float *x, const float *gamma, const float *beta,
+                                 float *y, float *mean, float *invstd,
+                                 int64_t N, int64_t C, int64_t HW, int64_t G, float eps)
+{
+    gn_forward(x, gamma, beta, y, mean, invstd, N, C, HW, G, eps, 1);
+}
+
 /* dy[N,C,HW] -> dx (=), dgamma/dbeta[C] (+=). As in batch norm, the
  * residual delta = mean(x - mean) of each (sample, group) corrects the float
  * rounding of the saved mean (the statistics are always the data's own).
  * One pass over x and dy gathers, per (sample, channel), A = sum dy,
  * B = sum dy (x - mean) and D = sum (x - mean); the group sums for dx and the
  * parameter gradients dgamma = sum_n invstd (B - delta A), dbeta = sum_n A
- * follow from them, so a second pass only writes dx. */
-void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy,
-                             const float *mean, const float *invstd,
-                             float *dx, float *dgamma, float *dbeta,
-                             int64_t N, int64_t C, int64_t HW, int64_t G)
+ * follow from them, so a second pass only writes dx.
+ * With y (the fused ReLU's output) dy is the gradient of y: the first pass
+ * masks it into dx, the second reads it back from there and overwrites it;
+ * with add[N,C,HW] the second pass writes dx + add.
+ * CSUB_ERR_NOMEM (nothing written) when y and the workspace cannot be had. */
+static int gn_backward(const float *x, const float *y, const float *gamma, const float *dy, const float *add,
+                       const float *mean, const float *invstd, float *dx, float *dgamma, float *dbeta,
+                       int64_t N, int64_t C, int64_t HW, int64_t G)
 {
     int64_t Cg = C / G, m = Cg * HW;
     int nt = csub_get_num_threads();
@@ -496,19 +616,22 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
     float *deltas = params ? malloc(sizeof(float) * (size_t)(N * G)) : NULL;
     if (params && (!ab || !deltas)) {
         free(ab), free(deltas);
+        if (y) return CSUB_ERR_NOMEM; /* the recomputation below reads an unmasked dy */
         ab = NULL, deltas = NULL;
     }
     #pragma omp parallel num_threads(nt)
     {
         #pragma omp for schedule(static)
         for (int64_t ng = 0; ng < N * G; ng++) {
-            const float *xg = x + ng * m, *dg = dy + ng * m;
+            const float *xg = x + ng * m, *dg = y ? dx + ng * m : dy + ng * m;
             float *dxg = dx + ng * m;
             float mu = mean[ng], is = invstd[ng];
             int64_t c0 = (ng % G) * Cg;
             double s1 = 0.0, s2d = 0.0, sd = 0.0; /* sum dxhat, sum dxhat * (x - mu), sum (x - mu) */
             for (int64_t j = 0; j < Cg; j++) {
                 double sums[3] = {0.0, 0.0, 0.0};
+                if (y) /* the plane's masked gradient, read back at once from the cache */
+                    relu_mask(y + ng * m + j * HW, dy + ng * m + j * HW, dxg + j * HW, HW);
                 lsums3(xg + j * HW, dg + j * HW, HW, mu, 1.0f, sums);
                 double gm = gamma[c0 + j];
                 s1 += gm * sums[0];
@@ -523,8 +646,14 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
             float df = (float)delta;
             if (deltas) deltas[ng] = df;
             float k1 = (float)(s1 / (double)m), k2 = (float)((s2d - delta * s1) * is / (double)m);
-            for (int64_t j = 0; j < Cg; j++)
-                gn_dx(xg + j * HW, dg + j * HW, dxg + j * HW, HW, mu, df, is, gamma[c0 + j], k1, k2);
+            for (int64_t j = 0; j < Cg; j++) /* in place when y: dg is dx */
+                if (!y)
+                    gn_dx(xg + j * HW, dg + j * HW, dxg + j * HW, HW, mu, df, is, gamma[c0 + j], k1, k2);
+                else if (add)
+                    gn_dx_add_ip(xg + j * HW, dxg + j * HW, add + ng * m + j * HW, HW, mu, df, is, gamma[c0 + j],
+                                 k1, k2);
+                else
+                    gn_dx_ip(xg + j * HW, dxg + j * HW, HW, mu, df, is, gamma[c0 + j], k1, k2);
         }
         if (params) {
             #pragma omp for schedule(static)
@@ -552,4 +681,24 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
     }
     free(ab);
     free(deltas);
+    return CSUB_OK;
+}
+
+void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy,
+                             const float *mean, const float *invstd,
+                             float *dx, float *dgamma, float *dbeta,
+                             int64_t N, int64_t C, int64_t HW, int64_t G)
+{
+    gn_backward(x, NULL, gamma, dy, NULL, mean, invstd, dx, dgamma, dbeta, N, C, HW, G);
+}
+
+/* dy[N,C,HW], the gradient of y = max(groupnorm(x), 0) -> dx (=), plus add[N,C,HW] when
+ * not NULL, dgamma/dbeta[C] (+=): the bits of csub_relu_backward(y, dy), then
+ * csub_groupnorm_backward, then csub_add(dx, add), in two passes. */
+int csub_groupnorm_relu_backward(const float *x, const float *y, const float *gamma, const float *dy,
+                                 const float *add, const float *mean, const float *invstd,
+                                 float *dx, float *dgamma, float *dbeta,
+                                 int64_t N, int64_t C, int64_t HW, int64_t G)
+{
+    return gn_backward(x, y, gamma, dy, add, mean, invstd, dx, dgamma, dbeta, N, C, HW, G);
 }

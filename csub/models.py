@@ -37,6 +37,7 @@ from . import _core, checkpoint, modelfile, nn, runtime
 from .nn.graph import Graph
 from .nn.layers import _Weighted
 from .nn.module import Module, check_alpha, check_input, check_subspace
+from .nn.norm import norm_relu, norm_relu_backward
 from .regimes import REGIMES as _REGIME_TABLE
 
 REGIMES = (None,) + tuple(_REGIME_TABLE)
@@ -510,24 +511,24 @@ class PreActBottleneck(Module):
             fold(self.conv2, self.n3)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """The block's output for x (shapes: the class docstring)."""
-        a = self.r1(self.n1(x))
+        """The block's output for x (shapes: the class docstring); norm -> ReLU pairs run fused
+        where the norm allows (``nn.norm.norm_relu``: the same numbers)."""
+        a = norm_relu(self.n1, self.r1, x)
         s = x if self.shortcut is None else self.shortcut(x if self.input_shortcut else a)
         h = self.conv1(a)
-        h = self.conv2(self.r2(self.n2(h)))
-        h = self.conv3(self.r3(self.n3(h)))
+        h = self.conv2(norm_relu(self.n2, self.r2, h))
+        h = self.conv3(norm_relu(self.n3, self.r3, h))
         return _core.add(h, s, out=h)  # h is this block's own temporary: add in place
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """d loss / d x (x's shape) for dy of the output's shape; adds the parameters' gradients."""
         dh = self.conv3.backward(dy)                    # d/d relu3 output
-        dh = self.conv2.backward(self.n3.backward(self.r3.backward(dh)))
-        da = self.conv1.backward(self.n2.backward(self.r2.backward(dh)))
+        dh = self.conv2.backward(norm_relu_backward(self.n3, self.r3, dh))
+        da = self.conv1.backward(norm_relu_backward(self.n2, self.r2, dh))
         if self.shortcut is not None and not self.input_shortcut:
             da = _core.add(da, self.shortcut.backward(dy), out=da)
-            return self.n1.backward(self.r1.backward(da))
-        dx = self.n1.backward(self.r1.backward(da))
-        return _core.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy), out=dx)
+            return norm_relu_backward(self.n1, self.r1, da)
+        return norm_relu_backward(self.n1, self.r1, da, dy if self.shortcut is None else self.shortcut.backward(dy))
 
     def emit(self, g: Graph, x: int) -> int:
         """The block's inference operations (``csub.modelfile``)."""

@@ -120,6 +120,21 @@ void csub_batchnorm_backward(const float *x, const float *gamma, const float *dy
                              float *dx, float *dgamma, float *dbeta,
                              int64_t N, int64_t C, int64_t HW, int training);
 
+/* Batch norm with the ReLU that follows it fused, as group norm's below:
+ * y = max(batchnorm(x), 0), the bits of csub_batchnorm_forward then
+ * csub_relu_forward; backward takes y and dy, the gradient of y, and gives the
+ * bits of csub_relu_backward(y, dy), csub_batchnorm_backward, then with add
+ * (not NULL, x's shape) csub_add(dx, add). */
+void csub_batchnorm_relu_forward(const float *x, const float *gamma, const float *beta,
+                                 float *y, float *mean, float *invstd,
+                                 float *running_mean, float *running_var,
+                                 int64_t N, int64_t C, int64_t HW,
+                                 float momentum, float eps, int training);
+void csub_batchnorm_relu_backward(const float *x, const float *y, const float *gamma, const float *dy,
+                                  const float *add, const float *mean, const float *invstd,
+                                  float *dx, float *dgamma, float *dbeta,
+                                  int64_t N, int64_t C, int64_t HW, int training);
+
 /* Group norm: C channels in G groups (C % G == 0), statistics per (sample,
  * group) over (C/G)*HW values; per-channel affine gamma/beta[C].
  * Instance norm is G = C. mean/invstd[N,G] are saved for backward. */
@@ -130,6 +145,20 @@ void csub_groupnorm_backward(const float *x, const float *gamma, const float *dy
                              const float *mean, const float *invstd,
                              float *dx, float *dgamma, float *dbeta,
                              int64_t N, int64_t C, int64_t HW, int64_t G);
+/* Group norm with the ReLU that follows it fused: y = max(groupnorm(x), 0)
+ * (NaN propagates), the same bits as csub_groupnorm_forward then
+ * csub_relu_forward. Backward takes y and dy, the gradient of y, and gives
+ * the bits of csub_relu_backward(y, dy) then csub_groupnorm_backward, then
+ * with add (not NULL, x's shape: a residual branch's gradient) csub_add(dx,
+ * add); it returns CSUB_OK, or CSUB_ERR_NOMEM (nothing written) when the
+ * workspace for dgamma/dbeta cannot be allocated. */
+void csub_groupnorm_relu_forward(const float *x, const float *gamma, const float *beta,
+                                 float *y, float *mean, float *invstd,
+                                 int64_t N, int64_t C, int64_t HW, int64_t G, float eps);
+int csub_groupnorm_relu_backward(const float *x, const float *y, const float *gamma, const float *dy,
+                                 const float *add, const float *mean, const float *invstd,
+                                 float *dx, float *dgamma, float *dbeta,
+                                 int64_t N, int64_t C, int64_t HW, int64_t G);
 
 /* Inference forms, no saved statistics, ReLU fused when relu != 0
  * (y = max(norm(x), 0)); the same arithmetic as the forward functions (batch

@@ -8,6 +8,7 @@ import numpy as np
 from .. import _core
 from .graph import Graph
 from .module import Module
+from .norm import fusable, norm_relu, norm_relu_backward
 
 
 class Sequential(Module):
@@ -34,15 +35,30 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """x through every module in order."""
-        for m in self._modules.values():
-            x = m(x)
+        """x through every module in order; a norm directly followed by a ReLU runs as one fused
+        kernel where ``csub.nn.norm.fusable`` (``norm_relu``: the same numbers)."""
+        mods = list(self._modules.values())
+        i = 0
+        while i < len(mods):
+            if i + 1 < len(mods) and fusable(mods[i], mods[i + 1]):
+                x = norm_relu(mods[i], mods[i + 1], x)
+                i += 2
+            else:
+                x = mods[i](x)
+                i += 1
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        """dy through every module's backward in reverse order."""
-        for m in reversed(list(self._modules.values())):
-            dy = m.backward(dy)
+        """dy through every module's backward in reverse order (fused pairs as in ``forward``)."""
+        mods = list(self._modules.values())
+        i = len(mods) - 1
+        while i >= 0:
+            if i > 0 and fusable(mods[i - 1], mods[i]):
+                dy = norm_relu_backward(mods[i - 1], mods[i], dy)
+                i -= 2
+            else:
+                dy = mods[i].backward(dy)
+                i -= 1
         return dy
 
     def emit(self, g: Graph, x: int) -> int:

@@ -13,6 +13,7 @@ from typing import Optional, TypeVar
 import numpy as np
 
 from .. import _core
+from .activation import ReLU
 from .graph import Graph
 from .module import Module, Parameter, check_input, check_subspace
 
@@ -115,11 +116,36 @@ class BatchNorm2d(_AffineNorm):
         x = check_input(x, "x", (2, 4), self.num_channels)
         self._x = x
         self._g = self._value("weight")
+        self._y = None
         y, self._mean, self._invstd = _core.batchnorm_forward(
             x, self._g, self._value("bias"), self.running_mean, self.running_var,
             self.momentum, self.eps, self.training)
         self._training_stats = self.training
         return y
+
+    def forward_relu(self, x: np.ndarray, relu: ReLU) -> np.ndarray:
+        """``relu(self(x))`` in one kernel (the same numbers), as ``GroupNorm.forward_relu``."""
+        x = check_input(x, "x", (2, 4), self.num_channels)
+        self._x = x
+        self._g = self._value("weight")
+        y, self._mean, self._invstd = _core.batchnorm_relu_forward(
+            x, self._g, self._value("bias"), self.running_mean, self.running_var,
+            self.momentum, self.eps, self.training)
+        self._training_stats = self.training
+        self._y = y
+        relu._x = y
+        return y
+
+    def backward_relu(self, dy: np.ndarray, add: Optional[np.ndarray] = None) -> np.ndarray:
+        """Backward of ``forward_relu`` (plus ``add`` when given), as ``GroupNorm.backward_relu``."""
+        self.check_forward_cache()
+        if self._y is None:
+            raise RuntimeError("BatchNorm2d.backward_relu: the last forward was not forward_relu")
+        dg, db = self._grad_buffers()
+        dx = _core.batchnorm_relu_backward(self._x, self._y, self._g, dy, self._mean, self._invstd, dg, db,
+                                           self._training_stats, add)
+        self._route(dg, db)
+        return dx
 
     def fold_scale(self) -> np.ndarray:
         """gamma / sqrt(running_var + eps) at the current alpha, (C,) float32 (batch-norm folding)."""
@@ -128,6 +154,8 @@ class BatchNorm2d(_AffineNorm):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """dx of x's shape for dy of x's shape; adds d weight, d bias (C,) to the grads."""
         self.check_forward_cache()
+        if self._y is not None:
+            raise RuntimeError("BatchNorm2d.backward: the last forward was forward_relu; call backward_relu")
         dg, db = self._grad_buffers()
         dx = _core.batchnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db,
                                       self._training_stats)
@@ -169,6 +197,7 @@ class GroupNorm(_AffineNorm):
         x = check_input(x, "x", (2, 3, 4), c)
         self._x = x
         self._g = self._value("weight")
+        self._y = None
         y, self._mean, self._invstd = _core.groupnorm_forward(x, self._g, self._value("bias"),
                                                               self._active_groups(c), self.eps)
         return y
@@ -176,8 +205,36 @@ class GroupNorm(_AffineNorm):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """dx of x's shape for dy of x's shape; adds d weight, d bias (C',) to the grads."""
         self.check_forward_cache()
+        if self._y is not None:
+            raise RuntimeError("GroupNorm.backward: the last forward was forward_relu; call backward_relu")
         dg, db = self._grad_buffers()
         dx = _core.groupnorm_backward(self._x, self._g, dy, self._mean, self._invstd, dg, db)
+        self._route(dg, db)
+        return dx
+
+    def forward_relu(self, x: np.ndarray, relu: ReLU) -> np.ndarray:
+        """``relu(self(x))`` in one kernel (the same numbers), for the ReLU module ``relu`` that
+        follows this norm; its cache gets the output (whose sign is its input's), so either
+        ``backward_relu(dy)`` or ``self.backward(relu.backward(dy))`` undoes it.
+        Shapes: x (N, C, ...) float32 -> y of x's shape."""
+        c = self.active_channels
+        x = check_input(x, "x", (2, 3, 4), c)
+        self._x = x
+        self._g = self._value("weight")
+        y, self._mean, self._invstd = _core.groupnorm_relu_forward(x, self._g, self._value("bias"),
+                                                                   self._active_groups(c), self.eps)
+        self._y = y
+        relu._x = y
+        return y
+
+    def backward_relu(self, dy: np.ndarray, add: Optional[np.ndarray] = None) -> np.ndarray:
+        """Backward of ``forward_relu``: dy is the gradient of its output; returns the input's,
+        plus ``add`` (x's shape, e.g. a residual branch's gradient) when given, in the same pass."""
+        self.check_forward_cache()
+        if self._y is None:
+            raise RuntimeError("GroupNorm.backward_relu: the last forward was not forward_relu")
+        dg, db = self._grad_buffers()
+        dx = _core.groupnorm_relu_backward(self._x, self._y, self._g, dy, self._mean, self._invstd, dg, db, add)
         self._route(dg, db)
         return dx
 
@@ -220,3 +277,29 @@ class InstanceNorm2d(GroupNorm):
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, subspace={self.subspace!r}"
+
+
+def fusable(norm: Module, relu: Module) -> bool:
+    """True when ``relu(norm(x))`` may run as one fused kernel: ``norm`` a BatchNorm2d, GroupNorm
+    or InstanceNorm2d and ``relu`` a ReLU (those classes exactly), neither with its forward or
+    backward replaced on the instance (e.g. synchronised batch norm in ``csub.distributed``)."""
+    return (type(relu) is ReLU and type(norm) in (BatchNorm2d, GroupNorm, InstanceNorm2d)
+            and not any(k in m.__dict__ for m in (norm, relu) for k in ("forward", "backward")))
+
+
+def norm_relu(norm: Module, relu: Module, x: np.ndarray) -> np.ndarray:
+    """``relu(norm(x))``: one fused kernel where ``fusable(norm, relu)``, else the two modules
+    in turn; undo it with ``norm_relu_backward``."""
+    if fusable(norm, relu):
+        return norm.forward_relu(x, relu)
+    return relu(norm(x))
+
+
+def norm_relu_backward(norm: Module, relu: Module, dy: np.ndarray,
+                       add: Optional[np.ndarray] = None) -> np.ndarray:
+    """Backward of ``norm_relu(norm, relu, x)``: dy is the gradient of its output; returns the
+    gradient of x, plus ``add`` (x's shape) when given (fused into the norm's last pass)."""
+    if fusable(norm, relu) and getattr(norm, "_y", None) is not None:
+        return norm.backward_relu(dy, add)
+    dx = norm.backward(relu.backward(dy))
+    return dx if add is None else _core.add(dx, add, out=dx)
