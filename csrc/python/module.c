@@ -8,11 +8,10 @@
 #include "convert.h"
 #include <string.h>
 
-extern PyMethodDef csub_py_fused_methods[];
 static PyMethodDef *const families[] = {
     csub_py_core_methods, csub_py_conv_methods, csub_py_csr_methods, csub_py_norm_methods,
     csub_py_train_methods, csub_py_topk_methods, csub_py_quant_methods, csub_py_runtime_methods,
-    csub_py_io_methods, csub_py_fused_methods,
+    csub_py_io_methods,
 };
 
 static struct PyModuleDef moduledef = {
