@@ -65,7 +65,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))  # the checkout's csub, built in place
-from common import print_machine, torch_mirror  # noqa: E402
+from common import mirror_conv, mirror_norm, print_machine, torch_mirror  # noqa: E402
 
 import csub  # noqa: E402
 from csub import models  # noqa: E402
@@ -126,29 +126,22 @@ def resnet18_mirror(model, torch):
     tnn = torch.nn
 
     def conv(c):
-        t = tnn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
-        t.weight.data = torch.from_numpy(np.array(c.effective_weight(), np.float32))
-        return t
+        return mirror_conv(c, torch)
 
     def norm(n):
         if n.__class__.__name__ != "BatchNorm2d":
             raise ValueError(f"resnet18_mirror: expected batch norms, got {n.__class__.__name__}")
-        t = tnn.BatchNorm2d(n.num_channels, eps=n.eps)
-        t.running_mean.data = torch.from_numpy(n.running_mean.copy())
-        t.running_var.data = torch.from_numpy(n.running_var.copy())
-        t.weight.data = torch.from_numpy(np.array(n.weight.data, np.float32))
-        t.bias.data = torch.from_numpy(np.array(n.bias.data, np.float32))
-        return t
+        return mirror_norm(n, torch)
 
     class Block(tnn.Module):
         def __init__(self, b):
             super().__init__()
             self.c1, self.n1, self.c2, self.n2 = conv(b.conv1), norm(b.n1), conv(b.conv2), norm(b.n2)
-            self.short = None if b.short is None else tnn.Sequential(conv(b.short[0]), norm(b.short[1]))
+            self.shortcut = None if b.shortcut is None else tnn.Sequential(conv(b.shortcut[0]), norm(b.shortcut[1]))
 
         def forward(self, x):
             h = self.n2(self.c2(torch.relu(self.n1(self.c1(x)))))
-            return torch.relu(h + (x if self.short is None else self.short(x)))
+            return torch.relu(h + (x if self.shortcut is None else self.shortcut(x)))
 
     fc = tnn.Linear(model.fc.in_features, model.fc.out_features)
     fc.weight.data = torch.from_numpy(np.array(model.fc.effective_weight(), np.float32))

@@ -87,25 +87,36 @@ def conv_shapes(model, layers, image):
     return shapes
 
 
+def mirror_conv(c, torch):
+    """A csub Conv2d at its current alpha as a torch Conv2d (the effective, masked weight; no bias)."""
+    t = torch.nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
+    t.weight.data = torch.from_numpy(np.array(c.effective_weight(), np.float32))
+    return t
+
+
+def mirror_norm(n, torch):
+    """A csub BatchNorm2d or GroupNorm as torch's, with the same affine parameters and statistics."""
+    tnn = torch.nn
+    if n.__class__.__name__ == "BatchNorm2d":
+        t = tnn.BatchNorm2d(n.num_channels, eps=n.eps)
+        t.running_mean.data = torch.from_numpy(n.running_mean.copy())
+        t.running_var.data = torch.from_numpy(n.running_var.copy())
+    else:
+        t = tnn.GroupNorm(n.num_groups, n.num_channels, eps=n.eps)
+    t.weight.data = torch.from_numpy(np.array(n.weight.data, np.float32))
+    t.bias.data = torch.from_numpy(np.array(n.bias.data, np.float32))
+    return t
+
+
 def torch_mirror(model, torch):
     """The network at its current alpha in PyTorch: the effective (masked) weights, the same norms."""
     tnn = torch.nn
 
     def conv(c):
-        t = tnn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
-        t.weight.data = torch.from_numpy(np.array(c.effective_weight(), np.float32))
-        return t
+        return mirror_conv(c, torch)
 
     def norm(n):
-        if n.__class__.__name__ == "BatchNorm2d":
-            t = tnn.BatchNorm2d(n.num_channels, eps=n.eps)
-            t.running_mean.data = torch.from_numpy(n.running_mean.copy())
-            t.running_var.data = torch.from_numpy(n.running_var.copy())
-        else:
-            t = tnn.GroupNorm(n.num_groups, n.num_channels, eps=n.eps)
-        t.weight.data = torch.from_numpy(np.array(n.weight.data, np.float32))
-        t.bias.data = torch.from_numpy(np.array(n.bias.data, np.float32))
-        return t
+        return mirror_norm(n, torch)
 
     class Block(tnn.Module):
         def __init__(self, b):
