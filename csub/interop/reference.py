@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -143,6 +143,75 @@ def _hints(missing, extra, regime, subspace, norm):
     return ("; " + "; ".join(h)) if h else ""
 
 
+def _reference_keys(net: models.CPreResNet20, names: Dict[str, str], state: Mapping[str, Any]
+                    ) -> Tuple[Dict[str, str], Dict[str, Tuple[int, ...]], set]:
+    """(csub state name -> reference key, reference key -> expected shape, reference keys
+    allowed but not needed) for ``net`` and the reference module names ``names``."""
+    loads = {}        # csub state name -> reference key (or callable producing the array)
+    expected = {}     # reference key -> expected shape
+    optional = set()  # reference keys allowed but not needed
+    for path, m in net.named_modules():
+        if path not in names:
+            continue
+        ref = names[path]
+        is_norm = isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))
+        params = list(m._parameters)
+        point_norm = (is_norm and m.subspace == "line" and f"{ref}.weight" in state
+                      and f"{ref}.weight1" not in state and f"{ref}.bias1" not in state)
+        for p in params:
+            src = p[:-1] if point_norm and p.endswith("1") else p
+            key = f"{ref}.{src}"
+            shape = m._parameters[p].shape
+            if isinstance(m, nn.Linear):  # the reference's classifier is a 1x1 conv
+                shape = shape + (1, 1)
+            expected[key] = shape
+            loads[f"{path}.{p}"] = key
+        if isinstance(m, nn.BatchNorm2d):
+            for b in ("running_mean", "running_var"):
+                expected[f"{ref}.{b}"] = getattr(m, b).shape
+                loads[f"{path}.{b}"] = f"{ref}.{b}"
+            optional.add(f"{ref}.num_batches_tracked")
+        if "act_range" in m._buffers:
+            for b in ("running_min_value", "running_max_value"):
+                expected[f"{ref}.quantize_input.{b}"] = ()
+            optional.add(f"{ref}.quantize_input.iteration_count")
+    for k in range(len(net.blocks)):
+        optional.add(f"{names[f'blocks.{k}.select']}.indexes")
+    optional.add("select.indexes")
+    return loads, expected, optional
+
+
+def _check_reference_state(state: Mapping[str, Any], expected: Mapping[str, Tuple[int, ...]], optional: set,
+                           regime: Optional[str], subspace: str, norm: str) -> None:
+    """ValueError naming the keys where ``state`` is not the reference's network: missing or
+    unexpected keys, shapes, dtypes, non-finite values, channel selection, negative variances."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected and k not in optional]
+    if missing or extra:
+        raise ValueError(f"checkpoint: does not match the reference's cpreresnet20 (regime={regime!r}, "
+                         f"subspace={subspace!r}, norm={norm!r}): missing keys {_fmt(missing)}, "
+                         f"unexpected keys {_fmt(extra)}" + _hints(missing, extra, regime, subspace, norm))
+    wrong = [f"{k}: {tuple(state[k].shape)} (expected {tuple(s)})" for k, s in expected.items()
+             if tuple(np.shape(state[k])) != tuple(s) and not (s == () and np.size(state[k]) == 1)]
+    if wrong:
+        raise ValueError(f"checkpoint: wrong shapes {_fmt(wrong)}")
+    notnum = [k for k in list(expected) + [k for k in optional if k in state]
+              if state[k].dtype.kind not in "fiub"]
+    if notnum:
+        raise ValueError(f"checkpoint: not real-valued tensors {_fmt(notnum)}")
+    nonfinite = [k for k in expected if not np.all(np.isfinite(state[k]))]
+    if nonfinite:
+        raise ValueError(f"checkpoint: non-finite values (NaN or inf) in {_fmt(nonfinite)}")
+    selected = [k for k in optional if k.endswith("select.indexes") and k in state
+                and not np.all(np.asarray(state[k]) == 1)]
+    if selected:
+        raise ValueError(f"checkpoint: channel selection (the reference's LEC baseline) removes channels in "
+                         f"{_fmt(selected)}; csub cannot express a scattered channel subset")
+    bad_var = [k for k in expected if k.endswith("running_var") and np.any(state[k] < 0)]
+    if bad_var:
+        raise ValueError(f"checkpoint: negative running variances in {_fmt(bad_var)}")
+
+
 def from_reference(checkpoint: Union[str, os.PathLike, Mapping[str, Any]], model: str = "cpreresnet20",
                    regime: Optional[str] = "unstructured", subspace: str = "line", norm: str = "gn",
                    **model_kwargs: Any) -> models.CPreResNet20:
@@ -224,64 +293,8 @@ def from_reference(checkpoint: Union[str, os.PathLike, Mapping[str, Any]], model
     state = read_checkpoint(checkpoint)
 
     names = _reference_names(net)
-    loads = {}        # csub state name -> reference key (or callable producing the array)
-    expected = {}     # reference key -> expected shape
-    optional = set()  # reference keys allowed but not needed
-    for path, m in net.named_modules():
-        if path not in names:
-            continue
-        ref = names[path]
-        is_norm = isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))
-        params = list(m._parameters)
-        point_norm = (is_norm and m.subspace == "line" and f"{ref}.weight" in state
-                      and f"{ref}.weight1" not in state and f"{ref}.bias1" not in state)
-        for p in params:
-            src = p[:-1] if point_norm and p.endswith("1") else p
-            key = f"{ref}.{src}"
-            shape = m._parameters[p].shape
-            if isinstance(m, nn.Linear):  # the reference's classifier is a 1x1 conv
-                shape = shape + (1, 1)
-            expected[key] = shape
-            loads[f"{path}.{p}"] = key
-        if isinstance(m, nn.BatchNorm2d):
-            for b in ("running_mean", "running_var"):
-                expected[f"{ref}.{b}"] = getattr(m, b).shape
-                loads[f"{path}.{b}"] = f"{ref}.{b}"
-            optional.add(f"{ref}.num_batches_tracked")
-        if "act_range" in m._buffers:
-            for b in ("running_min_value", "running_max_value"):
-                expected[f"{ref}.quantize_input.{b}"] = ()
-            optional.add(f"{ref}.quantize_input.iteration_count")
-    for k in range(len(net.blocks)):
-        optional.add(f"{names[f'blocks.{k}.select']}.indexes")
-    optional.add("select.indexes")
-
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected and k not in optional]
-    if missing or extra:
-        raise ValueError(f"checkpoint: does not match the reference's cpreresnet20 (regime={regime!r}, "
-                         f"subspace={subspace!r}, norm={norm!r}): missing keys {_fmt(missing)}, "
-                         f"unexpected keys {_fmt(extra)}" + _hints(missing, extra, regime, subspace, norm))
-    wrong = [f"{k}: {tuple(state[k].shape)} (expected {tuple(s)})" for k, s in expected.items()
-             if tuple(np.shape(state[k])) != tuple(s) and not (s == () and np.size(state[k]) == 1)]
-    if wrong:
-        raise ValueError(f"checkpoint: wrong shapes {_fmt(wrong)}")
-    notnum = [k for k in list(expected) + [k for k in optional if k in state]
-              if state[k].dtype.kind not in "fiub"]
-    if notnum:
-        raise ValueError(f"checkpoint: not real-valued tensors {_fmt(notnum)}")
-    nonfinite = [k for k in expected if not np.all(np.isfinite(state[k]))]
-    if nonfinite:
-        raise ValueError(f"checkpoint: non-finite values (NaN or inf) in {_fmt(nonfinite)}")
-    selected = [k for k in optional if k.endswith("select.indexes") and k in state
-                and not np.all(np.asarray(state[k]) == 1)]
-    if selected:
-        raise ValueError(f"checkpoint: channel selection (the reference's LEC baseline) removes channels in "
-                         f"{_fmt(selected)}; csub cannot express a scattered channel subset")
-    bad_var = [k for k in expected if k.endswith("running_var") and np.any(state[k] < 0)]
-    if bad_var:
-        raise ValueError(f"checkpoint: negative running variances in {_fmt(bad_var)}")
-
+    loads, expected, optional = _reference_keys(net, names, state)
+    _check_reference_state(state, expected, optional, regime, subspace, norm)
     new = {}
     for name, key in loads.items():
         new[name] = np.asarray(state[key], np.float32).reshape(net.state_dict()[name].shape)
