@@ -1,5 +1,10 @@
 """Stateless functions over numpy arrays, backed by the C kernels."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
 
@@ -17,14 +22,14 @@ def _fraction(topk):
     return float(topk)
 
 
-def topk_count(n, topk):
+def topk_count(n: int, topk: float) -> int:
     """Number of entries magnitude top-k keeps out of n: ``n - floor((1 - topk) * n)``."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n: expected an int, got {type(n).__name__}")
     return _core.topk_count(int(n), _fraction(topk))
 
 
-def topk_mask(w, topk):
+def topk_mask(w: ArrayLike, topk: float) -> np.ndarray:
     """Boolean mask of the ``n - floor((1 - topk) * n)`` entries of largest ``|w|``.
 
     Exact (ties go to the lower flat index), O(n) by radix selection.
@@ -38,8 +43,8 @@ def topk_mask(w, topk):
     return _core.topk_mask(_as_f32(w, "w"), _fraction(topk)).view(bool)
 
 
-def line(w0, w1, alpha):
-    """``(1 - alpha) * w0 + alpha * w1`` for float32 arrays of one shape."""
+def line(w0: ArrayLike, w1: ArrayLike, alpha: float) -> np.ndarray:
+    """``(1 - alpha) * w0 + alpha * w1`` for float32 arrays of one shape (the result: float32, that shape)."""
     return _core.line_forward(_as_f32(w0, "w0"), _as_f32(w1, "w1"), float(alpha))
 
 
@@ -49,7 +54,8 @@ def _real(v, name):
     return float(v)
 
 
-def fake_quantize(x, num_bits, rmin=None, rmax=None):
+def fake_quantize(x: ArrayLike, num_bits: int, rmin: Optional[float] = None,
+                  rmax: Optional[float] = None) -> np.ndarray:
     """Affine per-tensor fake quantization to ``num_bits`` signed bits (LCS-SPEC section 3).
 
     The range ``[rmin, rmax]`` (widened to include 0) defaults to x's own
@@ -87,7 +93,7 @@ def fake_quantize(x, num_bits, rmin=None, rmax=None):
     return _core.fake_quantize(x, int(num_bits), rmin, rmax)
 
 
-def quant_params(rmin, rmax, num_bits):
+def quant_params(rmin: float, rmax: float, num_bits: int) -> Tuple[float, int]:
     """``(scale, zero_point)`` of ``num_bits``-bit affine quantization of ``[rmin, rmax]`` (see fake_quantize)."""
     if isinstance(num_bits, bool) or not isinstance(num_bits, (int, np.integer)):
         raise TypeError(f"num_bits: expected an int, got {type(num_bits).__name__}")

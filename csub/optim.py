@@ -1,6 +1,10 @@
 """Optimiser and learning-rate schedule."""
+from __future__ import annotations
+
 import math
 import numbers
+
+from typing import Dict, Iterable, Mapping
 
 import numpy as np
 
@@ -15,7 +19,8 @@ class SGD:
     first step); ``w -= lr * (g + momentum * v if nesterov else v)``.
     """
 
-    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False) -> None:
         self.params = list(params)
         for i, p in enumerate(self.params):
             if not isinstance(p, Parameter):
@@ -34,24 +39,28 @@ class SGD:
         self.velocity = [np.zeros_like(p.data) for p in self.params] if momentum > 0 else None
         self.steps = 0
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every parameter's gradient to zero (in place)."""
         for p in self.params:
             p.grad.fill(0.0)
 
-    def step(self):
+    def step(self) -> None:
+        """One update of every parameter from its accumulated gradient (the rule in the class docstring)."""
         for i, p in enumerate(self.params):
             v = self.velocity[i] if self.velocity is not None else None
             _core.sgd_step(p.data, p.grad, v, self.lr, self.momentum, self.weight_decay,
                            self.nesterov, self.steps == 0)
         self.steps += 1
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """``steps`` (int64), ``lr`` (float64) and ``velocity.<i>`` (each parameter's shape) as arrays."""
         sd = {"steps": np.array(self.steps, dtype=np.int64), "lr": np.array(self.lr, dtype=np.float64)}
         if self.velocity is not None:
             sd.update({f"velocity.{i}": v.copy() for i, v in enumerate(self.velocity)})
         return sd
 
-    def load_state_dict(self, sd):
+    def load_state_dict(self, sd: Mapping[str, np.ndarray]) -> None:
+        """Restore ``state_dict``'s arrays (velocity shapes checked: ValueError)."""
         self.steps = int(np.asarray(sd["steps"]).reshape(-1)[0])
         self.lr = float(np.asarray(sd["lr"]).reshape(-1)[0])
         if self.velocity is not None:
@@ -62,7 +71,7 @@ class SGD:
                 v[...] = src
 
 
-def cosine_lr(base_lr, epoch, epochs, warmup_epochs=5):
+def cosine_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int = 5) -> float:
     """Learning rate of epoch ``epoch`` (0-based) out of ``epochs``.
 
     Linear warm-up ``base * (e + 1) / warmup`` for e < warmup, then

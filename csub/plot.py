@@ -1,8 +1,12 @@
 """Plots (matplotlib, an optional dependency: ``pip install csub[plot]``)."""
+from __future__ import annotations
+
 import os
+from typing import Any, Dict, List, Mapping, Union
 
 
-def accuracy_curve(runs, path, x="sparsity", title="Accuracy against sparsity"):
+def accuracy_curve(runs: Mapping[str, List[Dict[str, Any]]], path: Union[str, "os.PathLike[str]"], x: str = "sparsity",
+                   title: str = "Accuracy against sparsity") -> Union[str, "os.PathLike[str]"]:
     """Write a PNG of test accuracy against ``x`` for several runs on one figure.
 
     Args:

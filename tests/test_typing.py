@@ -1,5 +1,5 @@
 """The public Python API is typed and documented: a ``py.typed`` marker that the package
-installs, and on every public function, class and method of the files below a docstring and
+installs, and on every public function, class and method of the package a docstring and
 annotations on every argument and return (``extra_repr`` overrides excepted from the
 docstring: the base method documents them; ``__init__`` arguments are the class's)."""
 import ast
@@ -8,9 +8,8 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = ["csub/__init__.py", "csub/models.py", "csub/modelfile.py", "csub/regimes.py", "csub/runtime.py",
-         "csub/subspace.py", "csub/interop/onnx_export.py", "csub/interop/reference.py"] + \
-    sorted(f"csub/nn/{f}" for f in os.listdir(os.path.join(ROOT, "csub", "nn")) if f.endswith(".py"))
+FILES = sorted(os.path.relpath(os.path.join(d, f), ROOT) for d, _, fs in os.walk(os.path.join(ROOT, "csub"))
+               for f in fs if f.endswith(".py"))
 
 
 def test_py_typed_is_package_data():
@@ -23,7 +22,11 @@ def test_py_typed_is_package_data():
 
 def _public_defs(tree):
     """(qualified name, node) of the public functions and classes, and the public methods of
-    any class (a private base's public methods are API of its public subclasses)."""
+    public classes and of private classes a public class of the file derives from (a private
+    base's public methods are API of its public subclasses)."""
+    bases = {b.id for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and not c.name.startswith("_")
+             for b in c.bases if isinstance(b, ast.Name)}
+
     def walk(node, prefix, in_class):
         for ch in ast.iter_child_nodes(node):
             if not isinstance(ch, (ast.FunctionDef, ast.ClassDef)):
@@ -33,7 +36,7 @@ def _public_defs(tree):
             if isinstance(ch, ast.ClassDef):
                 if not name.startswith("_"):
                     yield prefix + name, ch
-                if not name.startswith("_") or not prefix:
+                if not name.startswith("_") or (not prefix and name in bases):
                     yield from walk(ch, f"{prefix}{name}.", True)
             elif not name.startswith("_") or dunder:
                 yield prefix + name, ch

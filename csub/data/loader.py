@@ -243,7 +243,7 @@ class DataLoader:
             crop[flipped] = windows_flipped[flipped, :, dy[flipped], dx[flipped]]
             yield np.take(self._lut, crop), y
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"DataLoader(images={self.images.shape}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, augment={self.augment}, drop_last={self.drop_last}, "
                 f"seed={self.seed}, pad={self.pad}, epoch={self.epoch})")
