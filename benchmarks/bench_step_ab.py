@@ -12,6 +12,7 @@ Each configuration is the step of ``bench_engine.py`` (2.) and
 backward, SGD (momentum 0.9, weight decay 5e-4), group norm:
 
   dense         ``cpreresnet20(norm="gn")``;
+  dense bn      ``cpreresnet20(norm="bn")`` (batch statistics);
   line a=1.0    ``regime="unstructured", subspace="line"`` at alpha 1.0;
   line a=0.05   the same at alpha 0.05 (keep 0.05 of the block convs' weights).
 
@@ -48,11 +49,12 @@ def steps(pkg, x, y):
     optim = importlib.import_module(pkg.__name__ + ".optim")
     loss = importlib.import_module(pkg.__name__ + ".nn.loss")
     out = []
-    for label, kw, alpha in (("dense", dict(), None),
-                             ("line a=1.0", dict(regime="unstructured", subspace="line"), 1.0),
-                             ("line a=0.05", dict(regime="unstructured", subspace="line"), 0.05)):
+    for label, kw, alpha in (("dense", dict(norm="gn"), None),
+                             ("dense bn", dict(norm="bn"), None),
+                             ("line a=1.0", dict(norm="gn", regime="unstructured", subspace="line"), 1.0),
+                             ("line a=0.05", dict(norm="gn", regime="unstructured", subspace="line"), 0.05)):
         pkg.manual_seed(0)
-        model = models.cpreresnet20(norm="gn", **kw)
+        model = models.cpreresnet20(**kw)
         model.train()
         opt = optim.SGD(model.parameters(), 0.01, 0.9, 5e-4)
         crit = loss.CrossEntropyLoss()
