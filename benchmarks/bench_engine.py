@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 from common import conv_shapes as common_conv_shapes
-from common import out_size, print_machine
+from common import out_size, print_machine, train_step
 
 try:
     import csub
@@ -386,16 +386,8 @@ def bench_sparse_step(x, y, reps, warmup, budget):
     opt = SGD(model.parameters(), LR, MOMENTUM, WEIGHT_DECAY)
     crit = CrossEntropyLoss()
 
-    def step_at(alpha):
-        def step():
-            model.set_alpha(alpha)
-            opt.zero_grad()
-            crit(model(x), y)
-            model.backward(crit.backward())
-            opt.step()
-        return step
-
-    t1, t05 = bench_pair(step_at(1.0), step_at(0.05), reps, warmup, min_sample=0, budget=budget)
+    t1, t05 = bench_pair(train_step(model, opt, crit, x, y, 1.0), train_step(model, opt, crit, x, y, 0.05), reps,
+                         warmup, min_sample=0, budget=budget)
     print(f"{'gn, unstructured line, alpha 1.0':<34} | {fmt_time(t1)} {BATCH / t1:6.0f} |")
     print(f"{'gn, unstructured line, alpha 0.05':<34} | {fmt_time(t05)} {BATCH / t05:6.0f} |"
           f" keep-0.05 step / alpha-1.0 step {t05 / t1:.2f} (goal < 0.35)")

@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from common import train_step  # benchmarks/common.py (imports no csub)
+
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, IMAGE = 128, 32
 
@@ -60,13 +62,8 @@ def steps(pkg, x, y):
         crit = loss.CrossEntropyLoss()
         first = []
 
-        def step(model=model, opt=opt, crit=crit, alpha=alpha, first=first):
-            if alpha is not None:
-                model.set_alpha(alpha)
-            opt.zero_grad()
-            first.append(crit(model(x), y))
-            model.backward(crit.backward())
-            opt.step()
+        def step(run=train_step(model, opt, crit, x, y, alpha), first=first):
+            first.append(run())
         out.append((label, step, first))
     return out
 

@@ -37,6 +37,7 @@ from csub import _core
 from csub.models import cpreresnet20
 from csub.nn.loss import CrossEntropyLoss
 from csub.optim import SGD
+from common import train_step  # noqa: E402 (benchmarks/ is on the path: this script's folder)
 
 BATCH = 128
 IMAGE = 32
@@ -90,18 +91,8 @@ class Profiler:
 
 
 def make_step(model, alpha, x, y):
-    opt = SGD(model.parameters(), 0.01, 0.9, 5e-4)
-    crit = CrossEntropyLoss()
     model.train()
-
-    def step():
-        if alpha is not None:
-            model.set_alpha(alpha)
-        opt.zero_grad()
-        crit(model(x), y)
-        model.backward(crit.backward())
-        opt.step()
-    return step
+    return train_step(model, SGD(model.parameters(), 0.01, 0.9, 5e-4), CrossEntropyLoss(), x, y, alpha)
 
 
 def profile(threads, steps):

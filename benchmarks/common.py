@@ -20,6 +20,21 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def train_step(model, opt, crit, x, y, alpha=None):
+    """A function running one training step of csub's ``model`` on (x, y): set_alpha(alpha)
+    (unless None), zero the gradients, forward, loss ``crit``, backward, ``opt.step()``; it
+    returns the loss. Any package's model, optimiser and loss (the benchmarks load two builds)."""
+    def step():
+        if alpha is not None:
+            model.set_alpha(alpha)
+        opt.zero_grad()
+        loss = crit(model(x), y)
+        model.backward(crit.backward())
+        opt.step()
+        return loss
+    return step
+
+
 def print_machine():
     """Print the CPU, its cores (and how many this process may use) and the load average."""
     try:
