@@ -200,6 +200,8 @@ class Calibration:
         for v, name in ((latency_ms, "latency_ms"), (memory_bytes, "memory_bytes")):
             if v is not None and not (isinstance(v, (int, float, np.integer, np.floating)) and v > 0):
                 raise ValueError(f"{name}: expected a positive number or None, got {v!r}")
+        if not isinstance(strict, (bool, np.bool_)):
+            raise TypeError(f"strict: expected a bool, got {type(strict).__name__}")
         alpha = _core.pick_alpha(*self._arrays(), float(latency_ms or 0.0), int(memory_bytes or 0))
         if alpha is None and strict:
             fastest = min(self.levels, key=lambda r: r["latency_ms"])

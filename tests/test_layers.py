@@ -227,6 +227,13 @@ def test_maxpool_infer_is_the_forwards_y(rng, N, C, H, W, k, s, threads):
         csub.set_num_threads(old)
 
 
+@pytest.mark.parametrize("N,C,H,W,k,s", POOL_CASES + [(2, 3, 112, 112, 3, 2)])
+def test_maxpool_infer_matches_torch(torch, rng, N, C, H, W, k, s):
+    x = distinct(rng, (N, C, H, W))
+    want = torch.nn.functional.max_pool2d(torch.tensor(x), k, s).numpy()
+    np.testing.assert_array_equal(_core.maxpool2d_infer(x, k, s), want)
+
+
 def test_maxpool_infer_refuses_bad_arguments(rng):
     x = rng.standard_normal((1, 2, 5, 5)).astype(F32)
     with pytest.raises(ValueError, match="kernel_size"):

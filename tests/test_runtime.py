@@ -289,6 +289,8 @@ def test_pick_alpha_semantics():
     with pytest.raises(csub.BudgetError, match=r"latency_ms=0.5.*fastest level: 1.000 ms at alpha 0.1"):
         cal.pick_alpha(latency_ms=0.5, strict=True)
     assert cal.pick_alpha(latency_ms=2.5, strict=True) == 0.5
+    with pytest.raises(TypeError, match="strict"):
+        cal.pick_alpha(latency_ms=2.5, strict="yes")
 
 
 def test_calibrate_measures_every_level():
