@@ -101,6 +101,12 @@ static int direct_pays(int64_t N, int64_t C, int64_t K, int64_t P, int64_t Q, in
     return csub_conv3x3_applies(R, S, stride, pad) && (K * C * 9 <= 65536 || N * P * Q >= 256);
 }
 
+/* The largest weight (K C floats) of a 1x1 conv that conv_pointwise.c multiplies: up to 256 x 128 it
+ * beat sgemm (which copies both operands, then a pass for the epilogue) by 1.05-1.8x on
+ * cPreResNet20's shapes at batch 1 and 64; on 256 x 256 at 14x14 it took 2x longer (the weight
+ * leaves L1 for every slice of pixels; sgemm packs it once) */
+#define POINTWISE_MAX_WEIGHT 32768
+
 static int is_pointwise(int64_t R, int64_t S, int64_t stride, int64_t pad)
 {
     return R == 1 && S == 1 && stride == 1 && pad == 0;
@@ -200,6 +206,27 @@ int csub_conv2d_forward_fused(const float *x, const float *w, const float *b, co
         int st = csub_conv3x3_forward(x, wp, b, res, relu, y, N, C, H, W, K, stride);
         free(wp);
         return st;
+    }
+    if (R == 1 && S == 1 && pad == 0 && K * C <= POINTWISE_MAX_WEIGHT) {
+        /* 1x1: the product and the epilogue tile by tile (conv_pointwise.c); strided, on the
+         * input's every stride-th row and column, gathered first */
+        if (stride == 1) {
+            csub_conv1x1_forward(x, w, b, res, relu, y, N, C, PQ, K);
+            return CSUB_OK;
+        }
+        size_t bytes;
+        float *xs;
+        if (csub_bytes_overflow(N * C * PQ, sizeof(float), &bytes) || !(xs = malloc(bytes))) return CSUB_ERR_NOMEM;
+        #pragma omp parallel for num_threads(N * C * PQ > CSUB_PAR_MIN ? nt : 1) schedule(static)
+        for (int64_t nc = 0; nc < N * C; nc++)
+            for (int64_t p = 0; p < P; p++) {
+                const float *xr = x + (nc * H + p * stride) * W;
+                float *d = xs + nc * PQ + p * Q;
+                for (int64_t q = 0; q < Q; q++) d[q] = xr[q * stride];
+            }
+        csub_conv1x1_forward(xs, w, b, res, relu, y, N, C, PQ, K);
+        free(xs);
+        return CSUB_OK;
     }
     /* fewer images than threads (inference at batch 1): each thread takes the output rows of
      * its band (csub_row_band) of every image, no barrier, and a small product runs on one
