@@ -18,36 +18,54 @@ int64_t csub_conv_out_size(int64_t H, int64_t R, int64_t stride, int64_t pad)
     return (H + 2 * pad - R) / stride + 1;
 }
 
-/* x[C,H,W] -> col[C*R*S, (p1 - p0)*Q]: the columns of output rows [p0, p1) */
-static void im2col(const float *x, float *col, int64_t C, int64_t H, int64_t W,
+/* x[C,H,W] -> col[C*R*S, (p1 - p0)*Q]: the columns of output rows [p0, p1). Each (c, r, s, p)
+ * row is a zero head, a copy and a zero tail, the bounds computed once per s (no test per
+ * element). Stride > 1 with phase (W + stride floats, or NULL): each input row is split once
+ * into its stride phases, phase[f][i] = row[i * stride + f], and every s copies a contiguous
+ * run of one phase (the stride-2 7x7 stem: one strided pass a row instead of seven) */
+static void im2col(const float *x, float *col, float *phase, int64_t C, int64_t H, int64_t W,
                    int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t p0, int64_t p1, int64_t Q)
 {
+    int64_t L = (p1 - p0) * Q, Wph = (W + stride - 1) / stride; /* floats per phase */
     for (int64_t c = 0; c < C; c++)
         for (int64_t r = 0; r < R; r++)
-            for (int64_t s = 0; s < S; s++) {
-                float *row = col + ((c * R + r) * S + s) * (p1 - p0) * Q;
-                const float *xc = x + c * H * W;
-                for (int64_t p = p0; p < p1; p++) {
-                    int64_t h = p * stride - pad + r;
-                    float *out = row + (p - p0) * Q;
-                    if (h < 0 || h >= H) {
-                        memset(out, 0, sizeof(float) * Q);
-                        continue;
+            for (int64_t p = p0; p < p1; p++) {
+                int64_t h = p * stride - pad + r;
+                float *out0 = col + (c * R + r) * S * L + (p - p0) * Q; /* (c, r, s = 0, p) */
+                if (h < 0 || h >= H) {
+                    for (int64_t s = 0; s < S; s++) memset(out0 + s * L, 0, sizeof(float) * Q);
+                    continue;
+                }
+                const float *xr = x + (c * H + h) * W;
+                if (stride == 2 && phase) {
+                    for (int64_t i = 0; i < W / 2; i++) {
+                        phase[i] = xr[2 * i];
+                        phase[Wph + i] = xr[2 * i + 1];
                     }
-                    const float *xr = xc + h * W;
-                    if (stride == 1) {
-                        int64_t q0 = pad - s > 0 ? pad - s : 0;            /* first q with w >= 0 */
-                        int64_t q1 = W + pad - s < Q ? W + pad - s : Q;     /* first q with w >= W */
-                        if (q1 < q0) q1 = q0;
-                        for (int64_t q = 0; q < q0; q++) out[q] = 0.0f;
-                        if (q1 > q0) memcpy(out + q0, xr + q0 - pad + s, sizeof(float) * (q1 - q0));
-                        for (int64_t q = q1; q < Q; q++) out[q] = 0.0f;
-                    } else {
-                        for (int64_t q = 0; q < Q; q++) {
-                            int64_t w = q * stride - pad + s;
-                            out[q] = (w >= 0 && w < W) ? xr[w] : 0.0f;
+                    if (W % 2) phase[W / 2] = xr[W - 1];
+                } else if (stride > 1 && phase)
+                    for (int64_t f = 0; f < stride; f++)
+                        for (int64_t i = 0; i * stride + f < W; i++) phase[f * Wph + i] = xr[i * stride + f];
+                for (int64_t s = 0; s < S; s++) {
+                    float *out = out0 + s * L;
+                    /* q in [q0, q1) reads column q * stride + j of [0, W), j = s - pad */
+                    int64_t j = s - pad;
+                    int64_t q0 = j < 0 ? (-j + stride - 1) / stride : 0;
+                    int64_t q1 = W - j > 0 ? (W - j + stride - 1) / stride : 0;
+                    if (q1 > Q) q1 = Q;
+                    if (q1 < q0) q1 = q0;
+                    for (int64_t q = 0; q < q0; q++) out[q] = 0.0f;
+                    if (q1 > q0) {
+                        if (stride == 1) {
+                            memcpy(out + q0, xr + q0 + j, sizeof(float) * (q1 - q0));
+                        } else if (phase) { /* column q * stride + j = phase f = j mod stride, index q + (j - f) / stride */
+                            int64_t f = ((j % stride) + stride) % stride;
+                            memcpy(out + q0, phase + f * Wph + q0 + (j - f) / stride, sizeof(float) * (q1 - q0));
+                        } else {
+                            for (int64_t q = q0; q < q1; q++) out[q] = xr[q * stride + j];
                         }
                     }
+                    for (int64_t q = q1; q < Q; q++) out[q] = 0.0f;
                 }
             }
 }
@@ -82,6 +100,12 @@ static int direct_pays(int64_t N, int64_t C, int64_t K, int64_t P, int64_t Q, in
 {
     return csub_conv3x3_applies(R, S, stride, pad) && (K * C * 9 <= 65536 || N * P * Q >= 256);
 }
+
+/* The largest weight (K C floats) of a 1x1 conv that conv_pointwise.c multiplies: up to 256 x 128 it
+ * beat sgemm (which copies both operands, then a pass for the epilogue) by 1.05-1.8x on
+ * cPreResNet20's shapes at batch 1 and 64; on 256 x 256 at 14x14 it took 2x longer (the weight
+ * leaves L1 for every slice of pixels; sgemm packs it once) */
+#define POINTWISE_MAX_WEIGHT 32768
 
 static int is_pointwise(int64_t R, int64_t S, int64_t stride, int64_t pad)
 {
@@ -132,7 +156,39 @@ int csub_conv2d_forward(const float *x, const float *w, const float *b, float *y
     return csub_conv2d_forward_fused(x, w, b, NULL, 0, y, N, C, H, W, K, R, S, stride, pad);
 }
 
-/* y = relu?(conv(x, w) + b + res), the epilogue applied to each image's rows right after their product */
+/* Output rows per im2col band: the band's columns (C R S x rows x Q floats) stay within
+ * COL_BAND_FLOATS, so they are multiplied from L2 right after they are written (a whole 224x224
+ * image's 7x7 columns are 7 MB: laid out in one piece they went to memory and back, and the
+ * ResNet18 stem ran at a third of the sgemm rate) */
+#define COL_BAND_FLOATS (96 * 1024)
+
+static int64_t band_rows(int64_t CRS, int64_t Q)
+{
+    int64_t rows = COL_BAND_FLOATS / (CRS * Q);
+    return rows < 1 ? 1 : rows;
+}
+
+/* Output rows [p0, p1) of one image xn[C,H,W] -> yn[K,P*Q], band by band: im2col into col
+ * (CRS x band_rows x Q floats, then W + stride for the phases; unused for a pointwise conv), the product, the epilogue */
+static void conv_rows(const float *xn, const float *w, const float *b, const float *resn, int relu, float *yn,
+                      float *col, int pw, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                      int64_t stride, int64_t pad, int64_t P, int64_t Q, int64_t p0, int64_t p1)
+{
+    int64_t CRS = C * R * S, PQ = P * Q, step = pw ? p1 - p0 : band_rows(CRS, Q);
+    for (int64_t a = p0; a < p1; a += step) {
+        int64_t e = a + step < p1 ? a + step : p1, L = (e - a) * Q;
+        float *yb = yn + a * Q;
+        if (pw) {
+            csub_gemm_serial(0, 0, K, L, C, 1.0f, w, C, xn + a * Q, PQ, 0.0f, yb, PQ);
+        } else {
+            im2col(xn, col, col + CRS * (e - a) * Q, C, H, W, R, S, stride, pad, a, e, Q);
+            csub_gemm_serial(0, 0, K, L, CRS, 1.0f, w, CRS, col, L, 0.0f, yb, PQ);
+        }
+        epilogue(yb, b, resn ? resn + a * Q : NULL, relu, K, L, PQ);
+    }
+}
+
+/* y = relu?(conv(x, w) + b + res), the epilogue applied to each band's rows right after their product */
 int csub_conv2d_forward_fused(const float *x, const float *w, const float *b, const float *res, int relu, float *y,
                               int64_t N, int64_t C, int64_t H, int64_t W,
                               int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad)
@@ -140,8 +196,7 @@ int csub_conv2d_forward_fused(const float *x, const float *w, const float *b, co
     int64_t P = csub_conv_out_size(H, R, stride, pad), Q = csub_conv_out_size(W, S, stride, pad);
     int64_t CRS = C * R * S, PQ = P * Q;
     int pw = is_pointwise(R, S, stride, pad);
-    int nt = csub_get_num_threads();
-    float *cols = NULL;
+    int nt = csub_get_num_threads(), nomem = 0;
     if (direct_pays(N, C, K, P, Q, R, S, stride, pad)) { /* direct, the weight packed for this call */
         size_t bytes;
         float *wp;
@@ -152,55 +207,57 @@ int csub_conv2d_forward_fused(const float *x, const float *w, const float *b, co
         free(wp);
         return st;
     }
-    if (N < nt && !omp_in_parallel()) {
-        /* fewer images than threads (inference at batch 1): each thread lays out and
-         * multiplies the output rows of its band (csub_row_band), no barrier; a
-         * small product runs on one thread */
-        int nomem = 0;
-        if (P < nt || (double)K * (double)(PQ * CRS) < CSUB_PAR_MIN_CONV) nt = 1;
-        #pragma omp parallel num_threads(nt)
-        {
-            int t = omp_get_thread_num(), T = omp_get_num_threads();
+    if (R == 1 && S == 1 && pad == 0 && K * C <= POINTWISE_MAX_WEIGHT) {
+        /* 1x1: the product and the epilogue tile by tile (conv_pointwise.c); strided, on the
+         * input's every stride-th row and column, gathered first */
+        if (stride == 1) {
+            csub_conv1x1_forward(x, w, b, res, relu, y, N, C, PQ, K);
+            return CSUB_OK;
+        }
+        size_t bytes;
+        float *xs;
+        if (csub_bytes_overflow(N * C * PQ, sizeof(float), &bytes) || !(xs = malloc(bytes))) return CSUB_ERR_NOMEM;
+        #pragma omp parallel for num_threads(N * C * PQ > CSUB_PAR_MIN ? nt : 1) schedule(static)
+        for (int64_t nc = 0; nc < N * C; nc++)
+            for (int64_t p = 0; p < P; p++) {
+                const float *xr = x + (nc * H + p * stride) * W;
+                float *d = xs + nc * PQ + p * Q;
+                for (int64_t q = 0; q < Q; q++) d[q] = xr[q * stride];
+            }
+        csub_conv1x1_forward(xs, w, b, res, relu, y, N, C, PQ, K);
+        free(xs);
+        return CSUB_OK;
+    }
+    /* fewer images than threads (inference at batch 1): each thread takes the output rows of
+     * its band (csub_row_band) of every image, no barrier, and a small product runs on one
+     * thread; else threads take whole images */
+    int split = N < nt && !omp_in_parallel();
+    if (split && (P < nt || (double)K * (double)(PQ * CRS) < CSUB_PAR_MIN_CONV)) nt = 1;
+    if (!split && nt > N) nt = (int)N;
+    int64_t band = split ? (P + nt - 1) / nt : P, rows = band < band_rows(CRS, Q) ? band : band_rows(CRS, Q);
+    #pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        float *col = pw ? NULL : malloc(sizeof(float) * (size_t)(CRS * rows * Q + W + stride));
+        if (!pw && !col) {
+            #pragma omp atomic write
+            nomem = 1;
+        } else if (split) {
             int64_t p0, p1;
             csub_row_band(P, t, T, &p0, &p1);
-            float *col = pw || p1 <= p0 ? NULL : malloc(sizeof(float) * (size_t)(CRS * (p1 - p0) * Q));
-            if (!pw && p1 > p0 && !col) {
-                #pragma omp atomic write
-                nomem = 1;
-            }
-            for (int64_t n = 0; n < N && p1 > p0 && (pw || col); n++) {
-                const float *xn = x + n * C * H * W;
-                float *yb = y + n * K * PQ + p0 * Q;
-                int64_t L = (p1 - p0) * Q;
-                if (pw) {
-                    csub_gemm_serial(0, 0, K, L, C, 1.0f, w, C, xn + p0 * Q, PQ, 0.0f, yb, PQ);
-                } else {
-                    im2col(xn, col, C, H, W, R, S, stride, pad, p0, p1, Q);
-                    csub_gemm_serial(0, 0, K, L, CRS, 1.0f, w, CRS, col, L, 0.0f, yb, PQ);
-                }
-                epilogue(yb, b, res ? res + (yb - y) : NULL, relu, K, L, PQ);
-            }
-            free(col);
-        }
-        return nomem ? CSUB_ERR_NOMEM : CSUB_OK;
-    }
-    if (nt > N) nt = (int)N;
-    if (!pw && !(cols = malloc(sizeof(float) * (size_t)(CRS * PQ) * nt))) return CSUB_ERR_NOMEM;
-    #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const float *xn = x + n * C * H * W;
-        float *yn = y + n * K * PQ;
-        if (pw) {
-            csub_gemm_serial(0, 0, K, PQ, C, 1.0f, w, C, xn, PQ, 0.0f, yn, PQ);
+            for (int64_t n = 0; n < N && p1 > p0; n++)
+                conv_rows(x + n * C * H * W, w, b, res ? res + n * K * PQ : NULL, relu, y + n * K * PQ, col, pw,
+                          C, H, W, K, R, S, stride, pad, P, Q, p0, p1);
         } else {
-            float *col = cols + (size_t)omp_get_thread_num() * CRS * PQ;
-            im2col(xn, col, C, H, W, R, S, stride, pad, 0, P, Q);
-            csub_gemm_serial(0, 0, K, PQ, CRS, 1.0f, w, CRS, col, PQ, 0.0f, yn, PQ);
+            int64_t n0, n1;
+            csub_row_band(N, t, T, &n0, &n1);
+            for (int64_t n = n0; n < n1; n++)
+                conv_rows(x + n * C * H * W, w, b, res ? res + n * K * PQ : NULL, relu, y + n * K * PQ, col, pw,
+                          C, H, W, K, R, S, stride, pad, P, Q, 0, P);
         }
-        epilogue(yn, b, res ? res + n * K * PQ : NULL, relu, K, PQ, PQ);
+        free(col);
     }
-    free(cols);
-    return CSUB_OK;
+    return nomem ? CSUB_ERR_NOMEM : CSUB_OK;
 }
 
 /* dy[N,K,P,Q] -> dx[N,C,H,W] (=), dw[K,C,R,S] (+=), db[K] (+=) */
@@ -244,7 +301,7 @@ int csub_conv2d_backward(const float *x, const float *w, const float *dy,
                 if (pw) {
                     csub_gemm_serial(0, 1, K, C, PQ, 1.0f, dyn, PQ, xn, PQ, 1.0f, dwt, C);
                 } else {
-                    im2col(xn, col, C, H, W, R, S, stride, pad, 0, P, Q);
+                    im2col(xn, col, NULL, C, H, W, R, S, stride, pad, 0, P, Q);
                     csub_gemm_serial(0, 1, K, CRS, PQ, 1.0f, dyn, PQ, col, PQ, 1.0f, dwt, CRS);
                 }
             }

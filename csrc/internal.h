@@ -183,4 +183,11 @@ void csub_conv3x3_pack_flipped(const float *w, float *wp, int64_t K, int64_t C);
 int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const float *res, int relu, float *y,
                          int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride);
 
+/* 1x1 convolution, stride 1, no padding (conv_pointwise.c): y[N,K,HW] = relu?(w[K,C] . x[N,C,HW]
+ * + b[K] + res[N,K,HW]) (b, res may be NULL; res must not overlap y), the epilogue on each
+ * register tile; the same bits at every instruction-set level and thread count, and agrees with
+ * the sgemm path to float32 rounding. */
+void csub_conv1x1_forward(const float *x, const float *w, const float *b, const float *res, int relu, float *y,
+                          int64_t N, int64_t C, int64_t HW, int64_t K);
+
 #endif /* CSUB_INTERNAL_H */

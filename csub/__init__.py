@@ -61,6 +61,17 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
+def empty_cache() -> int:
+    """Free the memory csub keeps for reuse and return how many bytes that was.
+
+    The arrays csub's kernels return from 1 MiB up take their memory from the blocks of earlier
+    ones that are no longer referenced, when the byte size matches (a training step allocates the
+    same activations every step; fresh memory would be faulted in and zeroed by the system each
+    time). The cache holds at most ``CSUB_ARRAY_CACHE_MB`` MiB (read at import; default 2048,
+    0 turns it off), dropping its oldest blocks first."""
+    return _core.empty_cache()
+
+
 __all__ = ["data", "functional", "models", "modelfile", "nn", "optim", "random", "runtime", "subspace", "train",
            "export", "load", "CompressedNet", "manual_seed", "FormatError", "UnsupportedError", "BudgetError",
-           "set_num_threads", "get_num_threads", "MAX_NUM_THREADS", "__version__"]
+           "set_num_threads", "get_num_threads", "empty_cache", "MAX_NUM_THREADS", "__version__"]

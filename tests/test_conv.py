@@ -298,6 +298,9 @@ CONV_CASES = [
     (1, 16, 5, 6, 5, 3, 1, 2),    # padding 2 with a 3x3 kernel
     (3, 13, 9, 9, 5, 3, 2, 0),    # stride 2 leaves the last row/column unused
     (2, 2, 3, 3, 2, 3, 3, 0),
+    (2, 3, 64, 61, 8, 7, 2, 3),   # a 7x7 stride-2 stem: im2col in two bands of rows, an odd width
+    (1, 4, 40, 37, 6, 5, 3, 2),   # stride 3: three column phases
+    (2, 2, 9, 11, 3, 3, 2, 2),    # padding past the kernel's half: zero heads and tails on every row
 ]
 
 

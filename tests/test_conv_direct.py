@@ -6,10 +6,6 @@ done outside, pad 0, which the direct kernel does not take), against PyTorch, an
 gradient, which at stride 1 is the direct convolution of the output gradient with the flipped,
 transposed weight."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +14,7 @@ import csub
 from csub import _core, models
 from gradcheck import assert_close
 from reference import conv as ref
-
-REPO = Path(__file__).resolve().parent.parent
-LEVELS = ["baseline", "avx2", "avx512", "avx512vnni"]  # each CPU runs a prefix of this list
-SUPPORTED = LEVELS[:LEVELS.index(_core.isa()) + 1] if not os.environ.get("CSUB_ISA") else None
+from testkit import run_json_at_isa, supported_isa_levels
 
 # (N, C, H, W, K, stride): odd and tiny planes, channel counts off every vector and group size
 # (K not a multiple of 8 or 16), cPreResNet20's shapes, one image with more rows than threads, and
@@ -71,26 +64,15 @@ print(json.dumps(out))
 """
 
 
-def _run(isa, code, *args):
-    env = dict(os.environ, CSUB_ISA=isa)
-    paths = [str(REPO), str(REPO / "tests")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def levels():
-    if SUPPORTED is None:
-        pytest.skip("CSUB_ISA is set for the whole run")
-    return SUPPORTED
+    return supported_isa_levels()
 
 
 def test_every_level_matches_the_twins_and_the_im2col_path(levels):
     digests = {}
     for isa in levels:
-        res = _run(isa, _SCRIPT, json.dumps(SHAPES))
+        res = run_json_at_isa(isa, _SCRIPT, json.dumps(SHAPES))
         digests[isa] = res["digest"]
         assert res["isa"] == isa
         assert len(res["err"]) == 6 * len(SHAPES)
@@ -159,7 +141,7 @@ def test_runtime_fused_direct_convs_match_the_training_forward(levels):
     """cPreResNet20 with batch norm: its 3x3 convs run direct with the folded norm, the residual add and
     the ReLU in the epilogue, each image whole (batch 3) or split by rows across threads (batch 1)."""
     for isa in levels:
-        res = _run(isa, _NET)
+        res = run_json_at_isa(isa, _NET)
         assert "conv/dense" in res["ops"]
         for key, e in res["err"].items():
             assert e < 1e-5, (isa, key, e)

@@ -1,6 +1,34 @@
-"""Pieces several test files share: tables of bad kernel calls, corrupted model files, and
-the activation ranges of a quantized model."""
+"""Pieces several test files share: tables of bad kernel calls, corrupted model files, the
+activation ranges of a quantized model, and scripts run at each instruction-set level."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ISA_LEVELS = ["baseline", "avx2", "avx512", "avx512vnni"]  # each CPU runs a prefix of this list
+
+
+def supported_isa_levels():
+    """The levels this CPU runs (a prefix of ISA_LEVELS); skips the test where CSUB_ISA is set for the run."""
+    from csub import _core
+    if os.environ.get("CSUB_ISA"):
+        pytest.skip("CSUB_ISA is set for the whole run")
+    return ISA_LEVELS[:ISA_LEVELS.index(_core.isa()) + 1]
+
+
+def run_json_at_isa(isa, code, *args):
+    """Run Python `code` (with args) in a fresh interpreter under CSUB_ISA=isa, the repository and
+    tests/ on its path; return the JSON its last printed line holds."""
+    env = dict(os.environ, CSUB_ISA=isa)
+    paths = [str(REPO), str(REPO / "tests")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def bad_call_params(**tables):

@@ -107,16 +107,6 @@ int per_channel(npy_intp C, int n, const named_arr *args)
     return 0;
 }
 
-PyArrayObject *new_f32(int nd, const npy_intp *dims)
-{
-    return (PyArrayObject *)PyArray_SimpleNew(nd, (npy_intp *)dims, NPY_FLOAT32);
-}
-
-PyArrayObject *zeros_f32(int nd, const npy_intp *dims)
-{
-    return (PyArrayObject *)PyArray_ZEROS(nd, (npy_intp *)dims, NPY_FLOAT32, 0);
-}
-
 int positive(long long v, const char *name)
 {
     if (v >= 1) return 0;

@@ -54,8 +54,11 @@ typedef struct { PyArrayObject *a; const char *name; } named_arr;
 int per_channel(npy_intp C, int n, const named_arr *args);
 #define PER_CHANNEL(C, ...) \
     per_channel(C, (int)(sizeof((named_arr[]){__VA_ARGS__}) / sizeof(named_arr)), (named_arr[]){__VA_ARGS__})
+/* New float32 outputs (uninitialised, zeros); from 1 MiB their memory comes from the cache of
+ * py_alloc.c, which csub_py_alloc_init (module init) sizes: 0, or -1 with ImportError. */
 PyArrayObject *new_f32(int nd, const npy_intp *dims);
 PyArrayObject *zeros_f32(int nd, const npy_intp *dims);
+int csub_py_alloc_init(void);
 /* The output of an elementwise op shaped like x: *out when given (checked
  * to have x's shape, then a new reference), else a new array; 0 or -1. */
 int out_like(PyArrayObject **out, PyArrayObject *x, const char *xname);
@@ -155,6 +158,6 @@ int parse_pair(PyObject *args, PyObject *kw, char **kwlist, PyArrayObject **a, P
 /* The method table of each family, each ended by a {NULL} sentinel. */
 extern PyMethodDef csub_py_core_methods[], csub_py_conv_methods[], csub_py_csr_methods[],
     csub_py_norm_methods[], csub_py_topk_methods[], csub_py_quant_methods[],
-    csub_py_runtime_methods[], csub_py_io_methods[], csub_py_train_methods[];
+    csub_py_runtime_methods[], csub_py_io_methods[], csub_py_train_methods[], csub_py_alloc_methods[];
 
 #endif

@@ -1,7 +1,7 @@
 /*
  * module.c - csub._core: the module definition. The wrappers live in one
- * file per family (py_<family>.c, mirroring csrc/), the checks they share in
- * convert.c; this file adds each family's method table, the exception
+ * file per family (py_<family>.c, mirroring csrc/; py_alloc.c: the memory of large outputs), the
+ * checks they share in convert.c; this file adds each family's method table, the exception
  * classes and MAX_NUM_THREADS, and owns NumPy's C API table.
  */
 #define CSUB_PY_MODULE /* the one file that calls import_array */
@@ -11,7 +11,7 @@
 static PyMethodDef *const families[] = {
     csub_py_core_methods, csub_py_conv_methods, csub_py_csr_methods, csub_py_norm_methods,
     csub_py_train_methods, csub_py_topk_methods, csub_py_quant_methods, csub_py_runtime_methods,
-    csub_py_io_methods,
+    csub_py_io_methods, csub_py_alloc_methods,
 };
 
 static struct PyModuleDef moduledef = {
@@ -26,6 +26,7 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     }
     import_array();
+    if (csub_py_alloc_init()) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)

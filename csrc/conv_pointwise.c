@@ -1,0 +1,196 @@
+/* conv_pointwise.c - 1x1 convolution (stride 1, no padding), float32, forward.
+ *
+ * y[n][k] = relu?(sum_c w[k][c] x[n][c] + b[k] + res[n][k]) on planes of HW
+ * pixels: a product w[K, C] . x[n][C, HW] whose right operand is already laid
+ * out for it (each input channel a contiguous row of pixels). A BLAS sgemm
+ * first copies both operands into its packed formats and leaves the epilogue
+ * (bias, residual, ReLU) to a second pass over y; on the small products of
+ * cPreResNet20's bottleneck blocks (K, C of 16 to 256 on planes of 64 to 1024
+ * pixels) those copies and that pass cost as much as the multiply-adds, and
+ * at batch 1 every thread packed the whole weight again. Here a tile of 8
+ * output channels x V vectors of pixels stays in registers over all C (per
+ * channel: V loads of x, 8 broadcast weights, 8 V multiply-adds), then the
+ * epilogue runs on the tile while it is in L1. Nothing is copied: the 8
+ * weights of a channel are read from the rows of w (the rows past K repeat
+ * row K - 1; their sums are dropped).
+ *
+ * Threads split the batch, or at batch < threads the pixels of each image
+ * (ranges of whole vectors of 16).
+ *
+ * Variants by instruction-set level (csub_isa_level, internal.h): AVX-512
+ * (V = 3 vectors of 16), AVX2 (V = 2 of 8), the baseline (2 of 4); the last
+ * pixels of a range (fewer than a vector) one by one. Each output is summed
+ * over c in order with one fused multiply-add per term at every level (the
+ * baseline and the scalar tail by fmaf), so every level and every split
+ * computes the same bits, as the direct 3x3 kernel (conv_direct.c).
+ */
+#include <math.h>
+#include <string.h>
+#include <omp.h>
+
+#include "internal.h"
+
+CSUB_FP_CONTRACT_FAST
+
+#define OCG 8     /* output channels per tile */
+#define SLICE 192 /* pixels per slice: its rows of x stay in L1 or L2 across the channel groups */
+
+/* y rows [k0, k0 + nk) at pixels [o, o + n) (already summed), in place: + b[k], + res, then the ReLU,
+ * in the order of the im2col path's epilogue (conv.c) */
+static void tile_epilogue(float *y, int64_t ldy, const float *b, const float *res, int relu, int64_t k0, int nk,
+                          int64_t o, int64_t n)
+{
+    if (!b && !res && !relu) return;
+    for (int j = 0; j < nk; j++) {
+        int64_t k = k0 + j;
+        float bk = b ? b[k] : 0.0f, *yk = y + k * ldy + o;
+        const float *rk = res ? res + k * ldy + o : NULL;
+        if (rk && relu)
+            for (int64_t i = 0; i < n; i++) {
+                float v = yk[i] + bk + rk[i];
+                yk[i] = v <= 0.0f ? 0.0f : v;
+            }
+        else if (rk)
+            for (int64_t i = 0; i < n; i++) yk[i] = yk[i] + bk + rk[i];
+        else if (relu)
+            for (int64_t i = 0; i < n; i++) {
+                float v = yk[i] + bk;
+                yk[i] = v <= 0.0f ? 0.0f : v;
+            }
+        else
+            for (int64_t i = 0; i < n; i++) yk[i] += bk;
+    }
+}
+
+/* One tile: y[k0 + j][o .. o + V VW) = sum_c w[k0 + j][c] x[c][o ..], j < nk (the rows past nk
+ * computed from row nk - 1 and dropped). Defined per vector type (VT, VW floats); V is a
+ * constant at each call and every index of acc is a constant after unrolling, so the 8 x V
+ * accumulators live in registers. */
+#define DEFINE_TILE(NAME, VT, VW, MADD)                                                              \
+    static CSUB_ALWAYS_INLINE void NAME(const float *x, int64_t ldx, const float *w, int64_t C,      \
+                                        float *y, int64_t ldy, int64_t k0, int nk, int64_t o,        \
+                                        const int V)                                                  \
+    {                                                                                                 \
+        VT acc[OCG][3];                                                                               \
+        const float *wr[OCG];                                                                         \
+        _Pragma("GCC unroll 8") for (int j = 0; j < OCG; j++) {                                      \
+            wr[j] = w + (k0 + (j < nk ? j : nk - 1)) * C;                                            \
+            _Pragma("GCC unroll 3") for (int v = 0; v < V; v++) acc[j][v] = (VT){0};                 \
+        }                                                                                             \
+        for (int64_t c = 0; c < C; c++) {                                                             \
+            const float *xc = x + c * ldx + o;                                                        \
+            VT xv[3];                                                                                 \
+            _Pragma("GCC unroll 3") for (int v = 0; v < V; v++) memcpy(&xv[v], xc + v * VW, sizeof(VT)); \
+            _Pragma("GCC unroll 8") for (int j = 0; j < OCG; j++) {                                  \
+                float wj = wr[j][c];                                                                  \
+                _Pragma("GCC unroll 3") for (int v = 0; v < V; v++) MADD(acc[j][v], xv[v], wj);       \
+            }                                                                                         \
+        }                                                                                             \
+        _Pragma("GCC unroll 8") for (int j = 0; j < OCG; j++)                                        \
+            if (j < nk)                                                                               \
+                _Pragma("GCC unroll 3") for (int v = 0; v < V; v++)                                  \
+                    memcpy(y + (k0 + j) * ldy + o + v * VW, &acc[j][v], sizeof(VT));                  \
+    }
+
+typedef float f32x4 __attribute__((vector_size(16)));
+#define MADD_CONTRACT(acc, x, w) ((acc) += (x) * (w))
+#if defined(__clang__) /* no contraction anywhere (internal.h): the baseline and the tail unfused too */
+#define MADD_BASELINE MADD_CONTRACT
+#define MADD_SCALAR(acc, x, w) ((acc) += (x) * (w))
+#else /* fused, as the levels with FMA */
+#define MADD_BASELINE(acc, x, w)                                                                \
+    do {                                                                                        \
+        for (int l_ = 0; l_ < 4; l_++) (acc)[l_] = fmaf((x)[l_], (w), (acc)[l_]);               \
+    } while (0)
+#define MADD_SCALAR(acc, x, w) ((acc) = fmaf((x), (w), (acc)))
+#endif
+DEFINE_TILE(tile_baseline, f32x4, 4, MADD_BASELINE)
+
+/* The last n pixels at o (fewer than a vector), one by one, the same sums */
+static void tail(const float *x, int64_t ldx, const float *w, int64_t C, float *y, int64_t ldy, int64_t k0, int nk,
+                 int64_t o, int64_t n)
+{
+    for (int j = 0; j < nk; j++) {
+        const float *wk = w + (k0 + j) * C;
+        for (int64_t i = o; i < o + n; i++) {
+            float acc = 0.0f;
+            for (int64_t c = 0; c < C; c++) MADD_SCALAR(acc, x[c * ldx + i], wk[c]);
+            y[(k0 + j) * ldy + i] = acc;
+        }
+    }
+}
+
+/* Rows [k0, k0 + nk), nk <= 8, pixels [i0, i1): tiles of VMAX vectors, then of one, then the tail */
+#define DEFINE_ROWS(NAME, TILE, VW, VMAX, ATTR)                                                      \
+    ATTR static void NAME(const float *x, int64_t ldx, const float *w, int64_t C, float *y,         \
+                          int64_t ldy, int64_t k0, int nk, int64_t i0, int64_t i1)                   \
+    {                                                                                                 \
+        int64_t o = i0;                                                                               \
+        for (; o + VMAX * VW <= i1; o += VMAX * VW) TILE(x, ldx, w, C, y, ldy, k0, nk, o, VMAX);     \
+        for (; o + VW <= i1; o += VW) TILE(x, ldx, w, C, y, ldy, k0, nk, o, 1);                      \
+        if (o < i1) tail(x, ldx, w, C, y, ldy, k0, nk, o, i1 - o);                                    \
+    }
+DEFINE_ROWS(rows_baseline, tile_baseline, 4, 2, )
+
+#if CSUB_X86
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x16 __attribute__((vector_size(64)));
+DEFINE_TILE(tile_avx2, f32x8, 8, MADD_CONTRACT)
+DEFINE_TILE(tile_avx512, f32x16, 16, MADD_CONTRACT)
+DEFINE_ROWS(rows_avx2, tile_avx2, 8, 2, CSUB_TARGET_AVX2)
+DEFINE_ROWS(rows_avx512, tile_avx512, 16, 3, CSUB_TARGET_AVX512)
+#endif
+
+static void rows(const float *x, int64_t ldx, const float *w, int64_t C, float *y, int64_t ldy, int64_t k0, int nk,
+                 int64_t i0, int64_t i1)
+{
+#if CSUB_X86
+    int isa = csub_isa_level();
+    if (isa >= CSUB_ISA_AVX512) { rows_avx512(x, ldx, w, C, y, ldy, k0, nk, i0, i1); return; }
+    if (isa >= CSUB_ISA_AVX2) { rows_avx2(x, ldx, w, C, y, ldy, k0, nk, i0, i1); return; }
+#endif
+    rows_baseline(x, ldx, w, C, y, ldy, k0, nk, i0, i1);
+}
+
+/* Pixels [i0, i1) of one image x[C, HW] -> y[K, HW], slice by slice, the epilogue on each finished
+ * group of rows */
+static void image(const float *x, const float *w, const float *b, const float *res, int relu, float *y, int64_t C,
+                  int64_t K, int64_t HW, int64_t i0, int64_t i1)
+{
+    for (int64_t a = i0; a < i1; a += SLICE) {
+        int64_t e = a + SLICE < i1 ? a + SLICE : i1;
+        for (int64_t k0 = 0; k0 < K; k0 += OCG) {
+            int nk = K - k0 < OCG ? (int)(K - k0) : OCG;
+            rows(x, HW, w, C, y, HW, k0, nk, a, e);
+            tile_epilogue(y, HW, b, res, relu, k0, nk, a, e - a);
+        }
+    }
+}
+
+/* x[N,C,HW], w[K,C], b[K] or NULL, res[N,K,HW] or NULL -> y[N,K,HW] = relu?(w . x + b + res) */
+void csub_conv1x1_forward(const float *x, const float *w, const float *b, const float *res, int relu, float *y,
+                          int64_t N, int64_t C, int64_t HW, int64_t K)
+{
+    if (N <= 0 || K <= 0 || HW <= 0) return;
+    int nt = omp_in_parallel() ? 1 : csub_get_num_threads();
+    int split = N < nt;
+    if (split && (HW < 16 * nt || (double)K * (double)HW * (double)C < CSUB_PAR_MIN_CONV)) nt = 1, split = 0;
+    if (!split && nt > N) nt = (int)N;
+    int64_t KHW = K * HW, CHW = C * HW;
+    #pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        if (split) { /* pixel ranges of whole vectors of 16 */
+            int64_t v0, v1, nv = (HW + 15) / 16;
+            csub_row_band(nv, t, T, &v0, &v1);
+            int64_t i0 = 16 * v0, i1 = 16 * v1 < HW ? 16 * v1 : HW;
+            for (int64_t n = 0; n < N && i1 > i0; n++)
+                image(x + n * CHW, w, b, res ? res + n * KHW : NULL, relu, y + n * KHW, C, K, HW, i0, i1);
+        } else {
+            int64_t n0, n1;
+            csub_row_band(N, t, T, &n0, &n1);
+            for (int64_t n = n0; n < n1; n++)
+                image(x + n * CHW, w, b, res ? res + n * KHW : NULL, relu, y + n * KHW, C, K, HW, 0, HW);
+        }
+    }
+}
