@@ -1,7 +1,9 @@
 """Winograd 3x3 convolution (csrc/conv_winograd.c: F(4x4,3x3) and F(2x2,3x3), pad 1, stride 1,
 with the runtime's fused bias, residual and ReLU): against its float64 NumPy twin (the same
 transform matrices), against a direct float64 convolution and PyTorch, at every instruction-set
-level and thread count."""
+level and thread count; then in the runtime, where it runs the float32 dense 3x3 layers: with it
+on and with CSUB_WINOGRAD=0 the logits agree to float32 rounding, and the quantized paths do not
+use it."""
 import json
 import os
 import subprocess
@@ -12,7 +14,8 @@ import numpy as np
 import pytest
 
 import csub
-from csub import _core
+from csub import _core, models
+from csub.nn.quant import alpha_for_bits
 from reference import conv as ref
 
 REPO = Path(__file__).resolve().parent.parent
@@ -188,3 +191,82 @@ def test_every_level_matches_the_twin():
         assert len(res["err"]) == 4 * len(SHAPES)
         for key, (m, e) in res["err"].items():
             assert e < TOL[m], (isa, key, e)
+
+
+# ------------------------------------------------------------------ the runtime
+
+def _bn_model(name, regime=None, num_classes=10, **kw):
+    csub.manual_seed(3)
+    rng = np.random.default_rng(3)
+    if name == "resnet18":
+        kw["num_classes"] = num_classes
+    model = models.build(name, regime=regime, subspace="line", norm="bn", **kw)
+    for mod in model.modules():
+        if isinstance(mod, csub.nn.BatchNorm2d):
+            c = mod.num_channels
+            mod.weight.data[...] = 1.0 + rng.normal(0, 0.2, c)
+            mod.bias.data[...] = rng.normal(0, 0.2, c)
+            mod.running_mean[...] = rng.normal(0, 0.1, c)
+            mod.running_var[...] = rng.uniform(0.5, 2.0, c)
+    model.eval()
+    return model
+
+
+def _pair(model, alpha, shape, monkeypatch):
+    """The runtime at alpha with Winograd on and with CSUB_WINOGRAD=0 (read at set_alpha)."""
+    monkeypatch.delenv("CSUB_WINOGRAD", raising=False)
+    on = model.compress(alpha, input_shape=shape)
+    monkeypatch.setenv("CSUB_WINOGRAD", "0")
+    off = model.compress(alpha, input_shape=shape)
+    monkeypatch.delenv("CSUB_WINOGRAD")
+    return on, off
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-6))
+
+
+# The logits with Winograd on and off: each F(4x4) layer adds float32 errors of a few 1e-6 of its
+# output's magnitude (TOL above), which the following layers carry; measured max relative
+# difference 2.2e-7 (cPreResNet20, 32x32) and 1.1e-6 (ResNet18, 64x64), against 1e-5 here. The
+# runtime-vs-training tolerance of tests/test_runtime.py (2e-4) holds with it on.
+RTOL_WINO = 1e-5
+
+
+@pytest.mark.parametrize("name,shape,batch", [("cpreresnet20", (3, 32, 32), 1), ("cpreresnet20", (3, 32, 32), 5),
+                                              ("resnet18", (3, 64, 64), 1), ("resnet18", (3, 64, 64), 3)])
+def test_runtime_on_and_off_agree(name, shape, batch, monkeypatch):
+    model = _bn_model(name)
+    x = np.random.default_rng(0).normal(0, 1, (batch,) + shape).astype(np.float32)
+    on, off = _pair(model, 1.0, shape, monkeypatch)
+    model.set_alpha(1.0)
+    want = model(x)
+    for t in (1, 2):
+        csub.set_num_threads(t)
+        y_on, y_off = on(x), off(x)
+        # Winograd ran: the sums differ in their last bits, and agree to its tolerance
+        assert not np.array_equal(y_on, y_off), t
+        assert _rel(y_on, y_off) < RTOL_WINO, (t, _rel(y_on, y_off))
+        assert _rel(y_on, want) < 2e-4
+
+
+def test_runtime_quantized_paths_do_not_use_it(monkeypatch):
+    """Fake-quantized (bits > 8) and integer layers keep the direct kernel's bits: the same logits on and off."""
+    model = _bn_model("cpreresnet20", regime="quantized", bit_range=(3, 12))
+    x = np.random.default_rng(1).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    for bits in (4, 8, 12):
+        on, off = _pair(model, alpha_for_bits(bits, 3, 12), (3, 32, 32), monkeypatch)
+        ops = [name for name, _ in _core.model_profile(on._m, x)]
+        assert any(op.endswith("/fakequant" if bits > 8 else "/int8") for op in ops), (bits, ops)
+        assert np.array_equal(on(x), off(x)), bits
+
+
+def test_runtime_sparse_dense_crossover(monkeypatch):
+    """Unstructured at a keep above the crossover runs the masked weight dense: by Winograd where on."""
+    model = _bn_model("cpreresnet20", regime="unstructured")
+    x = np.random.default_rng(2).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    on, off = _pair(model, 0.8, (3, 32, 32), monkeypatch)
+    model.set_alpha(0.8)
+    assert not np.array_equal(on(x), off(x))
+    assert _rel(on(x), off(x)) < RTOL_WINO
+    assert _rel(on(x), model(x)) < 2e-4
