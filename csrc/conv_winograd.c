@@ -27,7 +27,9 @@
  *   vector of the tile's m x m pixels per channel, then + bias[k] + res, ReLU, stored in rows.
  * Tiles are numbered over (image, tile row, tile column) and run in blocks of up to `tb`
  * (the positions' products reuse each weight tb times); threads take whole images
- * (N >= threads) or runs of one image's tiles.
+ * (N >= threads), or at N < threads runs of the tiles, or where the tiles are fewer than the
+ * output channels (small planes, many channels) ranges of the output channels, so that each
+ * thread reads only its part of the transformed weight.
  *
  * Rounding: F(4x4) scales the input by up to 4 x 5 and the output transform by up to 8 x 9
  * before they cancel, so the result carries a few more float32 roundings than the direct
@@ -226,7 +228,8 @@ CSUB_VARIANTS(in_tile2, (const float *xt, int64_t Wp, int64_t Cp, float *v, int6
             memcpy(mm + t * Kp + (q / NV) * LB + (q % NV) * VW, &acc[t][q], sizeof(VT));                    \
     }
 
-/* One position: mm[nt][Kp] = v[nt][Cp] . u[Kp/16][Cp][16], by TTMAX tiles and NBMAX channel blocks */
+/* One position: mm[nt][16 nkb] (rows Kp apart) = v[nt][Cp] . u[nkb][Cp][16], by TTMAX tiles and NBMAX
+ * channel blocks */
 #define CASE_TT(KERN, T)                                                                                    \
     case T:                                                                                                 \
         if (nb == 2) KERN(vt, Cp, ub, us, mt, Kp, C, 2, T);                                                \
@@ -234,9 +237,9 @@ CSUB_VARIANTS(in_tile2, (const float *xt, int64_t Wp, int64_t Cp, float *v, int6
         break;
 #define DEFINE_POSITION(NAME, KERN, NBMAX, TTMAX, ATTR, CASES)                                              \
     ATTR static void NAME(const float *v, const float *u, float *mm, int64_t nt, int64_t C, int64_t Cp,    \
-                          int64_t Kp)                                                                       \
+                          int64_t nkb, int64_t Kp)                                                          \
     {                                                                                                       \
-        int64_t nkb = Kp / LB, us = Cp * LB;                                                                \
+        int64_t us = Cp * LB;                                                                               \
         for (int64_t t0 = 0; t0 < nt; t0 += TTMAX) {                                                        \
             int tt = nt - t0 < TTMAX ? (int)(nt - t0) : TTMAX;                                              \
             const float *vt = v + t0 * Cp;                                                                  \
@@ -265,14 +268,15 @@ DEFINE_POSITION(position_avx512, gemm_avx512, 2, 12, CSUB_TARGET_AVX512,
                 CASE_TT(gemm_avx512, 9) CASE_TT(gemm_avx512, 10) CASE_TT(gemm_avx512, 11) CASE_TT(gemm_avx512, 12))
 #endif
 
-static void position(const float *v, const float *u, float *mm, int64_t nt, int64_t C, int64_t Cp, int64_t Kp)
+static void position(const float *v, const float *u, float *mm, int64_t nt, int64_t C, int64_t Cp, int64_t nkb,
+                     int64_t Kp)
 {
 #if CSUB_X86
     int isa = csub_isa_level();
-    if (isa >= CSUB_ISA_AVX512) { position_avx512(v, u, mm, nt, C, Cp, Kp); return; }
-    if (isa >= CSUB_ISA_AVX2) { position_avx2(v, u, mm, nt, C, Cp, Kp); return; }
+    if (isa >= CSUB_ISA_AVX512) { position_avx512(v, u, mm, nt, C, Cp, nkb, Kp); return; }
+    if (isa >= CSUB_ISA_AVX2) { position_avx2(v, u, mm, nt, C, Cp, nkb, Kp); return; }
 #endif
-    position_baseline(v, u, mm, nt, C, Cp, Kp);
+    position_baseline(v, u, mm, nt, C, Cp, nkb, Kp);
 }
 
 /* ------------------------------------------------------------ output: transform and epilogue */
@@ -307,14 +311,15 @@ static CSUB_ALWAYS_INLINE void epilogue(const float *z, float bk, const float *r
     }
 }
 
-/* One tile's mm (position xi at mm + xi ms, channels contiguous) -> y[K][P][Q] at (p0, q0) */
+/* One tile's mm (position xi at mm + xi ms, channels contiguous) -> y[k][P][Q] at (p0, q0), k in [k0, k1) */
 static CSUB_ALWAYS_INLINE void out_tile_body(const float *mm, int64_t ms, const float *b, const float *res, int relu,
-                                             float *y, int64_t K, int64_t P, int64_t Q, int64_t p0, int64_t q0, int m)
+                                             float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0,
+                                             int64_t q0, int m)
 {
     const int A = m + 2;
     int64_t np = P - p0 < m ? P - p0 : m, nq = Q - q0 < m ? Q - q0 : m, PQ = P * Q, off = p0 * Q + q0;
     int full = np == m && nq == m;
-    for (int64_t kb = 0; kb < K; kb += LB) {
+    for (int64_t kb = k0; kb < k1; kb += LB) {
         f32x16 t[4][6], a[6], o[4], r[16];
         for (int j = 0; j < A; j++) { /* columns: t[.][j] = A^T mm[.][j] */
             for (int i = 0; i < A; i++) LOAD16(a[i], mm + (i * A + j) * ms + kb);
@@ -327,7 +332,7 @@ static CSUB_ALWAYS_INLINE void out_tile_body(const float *mm, int64_t ms, const 
         }
         for (int q = m * m; q < 16; q++) r[q] = (f32x16){0};
         transpose16(r); /* r[k - kb]: the tile's pixels of channel k */
-        int64_t nk = K - kb < LB ? K - kb : LB;
+        int64_t nk = k1 - kb < LB ? k1 - kb : LB;
         for (int64_t kk = 0; kk < nk; kk++) {
             int64_t k = kb + kk;
             float *yk = y + k * PQ + off;
@@ -357,23 +362,24 @@ static CSUB_ALWAYS_INLINE void out_tile_body(const float *mm, int64_t ms, const 
         }
     }
 }
-static CSUB_ALWAYS_INLINE void out_tile4_body(const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t K, int64_t P, int64_t Q, int64_t p0, int64_t q0)
+static CSUB_ALWAYS_INLINE void out_tile4_body(const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0, int64_t q0)
 {
-    out_tile_body(mm, ms, b, res, relu, y, K, P, Q, p0, q0, 4);
+    out_tile_body(mm, ms, b, res, relu, y, k0, k1, P, Q, p0, q0, 4);
 }
-CSUB_VARIANTS(out_tile4, (const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t K, int64_t P, int64_t Q, int64_t p0, int64_t q0),
-              (mm, ms, b, res, relu, y, K, P, Q, p0, q0))
-static CSUB_ALWAYS_INLINE void out_tile2_body(const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t K, int64_t P, int64_t Q, int64_t p0, int64_t q0)
+CSUB_VARIANTS(out_tile4, (const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0, int64_t q0),
+              (mm, ms, b, res, relu, y, k0, k1, P, Q, p0, q0))
+static CSUB_ALWAYS_INLINE void out_tile2_body(const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0, int64_t q0)
 {
-    out_tile_body(mm, ms, b, res, relu, y, K, P, Q, p0, q0, 2);
+    out_tile_body(mm, ms, b, res, relu, y, k0, k1, P, Q, p0, q0, 2);
 }
-CSUB_VARIANTS(out_tile2, (const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t K, int64_t P, int64_t Q, int64_t p0, int64_t q0),
-              (mm, ms, b, res, relu, y, K, P, Q, p0, q0))
+CSUB_VARIANTS(out_tile2, (const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0, int64_t q0),
+              (mm, ms, b, res, relu, y, k0, k1, P, Q, p0, q0))
 
 /* ------------------------------------------------------------ the forward */
 
 typedef struct {
     int64_t m, A2, th, tw, tpi, Hp, Wp, Cp, Kp, tb, cap;
+    int64_t vs, ms; /* floats from one position's v (mm) to the next */
 } wgeom;
 
 static wgeom wino_geom(int64_t C, int64_t H, int64_t W, int64_t K, int m, int64_t tb)
@@ -390,22 +396,29 @@ static wgeom wino_geom(int64_t C, int64_t H, int64_t W, int64_t K, int m, int64_
     g.Kp = round16(K);
     g.tb = tb;
     g.cap = (tb + g.tpi - 1) / g.tpi + 1; /* the images one block of tb tiles can touch */
+    /* one cache line more than the block: at tb Cp floats apart (a multiple of 4 KB for many
+     * sizes), the 36 positions a tile's transform writes would share one or two L1 sets */
+    g.vs = tb * g.Cp + LB;
+    g.ms = tb * g.Kp + LB;
     return g;
 }
 
 /* Floats of work one thread needs: `cap` transposed images, the block's v and mm */
 static int64_t thread_work(const wgeom *g)
 {
-    return g->cap * g->Hp * g->Wp * g->Cp + g->A2 * g->tb * (g->Cp + g->Kp);
+    return g->cap * g->Hp * g->Wp * g->Cp + g->A2 * (g->vs + g->ms);
 }
 
-/* Tiles [g0, g1) (numbered over images, tile rows, tile columns) of x[N,C,H,W] -> y[N,K,H,W] */
+/* Tiles [g0, g1) (numbered over images, tile rows, tile columns) of x[N,C,H,W] -> output channels
+ * [16 kb0, min(K, 16 kb1)) of y[N,K,H,W] */
 static void run_tiles(const float *x, const float *u, const float *b, const float *res, int relu, float *y,
-                      int64_t C, int64_t H, int64_t W, int64_t K, const wgeom *g, int64_t g0, int64_t g1, float *work)
+                      int64_t C, int64_t H, int64_t W, int64_t K, const wgeom *g, int64_t g0, int64_t g1,
+                      int64_t kb0, int64_t kb1, float *work)
 {
     int64_t img = g->Hp * g->Wp * g->Cp, CHW = C * H * W, KHW = K * H * W, m = g->m;
-    float *xt = work, *v = xt + g->cap * img, *mm = v + g->A2 * g->tb * g->Cp;
-    int64_t vs = g->tb * g->Cp, ms = g->tb * g->Kp, next = g0 / g->tpi; /* the first image not yet transposed */
+    int64_t k0 = kb0 * LB, k1 = kb1 * LB < K ? kb1 * LB : K;
+    float *xt = work, *v = xt + g->cap * img, *mm = v + g->A2 * g->vs;
+    int64_t vs = g->vs, ms = g->ms, next = g0 / g->tpi; /* the first image not yet transposed */
     for (int64_t t0 = g0; t0 < g1; t0 += g->tb) {
         int64_t nt = g1 - t0 < g->tb ? g1 - t0 : g->tb, last = (t0 + nt - 1) / g->tpi;
         for (; next <= last; next++)
@@ -417,12 +430,13 @@ static void run_tiles(const float *x, const float *u, const float *b, const floa
             else in_tile2(patch, g->Wp, g->Cp, v + i * g->Cp, vs);
         }
         for (int64_t xi = 0; xi < g->A2; xi++)
-            position(v + xi * vs, u + xi * g->Kp * g->Cp, mm + xi * ms, nt, C, g->Cp, g->Kp);
+            position(v + xi * vs, u + (xi * g->Kp + kb0 * LB) * g->Cp, mm + xi * ms + kb0 * LB, nt, C, g->Cp,
+                     kb1 - kb0, g->Kp);
         for (int64_t i = 0; i < nt; i++) {
             int64_t t = t0 + i, n = t / g->tpi, ty = t % g->tpi / g->tw, tx = t % g->tw;
             const float *rn = res ? res + n * KHW : NULL;
-            if (m == 4) out_tile4(mm + i * g->Kp, ms, b, rn, relu, y + n * KHW, K, H, W, ty * m, tx * m);
-            else out_tile2(mm + i * g->Kp, ms, b, rn, relu, y + n * KHW, K, H, W, ty * m, tx * m);
+            if (m == 4) out_tile4(mm + i * g->Kp, ms, b, rn, relu, y + n * KHW, k0, k1, H, W, ty * m, tx * m);
+            else out_tile2(mm + i * g->Kp, ms, b, rn, relu, y + n * KHW, k0, k1, H, W, ty * m, tx * m);
         }
     }
 }
@@ -453,10 +467,14 @@ int csub_winograd_forward(const float *x, const float *u, const float *b, const 
     if (N <= 0 || K <= 0 || H <= 0 || W <= 0) return CSUB_OK;
     if (tb <= 0) tb = csub_winograd_block(C, K, m);
     wgeom g = wino_geom(C, H, W, K, m, tb);
-    int64_t T = N * g.tpi;
+    int64_t T = N * g.tpi, nkb = g.Kp / LB;
     int nt = omp_in_parallel() ? 1 : csub_get_num_threads();
-    int split = N < nt; /* fewer images than threads: runs of one image's tiles */
-    if (split && (T < 2 * (int64_t)nt || (double)K * (double)(H * W) * (double)(C * 9) * (double)N < CSUB_PAR_MIN_CONV))
+    /* fewer images than threads: each thread a run of the tiles, or where the tiles are fewer than
+     * the output channels (the transformed weight, read once per block, outweighs the inputs) a
+     * range of the output channels, all tiles: every thread then reads its part of u only */
+    int split = N < nt ? (T < g.Kp ? 2 : 1) : 0;
+    if (split && ((split == 1 ? T : nkb) < 2 * (int64_t)nt ||
+                  (double)K * (double)(H * W) * (double)(C * 9) * (double)N < CSUB_PAR_MIN_CONV))
         nt = 1, split = 0;
     if (!split && nt > N) nt = (int)N;
     int64_t per = (thread_work(&g) + 15) / 16 * 16; /* each thread's part on its own cache lines */
@@ -467,15 +485,20 @@ int csub_winograd_forward(const float *x, const float *u, const float *b, const 
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T_ = omp_get_num_threads();
-        int64_t lo, hi;
-        if (split) {
+        int64_t lo = 0, hi = T, kb0 = 0, kb1 = nkb;
+        if (split == 1) {
             lo = T * t / T_;
             hi = T * (t + 1) / T_;
+        } else if (split == 2) { /* pairs of channel blocks: the AVX-512 products take 32 channels at once */
+            int64_t np = (nkb + 1) / 2;
+            kb0 = 2 * (np * t / T_);
+            kb1 = 2 * (np * (t + 1) / T_) < nkb ? 2 * (np * (t + 1) / T_) : nkb;
         } else {
             lo = N * t / T_ * g.tpi;
             hi = N * (t + 1) / T_ * g.tpi;
         }
-        run_tiles(x, u, b, res, relu, y, C, H, W, K, &g, lo, hi, work + (size_t)t * (size_t)per);
+        if (lo < hi && kb0 < kb1)
+            run_tiles(x, u, b, res, relu, y, C, H, W, K, &g, lo, hi, kb0, kb1, work + (size_t)t * (size_t)per);
     }
     free(work);
     return CSUB_OK;

@@ -59,11 +59,13 @@ def winograd_twin(x, w, b=None, res=None, relu=False, m=4):
 
 
 # (N, C, H, W, K): 1x1 and 2x2 planes, H and W off the tile, C and K off the 16-channel block,
-# batch 1 and more images than threads, and ResNet18's and cPreResNet20's channel counts
+# batch 1 and more images than threads, and ResNet18's and cPreResNet20's channel counts; at batch 1
+# on two threads, (1, 33, 13, 6, 70) splits the output channels across them (fewer tiles than
+# channels) and (1, 24, 37, 41, 16) the tiles
 SHAPES = [
     (1, 1, 1, 1, 1), (2, 3, 2, 2, 5), (1, 3, 5, 7, 5), (3, 17, 9, 11, 20), (1, 33, 13, 6, 70),
     (4, 16, 32, 32, 16), (1, 32, 16, 16, 32), (2, 64, 8, 8, 64), (1, 64, 7, 7, 48), (3, 8, 1, 9, 31),
-    (1, 40, 30, 3, 24),
+    (1, 40, 30, 3, 24), (1, 24, 37, 41, 16),
 ]
 
 
