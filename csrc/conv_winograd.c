@@ -295,91 +295,92 @@ static CSUB_ALWAYS_INLINE void at4(const f32x16 *a, f32x16 *o)
     o[1] = a[1] - a[2] - a[3];
 }
 
-/* z[K][.]: the m x m pixels (lanes i m + j) of channel k at output row p0, column q0 -> y (+ b, res, ReLU),
- * np x nq of them inside the plane */
-static CSUB_ALWAYS_INLINE void epilogue(const float *z, float bk, const float *res, int relu, float *y, int64_t Q,
-                                        int m, int64_t np, int64_t nq)
-{
-    for (int64_t i = 0; i < np; i++) {
-        float *yr = y + i * Q;
-        const float *rr = res ? res + i * Q : NULL;
-        for (int64_t j = 0; j < nq; j++) {
-            float v = z[i * m + j] + bk;
-            if (rr) v += rr[j];
-            yr[j] = relu && v <= 0.0f ? 0.0f : v;
-        }
-    }
-}
-
-/* One tile's mm (position xi at mm + xi ms, channels contiguous) -> y[k][P][Q] at (p0, q0), k in [k0, k1) */
-static CSUB_ALWAYS_INLINE void out_tile_body(const float *mm, int64_t ms, const float *b, const float *res, int relu,
-                                             float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0,
-                                             int64_t q0, int m)
+/* One tile's mm (position xi at mm + xi ms, channels contiguous) -> its m x m pixels of channels
+ * [k0, k1) in the strip of its tile row: st[i][q][Kp] for row i, column q = m tx + j (channels
+ * contiguous, as mm: whole vectors, no transpose here) */
+static CSUB_ALWAYS_INLINE void out_tile_body(const float *mm, int64_t ms, float *st, int64_t srow, int64_t Kp,
+                                             int64_t k0, int64_t k1, int64_t tx, int m)
 {
     const int A = m + 2;
-    int64_t np = P - p0 < m ? P - p0 : m, nq = Q - q0 < m ? Q - q0 : m, PQ = P * Q, off = p0 * Q + q0;
-    int full = np == m && nq == m;
     for (int64_t kb = k0; kb < k1; kb += LB) {
-        f32x16 t[4][6], a[6], o[4], r[16];
+        f32x16 t[4][6], a[6], o[4];
         for (int j = 0; j < A; j++) { /* columns: t[.][j] = A^T mm[.][j] */
             for (int i = 0; i < A; i++) LOAD16(a[i], mm + (i * A + j) * ms + kb);
             if (m == 4) at6(a, o); else at4(a, o);
             for (int i = 0; i < m; i++) t[i][j] = o[i];
         }
-        for (int i = 0; i < m; i++) { /* rows: r[i m + j] = t[i][.] A */
+        for (int i = 0; i < m; i++) { /* rows: pixel (i, j) = t[i][.] A */
             if (m == 4) at6(t[i], o); else at4(t[i], o);
-            for (int j = 0; j < m; j++) r[i * m + j] = o[j];
-        }
-        for (int q = m * m; q < 16; q++) r[q] = (f32x16){0};
-        transpose16(r); /* r[k - kb]: the tile's pixels of channel k */
-        int64_t nk = k1 - kb < LB ? k1 - kb : LB;
-        for (int64_t kk = 0; kk < nk; kk++) {
-            int64_t k = kb + kk;
-            float *yk = y + k * PQ + off;
-            const float *rk = res ? res + k * PQ + off : NULL;
-            float bk = b ? b[k] : 0.0f;
-            if (m == 4 && full) { /* whole rows of 4 by vectors */
-                f32x16 z = r[kk] + bk;
-                float zz[16];
-                if (rk) { /* the residual's 4 rows joined in registers (through memory, the load would wait) */
-                    f32x4 r0, r1, r2, r3;
-                    memcpy(&r0, rk, sizeof r0);
-                    memcpy(&r1, rk + Q, sizeof r1);
-                    memcpy(&r2, rk + 2 * Q, sizeof r2);
-                    memcpy(&r3, rk + 3 * Q, sizeof r3);
-                    f32x8 r01 = __builtin_shufflevector(r0, r1, 0, 1, 2, 3, 4, 5, 6, 7);
-                    f32x8 r23 = __builtin_shufflevector(r2, r3, 0, 1, 2, 3, 4, 5, 6, 7);
-                    z += __builtin_shufflevector(r01, r23, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-                }
-                if (relu) z = (f32x16)((i32x16)z & ~(z <= 0.0f)); /* NaN stays NaN */
-                STORE16(zz, z);
-                for (int i = 0; i < 4; i++) memcpy(yk + i * Q, zz + 4 * i, 4 * sizeof(float));
-            } else {
-                float zz[16];
-                STORE16(zz, r[kk]);
-                epilogue(zz, bk, rk, relu, yk, Q, m, np, nq);
-            }
+            for (int j = 0; j < m; j++) STORE16(st + i * srow + (tx * m + j) * Kp + kb, o[j]);
         }
     }
 }
-static CSUB_ALWAYS_INLINE void out_tile4_body(const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0, int64_t q0)
+static CSUB_ALWAYS_INLINE void out_tile4_body(const float *mm, int64_t ms, float *st, int64_t srow, int64_t Kp,
+                                              int64_t k0, int64_t k1, int64_t tx)
 {
-    out_tile_body(mm, ms, b, res, relu, y, k0, k1, P, Q, p0, q0, 4);
+    out_tile_body(mm, ms, st, srow, Kp, k0, k1, tx, 4);
 }
-CSUB_VARIANTS(out_tile4, (const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0, int64_t q0),
-              (mm, ms, b, res, relu, y, k0, k1, P, Q, p0, q0))
-static CSUB_ALWAYS_INLINE void out_tile2_body(const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0, int64_t q0)
+static CSUB_ALWAYS_INLINE void out_tile2_body(const float *mm, int64_t ms, float *st, int64_t srow, int64_t Kp,
+                                              int64_t k0, int64_t k1, int64_t tx)
 {
-    out_tile_body(mm, ms, b, res, relu, y, k0, k1, P, Q, p0, q0, 2);
+    out_tile_body(mm, ms, st, srow, Kp, k0, k1, tx, 2);
 }
-CSUB_VARIANTS(out_tile2, (const float *mm, int64_t ms, const float *b, const float *res, int relu, float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0, int64_t q0),
-              (mm, ms, b, res, relu, y, k0, k1, P, Q, p0, q0))
+CSUB_VARIANTS(out_tile4, (const float *mm, int64_t ms, float *st, int64_t srow, int64_t Kp, int64_t k0, int64_t k1,
+                          int64_t tx), (mm, ms, st, srow, Kp, k0, k1, tx))
+CSUB_VARIANTS(out_tile2, (const float *mm, int64_t ms, float *st, int64_t srow, int64_t Kp, int64_t k0, int64_t k1,
+                          int64_t tx), (mm, ms, st, srow, Kp, k0, k1, tx))
+
+/* A finished strip -> y[k][p0 + i][q] = relu?(st[i][q][k] + b[k] + res[k][p0 + i][q]) for rows i < np,
+ * columns [q0, q1), channels [k0, k1): 16 x 16 blocks transposed in registers, so that the bias,
+ * residual and ReLU run on whole rows of the output (y and res read and written in order) */
+static CSUB_ALWAYS_INLINE void flush_strip_body(const float *st, int64_t srow, int64_t Kp, const float *b,
+                                                const float *res, int relu, float *y, int64_t k0, int64_t k1,
+                                                int64_t P, int64_t Q, int64_t p0, int64_t np, int64_t q0, int64_t q1)
+{
+    int64_t PQ = P * Q;
+    for (int64_t kb = k0; kb < k1; kb += LB) {
+        int64_t nk = k1 - kb < LB ? k1 - kb : LB;
+        for (int64_t i = 0; i < np; i++)
+            for (int64_t qc = q0; qc < q1; qc += 16) {
+                int64_t nq = q1 - qc < 16 ? q1 - qc : 16;
+                f32x16 r[16];
+                for (int j = 0; j < 16; j++) LOAD16(r[j], st + i * srow + (qc + j) * Kp + kb);
+                transpose16(r); /* r[kk]: columns qc .. qc + 15 of channel kb + kk */
+                for (int64_t kk = 0; kk < nk; kk++) {
+                    int64_t off = (kb + kk) * PQ + (p0 + i) * Q + qc;
+                    f32x16 z = r[kk] + (b ? b[kb + kk] : 0.0f), rz;
+                    float tail[16];
+                    if (res && nq == 16) {
+                        LOAD16(rz, res + off);
+                        z += rz;
+                    } else if (res) {
+                        memset(tail, 0, sizeof tail);
+                        memcpy(tail, res + off, sizeof(float) * (size_t)nq);
+                        LOAD16(rz, tail);
+                        z += rz;
+                    }
+                    if (relu) z = (f32x16)((i32x16)z & ~(z <= 0.0f)); /* NaN stays NaN */
+                    if (nq == 16) {
+                        STORE16(y + off, z);
+                    } else {
+                        STORE16(tail, z);
+                        memcpy(y + off, tail, sizeof(float) * (size_t)nq);
+                    }
+                }
+            }
+    }
+}
+CSUB_VARIANTS(flush_strip, (const float *st, int64_t srow, int64_t Kp, const float *b, const float *res, int relu,
+                            float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0, int64_t np, int64_t q0,
+                            int64_t q1),
+              (st, srow, Kp, b, res, relu, y, k0, k1, P, Q, p0, np, q0, q1))
 
 /* ------------------------------------------------------------ the forward */
 
 typedef struct {
     int64_t m, A2, th, tw, tpi, Hp, Wp, Cp, Kp, tb, cap;
     int64_t vs, ms; /* floats from one position's v (mm) to the next */
+    int64_t srow;   /* floats per row of the output strip */
 } wgeom;
 
 static wgeom wino_geom(int64_t C, int64_t H, int64_t W, int64_t K, int m, int64_t tb)
@@ -400,13 +401,14 @@ static wgeom wino_geom(int64_t C, int64_t H, int64_t W, int64_t K, int m, int64_
      * sizes), the 36 positions a tile's transform writes would share one or two L1 sets */
     g.vs = tb * g.Cp + LB;
     g.ms = tb * g.Kp + LB;
+    g.srow = (g.tw * m + 16) * g.Kp; /* the flush reads up to 15 columns past the last */
     return g;
 }
 
 /* Floats of work one thread needs: `cap` transposed images, the block's v and mm */
 static int64_t thread_work(const wgeom *g)
 {
-    return g->cap * g->Hp * g->Wp * g->Cp + g->A2 * (g->vs + g->ms);
+    return g->cap * g->Hp * g->Wp * g->Cp + g->A2 * (g->vs + g->ms) + g->m * g->srow;
 }
 
 /* Tiles [g0, g1) (numbered over images, tile rows, tile columns) of x[N,C,H,W] -> output channels
@@ -416,8 +418,9 @@ static void run_tiles(const float *x, const float *u, const float *b, const floa
                       int64_t kb0, int64_t kb1, float *work)
 {
     int64_t img = g->Hp * g->Wp * g->Cp, CHW = C * H * W, KHW = K * H * W, m = g->m;
-    int64_t k0 = kb0 * LB, k1 = kb1 * LB < K ? kb1 * LB : K;
-    float *xt = work, *v = xt + g->cap * img, *mm = v + g->A2 * g->vs;
+    int64_t k0 = kb0 * LB, k1 = kb1 * LB < K ? kb1 * LB : K, q0 = 0;
+    float *xt = work, *v = xt + g->cap * img, *mm = v + g->A2 * g->vs, *st = mm + g->A2 * g->ms;
+    memset(st, 0, sizeof(float) * (size_t)(m * g->srow)); /* the columns past the plane are read, never stored */
     int64_t vs = g->vs, ms = g->ms, next = g0 / g->tpi; /* the first image not yet transposed */
     for (int64_t t0 = g0; t0 < g1; t0 += g->tb) {
         int64_t nt = g1 - t0 < g->tb ? g1 - t0 : g->tb, last = (t0 + nt - 1) / g->tpi;
@@ -432,11 +435,16 @@ static void run_tiles(const float *x, const float *u, const float *b, const floa
         for (int64_t xi = 0; xi < g->A2; xi++)
             position(v + xi * vs, u + (xi * g->Kp + kb0 * LB) * g->Cp, mm + xi * ms + kb0 * LB, nt, C, g->Cp,
                      kb1 - kb0, g->Kp);
-        for (int64_t i = 0; i < nt; i++) {
+        for (int64_t i = 0; i < nt; i++) { /* each tile into its row's strip; a finished strip into y */
             int64_t t = t0 + i, n = t / g->tpi, ty = t % g->tpi / g->tw, tx = t % g->tw;
-            const float *rn = res ? res + n * KHW : NULL;
-            if (m == 4) out_tile4(mm + i * g->Kp, ms, b, rn, relu, y + n * KHW, k0, k1, H, W, ty * m, tx * m);
-            else out_tile2(mm + i * g->Kp, ms, b, rn, relu, y + n * KHW, k0, k1, H, W, ty * m, tx * m);
+            if (tx == 0 || t == g0) q0 = tx * m; /* a strip starts */
+            if (m == 4) out_tile4(mm + i * g->Kp, ms, st, g->srow, g->Kp, k0, k1, tx);
+            else out_tile2(mm + i * g->Kp, ms, st, g->srow, g->Kp, k0, k1, tx);
+            if (tx == g->tw - 1 || t == g1 - 1) {
+                int64_t p0 = ty * m, q1 = (tx + 1) * m < W ? (tx + 1) * m : W;
+                flush_strip(st, g->srow, g->Kp, b, res ? res + n * KHW : NULL, relu, y + n * KHW, k0, k1, H, W, p0,
+                            H - p0 < m ? H - p0 : m, q0, q1);
+            }
         }
     }
 }
