@@ -135,8 +135,10 @@ static CSUB_ALWAYS_INLINE void transpose_in_body(const float *x, float *xt, int6
         memset(row + (W + 1) * Cp, 0, sizeof(float) * (size_t)((Wp - W - 1) * Cp));
         for (int64_t cb = 0; cb < Cp; cb += LB) {
             int64_t nc = C - cb < LB ? C - cb : LB;
-            for (int64_t w0 = 0; w0 < W; w0 += 16) {
-                int64_t nw = W - w0 < 16 ? W - w0 : 16;
+            for (int64_t wn = 0; wn < W; wn += 16) {
+                /* whole vectors; past 16 columns the last block shifted back to end at W (the same
+                 * values stored twice), narrower planes and channel blocks through a buffer */
+                int64_t w0 = W >= 16 && wn + 16 > W ? W - 16 : wn, nw = W - w0 < 16 ? W - w0 : 16;
                 f32x16 r[16];
                 if (nc == LB && nw == 16) {
                     for (int c = 0; c < 16; c++) LOAD16(r[c], x + ((cb + c) * H + h) * W + w0);
@@ -332,39 +334,42 @@ CSUB_VARIANTS(out_tile2, (const float *mm, int64_t ms, float *st, int64_t srow, 
 
 /* A finished strip -> y[k][p0 + i][q] = relu?(st[i][q][k] + b[k] + res[k][p0 + i][q]) for rows i < np,
  * columns [q0, q1), channels [k0, k1): 16 x 16 blocks transposed in registers, so that the bias,
- * residual and ReLU run on whole rows of the output (y and res read and written in order) */
+ * residual and ReLU run on whole rows of the output (y and res read and written in order). A row
+ * of 16 or more columns goes by whole vectors, the last one shifted back to end at q1 (its first
+ * columns computed twice, the same values); a narrower one by single values. */
 static CSUB_ALWAYS_INLINE void flush_strip_body(const float *st, int64_t srow, int64_t Kp, const float *b,
                                                 const float *res, int relu, float *y, int64_t k0, int64_t k1,
                                                 int64_t P, int64_t Q, int64_t p0, int64_t np, int64_t q0, int64_t q1)
 {
-    int64_t PQ = P * Q;
+    int64_t PQ = P * Q, wide = q1 - q0 >= 16;
     for (int64_t kb = k0; kb < k1; kb += LB) {
         int64_t nk = k1 - kb < LB ? k1 - kb : LB;
         for (int64_t i = 0; i < np; i++)
-            for (int64_t qc = q0; qc < q1; qc += 16) {
-                int64_t nq = q1 - qc < 16 ? q1 - qc : 16;
+            for (int64_t qn = q0; qn < q1; qn += 16) {
+                int64_t qc = wide && qn + 16 > q1 ? q1 - 16 : qn, nq = wide ? 16 : q1 - qc;
                 f32x16 r[16];
                 for (int j = 0; j < 16; j++) LOAD16(r[j], st + i * srow + (qc + j) * Kp + kb);
                 transpose16(r); /* r[kk]: columns qc .. qc + 15 of channel kb + kk */
                 for (int64_t kk = 0; kk < nk; kk++) {
                     int64_t off = (kb + kk) * PQ + (p0 + i) * Q + qc;
-                    f32x16 z = r[kk] + (b ? b[kb + kk] : 0.0f), rz;
-                    float tail[16];
-                    if (res && nq == 16) {
-                        LOAD16(rz, res + off);
-                        z += rz;
-                    } else if (res) {
-                        memset(tail, 0, sizeof tail);
-                        memcpy(tail, res + off, sizeof(float) * (size_t)nq);
-                        LOAD16(rz, tail);
-                        z += rz;
-                    }
-                    if (relu) z = (f32x16)((i32x16)z & ~(z <= 0.0f)); /* NaN stays NaN */
+                    float bk = b ? b[kb + kk] : 0.0f;
                     if (nq == 16) {
+                        f32x16 z = r[kk] + bk, rz;
+                        if (res) {
+                            __builtin_prefetch(res + off + Q); /* the next row's (a prefetch never faults) */
+                            LOAD16(rz, res + off);
+                            z += rz;
+                        }
+                        if (relu) z = (f32x16)((i32x16)z & ~(z <= 0.0f)); /* NaN stays NaN */
                         STORE16(y + off, z);
                     } else {
-                        STORE16(tail, z);
-                        memcpy(y + off, tail, sizeof(float) * (size_t)nq);
+                        float zz[16];
+                        STORE16(zz, r[kk]);
+                        for (int64_t j = 0; j < nq; j++) {
+                            float v = zz[j] + bk;
+                            if (res) v += res[off + j];
+                            y[off + j] = relu && v <= 0.0f ? 0.0f : v;
+                        }
                     }
                 }
             }
