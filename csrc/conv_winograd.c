@@ -454,15 +454,24 @@ static void run_tiles(const float *x, const float *u, const float *b, const floa
     }
 }
 
-/* Measured (benchmarks/bench_winograd.py, AVX-512, 1 and 2 threads, batch 1 to 64): F(4x4) is faster
- * than the direct kernel on every ResNet18 and cPreResNet20 3x3 stride-1 shape with 32 or more
- * channels in and out; on 16 channels (cPreResNet20's 32 x 32 stage) its transforms, which grow with
- * C + K per tile while the products grow with C K, cost more than the products it saves. F(2x2)
- * was slower than F(4x4) on every shape. */
+/* Measured with benchmarks/bench_winograd.py (AVX-512, one thread; the machine shared with other
+ * work, so each ratio was read in several runs):
+ * - 16 channels (cPreResNet20's 32 x 32 stage): the transforms, which grow with C + K per tile while
+ *   the products grow with C K, cost more than the products saved: F(4x4) 0.83-0.95x, F(2x2)
+ *   0.45x the direct kernel's speed. Direct.
+ * - 32 to 512 channels on planes of more than 4 F(4x4) tiles (ResNet18's 55 x 55 to 14 x 14,
+ *   cPreResNet20's 16 x 16 and 8 x 8): F(4x4) 1.5-2.4x at batch 1, 2 and 16 or 64, F(2x2) slower.
+ * - 512 channels on 7 x 7 (4 tiles an image): the transformed weight, 36 C K floats (38 MB), is read
+ *   once per call for very few tiles: at batch 1 F(4x4) read 0.82-1.66x (it depends on the memory
+ *   traffic of the other work), F(2x2) (16 C K floats) 1.50-2.06x; at batch 2 F(4x4) 1.19-2.12x,
+ *   F(2x2) 1.43-1.72x. F(2x2) where a plane has at most 4 tiles and the F(4x4) weight is larger
+ *   than an L2 cache (2 MB).
+ * Returns the tile size m, or 0 for the direct kernel. */
 int csub_winograd_pays(int64_t C, int64_t K, int64_t H, int64_t W)
 {
-    (void)H, (void)W;
-    return C >= 32 && K >= 32 ? 4 : 0;
+    if (C < 32 || K < 32) return 0;
+    int64_t tiles = ((H + 3) / 4) * ((W + 3) / 4);
+    return tiles <= 4 && 36.0 * (double)C * (double)K * 4.0 > 2097152.0 ? 2 : 4;
 }
 
 /* Tiles per block by default: three groups of the AVX-512 products' 12. Measured on ResNet18's

@@ -203,10 +203,10 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
 }
 
 /* A 3x3 conv that runs dense and fused (runtime_exec.c): its weight packed for the direct kernel,
- * and where Winograd pays (csub_winograd_pays, measured) transformed for it too: the float32 dense
- * path runs it; the fake-quantized and integer paths never do (their bits must not depend on the
- * instruction set). CSUB_WINOGRAD=0 in the environment at set_alpha keeps every layer on the direct
- * kernel (its sums to float32 rounding; Winograd F(4x4) carries a few more roundings). */
+ * or where Winograd pays (csub_winograd_pays, measured: 32 or more channels in and out) transformed
+ * for it instead. Only the float32 dense path runs Winograd; the fake-quantized and integer paths
+ * never do (their bits must not depend on the instruction set). CSUB_WINOGRAD=0 in the environment
+ * at set_alpha keeps every layer on the direct kernel, whose sums carry fewer roundings. */
 static int pack_direct(csub_model *m, op_t *op)
 {
     free(op->wd);
@@ -216,18 +216,17 @@ static int pack_direct(csub_model *m, op_t *op)
     if (op->kind != OP_CONV || op->oscale || !m->fold || !csub_conv3x3_applies(op->k, op->k, op->stride, op->pad) ||
         (op->path != PATH_DENSE && op->path != PATH_FAKEQ && op->path_split != PATH_DENSE))
         return CSUB_OK;
-    if (!(op->wd = falloc(csub_conv3x3_packed_len(op->aout, op->ain)))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
-    csub_conv3x3_pack(op->wa, op->wd, op->aout, op->ain);
     shape3 s = m->vshape[op->x];
-    int wm = op->stride == 1 && (op->path == PATH_DENSE || op->path_split == PATH_DENSE) && m->winograd
-                 ? csub_winograd_pays(op->ain, op->aout, s.h, s.w)
-                 : 0;
-    if (wm) {
+    int wm = m->winograd && op->stride == 1 && op->path != PATH_FAKEQ ? csub_winograd_pays(op->ain, op->aout, s.h, s.w) : 0;
+    if (wm) { /* every call that would run the direct kernel runs this */
         if (!(op->ww = falloc(csub_winograd_packed_len(op->aout, op->ain, wm))))
             return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
         csub_winograd_pack(op->wa, op->ww, op->aout, op->ain, wm);
         op->wm = wm;
+        return CSUB_OK;
     }
+    if (!(op->wd = falloc(csub_conv3x3_packed_len(op->aout, op->ain)))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+    csub_conv3x3_pack(op->wa, op->wd, op->aout, op->ain);
     return CSUB_OK;
 }
 

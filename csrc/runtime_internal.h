@@ -81,7 +81,7 @@ typedef struct {
     float *wa, *ba, *ga;         /* dense weight (active prefix), bias, norm gamma (active) */
     float *wd;                   /* a 3x3 conv's wa packed for the direct kernel (csub_conv3x3_pack), or NULL */
     float *ww;                   /* a 3x3 stride-1 conv's wa transformed for Winograd F(wm x wm, 3x3)
-                                  * (csub_winograd_pack), or NULL: its dense path runs that */
+                                  * (csub_winograd_pack) instead of wd, or NULL: its float32 dense path runs that */
     int wm;
     int64_t *rowptr;
     int32_t *colidx;

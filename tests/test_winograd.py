@@ -272,3 +272,14 @@ def test_runtime_sparse_dense_crossover(monkeypatch):
     assert not np.array_equal(on(x), off(x))
     assert _rel(on(x), off(x)) < RTOL_WINO
     assert _rel(on(x), model(x)) < 2e-4
+
+
+def test_runtime_reports_the_transformed_weight(monkeypatch):
+    """The Winograd weight replaces the direct kernel's packed copy: F(4x4) holds 36 floats per
+    channel pair instead of 9 (plus the 16-channel padding), which the reported weight bytes count."""
+    model = _bn_model("cpreresnet20")
+    on, off = _pair(model, 1.0, (3, 32, 32), monkeypatch)
+    # cPreResNet20's 3x3 stride-1 convs with 32 or more channels: the second bottleneck's 32 -> 32
+    # and 64 -> 64 (each stage's first strides); 4 bytes x (36 - 9) per weight more with it on
+    extra = 4 * 27 * (32 * 32 + 64 * 64)
+    assert on.info()["weight_bytes"] - off.info()["weight_bytes"] == extra
