@@ -494,7 +494,7 @@ int csub_winograd_forward(const float *x, const float *u, const float *b, const 
     /* fewer images than threads: each thread a run of the tiles, or where the tiles are fewer than
      * the output channels (the transformed weight, read once per block, outweighs the inputs) a
      * range of the output channels, all tiles: every thread then reads its part of u only */
-    int split = N < nt ? (T < g.Kp ? 2 : 1) : 0;
+    int split = N < nt ? (T < g.Kp && nkb >= 2 * (int64_t)nt ? 2 : 1) : 0;
     if (split && ((split == 1 ? T : nkb) < 2 * (int64_t)nt ||
                   (double)K * (double)(H * W) * (double)(C * 9) * (double)N < CSUB_PAR_MIN_CONV))
         nt = 1, split = 0;
