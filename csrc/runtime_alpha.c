@@ -1,6 +1,11 @@
 /* runtime_alpha.c - set_alpha: the network materialised at one alpha (the
  * overview: runtime.c): the line interpolated, then per regime top-k and CSR,
- * a width prefix, or integer codes, with folded batch norms applied. */
+ * a width prefix, or integer codes, with folded batch norms applied, and the
+ * 3x3 convs' weights packed for the direct kernel or transformed for Winograd.
+ *
+ * Environment, read at each set_alpha: CSUB_WINOGRAD=0 keeps every float32
+ * dense 3x3 conv on the direct kernel (Winograd's sums carry a few more float32
+ * roundings: tests/test_winograd.py measures them). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
