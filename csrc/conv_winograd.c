@@ -63,31 +63,52 @@ int64_t csub_winograd_packed_len(int64_t K, int64_t C, int m)
     return A * A * round16(K) * round16(C);
 }
 
-/* w[K,C,3,3] -> u[A^2][Kp/16][Cp][16] = G w[k][c] G^T, zeros past K and C */
+/* o = G (x0, x1, x2) for F(m x m, 3x3): the matrices of the file comment, in float64 */
+static void gmul(int m, double x0, double x1, double x2, double *o)
+{
+    if (m == 4) {
+        double p = x0 + x2, q = x0 + 4.0 * x2;
+        o[0] = 0.25 * x0;
+        o[1] = -(p + x1) / 6.0;
+        o[2] = -(p - x1) / 6.0;
+        o[3] = (q + 2.0 * x1) / 24.0;
+        o[4] = (q - 2.0 * x1) / 24.0;
+        o[5] = x2;
+    } else {
+        o[0] = x0;
+        o[1] = 0.5 * (x0 + x1 + x2);
+        o[2] = 0.5 * (x0 - x1 + x2);
+        o[3] = x2;
+    }
+}
+
+/* w[K,C,3,3] -> u[A^2][Kp/16][Cp][16] = G w[k][c] G^T, zeros past K and C: 16 output x 16 input
+ * channels at a time into a local block, then one contiguous run per position (the positions lie
+ * Kp Cp floats apart, a multiple of 4 KB: written one value at a time they would share one cache
+ * set). Blocks split across threads; each value computed alone, the same bits on any thread count. */
 void csub_winograd_pack(const float *w, float *u, int64_t K, int64_t C, int m)
 {
-    static const double G4[6][3] = {{0.25, 0, 0}, {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                    {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
-    static const double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-    int A = m + 2;
-    int64_t Kp = round16(K), Cp = round16(C);
-    memset(u, 0, sizeof(float) * (size_t)(A * A * Kp * Cp));
-    for (int64_t k = 0; k < K; k++)
-        for (int64_t c = 0; c < C; c++) {
-            const float *g = w + (k * C + c) * 9;
-            double t[6][3], r;
-            for (int i = 0; i < A; i++) /* t = G g */
-                for (int s = 0; s < 3; s++) {
-                    r = 0;
-                    for (int q = 0; q < 3; q++) r += (m == 4 ? G4[i][q] : G2[i][q]) * g[q * 3 + s];
-                    t[i][s] = r;
+    const int A = m + 2;
+    int64_t Kp = round16(K), Cp = round16(C), xs = Kp * Cp; /* floats from one position to the next */
+    memset(u, 0, sizeof(float) * (size_t)(A * A * xs));
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (K * C >= 4096)
+    for (int64_t kb = 0; kb < Kp; kb += LB)
+        for (int64_t c0 = 0; c0 < C; c0 += LB) {
+            float blk[36][LB][LB]; /* [position][c - c0][k - kb] */
+            int64_t nc = C - c0 < LB ? C - c0 : LB;
+            memset(blk, 0, sizeof blk);
+            for (int64_t c = c0; c < c0 + nc; c++)
+                for (int64_t k = kb; k < kb + LB && k < K; k++) {
+                    const float *g = w + (k * C + c) * 9;
+                    double t[3][6], r[6];
+                    for (int q = 0; q < 3; q++) gmul(m, g[q], g[3 + q], g[6 + q], t[q]); /* t[q][i] = (G g)[i][q] */
+                    for (int i = 0; i < A; i++) { /* row i of (G g) G^T */
+                        gmul(m, t[0][i], t[1][i], t[2][i], r);
+                        for (int j = 0; j < A; j++) blk[i * A + j][c - c0][k - kb] = (float)r[j];
+                    }
                 }
-            for (int i = 0; i < A; i++) /* t G^T */
-                for (int j = 0; j < A; j++) {
-                    r = 0;
-                    for (int s = 0; s < 3; s++) r += t[i][s] * (m == 4 ? G4[j][s] : G2[j][s]);
-                    u[(((int64_t)(i * A + j) * (Kp / LB) + k / LB) * Cp + c) * LB + k % LB] = (float)r;
-                }
+            for (int xi = 0; xi < A * A; xi++)
+                memcpy(u + xi * xs + ((kb / LB) * Cp + c0) * LB, blk[xi], sizeof(float) * (size_t)(nc * LB));
         }
 }
 

@@ -215,21 +215,28 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
 static int pack_direct(csub_model *m, op_t *op)
 {
     free(op->wd);
-    free(op->ww);
-    op->wd = op->ww = NULL;
-    op->wm = 0;
+    op->wd = NULL;
+    int wm = 0;
+    if (op->kind == OP_CONV && !op->oscale && m->fold && csub_conv3x3_applies(op->k, op->k, op->stride, op->pad) &&
+        (op->path == PATH_DENSE || op->path_split == PATH_DENSE) && m->winograd && op->stride == 1) {
+        shape3 s = m->vshape[op->x];
+        wm = csub_winograd_pays(op->ain, op->aout, s.h, s.w);
+    }
+    int64_t len = wm ? csub_winograd_packed_len(op->aout, op->ain, wm) : 0;
+    if (op->ww && op->ww_len != len) { /* kept across set_alpha at the same size: no fresh pages to fault in */
+        free(op->ww);
+        op->ww = NULL;
+    }
+    op->wm = wm;
+    op->ww_len = len;
+    if (wm) { /* every call that would run the direct kernel runs this */
+        if (!op->ww && !(op->ww = falloc(len))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        csub_winograd_pack(op->wa, op->ww, op->aout, op->ain, wm);
+        return CSUB_OK;
+    }
     if (op->kind != OP_CONV || op->oscale || !m->fold || !csub_conv3x3_applies(op->k, op->k, op->stride, op->pad) ||
         (op->path != PATH_DENSE && op->path != PATH_FAKEQ && op->path_split != PATH_DENSE))
         return CSUB_OK;
-    shape3 s = m->vshape[op->x];
-    int wm = m->winograd && op->stride == 1 && op->path != PATH_FAKEQ ? csub_winograd_pays(op->ain, op->aout, s.h, s.w) : 0;
-    if (wm) { /* every call that would run the direct kernel runs this */
-        if (!(op->ww = falloc(csub_winograd_packed_len(op->aout, op->ain, wm))))
-            return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
-        csub_winograd_pack(op->wa, op->ww, op->aout, op->ain, wm);
-        op->wm = wm;
-        return CSUB_OK;
-    }
     if (!(op->wd = falloc(csub_conv3x3_packed_len(op->aout, op->ain)))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
     csub_conv3x3_pack(op->wa, op->wd, op->aout, op->ain);
     return CSUB_OK;

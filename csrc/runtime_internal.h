@@ -82,7 +82,8 @@ typedef struct {
     float *wd;                   /* a 3x3 conv's wa packed for the direct kernel (csub_conv3x3_pack), or NULL */
     float *ww;                   /* a 3x3 stride-1 conv's wa transformed for Winograd F(wm x wm, 3x3)
                                   * (csub_winograd_pack) instead of wd, or NULL: its float32 dense path runs that */
-    int wm;
+    int wm;                      /* its tile size m (2 or 4), 0 without */
+    int64_t ww_len;              /* floats of ww */
     int64_t *rowptr;
     int32_t *colidx;
     float *vals;

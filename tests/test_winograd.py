@@ -135,6 +135,24 @@ def test_against_torch(rng, torch):
             assert _err(_core.conv3x3_forward(x, w, b, res, True, winograd=m), want) < TOL[m]
 
 
+@pytest.mark.parametrize("m", [2, 4])
+def test_packed_weight_layout(rng, m):
+    """u[A^2][Kp/16][Cp][16] = G w G^T rounded from float64, zeros past K and C; the same bits on one
+    and two threads (the packing splits blocks of output channels)."""
+    K, C, A = 70, 65, m + 2
+    w = rng.standard_normal((K, C, 3, 3)).astype(np.float32)
+    want = np.zeros((A * A, 80 // 16, 80, 16), np.float32)
+    U = np.einsum("ir,kcrs,js->ijkc", G[m], w.astype(np.float64), G[m]).reshape(A * A, K, C)
+    for k in range(K):
+        want[:, k // 16, :C, k % 16] = U[:, k, :].astype(np.float32)
+    csub.set_num_threads(1)
+    one = _core.conv3x3_pack(w, m)
+    csub.set_num_threads(2)
+    two = _core.conv3x3_pack(w, m)
+    np.testing.assert_allclose(one.reshape(want.shape), want, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(one, two)
+
+
 def test_bad_arguments(rng):
     x, w, b, res = _case(rng, 2, 3, 5, 5, 4)
     with pytest.raises(ValueError, match="m: expected 2 or 4"):
