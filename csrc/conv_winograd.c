@@ -23,8 +23,9 @@
  * - the products, per position: mm[xi][tile][Kp] = sum_c v[xi][tile][c] u[xi][c][k], a
  *   register-blocked kernel (AVX-512: 12 tiles x 32 output channels in 24 registers, a
  *   broadcast input value and two weight vectors per channel);
- * - the output, per tile and 16 output channels: A^T M A, transposed in registers to one
- *   vector of the tile's m x m pixels per channel, then + bias[k] + res, ReLU, stored in rows.
+ * - the output, per tile and 16 output channels: A^T M A into a channels-last strip of the
+ *   tile row; a finished strip goes to y by 16 x 16 blocks transposed in registers, + bias[k]
+ *   + res and the ReLU applied to whole vectors of an output row (y and res in order).
  * Tiles are numbered over (image, tile row, tile column) and run in blocks of up to `tb`
  * (the positions' products reuse each weight tb times); threads take whole images
  * (N >= threads), or at N < threads runs of the tiles, or where the tiles are fewer than the
@@ -475,18 +476,18 @@ static void run_tiles(const float *x, const float *u, const float *b, const floa
     }
 }
 
-/* Measured with benchmarks/bench_winograd.py (AVX-512, one thread; the machine shared with other
- * work, so each ratio was read in several runs):
+/* Measured with benchmarks/bench_winograd.py (AVX-512, 1 and 2 threads, batch 1, 2 and 16 or 64;
+ * the machine shared with other work, so each ratio was read in several runs):
  * - 16 channels (cPreResNet20's 32 x 32 stage): the transforms, which grow with C + K per tile while
- *   the products grow with C K, cost more than the products saved: F(4x4) 0.83-0.95x, F(2x2)
- *   0.45x the direct kernel's speed. Direct.
- * - 32 to 512 channels on planes of more than 4 F(4x4) tiles (ResNet18's 55 x 55 to 14 x 14,
- *   cPreResNet20's 16 x 16 and 8 x 8): F(4x4) 1.5-2.4x at batch 1, 2 and 16 or 64, F(2x2) slower.
+ *   the products grow with C K, cost about what the products save: F(4x4) 0.83-1.25x the direct
+ *   kernel's speed (below 1 at batch 1 and 64), F(2x2) 0.29-0.90x. Direct.
+ * - 32 to 256 channels (ResNet18's 55 x 55 to 14 x 14, cPreResNet20's 16 x 16 and 8 x 8): F(4x4)
+ *   1.26-2.29x, F(2x2) slower on each shape.
  * - 512 channels on 7 x 7 (4 tiles an image): the transformed weight, 36 C K floats (38 MB), is read
- *   once per call for very few tiles: at batch 1 F(4x4) read 0.82-1.66x (it depends on the memory
- *   traffic of the other work), F(2x2) (16 C K floats) 1.50-2.06x; at batch 2 F(4x4) 1.19-2.12x,
- *   F(2x2) 1.43-1.72x. F(2x2) where a plane has at most 4 tiles and the F(4x4) weight is larger
- *   than an L2 cache (2 MB).
+ *   once per call for very few tiles: at batch 1 F(4x4) read 0.82-1.68x (it depends on the memory
+ *   traffic of the other work), F(2x2) (16 C K floats) 1.25-2.06x; at batch 2 F(4x4) 1.19-2.12x,
+ *   F(2x2) 1.40-1.72x. F(2x2) where a plane has at most 4 tiles and the F(4x4) weight is larger
+ *   than an L2 cache (2 MB): never slower than the direct kernel.
  * Returns the tile size m, or 0 for the direct kernel. */
 int csub_winograd_pays(int64_t C, int64_t K, int64_t H, int64_t W)
 {
