@@ -302,3 +302,18 @@ def test_runtime_reports_the_transformed_weight(monkeypatch):
     # and 64 -> 64 (each stage's first strides); 4 bytes x (36 - 9) per weight more with it on
     extra = 4 * 27 * (32 * 32 + 64 * 64)
     assert on.info()["weight_bytes"] - off.info()["weight_bytes"] == extra
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_runtime_structured_widths(alpha, monkeypatch):
+    """The structured regime at a narrower width transforms the active block of each weight (at 0.5,
+    cPreResNet20's 64-channel convs run 32 channels: still Winograd)."""
+    csub.manual_seed(4)
+    model = models.build("cpreresnet20", regime="structured", subspace="line")
+    model.eval()
+    x = np.random.default_rng(4).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    on, off = _pair(model, alpha, (3, 32, 32), monkeypatch)
+    model.set_alpha(alpha)
+    assert on.info()["weight_bytes"] > off.info()["weight_bytes"]
+    assert _rel(on(x), off(x)) < RTOL_WINO
+    assert _rel(on(x), model(x)) < 2e-4
