@@ -190,4 +190,18 @@ int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const 
 void csub_conv1x1_forward(const float *x, const float *w, const float *b, const float *res, int relu, float *y,
                           int64_t N, int64_t C, int64_t HW, int64_t K);
 
+/* Winograd 3x3 convolution, pad 1, stride 1 (conv_winograd.c): F(m x m, 3x3) with m = 4 or 2.
+ * The weight w[K,C,3,3] transformed once into u[csub_winograd_packed_len(K, C, m)]
+ * (csub_winograd_pack), then y[N,K,H,W] = relu?(conv(x[N,C,H,W], w) + b[K] + res[N,K,H,W]) (b, res
+ * may be NULL; res must not overlap y), tb tiles per block (0: the default).
+ * Agrees with the direct kernel to a few float32 roundings (F(4x4): tests/test_winograd.py).
+ * csub_winograd_pays: the tile size m the runtime uses for a layer of C -> K channels on H x W planes,
+ * 0 where the direct kernel is as fast (measured: benchmarks/bench_winograd.py). Returns CSUB_OK, CSUB_ERR_ARG
+ * (m not 2 or 4) or CSUB_ERR_NOMEM. */
+int64_t csub_winograd_packed_len(int64_t K, int64_t C, int m);
+void csub_winograd_pack(const float *w, float *u, int64_t K, int64_t C, int m);
+int csub_winograd_pays(int64_t C, int64_t K, int64_t H, int64_t W);
+int csub_winograd_forward(const float *x, const float *u, const float *b, const float *res, int relu, float *y,
+                          int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int m, int64_t tb);
+
 #endif /* CSUB_INTERNAL_H */

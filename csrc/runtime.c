@@ -112,6 +112,7 @@ void csub_model_info(const csub_model *m, csub_model_desc *d)
                 if (op->path != PATH_SPARSE || op->path_split != PATH_SPARSE) wb += 4 * op->aout * cols;
             }
             if (op->wd) wb += 4 * csub_conv3x3_packed_len(op->aout, op->ain); /* the direct kernel's copy */
+            if (op->ww) wb += 4 * csub_winograd_packed_len(op->aout, op->ain, op->wm); /* Winograd's transform */
             if (op->ba) wb += 4 * op->aout;
             flops += 2 * macs * o.h * o.w;
         } else if (op->kind == OP_NORM) {

@@ -1,6 +1,11 @@
 /* runtime_alpha.c - set_alpha: the network materialised at one alpha (the
  * overview: runtime.c): the line interpolated, then per regime top-k and CSR,
- * a width prefix, or integer codes, with folded batch norms applied. */
+ * a width prefix, or integer codes, with folded batch norms applied, and the
+ * 3x3 convs' weights packed for the direct kernel or transformed for Winograd.
+ *
+ * Environment, read at each set_alpha: CSUB_WINOGRAD=0 keeps every float32
+ * dense 3x3 conv on the direct kernel (Winograd's sums carry a few more float32
+ * roundings: tests/test_winograd.py measures them). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +15,8 @@
 void csub_rt_free_materialised(op_t *op)
 {
     free(op->wa); free(op->ba); free(op->ga); free(op->rowptr); free(op->colidx); free(op->vals); free(op->oscale);
-    free(op->foff); free(op->fs); free(op->wd);
-    op->wd = NULL;
+    free(op->foff); free(op->fs); free(op->wd); free(op->ww);
+    op->wd = op->ww = NULL;
     op->wa = op->ba = op->ga = op->vals = op->oscale = op->fs = NULL;
     op->rowptr = op->foff = NULL;
     op->colidx = NULL;
@@ -202,11 +207,33 @@ static int materialise_weight(csub_model *m, op_t *op, int i)
     return CSUB_OK;
 }
 
-/* A 3x3 conv that runs dense and fused (runtime_exec.c): its weight packed for the direct kernel */
+/* A 3x3 conv that runs dense and fused (runtime_exec.c): its weight packed for the direct kernel,
+ * or where Winograd pays (csub_winograd_pays, measured: 32 or more channels in and out) transformed
+ * for it instead. Only the float32 dense path runs Winograd; the fake-quantized and integer paths
+ * never do (their bits must not depend on the instruction set). CSUB_WINOGRAD=0 in the environment
+ * at set_alpha keeps every layer on the direct kernel, whose sums carry fewer roundings. */
 static int pack_direct(csub_model *m, op_t *op)
 {
     free(op->wd);
     op->wd = NULL;
+    int wm = 0;
+    if (op->kind == OP_CONV && !op->oscale && m->fold && csub_conv3x3_applies(op->k, op->k, op->stride, op->pad) &&
+        (op->path == PATH_DENSE || op->path_split == PATH_DENSE) && m->winograd && op->stride == 1) {
+        shape3 s = m->vshape[op->x];
+        wm = csub_winograd_pays(op->ain, op->aout, s.h, s.w);
+    }
+    int64_t len = wm ? csub_winograd_packed_len(op->aout, op->ain, wm) : 0;
+    if (op->ww && op->ww_len != len) { /* kept across set_alpha at the same size: no fresh pages to fault in */
+        free(op->ww);
+        op->ww = NULL;
+    }
+    op->wm = wm;
+    op->ww_len = len;
+    if (wm) { /* every call that would run the direct kernel runs this */
+        if (!op->ww && !(op->ww = falloc(len))) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory");
+        csub_winograd_pack(op->wa, op->ww, op->aout, op->ain, wm);
+        return CSUB_OK;
+    }
     if (op->kind != OP_CONV || op->oscale || !m->fold || !csub_conv3x3_applies(op->k, op->k, op->stride, op->pad) ||
         (op->path != PATH_DENSE && op->path != PATH_FAKEQ && op->path_split != PATH_DENSE))
         return CSUB_OK;
@@ -222,6 +249,8 @@ int csub_model_set_alpha(csub_model *m, double alpha)
     if (m->regime == REG_UNSTRUCTURED && alpha <= 0.0)
         return MFAIL(m, CSUB_ERR_ARG, "alpha: 0 keeps no weight in the unstructured regime; use alpha > 0");
     m->ready = 0;
+    const char *wino = getenv("CSUB_WINOGRAD"); /* "0": the direct kernel for every dense 3x3 conv */
+    m->winograd = !(wino && !strcmp(wino, "0"));
     m->alpha = alpha;
     m->keep = m->regime == REG_UNSTRUCTURED ? alpha : 1.0;
     m->width = m->regime == REG_STRUCTURED ? m->w_lo + (m->w_hi - m->w_lo) * alpha : 1.0;

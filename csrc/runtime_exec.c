@@ -93,6 +93,8 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
             if ((st = quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz))) return st;
             x = w->scratch;
         }
+        if (op->ww && path == PATH_DENSE) /* the same by Winograd (float32 dense only: runtime_alpha.c) */
+            return csub_winograd_forward(x, op->ww, b, res, op->relu, y, N, C, s.h, s.w, op->aout, op->wm, 0);
         if (op->wd) /* the same, by the direct 3x3 kernel */
             return csub_conv3x3_forward(x, op->wd, b, res, op->relu, y, N, C, s.h, s.w, op->aout, op->stride);
         if (op->kind == OP_CONV && !op->oscale && m->fold) /* bias, residual and ReLU as each image's rows are made */

@@ -80,6 +80,10 @@ typedef struct {
     int64_t agroups;
     float *wa, *ba, *ga;         /* dense weight (active prefix), bias, norm gamma (active) */
     float *wd;                   /* a 3x3 conv's wa packed for the direct kernel (csub_conv3x3_pack), or NULL */
+    float *ww;                   /* a 3x3 stride-1 conv's wa transformed for Winograd F(wm x wm, 3x3)
+                                  * (csub_winograd_pack) instead of wd, or NULL: its float32 dense path runs that */
+    int wm;                      /* its tile size m (2 or 4), 0 without */
+    int64_t ww_len;              /* floats of ww */
     int64_t *rowptr;
     int32_t *colidx;
     float *vals;
@@ -124,6 +128,7 @@ struct csub_model {
     int bits, ready;
     int split;                   /* the last forward split its images across threads */
     int fold;                    /* batch norms folded, ReLUs and residual adds in the conv's epilogue (CSUB_FOLD) */
+    int winograd;                /* Winograd for the dense 3x3 stride-1 convs that pay (CSUB_WINOGRAD, at set_alpha) */
 };
 
 #define MFAIL(m, code, ...) csub_fail((m)->err, sizeof (m)->err, code, __VA_ARGS__)

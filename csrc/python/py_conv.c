@@ -326,11 +326,113 @@ static PyObject *py_cross_entropy_backward(PyObject *self, PyObject *args, PyObj
     return (PyObject *)d;
 }
 
+
+/* ------------------------------------- 3x3 kernels with a packed weight (direct, Winograd) */
+
+/* The weight w[K,C,3,3] (named "w") of a 3x3 kernel on x[N,C,H,W] (stride, pad 1) */
+static int conv3x3_check(PyArrayObject *x, PyArrayObject *w, long long stride, conv_dims *d)
+{
+    if (conv_check(x, w, stride, 1, d)) return -1;
+    if (d->R != 3 || d->S != 3) {
+        PyErr_Format(PyExc_ValueError, "w: expected a 3x3 kernel (K, C, 3, 3), got %lldx%lld",
+                     (long long)d->R, (long long)d->S);
+        return -1;
+    }
+    return 0;
+}
+
+/* b[K], res[N,K,P,Q] and a packed weight of `len` floats, each when given */
+static int epilogue_check(PyArrayObject *b, PyArrayObject *res, PyArrayObject *packed, const conv_dims *d, int64_t len)
+{
+    npy_intp bs[1] = {d->K}, rs[4] = {d->N, d->K, d->P, d->Q};
+    if (shape_check(b, "b", 1, bs, "(out_channels,)") || shape_check(res, "res", 4, rs, "(N, K, P, Q)")) return -1;
+    if (packed && PyArray_SIZE(packed) != len) {
+        PyErr_Format(PyExc_ValueError, "packed: expected %lld floats for this weight, got %lld", (long long)len,
+                     (long long)PyArray_SIZE(packed));
+        return -1;
+    }
+    return 0;
+}
+
+static int winograd_m(int m)
+{
+    if (m == 2 || m == 4) return 0;
+    PyErr_Format(PyExc_ValueError, "m: expected 2 or 4 (the output tile F(m x m, 3x3)), got %d", m);
+    return -1;
+}
+
+static PyObject *py_conv3x3_pack(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *w;
+    int m = 0;
+    KW("w", "winograd");
+    if (!parse(args, kw, "O&|i", kwlist, ARG_F32(w, 4), &m)) return NULL;
+    npy_intp K = PyArray_DIM(w, 0), C = PyArray_DIM(w, 1);
+    if (PyArray_DIM(w, 2) != 3 || PyArray_DIM(w, 3) != 3) {
+        PyErr_SetString(PyExc_ValueError, "w: expected a 3x3 kernel (K, C, 3, 3)");
+        return NULL;
+    }
+    if (m && winograd_m(m)) return NULL;
+    npy_intp d[1] = {m ? csub_winograd_packed_len(K, C, m) : csub_conv3x3_packed_len(K, C)};
+    PyArrayObject *u = new_f32(1, d);
+    if (!u) return NULL;
+    if (m) NOGIL(csub_winograd_pack(F32(w), F32(u), K, C, m));
+    else NOGIL(csub_conv3x3_pack(F32(w), F32(u), K, C));
+    return (PyObject *)u;
+}
+
+/* The direct (winograd=0) or Winograd (winograd=m) 3x3 forward with the runtime's fused epilogue */
+static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *w, *b = NULL, *res = NULL, *packed = NULL;
+    long long stride = 1, tb = 0;
+    int relu = 0, m = 0;
+    KW("x", "w", "b", "res", "relu", "stride", "winograd", "packed", "tiles_per_block");
+    if (!parse(args, kw, "O&O&|O&O&pLiO&L", kwlist, ARG_F32(x, 4), ARG_F32(w, 4), ARG_OPT_F32(b, 1),
+               ARG_OPT_F32(res, 4), &relu, &stride, &m, ARG_OPT_F32(packed, 1), &tb))
+        return NULL;
+    conv_dims d;
+    if (conv3x3_check(x, w, stride, &d)) return NULL;
+    if (m && (winograd_m(m) || (stride != 1 && (PyErr_SetString(PyExc_ValueError,
+                                                                "stride: Winograd takes stride 1 only"), 1))))
+        return NULL;
+    if (!m && stride != 1 && stride != 2) {
+        PyErr_SetString(PyExc_ValueError, "stride: the direct kernel takes 1 or 2");
+        return NULL;
+    }
+    if (tb < 0 || tb > 4096) {
+        PyErr_SetString(PyExc_ValueError, "tiles_per_block: expected 0 (automatic) to 4096");
+        return NULL;
+    }
+    int64_t len = m ? csub_winograd_packed_len(d.K, d.C, m) : csub_conv3x3_packed_len(d.K, d.C);
+    if (epilogue_check(b, res, packed, &d, len)) return NULL;
+    npy_intp ys[4] = {d.N, d.K, d.P, d.Q};
+    PyArrayObject *y = new_f32(4, ys);
+    if (!y) return NULL;
+    float *u = packed ? F32(packed) : malloc(sizeof(float) * (size_t)(len > 0 ? len : 1));
+    if (!u) {
+        Py_DECREF(y);
+        return PyErr_NoMemory();
+    }
+    int st;
+    NOGIL(if (!packed) { if (m) csub_winograd_pack(F32(w), u, d.K, d.C, m); else csub_conv3x3_pack(F32(w), u, d.K, d.C); }
+          st = m ? csub_winograd_forward(F32(x), u, OPT_F32(b), OPT_F32(res), relu, F32(y), d.N, d.C, d.H, d.W, d.K, m, tb)
+                 : csub_conv3x3_forward(F32(x), u, OPT_F32(b), OPT_F32(res), relu, F32(y), d.N, d.C, d.H, d.W, d.K,
+                                        stride));
+    if (!packed) free(u);
+    return finish(st, "conv3x3_forward", y);
+}
+
 PyMethodDef csub_py_conv_methods[] = {
     M(linear_forward, "linear_forward(x[N,I], w[O,I], b[O]=None) -> y[N,O]"),
     M(linear_backward, "linear_backward(x, w, dy[N,O], dw=None, db=None, need_dx=True) -> dx; dw, db +="),
     M(conv2d_forward, "conv2d_forward(x[N,C,H,W], w[K,C,R,S], b=None, stride=1, padding=0) -> y[N,K,P,Q]"),
     M(conv2d_backward, "conv2d_backward(x, w, dy, dw=None, db=None, stride=1, padding=0, need_dx=True) -> dx; dw, db +="),
+    M(conv3x3_pack, "conv3x3_pack(w[K,C,3,3], winograd=0) -> the weight packed for conv3x3_forward (winograd=m: "
+                    "transformed for F(m x m, 3x3), m = 2 or 4)"),
+    M(conv3x3_forward, "conv3x3_forward(x[N,C,H,W], w[K,C,3,3], b=None, res=None, relu=False, stride=1, winograd=0, "
+                       "packed=None, tiles_per_block=0) -> y = relu?(conv(x, w, pad 1) + b + res): the runtime's direct "
+                       "3x3 kernel, or Winograd F(m x m, 3x3) for winograd=m (stride 1); packed: conv3x3_pack(w, winograd)"),
     M(relu_forward, "relu_forward(x) -> y"),
     M(relu_backward, "relu_backward(x, dy) -> dx"),
     M(add, "add(a, b, out=None) -> a + b (out may be a or b)"),
