@@ -106,14 +106,14 @@ void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
 /* -------------------------------------------------------------- kernels */
 
 /* sp_gather_body over 8 n outputs (n < 8, a constant where it is inlined) in one pass */
-static CSUB_ALWAYS_INLINE void sp_gather_vec8(float *restrict out, int n, const float *base,
+static CSUB_ALWAYS_INLINE void sp_gather_vec8(float *out, int n, const float *base,
                                               const int64_t *restrict off, const float *restrict v, int64_t T,
                                               float init, const float *r)
 {
     vf8 a[7];
     for (int j = 0; j < n; j++) {
         a[j] = (vf8){0} + init;
-        if (r) a[j] += *(const vf8 *)(r + 8 * j);
+        if (r) a[j] = *(const vf8 *)(r + 8 * j);
     }
     for (int64_t t = 0; t < T; t++) {
         const float *s = base + off[t];
@@ -123,8 +123,9 @@ static CSUB_ALWAYS_INLINE void sp_gather_vec8(float *restrict out, int n, const 
     for (int j = 0; j < n; j++) *(vf8 *)(out + 8 * j) = a[j];
 }
 
-/* out[i] = init (+ r[i] when r) + sum_t v[t] * base[off[t] + i], i in [0, L) */
-static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, const float *base,
+/* out[i] = (r ? r[i] : init) + sum_t v[t] * base[off[t] + i], i in [0, L), the sum in order of t
+ * (r may be out itself: a sum continued) */
+static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float *base,
                                               const int64_t *restrict off, const float *restrict v, int64_t T,
                                               float init, const float *r)
 {
@@ -137,7 +138,7 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, co
         vf8 a[8];
         for (int j = 0; j < 8; j++) {
             a[j] = (vf8){0} + init;
-            if (r) a[j] += V8(r + i0 + 8 * j);
+            if (r) a[j] = V8(r + i0 + 8 * j);
         }
         for (int64_t t = 0; t < T; t++) {
             const float *s = base + off[t] + i0;
@@ -171,7 +172,7 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, co
     int64_t n1 = L - i0;
     if (n1 > 0) {
         float a[7];
-        for (int64_t i = 0; i < n1; i++) a[i] = init + (r ? r[i0 + i] : 0.0f);
+        for (int64_t i = 0; i < n1; i++) a[i] = r ? r[i0 + i] : init;
         for (int64_t t = 0; t < T; t++) {
             const float *s = base + off[t] + i0;
             float vt = v[t];
@@ -180,7 +181,7 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, co
         for (int64_t i = 0; i < n1; i++) out[i0 + i] = a[i];
     }
 }
-CSUB_VARIANTS(sp_gather, (float *restrict out, int64_t L, const float *base, const int64_t *restrict off,
+CSUB_VARIANTS(sp_gather, (float *out, int64_t L, const float *base, const int64_t *restrict off,
                           const float *restrict v, int64_t T, float init, const float *r),
               (out, L, base, off, v, T, init, r))
 
@@ -312,21 +313,22 @@ static CSUB_ALWAYS_INLINE void copy_even_body(float *restrict dst, const float *
 }
 CSUB_VARIANTS(copy_even, (float *restrict dst, const float *restrict src, int64_t n), (dst, src, n))
 
-/* planes[(c*sa + a)*sb + b][i*Wph + j] = xpad[c][i*st + a][j*st + b] (0 outside x),
+/* planes[(c*sa + a)*sb + b][i*rs + j] = xpad[c][i*st + a][j*st + b] (0 outside x), j < Wph,
+ * plane stride ps (rs = Wph, ps = plane: one image alone; the forward puts several side by side),
  * channels [c0, c1), plane rows [i0, i1) */
-static void build_planes(const geom *g, const float *xn, float *planes, int64_t c0, int64_t c1,
+static void build_planes(const geom *g, const float *xn, float *planes, int64_t rs, int64_t ps, int64_t c0, int64_t c1,
                          int64_t i0, int64_t i1)
 {
     int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph;
     for (int64_t c = c0; c < c1; c++)
         for (int64_t a = 0; a < g->sa; a++)
             for (int64_t b = 0; b < g->sb; b++) {
-                float *pl = planes + ((c * g->sa + a) * g->sb + b) * g->plane;
+                float *pl = planes + ((c * g->sa + a) * g->sb + b) * ps;
                 const float *xc = xn + c * H * W;
                 int64_t j0, j1;
                 valid_cols(g, b, &j0, &j1);
                 for (int64_t i = i0; i < i1; i++) {
-                    float *row = pl + i * Wph;
+                    float *row = pl + i * rs;
                     int64_t h = i * st + a - pad;
                     if (h < 0 || h >= H) {
                         memset(row, 0, sizeof(float) * Wph);
@@ -399,31 +401,96 @@ static void split(int64_t n, int t, int T, int64_t *lo, int64_t *hi)
 
 /* ------------------------------------------------------------- forward */
 
-/* One image's output rows [k0, k1), plane rows [p0, p1):
- * y[n][k] = b[k] (+ res[n][k]) + sum over row k of w * shifted planes. wide: (p1 - p0) * Wph floats. */
-static void fwd_rows(const geom *g, const int64_t *rowptr, const int64_t *foff, const float *values,
-                     const float *b, const float *planes, const float *resn, float *yn, float *wide, int64_t k0,
-                     int64_t k1, int64_t p0, int64_t p1)
+/* The forward's blocking. The gather reads each plane value once per kept weight
+ * and output channel, with no reuse in registers, so it runs at the speed of the
+ * cache the planes come from. The output rows go in bands of B rows, the input
+ * channels in blocks of Cb, so that the plane rows one (band, channel block)
+ * reads fit in L1 while Kc output channels at a time gather from them, each
+ * continuing its sum in a wide buffer (Kc wide rows of Lw floats, L2) from one
+ * channel block to the next. The kept weights of a CSR row are sorted by
+ * column, so a channel block's are a contiguous run of it, and every output is
+ * the same sum in the same order as unblocked. */
+typedef struct {
+    int64_t B, Cb, ncb, Lw, Kc;
+} flay;
+
+#define FWD_L1_FLOATS 8192    /* plane values of one (band, channel block), at most: 32 KB */
+#define FWD_WIDE_FLOATS 16384 /* one thread's wide rows: 64 KB */
+
+static flay fwd_layout(const geom *g)
 {
-    int64_t PQ = g->P * g->Q, Q = g->Q, Wph = g->Wph;
-    const float *base = planes + p0 * Wph;
-    for (int64_t k = k0; k < k1; k++) {
-        int64_t t0 = rowptr[k], T = rowptr[k + 1] - t0;
-        float init = b ? b[k] : 0.0f;
-        const float *r = resn ? resn + k * PQ + p0 * Q : NULL;
-        float *out = yn + k * PQ + p0 * Q;
-        if (g->direct_y) {
-            sp_gather(out, (p1 - p0) * Q, base, foff + t0, values + t0, T, init, r);
-        } else {
-            sp_gather(wide, (p1 - p0) * Wph, base, foff + t0, values + t0, T, init, NULL);
-            for (int64_t p = 0; p < p1 - p0; p++) {
-                if (r)
-                    for (int64_t q = 0; q < Q; q++) out[p * Q + q] = wide[p * Wph + q] + r[p * Q + q];
-                else
-                    memcpy(out + p * Q, wide + p * Wph, sizeof(float) * Q);
-            }
+    flay f;
+    int64_t halo = g->Hph - g->P, ph = g->sa * g->sb, cmin = g->C < 32 ? g->C : 32;
+    f.B = FWD_L1_FLOATS / (cmin * ph * g->Wph) - halo; /* rows for at least 32 channels */
+    if (f.B < 1) f.B = 1;
+    if (f.B > g->P) f.B = g->P;
+    f.Cb = FWD_L1_FLOATS / (ph * (f.B + halo) * g->Wph);
+    if (f.Cb < 1) f.Cb = 1;
+    if (f.Cb > g->C) f.Cb = g->C;
+    f.ncb = (g->C + f.Cb - 1) / f.Cb;
+    f.Lw = (f.B * g->Wph + 7) / 8 * 8;
+    f.Kc = FWD_WIDE_FLOATS / f.Lw;
+    if (f.Kc < 1) f.Kc = 1;
+    return f;
+}
+
+/* cbp[k * ncb + j] = the first kept weight of CSR row k in channel block j or later, cbp[K * ncb] = nnz
+ * (so that row k's weights of block j are [cbp[k * ncb + j], cbp[k * ncb + j + 1]), and one block is
+ * rowptr itself; foff: plane offsets, monotone within a row; a channel has ph = sa * sb planes) */
+static void fwd_block_ptrs(const geom *g, const flay *f, const int64_t *rowptr, const int64_t *foff, int64_t *cbp)
+{
+    int64_t blk = f->Cb * g->sa * g->sb * g->plane; /* offsets of one channel block */
+    for (int64_t k = 0; k < g->K; k++) {
+        int64_t *p = cbp + k * f->ncb, t = rowptr[k], end = rowptr[k + 1];
+        for (int64_t j = 0; j < f->ncb; j++) {
+            p[j] = t;
+            while (t < end && foff[t] < (j + 1) * blk) t++;
         }
     }
+    cbp[g->K * f->ncb] = rowptr[g->K];
+}
+
+/* One image's output rows [p0, p1) of output channels [k0, k1), k1 - k0 <= Kc:
+ * y[n][k] = b[k] + sum over row k of w * shifted planes (+ res[n][k]).
+ * wide: Kc * Lw floats. round: the wide rows may be computed up to a multiple of 8
+ * floats (the planes have slack past their end). */
+static void fwd_block(const geom *g, const flay *f, const int64_t *cbp, const int64_t *foff,
+                      const float *values, const float *b, const float *planes, const float *resn, float *yn,
+                      float *wide, int round, int64_t k0, int64_t k1, int64_t p0, int64_t p1)
+{
+    int64_t PQ = g->P * g->Q, Q = g->Q, Wph = g->Wph, nb = f->ncb;
+    int64_t L = (p1 - p0) * Wph;
+    if (round) L = (L + 7) / 8 * 8;
+    const float *base = planes + p0 * Wph;
+    for (int64_t j = 0; j < f->ncb; j++)
+        for (int64_t k = k0; k < k1; k++) {
+            int64_t t0 = cbp[k * nb + j], T = cbp[k * nb + j + 1] - t0;
+            float *wk = wide + (k - k0) * f->Lw;
+            if (j == 0) sp_gather(wk, L, base, foff + t0, values + t0, T, b ? b[k] : 0.0f, NULL);
+            else if (T) sp_gather(wk, L, base, foff + t0, values + t0, T, 0.0f, wk);
+        }
+    for (int64_t k = k0; k < k1; k++) {
+        const float *wk = wide + (k - k0) * f->Lw, *r = resn ? resn + k * PQ : NULL;
+        float *out = yn + k * PQ;
+        for (int64_t p = p0; p < p1; p++) {
+            const float *src = wk + (p - p0) * Wph;
+            if (r)
+                for (int64_t q = 0; q < Q; q++) out[p * Q + q] = src[q] + r[p * Q + q];
+            else
+                memcpy(out + p * Q, src, sizeof(float) * Q);
+        }
+    }
+}
+
+/* fwd_block over rows [p0, p1) in bands of B, output channels [k0, k1) in chunks of Kc */
+static void fwd_rows(const geom *g, const flay *f, const int64_t *cbp, const int64_t *foff, const float *values,
+                     const float *b, const float *planes, const float *resn, float *yn, float *wide, int round,
+                     int64_t k0, int64_t k1, int64_t p0, int64_t p1)
+{
+    for (int64_t q0 = p0; q0 < p1; q0 += f->B)
+        for (int64_t c0 = k0; c0 < k1; c0 += f->Kc)
+            fwd_block(g, f, cbp, foff, values, b, planes, resn, yn, wide, round, c0, c0 + f->Kc < k1 ? c0 + f->Kc : k1,
+                      q0, q0 + f->B < p1 ? q0 + f->B : p1);
 }
 
 int csub_conv2d_sparse_offsets(const int32_t *colidx, int64_t nnz, int64_t C, int64_t H, int64_t W,
@@ -444,20 +511,21 @@ static int fwd_threads(void)
     return omp_in_parallel() ? 1 : csub_get_num_threads();
 }
 
-/* Floats of planes (one image, with the slack the wide rows read past the last
+/* Floats of planes (one image, with the slack the rounded wide rows read past the last
  * plane) and of one thread's wide rows. */
-static void fwd_sizes(const geom *g, int64_t *plane_floats, int64_t *wide_floats)
+static void fwd_sizes(const geom *g, const flay *f, int64_t *plane_floats, int64_t *wide_floats)
 {
-    *plane_floats = g->direct_x ? 0 : g->nplanes * g->plane + g->Wph;
-    *wide_floats = g->direct_y ? 0 : g->L;
+    *plane_floats = g->direct_x ? 0 : g->nplanes * g->plane + g->Wph + 8;
+    *wide_floats = f->Kc * f->Lw;
 }
 
 int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
                                 int64_t stride, int64_t pad, int nthreads)
 {
     geom g = make_geom(N, C, H, W, 1, R, S, stride, pad);
+    flay f = fwd_layout(&g);
     int64_t pf, wf;
-    fwd_sizes(&g, &pf, &wf);
+    fwd_sizes(&g, &f, &pf, &wf);
     if (nthreads < 1) nthreads = 1;
     return (pf + wf) * nthreads;
 }
@@ -469,34 +537,45 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                                        const float *res, float *work, int64_t work_len)
 {
     geom g = make_geom(N, C, H, W, K, R, S, stride, pad);
+    flay f = fwd_layout(&g);
     int64_t PQ = g.P * g.Q, pf, wf;
     int nt = fwd_threads();
     if (N < nt && (double)rowptr[K] * (double)g.L < CSUB_PAR_MIN_SPARSE) nt = 1; /* one image, little work */
-    fwd_sizes(&g, &pf, &wf);
+    fwd_sizes(&g, &f, &pf, &wf);
     int outer = N >= nt;            /* threads split the batch, else each image: */
     int bands = !outer && g.P >= nt; /* by output rows (csub_row_band), or by output channels */
+    int round = !g.direct_x;        /* the planes have slack: whole 8-float vectors */
     int64_t need = (pf + wf) * nt;
     float *own = NULL;
+    int64_t *cbp = NULL; /* channel block pointers of the CSR rows, or rowptr itself for one block */
     if (work_len < need) {
         if (!(own = malloc(sizeof(float) * (size_t)(need > 0 ? need : 1)))) return CSUB_ERR_NOMEM;
         work = own;
     }
+    if (f.ncb > 1) {
+        if (!(cbp = malloc(sizeof(int64_t) * (size_t)(K * f.ncb + 1)))) {
+            free(own);
+            return CSUB_ERR_NOMEM;
+        }
+        fwd_block_ptrs(&g, &f, rowptr, foff, cbp);
+    }
+    const int64_t *bp = cbp ? cbp : rowptr; /* one block: row k's are [rowptr[k], rowptr[k + 1]) */
     float *wides = work + pf * nt;
     for (int u = 0; u < (outer ? nt : 1) && pf; u++) /* the slack past the planes: read, never used */
-        memset(work + pf * u + pf - g.Wph, 0, sizeof(float) * (size_t)g.Wph);
+        memset(work + pf * u + g.nplanes * g.plane, 0, sizeof(float) * (size_t)(pf - g.nplanes * g.plane));
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
-        float *wt = wf ? wides + wf * t : NULL;
+        float *wt = wides + wf * t;
         if (outer) {
             int64_t n0, n1;
             split(N, t, T, &n0, &n1);
             float *pl = pf ? work + pf * t : NULL;
             for (int64_t n = n0; n < n1; n++) {
                 const float *xn = x + n * C * H * W;
-                if (pl) build_planes(&g, xn, pl, 0, C, 0, g.Hph);
+                if (pl) build_planes(&g, xn, pl, g.Wph, g.plane, 0, C, 0, g.Hph);
                 const float *rn = res ? res + n * K * PQ : NULL;
-                fwd_rows(&g, rowptr, foff, values, b, pl ? pl : xn, rn, y + n * K * PQ, wt, 0, K, 0, g.P);
+                fwd_rows(&g, &f, bp, foff, values, b, pl ? pl : xn, rn, y + n * K * PQ, wt, round, 0, K, 0, g.P);
             }
         } else {
             for (int64_t n = 0; n < N; n++) {
@@ -505,21 +584,23 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                 csub_row_band(g.P, t, T, &p0, &p1);
                 if (pf) { /* bands: a thread lays out the plane rows of its own output rows (the last one also
                            * the rows below), then reads its neighbour's first rows too */
-                    if (bands) build_planes(&g, xn, work, 0, C, p0, t == T - 1 ? g.Hph : p1);
-                    else split(C, t, T, &lo, &hi), build_planes(&g, xn, work, lo, hi, 0, g.Hph);
+                    if (bands) build_planes(&g, xn, work, g.Wph, g.plane, 0, C, p0, t == T - 1 ? g.Hph : p1);
+                    else split(C, t, T, &lo, &hi), build_planes(&g, xn, work, g.Wph, g.plane, lo, hi, 0, g.Hph);
                     #pragma omp barrier
                 }
+                const float *pl = pf ? work : xn;
                 if (bands) {
-                    fwd_rows(&g, rowptr, foff, values, b, pf ? work : xn, rn, y + n * K * PQ, wt, 0, K, p0, p1);
+                    fwd_rows(&g, &f, bp, foff, values, b, pl, rn, y + n * K * PQ, wt, round, 0, K, p0, p1);
                 } else {
                     split(K, t, T, &lo, &hi);
-                    fwd_rows(&g, rowptr, foff, values, b, pf ? work : xn, rn, y + n * K * PQ, wt, lo, hi, 0, g.P);
+                    fwd_rows(&g, &f, bp, foff, values, b, pl, rn, y + n * K * PQ, wt, round, lo, hi, 0, g.P);
                 }
                 #pragma omp barrier
             }
         }
     }
     free(own);
+    free(cbp);
     return CSUB_OK;
 }
 
@@ -645,7 +726,7 @@ int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int
                 if (dz) build_dyz(&g, dyn, dz, 0, K);
                 const float *d = dz ? dz : dyn;
                 if (do_dw) {
-                    if (pl) build_planes(&g, xn, pl, 0, C, 0, g.Hph);
+                    if (pl) build_planes(&g, xn, pl, g.Wph, g.plane, 0, C, 0, g.Hph);
                     dw_rows(&g, rowptr, foff, pl ? pl : xn, d, dv, 0, K);
                 }
                 if (dx) {
@@ -664,7 +745,7 @@ int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int
                 }
                 if (do_dw && planes) {
                     split(C, t, T, &lo, &hi);
-                    build_planes(&g, xn, planes, lo, hi, 0, g.Hph);
+                    build_planes(&g, xn, planes, g.Wph, g.plane, lo, hi, 0, g.Hph);
                 }
                 #pragma omp barrier
                 const float *d = dyzs ? dyzs : dyn;
