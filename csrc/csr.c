@@ -105,6 +105,24 @@ void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
 
 /* -------------------------------------------------------------- kernels */
 
+/* sp_gather_body over 16 n outputs (n < 8, a constant where it is inlined) in one pass */
+static CSUB_ALWAYS_INLINE void sp_gather_vec16(float *out, int n, const float *base,
+                                               const int64_t *restrict off, const float *restrict v, int64_t T,
+                                               float init, const float *r)
+{
+    vf a[7];
+    for (int j = 0; j < n; j++) {
+        a[j] = (vf){0} + init;
+        if (r) a[j] = vload(r + 16 * j);
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const float *s = base + off[t];
+        float vt = v[t];
+        for (int j = 0; j < n; j++) a[j] += vt * vload(s + 16 * j);
+    }
+    for (int j = 0; j < n; j++) vstore(out + 16 * j, a[j]);
+}
+
 /* sp_gather_body over 8 n outputs (n < 8, a constant where it is inlined) in one pass */
 static CSUB_ALWAYS_INLINE void sp_gather_vec8(float *out, int n, const float *base,
                                               const int64_t *restrict off, const float *restrict v, int64_t T,
@@ -130,45 +148,47 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
                                               float init, const float *r)
 {
     int64_t i0 = 0;
-    /* 64 outputs as eight 8-float vectors: the shifted windows start anywhere, and
-     * a 32-byte load crosses a cache line half as often as a 64-byte one (2 % on
-     * the sparse cPreResNet20 at batch 1; two passes below take the rest) */
-#define V8(p) (*(const vf8 *)(p))
-    for (; i0 + 64 <= L; i0 += 64) {
-        vf8 a[8];
+    /* 128 outputs as eight 16-float vectors: one load per multiply-add, the
+     * shifted windows unaligned (from L1 a 16-float load that crosses a cache
+     * line still moves more per cycle than two 8-float ones) */
+    for (; i0 + 128 <= L; i0 += 128) {
+        vf a[8];
         for (int j = 0; j < 8; j++) {
-            a[j] = (vf8){0} + init;
-            if (r) a[j] = V8(r + i0 + 8 * j);
+            a[j] = (vf){0} + init;
+            if (r) a[j] = vload(r + i0 + 16 * j);
         }
         for (int64_t t = 0; t < T; t++) {
             const float *s = base + off[t] + i0;
             float vt = v[t];
-            a[0] += vt * V8(s);
-            a[1] += vt * V8(s + 8);
-            a[2] += vt * V8(s + 16);
-            a[3] += vt * V8(s + 24);
-            a[4] += vt * V8(s + 32);
-            a[5] += vt * V8(s + 40);
-            a[6] += vt * V8(s + 48);
-            a[7] += vt * V8(s + 56);
+            a[0] += vt * vload(s);
+            a[1] += vt * vload(s + 16);
+            a[2] += vt * vload(s + 32);
+            a[3] += vt * vload(s + 48);
+            a[4] += vt * vload(s + 64);
+            a[5] += vt * vload(s + 80);
+            a[6] += vt * vload(s + 96);
+            a[7] += vt * vload(s + 112);
         }
-        for (int j = 0; j < 8; j++) *(vf8 *)(out + i0 + 8 * j) = a[j];
+        for (int j = 0; j < 8; j++) vstore(out + i0 + 16 * j, a[j]);
     }
-#undef V8
-    /* the rest, under 64 outputs, in two passes over the kept weights: up to seven
-     * 8-float vectors, then up to seven single floats (the same sums, lane by lane) */
-    int64_t n8 = (L - i0) / 8;
-    switch (n8) {
-    case 7: sp_gather_vec8(out + i0, 7, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 6: sp_gather_vec8(out + i0, 6, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 5: sp_gather_vec8(out + i0, 5, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 4: sp_gather_vec8(out + i0, 4, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 3: sp_gather_vec8(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 2: sp_gather_vec8(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 1: sp_gather_vec8(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    /* the rest, under 128 outputs: up to seven 16-float vectors in one pass, then (under 16)
+     * up to one 8-float vector and up to seven single floats (the same sums, lane by lane) */
+    int64_t n16 = (L - i0) / 16;
+    switch (n16) {
+    case 7: sp_gather_vec16(out + i0, 7, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 6: sp_gather_vec16(out + i0, 6, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 5: sp_gather_vec16(out + i0, 5, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 4: sp_gather_vec16(out + i0, 4, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 3: sp_gather_vec16(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 2: sp_gather_vec16(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 1: sp_gather_vec16(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
     default: break;
     }
-    i0 += 8 * n8;
+    i0 += 16 * n16;
+    if (i0 + 8 <= L) {
+        sp_gather_vec8(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL);
+        i0 += 8;
+    }
     int64_t n1 = L - i0;
     if (n1 > 0) {
         float a[7];
@@ -414,21 +434,21 @@ typedef struct {
     int64_t B, Cb, ncb, Lw, Kc;
 } flay;
 
+#define FWD_MIN_L 128         /* outputs of a band's wide row, at least (one 128-output tile) */
 #define FWD_L1_FLOATS 8192    /* plane values of one (band, channel block), at most: 32 KB */
 #define FWD_WIDE_FLOATS 16384 /* one thread's wide rows: 64 KB */
 
 static flay fwd_layout(const geom *g)
 {
     flay f;
-    int64_t halo = g->Hph - g->P, ph = g->sa * g->sb, cmin = g->C < 32 ? g->C : 32;
-    f.B = FWD_L1_FLOATS / (cmin * ph * g->Wph) - halo; /* rows for at least 32 channels */
-    if (f.B < 1) f.B = 1;
+    int64_t halo = g->Hph - g->P, ph = g->sa * g->sb;
+    f.B = (FWD_MIN_L + g->Wph - 1) / g->Wph; /* rows for a wide band of FWD_MIN_L outputs */
     if (f.B > g->P) f.B = g->P;
     f.Cb = FWD_L1_FLOATS / (ph * (f.B + halo) * g->Wph);
     if (f.Cb < 1) f.Cb = 1;
     if (f.Cb > g->C) f.Cb = g->C;
     f.ncb = (g->C + f.Cb - 1) / f.Cb;
-    f.Lw = (f.B * g->Wph + 7) / 8 * 8;
+    f.Lw = (f.B * g->Wph + 15) / 16 * 16;
     f.Kc = FWD_WIDE_FLOATS / f.Lw;
     if (f.Kc < 1) f.Kc = 1;
     return f;
@@ -452,7 +472,7 @@ static void fwd_block_ptrs(const geom *g, const flay *f, const int64_t *rowptr, 
 
 /* One image's output rows [p0, p1) of output channels [k0, k1), k1 - k0 <= Kc:
  * y[n][k] = b[k] + sum over row k of w * shifted planes (+ res[n][k]).
- * wide: Kc * Lw floats. round: the wide rows may be computed up to a multiple of 8
+ * wide: Kc * Lw floats. round: the wide rows may be computed up to a multiple of 16
  * floats (the planes have slack past their end). */
 static void fwd_block(const geom *g, const flay *f, const int64_t *cbp, const int64_t *foff,
                       const float *values, const float *b, const float *planes, const float *resn, float *yn,
@@ -460,7 +480,7 @@ static void fwd_block(const geom *g, const flay *f, const int64_t *cbp, const in
 {
     int64_t PQ = g->P * g->Q, Q = g->Q, Wph = g->Wph, nb = f->ncb;
     int64_t L = (p1 - p0) * Wph;
-    if (round) L = (L + 7) / 8 * 8;
+    if (round) L = (L + 15) / 16 * 16;
     const float *base = planes + p0 * Wph;
     for (int64_t j = 0; j < f->ncb; j++)
         for (int64_t k = k0; k < k1; k++) {
@@ -515,7 +535,7 @@ static int fwd_threads(void)
  * plane) and of one thread's wide rows. */
 static void fwd_sizes(const geom *g, const flay *f, int64_t *plane_floats, int64_t *wide_floats)
 {
-    *plane_floats = g->direct_x ? 0 : g->nplanes * g->plane + g->Wph + 8;
+    *plane_floats = g->direct_x ? 0 : g->nplanes * g->plane + g->Wph + 16;
     *wide_floats = f->Kc * f->Lw;
 }
 
@@ -544,7 +564,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
     fwd_sizes(&g, &f, &pf, &wf);
     int outer = N >= nt;            /* threads split the batch, else each image: */
     int bands = !outer && g.P >= nt; /* by output rows (csub_row_band), or by output channels */
-    int round = !g.direct_x;        /* the planes have slack: whole 8-float vectors */
+    int round = !g.direct_x;        /* the planes have slack: whole 16-float vectors */
     int64_t need = (pf + wf) * nt;
     float *own = NULL;
     int64_t *cbp = NULL; /* channel block pointers of the CSR rows, or rowptr itself for one block */
