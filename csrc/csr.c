@@ -113,7 +113,7 @@ static CSUB_ALWAYS_INLINE void sp_gather_vec16(float *out, int n, const float *b
     vf a[7];
     for (int j = 0; j < n; j++) {
         a[j] = (vf){0} + init;
-        if (r) a[j] = vload(r + 16 * j);
+        if (r) a[j] += vload(r + 16 * j);
     }
     for (int64_t t = 0; t < T; t++) {
         const float *s = base + off[t];
@@ -131,7 +131,7 @@ static CSUB_ALWAYS_INLINE void sp_gather_vec8(float *out, int n, const float *ba
     vf8 a[7];
     for (int j = 0; j < n; j++) {
         a[j] = (vf8){0} + init;
-        if (r) a[j] = *(const vf8 *)(r + 8 * j);
+        if (r) a[j] += *(const vf8 *)(r + 8 * j);
     }
     for (int64_t t = 0; t < T; t++) {
         const float *s = base + off[t];
@@ -141,8 +141,8 @@ static CSUB_ALWAYS_INLINE void sp_gather_vec8(float *out, int n, const float *ba
     for (int j = 0; j < n; j++) *(vf8 *)(out + 8 * j) = a[j];
 }
 
-/* out[i] = (r ? r[i] : init) + sum_t v[t] * base[off[t] + i], i in [0, L), the sum in order of t
- * (r may be out itself: a sum continued) */
+/* out[i] = init (+ r[i] when r) + sum_t v[t] * base[off[t] + i], i in [0, L), the sum in order of t
+ * (r may be out itself: with init 0, a sum continued) */
 static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float *base,
                                               const int64_t *restrict off, const float *restrict v, int64_t T,
                                               float init, const float *r)
@@ -155,7 +155,7 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
         vf a[8];
         for (int j = 0; j < 8; j++) {
             a[j] = (vf){0} + init;
-            if (r) a[j] = vload(r + i0 + 16 * j);
+            if (r) a[j] += vload(r + i0 + 16 * j);
         }
         for (int64_t t = 0; t < T; t++) {
             const float *s = base + off[t] + i0;
@@ -192,7 +192,7 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
     int64_t n1 = L - i0;
     if (n1 > 0) {
         float a[7];
-        for (int64_t i = 0; i < n1; i++) a[i] = r ? r[i0 + i] : init;
+        for (int64_t i = 0; i < n1; i++) a[i] = init + (r ? r[i0 + i] : 0.0f);
         for (int64_t t = 0; t < T; t++) {
             const float *s = base + off[t] + i0;
             float vt = v[t];
@@ -437,17 +437,24 @@ typedef struct {
 #define FWD_MIN_L 128         /* outputs of a band's wide row, at least (one 128-output tile) */
 #define FWD_L1_FLOATS 8192    /* plane values of one (band, channel block), at most: 32 KB */
 #define FWD_WIDE_FLOATS 16384 /* one thread's wide rows: 64 KB */
+#define FWD_MIN_T 16          /* kept weights of a row in a channel block, on average, at least */
 
-static flay fwd_layout(const geom *g)
+/* The blocking of a forward with nnz kept weights (nnz < 0: unknown, the buffers' sizes only). */
+static flay fwd_layout(const geom *g, int64_t nnz)
 {
     flay f;
     int64_t halo = g->Hph - g->P, ph = g->sa * g->sb;
     f.B = (FWD_MIN_L + g->Wph - 1) / g->Wph; /* rows for a wide band of FWD_MIN_L outputs */
     if (f.B > g->P) f.B = g->P;
     f.Cb = FWD_L1_FLOATS / (ph * (f.B + halo) * g->Wph);
+    if (nnz >= 0) { /* blocks of FWD_MIN_T kept weights a row at least, on average */
+        int64_t cb_t = (int64_t)((double)FWD_MIN_T * (double)g->C * (double)g->K / (double)(nnz > 0 ? nnz : 1)) + 1;
+        if (f.Cb < cb_t) f.Cb = cb_t;
+    }
     if (f.Cb < 1) f.Cb = 1;
     if (f.Cb > g->C) f.Cb = g->C;
     f.ncb = (g->C + f.Cb - 1) / f.Cb;
+    f.Cb = (g->C + f.ncb - 1) / f.ncb; /* blocks of even size */
     f.Lw = (f.B * g->Wph + 15) / 16 * 16;
     f.Kc = FWD_WIDE_FLOATS / f.Lw;
     if (f.Kc < 1) f.Kc = 1;
@@ -472,24 +479,27 @@ static void fwd_block_ptrs(const geom *g, const flay *f, const int64_t *rowptr, 
 
 /* One image's output rows [p0, p1) of output channels [k0, k1), k1 - k0 <= Kc:
  * y[n][k] = b[k] + sum over row k of w * shifted planes (+ res[n][k]).
- * wide: Kc * Lw floats. round: the wide rows may be computed up to a multiple of 16
- * floats (the planes have slack past their end). */
+ * Where the wide rows are the real ones (direct_y), y itself holds the sums, the residual
+ * first; else the wide buffer (Kc * Lw floats) does, the residual added as y is written;
+ * either way the same order for every thread count. round: the wide rows may be computed
+ * up to a multiple of 16 floats (the planes have slack past their end). */
 static void fwd_block(const geom *g, const flay *f, const int64_t *cbp, const int64_t *foff,
                       const float *values, const float *b, const float *planes, const float *resn, float *yn,
                       float *wide, int round, int64_t k0, int64_t k1, int64_t p0, int64_t p1)
 {
     int64_t PQ = g->P * g->Q, Q = g->Q, Wph = g->Wph, nb = f->ncb;
     int64_t L = (p1 - p0) * Wph;
-    if (round) L = (L + 15) / 16 * 16;
+    if (round && !g->direct_y) L = (L + 15) / 16 * 16;
     const float *base = planes + p0 * Wph;
     for (int64_t j = 0; j < f->ncb; j++)
         for (int64_t k = k0; k < k1; k++) {
             int64_t t0 = cbp[k * nb + j], T = cbp[k * nb + j + 1] - t0;
-            float *wk = wide + (k - k0) * f->Lw;
-            if (j == 0) sp_gather(wk, L, base, foff + t0, values + t0, T, b ? b[k] : 0.0f, NULL);
+            float *wk = g->direct_y ? yn + k * PQ + p0 * Q : wide + (k - k0) * f->Lw;
+            const float *r = g->direct_y && resn ? resn + k * PQ + p0 * Q : NULL;
+            if (j == 0) sp_gather(wk, L, base, foff + t0, values + t0, T, b ? b[k] : 0.0f, r);
             else if (T) sp_gather(wk, L, base, foff + t0, values + t0, T, 0.0f, wk);
         }
-    for (int64_t k = k0; k < k1; k++) {
+    for (int64_t k = k0; k < k1 && !g->direct_y; k++) {
         const float *wk = wide + (k - k0) * f->Lw, *r = resn ? resn + k * PQ : NULL;
         float *out = yn + k * PQ;
         for (int64_t p = p0; p < p1; p++) {
@@ -536,14 +546,14 @@ static int fwd_threads(void)
 static void fwd_sizes(const geom *g, const flay *f, int64_t *plane_floats, int64_t *wide_floats)
 {
     *plane_floats = g->direct_x ? 0 : g->nplanes * g->plane + g->Wph + 16;
-    *wide_floats = f->Kc * f->Lw;
+    *wide_floats = g->direct_y ? 0 : f->Kc * f->Lw;
 }
 
 int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
                                 int64_t stride, int64_t pad, int nthreads)
 {
     geom g = make_geom(N, C, H, W, 1, R, S, stride, pad);
-    flay f = fwd_layout(&g);
+    flay f = fwd_layout(&g, -1);
     int64_t pf, wf;
     fwd_sizes(&g, &f, &pf, &wf);
     if (nthreads < 1) nthreads = 1;
@@ -557,7 +567,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                                        const float *res, float *work, int64_t work_len)
 {
     geom g = make_geom(N, C, H, W, K, R, S, stride, pad);
-    flay f = fwd_layout(&g);
+    flay f = fwd_layout(&g, rowptr[K]);
     int64_t PQ = g.P * g.Q, pf, wf;
     int nt = fwd_threads();
     if (N < nt && (double)rowptr[K] * (double)g.L < CSUB_PAR_MIN_SPARSE) nt = 1; /* one image, little work */
