@@ -105,24 +105,6 @@ void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
 
 /* -------------------------------------------------------------- kernels */
 
-/* sp_gather_body over 16 n outputs (n < 8, a constant where it is inlined) in one pass */
-static CSUB_ALWAYS_INLINE void sp_gather_vec16(float *out, int n, const float *base,
-                                               const int64_t *restrict off, const float *restrict v, int64_t T,
-                                               float init, const float *r)
-{
-    vf a[7];
-    for (int j = 0; j < n; j++) {
-        a[j] = (vf){0} + init;
-        if (r) a[j] += vload(r + 16 * j);
-    }
-    for (int64_t t = 0; t < T; t++) {
-        const float *s = base + off[t];
-        float vt = v[t];
-        for (int j = 0; j < n; j++) a[j] += vt * vload(s + 16 * j);
-    }
-    for (int j = 0; j < n; j++) vstore(out + 16 * j, a[j]);
-}
-
 /* sp_gather_body over 8 n outputs (n < 8, a constant where it is inlined) in one pass */
 static CSUB_ALWAYS_INLINE void sp_gather_vec8(float *out, int n, const float *base,
                                               const int64_t *restrict off, const float *restrict v, int64_t T,
@@ -171,24 +153,46 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
         }
         for (int j = 0; j < 8; j++) vstore(out + i0 + 16 * j, a[j]);
     }
-    /* the rest, under 128 outputs: up to seven 16-float vectors in one pass, then (under 16)
-     * up to one 8-float vector and up to seven single floats (the same sums, lane by lane) */
-    int64_t n16 = (L - i0) / 16;
-    switch (n16) {
-    case 7: sp_gather_vec16(out + i0, 7, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 6: sp_gather_vec16(out + i0, 6, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 5: sp_gather_vec16(out + i0, 5, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 4: sp_gather_vec16(out + i0, 4, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 3: sp_gather_vec16(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 2: sp_gather_vec16(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 1: sp_gather_vec16(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    /* the rest, under 128 outputs: 64 as eight 8-float vectors, then up to seven 8-float vectors
+     * in one pass, then up to seven single floats (the same sums, lane by lane) */
+    if (i0 + 64 <= L) { /* (named accumulators: an array here is stored through the stack) */
+#define V8(p) (*(const vf8 *)(p))
+        vf8 a0 = (vf8){0} + init, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        if (r) {
+            const float *q = r + i0;
+            a0 += V8(q), a1 += V8(q + 8), a2 += V8(q + 16), a3 += V8(q + 24);
+            a4 += V8(q + 32), a5 += V8(q + 40), a6 += V8(q + 48), a7 += V8(q + 56);
+        }
+        for (int64_t t = 0; t < T; t++) {
+            const float *s = base + off[t] + i0;
+            float vt = v[t];
+            a0 += vt * V8(s);
+            a1 += vt * V8(s + 8);
+            a2 += vt * V8(s + 16);
+            a3 += vt * V8(s + 24);
+            a4 += vt * V8(s + 32);
+            a5 += vt * V8(s + 40);
+            a6 += vt * V8(s + 48);
+            a7 += vt * V8(s + 56);
+        }
+        float *o = out + i0;
+        *(vf8 *)o = a0, *(vf8 *)(o + 8) = a1, *(vf8 *)(o + 16) = a2, *(vf8 *)(o + 24) = a3;
+        *(vf8 *)(o + 32) = a4, *(vf8 *)(o + 40) = a5, *(vf8 *)(o + 48) = a6, *(vf8 *)(o + 56) = a7;
+        i0 += 64;
+#undef V8
+    }
+    int64_t n8 = (L - i0) / 8;
+    switch (n8) {
+    case 7: sp_gather_vec8(out + i0, 7, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 6: sp_gather_vec8(out + i0, 6, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 5: sp_gather_vec8(out + i0, 5, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 4: sp_gather_vec8(out + i0, 4, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 3: sp_gather_vec8(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 2: sp_gather_vec8(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    case 1: sp_gather_vec8(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
     default: break;
     }
-    i0 += 16 * n16;
-    if (i0 + 8 <= L) {
-        sp_gather_vec8(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL);
-        i0 += 8;
-    }
+    i0 += 8 * n8;
     int64_t n1 = L - i0;
     if (n1 > 0) {
         float a[7];
@@ -445,14 +449,14 @@ static flay fwd_layout(const geom *g, int64_t nnz)
     flay f;
     int64_t halo = g->Hph - g->P, ph = g->sa * g->sb;
     f.B = (FWD_MIN_L + g->Wph - 1) / g->Wph; /* rows for a wide band of FWD_MIN_L outputs */
-    if (f.B > g->P) f.B = g->P;
+    if (f.B > g->P || g->direct_y) f.B = g->P; /* (1x1: no rows shared between bands, one band) */
     f.Cb = FWD_L1_FLOATS / (ph * (f.B + halo) * g->Wph);
     if (nnz >= 0) { /* blocks of FWD_MIN_T kept weights a row at least, on average */
         int64_t cb_t = (int64_t)((double)FWD_MIN_T * (double)g->C * (double)g->K / (double)(nnz > 0 ? nnz : 1)) + 1;
         if (f.Cb < cb_t) f.Cb = cb_t;
     }
     if (f.Cb < 1) f.Cb = 1;
-    if (f.Cb > g->C) f.Cb = g->C;
+    if (f.Cb > g->C || g->C * ph * (f.B + halo) * g->Wph <= 2 * FWD_L1_FLOATS) f.Cb = g->C; /* (small: one block) */
     f.ncb = (g->C + f.Cb - 1) / f.Cb;
     f.Cb = (g->C + f.ncb - 1) / f.ncb; /* blocks of even size */
     f.Lw = (f.B * g->Wph + 15) / 16 * 16;
