@@ -105,22 +105,34 @@ void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
 
 /* -------------------------------------------------------------- kernels */
 
-/* sp_gather_body over 8 n outputs (n < 8, a constant where it is inlined) in one pass */
-static CSUB_ALWAYS_INLINE void sp_gather_vec8(float *out, int n, const float *base,
-                                              const int64_t *restrict off, const float *restrict v, int64_t T,
-                                              float init, const float *r)
+/* sp_gather_body over 16 n outputs (n <= 3, a constant where it is inlined) in one pass, then
+ * (n = 0) over 8; named accumulators (an array of them is kept on the stack) */
+static CSUB_ALWAYS_INLINE void sp_gather_tail(float *out, int n, const float *base, const int64_t *restrict off,
+                                              const float *restrict v, int64_t T, float init, const float *r)
 {
-    vf8 a[7];
-    for (int j = 0; j < n; j++) {
-        a[j] = (vf8){0} + init;
-        if (r) a[j] += *(const vf8 *)(r + 8 * j);
+    if (n == 0) {
+        vf8 a = (vf8){0} + init;
+        if (r) a += *(const vf8 *)r;
+        for (int64_t t = 0; t < T; t++) a += v[t] * *(const vf8 *)(base + off[t]);
+        *(vf8 *)out = a;
+        return;
+    }
+    vf a0 = (vf){0} + init, a1 = a0, a2 = a0;
+    if (r) {
+        a0 += vload(r);
+        if (n > 1) a1 += vload(r + 16);
+        if (n > 2) a2 += vload(r + 32);
     }
     for (int64_t t = 0; t < T; t++) {
         const float *s = base + off[t];
         float vt = v[t];
-        for (int j = 0; j < n; j++) a[j] += vt * *(const vf8 *)(s + 8 * j);
+        a0 += vt * vload(s);
+        if (n > 1) a1 += vt * vload(s + 16);
+        if (n > 2) a2 += vt * vload(s + 32);
     }
-    for (int j = 0; j < n; j++) *(vf8 *)(out + 8 * j) = a[j];
+    vstore(out, a0);
+    if (n > 1) vstore(out + 16, a1);
+    if (n > 2) vstore(out + 32, a2);
 }
 
 /* out[i] = init (+ r[i] when r) + sum_t v[t] * base[off[t] + i], i in [0, L), the sum in order of t
@@ -153,8 +165,8 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
         }
         for (int j = 0; j < 8; j++) vstore(out + i0 + 16 * j, a[j]);
     }
-    /* the rest, under 128 outputs: 64 as eight 8-float vectors, then up to seven 8-float vectors
-     * in one pass, then up to seven single floats (the same sums, lane by lane) */
+    /* the rest, under 128 outputs: 64 as eight 8-float vectors, then up to three 16-float vectors
+     * in one pass, one 8-float vector, up to seven single floats (the same sums, lane by lane) */
     if (i0 + 64 <= L) { /* (named accumulators: an array here is stored through the stack) */
 #define V8(p) (*(const vf8 *)(p))
         vf8 a0 = (vf8){0} + init, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
@@ -181,18 +193,16 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
         i0 += 64;
 #undef V8
     }
-    int64_t n8 = (L - i0) / 8;
-    switch (n8) {
-    case 7: sp_gather_vec8(out + i0, 7, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 6: sp_gather_vec8(out + i0, 6, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 5: sp_gather_vec8(out + i0, 5, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 4: sp_gather_vec8(out + i0, 4, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 3: sp_gather_vec8(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 2: sp_gather_vec8(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 1: sp_gather_vec8(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    switch ((L - i0) / 16) {
+    case 3: sp_gather_tail(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL), i0 += 48; break;
+    case 2: sp_gather_tail(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL), i0 += 32; break;
+    case 1: sp_gather_tail(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL), i0 += 16; break;
     default: break;
     }
-    i0 += 8 * n8;
+    if (i0 + 8 <= L) {
+        sp_gather_tail(out + i0, 0, base + i0, off, v, T, init, r ? r + i0 : NULL);
+        i0 += 8;
+    }
     int64_t n1 = L - i0;
     if (n1 > 0) {
         float a[7];
