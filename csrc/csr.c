@@ -168,30 +168,22 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
     /* the rest, under 128 outputs: 64 as eight 8-float vectors, then up to three 16-float vectors
      * in one pass, one 8-float vector, up to seven single floats (the same sums, lane by lane) */
     if (i0 + 64 <= L) { /* (named accumulators: an array here is stored through the stack) */
-#define V8(p) (*(const vf8 *)(p))
-        vf8 a0 = (vf8){0} + init, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        vf a0 = (vf){0} + init, a1 = a0, a2 = a0, a3 = a0;
         if (r) {
             const float *q = r + i0;
-            a0 += V8(q), a1 += V8(q + 8), a2 += V8(q + 16), a3 += V8(q + 24);
-            a4 += V8(q + 32), a5 += V8(q + 40), a6 += V8(q + 48), a7 += V8(q + 56);
+            a0 += vload(q), a1 += vload(q + 16), a2 += vload(q + 32), a3 += vload(q + 48);
         }
         for (int64_t t = 0; t < T; t++) {
             const float *s = base + off[t] + i0;
             float vt = v[t];
-            a0 += vt * V8(s);
-            a1 += vt * V8(s + 8);
-            a2 += vt * V8(s + 16);
-            a3 += vt * V8(s + 24);
-            a4 += vt * V8(s + 32);
-            a5 += vt * V8(s + 40);
-            a6 += vt * V8(s + 48);
-            a7 += vt * V8(s + 56);
+            a0 += vt * vload(s);
+            a1 += vt * vload(s + 16);
+            a2 += vt * vload(s + 32);
+            a3 += vt * vload(s + 48);
         }
         float *o = out + i0;
-        *(vf8 *)o = a0, *(vf8 *)(o + 8) = a1, *(vf8 *)(o + 16) = a2, *(vf8 *)(o + 24) = a3;
-        *(vf8 *)(o + 32) = a4, *(vf8 *)(o + 40) = a5, *(vf8 *)(o + 48) = a6, *(vf8 *)(o + 56) = a7;
+        vstore(o, a0), vstore(o + 16, a1), vstore(o + 32, a2), vstore(o + 48, a3);
         i0 += 64;
-#undef V8
     }
     switch ((L - i0) / 16) {
     case 3: sp_gather_tail(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL), i0 += 48; break;
