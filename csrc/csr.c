@@ -21,7 +21,13 @@
  * Forward and input gradient are gathers: each output row is accumulated in
  * registers over its kept weights (forward: the CSR row; input gradient: the
  * kept weights of one input channel and phase, a transposed index built per
- * call). The weight gradient is one dot product per kept weight and image.
+ * call), in tiles of 128 outputs (eight 16-float vectors, one load per
+ * multiply-add). The weight gradient is one dot product per kept weight and
+ * image. A gather reuses no loaded value, so it runs at the speed of the cache
+ * its inputs come from: the forward blocks its loops (fwd_layout) so that
+ * they come from L1, output rows in bands, input channels in blocks, each
+ * output channel's sum continued from one block to the next in a wide buffer
+ * (the same sum, in the same order, as unblocked).
  *
  * Threads split the batch (each owns its planes and a partial weight gradient
  * reduced in thread order); a batch smaller than the thread count splits each
@@ -451,7 +457,9 @@ static flay fwd_layout(const geom *g, int64_t nnz)
     flay f;
     int64_t halo = g->Hph - g->P, ph = g->sa * g->sb;
     f.B = (FWD_MIN_L + g->Wph - 1) / g->Wph; /* rows for a wide band of FWD_MIN_L outputs */
-    if (f.B > g->P || g->direct_y) f.B = g->P; /* (1x1: no rows shared between bands, one band) */
+    /* one band where the rows are the real ones (1x1: no rows shared between bands), or where
+     * all the planes fit in L2 several times over (few kept weights a row: the sweep costs more) */
+    if (f.B > g->P || g->direct_y || g->nplanes * g->plane <= 4 * FWD_L1_FLOATS) f.B = g->P;
     f.Cb = FWD_L1_FLOATS / (ph * (f.B + halo) * g->Wph);
     if (nnz >= 0) { /* blocks of FWD_MIN_T kept weights a row at least, on average */
         int64_t cb_t = (int64_t)((double)FWD_MIN_T * (double)g->C * (double)g->K / (double)(nnz > 0 ? nnz : 1)) + 1;

@@ -258,8 +258,9 @@ def test_conv_sparse_one_image_split_by_rows(rng, threads, R, stride, pad):
 BLOCKED_SHAPES = [
     (3, 64, 30, 37, 130, 3, 1, 1),   # bands of 4 rows (last one short), 2 channel blocks, 2 chunks of channels
     (1, 64, 30, 37, 130, 3, 1, 1),   # one image: the threads split its rows, then bands within
-    (2, 300, 7, 7, 20, 3, 1, 1),     # 7x7 planes, 3 channel blocks
+    (2, 300, 7, 7, 20, 3, 1, 1),     # 7x7 planes, one band, 3 channel blocks
     (5, 96, 14, 13, 16, 3, 2, 1),    # stride 2 (four phase planes), odd width, 3 channel blocks
+    (2, 24, 70, 45, 10, 3, 2, 1),    # stride 2, bands of 6 rows (the last one short), 2 channel blocks
     (1, 300, 40, 30, 8, 1, 2, 0),    # 1x1 stride 2, bands of 9 rows, 5 channel blocks
     (2, 700, 12, 12, 6, 1, 1, 0),    # 1x1 stride 1 (x itself, rows not rounded), 12 channel blocks
     (4, 40, 17, 21, 9, 3, 1, 1),     # width not a multiple of 16, one block
