@@ -267,6 +267,18 @@ BLOCKED_SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_sparse_blocked_row_lengths(rng, stride):
+    """Planes large enough for bands and channel blocks, at every width from 24 to 72: each
+    rounding of a band's wide rows to whole 16-float vectors, against the dense convolution."""
+    for W in range(24, 73):
+        x, mask, wm, csr, b, dy = _conv_case(rng, 2, 48, 30, W, 5, 3, stride, 1, 0.3)
+        res = f32(rng, *dy.shape)
+        want = _core.conv2d_forward(x, wm, b, stride, 1)
+        assert rel_err(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, 1), want) < 1e-5, W
+        assert rel_err(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, 1, residual=res), want + res) < 1e-5, W
+
+
 @pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", BLOCKED_SHAPES)
 @pytest.mark.parametrize("keep", [0.5, 0.1])
 def test_conv_sparse_blocked_forward_against_twin(rng, threads, N, C, H, W, K, R, stride, pad, keep):
