@@ -171,9 +171,10 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
         }
         for (int j = 0; j < 8; j++) vstore(out + i0 + 16 * j, a[j]);
     }
-    /* the rest, under 128 outputs: 64 as eight 8-float vectors, then up to three 16-float vectors
-     * in one pass, one 8-float vector, up to seven single floats (the same sums, lane by lane) */
-    if (i0 + 64 <= L) { /* (named accumulators: an array here is stored through the stack) */
+    /* the rest, under 128 outputs: 64 as four 16-float vectors, then up to three in one pass, one
+     * 8-float vector, up to seven single floats (the same sums, lane by lane); named accumulators
+     * (an array of them was kept on the stack) */
+    if (i0 + 64 <= L) {
         vf a0 = (vf){0} + init, a1 = a0, a2 = a0, a3 = a0;
         if (r) {
             const float *q = r + i0;
@@ -345,22 +346,21 @@ static CSUB_ALWAYS_INLINE void copy_even_body(float *restrict dst, const float *
 }
 CSUB_VARIANTS(copy_even, (float *restrict dst, const float *restrict src, int64_t n), (dst, src, n))
 
-/* planes[(c*sa + a)*sb + b][i*rs + j] = xpad[c][i*st + a][j*st + b] (0 outside x), j < Wph,
- * plane stride ps (rs = Wph, ps = plane: one image alone; the forward puts several side by side),
+/* planes[(c*sa + a)*sb + b][i*Wph + j] = xpad[c][i*st + a][j*st + b] (0 outside x),
  * channels [c0, c1), plane rows [i0, i1) */
-static void build_planes(const geom *g, const float *xn, float *planes, int64_t rs, int64_t ps, int64_t c0, int64_t c1,
+static void build_planes(const geom *g, const float *xn, float *planes, int64_t c0, int64_t c1,
                          int64_t i0, int64_t i1)
 {
     int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph;
     for (int64_t c = c0; c < c1; c++)
         for (int64_t a = 0; a < g->sa; a++)
             for (int64_t b = 0; b < g->sb; b++) {
-                float *pl = planes + ((c * g->sa + a) * g->sb + b) * ps;
+                float *pl = planes + ((c * g->sa + a) * g->sb + b) * g->plane;
                 const float *xc = xn + c * H * W;
                 int64_t j0, j1;
                 valid_cols(g, b, &j0, &j1);
                 for (int64_t i = i0; i < i1; i++) {
-                    float *row = pl + i * rs;
+                    float *row = pl + i * Wph;
                     int64_t h = i * st + a - pad;
                     if (h < 0 || h >= H) {
                         memset(row, 0, sizeof(float) * Wph);
@@ -617,7 +617,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
             float *pl = pf ? work + pf * t : NULL;
             for (int64_t n = n0; n < n1; n++) {
                 const float *xn = x + n * C * H * W;
-                if (pl) build_planes(&g, xn, pl, g.Wph, g.plane, 0, C, 0, g.Hph);
+                if (pl) build_planes(&g, xn, pl, 0, C, 0, g.Hph);
                 const float *rn = res ? res + n * K * PQ : NULL;
                 fwd_rows(&g, &f, bp, foff, values, b, pl ? pl : xn, rn, y + n * K * PQ, wt, round, 0, K, 0, g.P);
             }
@@ -628,8 +628,8 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                 csub_row_band(g.P, t, T, &p0, &p1);
                 if (pf) { /* bands: a thread lays out the plane rows of its own output rows (the last one also
                            * the rows below), then reads its neighbour's first rows too */
-                    if (bands) build_planes(&g, xn, work, g.Wph, g.plane, 0, C, p0, t == T - 1 ? g.Hph : p1);
-                    else split(C, t, T, &lo, &hi), build_planes(&g, xn, work, g.Wph, g.plane, lo, hi, 0, g.Hph);
+                    if (bands) build_planes(&g, xn, work, 0, C, p0, t == T - 1 ? g.Hph : p1);
+                    else split(C, t, T, &lo, &hi), build_planes(&g, xn, work, lo, hi, 0, g.Hph);
                     #pragma omp barrier
                 }
                 const float *pl = pf ? work : xn;
@@ -770,7 +770,7 @@ int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int
                 if (dz) build_dyz(&g, dyn, dz, 0, K);
                 const float *d = dz ? dz : dyn;
                 if (do_dw) {
-                    if (pl) build_planes(&g, xn, pl, g.Wph, g.plane, 0, C, 0, g.Hph);
+                    if (pl) build_planes(&g, xn, pl, 0, C, 0, g.Hph);
                     dw_rows(&g, rowptr, foff, pl ? pl : xn, d, dv, 0, K);
                 }
                 if (dx) {
@@ -789,7 +789,7 @@ int csub_conv2d_sparse_backward(const float *x, const int64_t *rowptr, const int
                 }
                 if (do_dw && planes) {
                     split(C, t, T, &lo, &hi);
-                    build_planes(&g, xn, planes, g.Wph, g.plane, lo, hi, 0, g.Hph);
+                    build_planes(&g, xn, planes, lo, hi, 0, g.Hph);
                 }
                 #pragma omp barrier
                 const float *d = dyzs ? dyzs : dyn;
