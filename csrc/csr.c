@@ -21,7 +21,13 @@
  * Forward and input gradient are gathers: each output row is accumulated in
  * registers over its kept weights (forward: the CSR row; input gradient: the
  * kept weights of one input channel and phase, a transposed index built per
- * call). The weight gradient is one dot product per kept weight and image.
+ * call), in tiles of 128 outputs (eight 16-float vectors, one load per
+ * multiply-add). The weight gradient is one dot product per kept weight and
+ * image. A gather reuses no loaded value, so it runs at the speed of the cache
+ * its inputs come from: the forward blocks its loops (fwd_layout) so that
+ * they come from L1, output rows in bands, input channels in blocks, each
+ * output channel's sum continued from one block to the next in a wide buffer
+ * (the same sum, in the same order, as unblocked).
  *
  * Threads split the batch (each owns its planes and a partial weight gradient
  * reduced in thread order); a batch smaller than the thread count splits each
@@ -105,69 +111,97 @@ void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
 
 /* -------------------------------------------------------------- kernels */
 
-/* sp_gather_body over 8 n outputs (n < 8, a constant where it is inlined) in one pass */
-static CSUB_ALWAYS_INLINE void sp_gather_vec8(float *restrict out, int n, const float *base,
-                                              const int64_t *restrict off, const float *restrict v, int64_t T,
-                                              float init, const float *r)
+/* sp_gather_body over 16 n outputs (n <= 3, a constant where it is inlined) in one pass, then
+ * (n = 0) over 8; named accumulators (an array of them is kept on the stack) */
+static CSUB_ALWAYS_INLINE void sp_gather_tail(float *out, int n, const float *base, const int64_t *restrict off,
+                                              const float *restrict v, int64_t T, float init, const float *r)
 {
-    vf8 a[7];
-    for (int j = 0; j < n; j++) {
-        a[j] = (vf8){0} + init;
-        if (r) a[j] += *(const vf8 *)(r + 8 * j);
+    if (n == 0) {
+        vf8 a = (vf8){0} + init;
+        if (r) a += *(const vf8 *)r;
+        for (int64_t t = 0; t < T; t++) a += v[t] * *(const vf8 *)(base + off[t]);
+        *(vf8 *)out = a;
+        return;
+    }
+    vf a0 = (vf){0} + init, a1 = a0, a2 = a0;
+    if (r) {
+        a0 += vload(r);
+        if (n > 1) a1 += vload(r + 16);
+        if (n > 2) a2 += vload(r + 32);
     }
     for (int64_t t = 0; t < T; t++) {
         const float *s = base + off[t];
         float vt = v[t];
-        for (int j = 0; j < n; j++) a[j] += vt * *(const vf8 *)(s + 8 * j);
+        a0 += vt * vload(s);
+        if (n > 1) a1 += vt * vload(s + 16);
+        if (n > 2) a2 += vt * vload(s + 32);
     }
-    for (int j = 0; j < n; j++) *(vf8 *)(out + 8 * j) = a[j];
+    vstore(out, a0);
+    if (n > 1) vstore(out + 16, a1);
+    if (n > 2) vstore(out + 32, a2);
 }
 
-/* out[i] = init (+ r[i] when r) + sum_t v[t] * base[off[t] + i], i in [0, L) */
-static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, const float *base,
+/* out[i] = init (+ r[i] when r) + sum_t v[t] * base[off[t] + i], i in [0, L), the sum in order of t
+ * (r may be out itself: with init 0, a sum continued) */
+static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float *base,
                                               const int64_t *restrict off, const float *restrict v, int64_t T,
                                               float init, const float *r)
 {
     int64_t i0 = 0;
-    /* 64 outputs as eight 8-float vectors: the shifted windows start anywhere, and
-     * a 32-byte load crosses a cache line half as often as a 64-byte one (2 % on
-     * the sparse cPreResNet20 at batch 1; two passes below take the rest) */
-#define V8(p) (*(const vf8 *)(p))
-    for (; i0 + 64 <= L; i0 += 64) {
-        vf8 a[8];
+    /* 128 outputs as eight 16-float vectors: one load per multiply-add, the
+     * shifted windows unaligned (from L1 a 16-float load that crosses a cache
+     * line still moves more per cycle than two 8-float ones) */
+    for (; i0 + 128 <= L; i0 += 128) {
+        vf a[8];
         for (int j = 0; j < 8; j++) {
-            a[j] = (vf8){0} + init;
-            if (r) a[j] += V8(r + i0 + 8 * j);
+            a[j] = (vf){0} + init;
+            if (r) a[j] += vload(r + i0 + 16 * j);
         }
         for (int64_t t = 0; t < T; t++) {
             const float *s = base + off[t] + i0;
             float vt = v[t];
-            a[0] += vt * V8(s);
-            a[1] += vt * V8(s + 8);
-            a[2] += vt * V8(s + 16);
-            a[3] += vt * V8(s + 24);
-            a[4] += vt * V8(s + 32);
-            a[5] += vt * V8(s + 40);
-            a[6] += vt * V8(s + 48);
-            a[7] += vt * V8(s + 56);
+            a[0] += vt * vload(s);
+            a[1] += vt * vload(s + 16);
+            a[2] += vt * vload(s + 32);
+            a[3] += vt * vload(s + 48);
+            a[4] += vt * vload(s + 64);
+            a[5] += vt * vload(s + 80);
+            a[6] += vt * vload(s + 96);
+            a[7] += vt * vload(s + 112);
         }
-        for (int j = 0; j < 8; j++) *(vf8 *)(out + i0 + 8 * j) = a[j];
+        for (int j = 0; j < 8; j++) vstore(out + i0 + 16 * j, a[j]);
     }
-#undef V8
-    /* the rest, under 64 outputs, in two passes over the kept weights: up to seven
-     * 8-float vectors, then up to seven single floats (the same sums, lane by lane) */
-    int64_t n8 = (L - i0) / 8;
-    switch (n8) {
-    case 7: sp_gather_vec8(out + i0, 7, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 6: sp_gather_vec8(out + i0, 6, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 5: sp_gather_vec8(out + i0, 5, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 4: sp_gather_vec8(out + i0, 4, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 3: sp_gather_vec8(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 2: sp_gather_vec8(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
-    case 1: sp_gather_vec8(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL); break;
+    /* the rest, under 128 outputs: 64 as four 16-float vectors, then up to three in one pass, one
+     * 8-float vector, up to seven single floats (the same sums, lane by lane); named accumulators
+     * (an array of them was kept on the stack) */
+    if (i0 + 64 <= L) {
+        vf a0 = (vf){0} + init, a1 = a0, a2 = a0, a3 = a0;
+        if (r) {
+            const float *q = r + i0;
+            a0 += vload(q), a1 += vload(q + 16), a2 += vload(q + 32), a3 += vload(q + 48);
+        }
+        for (int64_t t = 0; t < T; t++) {
+            const float *s = base + off[t] + i0;
+            float vt = v[t];
+            a0 += vt * vload(s);
+            a1 += vt * vload(s + 16);
+            a2 += vt * vload(s + 32);
+            a3 += vt * vload(s + 48);
+        }
+        float *o = out + i0;
+        vstore(o, a0), vstore(o + 16, a1), vstore(o + 32, a2), vstore(o + 48, a3);
+        i0 += 64;
+    }
+    switch ((L - i0) / 16) {
+    case 3: sp_gather_tail(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL), i0 += 48; break;
+    case 2: sp_gather_tail(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL), i0 += 32; break;
+    case 1: sp_gather_tail(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL), i0 += 16; break;
     default: break;
     }
-    i0 += 8 * n8;
+    if (i0 + 8 <= L) {
+        sp_gather_tail(out + i0, 0, base + i0, off, v, T, init, r ? r + i0 : NULL);
+        i0 += 8;
+    }
     int64_t n1 = L - i0;
     if (n1 > 0) {
         float a[7];
@@ -180,7 +214,7 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *restrict out, int64_t L, co
         for (int64_t i = 0; i < n1; i++) out[i0 + i] = a[i];
     }
 }
-CSUB_VARIANTS(sp_gather, (float *restrict out, int64_t L, const float *base, const int64_t *restrict off,
+CSUB_VARIANTS(sp_gather, (float *out, int64_t L, const float *base, const int64_t *restrict off,
                           const float *restrict v, int64_t T, float init, const float *r),
               (out, L, base, off, v, T, init, r))
 
@@ -399,31 +433,108 @@ static void split(int64_t n, int t, int T, int64_t *lo, int64_t *hi)
 
 /* ------------------------------------------------------------- forward */
 
-/* One image's output rows [k0, k1), plane rows [p0, p1):
- * y[n][k] = b[k] (+ res[n][k]) + sum over row k of w * shifted planes. wide: (p1 - p0) * Wph floats. */
-static void fwd_rows(const geom *g, const int64_t *rowptr, const int64_t *foff, const float *values,
-                     const float *b, const float *planes, const float *resn, float *yn, float *wide, int64_t k0,
-                     int64_t k1, int64_t p0, int64_t p1)
+/* The forward's blocking. The gather reads each plane value once per kept weight
+ * and output channel, with no reuse in registers, so it runs at the speed of the
+ * cache the planes come from. The output rows go in bands of B rows, the input
+ * channels in blocks of Cb, so that the plane rows one (band, channel block)
+ * reads fit in L1 while Kc output channels at a time gather from them, each
+ * continuing its sum in a wide buffer (Kc wide rows of Lw floats, L2) from one
+ * channel block to the next. The kept weights of a CSR row are sorted by
+ * column, so a channel block's are a contiguous run of it, and every output is
+ * the same sum in the same order as unblocked. */
+typedef struct {
+    int64_t B, Cb, ncb, Lw, Kc;
+} flay;
+
+#define FWD_MIN_L 128         /* outputs of a band's wide row, at least (one 128-output tile) */
+#define FWD_L1_FLOATS 8192    /* plane values of one (band, channel block), at most: 32 KB */
+#define FWD_WIDE_FLOATS 16384 /* one thread's wide rows: 64 KB */
+#define FWD_MIN_T 16          /* kept weights of a row in a channel block, on average, at least */
+
+/* The blocking of a forward with nnz kept weights (nnz < 0: unknown, the buffers' sizes only). */
+static flay fwd_layout(const geom *g, int64_t nnz)
 {
-    int64_t PQ = g->P * g->Q, Q = g->Q, Wph = g->Wph;
-    const float *base = planes + p0 * Wph;
-    for (int64_t k = k0; k < k1; k++) {
-        int64_t t0 = rowptr[k], T = rowptr[k + 1] - t0;
-        float init = b ? b[k] : 0.0f;
-        const float *r = resn ? resn + k * PQ + p0 * Q : NULL;
-        float *out = yn + k * PQ + p0 * Q;
-        if (g->direct_y) {
-            sp_gather(out, (p1 - p0) * Q, base, foff + t0, values + t0, T, init, r);
-        } else {
-            sp_gather(wide, (p1 - p0) * Wph, base, foff + t0, values + t0, T, init, NULL);
-            for (int64_t p = 0; p < p1 - p0; p++) {
-                if (r)
-                    for (int64_t q = 0; q < Q; q++) out[p * Q + q] = wide[p * Wph + q] + r[p * Q + q];
-                else
-                    memcpy(out + p * Q, wide + p * Wph, sizeof(float) * Q);
-            }
+    flay f;
+    int64_t halo = g->Hph - g->P, ph = g->sa * g->sb;
+    f.B = (FWD_MIN_L + g->Wph - 1) / g->Wph; /* rows for a wide band of FWD_MIN_L outputs */
+    /* one band where the rows are the real ones (1x1: no rows shared between bands), or where
+     * all the planes fit in L2 several times over (few kept weights a row: the sweep costs more) */
+    if (f.B > g->P || g->direct_y || g->nplanes * g->plane <= 4 * FWD_L1_FLOATS) f.B = g->P;
+    f.Cb = FWD_L1_FLOATS / (ph * (f.B + halo) * g->Wph);
+    if (nnz >= 0) { /* blocks of FWD_MIN_T kept weights a row at least, on average */
+        int64_t cb_t = (int64_t)((double)FWD_MIN_T * (double)g->C * (double)g->K / (double)(nnz > 0 ? nnz : 1)) + 1;
+        if (f.Cb < cb_t) f.Cb = cb_t;
+    }
+    if (f.Cb < 1) f.Cb = 1;
+    if (f.Cb > g->C || g->C * ph * (f.B + halo) * g->Wph <= 2 * FWD_L1_FLOATS) f.Cb = g->C; /* (small: one block) */
+    f.ncb = (g->C + f.Cb - 1) / f.Cb;
+    f.Cb = (g->C + f.ncb - 1) / f.ncb; /* blocks of even size */
+    f.Lw = (f.B * g->Wph + 15) / 16 * 16;
+    f.Kc = FWD_WIDE_FLOATS / f.Lw;
+    if (f.Kc < 1) f.Kc = 1;
+    return f;
+}
+
+/* cbp[k * ncb + j] = the first kept weight of CSR row k in channel block j or later, cbp[K * ncb] = nnz
+ * (so that row k's weights of block j are [cbp[k * ncb + j], cbp[k * ncb + j + 1]), and one block is
+ * rowptr itself; foff: plane offsets, monotone within a row; a channel has ph = sa * sb planes) */
+static void fwd_block_ptrs(const geom *g, const flay *f, const int64_t *rowptr, const int64_t *foff, int64_t *cbp)
+{
+    int64_t blk = f->Cb * g->sa * g->sb * g->plane; /* offsets of one channel block */
+    for (int64_t k = 0; k < g->K; k++) {
+        int64_t *p = cbp + k * f->ncb, t = rowptr[k], end = rowptr[k + 1];
+        for (int64_t j = 0; j < f->ncb; j++) {
+            p[j] = t;
+            while (t < end && foff[t] < (j + 1) * blk) t++;
         }
     }
+    cbp[g->K * f->ncb] = rowptr[g->K];
+}
+
+/* One image's output rows [p0, p1) of output channels [k0, k1), k1 - k0 <= Kc:
+ * y[n][k] = b[k] + sum over row k of w * shifted planes (+ res[n][k]).
+ * Where the wide rows are the real ones (direct_y), y itself holds the sums, the residual
+ * first; else the wide buffer (Kc * Lw floats) does, the residual added as y is written;
+ * either way the same order for every thread count. round: the wide rows may be computed
+ * up to a multiple of 16 floats (the planes have slack past their end). */
+static void fwd_block(const geom *g, const flay *f, const int64_t *cbp, const int64_t *foff,
+                      const float *values, const float *b, const float *planes, const float *resn, float *yn,
+                      float *wide, int round, int64_t k0, int64_t k1, int64_t p0, int64_t p1)
+{
+    int64_t PQ = g->P * g->Q, Q = g->Q, Wph = g->Wph, nb = f->ncb;
+    int64_t L = (p1 - p0) * Wph;
+    if (round && !g->direct_y) L = (L + 15) / 16 * 16;
+    const float *base = planes + p0 * Wph;
+    for (int64_t j = 0; j < f->ncb; j++)
+        for (int64_t k = k0; k < k1; k++) {
+            int64_t t0 = cbp[k * nb + j], T = cbp[k * nb + j + 1] - t0;
+            float *wk = g->direct_y ? yn + k * PQ + p0 * Q : wide + (k - k0) * f->Lw;
+            const float *r = g->direct_y && resn ? resn + k * PQ + p0 * Q : NULL;
+            if (j == 0) sp_gather(wk, L, base, foff + t0, values + t0, T, b ? b[k] : 0.0f, r);
+            else if (T) sp_gather(wk, L, base, foff + t0, values + t0, T, 0.0f, wk);
+        }
+    for (int64_t k = k0; k < k1 && !g->direct_y; k++) {
+        const float *wk = wide + (k - k0) * f->Lw, *r = resn ? resn + k * PQ : NULL;
+        float *out = yn + k * PQ;
+        for (int64_t p = p0; p < p1; p++) {
+            const float *src = wk + (p - p0) * Wph;
+            if (r)
+                for (int64_t q = 0; q < Q; q++) out[p * Q + q] = src[q] + r[p * Q + q];
+            else
+                memcpy(out + p * Q, src, sizeof(float) * Q);
+        }
+    }
+}
+
+/* fwd_block over rows [p0, p1) in bands of B, output channels [k0, k1) in chunks of Kc */
+static void fwd_rows(const geom *g, const flay *f, const int64_t *cbp, const int64_t *foff, const float *values,
+                     const float *b, const float *planes, const float *resn, float *yn, float *wide, int round,
+                     int64_t k0, int64_t k1, int64_t p0, int64_t p1)
+{
+    for (int64_t q0 = p0; q0 < p1; q0 += f->B)
+        for (int64_t c0 = k0; c0 < k1; c0 += f->Kc)
+            fwd_block(g, f, cbp, foff, values, b, planes, resn, yn, wide, round, c0, c0 + f->Kc < k1 ? c0 + f->Kc : k1,
+                      q0, q0 + f->B < p1 ? q0 + f->B : p1);
 }
 
 int csub_conv2d_sparse_offsets(const int32_t *colidx, int64_t nnz, int64_t C, int64_t H, int64_t W,
@@ -444,20 +555,21 @@ static int fwd_threads(void)
     return omp_in_parallel() ? 1 : csub_get_num_threads();
 }
 
-/* Floats of planes (one image, with the slack the wide rows read past the last
+/* Floats of planes (one image, with the slack the rounded wide rows read past the last
  * plane) and of one thread's wide rows. */
-static void fwd_sizes(const geom *g, int64_t *plane_floats, int64_t *wide_floats)
+static void fwd_sizes(const geom *g, const flay *f, int64_t *plane_floats, int64_t *wide_floats)
 {
-    *plane_floats = g->direct_x ? 0 : g->nplanes * g->plane + g->Wph;
-    *wide_floats = g->direct_y ? 0 : g->L;
+    *plane_floats = g->direct_x ? 0 : g->nplanes * g->plane + g->Wph + 16;
+    *wide_floats = g->direct_y ? 0 : f->Kc * f->Lw;
 }
 
 int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
                                 int64_t stride, int64_t pad, int nthreads)
 {
     geom g = make_geom(N, C, H, W, 1, R, S, stride, pad);
+    flay f = fwd_layout(&g, -1);
     int64_t pf, wf;
-    fwd_sizes(&g, &pf, &wf);
+    fwd_sizes(&g, &f, &pf, &wf);
     if (nthreads < 1) nthreads = 1;
     return (pf + wf) * nthreads;
 }
@@ -469,25 +581,36 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                                        const float *res, float *work, int64_t work_len)
 {
     geom g = make_geom(N, C, H, W, K, R, S, stride, pad);
+    flay f = fwd_layout(&g, rowptr[K]);
     int64_t PQ = g.P * g.Q, pf, wf;
     int nt = fwd_threads();
     if (N < nt && (double)rowptr[K] * (double)g.L < CSUB_PAR_MIN_SPARSE) nt = 1; /* one image, little work */
-    fwd_sizes(&g, &pf, &wf);
+    fwd_sizes(&g, &f, &pf, &wf);
     int outer = N >= nt;            /* threads split the batch, else each image: */
     int bands = !outer && g.P >= nt; /* by output rows (csub_row_band), or by output channels */
+    int round = !g.direct_x;        /* the planes have slack: whole 16-float vectors */
     int64_t need = (pf + wf) * nt;
     float *own = NULL;
+    int64_t *cbp = NULL; /* channel block pointers of the CSR rows, or rowptr itself for one block */
     if (work_len < need) {
         if (!(own = malloc(sizeof(float) * (size_t)(need > 0 ? need : 1)))) return CSUB_ERR_NOMEM;
         work = own;
     }
+    if (f.ncb > 1) {
+        if (!(cbp = malloc(sizeof(int64_t) * (size_t)(K * f.ncb + 1)))) {
+            free(own);
+            return CSUB_ERR_NOMEM;
+        }
+        fwd_block_ptrs(&g, &f, rowptr, foff, cbp);
+    }
+    const int64_t *bp = cbp ? cbp : rowptr; /* one block: row k's are [rowptr[k], rowptr[k + 1]) */
     float *wides = work + pf * nt;
     for (int u = 0; u < (outer ? nt : 1) && pf; u++) /* the slack past the planes: read, never used */
-        memset(work + pf * u + pf - g.Wph, 0, sizeof(float) * (size_t)g.Wph);
+        memset(work + pf * u + g.nplanes * g.plane, 0, sizeof(float) * (size_t)(pf - g.nplanes * g.plane));
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
-        float *wt = wf ? wides + wf * t : NULL;
+        float *wt = wides + wf * t;
         if (outer) {
             int64_t n0, n1;
             split(N, t, T, &n0, &n1);
@@ -496,7 +619,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                 const float *xn = x + n * C * H * W;
                 if (pl) build_planes(&g, xn, pl, 0, C, 0, g.Hph);
                 const float *rn = res ? res + n * K * PQ : NULL;
-                fwd_rows(&g, rowptr, foff, values, b, pl ? pl : xn, rn, y + n * K * PQ, wt, 0, K, 0, g.P);
+                fwd_rows(&g, &f, bp, foff, values, b, pl ? pl : xn, rn, y + n * K * PQ, wt, round, 0, K, 0, g.P);
             }
         } else {
             for (int64_t n = 0; n < N; n++) {
@@ -509,17 +632,19 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                     else split(C, t, T, &lo, &hi), build_planes(&g, xn, work, lo, hi, 0, g.Hph);
                     #pragma omp barrier
                 }
+                const float *pl = pf ? work : xn;
                 if (bands) {
-                    fwd_rows(&g, rowptr, foff, values, b, pf ? work : xn, rn, y + n * K * PQ, wt, 0, K, p0, p1);
+                    fwd_rows(&g, &f, bp, foff, values, b, pl, rn, y + n * K * PQ, wt, round, 0, K, p0, p1);
                 } else {
                     split(K, t, T, &lo, &hi);
-                    fwd_rows(&g, rowptr, foff, values, b, pf ? work : xn, rn, y + n * K * PQ, wt, lo, hi, 0, g.P);
+                    fwd_rows(&g, &f, bp, foff, values, b, pl, rn, y + n * K * PQ, wt, round, lo, hi, 0, g.P);
                 }
                 #pragma omp barrier
             }
         }
     }
     free(own);
+    free(cbp);
     return CSUB_OK;
 }
 

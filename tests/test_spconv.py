@@ -253,6 +253,53 @@ def test_conv_sparse_one_image_split_by_rows(rng, threads, R, stride, pad):
         np.testing.assert_array_equal(y, out[0][0])  # each output is one thread's sum in a fixed order
 
 
+# The forward's blocking (csrc/csr.c, fwd_layout): output rows in bands, input channels in blocks
+# whose plane rows fit in L1, output channels in chunks; wide rows rounded up to whole vectors.
+BLOCKED_SHAPES = [
+    (3, 64, 30, 37, 130, 3, 1, 1),   # bands of 4 rows (last one short), 2 channel blocks, 2 chunks of channels
+    (1, 64, 30, 37, 130, 3, 1, 1),   # one image: the threads split its rows, then bands within
+    (2, 300, 7, 7, 20, 3, 1, 1),     # 7x7 planes, one band, 3 channel blocks
+    (5, 96, 14, 13, 16, 3, 2, 1),    # stride 2 (four phase planes), odd width, 3 channel blocks
+    (2, 24, 70, 45, 10, 3, 2, 1),    # stride 2, bands of 6 rows (the last one short), 2 channel blocks
+    (1, 300, 40, 30, 8, 1, 2, 0),    # 1x1 stride 2, bands of 9 rows, 5 channel blocks
+    (2, 700, 12, 12, 6, 1, 1, 0),    # 1x1 stride 1 (x itself, rows not rounded), 12 channel blocks
+    (4, 40, 17, 21, 9, 3, 1, 1),     # width not a multiple of 16, one block
+]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_sparse_blocked_row_lengths(rng, stride):
+    """Planes large enough for bands and channel blocks, at every width from 24 to 72: each
+    rounding of a band's wide rows to whole 16-float vectors, against the dense convolution."""
+    for W in range(24, 73):
+        x, mask, wm, csr, b, dy = _conv_case(rng, 2, 48, 30, W, 5, 3, stride, 1, 0.3)
+        res = f32(rng, *dy.shape)
+        want = _core.conv2d_forward(x, wm, b, stride, 1)
+        assert rel_err(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, 1), want) < 1e-5, W
+        assert rel_err(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, 1, residual=res), want + res) < 1e-5, W
+
+
+@pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", BLOCKED_SHAPES)
+@pytest.mark.parametrize("keep", [0.5, 0.1])
+def test_conv_sparse_blocked_forward_against_twin(rng, threads, N, C, H, W, K, R, stride, pad, keep):
+    """Forward with bias, with and without a residual, against the float64 twin, at 1 to 3
+    threads: each output is one sum in a fixed order, so every thread count gives the same bits."""
+    x, mask, wm, csr, b, dy = _conv_case(rng, N, C, H, W, K, R, stride, pad, keep, zero_row=True)
+    res = f32(rng, *dy.shape)
+    want = sref.conv2d_forward(x, *csr, wm.shape, b, stride, pad)
+    out = []
+    for t in (1, 2, 3):
+        threads(t)
+        y = _core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad)
+        yr = _core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res)
+        assert_close(y, want, 1e-5, 1e-6, f"y, {t} threads")
+        assert_close(yr, want + res, 1e-5, 1e-6, f"y + residual, {t} threads")
+        out.append((y, yr))
+    for y, yr in out[1:]:
+        np.testing.assert_array_equal(y, out[0][0])
+        np.testing.assert_array_equal(yr, out[0][1])
+
+
 # ================================================================ linear
 
 @pytest.mark.parametrize("N,I,O", [(1, 7, 5), (4, 16, 9), (33, 40, 17), (130, 64, 48)])
