@@ -529,10 +529,8 @@ void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
                           int64_t N, int64_t C, int64_t H, int64_t W, float eps, int relu)
 {
     int64_t HW = H * W;
-    int nt = csub_get_num_threads();
-    if (N < nt && H >= nt && !omp_in_parallel()) {
-        /* the rows of each thread's band (csub_row_band), at any size: the rows the convolution
-         * before wrote on the same thread, in its cache */
+    int nt = N * C * HW < CSUB_PAR_MIN_SPLIT ? 1 : csub_get_num_threads();
+    if (N < nt && H >= nt) { /* the rows of each thread's band (csub_row_band) */
         #pragma omp parallel num_threads(nt)
         {
             int64_t h0, h1;
@@ -546,7 +544,6 @@ void csub_batchnorm_infer(const float *x, const float *gamma, const float *beta,
         }
         return;
     }
-    if (N * C * HW < CSUB_PAR_MIN_SPLIT) nt = 1;
     #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t nc = 0; nc < N * C; nc++) {
         int64_t c = nc % C;
