@@ -30,6 +30,10 @@ void blas_set_num_threads(int n);
 
 static int g_threads;      /* 0: not set yet, use OpenMP's default */
 static int g_blas_serial;  /* OpenBLAS switched to one thread */
+/* The calling thread's own cap on the kernels' threads for the calls it makes (csub_threads_cap),
+ * 0: none. The runtime runs a small forward on one thread this way without touching the
+ * process-wide count another thread may be using. */
+static _Thread_local int t_cap;
 
 int csub_set_num_threads(int n)
 {
@@ -41,7 +45,14 @@ int csub_set_num_threads(int n)
 int csub_get_num_threads(void)
 {
     if (g_threads < 1) g_threads = omp_get_max_threads();
-    return g_threads;
+    return t_cap > 0 && t_cap < g_threads ? t_cap : g_threads;
+}
+
+int csub_threads_cap(int n)
+{
+    int old = t_cap;
+    t_cap = n;
+    return old;
 }
 
 /* ------------------------------------------------------ instruction set */

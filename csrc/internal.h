@@ -91,6 +91,10 @@ static inline int csub_isa_level(void)
 #define CSUB_VARIANTS(name, params, args) static void name params { name##_body args; }
 #endif
 
+/* Cap the threads of the kernels this thread calls at n (0: no cap) until the next call; returns
+ * the cap before (core.c). */
+int csub_threads_cap(int n);
+
 /* ------------------------------------------------------ parallel thresholds
  *
  * Below these sizes a loop runs on one thread: forking and joining a team (and

@@ -302,6 +302,9 @@ int csub_model_set_alpha(csub_model *m, double alpha)
     }
     if (m->vc[m->out_val] * m->vshape[m->out_val].h * m->vshape[m->out_val].w != m->classes)
         return MFAIL(m, CSUB_ERR_FORMAT, "the output narrows at width %g", m->width);
+    csub_model_desc d;
+    csub_model_info(m, &d);
+    m->flops = d.flops; /* per image at this alpha: whether a small batch splits (runtime_exec.c) */
     m->ready = 1;
     return CSUB_OK;
 }

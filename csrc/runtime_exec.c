@@ -177,7 +177,7 @@ int csub_rt_image_parallel(const csub_model *m, int64_t N, int nt)
     return 1;
 }
 
-static int forward(csub_model *m, const float *input, int64_t batch, float *output, double *op_ms)
+static int forward_threads(csub_model *m, const float *input, int64_t batch, float *output, double *op_ms)
 {
     if (!m) return CSUB_ERR_ARG;
     if (!input || !output) return MFAIL(m, CSUB_ERR_ARG, "input, output: NULL pointer");
@@ -214,6 +214,18 @@ static int forward(csub_model *m, const float *input, int64_t batch, float *outp
                      "represents (check the input)", failed, csub_model_op_name(m, failed));
     if (st) return MFAIL(m, st, "graph[%d] (%s): %s", failed, csub_model_op_name(m, failed), csub_strerror(st));
     return CSUB_OK;
+}
+
+/* Fewer images than threads and too little work to split them (RT_SPLIT_MIN_FLOPS): the whole
+ * forward on the calling thread */
+static int forward(csub_model *m, const float *input, int64_t batch, float *output, double *op_ms)
+{
+    int small = m && m->ready && batch >= 1 && batch < csub_get_num_threads() &&
+                (double)batch * (double)m->flops < RT_SPLIT_MIN_FLOPS;
+    int cap = small ? csub_threads_cap(1) : 0;
+    int st = forward_threads(m, input, batch, output, op_ms);
+    if (small) csub_threads_cap(cap);
+    return st;
 }
 
 int csub_model_forward(csub_model *m, const float *input, int64_t batch, float *output)

@@ -36,6 +36,13 @@ typedef struct workspace {
  * (batch 1): the dense products split well and the CSR ones do not, so they
  * stop paying earlier: 0.94x / 1.05x at keep 0.4 in two runs, 0.82x at 0.5.
  * Between the two, a layer holds both forms. */
+/* Below this many float operations a forward of fewer images than threads runs on one thread
+ * (runtime_exec.c). Splitting each image across two cores, measured at batch 1 before the rule
+ * (benchmarks/bench_split.py times 2 threads against 1): 1.11-1.28x slower at 8-67 MFLOP
+ * (cPreResNet20 dense and 90 % sparse, group and batch norm: the halves each thread writes are
+ * read by the other in the next layer, for a few microseconds of arithmetic), even at 47 MFLOP
+ * (sparse ResNet18 at 64x64), 1.3-2.2x faster from 270 MFLOP. */
+#define RT_SPLIT_MIN_FLOPS 1e8
 #define RT_SPARSE_CROSSOVER 0.6
 #define RT_SPARSE_CROSSOVER_SPLIT 0.4
 #define RT_MAX_OPS 100000
@@ -125,6 +132,7 @@ struct csub_model {
     int nlevels;
     double *level_alpha, *level_acc;
     double alpha, width, keep, crossover, crossover_split;
+    int64_t flops;               /* per image at the current alpha (csub_model_info), set by set_alpha */
     int bits, ready;
     int split;                   /* the last forward split its images across threads */
     int fold;                    /* batch norms folded, ReLUs and residual adds in the conv's epilogue (CSUB_FOLD) */

@@ -79,14 +79,15 @@ def test_compressed_equals_training_forward(name, kw, shape, regime, subspace, r
 
 @pytest.mark.parametrize("regime,alphas", [(None, [1.0]), ("unstructured", [0.3, 1.0]), ("structured", [0.5, 1.0])])
 def test_one_large_image_on_thread_counts(regime, alphas, rng):
-    """Batch 1 on a 64 x 64 image: the layers are large enough that the threads split the image
-    by rows (dense and CSR convolutions, norms, fused residual adds); 1 to 3 threads agree
-    with the training forward."""
+    """Batch 1 on a 96 x 96 image: the layers are large enough that the threads split the image
+    by rows (dense and CSR convolutions, norms, fused residual adds; every alpha here is above
+    the runtime's 1e8 FLOP for a split); 1 to 3 threads agree with the training forward."""
     csub.manual_seed(4)
     model = _build("cpreresnet20", dict(norm="gn"), regime, "line")
-    x = rng.normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
+    x = rng.normal(0, 1, (1, 3, 96, 96)).astype(np.float32)
     _prepare(model, x, regime, rng)
-    net = model.compress(alphas[0], input_shape=(3, 64, 64))
+    net = model.compress(alphas[0], input_shape=(3, 96, 96))
+    assert min(net.set_alpha(a).info()["flops"] for a in alphas) > 1e8
     old = csub.get_num_threads()
     try:
         for a in alphas:
@@ -95,6 +96,31 @@ def test_one_large_image_on_thread_counts(regime, alphas, rng):
             for t in (1, 2, 3):
                 csub.set_num_threads(t)
                 assert _rel(net.set_alpha(a)(x), want) < RTOL_FLOAT, (a, t)
+    finally:
+        csub.set_num_threads(old)
+
+
+def test_a_small_forward_runs_on_one_thread_and_leaves_the_count(rng):
+    """Under 1e8 FLOP, fewer images than threads run on the calling thread (the same bits as one
+    thread); the process-wide thread count is the same afterwards, after a failed call too."""
+    csub.manual_seed(5)
+    model = models.cpreresnet20(norm="bn", regime="quantized", subspace="line")
+    x = rng.normal(0, 1, (1, 3, 32, 32)).astype(np.float32)
+    net = model.compress(1.0, input_shape=(3, 32, 32))
+    assert net.info()["flops"] < 1e8
+    old = csub.get_num_threads()
+    try:
+        csub.set_num_threads(1)
+        one = net(x)
+        csub.set_num_threads(2)
+        np.testing.assert_array_equal(net(x), one)
+        assert csub.get_num_threads() == 2
+        net.set_alpha(0.0)  # integer codes: a NaN input is refused mid-forward
+        bad = x.copy()
+        bad[0, 0, 0, 0] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            net(bad)
+        assert csub.get_num_threads() == 2
     finally:
         csub.set_num_threads(old)
 
