@@ -351,14 +351,19 @@ def test_sparse_crossover_changes_the_path_not_the_result(rng):
 
 def test_split_crossover_picks_the_kernels_by_batch(rng):
     """CSR kernels for whole images, dense ones for an image split across threads: both forms
-    held at once, the kernels chosen per forward, the same results."""
+    held at once, the kernels chosen per forward, the same results. A forward under 1e8 FLOP
+    does not split its image: CSR at batch 1 too."""
     csub.manual_seed(2)
-    model = models.cnn(widths=(8, 16, 24), regime="unstructured", subspace="line")
-    x = rng.normal(0, 1, (3, 1, 28, 28)).astype(np.float32)
-    both = csub.CompressedNet(modelfile.to_bytes(model), 0.3, sparse_crossover=(1.0, 0.0))
-    csr = csub.CompressedNet(modelfile.to_bytes(model), 0.3, sparse_crossover=1.0)
-    dense = csub.CompressedNet(modelfile.to_bytes(model), 0.3, sparse_crossover=0.0)
+    model = models.cpreresnet20(regime="unstructured", subspace="line")
+    x = rng.normal(0, 1, (3, 3, 96, 96)).astype(np.float32)
+    data = modelfile.to_bytes(model, input_shape=(3, 96, 96))
+    both = csub.CompressedNet(data, 0.3, sparse_crossover=(1.0, 0.0))
+    csr = csub.CompressedNet(data, 0.3, sparse_crossover=1.0)
+    dense = csub.CompressedNet(data, 0.3, sparse_crossover=0.0)
     assert both.info()["weight_bytes"] > max(csr.info()["weight_bytes"], dense.info()["weight_bytes"])
+    assert both.info()["flops"] > 1e8
+    small = csub.CompressedNet(modelfile.to_bytes(model, input_shape=(3, 32, 32)), 0.3, sparse_crossover=(1.0, 0.0))
+    assert small.info()["flops"] < 1e8
     old = csub.get_num_threads()
     try:
         csub.set_num_threads(2)
@@ -366,6 +371,7 @@ def test_split_crossover_picks_the_kernels_by_batch(rng):
         assert "conv/sparse" not in one
         assert "conv/sparse" in three
         assert _rel(both(x[:1]), dense(x[:1])) < RTOL_FLOAT and _rel(both(x), csr(x)) < RTOL_FLOAT
+        assert "conv/sparse" in small.profile(x[:1, :, :32, :32])
         csub.set_num_threads(1)  # one thread runs whole images: CSR
         assert "conv/sparse" in both.profile(x[:1])
     finally:
