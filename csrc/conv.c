@@ -125,7 +125,7 @@ void csub_conv_bias_backward(const float *dy, float *db, int64_t N, int64_t K, i
 }
 
 /* The rows [K, L] (row stride PQ) of one image's product, in place: + b[k], + res, then the ReLU */
-static void epilogue(float *y, const float *b, const float *res, int relu, int64_t K, int64_t L, int64_t PQ)
+void csub_conv_epilogue(float *y, const float *b, const float *res, int relu, int64_t K, int64_t L, int64_t PQ)
 {
     if (!b && !res && !relu) return;
     for (int64_t k = 0; k < K; k++) { /* one branch-free loop per case, so that each vectorises */
@@ -184,7 +184,7 @@ static void conv_rows(const float *xn, const float *w, const float *b, const flo
             im2col(xn, col, col + CRS * (e - a) * Q, C, H, W, R, S, stride, pad, a, e, Q);
             csub_gemm_serial(0, 0, K, L, CRS, 1.0f, w, CRS, col, L, 0.0f, yb, PQ);
         }
-        epilogue(yb, b, resn ? resn + a * Q : NULL, relu, K, L, PQ);
+        csub_conv_epilogue(yb, b, resn ? resn + a * Q : NULL, relu, K, L, PQ);
     }
 }
 

@@ -35,33 +35,6 @@ CSUB_FP_CONTRACT_FAST
 #define OCG 8     /* output channels per tile */
 #define SLICE 192 /* pixels per slice: its rows of x stay in L1 or L2 across the channel groups */
 
-/* y rows [k0, k0 + nk) at pixels [o, o + n) (already summed), in place: + b[k], + res, then the ReLU,
- * in the order of the im2col path's epilogue (conv.c) */
-static void tile_epilogue(float *y, int64_t ldy, const float *b, const float *res, int relu, int64_t k0, int nk,
-                          int64_t o, int64_t n)
-{
-    if (!b && !res && !relu) return;
-    for (int j = 0; j < nk; j++) {
-        int64_t k = k0 + j;
-        float bk = b ? b[k] : 0.0f, *yk = y + k * ldy + o;
-        const float *rk = res ? res + k * ldy + o : NULL;
-        if (rk && relu)
-            for (int64_t i = 0; i < n; i++) {
-                float v = yk[i] + bk + rk[i];
-                yk[i] = v <= 0.0f ? 0.0f : v;
-            }
-        else if (rk)
-            for (int64_t i = 0; i < n; i++) yk[i] = yk[i] + bk + rk[i];
-        else if (relu)
-            for (int64_t i = 0; i < n; i++) {
-                float v = yk[i] + bk;
-                yk[i] = v <= 0.0f ? 0.0f : v;
-            }
-        else
-            for (int64_t i = 0; i < n; i++) yk[i] += bk;
-    }
-}
-
 /* One tile: y[k0 + j][o .. o + V VW) = sum_c w[k0 + j][c] x[c][o ..], j < nk (the rows past nk
  * computed from row nk - 1 and dropped). Defined per vector type (VT, VW floats); V is a
  * constant at each call and every index of acc is a constant after unrolling, so the 8 x V
@@ -162,7 +135,8 @@ static void image(const float *x, const float *w, const float *b, const float *r
         for (int64_t k0 = 0; k0 < K; k0 += OCG) {
             int nk = K - k0 < OCG ? (int)(K - k0) : OCG;
             rows(x, HW, w, C, y, HW, k0, nk, a, e);
-            tile_epilogue(y, HW, b, res, relu, k0, nk, a, e - a);
+            csub_conv_epilogue(y + k0 * HW + a, b ? b + k0 : NULL, res ? res + k0 * HW + a : NULL, relu, nk,
+                               e - a, HW);
         }
     }
 }

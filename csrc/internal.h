@@ -187,6 +187,10 @@ void csub_conv3x3_pack_flipped(const float *w, float *wp, int64_t K, int64_t C);
 int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const float *res, int relu, float *y,
                          int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride);
 
+/* The rows y[K, L] (row stride ld) of a convolution's product, in place: + b[k] (b may be NULL),
+ * + res (same layout, or NULL), then the ReLU when relu (NaN stays NaN) (conv.c) */
+void csub_conv_epilogue(float *y, const float *b, const float *res, int relu, int64_t K, int64_t L, int64_t ld);
+
 /* 1x1 convolution, stride 1, no padding (conv_pointwise.c): y[N,K,HW] = relu?(w[K,C] . x[N,C,HW]
  * + b[K] + res[N,K,HW]) (b, res may be NULL; res must not overlap y), the epilogue on each
  * register tile; the same bits at every instruction-set level and thread count, and agrees with
