@@ -37,13 +37,7 @@ static void im2col(const float *x, float *col, float *phase, int64_t C, int64_t 
                     continue;
                 }
                 const float *xr = x + (c * H + h) * W;
-                if (stride == 2 && phase) {
-                    for (int64_t i = 0; i < W / 2; i++) {
-                        phase[i] = xr[2 * i];
-                        phase[Wph + i] = xr[2 * i + 1];
-                    }
-                    if (W % 2) phase[W / 2] = xr[W - 1];
-                } else if (stride > 1 && phase)
+                if (stride > 1 && phase)
                     for (int64_t f = 0; f < stride; f++)
                         for (int64_t i = 0; i * stride + f < W; i++) phase[f * Wph + i] = xr[i * stride + f];
                 for (int64_t s = 0; s < S; s++) {
