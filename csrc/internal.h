@@ -199,6 +199,17 @@ void csub_conv_epilogue(float *y, const float *b, const float *res, int relu, in
 void csub_conv1x1_forward(const float *x, const float *w, const float *b, const float *res, int relu, float *y,
                           int64_t N, int64_t C, int64_t HW, int64_t K);
 
+/* Convolution with few taps per output, C R S <= STEM_MAX_TAPS and more than one, on output rows of
+ * Q >= 32 (conv_stem.c):
+ * y[N,K,P,Q] = relu?(conv(x[N,C,H,W], w[K,C,R,S]) + b[K] + res[N,K,P,Q]) (b, res may be NULL; res
+ * must not overlap y) on phase planes of each image, the epilogue in the register tiles; the
+ * same bits at every instruction-set level and thread count. CSUB_ERR_NOMEM when out of memory. */
+#define STEM_MAX_TAPS 160
+int csub_conv_stem_applies(int64_t C, int64_t R, int64_t S, int64_t Q);
+int csub_conv_stem_forward(const float *x, const float *w, const float *b, const float *res, int relu, float *y,
+                           int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                           int64_t stride, int64_t pad);
+
 /* Winograd 3x3 convolution, pad 1, stride 1 (conv_winograd.c): F(m x m, 3x3) with m = 4 or 2.
  * The weight w[K,C,3,3] transformed once into u[csub_winograd_packed_len(K, C, m)]
  * (csub_winograd_pack), then y[N,K,H,W] = relu?(conv(x[N,C,H,W], w) + b[K] + res[N,K,H,W]) (b, res
