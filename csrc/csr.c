@@ -33,8 +33,10 @@
  * reduced in thread order); a batch smaller than the thread count splits each
  * image instead: the forward by output rows (csub_row_band: each thread lays
  * out and reads the plane rows of its own band, so that at inference a layer's
- * input is mostly in the cache of the core that wrote it), the backward by
- * rows of the weight. Results depend on the thread count only through that
+ * input is mostly in the cache of the core that wrote it), or by output
+ * channels where the kept weights outweigh the planes (each thread then
+ * streams only its own rows of the weight), the backward by rows of the
+ * weight. Results depend on the thread count only through that
  * fixed reduction order. At inference the offsets of the kept weights into
  * the planes are computed once per weight (csub_conv2d_sparse_offsets) and
  * the buffers come from the caller (csub_conv2d_sparse_forward_planned).
