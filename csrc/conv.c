@@ -201,6 +201,8 @@ int csub_conv2d_forward_fused(const float *x, const float *w, const float *b, co
         free(wp);
         return st;
     }
+    if (csub_conv_stem_applies(C, R, S, Q)) /* few taps (a stem): on phase planes, conv_stem.c */
+        return csub_conv_stem_forward(x, w, b, res, relu, y, N, C, H, W, K, R, S, stride, pad);
     if (R == 1 && S == 1 && pad == 0 && K * C <= POINTWISE_MAX_WEIGHT) {
         /* 1x1: the product and the epilogue tile by tile (conv_pointwise.c); strided, on the
          * input's every stride-th row and column, gathered first */

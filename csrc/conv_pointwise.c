@@ -10,7 +10,9 @@
  * at batch 1 every thread packed the whole weight again. Here a tile of 8
  * output channels x V vectors of pixels stays in registers over all C (per
  * channel: V loads of x, 8 broadcast weights, 8 V multiply-adds), then the
- * epilogue runs on the tile while it is in L1. Nothing is copied: the 8
+ * epilogue runs on the tile in registers as it is stored (the bias, the
+ * residual, the ReLU: as csub_conv_epilogue, conv.c, computes them, in the
+ * same order, so the same bits). Nothing is copied: the 8
  * weights of a channel are read from the rows of w (the rows past K repeat
  * row K - 1; their sums are dropped).
  *
@@ -35,14 +37,21 @@ CSUB_FP_CONTRACT_FAST
 #define OCG 8     /* output channels per tile */
 #define SLICE 192 /* pixels per slice: its rows of x stay in L1 or L2 across the channel groups */
 
-/* One tile: y[k0 + j][o .. o + V VW) = sum_c w[k0 + j][c] x[c][o ..], j < nk (the rows past nk
- * computed from row nk - 1 and dropped). Defined per vector type (VT, VW floats); V is a
- * constant at each call and every index of acc is a constant after unrolling, so the 8 x V
- * accumulators live in registers. */
-#define DEFINE_TILE(NAME, VT, VW, MADD)                                                              \
+/* The epilogue of one output channel (bias bk, residual row rk or NULL, ReLU), as
+ * csub_conv_epilogue computes it: v = y + bk (+ r), then v <= 0 ? 0 : v (NaN stays NaN). */
+typedef struct {
+    const float *b, *res; /* b[K] or NULL; res: the image's residual [K, ldy] or NULL */
+    int relu, any;        /* any: an epilogue at all (else y is the bare sum) */
+} epi_t;
+
+/* One tile: y[k0 + j][o .. o + V VW) = epilogue(sum_c w[k0 + j][c] x[c][o ..]), j < nk (the rows
+ * past nk computed from row nk - 1 and dropped). Defined per vector type (VT, VW floats; VI: an
+ * integer vector of the same lanes); V is a constant at each call and every index of acc is a
+ * constant after unrolling, so the 8 x V accumulators live in registers. */
+#define DEFINE_TILE(NAME, VT, VI, VW, MADD)                                                          \
     static CSUB_ALWAYS_INLINE void NAME(const float *x, int64_t ldx, const float *w, int64_t C,      \
                                         float *y, int64_t ldy, int64_t k0, int nk, int64_t o,        \
-                                        const int V)                                                  \
+                                        const int V, const epi_t *e)                                  \
     {                                                                                                 \
         VT acc[OCG][3];                                                                               \
         const float *wr[OCG];                                                                         \
@@ -59,13 +68,33 @@ CSUB_FP_CONTRACT_FAST
                 _Pragma("GCC unroll 3") for (int v = 0; v < V; v++) MADD(acc[j][v], xv[v], wj);       \
             }                                                                                         \
         }                                                                                             \
-        _Pragma("GCC unroll 8") for (int j = 0; j < OCG; j++)                                        \
-            if (j < nk)                                                                               \
-                _Pragma("GCC unroll 3") for (int v = 0; v < V; v++)                                  \
-                    memcpy(y + (k0 + j) * ldy + o + v * VW, &acc[j][v], sizeof(VT));                  \
+        _Pragma("GCC unroll 8") for (int j = 0; j < OCG; j++) {                                      \
+            if (j >= nk) continue;                                                                    \
+            int64_t row = (k0 + j) * ldy + o;                                                         \
+            float bk = e->b ? e->b[k0 + j] : 0.0f;                                                    \
+            _Pragma("GCC unroll 3") for (int v = 0; v < V; v++) {                                    \
+                VT a = acc[j][v];                                                                     \
+                if (e->any) {                                                                         \
+                    a = a + bk;                                                                       \
+                    if (e->res) {                                                                     \
+                        VT r;                                                                         \
+                        memcpy(&r, e->res + row + v * VW, sizeof(VT));                                \
+                        a = a + r;                                                                    \
+                    }                                                                                 \
+                    if (e->relu) { /* lanes <= 0 cleared: NaN kept, -0 becomes +0 */                  \
+                        VI m = (VI)(a <= (VT){0}), bits;                                             \
+                        memcpy(&bits, &a, sizeof(VT));                                                \
+                        bits &= ~m;                                                                   \
+                        memcpy(&a, &bits, sizeof(VT));                                                \
+                    }                                                                                 \
+                }                                                                                     \
+                memcpy(y + row + v * VW, &a, sizeof(VT));                                             \
+            }                                                                                         \
+        }                                                                                             \
     }
 
 typedef float f32x4 __attribute__((vector_size(16)));
+typedef int32_t i32x4 __attribute__((vector_size(16)));
 #define MADD_CONTRACT(acc, x, w) ((acc) += (x) * (w))
 #if defined(__clang__) /* no contraction anywhere (internal.h): the baseline and the tail unfused too */
 #define MADD_BASELINE MADD_CONTRACT
@@ -77,17 +106,23 @@ typedef float f32x4 __attribute__((vector_size(16)));
     } while (0)
 #define MADD_SCALAR(acc, x, w) ((acc) = fmaf((x), (w), (acc)))
 #endif
-DEFINE_TILE(tile_baseline, f32x4, 4, MADD_BASELINE)
+DEFINE_TILE(tile_baseline, f32x4, i32x4, 4, MADD_BASELINE)
 
-/* The last n pixels at o (fewer than a vector), one by one, the same sums */
+/* The last n pixels at o (fewer than a vector), one by one, the same sums and epilogue */
 static void tail(const float *x, int64_t ldx, const float *w, int64_t C, float *y, int64_t ldy, int64_t k0, int nk,
-                 int64_t o, int64_t n)
+                 int64_t o, int64_t n, const epi_t *e)
 {
     for (int j = 0; j < nk; j++) {
         const float *wk = w + (k0 + j) * C;
+        float bk = e->b ? e->b[k0 + j] : 0.0f;
         for (int64_t i = o; i < o + n; i++) {
             float acc = 0.0f;
             for (int64_t c = 0; c < C; c++) MADD_SCALAR(acc, x[c * ldx + i], wk[c]);
+            if (e->any) {
+                acc = acc + bk;
+                if (e->res) acc = acc + e->res[(k0 + j) * ldy + i];
+                if (e->relu) acc = acc <= 0.0f ? 0.0f : acc;
+            }
             y[(k0 + j) * ldy + i] = acc;
         }
     }
@@ -96,48 +131,46 @@ static void tail(const float *x, int64_t ldx, const float *w, int64_t C, float *
 /* Rows [k0, k0 + nk), nk <= 8, pixels [i0, i1): tiles of VMAX vectors, then of one, then the tail */
 #define DEFINE_ROWS(NAME, TILE, VW, VMAX, ATTR)                                                      \
     ATTR static void NAME(const float *x, int64_t ldx, const float *w, int64_t C, float *y,         \
-                          int64_t ldy, int64_t k0, int nk, int64_t i0, int64_t i1)                   \
+                          int64_t ldy, int64_t k0, int nk, int64_t i0, int64_t i1, const epi_t *e)   \
     {                                                                                                 \
         int64_t o = i0;                                                                               \
-        for (; o + VMAX * VW <= i1; o += VMAX * VW) TILE(x, ldx, w, C, y, ldy, k0, nk, o, VMAX);     \
-        for (; o + VW <= i1; o += VW) TILE(x, ldx, w, C, y, ldy, k0, nk, o, 1);                      \
-        if (o < i1) tail(x, ldx, w, C, y, ldy, k0, nk, o, i1 - o);                                    \
+        for (; o + VMAX * VW <= i1; o += VMAX * VW) TILE(x, ldx, w, C, y, ldy, k0, nk, o, VMAX, e);  \
+        for (; o + VW <= i1; o += VW) TILE(x, ldx, w, C, y, ldy, k0, nk, o, 1, e);                   \
+        if (o < i1) tail(x, ldx, w, C, y, ldy, k0, nk, o, i1 - o, e);                                 \
     }
 DEFINE_ROWS(rows_baseline, tile_baseline, 4, 2, )
 
 #if CSUB_X86
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef float f32x16 __attribute__((vector_size(64)));
-DEFINE_TILE(tile_avx2, f32x8, 8, MADD_CONTRACT)
-DEFINE_TILE(tile_avx512, f32x16, 16, MADD_CONTRACT)
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+DEFINE_TILE(tile_avx2, f32x8, i32x8, 8, MADD_CONTRACT)
+DEFINE_TILE(tile_avx512, f32x16, i32x16, 16, MADD_CONTRACT)
 DEFINE_ROWS(rows_avx2, tile_avx2, 8, 2, CSUB_TARGET_AVX2)
 DEFINE_ROWS(rows_avx512, tile_avx512, 16, 3, CSUB_TARGET_AVX512)
 #endif
 
 static void rows(const float *x, int64_t ldx, const float *w, int64_t C, float *y, int64_t ldy, int64_t k0, int nk,
-                 int64_t i0, int64_t i1)
+                 int64_t i0, int64_t i1, const epi_t *e)
 {
 #if CSUB_X86
     int isa = csub_isa_level();
-    if (isa >= CSUB_ISA_AVX512) { rows_avx512(x, ldx, w, C, y, ldy, k0, nk, i0, i1); return; }
-    if (isa >= CSUB_ISA_AVX2) { rows_avx2(x, ldx, w, C, y, ldy, k0, nk, i0, i1); return; }
+    if (isa >= CSUB_ISA_AVX512) { rows_avx512(x, ldx, w, C, y, ldy, k0, nk, i0, i1, e); return; }
+    if (isa >= CSUB_ISA_AVX2) { rows_avx2(x, ldx, w, C, y, ldy, k0, nk, i0, i1, e); return; }
 #endif
-    rows_baseline(x, ldx, w, C, y, ldy, k0, nk, i0, i1);
+    rows_baseline(x, ldx, w, C, y, ldy, k0, nk, i0, i1, e);
 }
 
-/* Pixels [i0, i1) of one image x[C, HW] -> y[K, HW], slice by slice, the epilogue on each finished
- * group of rows */
+/* Pixels [i0, i1) of one image x[C, HW] -> y[K, HW], slice by slice, each tile's epilogue as it is stored */
 static void image(const float *x, const float *w, const float *b, const float *res, int relu, float *y, int64_t C,
                   int64_t K, int64_t HW, int64_t i0, int64_t i1)
 {
+    epi_t e = {b, res, relu, b || res || relu};
     for (int64_t a = i0; a < i1; a += SLICE) {
-        int64_t e = a + SLICE < i1 ? a + SLICE : i1;
-        for (int64_t k0 = 0; k0 < K; k0 += OCG) {
-            int nk = K - k0 < OCG ? (int)(K - k0) : OCG;
-            rows(x, HW, w, C, y, HW, k0, nk, a, e);
-            csub_conv_epilogue(y + k0 * HW + a, b ? b + k0 : NULL, res ? res + k0 * HW + a : NULL, relu, nk,
-                               e - a, HW);
-        }
+        int64_t end = a + SLICE < i1 ? a + SLICE : i1;
+        for (int64_t k0 = 0; k0 < K; k0 += OCG)
+            rows(x, HW, w, C, y, HW, k0, K - k0 < OCG ? (int)(K - k0) : OCG, a, end, &e);
     }
 }
 

@@ -33,8 +33,10 @@
  * reduced in thread order); a batch smaller than the thread count splits each
  * image instead: the forward by output rows (csub_row_band: each thread lays
  * out and reads the plane rows of its own band, so that at inference a layer's
- * input is mostly in the cache of the core that wrote it), the backward by
- * rows of the weight. Results depend on the thread count only through that
+ * input is mostly in the cache of the core that wrote it), or by output
+ * channels where the kept weights outweigh the planes (each thread then
+ * streams only its own rows of the weight), the backward by rows of the
+ * weight. Results depend on the thread count only through that
  * fixed reduction order. At inference the offsets of the kept weights into
  * the planes are computed once per weight (csub_conv2d_sparse_offsets) and
  * the buffers come from the caller (csub_conv2d_sparse_forward_planned).
@@ -491,15 +493,22 @@ static void fwd_block_ptrs(const geom *g, const flay *f, const int64_t *rowptr, 
     cbp[g->K * f->ncb] = rowptr[g->K];
 }
 
+/* x[i] = max(x[i], 0), i < n (NaN stays NaN, as csub_relu_forward) */
+static void relu_inplace(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] <= 0.0f ? 0.0f : x[i];
+}
+
 /* One image's output rows [p0, p1) of output channels [k0, k1), k1 - k0 <= Kc:
- * y[n][k] = b[k] + sum over row k of w * shifted planes (+ res[n][k]).
+ * y[n][k] = relu?(b[k] + sum over row k of w * shifted planes (+ res[n][k])).
  * Where the wide rows are the real ones (direct_y), y itself holds the sums, the residual
- * first; else the wide buffer (Kc * Lw floats) does, the residual added as y is written;
- * either way the same order for every thread count. round: the wide rows may be computed
- * up to a multiple of 16 floats (the planes have slack past their end). */
+ * first, the ReLU on each row once its last block is summed (still in L1); else the wide
+ * buffer (Kc * Lw floats) does, the residual and the ReLU applied as y is written; either
+ * way the same order for every thread count. round: the wide rows may be computed up to a
+ * multiple of 16 floats (the planes have slack past their end). */
 static void fwd_block(const geom *g, const flay *f, const int64_t *cbp, const int64_t *foff,
-                      const float *values, const float *b, const float *planes, const float *resn, float *yn,
-                      float *wide, int round, int64_t k0, int64_t k1, int64_t p0, int64_t p1)
+                      const float *values, const float *b, const float *planes, const float *resn, int relu,
+                      float *yn, float *wide, int round, int64_t k0, int64_t k1, int64_t p0, int64_t p1)
 {
     int64_t PQ = g->P * g->Q, Q = g->Q, Wph = g->Wph, nb = f->ncb;
     int64_t L = (p1 - p0) * Wph;
@@ -512,28 +521,37 @@ static void fwd_block(const geom *g, const flay *f, const int64_t *cbp, const in
             const float *r = g->direct_y && resn ? resn + k * PQ + p0 * Q : NULL;
             if (j == 0) sp_gather(wk, L, base, foff + t0, values + t0, T, b ? b[k] : 0.0f, r);
             else if (T) sp_gather(wk, L, base, foff + t0, values + t0, T, 0.0f, wk);
+            if (relu && g->direct_y && j == f->ncb - 1) relu_inplace(wk, L);
         }
     for (int64_t k = k0; k < k1 && !g->direct_y; k++) {
         const float *wk = wide + (k - k0) * f->Lw, *r = resn ? resn + k * PQ : NULL;
         float *out = yn + k * PQ;
         for (int64_t p = p0; p < p1; p++) {
             const float *src = wk + (p - p0) * Wph;
-            if (r)
-                for (int64_t q = 0; q < Q; q++) out[p * Q + q] = src[q] + r[p * Q + q];
+            float *o = out + p * Q;
+            if (r && relu) /* one branch-free loop per case, so that each vectorises */
+                for (int64_t q = 0; q < Q; q++) {
+                    float v = src[q] + r[p * Q + q];
+                    o[q] = v <= 0.0f ? 0.0f : v;
+                }
+            else if (r)
+                for (int64_t q = 0; q < Q; q++) o[q] = src[q] + r[p * Q + q];
+            else if (relu)
+                for (int64_t q = 0; q < Q; q++) o[q] = src[q] <= 0.0f ? 0.0f : src[q];
             else
-                memcpy(out + p * Q, src, sizeof(float) * Q);
+                memcpy(o, src, sizeof(float) * Q);
         }
     }
 }
 
 /* fwd_block over rows [p0, p1) in bands of B, output channels [k0, k1) in chunks of Kc */
 static void fwd_rows(const geom *g, const flay *f, const int64_t *cbp, const int64_t *foff, const float *values,
-                     const float *b, const float *planes, const float *resn, float *yn, float *wide, int round,
-                     int64_t k0, int64_t k1, int64_t p0, int64_t p1)
+                     const float *b, const float *planes, const float *resn, int relu, float *yn, float *wide,
+                     int round, int64_t k0, int64_t k1, int64_t p0, int64_t p1)
 {
     for (int64_t q0 = p0; q0 < p1; q0 += f->B)
         for (int64_t c0 = k0; c0 < k1; c0 += f->Kc)
-            fwd_block(g, f, cbp, foff, values, b, planes, resn, yn, wide, round, c0, c0 + f->Kc < k1 ? c0 + f->Kc : k1,
+            fwd_block(g, f, cbp, foff, values, b, planes, resn, relu, yn, wide, round, c0, c0 + f->Kc < k1 ? c0 + f->Kc : k1,
                       q0, q0 + f->B < p1 ? q0 + f->B : p1);
 }
 
@@ -578,7 +596,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                                        const float *values, const float *b, float *y,
                                        int64_t N, int64_t C, int64_t H, int64_t W,
                                        int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad,
-                                       const float *res, float *work, int64_t work_len)
+                                       const float *res, int relu, float *work, int64_t work_len)
 {
     geom g = make_geom(N, C, H, W, K, R, S, stride, pad);
     flay f = fwd_layout(&g, rowptr[K]);
@@ -587,7 +605,10 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
     if (N < nt && (double)rowptr[K] * (double)g.L < CSUB_PAR_MIN_SPARSE) nt = 1; /* one image, little work */
     fwd_sizes(&g, &f, &pf, &wf);
     int outer = N >= nt;            /* threads split the batch, else each image: */
-    int bands = !outer && g.P >= nt; /* by output rows (csub_row_band), or by output channels */
+    /* by output rows (csub_row_band), or by output channels where the kept weights (a value and an
+     * offset each) outweigh the planes: every thread streams all the weights for its rows, but only
+     * its own channels' weights and the shared planes in the other split */
+    int bands = !outer && g.P >= nt && (double)rowptr[K] * 12.0 <= (double)(g.nplanes * g.plane) * 4.0;
     int round = !g.direct_x;        /* the planes have slack: whole 16-float vectors */
     int64_t need = (pf + wf) * nt;
     float *own = NULL;
@@ -619,7 +640,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                 const float *xn = x + n * C * H * W;
                 if (pl) build_planes(&g, xn, pl, 0, C, 0, g.Hph);
                 const float *rn = res ? res + n * K * PQ : NULL;
-                fwd_rows(&g, &f, bp, foff, values, b, pl ? pl : xn, rn, y + n * K * PQ, wt, round, 0, K, 0, g.P);
+                fwd_rows(&g, &f, bp, foff, values, b, pl ? pl : xn, rn, relu, y + n * K * PQ, wt, round, 0, K, 0, g.P);
             }
         } else {
             for (int64_t n = 0; n < N; n++) {
@@ -634,10 +655,10 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                 }
                 const float *pl = pf ? work : xn;
                 if (bands) {
-                    fwd_rows(&g, &f, bp, foff, values, b, pl, rn, y + n * K * PQ, wt, round, 0, K, p0, p1);
+                    fwd_rows(&g, &f, bp, foff, values, b, pl, rn, relu, y + n * K * PQ, wt, round, 0, K, p0, p1);
                 } else {
                     split(K, t, T, &lo, &hi);
-                    fwd_rows(&g, &f, bp, foff, values, b, pl, rn, y + n * K * PQ, wt, round, lo, hi, 0, g.P);
+                    fwd_rows(&g, &f, bp, foff, values, b, pl, rn, relu, y + n * K * PQ, wt, round, lo, hi, 0, g.P);
                 }
                 #pragma omp barrier
             }
@@ -657,7 +678,7 @@ int csub_conv2d_sparse_forward(const float *x, const int64_t *rowptr, const int3
     int64_t *foff = malloc(sizeof(int64_t) * (size_t)(nnz > 0 ? nnz : 1));
     int st = foff ? csub_conv2d_sparse_offsets(colidx, nnz, C, H, W, R, S, stride, pad, foff) : CSUB_ERR_NOMEM;
     if (!st) st = csub_conv2d_sparse_forward_planned(x, rowptr, foff, values, b, y, N, C, H, W, K, R, S, stride, pad,
-                                                     NULL, NULL, 0);
+                                                     NULL, 0, NULL, 0);
     free(foff);
     return st;
 }

@@ -162,7 +162,8 @@ void csub_row_band(int64_t H, int t, int T, int64_t *lo, int64_t *hi);
  * work_len floats (csub_conv2d_sparse_work(N, ..., csub_get_num_threads())
  * are enough; a smaller or NULL one is allocated per call; -1 when the sizes
  * overflow). res[N,K,P,Q] (may be NULL, must not overlap y) is added to y as
- * it is written: a residual add fused into the convolution. */
+ * it is written, then a ReLU where relu is nonzero: a residual add and an
+ * activation fused into the convolution. */
 int csub_conv2d_sparse_offsets(const int32_t *colidx, int64_t nnz, int64_t C, int64_t H, int64_t W,
                                int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t *foff);
 int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
@@ -171,7 +172,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                                        const float *values, const float *b, float *y,
                                        int64_t N, int64_t C, int64_t H, int64_t W,
                                        int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad,
-                                       const float *res, float *work, int64_t work_len);
+                                       const float *res, int relu, float *work, int64_t work_len);
 
 /* Direct 3x3 convolution, pad 1, stride 1 or 2 (conv_direct.c): the weight w[K,C,3,3] packed
  * once into wp[csub_conv3x3_packed_len(K, C)] (csub_conv3x3_pack), then
@@ -197,6 +198,17 @@ void csub_conv_epilogue(float *y, const float *b, const float *res, int relu, in
  * the sgemm path to float32 rounding. */
 void csub_conv1x1_forward(const float *x, const float *w, const float *b, const float *res, int relu, float *y,
                           int64_t N, int64_t C, int64_t HW, int64_t K);
+
+/* Convolution with few taps per output, C R S <= STEM_MAX_TAPS and more than one, on output rows of
+ * Q >= 32 (conv_stem.c):
+ * y[N,K,P,Q] = relu?(conv(x[N,C,H,W], w[K,C,R,S]) + b[K] + res[N,K,P,Q]) (b, res may be NULL; res
+ * must not overlap y) on phase planes of each image, the epilogue in the register tiles; the
+ * same bits at every instruction-set level and thread count. CSUB_ERR_NOMEM when out of memory. */
+#define STEM_MAX_TAPS 160
+int csub_conv_stem_applies(int64_t C, int64_t R, int64_t S, int64_t Q);
+int csub_conv_stem_forward(const float *x, const float *w, const float *b, const float *res, int relu, float *y,
+                           int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                           int64_t stride, int64_t pad);
 
 /* Winograd 3x3 convolution, pad 1, stride 1 (conv_winograd.c): F(m x m, 3x3) with m = 4 or 2.
  * The weight w[K,C,3,3] transformed once into u[csub_winograd_packed_len(K, C, m)]

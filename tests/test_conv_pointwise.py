@@ -2,8 +2,9 @@
 1x1 conv without padding whose weight has at most 32768 values (stride 1 on x itself, a larger
 stride on the gathered rows and columns): at every instruction-set level (CSUB_ISA) against
 the float64 NumPy twin, the same bits at every level and thread count (one fused multiply-add
-per term, summed in channel order), against PyTorch, and the fused bias, residual and ReLU in
-the runtime against the training forward."""
+per term, summed in channel order), against PyTorch, the bias, residual and ReLU applied in the
+tiles with the same bits as applied after the product, and in the runtime against the training
+forward."""
 import json
 
 import numpy as np
@@ -32,7 +33,7 @@ from reference import conv as ref
 
 shapes = json.loads(sys.argv[1])
 rng = np.random.default_rng(11)
-out = {"isa": _core.isa(), "err": {}, "digest": {}}
+out = {"isa": _core.isa(), "err": {}, "digest": {}, "fused": {}}
 for N, C, H, W, K, st in shapes:
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     w = rng.standard_normal((K, C, 1, 1)).astype(np.float32)
@@ -45,6 +46,16 @@ for N, C, H, W, K, st in shapes:
         out["err"][key] = [float(np.abs(y - want).max()) / max(1.0, float(np.abs(want).max())),
                            list(y.shape) == list(want.shape)]
         out["digest"][key] = hashlib.sha1(y.tobytes()).hexdigest()
+        # the epilogue in the tiles: (sum + b) + residual, then the ReLU, the same bits as numpy's
+        # float32 ops on the bare product; and the ReLU alone on a product without a bias
+        res = rng.standard_normal(y.shape).astype(np.float32)
+        yf = _core.conv2d_forward(x, w, b, st, 0, residual=res, relu=True)
+        v = y + res
+        y0 = _core.conv2d_forward(x, w, None, st, 0)
+        out["fused"][key] = [bool(np.array_equal(yf, np.where(v <= 0, np.float32(0), v))),
+                             bool(np.array_equal(_core.conv2d_forward(x, w, None, st, 0, relu=True),
+                                                 np.where(y0 <= 0, np.float32(0), y0)))]
+        out["digest"][key + "/fused"] = hashlib.sha1(yf.tobytes()).hexdigest()
 print(json.dumps(out))
 """
 
@@ -56,6 +67,7 @@ def test_every_level_matches_the_twin_with_the_same_bits():
         res = run_json_at_isa(isa, _SCRIPT, json.dumps(SHAPES))
         assert res["isa"] == isa
         assert len(res["err"]) == 2 * len(SHAPES)
+        assert all(all(ok) for ok in res["fused"].values()), (isa, res["fused"])
         for key, (err, shape_ok) in res["err"].items():
             assert shape_ok, (isa, key)
             assert err < 2e-6, (isa, key, err)  # float32 rounding over sums of up to 256 O(1) products
@@ -88,6 +100,12 @@ def test_non_finite_inputs_reach_their_pixel_only(rng):
     mask = np.ones((5, 7), bool)
     mask[2, 3] = mask[4, 6] = False
     assert np.isfinite(y[0][:, mask]).all()
+    res = np.zeros_like(y)
+    res[0, 3, 1, 1] = np.nan
+    yf = _core.conv2d_forward(x, w, None, 1, 0, residual=res, relu=True)  # the ReLU keeps NaN, as csub's
+    assert np.isnan(yf[0, :, 2, 3]).all() and np.isnan(yf[0, 3, 1, 1]) and np.isposinf(yf[0, :, 4, 6]).all()
+    with pytest.raises(ValueError, match="residual"):
+        _core.conv2d_forward(x, w, None, 1, 0, residual=res[:, :2].copy())
 
 
 def test_runtime_epilogue_matches_training_forward(rng):

@@ -235,6 +235,20 @@ def test_conv_sparse_residual_fused(rng, N, C, H, W, K, R, stride, pad):
         _core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res[:, :1].copy())
 
 
+@pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", CONV_SHAPES[5:] + [(1, 2, 9, 7, 3, 1, 2, 0)])
+def test_conv_sparse_relu_fused(rng, N, C, H, W, K, R, stride, pad):
+    """relu=True: max(conv + b (+ residual), 0) against the twin; NaN stays NaN, as csub's ReLU."""
+    x, mask, wm, csr, b, dy = _conv_case(rng, N, C, H, W, K, R, stride, pad, 0.3, zero_row=True)
+    res = f32(rng, *dy.shape)
+    want = sref.conv2d_forward(x, *csr, wm.shape, b, stride, pad)
+    assert_close(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, relu=True), np.maximum(want, 0),
+                 1e-5, 1e-6, "relu(y)")
+    assert_close(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res, relu=True),
+                 np.maximum(want + res, 0), 1e-5, 1e-6, "relu(y + residual)")
+    res[...] = np.nan
+    assert np.isnan(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res, relu=True)).all()
+
+
 @pytest.mark.parametrize("R,stride,pad", [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)])
 def test_conv_sparse_one_image_split_by_rows(rng, threads, R, stride, pad):
     """One image, a layer large enough that threads split its output rows (csub_row_band):
@@ -251,6 +265,26 @@ def test_conv_sparse_one_image_split_by_rows(rng, threads, R, stride, pad):
     for y, yr in out:
         assert rel_err(y, want) < 1e-5 and rel_err(yr, want + res) < 1e-5
         np.testing.assert_array_equal(y, out[0][0])  # each output is one thread's sum in a fixed order
+
+
+@pytest.mark.parametrize("C,H,R,stride,pad", [(192, 7, 3, 1, 1), (160, 14, 3, 2, 1), (512, 7, 1, 1, 0)])
+def test_conv_sparse_one_image_split_by_channels(rng, threads, C, H, R, stride, pad):
+    """One image whose kept weights outweigh its planes (ResNet18's last stages): the threads
+    split the output channels instead of the rows; 1 to 3 threads give the same bits, and agree
+    with the dense convolution, with a residual and the ReLU."""
+    x, mask, wm, csr, b, dy = _conv_case(rng, 1, C, H, H, C, R, stride, pad, 0.5)
+    assert len(csr[2]) * 12 > C * (H + 2) ** 2 * 4 / stride ** 2  # the weights outweigh the planes
+    res = f32(rng, *dy.shape)
+    want = _core.conv2d_forward(x, wm, b, stride, pad)
+    out = []
+    for t in (1, 2, 3):
+        threads(t)
+        out.append((_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad),
+                    _core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res, relu=True)))
+    for y, yr in out:
+        assert rel_err(y, want) < 1e-5 and rel_err(yr, np.maximum(want + res, 0)) < 1e-5
+        np.testing.assert_array_equal(y, out[0][0])
+        np.testing.assert_array_equal(yr, out[0][1])
 
 
 # The forward's blocking (csrc/csr.c, fwd_layout): output rows in bands, input channels in blocks
@@ -294,6 +328,11 @@ def test_conv_sparse_blocked_forward_against_twin(rng, threads, N, C, H, W, K, R
         yr = _core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res)
         assert_close(y, want, 1e-5, 1e-6, f"y, {t} threads")
         assert_close(yr, want + res, 1e-5, 1e-6, f"y + residual, {t} threads")
+        # the ReLU applied as y is written: the same sums, then max(., 0)
+        np.testing.assert_array_equal(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, relu=True),
+                                      np.where(y <= 0, np.float32(0), y))
+        np.testing.assert_array_equal(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res,
+                                                                  relu=True), np.where(yr <= 0, np.float32(0), yr))
         out.append((y, yr))
     for y, yr in out[1:]:
         np.testing.assert_array_equal(y, out[0][0])

@@ -54,20 +54,24 @@ static int conv_check(PyArrayObject *x, PyArrayObject *w, long long stride, long
 
 static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *x, *w, *b = NULL;
+    PyArrayObject *x, *w, *b = NULL, *res = NULL;
     long long stride = 1, pad = 0;
-    KW("x", "w", "b", "stride", "padding");
-    if (!parse(args, kw, "O&O&|O&LL", kwlist, ARG_F32(x, 4), ARG_F32(w, 4), ARG_OPT_F32(b, 1), &stride, &pad))
+    int relu = 0;
+    KW("x", "w", "b", "stride", "padding", "residual", "relu");
+    if (!parse(args, kw, "O&O&|O&LLO&p", kwlist, ARG_F32(x, 4), ARG_F32(w, 4), ARG_OPT_F32(b, 1), &stride, &pad,
+               ARG_OPT_F32_AS(res, "residual", 4), &relu))
         return NULL;
     conv_dims d;
     if (conv_check(x, w, stride, pad, &d)) return NULL;
     npy_intp bs[1] = {d.K};
     if (b && shape_check(b, "b", 1, bs, "(out_channels,)")) return NULL;
     npy_intp ys[4] = {d.N, d.K, d.P, d.Q};
+    if (shape_check(res, "residual", 4, ys, "the output's (N, out_channels, P, Q)")) return NULL;
     PyArrayObject *y = new_f32(4, ys);
     if (!y) return NULL;
     int st;
-    NOGIL(st = csub_conv2d_forward(F32(x), F32(w), OPT_F32(b), F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad));
+    NOGIL(st = csub_conv2d_forward_fused(F32(x), F32(w), OPT_F32(b), OPT_F32(res), relu, F32(y), d.N, d.C, d.H, d.W,
+                                         d.K, d.R, d.S, stride, pad));
     return finish(st, "conv2d_forward", y);
 }
 
@@ -426,7 +430,8 @@ static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw
 PyMethodDef csub_py_conv_methods[] = {
     M(linear_forward, "linear_forward(x[N,I], w[O,I], b[O]=None) -> y[N,O]"),
     M(linear_backward, "linear_backward(x, w, dy[N,O], dw=None, db=None, need_dx=True) -> dx; dw, db +="),
-    M(conv2d_forward, "conv2d_forward(x[N,C,H,W], w[K,C,R,S], b=None, stride=1, padding=0) -> y[N,K,P,Q]"),
+    M(conv2d_forward, "conv2d_forward(x[N,C,H,W], w[K,C,R,S], b=None, stride=1, padding=0, residual=None, relu=False) "
+                      "-> y[N,K,P,Q] (+ residual[N,K,P,Q], then the ReLU when relu: the runtime's fused epilogue)"),
     M(conv2d_backward, "conv2d_backward(x, w, dy, dw=None, db=None, stride=1, padding=0, need_dx=True) -> dx; dw, db +="),
     M(conv3x3_pack, "conv3x3_pack(w[K,C,3,3], winograd=0) -> the weight packed for conv3x3_forward (winograd=m: "
                     "transformed for F(m x m, 3x3), m = 2 or 4)"),

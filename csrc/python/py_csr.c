@@ -170,9 +170,10 @@ static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObje
     csr_args c;
     long long stride = 1, pad = 0;
     conv_dims d;
-    KW("x", "rowptr", "colidx", "values", "weight_shape", "b", "stride", "padding", "residual");
-    if (!parse(args, kw, "O&O&O&O&O&|O&LLO&", kwlist, ARG_F32(x, 4), ARG_CSR(c, 4), ARG_OPT_F32(b, 1), &stride, &pad,
-               ARG_OPT_F32_AS(res, "residual", 4)) ||
+    int relu = 0;
+    KW("x", "rowptr", "colidx", "values", "weight_shape", "b", "stride", "padding", "residual", "relu");
+    if (!parse(args, kw, "O&O&O&O&O&|O&LLO&p", kwlist, ARG_F32(x, 4), ARG_CSR(c, 4), ARG_OPT_F32(b, 1), &stride, &pad,
+               ARG_OPT_F32_AS(res, "residual", 4), &relu) ||
         conv_sparse_check(x, &c, stride, pad, &d))
         return NULL;
     npy_intp bs[1] = {d.K};
@@ -184,14 +185,14 @@ static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObje
     if (!y) return NULL;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    if (res) { /* the two-step form the runtime uses, with the residual added as y is written */
+    if (res || relu) { /* the two-step form the runtime uses, the residual and the ReLU applied as y is written */
         int64_t *foff = malloc(sizeof(int64_t) * (size_t)(c.nnz > 0 ? c.nnz : 1));
         st = foff ? csub_conv2d_sparse_offsets(PyArray_DATA(c.colidx), c.nnz, d.C, d.H, d.W, d.R, d.S, stride, pad, foff)
                   : CSUB_ERR_NOMEM;
         if (!st)
             st = csub_conv2d_sparse_forward_planned(F32(x), PyArray_DATA(c.rowptr), foff, F32(c.values), OPT_F32(b),
-                                                    F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad, F32(res),
-                                                    NULL, 0);
+                                                    F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad, OPT_F32(res),
+                                                    relu, NULL, 0);
         free(foff);
     } else {
         st = csub_conv2d_sparse_forward(F32(x), CSR_PTRS(c), OPT_F32(b), F32(y),
@@ -270,7 +271,7 @@ static PyObject *py_linear_sparse_backward(PyObject *self, PyObject *args, PyObj
 PyMethodDef csub_py_csr_methods[] = {
     M(csr_from_mask, "csr_from_mask(w[K,...], mask uint8) -> (rowptr int64[K+1], colidx int32[nnz], values float32[nnz])"),
     M(conv2d_sparse_forward, "conv2d_sparse_forward(x, rowptr, colidx, values, weight_shape, b=None, stride=1, padding=0, "
-                             "residual=None) -> y (+ residual)"),
+                             "residual=None, relu=False) -> y (+ residual, then the ReLU when relu)"),
     M(conv2d_sparse_backward, "conv2d_sparse_backward(x, rowptr, colidx, values, weight_shape, dy, dw=None, db=None, "
                               "stride=1, padding=0, need_dx=True) -> dx; dw (weight's shape or (nnz,)), db +="),
     M(linear_sparse_forward, "linear_sparse_forward(x[N,I], rowptr, colidx, values, weight_shape, b=None) -> y[N,O]"),
