@@ -22,9 +22,6 @@ times drift. Nothing here asserts a timing.
     python benchmarks/bench_spconv_layers.py --compare before.json after.json
 """
 import argparse
-import glob
-import importlib.machinery
-import importlib.util
 import json
 import os
 import statistics
@@ -36,23 +33,11 @@ import numpy as np
 sys.path.insert(0, os.getcwd())  # the checkout run from, before any installed csub
 import csub  # noqa: E402
 from csub import _core, models  # noqa: E402
-from common import conv_shapes, out_size, print_machine  # noqa: E402
+from common import conv_shapes, load_core, out_size, print_machine  # noqa: E402
 
 KEEP = 0.10
 NETS = {"resnet18": (lambda: models.resnet18(regime="unstructured", num_classes=1000), 224, (1, 16)),
         "cpreresnet20": (lambda: models.cpreresnet20(regime="unstructured"), 32, (1, 64))}
-
-
-def load_core(root):
-    """The extension module built in checkout `root`, under its own name (beside this csub)."""
-    paths = glob.glob(os.path.join(root, "csub", "_core*.so"))
-    if not paths:
-        raise SystemExit(f"--base: no csub/_core*.so under {root!r} (build it there first)")
-    loader = importlib.machinery.ExtensionFileLoader("base_csub._core", paths[0])
-    spec = importlib.util.spec_from_file_location("base_csub._core", paths[0], loader=loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
 
 
 def layer_case(core, rng, C, K, R, s, p, H, W, N):

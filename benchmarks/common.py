@@ -1,6 +1,9 @@
 """Shared by the benchmarks: the machine header every one prints first, timers, an argument
-parser, conv shapes."""
+parser, conv shapes, another checkout's extension module."""
 import argparse
+import glob
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import statistics
@@ -153,3 +156,16 @@ def torch_mirror(model, torch):
     net = tnn.Sequential(conv(model.stem), *[Block(b) for b in model.blocks], norm(model.head[0]), tnn.ReLU(),
                          tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), fc)
     return net.eval()
+
+
+def load_core(root):
+    """The extension module built in checkout `root`, under its own name (beside this csub), for
+    --base comparisons in one process."""
+    paths = glob.glob(os.path.join(root, "csub", "_core*.so"))
+    if not paths:
+        raise SystemExit(f"--base: no csub/_core*.so under {root!r} (build it there first)")
+    loader = importlib.machinery.ExtensionFileLoader("base_csub._core", paths[0])
+    spec = importlib.util.spec_from_file_location("base_csub._core", paths[0], loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
