@@ -39,6 +39,7 @@
 #include <omp.h>
 
 #include "internal.h"
+#include "tile.h"
 
 CSUB_FP_CONTRACT_FAST
 
@@ -173,17 +174,6 @@ static void lay_out(const float *x, float *xin, const band_geom *b, int64_t C, i
             memcpy(out + j * Lo + o + v * VW, &acc[j][v], sizeof(VT));                               \
     }
 
-typedef float f32x4 __attribute__((vector_size(16)));
-/* acc += x * w, fused (contracted) where the level has FMA */
-#define MADD_CONTRACT(acc, x, w) ((acc) += (x) * (w))
-#if defined(__clang__) /* no contraction anywhere (internal.h): the baseline unfused too */
-#define MADD_BASELINE MADD_CONTRACT
-#else /* fused, as the levels with FMA */
-#define MADD_BASELINE(acc, x, w)                                                                \
-    do {                                                                                        \
-        for (int l_ = 0; l_ < 4; l_++) (acc)[l_] = fmaf((x)[l_], (w), (acc)[l_]);               \
-    } while (0)
-#endif
 DEFINE_TILE(tile_baseline, f32x4, 4, MADD_BASELINE)
 
 /* The whole grid of one channel group, out[8][Lo], by the baseline's 4-float vectors */
@@ -194,8 +184,6 @@ static void grid_baseline(const float *xin, const int64_t *off, const float *wg,
 }
 
 #if CSUB_X86
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef float f32x16 __attribute__((vector_size(64)));
 DEFINE_TILE(tile_avx2, f32x8, 8, MADD_CONTRACT)
 DEFINE_TILE(tile_avx512, f32x16, 16, MADD_CONTRACT)
 

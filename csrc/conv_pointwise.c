@@ -31,6 +31,7 @@
 #include <omp.h>
 
 #include "internal.h"
+#include "tile.h"
 
 CSUB_FP_CONTRACT_FAST
 
@@ -74,36 +75,15 @@ typedef struct {
             float bk = e->b ? e->b[k0 + j] : 0.0f;                                                    \
             _Pragma("GCC unroll 3") for (int v = 0; v < V; v++) {                                    \
                 VT a = acc[j][v];                                                                     \
-                if (e->any) {                                                                         \
-                    a = a + bk;                                                                       \
-                    if (e->res) {                                                                     \
-                        VT r;                                                                         \
-                        memcpy(&r, e->res + row + v * VW, sizeof(VT));                                \
-                        a = a + r;                                                                    \
-                    }                                                                                 \
-                    if (e->relu) { /* lanes <= 0 cleared: NaN kept, -0 becomes +0 */                  \
-                        VI m = (VI)(a <= (VT){0}), bits;                                             \
-                        memcpy(&bits, &a, sizeof(VT));                                                \
-                        bits &= ~m;                                                                   \
-                        memcpy(&a, &bits, sizeof(VT));                                                \
-                    }                                                                                 \
-                }                                                                                     \
+                if (e->any) TILE_EPILOGUE(VT, VI, a, bk, e->res, row + v * VW, sizeof(VT), e->relu);  \
                 memcpy(y + row + v * VW, &a, sizeof(VT));                                             \
             }                                                                                         \
         }                                                                                             \
     }
 
-typedef float f32x4 __attribute__((vector_size(16)));
-typedef int32_t i32x4 __attribute__((vector_size(16)));
-#define MADD_CONTRACT(acc, x, w) ((acc) += (x) * (w))
-#if defined(__clang__) /* no contraction anywhere (internal.h): the baseline and the tail unfused too */
-#define MADD_BASELINE MADD_CONTRACT
+#if defined(__clang__) /* the tail: unfused under clang, as the baseline (tile.h) */
 #define MADD_SCALAR(acc, x, w) ((acc) += (x) * (w))
-#else /* fused, as the levels with FMA */
-#define MADD_BASELINE(acc, x, w)                                                                \
-    do {                                                                                        \
-        for (int l_ = 0; l_ < 4; l_++) (acc)[l_] = fmaf((x)[l_], (w), (acc)[l_]);               \
-    } while (0)
+#else
 #define MADD_SCALAR(acc, x, w) ((acc) = fmaf((x), (w), (acc)))
 #endif
 DEFINE_TILE(tile_baseline, f32x4, i32x4, 4, MADD_BASELINE)
@@ -141,10 +121,6 @@ static void tail(const float *x, int64_t ldx, const float *w, int64_t C, float *
 DEFINE_ROWS(rows_baseline, tile_baseline, 4, 2, )
 
 #if CSUB_X86
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x8 __attribute__((vector_size(32)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
 DEFINE_TILE(tile_avx2, f32x8, i32x8, 8, MADD_CONTRACT)
 DEFINE_TILE(tile_avx512, f32x16, i32x16, 16, MADD_CONTRACT)
 DEFINE_ROWS(rows_avx2, tile_avx2, 8, 2, CSUB_TARGET_AVX2)

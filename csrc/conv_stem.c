@@ -30,6 +30,7 @@
 #include <omp.h>
 
 #include "internal.h"
+#include "tile.h"
 
 CSUB_FP_CONTRACT_FAST
 
@@ -116,36 +117,12 @@ typedef struct {
             _Pragma("GCC unroll 3") for (int v = 0; v < V; v++) {                                    \
                 VT a = acc[j][v];                                                                     \
                 size_t nb = sizeof(float) * (size_t)(v == V - 1 ? last : VW);                         \
-                if (e->any) {                                                                         \
-                    a = a + bk;                                                                       \
-                    if (e->res) {                                                                     \
-                        VT r = (VT){0};                                                               \
-                        memcpy(&r, e->res + row + v * VW, nb);                                        \
-                        a = a + r;                                                                    \
-                    }                                                                                 \
-                    if (e->relu) { /* lanes <= 0 cleared: NaN kept, -0 becomes +0 */                  \
-                        VI m = (VI)(a <= (VT){0}), bits;                                             \
-                        memcpy(&bits, &a, sizeof(VT));                                                \
-                        bits &= ~m;                                                                   \
-                        memcpy(&a, &bits, sizeof(VT));                                                \
-                    }                                                                                 \
-                }                                                                                     \
+                if (e->any) TILE_EPILOGUE(VT, VI, a, bk, e->res, row + v * VW, nb, e->relu);          \
                 memcpy(y + row + v * VW, &a, nb);                                                     \
             }                                                                                         \
         }                                                                                             \
     }
 
-typedef float f32x4 __attribute__((vector_size(16)));
-typedef int32_t i32x4 __attribute__((vector_size(16)));
-#define MADD_CONTRACT(acc, x, w) ((acc) += (x) * (w))
-#if defined(__clang__) /* no contraction anywhere (internal.h): the baseline unfused too */
-#define MADD_BASELINE MADD_CONTRACT
-#else /* fused, as the levels with FMA */
-#define MADD_BASELINE(acc, x, w)                                                                \
-    do {                                                                                        \
-        for (int l_ = 0; l_ < 4; l_++) (acc)[l_] = fmaf((x)[l_], (w), (acc)[l_]);               \
-    } while (0)
-#endif
 DEFINE_TILE(tile_baseline, f32x4, i32x4, 4, MADD_BASELINE)
 
 /* Output row p of channels [k0, k0 + nk): tiles of VMAX vectors, then of one, then one vector of
@@ -164,10 +141,6 @@ DEFINE_TILE(tile_baseline, f32x4, i32x4, 4, MADD_BASELINE)
 DEFINE_ROW(row_baseline, tile_baseline, 4, 2, )
 
 #if CSUB_X86
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x8 __attribute__((vector_size(32)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
 DEFINE_TILE(tile_avx2, f32x8, i32x8, 8, MADD_CONTRACT)
 DEFINE_TILE(tile_avx512, f32x16, i32x16, 16, MADD_CONTRACT)
 DEFINE_ROW(row_avx2, tile_avx2, 8, 2, CSUB_TARGET_AVX2)

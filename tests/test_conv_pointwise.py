@@ -5,7 +5,6 @@ the float64 NumPy twin, the same bits at every level and thread count (one fused
 per term, summed in channel order), against PyTorch, the bias, residual and ReLU applied in the
 tiles with the same bits as applied after the product, and in the runtime against the training
 forward."""
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 import csub
 from csub import _core, models
 from gradcheck import assert_close
-from testkit import run_json_at_isa, supported_isa_levels
+from testkit import check_every_level
 
 # (N, C, H, W, K, stride): one output channel, K off every group of 8, planes under one vector
 # and off every vector (7x9 = 63 pixels), a single input channel, cPreResNet20's bottleneck
@@ -61,23 +60,11 @@ print(json.dumps(out))
 
 
 def test_every_level_matches_the_twin_with_the_same_bits():
-    levels = supported_isa_levels()
-    digests = {}
-    for isa in levels:
-        res = run_json_at_isa(isa, _SCRIPT, json.dumps(SHAPES))
-        assert res["isa"] == isa
-        assert len(res["err"]) == 2 * len(SHAPES)
-        assert all(all(ok) for ok in res["fused"].values()), (isa, res["fused"])
-        for key, (err, shape_ok) in res["err"].items():
-            assert shape_ok, (isa, key)
-            assert err < 2e-6, (isa, key, err)  # float32 rounding over sums of up to 256 O(1) products
-        d = res["digest"]
-        for N, C, H, W, K, st in SHAPES[:-1]:  # the split across threads changes no bit (the last: sgemm's)
-            key = f"{N}x{C}x{H}x{W}/{K}/s{st}"
-            assert d[key + "/t1"] == d[key + "/t2"], (isa, key)
-        digests[isa] = d
-    for isa in levels:  # one summation order, fused everywhere: every level computes the same bits
-        assert digests[isa] == digests["baseline"], isa
+    # float32 rounding over sums of up to 256 O(1) products
+    d = check_every_level(_SCRIPT, SHAPES, 2 * len(SHAPES), 2e-6)
+    for N, C, H, W, K, st in SHAPES[:-1]:  # the split across threads changes no bit (the last: sgemm's)
+        key = f"{N}x{C}x{H}x{W}/{K}/s{st}"
+        assert d[key + "/t1"] == d[key + "/t2"], key
 
 
 @pytest.mark.parametrize("N,C,H,W,K,stride", SHAPES[1:11])

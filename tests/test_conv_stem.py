@@ -5,14 +5,13 @@ instruction-set level (CSUB_ISA) against the float64 NumPy twin, the same bits a
 thread count (one fused multiply-add per tap, in tap order), the bias, residual and ReLU applied
 in the tiles with the same bits as applied after the product, against PyTorch, and non-finite
 inputs."""
-import json
 
 import numpy as np
 import pytest
 
 from csub import _core
 from gradcheck import assert_close
-from testkit import run_json_at_isa, supported_isa_levels
+from testkit import check_every_level
 
 # (N, C, H, W, K, R, stride, pad): ResNet18's stem (at 64x64 and, one image, 224x224: the rows of
 # one image split across threads), K off every group of 8, rows of 32 (two vectors) and of 37
@@ -56,23 +55,11 @@ print(json.dumps(out))
 
 
 def test_every_level_matches_the_twin_with_the_same_bits():
-    levels = supported_isa_levels()
-    digests = {}
-    for isa in levels:
-        res = run_json_at_isa(isa, _SCRIPT, json.dumps(SHAPES))
-        assert res["isa"] == isa
-        assert len(res["err"]) == 2 * len(SHAPES)
-        assert all(all(ok) for ok in res["fused"].values()), (isa, res["fused"])
-        for key, (err, shape_ok) in res["err"].items():
-            assert shape_ok, (isa, key)
-            assert err < 2e-6, (isa, key, err)  # float32 rounding over sums of up to 147 O(1) products
-        d = res["digest"]
-        for key in d:  # the split across threads (by images, or by one image's rows) changes no bit
-            if key.endswith("/t1"):
-                assert d[key] == d[key[:-3] + "/t2"], (isa, key)
-        digests[isa] = d
-    for isa in levels:  # one summation order, fused everywhere: every level computes the same bits
-        assert digests[isa] == digests["baseline"], isa
+    # float32 rounding over sums of up to 147 O(1) products
+    d = check_every_level(_SCRIPT, SHAPES, 2 * len(SHAPES), 2e-6)
+    for key in d:  # the split across threads (by images, or by one image's rows) changes no bit
+        if key.endswith("/t1"):
+            assert d[key] == d[key[:-3] + "/t2"], key
 
 
 @pytest.mark.parametrize("N,C,H,W,K,R,stride,pad", [s for s in SHAPES if s[2] * s[3] <= 64 * 74])

@@ -249,31 +249,25 @@ def test_conv_sparse_relu_fused(rng, N, C, H, W, K, R, stride, pad):
     assert np.isnan(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res, relu=True)).all()
 
 
-@pytest.mark.parametrize("R,stride,pad", [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)])
-def test_conv_sparse_one_image_split_by_rows(rng, threads, R, stride, pad):
-    """One image, a layer large enough that threads split its output rows (csub_row_band):
-    1 to 3 threads agree with each other and with the dense convolution, residual or not."""
-    C, W = (24, 40) if R == 3 else (96, 80)  # at least 4M multiply-adds: the threads share the image
-    x, mask, wm, csr, b, dy = _conv_case(rng, 1, C, 66, W, C, R, stride, pad, 0.6)
-    res = f32(rng, *dy.shape)
-    want = _core.conv2d_forward(x, wm, b, stride, pad)
-    out = []
-    for t in (1, 2, 3):
-        threads(t)
-        out.append((_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad),
-                    _core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res)))
-    for y, yr in out:
-        assert rel_err(y, want) < 1e-5 and rel_err(yr, want + res) < 1e-5
-        np.testing.assert_array_equal(y, out[0][0])  # each output is one thread's sum in a fixed order
+# One image, a layer large enough (at least 4M multiply-adds) that the threads share it: (C, H, W, R,
+# stride, pad, keep, split): by output rows (csub_row_band), or by output channels where the kept
+# weights outweigh the planes (ResNet18's last stages)
+SPLIT_CASES = [
+    (24, 66, 40, 3, 1, 1, 0.6, "rows"), (24, 66, 40, 3, 2, 1, 0.6, "rows"), (96, 66, 80, 1, 1, 0, 0.6, "rows"),
+    (96, 66, 80, 1, 2, 0, 0.6, "rows"), (192, 7, 7, 3, 1, 1, 0.5, "channels"), (160, 14, 14, 3, 2, 1, 0.5, "channels"),
+    (512, 7, 7, 1, 1, 0, 0.5, "channels"),
+]
 
 
-@pytest.mark.parametrize("C,H,R,stride,pad", [(192, 7, 3, 1, 1), (160, 14, 3, 2, 1), (512, 7, 1, 1, 0)])
-def test_conv_sparse_one_image_split_by_channels(rng, threads, C, H, R, stride, pad):
-    """One image whose kept weights outweigh its planes (ResNet18's last stages): the threads
-    split the output channels instead of the rows; 1 to 3 threads give the same bits, and agree
-    with the dense convolution, with a residual and the ReLU."""
-    x, mask, wm, csr, b, dy = _conv_case(rng, 1, C, H, H, C, R, stride, pad, 0.5)
-    assert len(csr[2]) * 12 > C * (H + 2) ** 2 * 4 / stride ** 2  # the weights outweigh the planes
+@pytest.mark.parametrize("C,H,W,R,stride,pad,keep,by", SPLIT_CASES)
+def test_conv_sparse_one_image_split(rng, threads, C, H, W, R, stride, pad, keep, by):
+    """1 to 3 threads give the same bits (each output is one thread's sum in a fixed order) and
+    agree with the dense convolution, with a residual and the ReLU or not."""
+    x, mask, wm, csr, b, dy = _conv_case(rng, 1, C, H, W, C, R, stride, pad, keep)
+    P, Q = dy.shape[2:]
+    ph = min(stride, R) ** 2
+    planes = C * ph * (P + (R - 1) // stride) * (Q + (R - 1) // stride)  # floats (csr.c, make_geom)
+    assert (len(csr[2]) * 12 > planes * 4) == (by == "channels")  # the rule of the split
     res = f32(rng, *dy.shape)
     want = _core.conv2d_forward(x, wm, b, stride, pad)
     out = []

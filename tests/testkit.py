@@ -31,6 +31,27 @@ def run_json_at_isa(isa, code, *args):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def check_every_level(code, shapes, n_results, tol):
+    """Run a kernel test script (its JSON: "isa"; "err": key -> [relative error against the float64
+    twin, shape ok]; "digest": key -> the output's hash; "fused": key -> [bools]) at every level
+    this CPU runs: n_results errors each under tol, every fused check true, and every level the
+    same digests as the baseline's (one summation order, fused everywhere). Returns them."""
+    levels = supported_isa_levels()
+    digests = {}
+    for isa in levels:
+        res = run_json_at_isa(isa, code, json.dumps(shapes))
+        assert res["isa"] == isa
+        assert len(res["err"]) == n_results
+        assert all(all(ok) for ok in res["fused"].values()), (isa, res["fused"])
+        for key, (err, shape_ok) in res["err"].items():
+            assert shape_ok, (isa, key)
+            assert err < tol, (isa, key, err)
+        digests[isa] = res["digest"]
+    for isa in levels:
+        assert digests[isa] == digests["baseline"], isa
+    return digests["baseline"]
+
+
 def bad_call_params(**tables):
     """pytest.param(fn, args, kwargs, exc, match, id=f"{name}{i}") for each table
     name=(fn, [(args, kwargs, exc, match), ...]); for test_bad_call's arguments."""
