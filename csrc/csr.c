@@ -551,8 +551,8 @@ static void fwd_rows(const geom *g, const flay *f, const int64_t *cbp, const int
 {
     for (int64_t q0 = p0; q0 < p1; q0 += f->B)
         for (int64_t c0 = k0; c0 < k1; c0 += f->Kc)
-            fwd_block(g, f, cbp, foff, values, b, planes, resn, relu, yn, wide, round, c0, c0 + f->Kc < k1 ? c0 + f->Kc : k1,
-                      q0, q0 + f->B < p1 ? q0 + f->B : p1);
+            fwd_block(g, f, cbp, foff, values, b, planes, resn, relu, yn, wide, round, c0,
+                      c0 + f->Kc < k1 ? c0 + f->Kc : k1, q0, q0 + f->B < p1 ? q0 + f->B : p1);
 }
 
 int csub_conv2d_sparse_offsets(const int32_t *colidx, int64_t nnz, int64_t C, int64_t H, int64_t W,

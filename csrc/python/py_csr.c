@@ -191,8 +191,8 @@ static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObje
                   : CSUB_ERR_NOMEM;
         if (!st)
             st = csub_conv2d_sparse_forward_planned(F32(x), PyArray_DATA(c.rowptr), foff, F32(c.values), OPT_F32(b),
-                                                    F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad, OPT_F32(res),
-                                                    relu, NULL, 0);
+                                                    F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad,
+                                                    OPT_F32(res), relu, NULL, 0);
         free(foff);
     } else {
         st = csub_conv2d_sparse_forward(F32(x), CSR_PTRS(c), OPT_F32(b), F32(y),
