@@ -53,7 +53,7 @@ static sgeom make_sgeom(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, i
     g.sa = st < R ? st : R;
     g.sb = st < S ? st : S;
     g.Hph = g.P + (R - 1) / st;
-    /* a row's last vector is computed whole (its extra lanes dropped): 16 columns of slack */
+    /* a row's last vector is computed whole (its extra lanes dropped): 16 columns of slack, zeros */
     g.Wph = g.Q + (S - 1) / st + 16;
     g.plane = g.Hph * g.Wph;
     return g;
@@ -186,7 +186,7 @@ int csub_conv_stem_forward(const float *x, const float *w, const float *b, const
 {
     sgeom g = make_sgeom(C, H, W, K, R, S, stride, pad);
     int64_t T = C * R * S, Kp = (K + OCG - 1) / OCG * OCG, PQ = g.P * g.Q;
-    int64_t pf = g.sa * g.sb * C * g.plane + 16; /* one image's planes (16 floats of slack past the last) */
+    int64_t pf = g.sa * g.sb * C * g.plane; /* one image's planes */
     int nt = omp_in_parallel() ? 1 : csub_get_num_threads();
     int split = N < nt;
     if (split && (g.P < nt || (double)K * (double)PQ * (double)T < CSUB_PAR_MIN_CONV)) nt = 1, split = 0;
@@ -212,7 +212,6 @@ int csub_conv_stem_forward(const float *x, const float *w, const float *b, const
     {
         int th = omp_get_thread_num(), TH = omp_get_num_threads();
         float *pl = planes + pf * th;
-        memset(pl + pf - 16, 0, sizeof(float) * 16);
         int64_t lo, hi;
         csub_row_band(split ? g.P : N, th, TH, &lo, &hi);
         for (int64_t n = split ? 0 : lo; n < (split ? N : hi); n++) {
