@@ -46,15 +46,11 @@
 #include <omp.h>
 
 #include "internal.h"
+#include "tile.h"
 
 CSUB_FP_CONTRACT_FAST
 
 #define LB 16 /* channels per block */
-
-typedef float f32x4 __attribute__((vector_size(16)));
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
 
 static int64_t round16(int64_t n) { return (n + LB - 1) / LB * LB; }
 

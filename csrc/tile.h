@@ -1,9 +1,9 @@
 /*
  * tile.h - what the register-tiled convolution kernels share (conv_direct.c,
- * conv_pointwise.c, conv_stem.c): GCC vector types, each instruction-set
- * level's multiply-add, and the epilogue of one vector of a tile. Included by
- * those files only, after internal.h, in files compiled with
- * CSUB_FP_CONTRACT_FAST.
+ * conv_pointwise.c, conv_stem.c, conv_winograd.c): GCC vector types, each
+ * instruction-set level's multiply-add, and the epilogue of one vector of a
+ * tile. Included by those files only, after internal.h, in files compiled
+ * with CSUB_FP_CONTRACT_FAST.
  */
 #ifndef CSUB_TILE_H
 #define CSUB_TILE_H
@@ -13,14 +13,13 @@
 
 #include "internal.h"
 
+/* GCC lowers the wider ones to what the compiling level has (the baseline variants, other CPUs) */
 typedef float f32x4 __attribute__((vector_size(16)));
-typedef int32_t i32x4 __attribute__((vector_size(16)));
-#if CSUB_X86
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x4 __attribute__((vector_size(16)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
-#endif
 
 /* acc += x * w, fused (contracted) where the level has FMA; the baseline by fmaf on each lane, so
  * that every level computes the same bits (GCC). Under clang nothing is contracted (internal.h):

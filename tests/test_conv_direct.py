@@ -112,18 +112,11 @@ import hashlib, json, sys
 import numpy as np
 import csub
 from csub import models
+from testkit import randomize_batch_norms
 
 rng = np.random.default_rng(5)
 csub.manual_seed(5)
-model = models.cpreresnet20(norm="bn")
-for m in model.modules():
-    if isinstance(m, csub.nn.BatchNorm2d):
-        c = m.num_channels
-        m.weight.data[...] = 1.0 + rng.normal(0, 0.2, c)
-        m.bias.data[...] = rng.normal(0, 0.2, c)
-        m.running_mean[...] = rng.normal(0, 0.1, c)
-        m.running_var[...] = rng.uniform(0.5, 2.0, c)
-model.eval()
+model = randomize_batch_norms(models.cpreresnet20(norm="bn"), rng)
 net = model.compress(1.0)
 ops = sorted({name for name, _ in csub._core.model_profile(net._m, np.zeros((1, 3, 32, 32), np.float32))})
 err = {}

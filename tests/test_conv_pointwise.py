@@ -12,7 +12,7 @@ import pytest
 import csub
 from csub import _core, models
 from gradcheck import assert_close
-from testkit import check_every_level
+from testkit import check_every_level, randomize_batch_norms
 
 # (N, C, H, W, K, stride): one output channel, K off every group of 8, planes under one vector
 # and off every vector (7x9 = 63 pixels), a single input channel, cPreResNet20's bottleneck
@@ -99,15 +99,7 @@ def test_runtime_epilogue_matches_training_forward(rng):
     """cPreResNet20 with batch norm: its 1x1 convs run with the folded norm's bias, the residual
     add and the ReLU fused into the tiles; the logits match the training forward."""
     csub.manual_seed(2)
-    model = models.cpreresnet20(norm="bn")
-    for m in model.modules():
-        if isinstance(m, csub.nn.BatchNorm2d):
-            c = m.num_channels
-            m.weight.data[...] = 1.0 + rng.normal(0, 0.2, c)
-            m.bias.data[...] = rng.normal(0, 0.2, c)
-            m.running_mean[...] = rng.normal(0, 0.1, c)
-            m.running_var[...] = rng.uniform(0.5, 2.0, c)
-    model.eval()
+    model = randomize_batch_norms(models.cpreresnet20(norm="bn"), rng)
     x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
     want = model(x)
     before = csub.get_num_threads()

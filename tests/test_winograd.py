@@ -17,6 +17,7 @@ import csub
 from csub import _core, models
 from csub.nn.quant import alpha_for_bits
 from reference import conv as ref
+from testkit import randomize_batch_norms
 
 REPO = Path(__file__).resolve().parent.parent
 LEVELS = ["baseline", "avx2", "avx512", "avx512vnni"]  # each CPU runs a prefix of this list
@@ -220,16 +221,7 @@ def _bn_model(name, regime=None, num_classes=10, **kw):
     rng = np.random.default_rng(3)
     if name == "resnet18":
         kw["num_classes"] = num_classes
-    model = models.build(name, regime=regime, subspace="line", norm="bn", **kw)
-    for mod in model.modules():
-        if isinstance(mod, csub.nn.BatchNorm2d):
-            c = mod.num_channels
-            mod.weight.data[...] = 1.0 + rng.normal(0, 0.2, c)
-            mod.bias.data[...] = rng.normal(0, 0.2, c)
-            mod.running_mean[...] = rng.normal(0, 0.1, c)
-            mod.running_var[...] = rng.uniform(0.5, 2.0, c)
-    model.eval()
-    return model
+    return randomize_batch_norms(models.build(name, regime=regime, subspace="line", norm="bn", **kw), rng)
 
 
 def _pair(model, alpha, shape, monkeypatch):

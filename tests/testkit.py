@@ -31,6 +31,21 @@ def run_json_at_isa(isa, code, *args):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def randomize_batch_norms(model, rng):
+    """Give every BatchNorm2d of model non-trivial affine parameters and running statistics
+    (gamma ~ 1 + N(0, 0.2), beta ~ N(0, 0.2), mean ~ N(0, 0.1), var ~ U(0.5, 2)), so that a folded
+    or fused norm is exercised; returns model in eval mode."""
+    import csub
+    for m in model.modules():
+        if isinstance(m, csub.nn.BatchNorm2d):
+            c = m.num_channels
+            m.weight.data[...] = 1.0 + rng.normal(0, 0.2, c)
+            m.bias.data[...] = rng.normal(0, 0.2, c)
+            m.running_mean[...] = rng.normal(0, 0.1, c)
+            m.running_var[...] = rng.uniform(0.5, 2.0, c)
+    return model.eval()
+
+
 def check_every_level(code, shapes, n_results, tol):
     """Run a kernel test script (its JSON: "isa"; "err": key -> [relative error against the float64
     twin, shape ok]; "digest": key -> the output's hash; "fused": key -> [bools]) at every level
