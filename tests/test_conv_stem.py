@@ -3,8 +3,8 @@ conv with C R S <= 160 taps per output (more than one) on output rows of 32 or m
 than the 3x3 ones the direct kernel takes (ResNet18's 7x7 stride-2 stem): at every
 instruction-set level (CSUB_ISA) against the float64 NumPy twin, the same bits at every level and
 thread count (one fused multiply-add per tap, in tap order), the bias, residual and ReLU applied
-in the tiles with the same bits as applied after the product, against PyTorch, and non-finite
-inputs."""
+in the tiles with the same bits as applied after the product, against PyTorch (with the backward
+the training conv pairs it with), and non-finite inputs."""
 
 import numpy as np
 import pytest
@@ -85,3 +85,21 @@ def test_non_finite_inputs_reach_their_window_only(rng):
     bad = np.zeros(y.shape[2:], bool)
     bad[9:12, 14:17] = True
     assert np.isnan(y[0][:, bad]).all() and np.isfinite(y[0][:, ~bad]).all()
+
+
+def test_training_pair_against_torch_autograd(rng, torch):
+    """A training conv of a shape the stem kernel takes (Q = 32): its forward (this kernel) and
+    backward (_core.conv2d_backward: dx, dw and db) against PyTorch's autograd in float64."""
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((12, 3, 7, 7)).astype(np.float32)
+    b = rng.standard_normal(12).astype(np.float32)
+    dy = rng.standard_normal((2, 12, 32, 32)).astype(np.float32)
+    xt, wt, bt = (torch.from_numpy(a).double().requires_grad_() for a in (x, w, b))
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=2, padding=3)
+    (yt * torch.from_numpy(dy).double()).sum().backward()
+    assert_close(_core.conv2d_forward(x, w, b, 2, 3), yt.detach().numpy(), 1e-5, 1e-5, "y")
+    dw, db = np.zeros_like(w), np.zeros_like(b)
+    dx = _core.conv2d_backward(x, w, dy, dw, db, 2, 3)
+    assert_close(dx, xt.grad.numpy(), 1e-5, 1e-5, "dx")
+    assert_close(dw, wt.grad.numpy(), 1e-5, 1e-5, "dw")
+    assert_close(db, bt.grad.numpy(), 1e-5, 1e-5, "db")
