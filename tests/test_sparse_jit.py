@@ -8,6 +8,8 @@ summed in the same order, by the same fused multiply-adds), over shapes that rea
 the emitted code: more than one chunk of output channels, uneven chunks, empty rows, weight tables
 past the one-byte displacement, input offsets past it, strides and paddings, 5x5 and 7x7 kernels.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,26 @@ def test_jit_only_at_avx512():
         assert res["available"] == (isa in ("avx512", "avx512vnni")), res
         assert res["same"], res
 
+
+def test_runtime_jit_against_gather(rng, monkeypatch):
+    """A compressed sparse network with its 3x3 convs as code and with CSUB_SPARSE_JIT=0 (read at
+    set_alpha): the same logits, at two alphas in turn (the code is made again at each)."""
+    from csub import models
+    csub.manual_seed(0)
+    model = models.resnet18(regime="unstructured", num_classes=10)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    monkeypatch.setenv("CSUB_SPARSE_JIT", "0")
+    gather = model.compress(0.1, input_shape=(3, 32, 32))
+    monkeypatch.delenv("CSUB_SPARSE_JIT")
+    code = model.compress(0.1, input_shape=(3, 32, 32))
+    for alpha in (0.1, 0.25, 0.1):
+        code.set_alpha(alpha)
+        monkeypatch.setenv("CSUB_SPARSE_JIT", "0")
+        gather.set_alpha(alpha)
+        monkeypatch.delenv("CSUB_SPARSE_JIT")
+        assert_close(code(x), gather(x), 1e-5, 1e-6, f"logits at alpha {alpha}")
+    if _core.sparse_jit_available():
+        assert code.memory_bytes() > gather.memory_bytes()  # the code is counted
+    else:
+        assert code.memory_bytes() == gather.memory_bytes()
+    assert os.environ.get("CSUB_SPARSE_JIT") is None
