@@ -174,6 +174,37 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                                        int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad,
                                        const float *res, int relu, float *work, int64_t work_len);
 
+/* A sparse convolution's kept weights compiled to AVX-512 code (sparse_jit.c), for the
+ * runtime's planned forward (csub_conv2d_sparse_forward_jit). csub_spjit_build: from the CSR
+ * rows of K output channels with their plane offsets foff (csub_conv2d_sparse_offsets) and
+ * values, code whose chunk c (of csub_spjit_chunks) computes, for one vector of 16 outputs,
+ * out[k * ld + l] = b[k] + sum over row k of w * x[foff + l] (l < 16) for its channels k;
+ * NULL where no code can be made (no AVX-512, no executable memory, out of memory): the
+ * caller keeps the gather kernels. csub_spjit_run: chunk c on the vector at x, out. */
+typedef struct csub_spjit csub_spjit;
+int csub_spjit_available(void);
+csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const float *values, int64_t K, int64_t ld);
+void csub_spjit_free(csub_spjit *j);
+int csub_spjit_chunks(const csub_spjit *j);
+int64_t csub_spjit_chunk_k0(const csub_spjit *j, int c); /* chunk c's first output channel (c <= chunks) */
+int64_t csub_spjit_ld(const csub_spjit *j);
+int64_t csub_spjit_rows(const csub_spjit *j);
+int64_t csub_spjit_nnz(const csub_spjit *j);
+size_t csub_spjit_bytes(const csub_spjit *j);
+void csub_spjit_run(const csub_spjit *j, int c, const float *x, float *out, const float *b);
+/* The planned sparse forward by such code (csr.c): csub_conv2d_sparse_jit makes it for one input
+ * shape (NULL: use csub_conv2d_sparse_forward_planned), csub_conv2d_sparse_forward_jit runs it
+ * with the arguments and the work buffer (csub_conv2d_sparse_jit_work floats) of the gather's
+ * forward; the same sums (the residual added after them). CSUB_ERR_ARG for code made for
+ * another shape. */
+csub_spjit *csub_conv2d_sparse_jit(const int64_t *rowptr, const int64_t *foff, const float *values, int64_t C,
+                                   int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
+int64_t csub_conv2d_sparse_jit_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                                    int64_t stride, int64_t pad, int nthreads);
+int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const float *b, float *y, int64_t N,
+                                   int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride,
+                                   int64_t pad, const float *res, int relu, float *work, int64_t work_len);
+
 /* Direct 3x3 convolution, pad 1, stride 1 or 2 (conv_direct.c): the weight w[K,C,3,3] packed
  * once into wp[csub_conv3x3_packed_len(K, C)] (csub_conv3x3_pack), then
  * y[N,K,P,Q] = relu?(conv(x[N,C,H,W], w) + b[K] + res[N,K,P,Q]) (b, res may be NULL; res must

@@ -109,6 +109,7 @@ void csub_model_info(const csub_model *m, csub_model_desc *d)
                 wb += csub_qweight_bytes(&op->qw);
             } else { /* a layer between the two crossovers holds both forms */
                 if (op->path == PATH_SPARSE || op->path_split == PATH_SPARSE) wb += op->nnz * (4 + 4) + (op->cout + 1) * 8;
+                wb += (int64_t)csub_spjit_bytes(op->spj); /* the code and its weights */
                 if (op->path != PATH_SPARSE || op->path_split != PATH_SPARSE) wb += 4 * op->aout * cols;
             }
             if (op->wd) wb += 4 * csub_conv3x3_packed_len(op->aout, op->ain); /* the direct kernel's copy */

@@ -84,6 +84,9 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
                                           op->stride, op->pad);
         else
             st = csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
+    } else if (op->kind == OP_CONV && path == PATH_SPARSE && op->spj) {
+        return csub_conv2d_sparse_forward_jit(x, op->spj, b, y, N, C, s.h, s.w, op->aout, op->k, op->k, op->stride,
+                                              op->pad, res, op->relu, w->spwork, w->spwork_len);
     } else if (op->kind == OP_CONV && path == PATH_SPARSE) {
         st = csub_conv2d_sparse_forward_planned(x, op->rowptr, op->foff, op->vals, b, y, N, C, s.h, s.w, op->aout,
                                                op->k, op->k, op->stride, op->pad, res, op->relu, w->spwork,

@@ -95,6 +95,7 @@ typedef struct {
     int32_t *colidx;
     float *vals;
     int64_t *foff;               /* conv: where each kept weight reads the laid-out input */
+    csub_spjit *spj;             /* conv: the kept weights as code (csub_conv2d_sparse_jit), or NULL: the gather */
     int64_t nnz;
     csub_qweight qw;
     int has_qw;
@@ -137,6 +138,7 @@ struct csub_model {
     int split;                   /* the last forward split its images across threads */
     int fold;                    /* batch norms folded, ReLUs and residual adds in the conv's epilogue (CSUB_FOLD) */
     int winograd;                /* Winograd for the dense 3x3 stride-1 convs that pay (CSUB_WINOGRAD, at set_alpha) */
+    int sparse_jit;              /* sparse convs as code where it can be made (CSUB_SPARSE_JIT, at set_alpha) */
 };
 
 #define MFAIL(m, code, ...) csub_fail((m)->err, sizeof (m)->err, code, __VA_ARGS__)

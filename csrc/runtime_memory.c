@@ -61,7 +61,7 @@ void csub_rt_ws_free(workspace *w, int nslots)
     memset(w, 0, sizeof *w);
 }
 
-/* Floats of the CSR convolutions' buffers for N images run by `threads` threads. */
+/* Floats of the CSR convolutions' buffers (the gather's or the code's) for N images run by `threads` threads. */
 static int64_t sp_work(const csub_model *m, int64_t N, int threads)
 {
     int64_t sp = 0;
@@ -70,7 +70,10 @@ static int64_t sp_work(const csub_model *m, int64_t N, int threads)
         shape3 s = m->vshape[op->x];
         if (op->kind != OP_CONV || !op->compress || m->regime != REG_UNSTRUCTURED) continue;
         int64_t n = csub_conv2d_sparse_work(N, op->cin, s.h, s.w, op->k, op->k, op->stride, op->pad, threads);
+        int64_t nj = csub_conv2d_sparse_jit_work(N, op->cin, s.h, s.w, op->cout, op->k, op->k, op->stride, op->pad,
+                                                 threads); /* the code's, at any alpha */
         if (n > sp) sp = n;
+        if (nj > sp) sp = nj;
     }
     return sp;
 }

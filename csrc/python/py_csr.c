@@ -170,10 +170,10 @@ static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObje
     csr_args c;
     long long stride = 1, pad = 0;
     conv_dims d;
-    int relu = 0;
-    KW("x", "rowptr", "colidx", "values", "weight_shape", "b", "stride", "padding", "residual", "relu");
-    if (!parse(args, kw, "O&O&O&O&O&|O&LLO&p", kwlist, ARG_F32(x, 4), ARG_CSR(c, 4), ARG_OPT_F32(b, 1), &stride, &pad,
-               ARG_OPT_F32_AS(res, "residual", 4), &relu) ||
+    int relu = 0, jit = 0;
+    KW("x", "rowptr", "colidx", "values", "weight_shape", "b", "stride", "padding", "residual", "relu", "jit");
+    if (!parse(args, kw, "O&O&O&O&O&|O&LLO&pp", kwlist, ARG_F32(x, 4), ARG_CSR(c, 4), ARG_OPT_F32(b, 1), &stride, &pad,
+               ARG_OPT_F32_AS(res, "residual", 4), &relu, &jit) ||
         conv_sparse_check(x, &c, stride, pad, &d))
         return NULL;
     npy_intp bs[1] = {d.K};
@@ -185,14 +185,20 @@ static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObje
     if (!y) return NULL;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    if (res || relu) { /* the two-step form the runtime uses, the residual and the ReLU applied as y is written */
+    if (res || relu || jit) { /* the runtime's two-step form, the residual and the ReLU applied as y is written */
         int64_t *foff = malloc(sizeof(int64_t) * (size_t)(c.nnz > 0 ? c.nnz : 1));
         st = foff ? csub_conv2d_sparse_offsets(PyArray_DATA(c.colidx), c.nnz, d.C, d.H, d.W, d.R, d.S, stride, pad, foff)
                   : CSUB_ERR_NOMEM;
-        if (!st)
+        csub_spjit *code = !st && jit ? csub_conv2d_sparse_jit(PyArray_DATA(c.rowptr), foff, F32(c.values), d.C, d.H,
+                                                               d.W, d.K, d.R, d.S, stride, pad) : NULL;
+        if (!st && code)
+            st = csub_conv2d_sparse_forward_jit(F32(x), code, OPT_F32(b), F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S,
+                                                stride, pad, OPT_F32(res), relu, NULL, 0);
+        else if (!st)
             st = csub_conv2d_sparse_forward_planned(F32(x), PyArray_DATA(c.rowptr), foff, F32(c.values), OPT_F32(b),
                                                     F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad,
                                                     OPT_F32(res), relu, NULL, 0);
+        csub_spjit_free(code);
         free(foff);
     } else {
         st = csub_conv2d_sparse_forward(F32(x), CSR_PTRS(c), OPT_F32(b), F32(y),
@@ -200,6 +206,13 @@ static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObje
     }
     Py_END_ALLOW_THREADS
     return finish(st, "conv2d_sparse_forward", y);
+}
+
+static PyObject *py_sparse_jit_available(PyObject *self, PyObject *args, PyObject *kw)
+{
+    KW(NULL);
+    if (!parse(args, kw, "", kwlist)) return NULL;
+    return PyBool_FromLong(csub_spjit_available());
 }
 
 static PyObject *py_conv2d_sparse_backward(PyObject *self, PyObject *args, PyObject *kw)
@@ -271,7 +284,10 @@ static PyObject *py_linear_sparse_backward(PyObject *self, PyObject *args, PyObj
 PyMethodDef csub_py_csr_methods[] = {
     M(csr_from_mask, "csr_from_mask(w[K,...], mask uint8) -> (rowptr int64[K+1], colidx int32[nnz], values float32[nnz])"),
     M(conv2d_sparse_forward, "conv2d_sparse_forward(x, rowptr, colidx, values, weight_shape, b=None, stride=1, padding=0, "
-                             "residual=None, relu=False) -> y (+ residual, then the ReLU when relu)"),
+                             "residual=None, relu=False, jit=False) -> y (+ residual, then the ReLU when relu; jit: the "
+                             "kept weights compiled to code where sparse_jit_available())"),
+    M(sparse_jit_available, "sparse_jit_available() -> bool: sparse convolutions can run as compiled code here "
+                            "(x86-64 with AVX-512, at the instruction set level in use)"),
     M(conv2d_sparse_backward, "conv2d_sparse_backward(x, rowptr, colidx, values, weight_shape, dy, dw=None, db=None, "
                               "stride=1, padding=0, need_dx=True) -> dx; dw (weight's shape or (nnz,)), db +="),
     M(linear_sparse_forward, "linear_sparse_forward(x[N,I], rowptr, colidx, values, weight_shape, b=None) -> y[N,O]"),

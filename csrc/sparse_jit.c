@@ -1,0 +1,239 @@
+/* sparse_jit.c - a sparse convolution's kept weights compiled to AVX-512 code.
+ *
+ * The gather kernels of csr.c load one input vector per kept weight and
+ * output channel: the loads, not the multiply-adds, bound them. Here the
+ * weights of up to JIT_ACC output channels at a time become straight-line
+ * code whose accumulators stay in registers: for each input position (plane
+ * offset) any of those channels reads, the code loads the 16-float input
+ * vector once and multiplies it into every accumulator that keeps a weight
+ * there, the weight an embedded broadcast from a table:
+ *
+ *   vbroadcastss  zmm_a, [rcx + 4 a]          a < n: the bias
+ *   vmovups       zmm31, [rdi + 4 foff]        one load per distinct offset
+ *   vfmadd231ps   zmm_a, zmm31, [rdx + d]{1to16}   one per kept weight
+ *   vmovups       [rsi + 4 a ld], zmm_a       the n sums, rows ld floats apart
+ *
+ * so a load serves all the chunk's kept weights at that offset. One function
+ * per chunk of output channels, called once per 16 outputs of the wide rows
+ * (csr.c): f(x + i, out + i, wtab, bias). Each channel's weights are summed in
+ * CSR order, the bias first, by fused multiply-adds: the bits of csr.c's
+ * AVX-512 gather.
+ *
+ * x86-64 with AVX-512 only (csub_isa_level), where the system maps executable
+ * memory; elsewhere csub_spjit_build returns NULL and the caller keeps the
+ * gather kernels. The code is written to a private mapping, then made
+ * read-and-execute (never writable and executable at once). */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS under -std=c11 */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#if CSUB_X86 && defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#define JIT_OK 1
+#else
+#define JIT_OK 0
+#endif
+
+#define JIT_ACC 30         /* accumulators zmm0..zmm29 (zmm31: the input vector) */
+#define JIT_MAX_CODE (256L << 20) /* bytes of code for one layer, at most: above, the gather kernels */
+
+struct csub_spjit {
+    uint8_t *code;         /* the mapping */
+    size_t map_len;
+    int nchunks;
+    int64_t *k0;           /* [nchunks + 1]: chunk c computes output channels [k0[c], k0[c + 1]) */
+    int64_t *w0;           /* [nchunks]: its first weight in wtab */
+    float *wtab;           /* the kept weights in the order the code reads them */
+    size_t *entry;         /* [nchunks]: byte offset of chunk c's function */
+    int64_t ld;            /* floats between the rows the code stores */
+    int64_t nnz;
+    float *zeros;          /* [K]: the bias when there is none */
+};
+
+#if JIT_OK
+typedef struct {
+    uint8_t *p;
+} emit_t;
+
+static void byte(emit_t *e, int b) { *e->p++ = (uint8_t)b; }
+static void dword(emit_t *e, int32_t v)
+{
+    memcpy(e->p, &v, 4);
+    e->p += 4;
+}
+
+/* EVEX.512 prefix, opcode and ModRM for `op reg, [base + disp]` (vvvv: the second source, 0 unused;
+ * map 1 = 0F, 2 = 0F38; pp 0 = none, 1 = 66; bcast: {1to16}); disp8 (scaled by n) when it fits. */
+static void evex_mem(emit_t *e, int map, int pp, int opcode, int reg, int vvvv, int base, int bcast, int64_t disp,
+                     int n)
+{
+    byte(e, 0x62);
+    byte(e, (!((reg >> 3) & 1) << 7) | (1 << 6) | (!((base >> 3) & 1) << 5) | (!((reg >> 4) & 1) << 4) | map);
+    byte(e, (0 << 7) | ((~vvvv & 15) << 3) | 0x04 | pp);
+    byte(e, (2 << 5) | (bcast << 4) | (!((vvvv >> 4) & 1) << 3));
+    byte(e, opcode);
+    if (disp % n == 0 && disp / n >= -128 && disp / n <= 127) {
+        byte(e, (1 << 6) | ((reg & 7) << 3) | (base & 7));
+        byte(e, (int)(disp / n));
+    } else {
+        byte(e, (2 << 6) | ((reg & 7) << 3) | (base & 7));
+        dword(e, (int32_t)disp);
+    }
+}
+
+enum { RCX = 1, RDX = 2, RSI = 6, RDI = 7, XREG = 31 };
+
+/* A bound on the bytes emit_chunk writes for n channels and m kept weights. */
+static size_t chunk_bound(int64_t n, int64_t m)
+{
+    return (size_t)(64 + 24 * n + 24 * m);
+}
+
+/* Chunk [k0, k1) as one function; *wi: the next free slot of wtab. Returns the end of the code. */
+static uint8_t *emit_chunk(uint8_t *p, const int64_t *rowptr, const int64_t *foff, const float *values, int64_t k0,
+                           int64_t k1, int64_t ld, float *wtab, int64_t *wi, int64_t *cur)
+{
+    emit_t e = {p};
+    int64_t n = k1 - k0;
+    for (int64_t a = 0; a < n; a++) evex_mem(&e, 2, 1, 0x18, (int)a, 0, RCX, 0, 4 * a, 4); /* vbroadcastss */
+    /* merge the chunk's CSR rows by offset (each row's offsets increase): cur[a] is row a's next weight */
+    for (int64_t a = 0; a < n; a++) cur[a] = rowptr[k0 + a];
+    int64_t wbase = *wi; /* the weight rdx points at */
+    for (;;) {
+        int64_t o = -1;
+        for (int64_t a = 0; a < n; a++)
+            if (cur[a] < rowptr[k0 + a + 1] && (o < 0 || foff[cur[a]] < o)) o = foff[cur[a]];
+        if (o < 0) break;
+        evex_mem(&e, 1, 0, 0x10, XREG, 0, RDI, 0, 4 * o, 64); /* vmovups zmm31, [rdi + 4 o] */
+        for (int64_t a = 0; a < n; a++) {
+            if (cur[a] >= rowptr[k0 + a + 1] || foff[cur[a]] != o) continue;
+            int64_t w = (*wi)++;
+            wtab[w] = values[cur[a]++];
+            if (w - wbase > 127) { /* add rdx, 4 (w - wbase): the next 128 weights in disp8 reach */
+                byte(&e, 0x48), byte(&e, 0x81), byte(&e, 0xC2), dword(&e, (int32_t)(4 * (w - wbase)));
+                wbase = w;
+            }
+            evex_mem(&e, 2, 1, 0xB8, (int)a, XREG, RDX, 1, 4 * (w - wbase), 4); /* vfmadd231ps {1to16} */
+        }
+    }
+    for (int64_t a = 0; a < n; a++) evex_mem(&e, 1, 0, 0x11, (int)a, 0, RSI, 0, 4 * a * ld, 64); /* vmovups */
+    byte(&e, 0xC5), byte(&e, 0xF8), byte(&e, 0x77); /* vzeroupper */
+    byte(&e, 0xC3);                                 /* ret */
+    while ((uintptr_t)e.p % 64) byte(&e, 0xCC);     /* the next function on its own cache line */
+    return e.p;
+}
+#endif
+
+void csub_spjit_free(csub_spjit *j)
+{
+    if (!j) return;
+#if JIT_OK
+    if (j->code) munmap(j->code, j->map_len);
+#endif
+    free(j->k0), free(j->w0), free(j->wtab), free(j->entry), free(j->zeros);
+    free(j);
+}
+
+int csub_spjit_available(void)
+{
+    return JIT_OK && csub_isa_level() >= CSUB_ISA_AVX512;
+}
+
+csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const float *values, int64_t K, int64_t ld)
+{
+#if JIT_OK
+    if (!csub_spjit_available() || K < 1 || ld < 16 || 4 * K * ld > INT32_MAX) return NULL;
+    int64_t nnz = rowptr[K];
+    for (int64_t t = 0; t < nnz; t++)
+        if (foff[t] > INT32_MAX / 4 - 64) return NULL; /* beyond a disp32 */
+    int nch = (int)((K + JIT_ACC - 1) / JIT_ACC);
+    csub_spjit *j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+    j->nchunks = nch;
+    j->ld = ld;
+    j->nnz = nnz;
+    j->k0 = malloc(sizeof(int64_t) * (size_t)(nch + 1));
+    j->w0 = malloc(sizeof(int64_t) * (size_t)nch);
+    j->entry = malloc(sizeof(size_t) * (size_t)nch);
+    j->wtab = malloc(sizeof(float) * (size_t)(nnz > 0 ? nnz : 1));
+    j->zeros = calloc((size_t)K, sizeof(float));
+    int64_t *cur = malloc(sizeof(int64_t) * JIT_ACC);
+    if (!j->k0 || !j->w0 || !j->entry || !j->wtab || !j->zeros || !cur) goto fail;
+    size_t bound = 0;
+    for (int c = 0; c <= nch; c++) j->k0[c] = K * c / nch; /* chunks of even size */
+    for (int c = 0; c < nch; c++)
+        bound += chunk_bound(j->k0[c + 1] - j->k0[c], rowptr[j->k0[c + 1]] - rowptr[j->k0[c]]);
+    if (bound > JIT_MAX_CODE) goto fail;
+    long page = sysconf(_SC_PAGESIZE);
+    j->map_len = (bound + (size_t)page - 1) / (size_t)page * (size_t)page;
+    void *m = mmap(NULL, j->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) goto fail;
+    j->code = m;
+    uint8_t *p = j->code;
+    int64_t wi = 0;
+    for (int c = 0; c < nch; c++) {
+        j->entry[c] = (size_t)(p - j->code);
+        j->w0[c] = wi;
+        p = emit_chunk(p, rowptr, foff, values, j->k0[c], j->k0[c + 1], ld, j->wtab, &wi, cur);
+    }
+    size_t used = ((size_t)(p - j->code) + (size_t)page - 1) / (size_t)page * (size_t)page;
+    if (used < j->map_len) { /* the bound's unused pages back to the system */
+        munmap(j->code + used, j->map_len - used);
+        j->map_len = used;
+    }
+    if (mprotect(j->code, j->map_len, PROT_READ | PROT_EXEC)) goto fail;
+    free(cur);
+    return j;
+fail:
+    free(cur);
+    csub_spjit_free(j);
+    return NULL;
+#else
+    (void)rowptr, (void)foff, (void)values, (void)K, (void)ld;
+    return NULL;
+#endif
+}
+
+typedef void (*chunk_fn)(const float *x, float *out, const float *w, const float *b);
+
+int csub_spjit_chunks(const csub_spjit *j)
+{
+    return j->nchunks;
+}
+
+int64_t csub_spjit_ld(const csub_spjit *j)
+{
+    return j->ld;
+}
+
+int64_t csub_spjit_chunk_k0(const csub_spjit *j, int c)
+{
+    return j->k0[c];
+}
+
+int64_t csub_spjit_rows(const csub_spjit *j)
+{
+    return j->k0[j->nchunks];
+}
+
+int64_t csub_spjit_nnz(const csub_spjit *j)
+{
+    return j->nnz;
+}
+
+size_t csub_spjit_bytes(const csub_spjit *j)
+{
+    return j ? j->map_len + sizeof(float) * (size_t)j->nnz : 0;
+}
+
+void csub_spjit_run(const csub_spjit *j, int c, const float *x, float *out, const float *b)
+{
+    chunk_fn f;
+    void *addr = j->code + j->entry[c];
+    memcpy(&f, &addr, sizeof f); /* object to function pointer (POSIX guarantees the round trip) */
+    int64_t k0 = j->k0[c];
+    f(x, out + k0 * j->ld, j->wtab + j->w0[c], (b ? b : j->zeros) + k0);
+}
