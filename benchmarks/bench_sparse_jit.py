@@ -1,0 +1,80 @@
+"""Sparse convolutions as compiled code (csrc/sparse_jit.c) against the gather kernels (csrc/csr.c),
+in the whole runtime.
+
+    python benchmarks/bench_sparse_jit.py [--reps 11] [--threads 1 2] [--nets resnet18-bn ...]
+
+For each network of benchmarks/bench_peers.py (its weights, batch norms and statistics), 90 %
+sparse (keep 0.1 of the block convs' weights): two runtimes of one model in one process,
+compressed with CSUB_SPARSE_JIT unset (the 3x3 and larger sparse convs as code) and with
+CSUB_SPARSE_JIT=0 (read at set_alpha), timed interleaved (which runs first alternates), medians
+of --reps forwards, the median of the per-repetition ratios (above 1: the code is faster), the
+largest difference of their logits relative to the largest logit, the time compress() took and
+the memory each holds (memory_bytes at the batch). Nothing here asserts a timing.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))  # the checkout's csub, built in place
+import csub  # noqa: E402
+from csub import _core  # noqa: E402
+from bench_peers import KEEP, NETS, build  # noqa: E402
+from bench_winograd import interleaved_ms  # noqa: E402
+from common import print_machine  # noqa: E402
+
+BATCHES = {"cpreresnet20-gn": (1, 64), "cpreresnet20-bn": (1, 64), "resnet18-bn": (1, 16)}
+
+
+def compressed(model, shape, jit):
+    """The runtime at KEEP with the code (jit) or the gather, and the seconds compress() took."""
+    if jit:
+        os.environ.pop("CSUB_SPARSE_JIT", None)
+    else:
+        os.environ["CSUB_SPARSE_JIT"] = "0"
+    t = time.perf_counter()
+    net = model.compress(KEEP, input_shape=shape)
+    t = time.perf_counter() - t
+    os.environ.pop("CSUB_SPARSE_JIT", None)
+    return net, t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=11)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--nets", nargs="+", default=list(BATCHES), choices=list(BATCHES))
+    args = ap.parse_args()
+    print_machine()
+    print(f"csub ISA level: {_core.isa()}; code can be made here: {_core.sparse_jit_available()}")
+    print("\n## 90 % sparse networks: the gather kernels (CSUB_SPARSE_JIT=0) against the code (ms, medians; "
+          "two runtimes in one process, timed interleaved)\n")
+    print("| network | batch | threads | gather | code | speed-up | logits differ by | compress ms (gather, code) "
+          "| memory MB (gather, code) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in args.nets:
+        shape = NETS[name][1]
+        model = build(name, True)
+        gather, tg = compressed(model, shape, False)
+        code, tc = compressed(model, shape, True)
+        for batch in BATCHES[name]:
+            x = np.random.default_rng(1).normal(0, 1, (batch,) + shape).astype(np.float32)
+            want = gather(x)
+            err = float(np.max(np.abs(code(x) - want)) / np.max(np.abs(want)))
+            reps = args.reps if batch * np.prod(shape) < 1e6 else max(3, args.reps // 2)
+            for threads in args.threads:
+                csub.set_num_threads(threads)
+                (t_g, t_c), (a, b) = interleaved_ms([lambda: gather(x), lambda: code(x)], reps)
+                ratio = statistics.median(ta / tb for ta, tb in zip(a, b))
+                print(f"| {NETS[name][0]} | {batch} | {threads} | {t_g:.3f} | {t_c:.3f} | {ratio:.2f}x | {err:.1e} | "
+                      f"{tg * 1e3:.0f}, {tc * 1e3:.0f} | {gather.memory_bytes(batch) / 1e6:.1f}, "
+                      f"{code.memory_bytes(batch) / 1e6:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
