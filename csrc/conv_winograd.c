@@ -259,9 +259,9 @@ CSUB_VARIANTS(in_tile2, (const float *xt, int64_t Wp, int64_t Cp, float *v, int6
     ATTR static void NAME(const float *v, const float *u, float *mm, int64_t nt, int64_t C, int64_t Cp,    \
                           int64_t nkb, int64_t Kp)                                                          \
     {                                                                                                       \
-        int64_t us = Cp * LB;                                                                               \
-        for (int64_t t0 = 0; t0 < nt; t0 += TTMAX) {                                                        \
-            int tt = nt - t0 < TTMAX ? (int)(nt - t0) : TTMAX;                                              \
+        int64_t us = Cp * LB, ng = (nt + TTMAX - 1) / TTMAX, per = ng ? (nt + ng - 1) / ng : 0;             \
+        for (int64_t t0 = 0; t0 < nt; t0 += per) { /* groups of even size: 16 tiles as 8 + 8, not 12 + 4 */ \
+            int tt = nt - t0 < per ? (int)(nt - t0) : (int)per;                                             \
             const float *vt = v + t0 * Cp;                                                                  \
             float *mt0 = mm + t0 * Kp;                                                                      \
             for (int64_t kb = 0; kb < nkb; kb += NBMAX) {                                                   \
