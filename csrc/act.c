@@ -1,8 +1,13 @@
 /* act.c - ReLU, residual add, pools (max, average, global average). */
 #include <float.h>
+#include <stdlib.h>
 #include <omp.h>
 
 #include "internal.h"
+
+#if CSUB_X86
+#include <immintrin.h>
+#endif
 
 /* The elementwise loops run over chunks of 16384 values, each chunk's loop
  * compiled for AVX-512, AVX2 and the baseline (CSUB_VARIANTS, internal.h);
@@ -127,11 +132,66 @@ static inline float max_first(float m, float v) { return ((m != m) | (v <= m)) ?
  * (perhaps another one of the window's), and a window whose maximum is a zero of either sign
  * may give the other sign (columns are reduced before rows). */
 #define MP_BAND 512
+
+#if CSUB_X86
+/* max_first on 16 lanes: m where m is NaN or v <= m, else v */
+CSUB_TARGET_AVX512 static inline __m512 max_first16(__m512 m, __m512 v)
+{
+    __mmask16 keep = _mm512_cmp_ps_mask(v, m, _CMP_LE_OQ) | _mm512_cmp_ps_mask(m, m, _CMP_UNORD_Q);
+    return _mm512_mask_blend_ps(keep, v, m);
+}
+
+/* One plane of the 3 x 3 stride-2 pool (ResNet18's), AVX-512: the scalar loops' operations in
+ * their order (column maxima of rows 0, 1, 2; then columns 2q, 2q + 1, 2q + 2), 16 outputs at a
+ * time, the even and odd columns taken apart by permutes. col: W + 32 floats. */
+CSUB_TARGET_AVX512 static void mp3s2_plane(const float *xp, float *yp, int64_t H, int64_t W, float *col)
+{
+    int64_t P = (H - 3) / 2 + 1, Q = (W - 3) / 2 + 1;
+    const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int64_t p = 0; p < P; p++) {
+        const float *r0 = xp + 2 * p * W, *r1 = r0 + W, *r2 = r1 + W;
+        int64_t c = 0;
+        for (; c + 16 <= W; c += 16)
+            _mm512_storeu_ps(col + c, max_first16(max_first16(_mm512_loadu_ps(r0 + c), _mm512_loadu_ps(r1 + c)),
+                                                  _mm512_loadu_ps(r2 + c)));
+        for (; c < W; c++) col[c] = max_first(max_first(r0[c], r1[c]), r2[c]);
+        float *yq = yp + p * Q;
+        int64_t q = 0;
+        for (; q + 16 <= Q && 2 * q + 34 <= W + 32; q += 16) { /* reads col[2q, 2q + 34): within W + 32 */
+            __m512 a = _mm512_loadu_ps(col + 2 * q), b = _mm512_loadu_ps(col + 2 * q + 16);
+            __m512 a2 = _mm512_loadu_ps(col + 2 * q + 2), b2 = _mm512_loadu_ps(col + 2 * q + 18);
+            __m512 m = max_first16(_mm512_permutex2var_ps(a, ev, b), _mm512_permutex2var_ps(a, od, b));
+            _mm512_storeu_ps(yq + q, max_first16(m, _mm512_permutex2var_ps(a2, ev, b2)));
+        }
+        for (; q < Q; q++) yq[q] = max_first(max_first(col[2 * q], col[2 * q + 1]), col[2 * q + 2]);
+    }
+}
+#endif
+
 void csub_maxpool2d_infer(const float *x, float *y, int64_t N, int64_t C, int64_t H, int64_t W,
                           int64_t k, int64_t s)
 {
     int64_t P = (H - k) / s + 1, Q = (W - k) / s + 1;
     int64_t qb = k <= MP_BAND ? (MP_BAND - k) / s + 1 : 0; /* output columns per band */
+#if CSUB_X86
+    if (k == 3 && s == 2 && csub_isa_level() >= CSUB_ISA_AVX512) {
+        int ok = 1;
+        #pragma omp parallel num_threads(csub_get_num_threads())
+        {
+            float *col = calloc((size_t)(W + 32), sizeof(float)); /* the tail a last vector may read */
+            if (!col) {
+                #pragma omp atomic write
+                ok = 0;
+            }
+            #pragma omp for schedule(static)
+            for (int64_t nc = 0; nc < N * C; nc++)
+                if (col) mp3s2_plane(x + nc * H * W, y + nc * P * Q, H, W, col);
+            free(col);
+        }
+        if (ok) return; /* else the portable loops below, which need no buffer */
+    }
+#endif
     #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static)
     for (int64_t nc = 0; nc < N * C; nc++) {
         float col[MP_BAND];
