@@ -605,6 +605,25 @@ int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int6
     return (pf + wf) * nthreads;
 }
 
+/* *work: the caller's buffer of work_len floats, or where it is too small one of `need` (*own, to be
+ * freed; else NULL). CSUB_ERR_NOMEM when that cannot be had. */
+static int work_buffer(float **work, int64_t work_len, int64_t need, float **own)
+{
+    *own = NULL;
+    if (work_len >= need) return CSUB_OK;
+    if (!(*own = malloc(sizeof(float) * (size_t)(need > 0 ? need : 1)))) return CSUB_ERR_NOMEM;
+    *work = *own;
+    return CSUB_OK;
+}
+
+/* Zeros in the slack past the planes (read by the last rounded vectors, never used) of `copies`
+ * plane buffers pf floats apart */
+static void zero_slack(const geom *g, float *work, int64_t pf, int copies)
+{
+    for (int u = 0; u < copies && pf; u++)
+        memset(work + pf * u + g->nplanes * g->plane, 0, sizeof(float) * (size_t)(pf - g->nplanes * g->plane));
+}
+
 int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, const int64_t *foff,
                                        const float *values, const float *b, float *y,
                                        int64_t N, int64_t C, int64_t H, int64_t W,
@@ -624,12 +643,9 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
     int bands = !outer && g.P >= nt && (double)rowptr[K] * 12.0 <= (double)(g.nplanes * g.plane) * 4.0;
     int round = !g.direct_x;        /* the planes have slack: whole 16-float vectors */
     int64_t need = (pf + wf) * nt;
-    float *own = NULL;
+    float *own;
     int64_t *cbp = NULL; /* channel block pointers of the CSR rows, or rowptr itself for one block */
-    if (work_len < need) {
-        if (!(own = malloc(sizeof(float) * (size_t)(need > 0 ? need : 1)))) return CSUB_ERR_NOMEM;
-        work = own;
-    }
+    if (work_buffer(&work, work_len, need, &own)) return CSUB_ERR_NOMEM;
     if (f.ncb > 1) {
         if (!(cbp = malloc(sizeof(int64_t) * (size_t)(K * f.ncb + 1)))) {
             free(own);
@@ -639,8 +655,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
     }
     const int64_t *bp = cbp ? cbp : rowptr; /* one block: row k's are [rowptr[k], rowptr[k + 1]) */
     float *wides = work + pf * nt;
-    for (int u = 0; u < (outer ? nt : 1) && pf; u++) /* the slack past the planes: read, never used */
-        memset(work + pf * u + g.nplanes * g.plane, 0, sizeof(float) * (size_t)(pf - g.nplanes * g.plane));
+    zero_slack(&g, work, pf, outer ? nt : 1);
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -775,14 +790,10 @@ int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const fl
      * then runs only its own chunks' code over the shared planes) */
     int bands = !outer && nb >= nt && (double)csub_spjit_nnz(j) * 12.0 <= (double)(g.nplanes * g.plane) * 4.0;
     if (!outer && !bands && nc < nt) nt = 1, outer = 1;
-    float *own = NULL;
-    if (work_len < need) {
-        if (!(own = malloc(sizeof(float) * (size_t)need))) return CSUB_ERR_NOMEM;
-        work = own;
-    }
+    float *own;
+    if (work_buffer(&work, work_len, need, &own)) return CSUB_ERR_NOMEM;
     float *wides = work + pf * nt;
-    for (int u = 0; u < (outer ? nt : 1); u++) /* the slack past the planes: read, never used */
-        memset(work + pf * u + g.nplanes * g.plane, 0, sizeof(float) * (size_t)(pf - g.nplanes * g.plane));
+    zero_slack(&g, work, pf, outer ? nt : 1);
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
