@@ -807,19 +807,20 @@ int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const fl
                 jit_rows(&g, j, b, pl, res ? res + n * K * PQ : NULL, relu, y + n * K * PQ, wt, B, ld, 0, nc, 0, g.P);
             }
         } else {
-            int64_t b0, b1, lo, hi;
+            int64_t b0, b1, c0, c1, h0, h1;
             csub_row_band(nb, t, T, &b0, &b1);
             int64_t p0 = b0 * B < g.P ? b0 * B : g.P, p1 = b1 * B < g.P ? b1 * B : g.P;
-            split(nc, t, T, &lo, &hi);
+            split(C, t, T, &c0, &c1);  /* input channels whose planes this thread lays out */
+            split(nc, t, T, &h0, &h1); /* chunks of output channels it computes */
             for (int64_t n = 0; n < N; n++) {
                 const float *xn = x + n * C * H * W, *rn = res ? res + n * K * PQ : NULL;
                 /* bands: each thread lays out the plane rows of its own bands (the last one also the
                  * rows below), then reads its neighbour's first rows too; chunks: a share of the channels */
                 if (bands) build_planes(&g, xn, work, 0, C, p0, t == T - 1 ? g.Hph : p1);
-                else split(C, t, T, &lo, &hi), build_planes(&g, xn, work, lo, hi, 0, g.Hph), split(nc, t, T, &lo, &hi);
+                else build_planes(&g, xn, work, c0, c1, 0, g.Hph);
                 #pragma omp barrier
                 if (bands) jit_rows(&g, j, b, work, rn, relu, y + n * K * PQ, wt, B, ld, 0, nc, p0, p1);
-                else jit_rows(&g, j, b, work, rn, relu, y + n * K * PQ, wt, B, ld, (int)lo, (int)hi, 0, g.P);
+                else jit_rows(&g, j, b, work, rn, relu, y + n * K * PQ, wt, B, ld, (int)h0, (int)h1, 0, g.P);
                 #pragma omp barrier
             }
         }
