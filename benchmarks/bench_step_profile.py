@@ -13,7 +13,7 @@ weight decay 5e-4), group norm. Configurations:
 
 Every function of ``csub._core`` is wrapped by a timer for the run, so each
 row is the time spent inside that family of C kernels per step (medians over
-the steps); "python + numpy" is the step's wall time less all of them (layer
+the steps; the sparse convolutions apart by kernel size); "python + numpy" is the step's wall time less all of them (layer
 bookkeeping, ``np.zeros`` of gradient buffers, ``grad +=`` and ``zero_grad``).
 The configurations' steps alternate, so a background load hits all alike.
 Nothing here asserts a timing.
@@ -45,7 +45,8 @@ IMAGE = 32
 # kernel family -> row label (anything else lands in "other kernels")
 KINDS = [
     ("conv dense (fwd, bwd)", ("conv2d_forward", "conv2d_backward")),
-    ("conv sparse CSR (fwd, bwd)", ("conv2d_sparse_forward", "conv2d_sparse_backward")),
+    ("conv sparse CSR 1x1 (fwd, bwd)", ("conv2d_sparse_forward/1x1", "conv2d_sparse_backward/1x1")),
+    ("conv sparse CSR 3x3 (fwd, bwd)", ("conv2d_sparse_forward/3x3", "conv2d_sparse_backward/3x3")),
     ("CSR build from mask", ("csr_from_mask",)),
     ("top-k mask + apply", ("topk_mask", "apply_mask")),
     ("group norm (fwd, bwd)", ("groupnorm_forward", "groupnorm_backward", "groupnorm_relu_forward",
@@ -80,13 +81,18 @@ class Profiler:
 
     def _wrap(self, name, fn):
         acc = self.acc
+        by_kernel = name in ("conv2d_sparse_forward", "conv2d_sparse_backward")  # apart by kernel size
 
         def timed(*args, **kw):
+            key = name
+            if by_kernel:
+                shape = args[4] if len(args) > 4 else kw["weight_shape"]
+                key = f"{name}/{shape[2]}x{shape[3]}"
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kw)
             finally:
-                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+                acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
         return timed
 
 
