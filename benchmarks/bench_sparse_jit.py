@@ -1,7 +1,7 @@
 """Sparse convolutions as compiled code (csrc/sparse_jit.c) against the gather kernels (csrc/csr.c),
 in the whole runtime.
 
-    python benchmarks/bench_sparse_jit.py [--reps 11] [--threads 1 2] [--nets resnet18-bn ...]
+    python benchmarks/bench_sparse_jit.py [--reps 11] [--threads 1 2] [--nets resnet18-bn ...] [--layers]
 
 For each network of benchmarks/bench_peers.py (its weights, batch norms and statistics), 90 %
 sparse (keep 0.1 of the block convs' weights): two runtimes of one model in one process,
@@ -9,7 +9,9 @@ compressed with CSUB_SPARSE_JIT unset (the 3x3 and larger sparse convs as code) 
 CSUB_SPARSE_JIT=0 (read at set_alpha), timed interleaved (which runs first alternates), medians
 of --reps forwards, the median of the per-repetition ratios (above 1: the code is faster), the
 largest difference of their logits relative to the largest logit, the time compress() took and
-the memory each holds (memory_bytes at the batch). Nothing here asserts a timing.
+the memory each holds (memory_bytes at the batch). --layers adds, per network at batch 1 on one
+thread, each sparse conv's time in both runtimes (``_core.model_profile``, medians of --reps).
+Nothing here asserts a timing.
 """
 import argparse
 import os
@@ -44,11 +46,30 @@ def compressed(model, shape, jit):
     return net, t
 
 
+def layers(name, gather, code, shape, reps):
+    """Each sparse conv's ms in both runtimes at batch 1, one thread (the profiles alternate)."""
+    csub.set_num_threads(1)
+    x = np.random.default_rng(1).normal(0, 1, (1,) + shape).astype(np.float32)
+    runs = [[], []]
+    for _ in range(reps):
+        for i, net in enumerate((gather, code)):
+            runs[i].append([ms for _, ms in _core.model_profile(net._m, x)])
+    names = [n for n, _ in _core.model_profile(code._m, x)]
+    tg, tc = np.median(runs[0], axis=0), np.median(runs[1], axis=0)
+    print(f"\n{NETS[name][0]}, batch 1, 1 thread: each sparse conv (graph index), ms\n")
+    print("| op | gather | code | speed-up |")
+    print("| --- | --- | --- | --- |")
+    for i, n in enumerate(names):
+        if n == "conv/sparse":
+            print(f"| {i} | {tg[i]:.3f} | {tc[i]:.3f} | {tg[i] / tc[i]:.2f}x |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=11)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--nets", nargs="+", default=list(BATCHES), choices=list(BATCHES))
+    ap.add_argument("--layers", action="store_true", help="also each sparse conv's time at batch 1")
     args = ap.parse_args()
     print_machine()
     print(f"csub ISA level: {_core.isa()}; code can be made here: {_core.sparse_jit_available()}")
@@ -57,6 +78,7 @@ def main():
     print("| network | batch | threads | gather | code | speed-up | logits differ by | compress ms (gather, code) "
           "| memory MB (gather, code) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    later = []  # --layers: the networks whose convs get a table after this one
     for name in args.nets:
         shape = NETS[name][1]
         model = build(name, True)
@@ -74,6 +96,10 @@ def main():
                 print(f"| {NETS[name][0]} | {batch} | {threads} | {t_g:.3f} | {t_c:.3f} | {ratio:.2f}x | {err:.1e} | "
                       f"{tg * 1e3:.0f}, {tc * 1e3:.0f} | {gather.memory_bytes(batch) / 1e6:.1f}, "
                       f"{code.memory_bytes(batch) / 1e6:.1f} |", flush=True)
+        if args.layers:
+            later.append((name, gather, code, shape))
+    for name, gather, code, shape in later:
+        layers(name, gather, code, shape, args.reps)
 
 
 if __name__ == "__main__":
