@@ -66,8 +66,22 @@ CSUB_FP_CONTRACT_FAST /* fused multiply-add where the variant has FMA (internal.
 typedef float vf __attribute__((vector_size(64), aligned(4), may_alias));
 typedef float vf8 __attribute__((vector_size(32), aligned(4), may_alias));
 
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+
 #define vload(p) (*(const vf *)(p))
 #define vstore(p, v) (*(vf *)(p) = (v))
+
+/* a's lanes <= 0 cleared when relu (NaN kept, -0 becomes +0: csub_relu_forward's values) */
+#define RELU_LANES(VT, VI, a, relu)                  \
+    do {                                             \
+        if (relu) {                                  \
+            VI m_ = (VI)((a) <= (VT){0}), b_;        \
+            memcpy(&b_, &(a), sizeof(VT));           \
+            b_ &= ~m_;                               \
+            memcpy(&(a), &b_, sizeof(VT));           \
+        }                                            \
+    } while (0)
 
 /* lanes of a vf summed in order (a macro: vector arguments would change the ABI in the baseline variant) */
 #define HSUM(v, out)                                  \
@@ -120,12 +134,14 @@ void csub_csr_fill(const float *w, const uint8_t *mask, int64_t K, int64_t cols,
 /* sp_gather_body over 16 n outputs (n <= 3, a constant where it is inlined) in one pass, then
  * (n = 0) over 8; named accumulators (an array of them is kept on the stack) */
 static CSUB_ALWAYS_INLINE void sp_gather_tail(float *out, int n, const float *base, const int64_t *restrict off,
-                                              const float *restrict v, int64_t T, float init, const float *r)
+                                              const float *restrict v, int64_t T, float init, const float *r,
+                                              int relu)
 {
     if (n == 0) {
         vf8 a = (vf8){0} + init;
         if (r) a += *(const vf8 *)r;
         for (int64_t t = 0; t < T; t++) a += v[t] * *(const vf8 *)(base + off[t]);
+        RELU_LANES(vf8, vi8, a, relu);
         *(vf8 *)out = a;
         return;
     }
@@ -142,16 +158,19 @@ static CSUB_ALWAYS_INLINE void sp_gather_tail(float *out, int n, const float *ba
         if (n > 1) a1 += vt * vload(s + 16);
         if (n > 2) a2 += vt * vload(s + 32);
     }
+    RELU_LANES(vf, vi, a0, relu);
+    RELU_LANES(vf, vi, a1, relu);
+    RELU_LANES(vf, vi, a2, relu);
     vstore(out, a0);
     if (n > 1) vstore(out + 16, a1);
     if (n > 2) vstore(out + 32, a2);
 }
 
 /* out[i] = init (+ r[i] when r) + sum_t v[t] * base[off[t] + i], i in [0, L), the sum in order of t
- * (r may be out itself: with init 0, a sum continued) */
+ * (r may be out itself: with init 0, a sum continued), then the ReLU where relu */
 static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float *base,
                                               const int64_t *restrict off, const float *restrict v, int64_t T,
-                                              float init, const float *r)
+                                              float init, const float *r, int relu)
 {
     int64_t i0 = 0;
     /* 128 outputs as eight 16-float vectors: one load per multiply-add, the
@@ -175,7 +194,10 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
             a[6] += vt * vload(s + 96);
             a[7] += vt * vload(s + 112);
         }
-        for (int j = 0; j < 8; j++) vstore(out + i0 + 16 * j, a[j]);
+        for (int j = 0; j < 8; j++) {
+            RELU_LANES(vf, vi, a[j], relu);
+            vstore(out + i0 + 16 * j, a[j]);
+        }
     }
     /* the rest, under 128 outputs: 64 as four 16-float vectors, then up to three in one pass, one
      * 8-float vector, up to seven single floats (the same sums, lane by lane); named accumulators
@@ -195,17 +217,21 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
             a3 += vt * vload(s + 48);
         }
         float *o = out + i0;
+        RELU_LANES(vf, vi, a0, relu);
+        RELU_LANES(vf, vi, a1, relu);
+        RELU_LANES(vf, vi, a2, relu);
+        RELU_LANES(vf, vi, a3, relu);
         vstore(o, a0), vstore(o + 16, a1), vstore(o + 32, a2), vstore(o + 48, a3);
         i0 += 64;
     }
     switch ((L - i0) / 16) {
-    case 3: sp_gather_tail(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL), i0 += 48; break;
-    case 2: sp_gather_tail(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL), i0 += 32; break;
-    case 1: sp_gather_tail(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL), i0 += 16; break;
+    case 3: sp_gather_tail(out + i0, 3, base + i0, off, v, T, init, r ? r + i0 : NULL, relu), i0 += 48; break;
+    case 2: sp_gather_tail(out + i0, 2, base + i0, off, v, T, init, r ? r + i0 : NULL, relu), i0 += 32; break;
+    case 1: sp_gather_tail(out + i0, 1, base + i0, off, v, T, init, r ? r + i0 : NULL, relu), i0 += 16; break;
     default: break;
     }
     if (i0 + 8 <= L) {
-        sp_gather_tail(out + i0, 0, base + i0, off, v, T, init, r ? r + i0 : NULL);
+        sp_gather_tail(out + i0, 0, base + i0, off, v, T, init, r ? r + i0 : NULL, relu);
         i0 += 8;
     }
     int64_t n1 = L - i0;
@@ -217,12 +243,12 @@ static CSUB_ALWAYS_INLINE void sp_gather_body(float *out, int64_t L, const float
             float vt = v[t];
             for (int64_t i = 0; i < n1; i++) a[i] += vt * s[i];
         }
-        for (int64_t i = 0; i < n1; i++) out[i0 + i] = a[i];
+        for (int64_t i = 0; i < n1; i++) out[i0 + i] = relu && a[i] <= 0.0f ? 0.0f : a[i];
     }
 }
 CSUB_VARIANTS(sp_gather, (float *out, int64_t L, const float *base, const int64_t *restrict off,
-                          const float *restrict v, int64_t T, float init, const float *r),
-              (out, L, base, off, v, T, init, r))
+                          const float *restrict v, int64_t T, float init, const float *r, int relu),
+              (out, L, base, off, v, T, init, r, relu))
 
 /* s + sum_{i in [i0, L)} a[i] b[i], i0 + 16 > L */
 static inline float dot_tail(const float *a, const float *b, int64_t i0, int64_t L, float s)
@@ -497,12 +523,6 @@ static void fwd_block_ptrs(const geom *g, const flay *f, const int64_t *rowptr, 
     cbp[g->K * f->ncb] = rowptr[g->K];
 }
 
-/* x[i] = max(x[i], 0), i < n (NaN stays NaN, as csub_relu_forward) */
-static void relu_inplace(float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) x[i] = x[i] <= 0.0f ? 0.0f : x[i];
-}
-
 /* y[n][k] rows [p0, p1) = relu?(the wide rows (channel k - k0 at wide + (k - k0) * ld, row p at
  * (p - p0) * Wph) (+ res[n][k])), channels [k0, k1) */
 static void store_rows(const geom *g, const float *wide, int64_t ld, const float *resn, int relu, float *yn,
@@ -550,9 +570,9 @@ static void fwd_block(const geom *g, const flay *f, const int64_t *cbp, const in
             int64_t t0 = cbp[k * nb + j], T = cbp[k * nb + j + 1] - t0;
             float *wk = g->direct_y ? yn + k * PQ + p0 * Q : wide + (k - k0) * f->Lw;
             const float *r = g->direct_y && resn ? resn + k * PQ + p0 * Q : NULL;
-            if (j == 0) sp_gather(wk, L, base, foff + t0, values + t0, T, b ? b[k] : 0.0f, r);
-            else if (T) sp_gather(wk, L, base, foff + t0, values + t0, T, 0.0f, wk);
-            if (relu && g->direct_y && j == f->ncb - 1) relu_inplace(wk, L);
+            int last = relu && g->direct_y && j == f->ncb - 1; /* the ReLU as the row's last block is stored */
+            if (j == 0) sp_gather(wk, L, base, foff + t0, values + t0, T, b ? b[k] : 0.0f, r, last);
+            else if (T || last) sp_gather(wk, L, base, foff + t0, values + t0, T, 0.0f, wk, last);
         }
     if (!g->direct_y) store_rows(g, wide, f->Lw, resn, relu, yn, k0, k1, p0, p1);
 }
@@ -881,7 +901,7 @@ static void dx_planes(const geom *g, const tplan *tp, const float *dyz, float *d
 {
     for (int64_t i = p0; i < p1; i++) {
         int64_t t0 = tp->ptr[i];
-        sp_gather(dxph + i * g->plane, g->plane, dyz, tp->off + t0, tp->val + t0, tp->ptr[i + 1] - t0, 0.0f, NULL);
+        sp_gather(dxph + i * g->plane, g->plane, dyz, tp->off + t0, tp->val + t0, tp->ptr[i + 1] - t0, 0.0f, NULL, 0);
     }
 }
 

@@ -249,6 +249,22 @@ def test_conv_sparse_relu_fused(rng, N, C, H, W, K, R, stride, pad):
     assert np.isnan(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad, residual=res, relu=True)).all()
 
 
+def test_conv_sparse_relu_in_the_last_channel_block(rng):
+    """A 1x1 conv writes y in place over input-channel blocks and applies the ReLU as the last block
+    is stored: also for a row with no weight in that block (here: all in the first 8 channels) and
+    an empty row."""
+    C, K = 64, 8  # keep 0.5: blocks of 33 channels (csr.c fwd_layout), two of them
+    w = f32(rng, K, C, 1, 1)
+    mask = (rng.random(w.shape) < 0.5).astype(np.uint8)
+    mask[0, 8:] = 0
+    mask[1] = 0
+    wm = _core.apply_mask(w, mask)
+    csr = _core.csr_from_mask(wm, mask)
+    x, b = f32(rng, 2, C, 32, 32), f32(rng, K)
+    want = np.maximum(sref.conv2d_forward(x, *csr, wm.shape, b, 1, 0), 0)
+    assert_close(_core.conv2d_sparse_forward(x, *csr, wm.shape, b, 1, 0, relu=True), want, 1e-5, 1e-6, "relu(y)")
+
+
 # One image, a layer large enough (at least 4M multiply-adds) that the threads share it: (C, H, W, R,
 # stride, pad, keep, split): by output rows (csub_row_band), or by output channels where the kept
 # weights outweigh the planes (ResNet18's last stages)
