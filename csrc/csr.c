@@ -59,6 +59,7 @@
 #include <omp.h>
 
 #include "internal.h"
+#include "tile.h"
 
 CSUB_FP_CONTRACT_FAST /* fused multiply-add where the variant has FMA (internal.h) */
 
@@ -72,15 +73,10 @@ typedef int32_t vi8 __attribute__((vector_size(32)));
 #define vload(p) (*(const vf *)(p))
 #define vstore(p, v) (*(vf *)(p) = (v))
 
-/* a's lanes <= 0 cleared when relu (NaN kept, -0 becomes +0: csub_relu_forward's values) */
-#define RELU_LANES(VT, VI, a, relu)                  \
-    do {                                             \
-        if (relu) {                                  \
-            VI m_ = (VI)((a) <= (VT){0}), b_;        \
-            memcpy(&b_, &(a), sizeof(VT));           \
-            b_ &= ~m_;                               \
-            memcpy(&(a), &b_, sizeof(VT));           \
-        }                                            \
+/* a's lanes <= 0 cleared when relu (tile.h) */
+#define RELU_LANES(VT, VI, a, relu)        \
+    do {                                   \
+        if (relu) TILE_RELU(VT, VI, a);    \
     } while (0)
 
 /* lanes of a vf summed in order (a macro: vector arguments would change the ABI in the baseline variant) */

@@ -1,9 +1,9 @@
 /*
  * tile.h - what the register-tiled convolution kernels share (conv_direct.c,
- * conv_pointwise.c, conv_stem.c, conv_winograd.c): GCC vector types, each
- * instruction-set level's multiply-add, and the epilogue of one vector of a
- * tile. Included by those files only, after internal.h, in files compiled
- * with CSUB_FP_CONTRACT_FAST.
+ * conv_pointwise.c, conv_stem.c, conv_winograd.c; csr.c its ReLU): GCC vector
+ * types, each instruction-set level's multiply-add, and the epilogue of one
+ * vector of a tile. Included by those files only, after internal.h, in files
+ * compiled with CSUB_FP_CONTRACT_FAST.
  */
 #ifndef CSUB_TILE_H
 #define CSUB_TILE_H
@@ -34,6 +34,16 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
     } while (0)
 #endif
 
+/* The lanes <= 0 of a vector a (type VT, VI the integer vector of its lanes) cleared, in place (NaN
+ * kept, -0 becomes +0: csub_relu_forward's values) */
+#define TILE_RELU(VT, VI, a)                                                                    \
+    do {                                                                                        \
+        VI m_ = (VI)((a) <= (VT){0}), b_;                                                       \
+        memcpy(&b_, &(a), sizeof(VT));                                                          \
+        b_ &= ~m_;                                                                              \
+        memcpy(&(a), &b_, sizeof(VT));                                                          \
+    } while (0)
+
 /* One vector a (type VT, VI the integer vector of its lanes) of a tile's output channel, in place:
  * a + bk, + the first nb bytes at res + at (res NULL: none; the other lanes 0), then lanes <= 0
  * cleared when relu (NaN kept, -0 becomes +0): csub_conv_epilogue's operations in its order
@@ -46,12 +56,7 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
             memcpy(&r_, (res) + (at), (nb));                                                    \
             (a) = (a) + r_;                                                                     \
         }                                                                                       \
-        if (relu) {                                                                             \
-            VI m_ = (VI)((a) <= (VT){0}), b_;                                                   \
-            memcpy(&b_, &(a), sizeof(VT));                                                      \
-            b_ &= ~m_;                                                                          \
-            memcpy(&(a), &b_, sizeof(VT));                                                      \
-        }                                                                                       \
+        if (relu) TILE_RELU(VT, VI, a);                                                         \
     } while (0)
 
 #endif /* CSUB_TILE_H */
