@@ -26,6 +26,7 @@
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS under -std=c11 */
 #include <stdlib.h>
 #include <string.h>
+#include <omp.h>
 
 #include "internal.h"
 
@@ -86,18 +87,19 @@ static void evex_mem(emit_t *e, int map, int pp, int opcode, int reg, int vvvv, 
 
 enum { RCX = 1, RDX = 2, RSI = 6, RDI = 7, XREG = 31 };
 
-/* A bound on the bytes emit_chunk writes for n channels and m kept weights. */
+/* A bound on the bytes emit_chunk writes for n channels and m kept weights, a multiple of 64. */
 static size_t chunk_bound(int64_t n, int64_t m)
 {
-    return (size_t)(64 + 24 * n + 24 * m);
+    return (size_t)(64 + 24 * n + 24 * m + 63) / 64 * 64;
 }
 
-/* Chunk [k0, k1) as one function; *wi: the next free slot of wtab. Returns the end of the code. */
+/* Chunk [k0, k1) as one function at p (64-byte aligned); *wi: the next free slot of wtab. Returns the
+ * end of the code, padded to 64 bytes. */
 static uint8_t *emit_chunk(uint8_t *p, const int64_t *rowptr, const int64_t *foff, const float *values, int64_t k0,
-                           int64_t k1, int64_t ld, float *wtab, int64_t *wi, int64_t *cur)
+                           int64_t k1, int64_t ld, float *wtab, int64_t *wi)
 {
     emit_t e = {p};
-    int64_t n = k1 - k0;
+    int64_t n = k1 - k0, cur[JIT_ACC];
     for (int64_t a = 0; a < n; a++) evex_mem(&e, 2, 1, 0x18, (int)a, 0, RCX, 0, 4 * a, 4); /* vbroadcastss */
     /* merge the chunk's CSR rows by offset (each row's offsets increase): cur[a] is row a's next weight */
     for (int64_t a = 0; a < n; a++) cur[a] = rowptr[k0 + a];
@@ -160,35 +162,37 @@ csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const f
     j->entry = malloc(sizeof(size_t) * (size_t)nch);
     j->wtab = malloc(sizeof(float) * (size_t)(nnz > 0 ? nnz : 1));
     j->zeros = calloc((size_t)K, sizeof(float));
-    int64_t *cur = malloc(sizeof(int64_t) * JIT_ACC);
-    if (!j->k0 || !j->w0 || !j->entry || !j->wtab || !j->zeros || !cur) goto fail;
-    size_t bound = 0;
+    size_t *pre = malloc(sizeof(size_t) * (size_t)(nch + 1)), *len = malloc(sizeof(size_t) * (size_t)nch);
+    uint8_t *tmp = NULL;
+    if (!j->k0 || !j->w0 || !j->entry || !j->wtab || !j->zeros || !pre || !len) goto fail;
+    pre[0] = 0;
     for (int c = 0; c <= nch; c++) j->k0[c] = K * c / nch; /* chunks of even size */
-    for (int c = 0; c < nch; c++)
-        bound += chunk_bound(j->k0[c + 1] - j->k0[c], rowptr[j->k0[c + 1]] - rowptr[j->k0[c]]);
-    if (bound > JIT_MAX_CODE) goto fail;
+    for (int c = 0; c < nch; c++) {
+        j->w0[c] = rowptr[j->k0[c]]; /* a chunk's weights go to wtab in a run as long as its rows */
+        pre[c + 1] = pre[c] + chunk_bound(j->k0[c + 1] - j->k0[c], rowptr[j->k0[c + 1]] - rowptr[j->k0[c]]);
+    }
+    if (pre[nch] > JIT_MAX_CODE || !(tmp = aligned_alloc(64, pre[nch]))) goto fail;
+    /* the chunks emitted side by side (each at its bound's offset, threads taking chunks), then packed
+     * into the mapping: the code addresses nothing but its arguments, so it can move */
+    #pragma omp parallel for num_threads(omp_in_parallel() ? 1 : csub_get_num_threads()) schedule(dynamic, 1)
+    for (int c = 0; c < nch; c++) {
+        int64_t wi = j->w0[c];
+        len[c] = (size_t)(emit_chunk(tmp + pre[c], rowptr, foff, values, j->k0[c], j->k0[c + 1], ld, j->wtab, &wi) -
+                          (tmp + pre[c]));
+    }
+    size_t total = 0;
+    for (int c = 0; c < nch; c++) j->entry[c] = total, total += len[c];
     long page = sysconf(_SC_PAGESIZE);
-    j->map_len = (bound + (size_t)page - 1) / (size_t)page * (size_t)page;
+    j->map_len = (total + (size_t)page - 1) / (size_t)page * (size_t)page;
     void *m = mmap(NULL, j->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) goto fail;
     j->code = m;
-    uint8_t *p = j->code;
-    int64_t wi = 0;
-    for (int c = 0; c < nch; c++) {
-        j->entry[c] = (size_t)(p - j->code);
-        j->w0[c] = wi;
-        p = emit_chunk(p, rowptr, foff, values, j->k0[c], j->k0[c + 1], ld, j->wtab, &wi, cur);
-    }
-    size_t used = ((size_t)(p - j->code) + (size_t)page - 1) / (size_t)page * (size_t)page;
-    if (used < j->map_len) { /* the bound's unused pages back to the system */
-        munmap(j->code + used, j->map_len - used);
-        j->map_len = used;
-    }
+    for (int c = 0; c < nch; c++) memcpy(j->code + j->entry[c], tmp + pre[c], len[c]);
     if (mprotect(j->code, j->map_len, PROT_READ | PROT_EXEC)) goto fail;
-    free(cur);
+    free(pre), free(len), free(tmp);
     return j;
 fail:
-    free(cur);
+    free(pre), free(len), free(tmp);
     csub_spjit_free(j);
     return NULL;
 #else
