@@ -165,3 +165,15 @@ def test_runtime_jit_against_gather(rng, monkeypatch):
     else:
         assert code.memory_bytes() == gather.memory_bytes()
     assert os.environ.get("CSUB_SPARSE_JIT") is None
+
+
+def test_jit_bad_input(rng):
+    """jit=True goes through the same checks as the gather: a bad argument is named, never run."""
+    x, wm, mask, csr, b = case(rng, 1, 4, 6, 6, 5, 3, 0.5)
+    with pytest.raises(ValueError, match="residual"):
+        _core.conv2d_sparse_forward(x, *csr, wm.shape, b, 1, 1, residual=np.zeros((1, 1, 6, 6), np.float32),
+                                    jit=True)
+    with pytest.raises(ValueError, match="x"):
+        _core.conv2d_sparse_forward(x[0], *csr, wm.shape, b, 1, 1, jit=True)
+    with pytest.raises(TypeError):
+        _core.sparse_jit_available(1)
