@@ -187,6 +187,7 @@ csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const f
 void csub_spjit_free(csub_spjit *j);
 int csub_spjit_chunks(const csub_spjit *j);
 int64_t csub_spjit_chunk_k0(const csub_spjit *j, int c); /* chunk c's first output channel (c <= chunks) */
+int64_t csub_spjit_chunk_w0(const csub_spjit *j, int c); /* the kept weights before chunk c's (c <= chunks) */
 int64_t csub_spjit_ld(const csub_spjit *j);
 int64_t csub_spjit_rows(const csub_spjit *j);
 int64_t csub_spjit_nnz(const csub_spjit *j);

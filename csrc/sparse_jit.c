@@ -218,6 +218,11 @@ int64_t csub_spjit_chunk_k0(const csub_spjit *j, int c)
     return j->k0[c];
 }
 
+int64_t csub_spjit_chunk_w0(const csub_spjit *j, int c)
+{
+    return c < j->nchunks ? j->w0[c] : j->nnz;
+}
+
 int64_t csub_spjit_rows(const csub_spjit *j)
 {
     return j->k0[j->nchunks];
