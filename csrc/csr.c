@@ -859,7 +859,7 @@ int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const fl
     float *own;
     if (work_buffer(&work, work_len, need, &own)) return CSUB_ERR_NOMEM;
     float *wides = work + pf * nt;
-    zero_slack(&g, work, pf, outer ? nt : 1);
+    zero_slack(&g, work, pf, outer || bands ? nt : 1);
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -878,15 +878,21 @@ int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const fl
                                                  * whole bands of 9 went 18 + 10 (ResNet18's 28 x 28 layers,
                                                  * the second thread idle 40 % of the first's time) */
             split(C, t, T, &c0, &c1);  /* input channels whose planes this thread lays out */
+            /* bands: the plane rows its output rows read (and the next, which the last vector of a
+             * band reads past them, its lanes unused), in its own buffer: laid out in a shared one,
+             * the rows went from core to core at every layer (measured: ResNet18's stride-2 layer
+             * on 55 x 55 built its planes no faster on two threads than on one) */
+            int64_t i1 = p1 + (R - 1) / stride + 1 < g.Hph ? p1 + (R - 1) / stride + 1 : g.Hph;
             for (int64_t n = 0; n < N; n++) {
                 const float *xn = x + n * C * H * W, *rn = res ? res + n * K * PQ : NULL;
-                /* bands: each thread lays out the plane rows of its own bands (the last one also the
-                 * rows below), then reads its neighbour's first rows too; chunks: a share of the channels */
-                if (bands) build_planes(&g, xn, work, 0, C, p0, t == T - 1 ? g.Hph : p1);
-                else build_planes(&g, xn, work, c0, c1, 0, g.Hph);
+                if (bands) {
+                    build_planes(&g, xn, work + pf * t, 0, C, p0, i1);
+                    jit_rows(&g, j, b, work + pf * t, rn, relu, y + n * K * PQ, wt, B, ld, 0, nc, p0, p1);
+                    continue; /* nothing shared: no barrier */
+                }
+                build_planes(&g, xn, work, c0, c1, 0, g.Hph); /* chunks: a share of the channels */
                 #pragma omp barrier
-                if (bands) jit_rows(&g, j, b, work, rn, relu, y + n * K * PQ, wt, B, ld, 0, nc, p0, p1);
-                else jit_chunk_share(&g, j, b, work, rn, relu, y + n * K * PQ, wt, B, ld, t, T);
+                jit_chunk_share(&g, j, b, work, rn, relu, y + n * K * PQ, wt, B, ld, t, T);
                 #pragma omp barrier
             }
         }
