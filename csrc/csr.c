@@ -671,7 +671,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
     }
     const int64_t *bp = cbp ? cbp : rowptr; /* one block: row k's are [rowptr[k], rowptr[k + 1]) */
     float *wides = work + pf * nt;
-    zero_slack(&g, work, pf, outer ? nt : 1);
+    zero_slack(&g, work, pf, outer || bands ? nt : 1);
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -687,23 +687,26 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                 fwd_rows(&g, &f, bp, foff, values, b, pl ? pl : xn, rn, relu, y + n * K * PQ, wt, round, 0, K, 0, g.P);
             }
         } else {
+            int64_t lo, hi, p0, p1;
+            csub_row_band(g.P, t, T, &p0, &p1);
+            int64_t i1 = p1 + (R - 1) / stride + 1 < g.Hph ? p1 + (R - 1) / stride + 1 : g.Hph;
             for (int64_t n = 0; n < N; n++) {
                 const float *xn = x + n * C * H * W, *rn = res ? res + n * K * PQ : NULL;
-                int64_t lo, hi, p0, p1;
-                csub_row_band(g.P, t, T, &p0, &p1);
-                if (pf) { /* bands: a thread lays out the plane rows of its own output rows (the last one also
-                           * the rows below), then reads its neighbour's first rows too */
-                    if (bands) build_planes(&g, xn, work, 0, C, p0, t == T - 1 ? g.Hph : p1);
-                    else split(C, t, T, &lo, &hi), build_planes(&g, xn, work, lo, hi, 0, g.Hph);
+                if (bands) { /* the plane rows its output rows read (and the next, which the last vectors
+                              * read past them, their lanes unused), in its own buffer: nothing shared
+                              * (csub_conv2d_sparse_forward_jit, measured there) */
+                    if (pf) build_planes(&g, xn, work + pf * t, 0, C, p0, i1);
+                    fwd_rows(&g, &f, bp, foff, values, b, pf ? work + pf * t : xn, rn, relu, y + n * K * PQ, wt,
+                             round, 0, K, p0, p1);
+                    continue;
+                }
+                if (pf) { /* a share of the channels' planes, read by every thread */
+                    split(C, t, T, &lo, &hi), build_planes(&g, xn, work, lo, hi, 0, g.Hph);
                     #pragma omp barrier
                 }
-                const float *pl = pf ? work : xn;
-                if (bands) {
-                    fwd_rows(&g, &f, bp, foff, values, b, pl, rn, relu, y + n * K * PQ, wt, round, 0, K, p0, p1);
-                } else {
-                    split(K, t, T, &lo, &hi);
-                    fwd_rows(&g, &f, bp, foff, values, b, pl, rn, relu, y + n * K * PQ, wt, round, lo, hi, 0, g.P);
-                }
+                split(K, t, T, &lo, &hi);
+                fwd_rows(&g, &f, bp, foff, values, b, pf ? work : xn, rn, relu, y + n * K * PQ, wt, round, lo, hi, 0,
+                         g.P);
                 #pragma omp barrier
             }
         }
