@@ -32,8 +32,9 @@
  * Threads split the batch (each owns its planes and a partial weight gradient
  * reduced in thread order); a batch smaller than the thread count splits each
  * image instead: the forward by output rows (csub_row_band: each thread lays
- * out and reads the plane rows of its own band, so that at inference a layer's
- * input is mostly in the cache of the core that wrote it), or by output
+ * out the plane rows of its own band, and the few below it, in a buffer of its
+ * own, so that at inference a layer's input is mostly in the cache of the core
+ * that wrote it and no plane line moves between cores), or by output
  * channels where the kept weights outweigh the planes (each thread then
  * streams only its own rows of the weight), the backward by rows of the
  * weight. Results depend on the thread count only through that
