@@ -744,14 +744,14 @@ static void jit_band(const geom *g, int64_t *B, int64_t *ld)
     if (b > g->P) b = g->P;
     if (b < 1) b = 1;
     *B = b;
-    *ld = (b * g->Wph + 15) / 16 * 16;
+    *ld = (b * g->Wph + 15 + 15) / 16 * 16; /* a band starts at the aligned position before its first row */
 }
 
 /* Floats of planes (with the slack the last vectors read: see csub_conv2d_sparse_work) and of
  * one thread's wide band */
 static void jit_sizes(const geom *g, int64_t ld, int64_t *plane_floats, int64_t *wide_floats)
 {
-    *plane_floats = (g->nplanes * g->plane + g->Wph + 16 + 15) / 16 * 16;
+    *plane_floats = (g->nplanes * g->plane + g->Wph + 32 + 15) / 16 * 16; /* the code reads whole blocks */
     *wide_floats = g->K * ld;
 }
 
@@ -762,7 +762,10 @@ csub_spjit *csub_conv2d_sparse_jit(const int64_t *rowptr, const int64_t *foff, c
     int64_t B, ld;
     if (g.P < 1 || g.Q < 1) return NULL;
     jit_band(&g, &B, &ld);
-    return csub_spjit_build(rowptr, foff, values, K, ld);
+    /* the input in aligned blocks where a plane row spans one (stride 1): ResNet18's 55 x 55 to 14 x 14
+     * layers 1.12-1.22x; on 7 x 7 (rows of 9) and the stride-2 phases' short rows the code grew more
+     * than its loads shrank, 0.94-0.98x */
+    return csub_spjit_build(rowptr, foff, values, K, ld, stride == 1 && g.Wph >= 16);
 }
 
 int64_t csub_conv2d_sparse_jit_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
@@ -773,22 +776,24 @@ int64_t csub_conv2d_sparse_jit_work(int64_t N, int64_t C, int64_t H, int64_t W, 
     jit_band(&g, &B, &ld);
     jit_sizes(&g, ld, &pf, &wf);
     if (nthreads < 1) nthreads = 1;
-    return (pf + wf) * nthreads;
+    return (pf + wf) * nthreads + 16; /* + the floats to align it to 64 bytes */
 }
 
 /* Rows [p0, p1) of one image in bands of B: every chunk of the code over the band's vectors,
- * then y */
+ * then y. For code that reads aligned blocks, a band's vectors start at the 64-byte aligned
+ * position at or before its first (its lanes before the band are computed, never stored). */
 static void jit_rows(const geom *g, const csub_spjit *j, const float *b, const float *planes, const float *resn,
                      int relu, float *yn, float *wide, int64_t B, int64_t ld, int c0, int c1, int64_t p0, int64_t p1)
 {
     int64_t k0 = csub_spjit_chunk_k0(j, c0), k1 = csub_spjit_chunk_k0(j, c1);
     for (int64_t q0 = p0; q0 < p1; q0 += B) {
-        int64_t q1 = q0 + B < p1 ? q0 + B : p1, nv = ((q1 - q0) * g->Wph + 15) / 16;
-        const float *base = planes + q0 * g->Wph;
+        int64_t q1 = q0 + B < p1 ? q0 + B : p1, s0 = q0 * g->Wph, sh = csub_spjit_blocks(j) ? s0 % 16 : 0;
+        int64_t nv = ((q1 - q0) * g->Wph + sh + 15) / 16;
+        const float *base = planes + s0 - sh;
         for (int c = c0; c < c1; c++) /* a chunk's code over the band, then the next (measured: 1.2x
                                          * the other order on ResNet18 at batch 1) */
             for (int64_t v = 0; v < nv; v++) csub_spjit_run(j, c, base + 16 * v, wide + 16 * v, b);
-        store_rows(g, wide + k0 * ld, ld, resn, relu, yn, k0, k1, q0, q1);
+        store_rows(g, wide + sh + k0 * ld, ld, resn, relu, yn, k0, k1, q0, q1);
     }
 }
 
@@ -861,7 +866,9 @@ int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const fl
     int bands = !outer && nb >= nt && (double)csub_spjit_nnz(j) * 12.0 <= (double)(g.nplanes * g.plane) * 4.0;
     if (!outer && !bands && nc < nt) nt = 1, outer = 1;
     float *own;
-    if (work_buffer(&work, work_len, need, &own)) return CSUB_ERR_NOMEM;
+    /* 16 floats more, to start the buffers on 64 bytes: the code reads the planes in aligned blocks */
+    if (work_buffer(&work, work_len, need + 16, &own)) return CSUB_ERR_NOMEM;
+    work = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     float *wides = work + pf * nt;
     zero_slack(&g, work, pf, outer || bands ? nt : 1);
     #pragma omp parallel num_threads(nt)

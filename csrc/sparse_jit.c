@@ -9,11 +9,16 @@
  * there, the weight an embedded broadcast from a table:
  *
  *   vbroadcastss  zmm_a, [rcx + 4 a]          a < n: the bias
- *   vmovups       zmm31, [rdi + 4 foff]        one load per distinct offset
+ *   vmovups       zmm29, [rdi + 64 (foff / 16)]   the aligned block of the offset,
+ *   vmovups       zmm30, [rdi + 64 (foff / 16 + 1)]   and the next, when not loaded
+ *   valignd       zmm31, zmm30, zmm29, foff % 16   the vector at the offset
  *   vfmadd231ps   zmm_a, zmm31, [rdx + d]{1to16}   one per kept weight
  *   vmovups       [rsi + 4 a ld], zmm_a       the n sums, rows ld floats apart
  *
- * so a load serves all the chunk's kept weights at that offset. One function
+ * so a load serves all the chunk's kept weights at that offset, and the
+ * offsets a row of the kernel reads (foff, foff + 1, ...) share their blocks.
+ * x must be 64-byte aligned: the loads are whole cache lines (an unaligned
+ * one, split across two lines, costs about two). One function
  * per chunk of output channels, called once per 16 outputs of the wide rows
  * (csr.c): f(x + i, out + i, wtab, bias). Each channel's weights are summed in
  * CSR order, the bias first, by fused multiply-adds: the bits of csr.c's
@@ -38,7 +43,8 @@
 #define JIT_OK 0
 #endif
 
-#define JIT_ACC 30         /* accumulators zmm0..zmm29 (zmm31: the input vector) */
+#define JIT_ACC 29 /* accumulators zmm0..zmm28 (zmm29, zmm30: two aligned blocks of the input; zmm31: a vector at
+                    * an offset, shifted out of them) */
 #define JIT_MAX_CODE (256L << 20) /* bytes of code for one layer, at most: above, the gather kernels */
 
 struct csub_spjit {
@@ -51,6 +57,7 @@ struct csub_spjit {
     size_t *entry;         /* [nchunks]: byte offset of chunk c's function */
     int64_t ld;            /* floats between the rows the code stores */
     int64_t nnz;
+    int blocks;            /* the input read in aligned blocks (x must be 64-byte aligned), else a load per offset */
     float *zeros;          /* [K]: the bias when there is none */
 };
 
@@ -85,18 +92,31 @@ static void evex_mem(emit_t *e, int map, int pp, int opcode, int reg, int vvvv, 
     }
 }
 
-enum { RCX = 1, RDX = 2, RSI = 6, RDI = 7, XREG = 31 };
+/* EVEX.512 `op reg, vvvv, rm` on registers (W0), then imm8 where imm >= 0 */
+static void evex_rr(emit_t *e, int map, int pp, int opcode, int reg, int vvvv, int rm, int imm)
+{
+    byte(e, 0x62);
+    byte(e, (!((reg >> 3) & 1) << 7) | (!((rm >> 4) & 1) << 6) | (!((rm >> 3) & 1) << 5) | (!((reg >> 4) & 1) << 4) |
+                map);
+    byte(e, ((~vvvv & 15) << 3) | 0x04 | pp);
+    byte(e, (2 << 5) | (!((vvvv >> 4) & 1) << 3));
+    byte(e, opcode);
+    byte(e, 0xC0 | ((reg & 7) << 3) | (rm & 7));
+    if (imm >= 0) byte(e, imm);
+}
+
+enum { RCX = 1, RDX = 2, RSI = 6, RDI = 7, LO = 29, HI = 30, XREG = 31 };
 
 /* A bound on the bytes emit_chunk writes for n channels and m kept weights, a multiple of 64. */
 static size_t chunk_bound(int64_t n, int64_t m)
 {
-    return (size_t)(64 + 24 * n + 24 * m + 63) / 64 * 64;
+    return (size_t)(64 + 24 * n + 40 * m + 63) / 64 * 64;
 }
 
 /* Chunk [k0, k1) as one function at p (64-byte aligned); *wi: the next free slot of wtab. Returns the
  * end of the code, padded to 64 bytes. */
 static uint8_t *emit_chunk(uint8_t *p, const int64_t *rowptr, const int64_t *foff, const float *values, int64_t k0,
-                           int64_t k1, int64_t ld, float *wtab, int64_t *wi)
+                           int64_t k1, int64_t ld, int blocks, float *wtab, int64_t *wi)
 {
     emit_t e = {p};
     int64_t n = k1 - k0, cur[JIT_ACC];
@@ -104,12 +124,27 @@ static uint8_t *emit_chunk(uint8_t *p, const int64_t *rowptr, const int64_t *fof
     /* merge the chunk's CSR rows by offset (each row's offsets increase): cur[a] is row a's next weight */
     for (int64_t a = 0; a < n; a++) cur[a] = rowptr[k0 + a];
     int64_t wbase = *wi; /* the weight rdx points at */
+    int64_t lo = -2, hi = -2; /* the blocks of 16 floats in zmm29, zmm30 */
     for (;;) {
         int64_t o = -1;
         for (int64_t a = 0; a < n; a++)
             if (cur[a] < rowptr[k0 + a + 1] && (o < 0 || foff[cur[a]] < o)) o = foff[cur[a]];
         if (o < 0) break;
-        evex_mem(&e, 1, 0, 0x10, XREG, 0, RDI, 0, 4 * o, 64); /* vmovups zmm31, [rdi + 4 o] */
+        int64_t blk = o >> 4, r = o & 15;
+        int src = XREG;
+        if (!blocks) {
+            evex_mem(&e, 1, 0, 0x10, XREG, 0, RDI, 0, 4 * o, 64); /* vmovups zmm31, [rdi + 4 o] */
+        } else if (lo != blk) {
+            if (hi == blk) evex_rr(&e, 1, 0, 0x28, LO, 0, HI, -1);          /* vmovaps zmm29, zmm30 */
+            else evex_mem(&e, 1, 0, 0x10, LO, 0, RDI, 0, 64 * blk, 64);    /* vmovups zmm29, [rdi + 64 blk] */
+            lo = blk;
+        }
+        if (blocks) src = LO;
+        if (blocks && r) {
+            if (hi != blk + 1) evex_mem(&e, 1, 0, 0x10, HI, 0, RDI, 0, 64 * (blk + 1), 64), hi = blk + 1;
+            evex_rr(&e, 3, 1, 0x03, XREG, HI, LO, (int)r); /* valignd zmm31, zmm30, zmm29, r */
+            src = XREG;
+        }
         for (int64_t a = 0; a < n; a++) {
             if (cur[a] >= rowptr[k0 + a + 1] || foff[cur[a]] != o) continue;
             int64_t w = (*wi)++;
@@ -118,7 +153,7 @@ static uint8_t *emit_chunk(uint8_t *p, const int64_t *rowptr, const int64_t *fof
                 byte(&e, 0x48), byte(&e, 0x81), byte(&e, 0xC2), dword(&e, (int32_t)(4 * (w - wbase)));
                 wbase = w;
             }
-            evex_mem(&e, 2, 1, 0xB8, (int)a, XREG, RDX, 1, 4 * (w - wbase), 4); /* vfmadd231ps {1to16} */
+            evex_mem(&e, 2, 1, 0xB8, (int)a, src, RDX, 1, 4 * (w - wbase), 4); /* vfmadd231ps {1to16} */
         }
     }
     for (int64_t a = 0; a < n; a++) evex_mem(&e, 1, 0, 0x11, (int)a, 0, RSI, 0, 4 * a * ld, 64); /* vmovups */
@@ -144,7 +179,8 @@ int csub_spjit_available(void)
     return JIT_OK && csub_isa_level() >= CSUB_ISA_AVX512;
 }
 
-csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const float *values, int64_t K, int64_t ld)
+csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const float *values, int64_t K, int64_t ld,
+                             int blocks)
 {
 #if JIT_OK
     if (!csub_spjit_available() || K < 1 || ld < 16 || 4 * K * ld > INT32_MAX) return NULL;
@@ -157,6 +193,7 @@ csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const f
     j->nchunks = nch;
     j->ld = ld;
     j->nnz = nnz;
+    j->blocks = blocks;
     j->k0 = malloc(sizeof(int64_t) * (size_t)(nch + 1));
     j->w0 = malloc(sizeof(int64_t) * (size_t)nch);
     j->entry = malloc(sizeof(size_t) * (size_t)nch);
@@ -177,7 +214,8 @@ csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const f
     #pragma omp parallel for num_threads(omp_in_parallel() ? 1 : csub_get_num_threads()) schedule(dynamic, 1)
     for (int c = 0; c < nch; c++) {
         int64_t wi = j->w0[c];
-        len[c] = (size_t)(emit_chunk(tmp + pre[c], rowptr, foff, values, j->k0[c], j->k0[c + 1], ld, j->wtab, &wi) -
+        len[c] = (size_t)(emit_chunk(tmp + pre[c], rowptr, foff, values, j->k0[c], j->k0[c + 1], ld, blocks, j->wtab,
+                                     &wi) -
                           (tmp + pre[c]));
     }
     size_t total = 0;
@@ -196,7 +234,7 @@ fail:
     csub_spjit_free(j);
     return NULL;
 #else
-    (void)rowptr, (void)foff, (void)values, (void)K, (void)ld;
+    (void)rowptr, (void)foff, (void)values, (void)K, (void)ld, (void)blocks;
     return NULL;
 #endif
 }
@@ -216,6 +254,11 @@ int64_t csub_spjit_ld(const csub_spjit *j)
 int64_t csub_spjit_chunk_k0(const csub_spjit *j, int c)
 {
     return j->k0[c];
+}
+
+int csub_spjit_blocks(const csub_spjit *j)
+{
+    return j->blocks;
 }
 
 int64_t csub_spjit_chunk_w0(const csub_spjit *j, int c)
