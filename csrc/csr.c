@@ -385,8 +385,8 @@ CSUB_VARIANTS(copy_even, (float *restrict dst, const float *restrict src, int64_
  * fault). Per row of ResNet18's and cPreResNet20's planes, memcpy and memset calls and the
  * stride-2 loop cost more than the copy (measured: cPreResNet20's planes 22 % of its 90 % sparse
  * forward). */
-CSUB_TARGET_AVX512 static void plane_row_avx512(float *row, const float *xr, int64_t Wph, int64_t j0, int64_t j1,
-                                                int64_t st)
+CSUB_TARGET_AVX512 static CSUB_ALWAYS_INLINE void plane_row_avx512(float *row, const float *xr, int64_t Wph, int64_t j0,
+                                                                   int64_t j1, int64_t st)
 {
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -406,6 +406,27 @@ CSUB_TARGET_AVX512 static void plane_row_avx512(float *row, const float *xr, int
         _mm512_mask_storeu_ps(row + j, out, v);
     }
 }
+
+/* build_planes (below) at stride 1 or 2, AVX-512, each row by plane_row_avx512 (a padding row:
+ * zeros, nothing loaded) */
+CSUB_TARGET_AVX512 static void build_planes_avx512(const geom *g, const float *xn, float *planes, int64_t c0,
+                                                   int64_t c1, int64_t i0, int64_t i1)
+{
+    int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph;
+    for (int64_t c = c0; c < c1; c++)
+        for (int64_t a = 0; a < g->sa; a++)
+            for (int64_t b = 0; b < g->sb; b++) {
+                float *pl = planes + ((c * g->sa + a) * g->sb + b) * g->plane;
+                const float *xc = xn + c * H * W;
+                int64_t j0, j1;
+                valid_cols(g, b, &j0, &j1);
+                for (int64_t i = i0; i < i1; i++) {
+                    int64_t h = i * st + a - pad;
+                    if (h < 0 || h >= H) plane_row_avx512(pl + i * Wph, xc, Wph, 0, 0, st);
+                    else plane_row_avx512(pl + i * Wph, xc + h * W + b - pad, Wph, j0, j1, st);
+                }
+            }
+}
 #endif
 
 /* planes[(c*sa + a)*sb + b][i*Wph + j] = xpad[c][i*st + a][j*st + b] (0 outside x),
@@ -415,7 +436,10 @@ static void build_planes(const geom *g, const float *xn, float *planes, int64_t 
 {
     int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph;
 #if CSUB_X86
-    int vec = (st == 1 || st == 2) && Wph < INT32_MAX - 16 && csub_isa_level() >= CSUB_ISA_AVX512;
+    if ((st == 1 || st == 2) && Wph < INT32_MAX - 16 && csub_isa_level() >= CSUB_ISA_AVX512) {
+        build_planes_avx512(g, xn, planes, c0, c1, i0, i1);
+        return;
+    }
 #endif
     for (int64_t c = c0; c < c1; c++)
         for (int64_t a = 0; a < g->sa; a++)
@@ -427,23 +451,11 @@ static void build_planes(const geom *g, const float *xn, float *planes, int64_t 
                 for (int64_t i = i0; i < i1; i++) {
                     float *row = pl + i * Wph;
                     int64_t h = i * st + a - pad;
-#if CSUB_X86
-                    if (vec && (h < 0 || h >= H)) { /* a padding row: zeros, nothing loaded */
-                        plane_row_avx512(row, xc, Wph, 0, 0, st);
-                        continue;
-                    }
-#endif
                     if (h < 0 || h >= H) {
                         memset(row, 0, sizeof(float) * Wph);
                         continue;
                     }
                     const float *xr = xc + h * W + b - pad; /* column j reads xr[j * st] */
-#if CSUB_X86
-                    if (vec) {
-                        plane_row_avx512(row, xr, Wph, j0, j1, st);
-                        continue;
-                    }
-#endif
                     for (int64_t j = 0; j < j0; j++) row[j] = 0.0f;
                     if (st == 1) {
                         if (j1 > j0) memcpy(row + j0, xr + j0, sizeof(float) * (j1 - j0));
@@ -570,9 +582,40 @@ static void fwd_block_ptrs(const geom *g, const flay *f, const int64_t *rowptr, 
 
 /* y[n][k] rows [p0, p1) = relu?(the wide rows (channel k - k0 at wide + (k - k0) * ld, row p at
  * (p - p0) * Wph) (+ res[n][k])), channels [k0, k1) */
+#if CSUB_X86
+/* store_rows (below), AVX-512: each output row by vectors of 16, the last masked (the same
+ * operations, in the same order: the same bits) */
+CSUB_TARGET_AVX512 static void store_rows_avx512(const geom *g, const float *wide, int64_t ld, const float *resn,
+                                                 int relu, float *yn, int64_t k0, int64_t k1, int64_t p0, int64_t p1)
+{
+    int64_t Q = g->Q, Wph = g->Wph, PQ = g->P * g->Q;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t k = k0; k < k1; k++) {
+        const float *wk = wide + (k - k0) * ld, *r = resn ? resn + k * PQ : NULL;
+        float *out = yn + k * PQ;
+        for (int64_t p = p0; p < p1; p++) {
+            const float *src = wk + (p - p0) * Wph;
+            for (int64_t q = 0; q < Q; q += 16) {
+                __mmask16 m = Q - q >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (Q - q)) - 1);
+                __m512 v = _mm512_maskz_loadu_ps(m, src + q);
+                if (r) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r + p * Q + q));
+                if (relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LE_OQ), zero); /* NaN stays */
+                _mm512_mask_storeu_ps(out + p * Q + q, m, v);
+            }
+        }
+    }
+}
+#endif
+
 static void store_rows(const geom *g, const float *wide, int64_t ld, const float *resn, int relu, float *yn,
                        int64_t k0, int64_t k1, int64_t p0, int64_t p1)
 {
+#if CSUB_X86
+    if (csub_isa_level() >= CSUB_ISA_AVX512) {
+        store_rows_avx512(g, wide, ld, resn, relu, yn, k0, k1, p0, p1);
+        return;
+    }
+#endif
     int64_t Q = g->Q, Wph = g->Wph, PQ = g->P * g->Q;
     for (int64_t k = k0; k < k1; k++) {
         const float *wk = wide + (k - k0) * ld, *r = resn ? resn + k * PQ : NULL;
