@@ -888,11 +888,13 @@ static void jit_rows(const geom *g, const csub_spjit *j, const float *b, const f
     }
 }
 
-/* The vectors jit_rows runs each chunk's code over for rows [p0, p1) (bands of B) */
-static int64_t band_vectors(const geom *g, int64_t B, int64_t p0, int64_t p1)
+/* The vectors jit_rows runs each chunk's code over for rows [p0, p1) (bands of B, each from the
+ * aligned position before it where the code reads aligned blocks) */
+static int64_t band_vectors(const geom *g, const csub_spjit *j, int64_t B, int64_t p0, int64_t p1)
 {
     int64_t v = 0;
-    for (int64_t q0 = p0; q0 < p1; q0 += B) v += ((q0 + B < p1 ? B : p1 - q0) * g->Wph + 15) / 16;
+    for (int64_t q0 = p0; q0 < p1; q0 += B)
+        v += ((q0 + B < p1 ? B : p1 - q0) * g->Wph + (csub_spjit_blocks(j) ? q0 * g->Wph % 16 : 0) + 15) / 16;
     return v;
 }
 
@@ -905,7 +907,7 @@ static int64_t band_vectors(const geom *g, int64_t B, int64_t p0, int64_t p1)
 static void chunk_cut(const geom *g, const csub_spjit *j, int64_t B, int t, int T, int *c, int64_t *r)
 {
     int nc = csub_spjit_chunks(j);
-    int64_t P = g->P, VP = band_vectors(g, B, 0, P), target = csub_spjit_nnz(j) * VP * t / T;
+    int64_t P = g->P, VP = band_vectors(g, j, B, 0, P), target = csub_spjit_nnz(j) * VP * t / T;
     *r = 0;
     for (*c = 0; *c < nc; (*c)++) {
         int64_t w0 = csub_spjit_chunk_w0(j, *c), w = csub_spjit_chunk_w0(j, *c + 1) - w0;
@@ -913,7 +915,7 @@ static void chunk_cut(const geom *g, const csub_spjit *j, int64_t B, int t, int 
         if (target <= w0 * VP) return; /* a boundary (t = 0, or empty chunks before) */
         int64_t in = target - w0 * VP, rr = (in * P * 2 + w * VP) / (2 * w * VP); /* rows, rounded */
         int64_t dev = in < w * VP - in ? in : w * VP - in; /* to the nearer boundary */
-        int64_t extra = w * (band_vectors(g, B, 0, rr) + band_vectors(g, B, rr, P) - VP);
+        int64_t extra = w * (band_vectors(g, j, B, 0, rr) + band_vectors(g, j, B, rr, P) - VP);
         if (rr > 0 && rr < P && extra < dev) *r = rr;
         else if (in * 2 >= w * VP) (*c)++;
         return;
