@@ -853,10 +853,7 @@ csub_spjit *csub_conv2d_sparse_jit(const int64_t *rowptr, const int64_t *foff, c
     int64_t B, ld;
     if (g.P < 1 || g.Q < 1) return NULL;
     jit_band(&g, &B, &ld);
-    /* the input in aligned blocks where a plane row spans one (stride 1): ResNet18's 55 x 55 to 14 x 14
-     * layers 1.12-1.22x; on 7 x 7 (rows of 9) and the stride-2 phases' short rows the code grew more
-     * than its loads shrank, 0.94-0.98x */
-    return csub_spjit_build(rowptr, foff, values, K, ld, stride == 1 && g.Wph >= 16);
+    return csub_spjit_build(rowptr, foff, values, K, ld);
 }
 
 int64_t csub_conv2d_sparse_jit_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
@@ -871,14 +868,14 @@ int64_t csub_conv2d_sparse_jit_work(int64_t N, int64_t C, int64_t H, int64_t W, 
 }
 
 /* Rows [p0, p1) of one image in bands of B: every chunk of the code over the band's vectors,
- * then y. For code that reads aligned blocks, a band's vectors start at the 64-byte aligned
- * position at or before its first (its lanes before the band are computed, never stored). */
+ * then y. A band's vectors start at the 64-byte aligned position at or before its first (the
+ * code reads aligned blocks; the lanes before the band are computed, never stored). */
 static void jit_rows(const geom *g, const csub_spjit *j, const float *b, const float *planes, const float *resn,
                      int relu, float *yn, float *wide, int64_t B, int64_t ld, int c0, int c1, int64_t p0, int64_t p1)
 {
     int64_t k0 = csub_spjit_chunk_k0(j, c0), k1 = csub_spjit_chunk_k0(j, c1);
     for (int64_t q0 = p0; q0 < p1; q0 += B) {
-        int64_t q1 = q0 + B < p1 ? q0 + B : p1, s0 = q0 * g->Wph, sh = csub_spjit_blocks(j) ? s0 % 16 : 0;
+        int64_t q1 = q0 + B < p1 ? q0 + B : p1, s0 = q0 * g->Wph, sh = s0 % 16;
         int64_t nv = ((q1 - q0) * g->Wph + sh + 15) / 16;
         const float *base = planes + s0 - sh;
         for (int c = c0; c < c1; c++) /* a chunk's code over the band, then the next (measured: 1.2x
@@ -889,12 +886,11 @@ static void jit_rows(const geom *g, const csub_spjit *j, const float *b, const f
 }
 
 /* The vectors jit_rows runs each chunk's code over for rows [p0, p1) (bands of B, each from the
- * aligned position before it where the code reads aligned blocks) */
-static int64_t band_vectors(const geom *g, const csub_spjit *j, int64_t B, int64_t p0, int64_t p1)
+ * aligned position at or before it) */
+static int64_t band_vectors(const geom *g, int64_t B, int64_t p0, int64_t p1)
 {
     int64_t v = 0;
-    for (int64_t q0 = p0; q0 < p1; q0 += B)
-        v += ((q0 + B < p1 ? B : p1 - q0) * g->Wph + (csub_spjit_blocks(j) ? q0 * g->Wph % 16 : 0) + 15) / 16;
+    for (int64_t q0 = p0; q0 < p1; q0 += B) v += ((q0 + B < p1 ? B : p1 - q0) * g->Wph + q0 * g->Wph % 16 + 15) / 16;
     return v;
 }
 
@@ -907,7 +903,7 @@ static int64_t band_vectors(const geom *g, const csub_spjit *j, int64_t B, int64
 static void chunk_cut(const geom *g, const csub_spjit *j, int64_t B, int t, int T, int *c, int64_t *r)
 {
     int nc = csub_spjit_chunks(j);
-    int64_t P = g->P, VP = band_vectors(g, j, B, 0, P), target = csub_spjit_nnz(j) * VP * t / T;
+    int64_t P = g->P, VP = band_vectors(g, B, 0, P), target = csub_spjit_nnz(j) * VP * t / T;
     *r = 0;
     for (*c = 0; *c < nc; (*c)++) {
         int64_t w0 = csub_spjit_chunk_w0(j, *c), w = csub_spjit_chunk_w0(j, *c + 1) - w0;
@@ -915,7 +911,7 @@ static void chunk_cut(const geom *g, const csub_spjit *j, int64_t B, int t, int 
         if (target <= w0 * VP) return; /* a boundary (t = 0, or empty chunks before) */
         int64_t in = target - w0 * VP, rr = (in * P * 2 + w * VP) / (2 * w * VP); /* rows, rounded */
         int64_t dev = in < w * VP - in ? in : w * VP - in; /* to the nearer boundary */
-        int64_t extra = w * (band_vectors(g, j, B, 0, rr) + band_vectors(g, j, B, rr, P) - VP);
+        int64_t extra = w * (band_vectors(g, B, 0, rr) + band_vectors(g, B, rr, P) - VP);
         if (rr > 0 && rr < P && extra < dev) *r = rr;
         else if (in * 2 >= w * VP) (*c)++;
         return;

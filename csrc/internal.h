@@ -179,15 +179,12 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
  * rows of K output channels with their plane offsets foff (csub_conv2d_sparse_offsets) and
  * values, code whose chunk c (of csub_spjit_chunks) computes, for one vector of 16 outputs,
  * out[k * ld + l] = b[k] + sum over row k of w * x[foff + l] (l < 16) for its channels k, the
- * input read in aligned blocks of 16 floats shifted in registers (blocks: x then 64-byte
- * aligned) or by one load per offset; NULL where no code can be made (no AVX-512, no executable
- * memory, out of memory): the caller keeps the gather kernels. csub_spjit_run: chunk c on the
- * vector at x, out. */
+ * input read in aligned blocks of 16 floats shifted in registers; NULL where no code can be made
+ * (no AVX-512, no executable memory, out of memory): the caller keeps the gather kernels.
+ * csub_spjit_run: chunk c on the vector at x (64-byte aligned), out. */
 typedef struct csub_spjit csub_spjit;
 int csub_spjit_available(void);
-csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const float *values, int64_t K, int64_t ld,
-                             int blocks);
-int csub_spjit_blocks(const csub_spjit *j);
+csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const float *values, int64_t K, int64_t ld);
 void csub_spjit_free(csub_spjit *j);
 int csub_spjit_chunks(const csub_spjit *j);
 int64_t csub_spjit_chunk_k0(const csub_spjit *j, int c); /* chunk c's first output channel (c <= chunks) */

@@ -42,8 +42,7 @@ def case(rng, N, C, H, W, K, R, keep, zero_rows=()):
 
 # (N, C, H, W, K, R, stride, pad, keep): one chunk (K <= 29), chunks of up to 29 and uneven ones (30, 31,
 # 61, 97), keep 1.0 (a load feeding every accumulator; tables of thousands of weights), odd sizes, strides
-# 2 and 3; stride 1 on planes of 16 columns or more reads the input in aligned blocks (14 x 14, 15 x 15,
-# 17 x 19), the others by one load per offset
+# 2 and 3; offsets from one to thousands of 16-float blocks apart (the code's block pointer moved up)
 SHAPES = [
     (1, 3, 9, 9, 5, 3, 1, 1, 0.5), (2, 16, 12, 10, 31, 3, 1, 1, 0.3), (1, 64, 14, 14, 61, 3, 1, 1, 0.1),
     (3, 7, 13, 11, 33, 3, 2, 1, 0.4), (1, 12, 15, 15, 97, 3, 1, 1, 1.0), (2, 5, 17, 19, 8, 5, 1, 2, 0.6),
