@@ -406,67 +406,68 @@ CSUB_TARGET_AVX512 static CSUB_ALWAYS_INLINE void plane_row_avx512(float *row, c
         _mm512_mask_storeu_ps(row + j, out, v);
     }
 }
+#endif
 
-/* build_planes (below) at stride 1 or 2, AVX-512, each row by plane_row_avx512 (a padding row:
- * zeros, nothing loaded) */
+/* The loop nest of build_planes: ROW(row, xr, j0, j1) lays out plane row `row` from xr (row[j] =
+ * xr[j st] for j in [j0, j1), zeros elsewhere), xr NULL for a row of padding (all zeros) */
+#define PLANE_ROWS(g, xn, planes, c0, c1, i0, i1, ROW)                                               \
+    for (int64_t c = (c0); c < (c1); c++)                                                            \
+        for (int64_t a = 0; a < (g)->sa; a++)                                                        \
+            for (int64_t b = 0; b < (g)->sb; b++) {                                                  \
+                float *pl = (planes) + ((c * (g)->sa + a) * (g)->sb + b) * (g)->plane;               \
+                const float *xc = (xn) + c * (g)->H * (g)->W;                                        \
+                int64_t j0, j1;                                                                      \
+                valid_cols((g), b, &j0, &j1);                                                        \
+                for (int64_t i = (i0); i < (i1); i++) {                                              \
+                    int64_t h = i * (g)->st + a - (g)->pad;                                          \
+                    ROW(pl + i * (g)->Wph, h < 0 || h >= (g)->H ? NULL : xc + h * (g)->W + b - (g)->pad, j0, j1); \
+                }                                                                                    \
+            }
+
+#if CSUB_X86
+/* build_planes at stride 1 or 2, AVX-512, each row by plane_row_avx512 (a padding row: zeros,
+ * nothing loaded) */
 CSUB_TARGET_AVX512 static void build_planes_avx512(const geom *g, const float *xn, float *planes, int64_t c0,
                                                    int64_t c1, int64_t i0, int64_t i1)
 {
-    int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph;
-    for (int64_t c = c0; c < c1; c++)
-        for (int64_t a = 0; a < g->sa; a++)
-            for (int64_t b = 0; b < g->sb; b++) {
-                float *pl = planes + ((c * g->sa + a) * g->sb + b) * g->plane;
-                const float *xc = xn + c * H * W;
-                int64_t j0, j1;
-                valid_cols(g, b, &j0, &j1);
-                for (int64_t i = i0; i < i1; i++) {
-                    int64_t h = i * st + a - pad;
-                    if (h < 0 || h >= H) plane_row_avx512(pl + i * Wph, xc, Wph, 0, 0, st);
-                    else plane_row_avx512(pl + i * Wph, xc + h * W + b - pad, Wph, j0, j1, st);
-                }
-            }
+#define ROW_AVX512(row, xr, j0, j1) plane_row_avx512(row, (xr) ? (xr) : xn, g->Wph, (xr) ? (j0) : 0, (xr) ? (j1) : 0, g->st)
+    PLANE_ROWS(g, xn, planes, c0, c1, i0, i1, ROW_AVX512)
+#undef ROW_AVX512
 }
 #endif
+
+/* One plane row, portably: row[j] = xr[j st] for j in [j0, j1), zeros elsewhere; xr NULL: zeros */
+static void plane_row(float *row, const float *xr, int64_t Wph, int64_t j0, int64_t j1, int64_t st)
+{
+    if (!xr) {
+        memset(row, 0, sizeof(float) * Wph);
+        return;
+    }
+    for (int64_t j = 0; j < j0; j++) row[j] = 0.0f;
+    if (st == 1) {
+        if (j1 > j0) memcpy(row + j0, xr + j0, sizeof(float) * (j1 - j0));
+    } else if (st == 2) {
+        copy_even(row + j0, xr + 2 * j0, j1 - j0);
+    } else {
+        for (int64_t j = j0; j < j1; j++) row[j] = xr[j * st];
+    }
+    for (int64_t j = j1; j < Wph; j++) row[j] = 0.0f;
+}
 
 /* planes[(c*sa + a)*sb + b][i*Wph + j] = xpad[c][i*st + a][j*st + b] (0 outside x),
  * channels [c0, c1), plane rows [i0, i1) */
 static void build_planes(const geom *g, const float *xn, float *planes, int64_t c0, int64_t c1,
                          int64_t i0, int64_t i1)
 {
-    int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph;
 #if CSUB_X86
-    if ((st == 1 || st == 2) && Wph < INT32_MAX - 16 && csub_isa_level() >= CSUB_ISA_AVX512) {
+    if ((g->st == 1 || g->st == 2) && g->Wph < INT32_MAX - 16 && csub_isa_level() >= CSUB_ISA_AVX512) {
         build_planes_avx512(g, xn, planes, c0, c1, i0, i1);
         return;
     }
 #endif
-    for (int64_t c = c0; c < c1; c++)
-        for (int64_t a = 0; a < g->sa; a++)
-            for (int64_t b = 0; b < g->sb; b++) {
-                float *pl = planes + ((c * g->sa + a) * g->sb + b) * g->plane;
-                const float *xc = xn + c * H * W;
-                int64_t j0, j1;
-                valid_cols(g, b, &j0, &j1);
-                for (int64_t i = i0; i < i1; i++) {
-                    float *row = pl + i * Wph;
-                    int64_t h = i * st + a - pad;
-                    if (h < 0 || h >= H) {
-                        memset(row, 0, sizeof(float) * Wph);
-                        continue;
-                    }
-                    const float *xr = xc + h * W + b - pad; /* column j reads xr[j * st] */
-                    for (int64_t j = 0; j < j0; j++) row[j] = 0.0f;
-                    if (st == 1) {
-                        if (j1 > j0) memcpy(row + j0, xr + j0, sizeof(float) * (j1 - j0));
-                    } else if (st == 2) {
-                        copy_even(row + j0, xr + 2 * j0, j1 - j0);
-                    } else {
-                        for (int64_t j = j0; j < j1; j++) row[j] = xr[j * st];
-                    }
-                    for (int64_t j = j1; j < Wph; j++) row[j] = 0.0f;
-                }
-            }
+#define ROW_PORTABLE(row, xr, j0, j1) plane_row(row, xr, g->Wph, j0, j1, g->st)
+    PLANE_ROWS(g, xn, planes, c0, c1, i0, i1, ROW_PORTABLE)
+#undef ROW_PORTABLE
 }
 
 /* dyz[k][0, Ld) = zeros, then dy[n][k] in wide rows at offmax, wide columns zero; rows [k0, k1) */
