@@ -581,8 +581,6 @@ static void fwd_block_ptrs(const geom *g, const flay *f, const int64_t *rowptr, 
     cbp[g->K * f->ncb] = rowptr[g->K];
 }
 
-/* y[n][k] rows [p0, p1) = relu?(the wide rows (channel k - k0 at wide + (k - k0) * ld, row p at
- * (p - p0) * Wph) (+ res[n][k])), channels [k0, k1) */
 #if CSUB_X86
 /* store_rows (below), AVX-512: each output row by vectors of 16, the last masked (the same
  * operations, in the same order: the same bits) */
@@ -608,6 +606,8 @@ CSUB_TARGET_AVX512 static void store_rows_avx512(const geom *g, const float *wid
 }
 #endif
 
+/* y[n][k] rows [p0, p1) = relu?(the wide rows (channel k - k0 at wide + (k - k0) * ld, row p at
+ * (p - p0) * Wph) (+ res[n][k])), channels [k0, k1) */
 static void store_rows(const geom *g, const float *wide, int64_t ld, const float *resn, int relu, float *yn,
                        int64_t k0, int64_t k1, int64_t p0, int64_t p1)
 {
