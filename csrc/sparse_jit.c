@@ -135,8 +135,9 @@ static uint8_t *emit_chunk(uint8_t *p, const int64_t *rowptr, const int64_t *fof
             if (cur[a] < rowptr[k0 + a + 1] && (o < 0 || foff[cur[a]] < o)) o = foff[cur[a]];
         if (o < 0) break;
         /* x + o (rdi 64-byte aligned) from the aligned blocks o / 16 and the next: a load split across
-         * two cache lines costs about two, and each offset's vector was one (measured: the pattern at
-         * 35-46 GMAC/s with unaligned loads, 81-88 with these; ResNet18's sparse layers 1.03-1.4x) */
+         * two cache lines costs about two, and each offset's vector was one (benchmarks/fmapeak.c: the
+         * pattern at 30-43 GMAC/s with unaligned loads, 75-85 with these; ResNet18's sparse layers
+         * 1.03-1.4x) */
         int64_t blk = o >> 4, r = o & 15;
         if (blk + 1 - xb > 127) { /* add r8, 64 (blk - xb) */
             byte(&e, 0x49), byte(&e, 0x81), byte(&e, 0xC0), dword(&e, (int32_t)(64 * (blk - xb)));
