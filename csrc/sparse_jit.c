@@ -30,7 +30,9 @@
  * memory; elsewhere csub_spjit_build returns NULL and the caller keeps the
  * gather kernels. The code is written to a private mapping, then made
  * read-and-execute (never writable and executable at once). */
-#define _DEFAULT_SOURCE /* MAP_ANONYMOUS under -std=c11 */
+#ifndef _DEFAULT_SOURCE
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS under -std=c11 (the fuzz builds define it on the command line) */
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
