@@ -181,7 +181,9 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
  * out[k * ld + l] = b[k] + sum over row k of w * x[foff + l] (l < 16) for its channels k, the
  * input read in aligned blocks of 16 floats shifted in registers; NULL where no code can be made
  * (no AVX-512, no executable memory, out of memory): the caller keeps the gather kernels.
- * csub_spjit_run: chunk c on the vector at x (64-byte aligned), out. */
+ * csub_spjit_run: chunk c on the nv vectors from x (64-byte aligned) into out, both 16 floats
+ * apart, of ni images (x, out: xs, os floats apart); its code in pieces of a few KB, each run over
+ * all the vectors before the next. */
 typedef struct csub_spjit csub_spjit;
 int csub_spjit_available(void);
 csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const float *values, int64_t K, int64_t ld);
@@ -193,7 +195,8 @@ int64_t csub_spjit_ld(const csub_spjit *j);
 int64_t csub_spjit_rows(const csub_spjit *j);
 int64_t csub_spjit_nnz(const csub_spjit *j);
 size_t csub_spjit_bytes(const csub_spjit *j);
-void csub_spjit_run(const csub_spjit *j, int c, const float *x, float *out, const float *b);
+void csub_spjit_run(const csub_spjit *j, int c, const float *x, float *out, const float *b, int64_t nv, int64_t ni,
+                    int64_t xs, int64_t os);
 /* The planned sparse forward by such code (csr.c): csub_conv2d_sparse_jit makes it for one input
  * shape (NULL: use csub_conv2d_sparse_forward_planned), csub_conv2d_sparse_forward_jit runs it
  * with the arguments and the work buffer (csub_conv2d_sparse_jit_work floats) of the gather's

@@ -20,11 +20,13 @@
  * (r8 starts at rdi and moves up with the offsets, which the code visits in
  * increasing order, so that a block's displacement fits in one byte).
  * x must be 64-byte aligned: the loads are whole cache lines (an unaligned
- * one, split across two lines, costs about two). One function
- * per chunk of output channels, called once per 16 outputs of the wide rows
- * (csr.c): f(x + i, out + i, wtab, bias). Each channel's weights are summed in
- * CSR order, the bias first, by fused multiply-adds: the bits of csr.c's
- * AVX-512 gather.
+ * one, split across two lines, costs about two). A chunk of output channels
+ * is one function, or where its code is longer than JIT_PIECE_BYTES several,
+ * its pieces, each called once per 16 outputs of the wide rows (csr.c) before
+ * the next: f(x + i, out + i, wtab + the piece's first weight, bias), the
+ * first starting the sums at the bias, the others at the sums the last one
+ * stored. Each channel's weights are summed in CSR order, the bias first, by
+ * fused multiply-adds: the bits of csr.c's AVX-512 gather.
  *
  * x86-64 with AVX-512 only (csub_isa_level), where the system maps executable
  * memory; elsewhere csub_spjit_build returns NULL and the caller keeps the
@@ -58,7 +60,9 @@ struct csub_spjit {
     int64_t *k0;           /* [nchunks + 1]: chunk c computes output channels [k0[c], k0[c + 1]) */
     int64_t *w0;           /* [nchunks]: its first weight in wtab */
     float *wtab;           /* the kept weights in the order the code reads them */
-    size_t *entry;         /* [nchunks]: byte offset of chunk c's function */
+    int *p0;               /* [nchunks + 1]: chunk c's code is the pieces [p0[c], p0[c + 1]) */
+    size_t *entry;         /* [pieces]: byte offset of piece i's function */
+    int64_t *pw0;          /* [pieces]: its first weight in wtab */
     int64_t ld;            /* floats between the rows the code stores */
     int64_t nnz;
     float *zeros;          /* [K]: the bias when there is none */
@@ -110,32 +114,75 @@ static void evex_rr(emit_t *e, int map, int pp, int opcode, int reg, int vvvv, i
 
 enum { RCX = 1, RDX = 2, RSI = 6, RDI = 7, R8 = 8, LO = 29, HI = 30, XREG = 31 };
 
-/* A bound on the bytes emit_chunk writes for n channels and m kept weights, a multiple of 64. */
-static size_t chunk_bound(int64_t n, int64_t m)
+/* Bytes of code after which a chunk's function ends and the next piece of it begins (measured on
+ * ResNet18's 28 x 28 and 14 x 14 sparse layers at batch 1, 90 % sparse: 1.08-1.16x with pieces of
+ * 16 KB; 8 and 32 KB within the noise of that) */
+#define JIT_PIECE_BYTES 16384
+
+/* The pieces emit_chunk may split a chunk of m kept weights into (each but the last holds more than
+ * JIT_PIECE_BYTES of the at most 48 bytes a weight emits), and a bound on the bytes it writes for n
+ * channels, a multiple of 64 (each piece: r8, the n loads or broadcasts and stores, the return, the
+ * padding). */
+static int64_t chunk_pieces(int64_t m)
 {
-    return (size_t)(64 + 24 * n + 48 * m + 63) / 64 * 64;
+    return 48 * m / JIT_PIECE_BYTES + 1;
 }
 
-/* Chunk [k0, k1) as one function at p (64-byte aligned); *wi: the next free slot of wtab. Returns the
- * end of the code, padded to 64 bytes. */
+static size_t chunk_bound(int64_t n, int64_t m)
+{
+    return (size_t)(chunk_pieces(m) * (80 + 24 * n) + 48 * m + 63) / 64 * 64;
+}
+
+/* The end of a piece: the n sums stored, rows ld floats apart; the return; padding to 64 bytes */
+static void close_piece(emit_t *e, int64_t n, int64_t ld)
+{
+    for (int64_t a = 0; a < n; a++) evex_mem(e, 1, 0, 0x11, (int)a, 0, RSI, 0, 4 * a * ld, 64); /* vmovups */
+    byte(e, 0xC5), byte(e, 0xF8), byte(e, 0x77); /* vzeroupper */
+    byte(e, 0xC3);                                /* ret */
+    while ((uintptr_t)e->p % 64) byte(e, 0xCC);   /* the next function on its own cache line */
+}
+
+/* Chunk [k0, k1) as functions at p (64-byte aligned), its pieces: each at most about
+ * JIT_PIECE_BYTES, so that it runs from the core's decoded-instruction cache over the vectors of a
+ * band (a piece of ResNet18's 512-channel layers, 29 channels of 461 weights each, was 100 KB,
+ * fetched from L2 and decoded again for every vector), cut between two offsets. The first piece
+ * starts the sums at the bias, the others load them from out, where the last stored them: the
+ * same sums, in the same order. off[i], pw[i]: piece i's byte offset from p and first weight in
+ * wtab; *np its count; *wi: the next free slot of wtab. Returns the end of the code. */
 static uint8_t *emit_chunk(uint8_t *p, const int64_t *rowptr, const int64_t *foff, const float *values, int64_t k0,
-                           int64_t k1, int64_t ld, float *wtab, int64_t *wi)
+                           int64_t k1, int64_t ld, float *wtab, int64_t *wi, size_t *off, int64_t *pw, int *np)
 {
     emit_t e = {p};
     int64_t n = k1 - k0, cur[JIT_ACC];
-    for (int64_t a = 0; a < n; a++) evex_mem(&e, 2, 1, 0x18, (int)a, 0, RCX, 0, 4 * a, 4); /* vbroadcastss */
     /* merge the chunk's CSR rows by offset (each row's offsets increase): cur[a] is row a's next weight */
     for (int64_t a = 0; a < n; a++) cur[a] = rowptr[k0 + a];
-    int64_t wbase = *wi; /* the weight rdx points at */
+    int64_t wbase = 0;        /* the weight rdx points at */
     int64_t lo = -2, hi = -2; /* the blocks of 16 floats in zmm29, zmm30 */
     int64_t xb = 0;           /* the block r8 points at: rdi + 64 xb, moved up as the offsets grow, so that
                                * a block's load takes a one-byte displacement */
-    byte(&e, 0x49), byte(&e, 0x89), byte(&e, 0xF8); /* mov r8, rdi */
+    uint8_t *start = NULL;    /* the current piece's */
+    *np = 0;
     for (;;) {
         int64_t o = -1;
         for (int64_t a = 0; a < n; a++)
             if (cur[a] < rowptr[k0 + a + 1] && (o < 0 || foff[cur[a]] < o)) o = foff[cur[a]];
-        if (o < 0) break;
+        if (start && (o < 0 || e.p - start > JIT_PIECE_BYTES)) {
+            close_piece(&e, n, ld);
+            start = NULL;
+        }
+        if (o < 0 && *np > 0) break;
+        if (!start) { /* a piece begins: the sums from the bias, or from out */
+            start = e.p;
+            off[*np] = (size_t)(e.p - p);
+            pw[(*np)++] = wbase = *wi;
+            for (int64_t a = 0; a < n; a++)
+                if (*np == 1) evex_mem(&e, 2, 1, 0x18, (int)a, 0, RCX, 0, 4 * a, 4);       /* vbroadcastss */
+                else evex_mem(&e, 1, 0, 0x10, (int)a, 0, RSI, 0, 4 * a * ld, 64);            /* vmovups */
+            byte(&e, 0x49), byte(&e, 0x89), byte(&e, 0xF8); /* mov r8, rdi */
+            lo = hi = -2;
+            xb = 0;
+        }
+        if (o < 0) continue; /* no kept weight: the bias alone, closed above */
         /* x + o (rdi 64-byte aligned) from the aligned blocks o / 16 and the next: a load split across
          * two cache lines costs about two, and each offset's vector was one (benchmarks/fmapeak.c: the
          * pattern at 30-43 GMAC/s with unaligned loads, 75-85 with these; ResNet18's sparse layers
@@ -167,10 +214,6 @@ static uint8_t *emit_chunk(uint8_t *p, const int64_t *rowptr, const int64_t *fof
             evex_mem(&e, 2, 1, 0xB8, (int)a, src, RDX, 1, 4 * (w - wbase), 4); /* vfmadd231ps {1to16} */
         }
     }
-    for (int64_t a = 0; a < n; a++) evex_mem(&e, 1, 0, 0x11, (int)a, 0, RSI, 0, 4 * a * ld, 64); /* vmovups */
-    byte(&e, 0xC5), byte(&e, 0xF8), byte(&e, 0x77); /* vzeroupper */
-    byte(&e, 0xC3);                                 /* ret */
-    while ((uintptr_t)e.p % 64) byte(&e, 0xCC);     /* the next function on its own cache line */
     return e.p;
 }
 #endif
@@ -181,7 +224,7 @@ void csub_spjit_free(csub_spjit *j)
 #if JIT_OK
     if (j->code) munmap(j->code, j->map_len);
 #endif
-    free(j->k0), free(j->w0), free(j->wtab), free(j->entry), free(j->zeros);
+    free(j->k0), free(j->w0), free(j->wtab), free(j->p0), free(j->entry), free(j->pw0), free(j->zeros);
     free(j);
 }
 
@@ -205,40 +248,59 @@ csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const f
     j->nnz = nnz;
     j->k0 = malloc(sizeof(int64_t) * (size_t)(nch + 1));
     j->w0 = malloc(sizeof(int64_t) * (size_t)nch);
-    j->entry = malloc(sizeof(size_t) * (size_t)nch);
+    j->p0 = malloc(sizeof(int) * (size_t)(nch + 1));
     j->wtab = malloc(sizeof(float) * (size_t)(nnz > 0 ? nnz : 1));
     j->zeros = calloc((size_t)K, sizeof(float));
+    /* pre[c], pp[c]: chunk c's code and pieces at their bounds' offsets; off, pw: each piece's
+     * offset in its chunk's code and first weight; len, np: the chunk's bytes and pieces */
     size_t *pre = malloc(sizeof(size_t) * (size_t)(nch + 1)), *len = malloc(sizeof(size_t) * (size_t)nch);
+    int64_t *pp = malloc(sizeof(int64_t) * (size_t)(nch + 1));
+    int *np = malloc(sizeof(int) * (size_t)nch);
+    size_t *off = NULL;
+    int64_t *pw = NULL;
     uint8_t *tmp = NULL;
-    if (!j->k0 || !j->w0 || !j->entry || !j->wtab || !j->zeros || !pre || !len) goto fail;
+    if (!j->k0 || !j->w0 || !j->p0 || !j->wtab || !j->zeros || !pre || !len || !pp || !np) goto fail;
     pre[0] = 0;
+    pp[0] = 0;
     for (int c = 0; c <= nch; c++) j->k0[c] = K * c / nch; /* chunks of even size */
     for (int c = 0; c < nch; c++) {
+        int64_t m = rowptr[j->k0[c + 1]] - rowptr[j->k0[c]];
         j->w0[c] = rowptr[j->k0[c]]; /* a chunk's weights go to wtab in a run as long as its rows */
-        pre[c + 1] = pre[c] + chunk_bound(j->k0[c + 1] - j->k0[c], rowptr[j->k0[c + 1]] - rowptr[j->k0[c]]);
+        pre[c + 1] = pre[c] + chunk_bound(j->k0[c + 1] - j->k0[c], m);
+        pp[c + 1] = pp[c] + chunk_pieces(m);
     }
-    if (pre[nch] > JIT_MAX_CODE || !(tmp = aligned_alloc(64, pre[nch]))) goto fail;
+    if (pre[nch] > JIT_MAX_CODE || !(tmp = aligned_alloc(64, pre[nch])) ||
+        !(off = malloc(sizeof(size_t) * (size_t)pp[nch])) || !(pw = malloc(sizeof(int64_t) * (size_t)pp[nch])))
+        goto fail;
     /* the chunks emitted side by side (each at its bound's offset, threads taking chunks), then packed
      * into the mapping: the code addresses nothing but its arguments, so it can move */
     #pragma omp parallel for num_threads(omp_in_parallel() ? 1 : csub_get_num_threads()) schedule(dynamic, 1)
     for (int c = 0; c < nch; c++) {
         int64_t wi = j->w0[c];
-        len[c] = (size_t)(emit_chunk(tmp + pre[c], rowptr, foff, values, j->k0[c], j->k0[c + 1], ld, j->wtab, &wi) -
-                          (tmp + pre[c]));
+        len[c] = (size_t)(emit_chunk(tmp + pre[c], rowptr, foff, values, j->k0[c], j->k0[c + 1], ld, j->wtab, &wi,
+                                     off + pp[c], pw + pp[c], &np[c]) - (tmp + pre[c]));
     }
+    j->p0[0] = 0;
+    for (int c = 0; c < nch; c++) j->p0[c + 1] = j->p0[c] + np[c];
+    if (!(j->entry = malloc(sizeof(size_t) * (size_t)j->p0[nch])) ||
+        !(j->pw0 = malloc(sizeof(int64_t) * (size_t)j->p0[nch])))
+        goto fail;
     size_t total = 0;
-    for (int c = 0; c < nch; c++) j->entry[c] = total, total += len[c];
+    for (int c = 0; c < nch; c++) {
+        for (int i = 0; i < np[c]; i++) j->entry[j->p0[c] + i] = total + off[pp[c] + i], j->pw0[j->p0[c] + i] = pw[pp[c] + i];
+        total += len[c];
+    }
     long page = sysconf(_SC_PAGESIZE);
     j->map_len = (total + (size_t)page - 1) / (size_t)page * (size_t)page;
     void *m = mmap(NULL, j->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) goto fail;
     j->code = m;
-    for (int c = 0; c < nch; c++) memcpy(j->code + j->entry[c], tmp + pre[c], len[c]);
+    for (int c = 0, i = 0; c < nch; i += np[c], c++) memcpy(j->code + j->entry[i], tmp + pre[c], len[c]);
     if (mprotect(j->code, j->map_len, PROT_READ | PROT_EXEC)) goto fail;
-    free(pre), free(len), free(tmp);
+    free(pre), free(len), free(pp), free(np), free(off), free(pw), free(tmp);
     return j;
 fail:
-    free(pre), free(len), free(tmp);
+    free(pre), free(len), free(pp), free(np), free(off), free(pw), free(tmp);
     csub_spjit_free(j);
     return NULL;
 #else
@@ -284,11 +346,18 @@ size_t csub_spjit_bytes(const csub_spjit *j)
     return j ? j->map_len + sizeof(float) * (size_t)j->nnz : 0;
 }
 
-void csub_spjit_run(const csub_spjit *j, int c, const float *x, float *out, const float *b)
+void csub_spjit_run(const csub_spjit *j, int c, const float *x, float *out, const float *b, int64_t nv, int64_t ni,
+                    int64_t xs, int64_t os)
 {
-    chunk_fn f;
-    void *addr = j->code + j->entry[c];
-    memcpy(&f, &addr, sizeof f); /* object to function pointer (POSIX guarantees the round trip) */
     int64_t k0 = j->k0[c];
-    f(x, out + k0 * j->ld, j->wtab + j->w0[c], (b ? b : j->zeros) + k0);
+    out += k0 * j->ld;
+    b = (b ? b : j->zeros) + k0;
+    for (int i = j->p0[c]; i < j->p0[c + 1]; i++) { /* each piece over the vectors, then the next */
+        chunk_fn f;
+        void *addr = j->code + j->entry[i];
+        memcpy(&f, &addr, sizeof f); /* object to function pointer (POSIX guarantees the round trip) */
+        const float *w = j->wtab + j->pw0[i];
+        for (int64_t n = 0; n < ni; n++)
+            for (int64_t v = 0; v < nv; v++) f(x + n * xs + 16 * v, out + n * os + 16 * v, w, b);
+    }
 }

@@ -64,6 +64,22 @@ def test_jit_against_twin_and_gather(rng, N, C, H, W, K, R, stride, pad, keep):
 
 
 @needs_jit
+@pytest.mark.parametrize("threads_n", [1, 2, 3])
+def test_jit_pieces_and_image_groups(rng, threads, threads_n):
+    """Chunks whose code runs past one piece (20 channels of about 690 kept weights: several
+    pieces, the later ones continuing the sums the earlier stored), run over groups of images
+    (5 images: 4 + 1 on one thread, 3 + 2 on two, 2 + 2 + 1 on three): the bits of the gather,
+    and the twin."""
+    threads(threads_n)
+    x, wm, mask, csr, b = case(rng, 5, 256, 7, 7, 40, 3, 0.3, zero_rows=(7,))
+    res = rng.standard_normal((5, 40, 7, 7)).astype(np.float32)
+    y = _core.conv2d_sparse_forward(x, *csr, wm.shape, b, 1, 1, residual=res, relu=True, jit=True)
+    np.testing.assert_array_equal(y, _core.conv2d_sparse_forward(x, *csr, wm.shape, b, 1, 1, residual=res, relu=True))
+    want = np.maximum(sref.conv2d_forward(x, *csr, wm.shape, b, 1, 1) + res, 0)
+    assert_close(y, want, 1e-5, 1e-6, "y")
+
+
+@needs_jit
 @pytest.mark.parametrize("N,C,H,W,K,R,stride,pad,keep", SHAPES[:4])
 def test_jit_against_torch(rng, torch, N, C, H, W, K, R, stride, pad, keep):
     x, wm, mask, csr, b = case(rng, N, C, H, W, K, R, keep)
