@@ -16,7 +16,8 @@ from testkit import check_every_level, randomize_batch_norms
 
 # (N, C, H, W, K, stride): one output channel, K off every group of 8, planes under one vector
 # and off every vector (7x9 = 63 pixels), a single input channel, cPreResNet20's bottleneck
-# shapes, strided shortcuts (odd sizes: the last row and column read), ResNet18's 14 x 14 and
+# shapes, strided shortcuts (odd sizes: the last row and column read; rows of two vectors and a
+# part of one: stride 2 gathers 16 columns a permute on AVX-512), ResNet18's 14 x 14 and
 # 7 x 7 planes (196 and 49 pixels: the last ones by a vector shifted back, at batch 1 on two
 # threads inside the second thread's pixels), and a weight past the kernel's limit (256 x 256:
 # sgemm), which must agree all the same
@@ -24,7 +25,7 @@ SHAPES = [
     (1, 3, 1, 1, 1, 1), (2, 5, 3, 3, 13, 1), (1, 7, 7, 9, 9, 1), (3, 1, 4, 5, 8, 1), (2, 16, 32, 32, 64, 1),
     (1, 64, 32, 32, 16, 1), (2, 256, 8, 8, 64, 1), (1, 64, 8, 8, 256, 1), (1, 130, 5, 11, 17, 1),
     (2, 64, 32, 32, 128, 2), (1, 9, 7, 5, 10, 2), (2, 6, 9, 9, 4, 3), (1, 128, 14, 14, 32, 1),
-    (1, 96, 14, 14, 40, 2), (1, 120, 7, 7, 200, 1), (1, 256, 4, 4, 256, 1),
+    (1, 96, 14, 14, 40, 2), (1, 120, 7, 7, 200, 1), (2, 8, 69, 70, 12, 2), (1, 256, 4, 4, 256, 1),
 ]
 
 _SCRIPT = r"""
