@@ -17,12 +17,15 @@ from reference import conv as ref
 from testkit import run_json_at_isa, supported_isa_levels
 
 # (N, C, H, W, K, stride): odd and tiny planes, channel counts off every vector and group size
-# (K not a multiple of 8 or 16), cPreResNet20's shapes, one image with more rows than threads, and
-# (last) a weight too large to pack for so few pixels, which the dense forward leaves to im2col
+# (K not a multiple of 8 or 16), cPreResNet20's shapes, one image with more rows than threads, a
+# stride-2 row of 67 values (its phases split 32 values at a time on AVX-512: two whole steps and a
+# part), and (last) a weight too large to pack for so few pixels, which the dense forward leaves to
+# im2col
 SHAPES = [
     (1, 1, 1, 1, 1, 1), (2, 3, 1, 5, 2, 2), (1, 3, 5, 7, 5, 1), (3, 7, 9, 11, 13, 2), (2, 5, 2, 3, 9, 2),
     (1, 16, 32, 32, 16, 1), (2, 16, 32, 32, 32, 2), (1, 32, 16, 16, 32, 1), (2, 32, 16, 16, 64, 2),
-    (1, 64, 8, 8, 64, 1), (1, 33, 17, 15, 70, 1), (2, 24, 13, 6, 17, 2), (1, 8, 40, 3, 24, 1), (1, 96, 3, 4, 96, 1),
+    (1, 64, 8, 8, 64, 1), (1, 33, 17, 15, 70, 1), (2, 24, 13, 6, 17, 2), (1, 8, 40, 3, 24, 1), (1, 4, 9, 67, 8, 2),
+    (1, 96, 3, 4, 96, 1),
 ]
 
 _SCRIPT = r"""
