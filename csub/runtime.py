@@ -55,6 +55,8 @@ class CompressedNet:
             raise TypeError(f"data: expected the bytes of a model file or a path, got {type(data).__name__}")
         data = bytes(data)
         self.meta = modelfile.read_meta(data, path)
+        self._chw = tuple(int(v) for v in self.meta["input_shape"])  # what _input checks, on every call
+        self._flat = bool(self.meta["graph"]) and self.meta["graph"][0]["op"] == "flatten"
         try:  # the C loader verifies the layout and checksums, then the graph
             self._m = _core.model_load(data)
         except ValueError as e:
@@ -100,8 +102,7 @@ class CompressedNet:
             a = np.ascontiguousarray(x, dtype=np.float32)
         except (TypeError, ValueError) as e:
             raise TypeError(f"x: expected a float32 array (N, C, H, W), got {type(x).__name__} ({e})") from None
-        c, h, w = (int(v) for v in self.meta["input_shape"])
-        flat = bool(self.meta["graph"]) and self.meta["graph"][0]["op"] == "flatten"
+        (c, h, w), flat = self._chw, self._flat
         if (a.ndim == 4 and a.shape[1:] == (c, h, w) or flat and a.ndim == 2 and a.shape[1] == c * h * w) \
                 and a.shape[0] >= 1:
             return a
