@@ -117,13 +117,15 @@ def test_conv_sparse_against_dense_masked(rng, N, C, H, W, K, R, stride, pad, ke
     assert not dw[mask == 0].any()  # masked positions: exactly zero
 
 
-@pytest.mark.parametrize("R,pad", [(1, 0), (3, 1)])
-def test_conv_sparse_every_row_length(rng, R, pad):
-    """Output rows of every length from 1 to 140: each tail of the 64-, 8- and 1-wide passes."""
-    for W in range(1, 141):
-        x, mask, wm, csr, b, dy = _conv_case(rng, 1, 3, 2, W, 4, R, 1, pad, 0.5)
-        y = _core.conv2d_sparse_forward(x, *csr, wm.shape, b, 1, pad)
-        y_d = _core.conv2d_forward(x, wm, b, 1, pad)
+@pytest.mark.parametrize("R,pad,stride", [(1, 0, 1), (3, 1, 1), (3, 1, 2)])
+def test_conv_sparse_every_row_length(rng, R, pad, stride):
+    """Output rows of every length from 1 to 140: each tail of the 64-, 8- and 1-wide passes;
+    plane rows of up to 8 vectors (their masks made once per plane on AVX-512) and longer ones
+    (300 wide)."""
+    for W in list(range(1, 141)) + [300]:
+        x, mask, wm, csr, b, dy = _conv_case(rng, 1, 3, 2 * stride, W, 4, R, stride, pad, 0.5)
+        y = _core.conv2d_sparse_forward(x, *csr, wm.shape, b, stride, pad)
+        y_d = _core.conv2d_forward(x, wm, b, stride, pad)
         assert rel_err(y, y_d) < 1e-5, W
 
 
