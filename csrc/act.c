@@ -143,7 +143,8 @@ CSUB_TARGET_AVX512 static inline __m512 max_first16(__m512 m, __m512 v)
 
 /* One plane of the 3 x 3 stride-2 pool (ResNet18's), AVX-512: the scalar loops' operations in
  * their order (column maxima of rows 0, 1, 2; then columns 2q, 2q + 1, 2q + 2), 16 outputs at a
- * time, the even and odd columns taken apart by permutes. col: W + 32 floats. */
+ * time (the last ones masked: a scalar tail of 7 of ResNet18's 55 outputs a row took more than half the
+ * time), the even and odd columns taken apart by permutes. col: W + 32 floats. */
 CSUB_TARGET_AVX512 static void mp3s2_plane(const float *xp, float *yp, int64_t H, int64_t W, float *col)
 {
     int64_t P = (H - 3) / 2 + 1, Q = (W - 3) / 2 + 1;
@@ -158,13 +159,19 @@ CSUB_TARGET_AVX512 static void mp3s2_plane(const float *xp, float *yp, int64_t H
         for (; c < W; c++) col[c] = max_first(max_first(r0[c], r1[c]), r2[c]);
         float *yq = yp + p * Q;
         int64_t q = 0;
-        for (; q + 16 <= Q && 2 * q + 34 <= W + 32; q += 16) { /* reads col[2q, 2q + 34): within W + 32 */
+        for (; q + 16 <= Q; q += 16) { /* reads col[2q, 2q + 34): within W + 32, as 2 Q < W */
             __m512 a = _mm512_loadu_ps(col + 2 * q), b = _mm512_loadu_ps(col + 2 * q + 16);
             __m512 a2 = _mm512_loadu_ps(col + 2 * q + 2), b2 = _mm512_loadu_ps(col + 2 * q + 18);
             __m512 m = max_first16(_mm512_permutex2var_ps(a, ev, b), _mm512_permutex2var_ps(a, od, b));
             _mm512_storeu_ps(yq + q, max_first16(m, _mm512_permutex2var_ps(a2, ev, b2)));
         }
-        for (; q < Q; q++) yq[q] = max_first(max_first(col[2 * q], col[2 * q + 1]), col[2 * q + 2]);
+        if (q < Q) { /* the last outputs (fewer than 16) as one vector, stored masked */
+            __m512 a = _mm512_loadu_ps(col + 2 * q), b = _mm512_loadu_ps(col + 2 * q + 16);
+            __m512 a2 = _mm512_loadu_ps(col + 2 * q + 2), b2 = _mm512_loadu_ps(col + 2 * q + 18);
+            __m512 m = max_first16(_mm512_permutex2var_ps(a, ev, b), _mm512_permutex2var_ps(a, od, b));
+            _mm512_mask_storeu_ps(yq + q, (__mmask16)((1u << (Q - q)) - 1),
+                                  max_first16(m, _mm512_permutex2var_ps(a2, ev, b2)));
+        }
     }
 }
 #endif
