@@ -59,13 +59,24 @@ static sgeom make_sgeom(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, i
     return g;
 }
 
-/* planes[(c*sa + a)*sb + b][i][j] = xpad[c][i*st + a][j*st + b] (0 outside x), plane rows [i0, i1) */
+/* planes[(c*sa + a)*sb + b][i][j] = xpad[c][i*st + a][j*st + b] (0 outside x), plane rows [i0, i1);
+ * at stride 1 or 2 on AVX-512 a row 16 columns at a time (csub_plane_row_avx512: the scalar loop
+ * below took 0.1 ms of ResNet18's 1.25 ms stem at batch 1) */
 static void lay_out(const sgeom *g, const float *xn, float *planes, int64_t i0, int64_t i1)
 {
+#if CSUB_X86
+    int vec = g->st <= 2 && g->Wph < INT32_MAX - 16 && csub_isa_level() >= CSUB_ISA_AVX512;
+#endif
     for (int64_t c = 0; c < g->C; c++)
         for (int64_t a = 0; a < g->sa; a++)
             for (int64_t b = 0; b < g->sb; b++) {
                 float *pl = planes + ((c * g->sa + a) * g->sb + b) * g->plane;
+                /* the columns j that read x: 0 <= j st + b - pad < W */
+                int64_t lo = g->pad - b, hi = g->W + g->pad - b;
+                int64_t j0 = lo > 0 ? (lo + g->st - 1) / g->st : 0, j1 = hi > 0 ? (hi + g->st - 1) / g->st : 0;
+                if (j0 > g->Wph) j0 = g->Wph;
+                if (j1 > g->Wph) j1 = g->Wph;
+                if (j1 < j0) j1 = j0;
                 for (int64_t i = i0; i < i1; i++) {
                     float *row = pl + i * g->Wph;
                     int64_t h = i * g->st + a - g->pad;
@@ -74,6 +85,12 @@ static void lay_out(const sgeom *g, const float *xn, float *planes, int64_t i0, 
                         continue;
                     }
                     const float *xr = xn + (c * g->H + h) * g->W;
+#if CSUB_X86
+                    if (vec) {
+                        csub_plane_row_avx512(row, xr + b - g->pad, g->Wph, j0, j1, g->st);
+                        continue;
+                    }
+#endif
                     for (int64_t j = 0; j < g->Wph; j++) {
                         int64_t w = j * g->st + b - g->pad;
                         row[j] = w >= 0 && w < g->W ? xr[w] : 0.0f;

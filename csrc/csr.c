@@ -379,34 +379,6 @@ static CSUB_ALWAYS_INLINE void copy_even_body(float *restrict dst, const float *
 }
 CSUB_VARIANTS(copy_even, (float *restrict dst, const float *restrict src, int64_t n), (dst, src, n))
 
-#if CSUB_X86
-/* One plane row at stride 1 or 2, AVX-512: row[j] = xr[j st] for j in [j0, j1), 0 for the rest of
- * [0, Wph), 16 columns a store, the values outside [j0, j1) never loaded (masked loads do not
- * fault). Per row of ResNet18's and cPreResNet20's planes, memcpy and memset calls and the
- * stride-2 loop cost more than the copy (measured: cPreResNet20's planes 22 % of its 90 % sparse
- * forward). */
-CSUB_TARGET_AVX512 static CSUB_ALWAYS_INLINE void plane_row_avx512(float *row, const float *xr, int64_t Wph, int64_t j0,
-                                                                   int64_t j1, int64_t st)
-{
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    for (int64_t j = 0; j < Wph; j += 16) {
-        __m512i col = _mm512_add_epi32(lane, _mm512_set1_epi32((int)j));
-        __mmask16 in = _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32((int)j0)) &
-                       _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32((int)j1));
-        __mmask16 out = Wph - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (Wph - j)) - 1);
-        __m512 v;
-        if (st == 1) {
-            v = _mm512_maskz_loadu_ps(in, xr + j);
-        } else { /* columns j .. j + 15 read xr[2 j .. 2 j + 30]: the even values of two vectors */
-            __mmask16 lo = (__mmask16)_pdep_u32(in & 0xFF, 0x5555), hi = (__mmask16)_pdep_u32(in >> 8, 0x5555);
-            v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo, xr + 2 * j), ev,
-                                       _mm512_maskz_loadu_ps(hi, xr + 2 * j + 16));
-        }
-        _mm512_mask_storeu_ps(row + j, out, v);
-    }
-}
-#endif
 
 /* The loop nest of build_planes: ROW(row, xr, j0, j1) lays out plane row `row` from xr (row[j] =
  * xr[j st] for j in [j0, j1), zeros elsewhere), xr NULL for a row of padding (all zeros) */
@@ -428,17 +400,17 @@ CSUB_TARGET_AVX512 static CSUB_ALWAYS_INLINE void plane_row_avx512(float *row, c
 #define PLANE_STEPS 8 /* 16-column steps of a plane row whose masks build_planes_avx512 keeps: Wph <= 128 */
 
 /* build_planes at stride 1 or 2, AVX-512. Rows of up to PLANE_STEPS vectors: each column phase's
- * masks (plane_row_avx512's, the same for every row) made once, then per row and vector one or two
+ * masks (csub_plane_row_avx512's, the same for every row) made once, then per row and vector one or two
  * masked loads, a permute at stride 2, one masked store (cPreResNet20's plane rows are one or two
  * vectors, and making the masks for every vector took most of the time: its stride-2 3x3 convs
  * at batch 1, 90 % sparse, ran twice as long as its stride-1 ones of as many multiply-adds).
- * Longer rows by plane_row_avx512. A padding row: zeros, nothing loaded. */
+ * Longer rows by csub_plane_row_avx512. A padding row: zeros, nothing loaded. */
 CSUB_TARGET_AVX512 static void build_planes_avx512(const geom *g, const float *xn, float *planes, int64_t c0,
                                                    int64_t c1, int64_t i0, int64_t i1)
 {
     int64_t ns = (g->Wph + 15) / 16, st = g->st;
     if (ns > PLANE_STEPS) {
-#define ROW_AVX512(row, xr, j0, j1) plane_row_avx512(row, (xr) ? (xr) : xn, g->Wph, (xr) ? (j0) : 0, (xr) ? (j1) : 0, g->st)
+#define ROW_AVX512(row, xr, j0, j1) csub_plane_row_avx512(row, (xr) ? (xr) : xn, g->Wph, (xr) ? (j0) : 0, (xr) ? (j1) : 0, g->st)
         PLANE_ROWS(g, xn, planes, c0, c1, i0, i1, ROW_AVX512)
 #undef ROW_AVX512
         return;
@@ -451,7 +423,7 @@ CSUB_TARGET_AVX512 static void build_planes_avx512(const geom *g, const float *x
     for (int64_t b = 0; b < g->sb; b++) {
         int64_t j0, j1;
         valid_cols(g, b, &j0, &j1);
-        for (int64_t k = 0; k < ns; k++) { /* as plane_row_avx512 */
+        for (int64_t k = 0; k < ns; k++) { /* as csub_plane_row_avx512 */
             __m512i col = _mm512_add_epi32(lane, _mm512_set1_epi32((int)(16 * k)));
             __mmask16 in = _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32((int)j0)) &
                            _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32((int)j1));
