@@ -969,3 +969,22 @@ def test_groupnorm_infer_relu_keeps_nan(shape, rng):
     y = _core.groupnorm_infer(x, g, b, 4, relu=True)
     assert np.isnan(y[0, 1]).all()
     assert np.isfinite(y[0, [0, 2, 3]]).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 8, 8), (2, 3, 5, 3), (1, 2, 1, 17)])  # whole vectors, a masked tail
+def test_batchnorm_infer_relu_nan_and_signed_zero(shape, rng):
+    """relu(bn(x)) at inference as its definition computes it: a NaN stays NaN (only there), an input
+    equal to the mean gives +0 (never -0), the rest ((x - mean) * gamma / sqrt(var + eps) + beta)."""
+    C = shape[1]
+    x = rng.normal(0, 1, shape).astype(np.float32)
+    rm, rv = rng.normal(0, 1, C).astype(np.float32), rng.uniform(0.5, 2, C).astype(np.float32)
+    g, b = rng.normal(1, 0.2, C).astype(np.float32), np.zeros(C, np.float32)
+    x[0, 0, 0, 0] = np.nan
+    x[-1, -1, -1, -1] = rm[-1]
+    y = _core.batchnorm_infer(x, g, b, rm, rv, relu=True)
+    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(y).sum() == 1
+    assert y[-1, -1, -1, -1] == 0 and not np.signbit(y[-1, -1, -1, -1])
+    a = (g.astype(np.float64) / np.sqrt(rv.astype(np.float64) + 1e-5)).reshape(1, C, 1, 1)
+    want = np.maximum((x - rm.reshape(1, C, 1, 1)) * a + b.reshape(1, C, 1, 1), 0)
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(y[ok], want[ok], rtol=1e-5, atol=1e-6)
