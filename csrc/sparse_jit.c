@@ -119,13 +119,14 @@ enum { RCX = 1, RDX = 2, RSI = 6, RDI = 7, R8 = 8, LO = 29, HI = 30, XREG = 31 }
  * 16 KB; 8 and 32 KB within the noise of that) */
 #define JIT_PIECE_BYTES 16384
 
-/* The pieces emit_chunk may split a chunk of m kept weights into (each but the last holds more than
- * JIT_PIECE_BYTES of the at most 48 bytes a weight emits), and a bound on the bytes it writes for n
- * channels, a multiple of 64 (each piece: r8, the n loads or broadcasts and stores, the return, the
- * padding). */
+/* The pieces emit_chunk may split a chunk of m kept weights into, at most (each but the last is
+ * longer than JIT_PIECE_BYTES: its n <= 29 loads or broadcasts, at most 293 bytes, and more than
+ * JIT_PIECE_BYTES - 512 bytes of the at most 48 a weight emits), and a bound on the bytes it writes
+ * for n channels, a multiple of 64 (each piece: r8, the n loads or broadcasts and stores, the
+ * return, the padding). */
 static int64_t chunk_pieces(int64_t m)
 {
-    return 48 * m / JIT_PIECE_BYTES + 1;
+    return 48 * m / (JIT_PIECE_BYTES - 512) + 1;
 }
 
 static size_t chunk_bound(int64_t n, int64_t m)
