@@ -2,8 +2,9 @@
  * tile.h - what the register-tiled convolution kernels share (conv_direct.c,
  * conv_pointwise.c, conv_stem.c, conv_winograd.c; csr.c its ReLU): GCC vector
  * types, each instruction-set level's multiply-add, the epilogue of one
- * vector of a tile, and (csr.c, conv_stem.c) a row of a zero-padded input plane. Included by those files only, after internal.h, in files
- * compiled with CSUB_FP_CONTRACT_FAST.
+ * vector of a tile, and (csr.c, conv_stem.c) a row of a zero-padded input
+ * plane. Included by those files only, after internal.h, in files compiled
+ * with CSUB_FP_CONTRACT_FAST.
  */
 #ifndef CSUB_TILE_H
 #define CSUB_TILE_H
@@ -69,7 +70,7 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
  * stride-2 loop cost more than the copy (measured: cPreResNet20's planes 22 % of its 90 % sparse
  * forward). */
 CSUB_TARGET_AVX512 static inline void csub_plane_row_avx512(float *row, const float *xr, int64_t Wph, int64_t j0,
-                                                                   int64_t j1, int64_t st)
+                                                            int64_t j1, int64_t st)
 {
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
