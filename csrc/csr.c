@@ -401,7 +401,7 @@ CSUB_VARIANTS(copy_even, (float *restrict dst, const float *restrict src, int64_
 
 /* build_planes at stride 1 or 2, AVX-512. Rows of up to PLANE_STEPS vectors: each column phase's
  * masks (csub_plane_row_avx512's, the same for every row) made once, then per row and vector one or two
- * masked loads, a permute at stride 2, one masked store (cPreResNet20's plane rows are one or two
+ * masked loads, a permute at stride 2, one masked store (cPreResNet20's plane rows are one to three
  * vectors, and making the masks for every vector took most of the time: its stride-2 3x3 convs
  * at batch 1, 90 % sparse, ran twice as long as its stride-1 ones of as many multiply-adds).
  * Longer rows by csub_plane_row_avx512. A padding row: zeros, nothing loaded. */
@@ -410,7 +410,8 @@ CSUB_TARGET_AVX512 static void build_planes_avx512(const geom *g, const float *x
 {
     int64_t ns = (g->Wph + 15) / 16, st = g->st;
     if (ns > PLANE_STEPS) {
-#define ROW_AVX512(row, xr, j0, j1) csub_plane_row_avx512(row, (xr) ? (xr) : xn, g->Wph, (xr) ? (j0) : 0, (xr) ? (j1) : 0, g->st)
+#define ROW_AVX512(row, xr, j0, j1) \
+    csub_plane_row_avx512(row, (xr) ? (xr) : xn, g->Wph, (xr) ? (j0) : 0, (xr) ? (j1) : 0, g->st)
         PLANE_ROWS(g, xn, planes, c0, c1, i0, i1, ROW_AVX512)
 #undef ROW_AVX512
         return;
@@ -440,7 +441,8 @@ CSUB_TARGET_AVX512 static void build_planes_avx512(const geom *g, const float *x
                     int64_t h = i * st + a - g->pad;
                     float *row = pl + i * g->Wph;
                     if (h < 0 || h >= g->H) {
-                        for (int64_t k = 0; k < ns; k++) _mm512_mask_storeu_ps(row + 16 * k, out[k], _mm512_setzero_ps());
+                        for (int64_t k = 0; k < ns; k++)
+                            _mm512_mask_storeu_ps(row + 16 * k, out[k], _mm512_setzero_ps());
                         continue;
                     }
                     const float *xr = xc + h * g->W + b - g->pad; /* read at the valid columns only */

@@ -288,7 +288,10 @@ csub_spjit *csub_spjit_build(const int64_t *rowptr, const int64_t *foff, const f
         goto fail;
     size_t total = 0;
     for (int c = 0; c < nch; c++) {
-        for (int i = 0; i < np[c]; i++) j->entry[j->p0[c] + i] = total + off[pp[c] + i], j->pw0[j->p0[c] + i] = pw[pp[c] + i];
+        for (int i = 0; i < np[c]; i++) {
+            j->entry[j->p0[c] + i] = total + off[pp[c] + i];
+            j->pw0[j->p0[c] + i] = pw[pp[c] + i];
+        }
         total += len[c];
     }
     long page = sysconf(_SC_PAGESIZE);
