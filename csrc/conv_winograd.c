@@ -146,14 +146,17 @@ static CSUB_ALWAYS_INLINE void transpose16(f32x16 *r)
 #define STORE16(p, v) memcpy((p), &(v), sizeof(f32x16))
 
 /* ------------------------------------------------------------ input: transpose
- * x[C,H,W] -> xt[Hp][Wp][Cp]: xt[h + 1][w + 1][c] = x[c][h][w], zeros elsewhere */
+ * x[C,H,W] -> xt[Hp][Wp][Cp]: xt[h + 1][w + 1][c] = x[c][h][w], zeros elsewhere; rows [r0, r1) of xt */
 static CSUB_ALWAYS_INLINE void transpose_in_body(const float *x, float *xt, int64_t C, int64_t H, int64_t W,
-                                                 int64_t Hp, int64_t Wp, int64_t Cp)
+                                                 int64_t Wp, int64_t Cp, int64_t r0, int64_t r1)
 {
-    memset(xt, 0, sizeof(float) * (size_t)(Wp * Cp)); /* the top row, then the rows past H */
-    memset(xt + (H + 1) * Wp * Cp, 0, sizeof(float) * (size_t)((Hp - H - 1) * Wp * Cp));
-    for (int64_t h = 0; h < H; h++) {
-        float *row = xt + (h + 1) * Wp * Cp;
+    for (int64_t r = r0; r < r1; r++) {
+        float *row = xt + r * Wp * Cp;
+        int64_t h = r - 1;
+        if (h < 0 || h >= H) { /* the top row, the rows past H */
+            memset(row, 0, sizeof(float) * (size_t)(Wp * Cp));
+            continue;
+        }
         memset(row, 0, sizeof(float) * (size_t)Cp);
         memset(row + (W + 1) * Cp, 0, sizeof(float) * (size_t)((Wp - W - 1) * Cp));
         for (int64_t cb = 0; cb < Cp; cb += LB) {
@@ -177,8 +180,8 @@ static CSUB_ALWAYS_INLINE void transpose_in_body(const float *x, float *xt, int6
         }
     }
 }
-CSUB_VARIANTS(transpose_in, (const float *x, float *xt, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int64_t Cp),
-              (x, xt, C, H, W, Hp, Wp, Cp))
+CSUB_VARIANTS(transpose_in, (const float *x, float *xt, int64_t C, int64_t H, int64_t W, int64_t Wp, int64_t Cp,
+                             int64_t r0, int64_t r1), (x, xt, C, H, W, Wp, Cp, r0, r1))
 
 /* ------------------------------------------------------------ input: transform
  * The patch at xt[m ty + r][m tx + s] (r, s < A) of one tile -> v[(r A + s) vs + c] = B^T d B, every c < Cp */
@@ -454,8 +457,13 @@ static void run_tiles(const float *x, const float *u, const float *b, const floa
     int64_t vs = g->vs, ms = g->ms, next = g0 / g->tpi; /* the first image not yet transposed */
     for (int64_t t0 = g0; t0 < g1; t0 += g->tb) {
         int64_t nt = g1 - t0 < g->tb ? g1 - t0 : g->tb, last = (t0 + nt - 1) / g->tpi;
-        for (; next <= last; next++)
-            transpose_in(x + next * CHW, xt + (next % g->cap) * img, C, H, W, g->Hp, g->Wp, g->Cp);
+        for (; next <= last; next++) { /* the rows its tiles in [g0, g1) read (a share of them: a thread's) */
+            int64_t a = g0 > next * g->tpi ? g0 - next * g->tpi : 0;
+            int64_t e = g1 < (next + 1) * g->tpi ? g1 - next * g->tpi : g->tpi;
+            int64_t r0 = a / g->tw * m, r1 = (e - 1) / g->tw * m + m + 2;
+            transpose_in(x + next * CHW, xt + (next % g->cap) * img, C, H, W, g->Wp, g->Cp, r0,
+                         r1 < g->Hp ? r1 : g->Hp);
+        }
         for (int64_t i = 0; i < nt; i++) {
             int64_t t = t0 + i, n = t / g->tpi, ty = t % g->tpi / g->tw, tx = t % g->tw;
             const float *patch = xt + (n % g->cap) * img + (ty * m * g->Wp + tx * m) * g->Cp;
