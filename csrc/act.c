@@ -158,19 +158,12 @@ CSUB_TARGET_AVX512 static void mp3s2_plane(const float *xp, float *yp, int64_t H
                                                   _mm512_loadu_ps(r2 + c)));
         for (; c < W; c++) col[c] = max_first(max_first(r0[c], r1[c]), r2[c]);
         float *yq = yp + p * Q;
-        int64_t q = 0;
-        for (; q + 16 <= Q; q += 16) { /* reads col[2q, 2q + 34): within W + 32, as 2 Q < W */
+        for (int64_t q = 0; q < Q; q += 16) { /* reads col[2q, 2q + 34): within W + 32, as 2 Q < W */
+            __mmask16 keep = Q - q >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (Q - q)) - 1);
             __m512 a = _mm512_loadu_ps(col + 2 * q), b = _mm512_loadu_ps(col + 2 * q + 16);
             __m512 a2 = _mm512_loadu_ps(col + 2 * q + 2), b2 = _mm512_loadu_ps(col + 2 * q + 18);
             __m512 m = max_first16(_mm512_permutex2var_ps(a, ev, b), _mm512_permutex2var_ps(a, od, b));
-            _mm512_storeu_ps(yq + q, max_first16(m, _mm512_permutex2var_ps(a2, ev, b2)));
-        }
-        if (q < Q) { /* the last outputs (fewer than 16) as one vector, stored masked */
-            __m512 a = _mm512_loadu_ps(col + 2 * q), b = _mm512_loadu_ps(col + 2 * q + 16);
-            __m512 a2 = _mm512_loadu_ps(col + 2 * q + 2), b2 = _mm512_loadu_ps(col + 2 * q + 18);
-            __m512 m = max_first16(_mm512_permutex2var_ps(a, ev, b), _mm512_permutex2var_ps(a, od, b));
-            _mm512_mask_storeu_ps(yq + q, (__mmask16)((1u << (Q - q)) - 1),
-                                  max_first16(m, _mm512_permutex2var_ps(a2, ev, b2)));
+            _mm512_mask_storeu_ps(yq + q, keep, max_first16(m, _mm512_permutex2var_ps(a2, ev, b2)));
         }
     }
 }

@@ -12,10 +12,7 @@
 #include <omp.h>
 
 #include "internal.h"
-
-#if CSUB_X86
-#include <immintrin.h>
-#endif
+#include "tile.h"
 
 int64_t csub_conv_out_size(int64_t H, int64_t R, int64_t stride, int64_t pad)
 {
@@ -187,41 +184,24 @@ static void conv_rows(const float *xn, const float *w, const float *b, const flo
 }
 
 /* xs[c][p][q] = x[c][p st][q st], c < NC (p < P, q < Q): the input of a strided 1x1 conv. At stride 2
- * on AVX-512 each 16 values are the even ones of two vectors (masked: nothing read past a row), one
- * permute; the scalar loop's strided reads made cPreResNet20's two downsampling 1x1 convs 1.3-1.5x
+ * on AVX-512 a row by csub_plane_row_avx512 (tile.h: 16 values the even ones of two vectors, one
+ * permute); the scalar loop's strided reads made cPreResNet20's two downsampling 1x1 convs 1.3-1.5x
  * slower than the stride-1 ones of the same size. */
-#if CSUB_X86
-CSUB_TARGET_AVX512 static void subsample2_avx512(const float *x, float *xs, int64_t NC, int64_t H, int64_t W,
-                                                 int64_t P, int64_t Q)
-{
-    const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    for (int64_t c = 0; c < NC; c++)
-        for (int64_t p = 0; p < P; p++) {
-            const float *xr = x + (c * H + 2 * p) * W;
-            float *d = xs + (c * P + p) * Q;
-            for (int64_t q = 0; q < Q; q += 16) {
-                __mmask16 m = Q - q >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (Q - q)) - 1);
-                __mmask16 lo = (__mmask16)_pdep_u32(m & 0xFF, 0x5555), hi = (__mmask16)_pdep_u32(m >> 8, 0x5555);
-                __m512 v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo, xr + 2 * q), ev,
-                                                  _mm512_maskz_loadu_ps(hi, xr + 2 * q + 16));
-                _mm512_mask_storeu_ps(d + q, m, v);
-            }
-        }
-}
-#endif
-
 static void subsample(const float *x, float *xs, int64_t NC, int64_t H, int64_t W, int64_t P, int64_t Q, int64_t st)
 {
 #if CSUB_X86
-    if (st == 2 && csub_isa_level() >= CSUB_ISA_AVX512) {
-        subsample2_avx512(x, xs, NC, H, W, P, Q);
-        return;
-    }
+    int vec = st == 2 && csub_isa_level() >= CSUB_ISA_AVX512;
 #endif
     for (int64_t c = 0; c < NC; c++)
         for (int64_t p = 0; p < P; p++) {
             const float *xr = x + (c * H + p * st) * W;
             float *d = xs + (c * P + p) * Q;
+#if CSUB_X86
+            if (vec) {
+                csub_plane_row_avx512(d, xr, Q, 0, Q, 2);
+                continue;
+            }
+#endif
             for (int64_t q = 0; q < Q; q++) d[q] = xr[q * st];
         }
 }

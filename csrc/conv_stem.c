@@ -71,12 +71,8 @@ static void lay_out(const sgeom *g, const float *xn, float *planes, int64_t i0, 
         for (int64_t a = 0; a < g->sa; a++)
             for (int64_t b = 0; b < g->sb; b++) {
                 float *pl = planes + ((c * g->sa + a) * g->sb + b) * g->plane;
-                /* the columns j that read x: 0 <= j st + b - pad < W */
-                int64_t lo = g->pad - b, hi = g->W + g->pad - b;
-                int64_t j0 = lo > 0 ? (lo + g->st - 1) / g->st : 0, j1 = hi > 0 ? (hi + g->st - 1) / g->st : 0;
-                if (j0 > g->Wph) j0 = g->Wph;
-                if (j1 > g->Wph) j1 = g->Wph;
-                if (j1 < j0) j1 = j0;
+                int64_t j0, j1; /* the columns that read x */
+                csub_plane_cols(g->st, b, g->pad, g->W, g->Wph, &j0, &j1);
                 for (int64_t i = i0; i < i1; i++) {
                     float *row = pl + i * g->Wph;
                     int64_t h = i * g->st + a - g->pad;

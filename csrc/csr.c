@@ -361,15 +361,10 @@ static int64_t *tap_table(const geom *g)
     return tab;
 }
 
-/* First j >= 0 with j * st + b - pad >= 0, and first j with j * st + b - pad >= W, within [0, Wph]. */
+/* The columns of column phase b that read x (csub_plane_cols) */
 static void valid_cols(const geom *g, int64_t b, int64_t *j0, int64_t *j1)
 {
-    int64_t st = g->st, lo = g->pad - b, hi = g->W + g->pad - b;
-    *j0 = lo > 0 ? (lo + st - 1) / st : 0;
-    *j1 = hi > 0 ? (hi + st - 1) / st : 0;
-    if (*j0 > g->Wph) *j0 = g->Wph;
-    if (*j1 > g->Wph) *j1 = g->Wph;
-    if (*j1 < *j0) *j1 = *j0;
+    csub_plane_cols(g->st, b, g->pad, g->W, g->Wph, j0, j1);
 }
 
 /* dst[j] = src[2 j], j < n: the stride-2 gather of a plane row (vectorised with permutes) */
@@ -416,7 +411,6 @@ CSUB_TARGET_AVX512 static void build_planes_avx512(const geom *g, const float *x
 #undef ROW_AVX512
         return;
     }
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     __mmask16 lo[2][PLANE_STEPS], hi[2][PLANE_STEPS], out[PLANE_STEPS]; /* [column phase b][step] */
     for (int64_t k = 0; k < ns; k++)
@@ -424,13 +418,7 @@ CSUB_TARGET_AVX512 static void build_planes_avx512(const geom *g, const float *x
     for (int64_t b = 0; b < g->sb; b++) {
         int64_t j0, j1;
         valid_cols(g, b, &j0, &j1);
-        for (int64_t k = 0; k < ns; k++) { /* as csub_plane_row_avx512 */
-            __m512i col = _mm512_add_epi32(lane, _mm512_set1_epi32((int)(16 * k)));
-            __mmask16 in = _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32((int)j0)) &
-                           _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32((int)j1));
-            lo[b][k] = st == 1 ? in : (__mmask16)_pdep_u32(in & 0xFF, 0x5555);
-            hi[b][k] = st == 1 ? 0 : (__mmask16)_pdep_u32(in >> 8, 0x5555);
-        }
+        for (int64_t k = 0; k < ns; k++) csub_plane_masks(16 * k, j0, j1, st, &lo[b][k], &hi[b][k]);
     }
     for (int64_t c = c0; c < c1; c++)
         for (int64_t a = 0; a < g->sa; a++)

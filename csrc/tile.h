@@ -2,8 +2,9 @@
  * tile.h - what the register-tiled convolution kernels share (conv_direct.c,
  * conv_pointwise.c, conv_stem.c, conv_winograd.c; csr.c its ReLU): GCC vector
  * types, each instruction-set level's multiply-add, the epilogue of one
- * vector of a tile, and (csr.c, conv_stem.c) a row of a zero-padded input
- * plane. Included by those files only, after internal.h, in files compiled
+ * vector of a tile, and (csr.c, conv_stem.c, conv.c's strided 1x1 input) a
+ * row of a zero-padded input plane. Included by those files only, after
+ * internal.h; all but conv.c (which takes the plane row only) are compiled
  * with CSUB_FP_CONTRACT_FAST.
  */
 #ifndef CSUB_TILE_H
@@ -60,8 +61,35 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
         if (relu) TILE_RELU(VT, VI, a);                                                         \
     } while (0)
 
+/* The columns j of a plane row (at stride st, column phase b, padding pad, W input columns) that
+ * read the input: [*j0, *j1), the first j with j st + b - pad >= 0 and the first with j st + b -
+ * pad >= W, within [0, Wph] */
+static inline void csub_plane_cols(int64_t st, int64_t b, int64_t pad, int64_t W, int64_t Wph, int64_t *j0,
+                                   int64_t *j1)
+{
+    int64_t lo = pad - b, hi = W + pad - b;
+    *j0 = lo > 0 ? (lo + st - 1) / st : 0;
+    *j1 = hi > 0 ? (hi + st - 1) / st : 0;
+    if (*j0 > Wph) *j0 = Wph;
+    if (*j1 > Wph) *j1 = Wph;
+    if (*j1 < *j0) *j1 = *j0;
+}
+
 #if CSUB_X86
 #include <immintrin.h>
+
+/* The load masks of the 16 columns from j of a plane row (csub_plane_row_avx512): the columns in
+ * [j0, j1) at stride 1 (*hi = 0), at stride 2 their even lanes of the two vectors they read */
+CSUB_TARGET_AVX512 static inline void csub_plane_masks(int64_t j, int64_t j0, int64_t j1, int64_t st, __mmask16 *lo,
+                                                       __mmask16 *hi)
+{
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m512i col = _mm512_add_epi32(lane, _mm512_set1_epi32((int)j));
+    __mmask16 in = _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32((int)j0)) &
+                   _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32((int)j1));
+    *lo = st == 1 ? in : (__mmask16)_pdep_u32(in & 0xFF, 0x5555);
+    *hi = st == 1 ? 0 : (__mmask16)_pdep_u32(in >> 8, 0x5555);
+}
 
 /* One row of a plane of the zero-padded input (csr.c's planes, conv_stem.c's) at stride 1 or 2,
  * AVX-512: row[j] = xr[j st] for j in [j0, j1), 0 for the rest of [0, Wph), 16 columns a store,
@@ -72,21 +100,13 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
 CSUB_TARGET_AVX512 static inline void csub_plane_row_avx512(float *row, const float *xr, int64_t Wph, int64_t j0,
                                                             int64_t j1, int64_t st)
 {
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     for (int64_t j = 0; j < Wph; j += 16) {
-        __m512i col = _mm512_add_epi32(lane, _mm512_set1_epi32((int)j));
-        __mmask16 in = _mm512_cmpge_epi32_mask(col, _mm512_set1_epi32((int)j0)) &
-                       _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32((int)j1));
-        __mmask16 out = Wph - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (Wph - j)) - 1);
-        __m512 v;
-        if (st == 1) {
-            v = _mm512_maskz_loadu_ps(in, xr + j);
-        } else { /* columns j .. j + 15 read xr[2 j .. 2 j + 30]: the even values of two vectors */
-            __mmask16 lo = (__mmask16)_pdep_u32(in & 0xFF, 0x5555), hi = (__mmask16)_pdep_u32(in >> 8, 0x5555);
-            v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo, xr + 2 * j), ev,
-                                       _mm512_maskz_loadu_ps(hi, xr + 2 * j + 16));
-        }
+        __mmask16 lo, hi, out = Wph - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (Wph - j)) - 1);
+        csub_plane_masks(j, j0, j1, st, &lo, &hi);
+        __m512 v = st == 1 ? _mm512_maskz_loadu_ps(lo, xr + j) /* stride 2: columns j .. j + 15 read */
+                           : _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo, xr + 2 * j), ev, /* xr[2 j .. 2 j + 30] */
+                                                    _mm512_maskz_loadu_ps(hi, xr + 2 * j + 16));
         _mm512_mask_storeu_ps(row + j, out, v);
     }
 }
