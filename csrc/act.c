@@ -292,6 +292,33 @@ void csub_gap_forward(const float *x, float *y, int64_t NC, int64_t HW)
     }
 }
 
+/* The mean of max(0, x[i] a + b) over i < HW: 16 running sums (one vector), then added in order */
+static CSUB_ALWAYS_INLINE void gap_pre_row_body(const float *x, float a, float b, int64_t HW, float *y)
+{
+    float acc[16] = {0}, sum = 0.0f;
+    int64_t j = 0;
+    for (; j + 16 <= HW; j += 16)
+        for (int l = 0; l < 16; l++) {
+            float u = x[j + l] * a + b;
+            acc[l] += u <= 0.0f ? 0.0f : u;
+        }
+    for (int l = 0; l < 16; l++) sum += acc[l];
+    for (; j < HW; j++) {
+        float u = x[j] * a + b;
+        sum += u <= 0.0f ? 0.0f : u;
+    }
+    *y = sum / (float)HW;
+}
+CSUB_VARIANTS(gap_pre_row, (const float *x, float a, float b, int64_t HW, float *y), (x, a, b, HW, y))
+
+/* x[N,C,HW] -> y[N,C] = the mean of max(0, x a[c] + b[c]) over HW: csub_gap_forward of a batch norm and
+ * its ReLU (the runtime's fusion, csub_pre), their values never stored */
+void csub_gap_pre_forward(const float *x, const float *a, const float *b, float *y, int64_t N, int64_t C, int64_t HW)
+{
+    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (N * C * HW > CSUB_PAR_MIN)
+    for (int64_t i = 0; i < N * C; i++) gap_pre_row(x + i * HW, a[i % C], b[i % C], HW, y + i);
+}
+
 /* dy[NC] -> dx[NC,HW] = dy / HW */
 void csub_gap_backward(const float *dy, float *dx, int64_t NC, int64_t HW)
 {

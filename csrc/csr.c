@@ -251,6 +251,137 @@ CSUB_VARIANTS(sp_gather, (float *out, int64_t L, const float *base, const int64_
                           const float *restrict v, int64_t T, float init, const float *r, int relu),
               (out, L, base, off, v, T, init, r, relu))
 
+/* sp_gather with kept weight t reading max(0, base[off[t] + i] ka[t] + kb[t]) (csub_pre: a batch norm
+ * and its ReLU applied to the input as it is read; the ReLU as the norm's: a NaN stays NaN) */
+/* a += vt * the transformed input vector at s, for kept weight t */
+#define PRE_MADD(a, s, t)                          \
+    do {                                            \
+        vf u_ = vload(s) * ka[t] + kb[t];           \
+        TILE_RELU(vf, vi, u_);                      \
+        (a) += vt * u_;                             \
+    } while (0)
+static CSUB_ALWAYS_INLINE void sp_gather_pre_portable_body(float *out, int64_t L, const float *base,
+                                                  const int64_t *restrict off, const float *restrict v,
+                                                  const float *restrict ka, const float *restrict kb, int64_t T,
+                                                  float init, const float *r, int relu)
+{
+    int64_t i0 = 0;
+    for (; i0 + 64 <= L; i0 += 64) {
+        vf a0 = (vf){0} + init, a1 = a0, a2 = a0, a3 = a0;
+        if (r) {
+            const float *q = r + i0;
+            a0 += vload(q), a1 += vload(q + 16), a2 += vload(q + 32), a3 += vload(q + 48);
+        }
+        for (int64_t t = 0; t < T; t++) {
+            const float *s = base + off[t] + i0;
+            float vt = v[t];
+            PRE_MADD(a0, s, t);
+            PRE_MADD(a1, s + 16, t);
+            PRE_MADD(a2, s + 32, t);
+            PRE_MADD(a3, s + 48, t);
+        }
+        RELU_LANES(vf, vi, a0, relu);
+        RELU_LANES(vf, vi, a1, relu);
+        RELU_LANES(vf, vi, a2, relu);
+        RELU_LANES(vf, vi, a3, relu);
+        float *o = out + i0;
+        vstore(o, a0), vstore(o + 16, a1), vstore(o + 32, a2), vstore(o + 48, a3);
+    }
+    for (; i0 + 16 <= L; i0 += 16) {
+        vf a0 = (vf){0} + init;
+        if (r) a0 += vload(r + i0);
+        for (int64_t t = 0; t < T; t++) {
+            float vt = v[t];
+            PRE_MADD(a0, base + off[t] + i0, t);
+        }
+        RELU_LANES(vf, vi, a0, relu);
+        vstore(out + i0, a0);
+    }
+    for (; i0 < L; i0++) {
+        float a = init + (r ? r[i0] : 0.0f);
+        for (int64_t t = 0; t < T; t++) {
+            float u = base[off[t] + i0] * ka[t] + kb[t];
+            a += v[t] * (u <= 0.0f ? 0.0f : u);
+        }
+        out[i0] = relu && a <= 0.0f ? 0.0f : a;
+    }
+}
+#undef PRE_MADD
+CSUB_VARIANTS(sp_gather_pre_portable, (float *out, int64_t L, const float *base, const int64_t *restrict off,
+                                       const float *restrict v, const float *restrict ka, const float *restrict kb,
+                                       int64_t T, float init, const float *r, int relu),
+              (out, L, base, off, v, ka, kb, T, init, r, relu))
+
+#if CSUB_X86
+/* sp_gather_pre_body, AVX-512: per input vector a load, the transform's multiply-add, a max (vmaxps
+ * returns its second operand where either is NaN: a NaN stays, as the norm's ReLU keeps it; -0 for -0,
+ * where the norm writes +0, the same sums) and the product's multiply-add: three vector operations where
+ * the portable form's compare and blend took four or five */
+CSUB_TARGET_AVX512 static void sp_gather_pre_avx512(float *out, int64_t L, const float *base,
+                                                    const int64_t *restrict off, const float *restrict v,
+                                                    const float *restrict ka, const float *restrict kb, int64_t T,
+                                                    float init, const float *r, int relu)
+{
+    const __m512 zero = _mm512_setzero_ps();
+#define PRE_MADD512(a, p) \
+    (a) = _mm512_fmadd_ps(w, _mm512_max_ps(zero, _mm512_fmadd_ps(_mm512_loadu_ps(p), sa, sb)), (a))
+#define PRE_STORE512(p, a)                                                                                    \
+    do {                                                                                                      \
+        __m512 o_ = (a);                                                                                      \
+        if (relu) o_ = _mm512_mask_mov_ps(o_, _mm512_cmp_ps_mask(o_, zero, _CMP_LE_OQ), zero); /* NaN stays */ \
+        _mm512_storeu_ps((p), o_);                                                                            \
+    } while (0)
+    int64_t i0 = 0;
+    for (; i0 + 64 <= L; i0 += 64) {
+        __m512 a0 = _mm512_set1_ps(init), a1 = a0, a2 = a0, a3 = a0;
+        if (r) {
+            a0 = _mm512_add_ps(a0, _mm512_loadu_ps(r + i0)), a1 = _mm512_add_ps(a1, _mm512_loadu_ps(r + i0 + 16));
+            a2 = _mm512_add_ps(a2, _mm512_loadu_ps(r + i0 + 32)), a3 = _mm512_add_ps(a3, _mm512_loadu_ps(r + i0 + 48));
+        }
+        for (int64_t t = 0; t < T; t++) {
+            const float *p = base + off[t] + i0;
+            __m512 sa = _mm512_set1_ps(ka[t]), sb = _mm512_set1_ps(kb[t]), w = _mm512_set1_ps(v[t]);
+            PRE_MADD512(a0, p);
+            PRE_MADD512(a1, p + 16);
+            PRE_MADD512(a2, p + 32);
+            PRE_MADD512(a3, p + 48);
+        }
+        PRE_STORE512(out + i0, a0);
+        PRE_STORE512(out + i0 + 16, a1);
+        PRE_STORE512(out + i0 + 32, a2);
+        PRE_STORE512(out + i0 + 48, a3);
+    }
+    for (; i0 + 16 <= L; i0 += 16) {
+        __m512 a0 = _mm512_set1_ps(init);
+        if (r) a0 = _mm512_add_ps(a0, _mm512_loadu_ps(r + i0));
+        for (int64_t t = 0; t < T; t++) {
+            __m512 sa = _mm512_set1_ps(ka[t]), sb = _mm512_set1_ps(kb[t]), w = _mm512_set1_ps(v[t]);
+            PRE_MADD512(a0, base + off[t] + i0);
+        }
+        PRE_STORE512(out + i0, a0);
+    }
+#undef PRE_MADD512
+#undef PRE_STORE512
+    if (i0 < L) sp_gather_pre_portable_baseline(out + i0, L - i0, base + i0, off, v, ka, kb, T, init, r ? r + i0 : NULL,
+                                                relu);
+}
+#endif
+
+
+/* sp_gather_pre_portable_body, or its AVX-512 form */
+static void sp_gather_pre(float *out, int64_t L, const float *base, const int64_t *restrict off, const float *restrict v,
+                          const float *restrict ka, const float *restrict kb, int64_t T, float init, const float *r,
+                          int relu)
+{
+#if CSUB_X86
+    if (csub_isa_level() >= CSUB_ISA_AVX512) {
+        sp_gather_pre_avx512(out, L, base, off, v, ka, kb, T, init, r, relu);
+        return;
+    }
+#endif
+    sp_gather_pre_portable(out, L, base, off, v, ka, kb, T, init, r, relu);
+}
+
 /* s + sum_{i in [i0, L)} a[i] b[i], i0 + 16 > L */
 static inline float dot_tail(const float *a, const float *b, int64_t i0, int64_t L, float s)
 {
@@ -320,6 +451,7 @@ typedef struct {
     int direct_x;        /* the planes are x[n] itself (1x1, stride 1, no padding) */
     int direct_y;        /* wide rows are the real rows (Wph == Q) */
     int direct_dy;       /* dy[n] serves as the margined gradient (no shift, no wide columns) */
+    csub_pre pre;        /* the forward's input transform (csub_pre), all NULL for none */
 } geom;
 
 static geom make_geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
@@ -341,6 +473,7 @@ static geom make_geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int
     g.direct_x = R == 1 && S == 1 && st == 1 && pad == 0;
     g.direct_y = g.Wph == g.Q;
     g.direct_dy = g.offmax == 0 && g.direct_y && g.Hph == g.P;
+    g.pre = (csub_pre){NULL, NULL, NULL, NULL};
     return g;
 }
 
@@ -465,18 +598,40 @@ static void plane_row(float *row, const float *xr, int64_t Wph, int64_t j0, int6
 
 /* planes[(c*sa + a)*sb + b][i*Wph + j] = xpad[c][i*st + a][j*st + b] (0 outside x),
  * channels [c0, c1), plane rows [i0, i1) */
+/* The input transform (csub_pre) on plane rows [i0, i1) of channels [c0, c1), in place: without padding
+ * every value of a plane is one of x */
+static CSUB_ALWAYS_INLINE void pre_planes_body(const geom *g, float *planes, int64_t c0, int64_t c1, int64_t i0,
+                                               int64_t i1)
+{
+    int64_t n = (i1 - i0) * g->Wph;
+    for (int64_t c = c0; c < c1; c++) {
+        float a = g->pre.a[c], b = g->pre.b[c];
+        for (int64_t ph = 0; ph < g->sa * g->sb; ph++) {
+            float *p = planes + (c * g->sa * g->sb + ph) * g->plane + i0 * g->Wph;
+            for (int64_t i = 0; i < n; i++) {
+                float u = p[i] * a + b;
+                p[i] = u <= 0.0f ? 0.0f : u;
+            }
+        }
+    }
+}
+CSUB_VARIANTS(pre_planes, (const geom *g, float *planes, int64_t c0, int64_t c1, int64_t i0, int64_t i1),
+              (g, planes, c0, c1, i0, i1))
+
 static void build_planes(const geom *g, const float *xn, float *planes, int64_t c0, int64_t c1,
                          int64_t i0, int64_t i1)
 {
 #if CSUB_X86
     if ((g->st == 1 || g->st == 2) && g->Wph < INT32_MAX - 16 && csub_isa_level() >= CSUB_ISA_AVX512) {
         build_planes_avx512(g, xn, planes, c0, c1, i0, i1);
+        if (g->pre.a) pre_planes(g, planes, c0, c1, i0, i1);
         return;
     }
 #endif
 #define ROW_PORTABLE(row, xr, j0, j1) plane_row(row, xr, g->Wph, j0, j1, g->st)
     PLANE_ROWS(g, xn, planes, c0, c1, i0, i1, ROW_PORTABLE)
 #undef ROW_PORTABLE
+    if (g->pre.a) pre_planes(g, planes, c0, c1, i0, i1);
 }
 
 /* dyz[k][0, Ld) = zeros, then dy[n][k] in wide rows at offmax, wide columns zero; rows [k0, k1) */
@@ -669,8 +824,17 @@ static void fwd_block(const geom *g, const flay *f, const int64_t *cbp, const in
             float *wk = g->direct_y ? yn + k * PQ + p0 * Q : wide + (k - k0) * f->Lw;
             const float *r = g->direct_y && resn ? resn + k * PQ + p0 * Q : NULL;
             int last = relu && g->direct_y && j == f->ncb - 1; /* the ReLU as the row's last block is stored */
-            if (j == 0) sp_gather(wk, L, base, foff + t0, values + t0, T, b ? b[k] : 0.0f, r, last);
-            else if (T || last) sp_gather(wk, L, base, foff + t0, values + t0, T, 0.0f, wk, last);
+            if (g->pre.ka) { /* the input read in place (direct_x) through the transform */
+                if (j == 0)
+                    sp_gather_pre(wk, L, base, foff + t0, values + t0, g->pre.ka + t0, g->pre.kb + t0, T,
+                                  b ? b[k] : 0.0f, r, last);
+                else if (T || last)
+                    sp_gather_pre(wk, L, base, foff + t0, values + t0, g->pre.ka + t0, g->pre.kb + t0, T, 0.0f, wk,
+                                  last);
+            } else if (j == 0)
+                sp_gather(wk, L, base, foff + t0, values + t0, T, b ? b[k] : 0.0f, r, last);
+            else if (T || last)
+                sp_gather(wk, L, base, foff + t0, values + t0, T, 0.0f, wk, last);
         }
     if (!g->direct_y) store_rows(g, wide, f->Lw, resn, relu, yn, k0, k1, p0, p1);
 }
@@ -746,9 +910,15 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
                                        const float *values, const float *b, float *y,
                                        int64_t N, int64_t C, int64_t H, int64_t W,
                                        int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad,
-                                       const float *res, int relu, float *work, int64_t work_len)
+                                       const float *res, int relu, const csub_pre *pre, float *work,
+                                       int64_t work_len)
 {
     geom g = make_geom(N, C, H, W, K, R, S, stride, pad);
+    if (pre && (pad || !pre->a || !pre->b || (g.direct_x && (!pre->ka || !pre->kb)))) return CSUB_ERR_ARG;
+    if (pre) { /* in place (direct_x): per kept weight; else on the planes, per channel */
+        g.pre.a = pre->a, g.pre.b = pre->b;
+        if (g.direct_x) g.pre.ka = pre->ka, g.pre.kb = pre->kb;
+    }
     flay f = fwd_layout(&g, rowptr[K]);
     int64_t PQ = g.P * g.Q, pf, wf;
     int nt = fwd_threads();
@@ -827,7 +997,7 @@ int csub_conv2d_sparse_forward(const float *x, const int64_t *rowptr, const int3
     int64_t *foff = malloc(sizeof(int64_t) * (size_t)(nnz > 0 ? nnz : 1));
     int st = foff ? csub_conv2d_sparse_offsets(colidx, nnz, C, H, W, R, S, stride, pad, foff) : CSUB_ERR_NOMEM;
     if (!st) st = csub_conv2d_sparse_forward_planned(x, rowptr, foff, values, b, y, N, C, H, W, K, R, S, stride, pad,
-                                                     NULL, 0, NULL, 0);
+                                                     NULL, 0, NULL, NULL, 0);
     free(foff);
     return st;
 }
@@ -963,9 +1133,12 @@ static void jit_chunk_share(const geom *g, const csub_spjit *j, const float *b, 
 
 int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const float *b, float *y, int64_t N,
                                    int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride,
-                                   int64_t pad, const float *res, int relu, float *work, int64_t work_len)
+                                   int64_t pad, const float *res, int relu, const csub_pre *pre, float *work,
+                                   int64_t work_len)
 {
     geom g = make_geom(N, C, H, W, K, R, S, stride, pad);
+    if (pre && (pad || !pre->a || !pre->b)) return CSUB_ERR_ARG;
+    if (pre) g.pre.a = pre->a, g.pre.b = pre->b; /* on the planes (the code always reads planes) */
     int64_t B, ld, pf, wf, PQ = g.P * g.Q;
     jit_band(&g, &B, &ld);
     if (csub_spjit_ld(j) != ld || csub_spjit_rows(j) != K) return CSUB_ERR_ARG; /* made for another shape */

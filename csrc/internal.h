@@ -166,13 +166,23 @@ void csub_row_band(int64_t H, int t, int T, int64_t *lo, int64_t *hi);
  * activation fused into the convolution. */
 int csub_conv2d_sparse_offsets(const int32_t *colidx, int64_t nnz, int64_t C, int64_t H, int64_t W,
                                int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t *foff);
+/* An input transform of the planned sparse forwards (pre, or NULL for none): the layer reads
+ * max(0, x[c] a[c] + b[c]) for its input channel c (a batch norm and its ReLU fused into every layer
+ * that reads their output: the runtime). a, b per input channel; ka, kb the same per kept weight (its
+ * channel's, in CSR order), which a 1x1 stride-1 layer needs (it reads x in place). Only without
+ * padding (CSUB_ERR_ARG else): a padded input's zeros are not transformed. */
+typedef struct {
+    const float *a, *b, *ka, *kb;
+} csub_pre;
+void csub_gap_pre_forward(const float *x, const float *a, const float *b, float *y, int64_t N, int64_t C, int64_t HW);
 int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
                                 int64_t stride, int64_t pad, int nthreads);
 int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, const int64_t *foff,
                                        const float *values, const float *b, float *y,
                                        int64_t N, int64_t C, int64_t H, int64_t W,
                                        int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad,
-                                       const float *res, int relu, float *work, int64_t work_len);
+                                       const float *res, int relu, const csub_pre *pre, float *work,
+                                       int64_t work_len);
 
 /* A sparse convolution's kept weights compiled to AVX-512 code (sparse_jit.c), for the
  * runtime's planned forward (csub_conv2d_sparse_forward_jit). csub_spjit_build: from the CSR
@@ -208,7 +218,8 @@ int64_t csub_conv2d_sparse_jit_work(int64_t N, int64_t C, int64_t H, int64_t W, 
                                     int64_t stride, int64_t pad, int nthreads);
 int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const float *b, float *y, int64_t N,
                                    int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride,
-                                   int64_t pad, const float *res, int relu, float *work, int64_t work_len);
+                                   int64_t pad, const float *res, int relu, const csub_pre *pre, float *work,
+                                   int64_t work_len);
 
 /* Direct 3x3 convolution, pad 1, stride 1 or 2 (conv_direct.c): the weight w[K,C,3,3] packed
  * once into wp[csub_conv3x3_packed_len(K, C)] (csub_conv3x3_pack), then

@@ -84,14 +84,17 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
                                           op->stride, op->pad);
         else
             st = csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
-    } else if (op->kind == OP_CONV && path == PATH_SPARSE && op->spj) {
-        return csub_conv2d_sparse_forward_jit(x, op->spj, b, y, N, C, s.h, s.w, op->aout, op->k, op->k, op->stride,
-                                              op->pad, res, op->relu, w->spwork, w->spwork_len);
     } else if (op->kind == OP_CONV && path == PATH_SPARSE) {
-        st = csub_conv2d_sparse_forward_planned(x, op->rowptr, op->foff, op->vals, b, y, N, C, s.h, s.w, op->aout,
-                                               op->k, op->k, op->stride, op->pad, res, op->relu, w->spwork,
-                                               w->spwork_len);
-        return st; /* the residual and the ReLU applied as y was written */
+        const op_t *nm = op->pre >= 0 ? &m->ops[op->pre] : NULL; /* a norm it applies to x (fuse_pre) */
+        csub_pre pre = {nm ? nm->pre_ab : NULL, nm ? nm->pre_ab + nm->c : NULL, op->pre_k,
+                        op->pre_k ? op->pre_k + op->nnz : NULL};
+        if (op->spj)
+            return csub_conv2d_sparse_forward_jit(x, op->spj, b, y, N, C, s.h, s.w, op->aout, op->k, op->k, op->stride,
+                                                  op->pad, res, op->relu, nm ? &pre : NULL, w->spwork, w->spwork_len);
+        return csub_conv2d_sparse_forward_planned(x, op->rowptr, op->foff, op->vals, b, y, N, C, s.h, s.w, op->aout,
+                                                  op->k, op->k, op->stride, op->pad, res, op->relu, nm ? &pre : NULL,
+                                                  w->spwork, w->spwork_len);
+        /* the residual and the ReLU applied as y was written */
     } else {
         if (path == PATH_FAKEQ) {
             if ((st = quantize_input(op, m->bits, x, w->scratch, n_in, &xs, &xz))) return st;
@@ -124,7 +127,8 @@ static int run_graph(const csub_model *m, const workspace *w, const float *input
         const op_t *op = &m->ops[i];
         shape3 s = m->vshape[op->x];
         int64_t C = m->vc[op->x], HW = s.h * s.w;
-        const float *x = value_ptr(m, w, input, op->x);
+        /* a reader of a fused norm (fuse_pre) reads the norm's input */
+        const float *x = value_ptr(m, w, input, op->pre >= 0 ? m->ops[op->pre].x : op->x);
         float *y = value_ptr(m, w, input, op->y);
         int st = CSUB_OK;
         double t0 = op_ms ? csub_rt_now_ms() : 0.0;
@@ -134,6 +138,8 @@ static int run_graph(const csub_model *m, const workspace *w, const float *input
                               op->x2 >= 0 ? value_ptr(m, w, input, op->x2) : NULL, y, N);
             break;
         case OP_NORM:
+            if (op->pre_fused) /* its readers apply it */
+                break;
             if (op->bn)
                 csub_batchnorm_infer(x, op->ga, op->ba, op->rmean, op->rvar, y, N, C, s.h, s.w, op->eps, op->relu);
             else
@@ -149,7 +155,10 @@ static int run_graph(const csub_model *m, const workspace *w, const float *input
             csub_avgpool2d_forward(x, y, N, C, s.h, s.w, op->pk, op->ps);
             break;
         case OP_GAP:
-            csub_gap_forward(x, y, N * C, HW);
+            if (op->pre >= 0)
+                csub_gap_pre_forward(x, m->ops[op->pre].pre_ab, m->ops[op->pre].pre_ab + C, y, N, C, HW);
+            else
+                csub_gap_forward(x, y, N * C, HW);
             break;
         case OP_ADD:
             csub_add_nchw(x, value_ptr(m, w, input, op->x2), y, N, C, s.h, s.w);
@@ -262,7 +271,7 @@ const char *csub_model_op_name(const csub_model *m, int i)
     const op_t *op = &m->ops[i];
     if (op->kind == OP_CONV || op->kind == OP_LINEAR) /* the kernels of the last forward */
         return weighted[op->kind == OP_LINEAR][m->split ? op->path_split : op->path];
-    if (op->kind == OP_NORM) return norms[op->bn][op->relu];
+    if (op->kind == OP_NORM) return op->pre_fused ? "bn+relu/fused" : norms[op->bn][op->relu];
     return kinds[op->kind];
 }
 

@@ -107,6 +107,11 @@ typedef struct {
     float xscale;
     int32_t xzp;
     int bits, act_dynamic;
+    /* a batch norm and its ReLU applied by the layers that read them (set_alpha, csub_pre) */
+    int pre;                     /* this op reads the input of norm op `pre` through its transform, or -1 */
+    int pre_fused;               /* a norm that its readers apply: not run */
+    float *pre_ab;               /* norm: its transform, scale then shift per channel [2 c] */
+    float *pre_k;                /* a 1x1 stride-1 conv with pre: its norm's transform per kept weight [2 nnz] */
 } op_t;
 
 typedef struct { int64_t c, h, w; } shape3;
@@ -139,6 +144,7 @@ struct csub_model {
     int fold;                    /* batch norms folded, ReLUs and residual adds in the conv's epilogue (CSUB_FOLD) */
     int winograd;                /* Winograd for the dense 3x3 stride-1 convs that pay (CSUB_WINOGRAD, at set_alpha) */
     int sparse_jit;              /* sparse convs as code where it can be made (CSUB_SPARSE_JIT, at set_alpha) */
+    int pre_fuse;                /* batch norms fused into the sparse layers that read them (CSUB_PRE_FUSE) */
 };
 
 #define MFAIL(m, code, ...) csub_fail((m)->err, sizeof (m)->err, code, __VA_ARGS__)

@@ -7,20 +7,24 @@
 #include "runtime_internal.h"
 
 /* Buffers by liveness: a value's buffer is free again after its last reader.
- * A flatten's output is its input's buffer (its root value). */
+ * A flatten's output is its input's buffer (its root value). A batch norm's input
+ * stays live as long as its output: set_alpha may fuse the norm into the layers
+ * that read it, which then read its input (runtime_alpha.c, fuse_pre). */
 int csub_rt_assign_slots(csub_model *m)
 {
     int nv = m->nvals;
     int *root = malloc(sizeof(int) * nv), *last = malloc(sizeof(int) * nv), *freed = calloc((size_t)nv, sizeof(int));
-    int *free_slot = malloc(sizeof(int) * nv);
+    int *free_slot = malloc(sizeof(int) * nv), *norm_in = malloc(sizeof(int) * nv);
     int st = CSUB_OK;
-    if (!root || !last || !freed || !free_slot) { st = CSUB_ERR_NOMEM; goto done; }
+    if (!root || !last || !freed || !free_slot || !norm_in) { st = CSUB_ERR_NOMEM; goto done; }
     root[0] = 0;
-    for (int v = 0; v < nv; v++) last[v] = -1;
+    for (int v = 0; v < nv; v++) last[v] = -1, norm_in[v] = -1;
     for (int i = 0; i < m->nops; i++) {
         op_t *op = &m->ops[i];
         root[op->y] = op->kind == OP_FLATTEN || op->kind == OP_ALIAS ? root[op->x] : op->y;
+        if (op->kind == OP_NORM && op->bn) norm_in[op->y] = root[op->x]; /* the value a fused reader reads */
         last[root[op->x]] = i;
+        if (norm_in[root[op->x]] >= 0) last[norm_in[root[op->x]]] = i;
         if (op->x2 >= 0) last[root[op->x2]] = i;
     }
     last[root[m->out_val]] = m->nops;
@@ -48,7 +52,7 @@ int csub_rt_assign_slots(csub_model *m)
         }
     }
 done:
-    free(root); free(last); free(freed); free(free_slot);
+    free(root); free(last); free(freed); free(free_slot); free(norm_in);
     return st;
 }
 

@@ -54,7 +54,7 @@ def test_folded_network_matches_the_training_forward(name, regime, rng):
         got = net.set_alpha(a)(x)
         ops = _ops(net, x)
         # only the batch norms that follow an add are left
-        assert sum(op in ("bn", "bn+relu") for op in ops) == total - folded, (a, ops)
+        assert sum(op in ("bn", "bn+relu", "bn+relu/fused") for op in ops) == total - folded, (a, ops)
         if regime == "quantized" and net.info()["bits"] <= 8:
             assert _rel(got, want) < RTOL_INT, a
             assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) >= 0.5

@@ -166,40 +166,59 @@ static PyObject *sparse_backward_done(int st, const char *where, sparse_dw *g, P
 
 static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *x, *b = NULL, *res = NULL;
+    PyArrayObject *x, *b = NULL, *res = NULL, *pa = NULL, *pb = NULL;
     csr_args c;
     long long stride = 1, pad = 0;
     conv_dims d;
     int relu = 0, jit = 0;
-    KW("x", "rowptr", "colidx", "values", "weight_shape", "b", "stride", "padding", "residual", "relu", "jit");
-    if (!parse(args, kw, "O&O&O&O&O&|O&LLO&pp", kwlist, ARG_F32(x, 4), ARG_CSR(c, 4), ARG_OPT_F32(b, 1), &stride, &pad,
-               ARG_OPT_F32_AS(res, "residual", 4), &relu, &jit) ||
+    KW("x", "rowptr", "colidx", "values", "weight_shape", "b", "stride", "padding", "residual", "relu", "jit",
+       "pre_scale", "pre_shift");
+    if (!parse(args, kw, "O&O&O&O&O&|O&LLO&ppO&O&", kwlist, ARG_F32(x, 4), ARG_CSR(c, 4), ARG_OPT_F32(b, 1), &stride,
+               &pad, ARG_OPT_F32_AS(res, "residual", 4), &relu, &jit, ARG_OPT_F32_AS(pa, "pre_scale", 1),
+               ARG_OPT_F32_AS(pb, "pre_shift", 1)) ||
         conv_sparse_check(x, &c, stride, pad, &d))
         return NULL;
-    npy_intp bs[1] = {d.K};
+    npy_intp bs[1] = {d.K}, cs[1] = {d.C};
     npy_intp ys[4] = {d.N, d.K, d.P, d.Q};
     if (shape_check(b, "b", 1, bs, "(out_channels,)") ||
-        shape_check(res, "residual", 4, ys, "the output's (N, out_channels, P, Q)"))
+        shape_check(res, "residual", 4, ys, "the output's (N, out_channels, P, Q)") ||
+        shape_check(pa, "pre_scale", 1, cs, "(in_channels,)") || shape_check(pb, "pre_shift", 1, cs, "(in_channels,)"))
         return NULL;
+    if (!pa != !pb) {
+        PyErr_SetString(PyExc_ValueError, "pre_scale, pre_shift: give both or neither");
+        return NULL;
+    }
+    if (pa && pad) {
+        PyErr_SetString(PyExc_ValueError, "pre_scale: the input transform takes padding=0 only");
+        return NULL;
+    }
     PyArrayObject *y = new_f32(4, ys);
     if (!y) return NULL;
     int st;
     Py_BEGIN_ALLOW_THREADS
-    if (res || relu || jit) { /* the runtime's two-step form, the residual and the ReLU applied as y is written */
+    if (res || relu || jit || pa) { /* the runtime's two-step form, the residual and the ReLU applied as y is written */
         int64_t *foff = malloc(sizeof(int64_t) * (size_t)(c.nnz > 0 ? c.nnz : 1));
-        st = foff ? csub_conv2d_sparse_offsets(PyArray_DATA(c.colidx), c.nnz, d.C, d.H, d.W, d.R, d.S, stride, pad, foff)
-                  : CSUB_ERR_NOMEM;
+        float *kab = pa ? malloc(sizeof(float) * 2 * (size_t)(c.nnz > 0 ? c.nnz : 1)) : NULL;
+        st = foff && (kab || !pa) ? csub_conv2d_sparse_offsets(PyArray_DATA(c.colidx), c.nnz, d.C, d.H, d.W, d.R, d.S,
+                                                              stride, pad, foff)
+                                  : CSUB_ERR_NOMEM;
+        csub_pre pre = {pa ? F32(pa) : NULL, pb ? F32(pb) : NULL, kab, kab ? kab + c.nnz : NULL};
+        for (int64_t t = 0; !st && kab && t < c.nnz; t++) { /* each kept weight's input channel's */
+            int64_t ch = ((const int32_t *)PyArray_DATA(c.colidx))[t] / (d.R * d.S);
+            kab[t] = F32(pa)[ch], kab[c.nnz + t] = F32(pb)[ch];
+        }
         csub_spjit *code = !st && jit ? csub_conv2d_sparse_jit(PyArray_DATA(c.rowptr), foff, F32(c.values), d.C, d.H,
                                                                d.W, d.K, d.R, d.S, stride, pad) : NULL;
         if (!st && code)
             st = csub_conv2d_sparse_forward_jit(F32(x), code, OPT_F32(b), F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S,
-                                                stride, pad, OPT_F32(res), relu, NULL, 0);
+                                                stride, pad, OPT_F32(res), relu, pa ? &pre : NULL, NULL, 0);
         else if (!st)
             st = csub_conv2d_sparse_forward_planned(F32(x), PyArray_DATA(c.rowptr), foff, F32(c.values), OPT_F32(b),
                                                     F32(y), d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad,
-                                                    OPT_F32(res), relu, NULL, 0);
+                                                    OPT_F32(res), relu, pa ? &pre : NULL, NULL, 0);
         csub_spjit_free(code);
         free(foff);
+        free(kab);
     } else {
         st = csub_conv2d_sparse_forward(F32(x), CSR_PTRS(c), OPT_F32(b), F32(y),
                                         d.N, d.C, d.H, d.W, d.K, d.R, d.S, stride, pad);
@@ -284,8 +303,10 @@ static PyObject *py_linear_sparse_backward(PyObject *self, PyObject *args, PyObj
 PyMethodDef csub_py_csr_methods[] = {
     M(csr_from_mask, "csr_from_mask(w[K,...], mask uint8) -> (rowptr int64[K+1], colidx int32[nnz], values float32[nnz])"),
     M(conv2d_sparse_forward, "conv2d_sparse_forward(x, rowptr, colidx, values, weight_shape, b=None, stride=1, padding=0, "
-                             "residual=None, relu=False, jit=False) -> y (+ residual, then the ReLU when relu; jit: the "
-                             "kept weights compiled to code where sparse_jit_available())"),
+                             "residual=None, relu=False, jit=False, pre_scale=None, pre_shift=None) -> y (+ residual, "
+                             "then the ReLU when relu; jit: the kept weights compiled to code where "
+                             "sparse_jit_available(); pre_scale, pre_shift [in_channels]: the layer reads "
+                             "max(0, x * pre_scale[c] + pre_shift[c]), padding=0 only)"),
     M(sparse_jit_available, "sparse_jit_available() -> bool: sparse convolutions can run as compiled code here "
                             "(x86-64 with AVX-512, at the instruction set level in use)"),
     M(conv2d_sparse_backward, "conv2d_sparse_backward(x, rowptr, colidx, values, weight_shape, dy, dw=None, db=None, "
