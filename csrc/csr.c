@@ -252,8 +252,8 @@ CSUB_VARIANTS(sp_gather, (float *out, int64_t L, const float *base, const int64_
               (out, L, base, off, v, T, init, r, relu))
 
 /* sp_gather with kept weight t reading max(0, base[off[t] + i] ka[t] + kb[t]) (csub_pre: a batch norm
- * and its ReLU applied to the input as it is read; the ReLU as the norm's: a NaN stays NaN) */
-/* a += vt * the transformed input vector at s, for kept weight t */
+ * and its ReLU applied to the input as it is read; the ReLU as the norm's: a NaN stays NaN), in 64- and
+ * 16-float vectors, then single floats. PRE_MADD: a += vt * the transformed input vector at s. */
 #define PRE_MADD(a, s, t)                          \
     do {                                            \
         vf u_ = vload(s) * ka[t] + kb[t];           \
@@ -261,9 +261,9 @@ CSUB_VARIANTS(sp_gather, (float *out, int64_t L, const float *base, const int64_
         (a) += vt * u_;                             \
     } while (0)
 static CSUB_ALWAYS_INLINE void sp_gather_pre_portable_body(float *out, int64_t L, const float *base,
-                                                  const int64_t *restrict off, const float *restrict v,
-                                                  const float *restrict ka, const float *restrict kb, int64_t T,
-                                                  float init, const float *r, int relu)
+                                                           const int64_t *restrict off, const float *restrict v,
+                                                           const float *restrict ka, const float *restrict kb,
+                                                           int64_t T, float init, const float *r, int relu)
 {
     int64_t i0 = 0;
     for (; i0 + 64 <= L; i0 += 64) {
@@ -313,7 +313,7 @@ CSUB_VARIANTS(sp_gather_pre_portable, (float *out, int64_t L, const float *base,
               (out, L, base, off, v, ka, kb, T, init, r, relu))
 
 #if CSUB_X86
-/* sp_gather_pre_body, AVX-512: per input vector a load, the transform's multiply-add, a max (vmaxps
+/* sp_gather_pre_portable_body, AVX-512: per input vector a load, the transform's multiply-add, a max (vmaxps
  * returns its second operand where either is NaN: a NaN stays, as the norm's ReLU keeps it; -0 for -0,
  * where the norm writes +0, the same sums) and the product's multiply-add: three vector operations where
  * the portable form's compare and blend took four or five */
@@ -366,7 +366,6 @@ CSUB_TARGET_AVX512 static void sp_gather_pre_avx512(float *out, int64_t L, const
                                                 relu);
 }
 #endif
-
 
 /* sp_gather_pre_portable_body, or its AVX-512 form */
 static void sp_gather_pre(float *out, int64_t L, const float *base, const int64_t *restrict off, const float *restrict v,
