@@ -72,6 +72,17 @@ const char *csub_strerror(int code)
     }
 }
 
+/* Float operations per image of a conv or linear op at the current alpha (its kept weights in the
+ * unstructured regime), 0 for any other op */
+int64_t csub_rt_op_flops(const csub_model *m, const op_t *op)
+{
+    if (op->kind != OP_CONV && op->kind != OP_LINEAR) return 0;
+    int64_t cols = op->kind == OP_CONV ? op->ain * op->k * op->k : op->ain, macs = op->aout * cols;
+    shape3 o = m->vshape[op->y];
+    if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0) macs = csub_topk_count(op->w.n, m->keep);
+    return 2 * macs * o.h * o.w;
+}
+
 const char *csub_model_error(const csub_model *m)
 {
     return m ? m->err : "no model";
@@ -102,9 +113,6 @@ void csub_model_info(const csub_model *m, csub_model_desc *d)
         const op_t *op = &m->ops[i];
         if (op->kind == OP_CONV || op->kind == OP_LINEAR) {
             int64_t kk = op->k * op->k, cols = op->kind == OP_CONV ? op->ain * kk : op->ain;
-            shape3 o = m->vshape[op->y];
-            int64_t macs = op->aout * cols;
-            if (m->regime == REG_UNSTRUCTURED && op->compress && m->keep < 1.0) macs = csub_topk_count(op->w.n, m->keep);
             if (op->path == PATH_INT8) {
                 wb += csub_qweight_bytes(&op->qw);
             } else { /* a layer between the two crossovers holds both forms */
@@ -115,7 +123,7 @@ void csub_model_info(const csub_model *m, csub_model_desc *d)
             if (op->wd) wb += 4 * csub_conv3x3_packed_len(op->aout, op->ain); /* the direct kernel's copy */
             if (op->ww) wb += 4 * csub_winograd_packed_len(op->aout, op->ain, op->wm); /* Winograd's transform */
             if (op->ba) wb += 4 * op->aout;
-            flops += 2 * macs * o.h * o.w;
+            flops += csub_rt_op_flops(m, op);
         } else if (op->kind == OP_NORM) {
             wb += 4 * 2 * op->ain + (op->bn ? 8 * op->c : 0);
         }

@@ -392,6 +392,11 @@ int csub_model_set_alpha(csub_model *m, double alpha)
     csub_model_desc d;
     csub_model_info(m, &d);
     m->flops = d.flops; /* per image at this alpha: whether a small batch splits (runtime_exec.c) */
+    double gather = 0.0; /* the float operations of the sparse convs on csr.c's gather kernels */
+    for (int i = 0; i < m->nops; i++)
+        if (m->ops[i].kind == OP_CONV && m->ops[i].path == PATH_SPARSE && !m->ops[i].spj)
+            gather += (double)csub_rt_op_flops(m, &m->ops[i]);
+    m->chunk = gather >= RT_CHUNK1_GATHER * (double)m->flops && m->flops > 0 ? 1 : RT_CHUNK;
     int st = fuse_pre(m);
     if (st) return st;
     m->ready = 1;

@@ -205,11 +205,11 @@ static int forward_threads(csub_model *m, const float *input, int64_t batch, flo
     } else {
         if (nt > m->nws) nt = m->nws;
         for (int t = 0; t < nt; t++)
-            if (csub_rt_ws_ensure(m, &m->ws[t], RT_CHUNK, 1)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for the workspace");
-        /* chunks of RT_CHUNK images, or fewer where that leaves a thread without one (a batch of 2
+            if (csub_rt_ws_ensure(m, &m->ws[t], m->chunk, 1)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for the workspace");
+        /* chunks of m->chunk images, or fewer where that leaves a thread without one (a batch of 2
          * on 2 threads ran as one chunk, on one thread) */
         int64_t per = m->in_c * m->in_h * m->in_w, share = (batch + nt - 1) / nt;
-        int64_t ch = share < RT_CHUNK ? share : RT_CHUNK, nchunks = (batch + ch - 1) / ch;
+        int64_t ch = share < m->chunk ? share : m->chunk, nchunks = (batch + ch - 1) / ch;
         #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (int64_t c = 0; c < nchunks; c++) {
             int64_t i0 = c * ch, n = batch - i0 < ch ? batch - i0 : ch;

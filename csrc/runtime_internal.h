@@ -49,9 +49,17 @@ typedef struct workspace {
 #define RT_MAX_BATCH ((int64_t)1 << 24) /* images per forward */
 #define DIM_MAX ((int64_t)1 << 24)
 #define VALUE_MAX ((int64_t)1 << 32) /* values per image of one tensor of the graph */
-/* Images per thread and call in the image-parallel mode: a few images keep
- * every activation of the network in the thread's cache. */
+/* Images per thread and call in the image-parallel mode (m->chunk, set_alpha): a few images
+ * keep every activation of the network in the thread's cache. RT_CHUNK, where dense kernels (each
+ * weight read once for the chunk) and compiled sparse code (decoded once for it) do most of the
+ * work; one image where the gather kernels of csr.c do at least RT_CHUNK1_GATHER of the float
+ * operations: they gain nothing from a second image and their layers' activations then stay in L2.
+ * Measured with benchmarks/bench_runtime_ab.py, one image against two (several runs, the machine's
+ * noise a few percent): cPreResNet20 90 % sparse (the 1x1 layers on the gather kernels, half the
+ * float operations) with batch norm at batch 64 1.005-1.063x, at 16 0.99-1.05x, with group norm
+ * 0.95-1.05x; dense 0.93-0.97x; ResNet18, dense and 90 % sparse (its 3x3 layers as code), 0.93-0.98x. */
 #define RT_CHUNK 2
+#define RT_CHUNK1_GATHER 0.25
 
 enum { OP_CONV, OP_LINEAR, OP_NORM, OP_RELU, OP_MAXPOOL, OP_AVGPOOL, OP_GAP, OP_FLATTEN, OP_ADD, OP_ALIAS };
 enum { REG_NONE, REG_UNSTRUCTURED, REG_STRUCTURED, REG_QUANTIZED };
@@ -145,6 +153,7 @@ struct csub_model {
     int winograd;                /* Winograd for the dense 3x3 stride-1 convs that pay (CSUB_WINOGRAD, at set_alpha) */
     int sparse_jit;              /* sparse convs as code where it can be made (CSUB_SPARSE_JIT, at set_alpha) */
     int pre_fuse;                /* batch norms fused into the sparse layers that read them (CSUB_PRE_FUSE) */
+    int chunk;                   /* images per chunk of the image-parallel mode (RT_CHUNK or 1, set_alpha) */
 };
 
 #define MFAIL(m, code, ...) csub_fail((m)->err, sizeof (m)->err, code, __VA_ARGS__)
@@ -176,7 +185,8 @@ void csub_rt_free_materialised(op_t *op);
 /* runtime_exec.c: a batch of N images runs image-parallel on nt threads */
 int csub_rt_image_parallel(const csub_model *m, int64_t N, int nt);
 
-/* runtime.c: a monotonic clock in milliseconds */
+/* runtime.c: a monotonic clock in milliseconds; a conv or linear op's float operations per image */
 double csub_rt_now_ms(void);
+int64_t csub_rt_op_flops(const csub_model *m, const op_t *op);
 
 #endif /* CSUB_RUNTIME_INTERNAL_H */

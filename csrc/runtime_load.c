@@ -318,6 +318,7 @@ static csub_model *new_model(void)
     if (m) {
         m->crossover = RT_SPARSE_CROSSOVER;
         m->crossover_split = RT_SPARSE_CROSSOVER_SPLIT;
+        m->chunk = RT_CHUNK;
     }
     return m;
 }

@@ -110,8 +110,8 @@ int64_t csub_model_memory(const csub_model *m, int64_t batch)
     for (int s = 0; s < m->nslots; s++) act += m->slot_size[s];
     int nt = csub_get_num_threads() < m->nws ? csub_get_num_threads() : m->nws;
     int par = csub_rt_image_parallel(m, batch, nt);
-    int64_t images = par ? (int64_t)nt * RT_CHUNK : batch, sp; /* buffers held at once */
-    if (par && csub_mul_overflow(sp_work(m, RT_CHUNK, 1), nt, &sp)) return -1;
+    int64_t images = par ? (int64_t)nt * m->chunk : batch, sp; /* buffers held at once */
+    if (par && csub_mul_overflow(sp_work(m, m->chunk, 1), nt, &sp)) return -1;
     if (!par) sp = sp_work(m, batch, nt); /* the CSR convolutions' planes */
     if (csub_mul_overflow(act, images, &act) || __builtin_add_overflow(act, sp, &act)
         || csub_mul_overflow(act, 4, &act) || __builtin_add_overflow(act, d.subspace_bytes + d.weight_bytes, &act))
