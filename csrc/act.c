@@ -315,7 +315,12 @@ CSUB_VARIANTS(gap_pre_row, (const float *x, float a, float b, int64_t HW, float 
  * its ReLU (the runtime's fusion, csub_pre), their values never stored */
 void csub_gap_pre_forward(const float *x, const float *a, const float *b, float *y, int64_t N, int64_t C, int64_t HW)
 {
-    #pragma omp parallel for num_threads(csub_get_num_threads()) schedule(static) if (N * C * HW > CSUB_PAR_MIN)
+    int nt = N * C * HW > CSUB_PAR_MIN ? csub_get_num_threads() : 1;
+    if (nt == 1) { /* no parallel region: it would cost more than the sums (csub_conv2d_sparse_forward_planned) */
+        for (int64_t i = 0; i < N * C; i++) gap_pre_row(x + i * HW, a[i % C], b[i % C], HW, y + i);
+        return;
+    }
+    #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < N * C; i++) gap_pre_row(x + i * HW, a[i % C], b[i % C], HW, y + i);
 }
 

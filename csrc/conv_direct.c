@@ -326,6 +326,13 @@ int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const 
     float *work = malloc(bytes);
     if (!work) return CSUB_ERR_NOMEM;
     int64_t KPQ = K * P * Q, CHW = C * H * W;
+    if (nt == 1) { /* no parallel region (csub_conv2d_sparse_forward_planned) */
+        for (int64_t n = 0; n < N; n++)
+            conv_band(x + n * CHW, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, C, H, W, K, stride, P, Q, 0,
+                      P, work);
+        free(work);
+        return CSUB_OK;
+    }
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num();

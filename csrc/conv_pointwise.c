@@ -166,6 +166,11 @@ void csub_conv1x1_forward(const float *x, const float *w, const float *b, const 
     if (split && (HW < 16 * nt || (double)K * (double)HW * (double)C < CSUB_PAR_MIN_CONV)) nt = 1, split = 0;
     if (!split && nt > N) nt = (int)N;
     int64_t KHW = K * HW, CHW = C * HW;
+    if (nt == 1) { /* no parallel region (csub_conv2d_sparse_forward_planned) */
+        for (int64_t n = 0; n < N; n++)
+            image(x + n * CHW, w, b, res ? res + n * KHW : NULL, relu, y + n * KHW, C, K, HW, 0, HW);
+        return;
+    }
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();

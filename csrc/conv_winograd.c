@@ -540,6 +540,11 @@ int csub_winograd_forward(const float *x, const float *u, const float *b, const 
     if (csub_bytes_overflow(per * nt, sizeof(float), &bytes)) return CSUB_ERR_NOMEM;
     float *work = malloc(bytes);
     if (!work) return CSUB_ERR_NOMEM;
+    if (nt == 1) { /* every tile and channel, no parallel region (csub_conv2d_sparse_forward_planned) */
+        run_tiles(x, u, b, res, relu, y, C, H, W, K, &g, 0, T, 0, nkb, work);
+        free(work);
+        return CSUB_OK;
+    }
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T_ = omp_get_num_threads();

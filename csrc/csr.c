@@ -905,6 +905,20 @@ static void zero_slack(const geom *g, float *work, int64_t pf, int copies)
         memset(work + pf * u + g->nplanes * g->plane, 0, sizeof(float) * (size_t)(pf - g->nplanes * g->plane));
 }
 
+/* Images [n0, n1) whole on one thread: their planes laid out in pl (NULL: x read in place), then the rows */
+static void fwd_images(const geom *g, const flay *f, const int64_t *bp, const int64_t *foff, const float *values,
+                       const float *b, const float *x, const float *res, int relu, float *y, float *pl, float *wt,
+                       int round, int64_t n0, int64_t n1)
+{
+    int64_t PQ = g->P * g->Q;
+    for (int64_t n = n0; n < n1; n++) {
+        const float *xn = x + n * g->C * g->H * g->W;
+        if (pl) build_planes(g, xn, pl, 0, g->C, 0, g->Hph);
+        fwd_rows(g, f, bp, foff, values, b, pl ? pl : xn, res ? res + n * g->K * PQ : NULL, relu, y + n * g->K * PQ, wt,
+                 round, 0, g->K, 0, g->P);
+    }
+}
+
 int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, const int64_t *foff,
                                        const float *values, const float *b, float *y,
                                        int64_t N, int64_t C, int64_t H, int64_t W,
@@ -943,6 +957,13 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
     const int64_t *bp = cbp ? cbp : rowptr; /* one block: row k's are [rowptr[k], rowptr[k + 1]) */
     float *wides = work + pf * nt;
     zero_slack(&g, work, pf, outer || bands ? nt : 1);
+    if (nt == 1) { /* no parallel region: one costs 0.2-0.3 us, a layer of a compressed network at batch 1
+                    * a few us (and the runtime calls it once per image or two: runtime_internal.h, RT_CHUNK) */
+        fwd_images(&g, &f, bp, foff, values, b, x, res, relu, y, pf ? work : NULL, wides, round, 0, N);
+        free(own);
+        free(cbp);
+        return CSUB_OK;
+    }
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -950,13 +971,7 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
         if (outer) {
             int64_t n0, n1;
             split(N, t, T, &n0, &n1);
-            float *pl = pf ? work + pf * t : NULL;
-            for (int64_t n = n0; n < n1; n++) {
-                const float *xn = x + n * C * H * W;
-                if (pl) build_planes(&g, xn, pl, 0, C, 0, g.Hph);
-                const float *rn = res ? res + n * K * PQ : NULL;
-                fwd_rows(&g, &f, bp, foff, values, b, pl ? pl : xn, rn, relu, y + n * K * PQ, wt, round, 0, K, 0, g.P);
-            }
+            fwd_images(&g, &f, bp, foff, values, b, x, res, relu, y, pf ? work + pf * t : NULL, wt, round, n0, n1);
         } else {
             int64_t lo, hi, p0, p1;
             csub_row_band(g.P, t, T, &p0, &p1);
@@ -1130,6 +1145,21 @@ static void jit_chunk_share(const geom *g, const csub_spjit *j, const float *b, 
     if (c1 < nc && r1 > 0) jit_rows(g, j, b, planes, resn, relu, yn, wide, B, ld, c1, c1 + 1, 0, r1, 1, 0, 0, 0);
 }
 
+/* Images [n0, n1) whole on one thread, G at a time: their planes laid out in pl (pf floats apart), then the
+ * code over their rows (wide rows in wg, wf floats apart) */
+static void jit_images(const geom *g, const csub_spjit *j, const float *b, const float *x, const float *res, int relu,
+                       float *y, float *pl, float *wg, int64_t B, int64_t ld, int64_t pf, int64_t wf, int64_t G,
+                       int64_t n0, int64_t n1)
+{
+    int64_t PQ = g->P * g->Q, CHW = g->C * g->H * g->W;
+    for (int64_t n = n0; n < n1; n += G) {
+        int64_t ni = n1 - n < G ? n1 - n : G;
+        for (int64_t i = 0; i < ni; i++) build_planes(g, x + (n + i) * CHW, pl + pf * i, 0, g->C, 0, g->Hph);
+        jit_rows(g, j, b, pl, res ? res + n * g->K * PQ : NULL, relu, y + n * g->K * PQ, wg, B, ld, 0,
+                 csub_spjit_chunks(j), 0, g->P, ni, pf, wf, g->K * PQ);
+    }
+}
+
 int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const float *b, float *y, int64_t N,
                                    int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride,
                                    int64_t pad, const float *res, int relu, const csub_pre *pre, float *work,
@@ -1158,6 +1188,11 @@ int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const fl
     work = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     float *wides = work + pf * nt * G;
     zero_slack(&g, work, pf, outer || bands ? (int)(nt * G) : 1);
+    if (nt == 1) { /* no parallel region (csub_conv2d_sparse_forward_planned) */
+        jit_images(&g, j, b, x, res, relu, y, work, wides, B, ld, pf, wf, G, 0, N);
+        free(own);
+        return CSUB_OK;
+    }
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -1165,13 +1200,7 @@ int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const fl
         if (outer) {
             int64_t n0, n1;
             split(N, t, T, &n0, &n1);
-            float *pl = work + pf * G * t, *wg = wides + wf * G * t;
-            for (int64_t n = n0; n < n1; n += G) {
-                int64_t ni = n1 - n < G ? n1 - n : G;
-                for (int64_t i = 0; i < ni; i++) build_planes(&g, x + (n + i) * C * H * W, pl + pf * i, 0, C, 0, g.Hph);
-                jit_rows(&g, j, b, pl, res ? res + n * K * PQ : NULL, relu, y + n * K * PQ, wg, B, ld, 0, nc, 0, g.P,
-                         ni, pf, wf, K * PQ);
-            }
+            jit_images(&g, j, b, x, res, relu, y, work + pf * G * t, wides + wf * G * t, B, ld, pf, wf, G, n0, n1);
         } else {
             int64_t p0, p1, c0, c1;
             csub_row_band(g.P, t, T, &p0, &p1); /* even shares of the rows, each in bands of B: 28 rows in
