@@ -905,6 +905,15 @@ static void zero_slack(const geom *g, float *work, int64_t pf, int copies)
         memset(work + pf * u + g->nplanes * g->plane, 0, sizeof(float) * (size_t)(pf - g->nplanes * g->plane));
 }
 
+void csub_pre_per_weight(const int32_t *colidx, int64_t nnz, int64_t RS, const float *a, const float *b, float *ka,
+                         float *kb)
+{
+    for (int64_t t = 0; t < nnz; t++) {
+        int64_t c = colidx[t] / RS;
+        ka[t] = a[c], kb[t] = b[c];
+    }
+}
+
 /* Images [n0, n1) whole on one thread: their planes laid out in pl (NULL: x read in place), then the rows */
 static void fwd_images(const geom *g, const flay *f, const int64_t *bp, const int64_t *foff, const float *values,
                        const float *b, const float *x, const float *res, int relu, float *y, float *pl, float *wt,

@@ -174,6 +174,9 @@ int csub_conv2d_sparse_offsets(const int32_t *colidx, int64_t nnz, int64_t C, in
 typedef struct {
     const float *a, *b, *ka, *kb;
 } csub_pre;
+/* ka[t], kb[t] = a[c], b[c] for kept weight t of columns colidx (c = colidx[t] / RS, RS the taps per channel) */
+void csub_pre_per_weight(const int32_t *colidx, int64_t nnz, int64_t RS, const float *a, const float *b, float *ka,
+                         float *kb);
 /* The global average pool of such a transformed input (act.c): y[N,C] = the mean of max(0, x a[c] + b[c]) */
 void csub_gap_pre_forward(const float *x, const float *a, const float *b, float *y, int64_t N, int64_t C, int64_t HW);
 int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,

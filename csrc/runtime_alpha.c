@@ -315,10 +315,7 @@ static int fuse_pre(csub_model *m)
             if (op->kind != OP_CONV || op->k != 1 || op->stride != 1) continue;
             /* read in place: the transform per kept weight, of its input channel */
             if (!(op->pre_k = falloc(2 * op->nnz))) { free(root); return MFAIL(m, CSUB_ERR_NOMEM, "out of memory"); }
-            for (int64_t t = 0; t < op->nnz; t++) {
-                int64_t c = op->colidx[t];
-                op->pre_k[t] = nm->pre_ab[c], op->pre_k[op->nnz + t] = nm->pre_ab[C + c];
-            }
+            csub_pre_per_weight(op->colidx, op->nnz, 1, nm->pre_ab, nm->pre_ab + C, op->pre_k, op->pre_k + op->nnz);
         }
     }
     free(root);

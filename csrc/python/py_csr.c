@@ -203,10 +203,8 @@ static PyObject *py_conv2d_sparse_forward(PyObject *self, PyObject *args, PyObje
                                                               stride, pad, foff)
                                   : CSUB_ERR_NOMEM;
         csub_pre pre = {pa ? F32(pa) : NULL, pb ? F32(pb) : NULL, kab, kab ? kab + c.nnz : NULL};
-        for (int64_t t = 0; !st && kab && t < c.nnz; t++) { /* each kept weight's input channel's */
-            int64_t ch = ((const int32_t *)PyArray_DATA(c.colidx))[t] / (d.R * d.S);
-            kab[t] = F32(pa)[ch], kab[c.nnz + t] = F32(pb)[ch];
-        }
+        if (!st && kab)
+            csub_pre_per_weight(PyArray_DATA(c.colidx), c.nnz, d.R * d.S, F32(pa), F32(pb), kab, kab + c.nnz);
         csub_spjit *code = !st && jit ? csub_conv2d_sparse_jit(PyArray_DATA(c.rowptr), foff, F32(c.values), d.C, d.H,
                                                                d.W, d.K, d.R, d.S, stride, pad) : NULL;
         if (!st && code)
