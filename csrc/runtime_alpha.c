@@ -335,6 +335,9 @@ int csub_model_set_alpha(csub_model *m, double alpha)
     m->sparse_jit = !(jit && !strcmp(jit, "0"));
     const char *pre = getenv("CSUB_PRE_FUSE"); /* "0": every batch norm runs as its own pass */
     m->pre_fuse = !(pre && !strcmp(pre, "0"));
+    const char *bands = getenv("CSUB_BANDS"); /* "0": one image never runs as row bands */
+    m->bands = !(bands && !strcmp(bands, "0"));
+    m->band_nt = 0; /* the band plan is remade for this alpha */
     m->alpha = alpha;
     m->keep = m->regime == REG_UNSTRUCTURED ? alpha : 1.0;
     m->width = m->regime == REG_STRUCTURED ? m->w_lo + (m->w_hi - m->w_lo) * alpha : 1.0;

@@ -1,0 +1,239 @@
+/* runtime_bands.c - one image on several threads as row bands (the overview: runtime.c).
+ *
+ * A forward of one image on nt threads whose layers are too small to split one by one
+ * (RT_SPLIT_MIN_FLOPS: each layer's halves would be read by the other core in the next layer)
+ * runs instead as nt bands of rows: thread t holds rows [H t / nt, H (t + 1) / nt) of every
+ * value of H rows (csub_row_band), in buffers of its own (its workspace), and runs every layer up
+ * to the global average pool on its rows alone. Only two things cross between the cores:
+ *   - before a 3x3 conv, the rows next to a band: each thread copies its first and last row of the
+ *     conv's input to a buffer of its own (band_buf, one place per conv, never reused within the
+ *     forward), all threads meet at a barrier, and the conv reads the row above its band and the
+ *     row below from its neighbours' copies (csub_rows);
+ *   - at the pool, each band's per-channel sums: the threads meet, and thread 0 adds them and runs
+ *     the layers after the pool (the classifier) alone.
+ * A 1x1 conv, a batch norm, a ReLU and an add read only the thread's own rows: a stride-2 1x1 conv
+ * needs its input band to start at twice its output band's first row, as a 32-row value split
+ * in halves does.
+ *
+ * The plan (band_plan) checks every layer before the pool is one of those: a dense conv on the
+ * direct or Winograd 3x3 kernels or a 1x1 one, a batch norm (a group norm needs the whole plane's
+ * statistics), a ReLU, an add; one global average pool, then only layers on its output; every
+ * value at least nt rows. Any other graph runs as before. CSUB_BANDS=0 in the environment at
+ * set_alpha turns the bands off.
+ *
+ * Results: the direct kernels compute the same bits as on the whole image; Winograd tiles start
+ * at the band's first row, and the pool adds the bands' sums: a few float32 roundings
+ * (tests/test_bands.py).
+ */
+#include <string.h>
+
+#include <omp.h>
+
+#include "runtime_internal.h"
+
+/* op i's conv kernel on bands: 3 (direct or Winograd 3x3), 1 (1x1, no padding), 0 (none) */
+static int band_conv(const csub_model *m, const op_t *op)
+{
+    if (op->kind != OP_CONV || op->path != PATH_DENSE || op->pre >= 0) return 0;
+    if (op->ww || op->wd) return 3;
+    return op->k == 1 && op->pad == 0 && !op->oscale && m->fold ? 1 : 0;
+}
+
+/* Whether the graph runs as nt row bands (the file's comment lists what it takes); sets the pool's
+ * op *gap, each 3x3 conv's place for its halo rows halo[op] (halo may be NULL), where the band's
+ * sums go (*sums) and the floats of a thread's part of band_buf (*part) */
+static int band_check(const csub_model *m, int nt, int64_t *halo, int *gap, int64_t *sums, int64_t *part)
+{
+    int g = -1;
+    int64_t off = 0;
+    for (int i = 0; i < m->nops; i++) {
+        const op_t *op = &m->ops[i];
+        shape3 s = m->vshape[op->x], o = m->vshape[op->y];
+        if (halo) halo[i] = -1;
+        if (g >= 0) { /* after the pool: layers on its output only */
+            if (s.h != 1 || s.w != 1 || op->kind == OP_GAP || op->x2 >= 0) return 0;
+            continue;
+        }
+        if (s.h < nt || (op->kind != OP_GAP && o.h < nt)) return 0;
+        switch (op->kind) {
+        case OP_CONV: {
+            int k = band_conv(m, op);
+            if (!k || (k == 1 && m->vslot[op->x] < 0)) return 0; /* a 1x1 conv reads its rows of a band buffer */
+            for (int t = 0; t < nt; t++) {
+                int64_t a0, a1, p0, p1;
+                csub_row_band(s.h, t, nt, &a0, &a1);
+                csub_row_band(o.h, t, nt, &p0, &p1);
+                if (k == 1 && (a0 != p0 * op->stride || csub_conv_out_size(a1 - a0, 1, op->stride, 0) != p1 - p0))
+                    return 0;
+                csub_rows r = {NULL, NULL, NULL, a0, a1, 0};
+                r.up = t > 0 ? (const float *)m : NULL; /* held: the neighbours' rows (any non-NULL) */
+                r.dn = t < nt - 1 ? (const float *)m : NULL;
+                if (k == 3 && m->vslot[op->x] >= 0 && !csub_rows_cover(&r, s.h, op->stride, p0, p1)) return 0;
+            }
+            if (k == 3 && m->vslot[op->x] >= 0) {
+                if (halo) halo[i] = off;
+                off += 2 * s.c * s.w;
+            }
+            break;
+        }
+        case OP_NORM:
+            if (!op->bn) return 0;
+            if (op->pre_fused) /* applied by its readers: the pool only */
+                for (int j = i + 1; j < m->nops; j++)
+                    if (m->ops[j].pre == i && m->ops[j].kind != OP_GAP) return 0;
+            break;
+        case OP_GAP:
+            g = i;
+            *sums = off; /* the band's sums */
+            off += s.c;
+            break;
+        case OP_RELU: case OP_ADD: case OP_ALIAS: case OP_FLATTEN:
+            break;
+        default:
+            return 0;
+        }
+    }
+    if (g < 0) return 0;
+    *gap = g;
+    *part = (off + 1023) / 1024 * 1024; /* each thread's part on pages of its own */
+    return 1;
+}
+
+/* The plan for nt threads, made once per set_alpha and thread count: whether the graph runs as row
+ * bands, and band_buf. CSUB_OK or CSUB_ERR_NOMEM. */
+static int band_plan(csub_model *m, int nt)
+{
+    if (m->band_nt == nt) return CSUB_OK;
+    free(m->band_buf);
+    m->band_buf = NULL;
+    m->band_ok = 0;
+    if (!m->band_halo && !(m->band_halo = xcalloc((size_t)m->nops, sizeof(int64_t)))) return CSUB_ERR_NOMEM;
+    if (band_check(m, nt, m->band_halo, &m->band_gap, &m->band_sums, &m->band_part)) {
+        if (!(m->band_buf = falloc(m->band_part * nt))) return CSUB_ERR_NOMEM;
+        m->band_ok = 1;
+    }
+    m->band_nt = nt;
+    return CSUB_OK;
+}
+
+int64_t csub_rt_bands_floats(const csub_model *m, int64_t batch, int nt)
+{
+    int g;
+    int64_t sums, part;
+    if (!m->bands || batch != 1 || nt < 2 || !band_check(m, nt, NULL, &g, &sums, &part)) return 0;
+    return part * nt;
+}
+
+int csub_rt_bands_apply(csub_model *m, int64_t batch, int nt)
+{
+    if (!m->bands || batch != 1 || nt < 2) return 0;
+    if (csub_rt_ws_reserve(m, nt) || band_plan(m, nt)) return 0; /* out of memory for the plan: run as before */
+    return m->band_ok;
+}
+
+/* Op i (before the pool) on thread t's rows: its kernel on the band, for a 3x3 conv with the rows
+ * its neighbours pushed */
+static int band_op(const csub_model *m, const workspace *w, const float *input, int i, int t, int nt)
+{
+    const op_t *op = &m->ops[i];
+    shape3 s = m->vshape[op->x], o = m->vshape[op->y];
+    int64_t C = m->vc[op->x], a0, a1, p0, p1;
+    csub_row_band(s.h, t, nt, &a0, &a1);
+    csub_row_band(o.h, t, nt, &p0, &p1);
+    int64_t n = (a1 - a0) * s.w; /* values per channel of the band */
+    const float *x = csub_rt_value(m, w, input, op->pre >= 0 ? m->ops[op->pre].x : op->x);
+    float *y = csub_rt_value(m, w, input, op->y);
+    switch (op->kind) {
+    case OP_CONV: {
+        const float *b = op->bias ? op->ba : NULL, *res = op->x2 >= 0 ? csub_rt_value(m, w, input, op->x2) : NULL;
+        if (band_conv(m, op) == 1)
+            return csub_conv2d_forward_fused(x, op->wa, b, res, op->relu, y, 1, C, a1 - a0, s.w, op->aout, 1, 1,
+                                             op->stride, 0);
+        csub_rows r = {x, NULL, NULL, 0, s.h, s.h * s.w}; /* the input image: every row */
+        if (m->vslot[op->x] >= 0) {
+            const float *hb = m->band_buf + m->band_halo[i];
+            r = (csub_rows){x, t > 0 ? hb + (t - 1) * m->band_part + C * s.w : NULL,
+                            t < nt - 1 ? hb + (t + 1) * m->band_part : NULL, a0, a1, n};
+        }
+        if (op->ww)
+            return csub_winograd_forward_rows(&r, op->ww, b, res, op->relu, y, C, s.h, s.w, op->aout, op->wm, p0, p1);
+        return csub_conv3x3_forward_rows(&r, op->wd, b, res, op->relu, y, C, s.h, s.w, op->aout, op->stride, p0, p1);
+    }
+    case OP_NORM:
+        if (!op->pre_fused)
+            csub_batchnorm_infer(x, op->ga, op->ba, op->rmean, op->rvar, y, 1, C, a1 - a0, s.w, op->eps, op->relu);
+        break;
+    case OP_RELU:
+        csub_relu_forward(x, y, C * n);
+        break;
+    case OP_ADD:
+        csub_add_nchw(x, csub_rt_value(m, w, input, op->x2), y, 1, C, a1 - a0, s.w);
+        break;
+    case OP_GAP: { /* this band's sums */
+        const op_t *nm = op->pre >= 0 ? &m->ops[op->pre] : NULL;
+        csub_gap_sum(x, nm ? nm->pre_ab : NULL, nm ? nm->pre_ab + C : NULL, m->band_buf + t * m->band_part + m->band_sums,
+                     C, n, n);
+        break;
+    }
+    default: /* alias, flatten: the same buffer */
+        break;
+    }
+    return CSUB_OK;
+}
+
+/* Thread t's first and last row of op i's input, for its neighbours */
+static void push_rows(const csub_model *m, const workspace *w, int i, int t, int nt)
+{
+    const op_t *op = &m->ops[i];
+    shape3 s = m->vshape[op->x];
+    int64_t C = m->vc[op->x], a0, a1;
+    csub_row_band(s.h, t, nt, &a0, &a1);
+    const float *x = csub_rt_value(m, w, NULL, op->x);
+    float *first = m->band_buf + t * m->band_part + m->band_halo[i], *last = first + C * s.w;
+    for (int64_t c = 0; c < C; c++) {
+        const float *xc = x + c * (a1 - a0) * s.w;
+        memcpy(first + c * s.w, xc, sizeof(float) * (size_t)s.w);
+        memcpy(last + c * s.w, xc + (a1 - a0 - 1) * s.w, sizeof(float) * (size_t)s.w);
+    }
+}
+
+int csub_rt_bands_forward(const csub_model *m, const float *input, float *output, int nt, int *failed)
+{
+    int st = CSUB_OK, bad = -1, g = m->band_gap;
+    #pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), cap = csub_threads_cap(1); /* the kernels inside: no region of their own */
+        const workspace *w = &m->ws[t];
+        for (int i = 0; i <= g; i++) { /* every thread meets every barrier, failed or not */
+            int s2;
+            #pragma omp atomic read
+            s2 = st;
+            if (m->band_halo[i] >= 0) {
+                if (!s2) push_rows(m, w, i, t, nt);
+                #pragma omp barrier
+            }
+            if (s2 || (s2 = band_op(m, w, input, i, t, nt)) == CSUB_OK) continue;
+            #pragma omp critical(csub_runtime_error)
+            if (!st) { st = s2; bad = i; }
+        }
+        #pragma omp barrier
+        if (t == 0 && !st) { /* the pool from the bands' sums, then the layers after it */
+            const op_t *op = &m->ops[g];
+            shape3 s = m->vshape[op->x];
+            int64_t C = m->vc[op->x];
+            float *y = csub_rt_value(m, w, input, op->y);
+            const float *part = m->band_buf + m->band_sums;
+            for (int64_t c = 0; c < C; c++) {
+                float sum = part[c];
+                for (int u = 1; u < nt; u++) sum += part[u * m->band_part + c];
+                y[c] = sum / (float)(s.h * s.w);
+            }
+            for (int i = g + 1; i < m->nops && !st; i++)
+                if ((st = csub_rt_run_op(m, w, input, 1, 0, i))) bad = i;
+            if (!st) memcpy(output, csub_rt_value(m, w, input, m->out_val), sizeof(float) * (size_t)m->classes);
+        }
+        csub_threads_cap(cap);
+    }
+    *failed = bad;
+    return st;
+}
