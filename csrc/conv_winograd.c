@@ -506,12 +506,17 @@ static void run_tiles(const csub_rows *x, int64_t xn, const float *u, const floa
  *   traffic of the other work), F(2x2) (16 C K floats) 1.25-2.06x; at batch 2 F(4x4) 1.19-2.12x,
  *   F(2x2) 1.40-1.72x. F(2x2) where a plane has at most 4 tiles and the F(4x4) weight is larger
  *   than an L2 cache (2 MB): never slower than the direct kernel.
+ * - Planes of at most 2 F(4x4) tiles (cPreResNet20's 8 x 8 stage as the 4 x 8 row band of one of
+ *   two threads, or at 16 x 16 inputs its 4 x 4 stage), one image, one thread, microseconds per call
+ *   (direct, F(2x2), F(4x4)): 32 channels on 4 x 8 6.4, 5.6, 6.5; 64 on 4 x 8 16.5, 8.3, 12.9; 128 on
+ *   4 x 8 60.9, 26.8, 58.5; 64 on 4 x 4 12.3, 7.0, 8.2; 256 on 4 x 4 167.5, 135.6, 290.2 (64 on 8 x 8,
+ *   4 tiles: 27.3, 17.9, 13.7). F(2x2).
  * Returns the tile size m, or 0 for the direct kernel. */
 int csub_winograd_pays(int64_t C, int64_t K, int64_t H, int64_t W)
 {
     if (C < 32 || K < 32) return 0;
     int64_t tiles = ((H + 3) / 4) * ((W + 3) / 4);
-    return tiles <= 4 && 36.0 * (double)C * (double)K * 4.0 > 2097152.0 ? 2 : 4;
+    return tiles <= 2 || (tiles <= 4 && 36.0 * (double)C * (double)K * 4.0 > 2097152.0) ? 2 : 4;
 }
 
 /* Tiles per block by default: three groups of the AVX-512 products' 12. Measured on ResNet18's

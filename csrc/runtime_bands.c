@@ -21,6 +21,10 @@
  * value at least nt rows. Any other graph runs as before. CSUB_BANDS=0 in the environment at
  * set_alpha turns the bands off.
  *
+ * A Winograd conv runs on a band's plane with the tile size csub_winograd_pays picks for it (F(2x2)
+ * where a band has at most 2 tiles of F(4x4), as cPreResNet20's 8 x 8 stage halved): its weight is
+ * transformed a second time where that differs from the whole image's (op->wwb, at the plan).
+ *
  * Results: the direct kernels compute the same bits as on the whole image; Winograd tiles start
  * at the band's first row, and the pool adds the bands' sums: a few float32 roundings
  * (tests/test_bands.py).
@@ -99,17 +103,37 @@ static int band_check(const csub_model *m, int nt, int64_t *halo, int *gap, int6
     return 1;
 }
 
+/* The tile size of a Winograd conv's Winograd on nt threads' bands where it differs from the whole
+ * image's (csub_winograd_pays of the tallest band), else 0 */
+static int band_wm(const csub_model *m, const op_t *op, int nt)
+{
+    if (!op->ww) return 0;
+    shape3 s = m->vshape[op->x];
+    int wm = csub_winograd_pays(op->ain, op->aout, (s.h + nt - 1) / nt, s.w);
+    return wm && wm != op->wm ? wm : 0;
+}
+
 /* The plan for nt threads, made once per set_alpha and thread count: whether the graph runs as row
- * bands, and band_buf. CSUB_OK or CSUB_ERR_NOMEM. */
+ * bands, band_buf, and the Winograd weights the bands' planes take. CSUB_OK or CSUB_ERR_NOMEM. */
 static int band_plan(csub_model *m, int nt)
 {
     if (m->band_nt == nt) return CSUB_OK;
     free(m->band_buf);
     m->band_buf = NULL;
     m->band_ok = 0;
+    for (int i = 0; i < m->nops; i++) {
+        free(m->ops[i].wwb);
+        m->ops[i].wwb = NULL;
+    }
     if (!m->band_halo && !(m->band_halo = xcalloc((size_t)m->nops, sizeof(int64_t)))) return CSUB_ERR_NOMEM;
     if (band_check(m, nt, m->band_halo, &m->band_gap, &m->band_sums, &m->band_part)) {
         if (!(m->band_buf = falloc(m->band_part * nt))) return CSUB_ERR_NOMEM;
+        for (int i = 0; i < m->nops; i++) {
+            op_t *op = &m->ops[i];
+            if (!(op->wmb = band_wm(m, op, nt))) continue;
+            if (!(op->wwb = falloc(csub_winograd_packed_len(op->aout, op->ain, op->wmb)))) return CSUB_ERR_NOMEM;
+            csub_winograd_pack(op->wa, op->wwb, op->aout, op->ain, op->wmb);
+        }
         m->band_ok = 1;
     }
     m->band_nt = nt;
@@ -121,7 +145,12 @@ int64_t csub_rt_bands_floats(const csub_model *m, int64_t batch, int nt)
     int g;
     int64_t sums, part;
     if (!m->bands || batch != 1 || nt < 2 || !band_check(m, nt, NULL, &g, &sums, &part)) return 0;
-    return part * nt;
+    int64_t n = part * nt;
+    for (int i = 0; i < m->nops; i++) {
+        int wm = band_wm(m, &m->ops[i], nt);
+        if (wm) n += csub_winograd_packed_len(m->ops[i].aout, m->ops[i].ain, wm);
+    }
+    return n;
 }
 
 int csub_rt_bands_apply(csub_model *m, int64_t batch, int nt)
@@ -155,6 +184,8 @@ static int band_op(const csub_model *m, const workspace *w, const float *input, 
             r = (csub_rows){x, t > 0 ? hb + (t - 1) * m->band_part + C * s.w : NULL,
                             t < nt - 1 ? hb + (t + 1) * m->band_part : NULL, a0, a1, n};
         }
+        if (op->wwb)
+            return csub_winograd_forward_rows(&r, op->wwb, b, res, op->relu, y, C, s.h, s.w, op->aout, op->wmb, p0, p1);
         if (op->ww)
             return csub_winograd_forward_rows(&r, op->ww, b, res, op->relu, y, C, s.h, s.w, op->aout, op->wm, p0, p1);
         return csub_conv3x3_forward_rows(&r, op->wd, b, res, op->relu, y, C, s.h, s.w, op->aout, op->stride, p0, p1);

@@ -100,6 +100,8 @@ typedef struct {
     float *ww;                   /* a 3x3 stride-1 conv's wa transformed for Winograd F(wm x wm, 3x3)
                                   * (csub_winograd_pack) instead of wd, or NULL: its float32 dense path runs that */
     int wm;                      /* its tile size m (2 or 4), 0 without */
+    float *wwb;                  /* the same for the row bands' planes where they take another m (runtime_bands.c) */
+    int wmb;
     int64_t ww_len;              /* floats of ww */
     int64_t *rowptr;
     int32_t *colidx;
