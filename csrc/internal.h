@@ -202,6 +202,14 @@ void csub_gap_pre_forward(const float *x, const float *a, const float *b, float 
  * values at x + c cs, c < C: a row band's share of a global average pool (16 running sums, as
  * csub_gap_pre_forward) */
 void csub_gap_sum(const float *x, const float *a, const float *b, float *part, int64_t C, int64_t n, int64_t cs);
+/* A row band's share of a group norm of G groups on C planes (norm.c, for runtime_bands.c): the band's
+ * sums s[3 g ..] = {x0, sum (x - x0), sum (x - x0)^2} over the n values of each of group g's planes
+ * x[C][n], x0 its first value here; then y[C][n] = relu?((x - mu) gamma is + beta) from the sums of the T
+ * bands of an H x W image (band t's at parts + t stride, its rows csub_row_band's). */
+void csub_groupnorm_band_sums(const float *x, int64_t C, int64_t G, int64_t n, double *s);
+int csub_groupnorm_band_apply(const float *x, const float *gamma, const float *beta, float *y, int64_t C, int64_t G,
+                              int64_t n, const double *parts, int T, int64_t stride, int64_t H, int64_t W, float eps,
+                              int relu); /* CSUB_OK or CSUB_ERR_NOMEM */
 int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
                                 int64_t stride, int64_t pad, int nthreads);
 int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, const int64_t *foff,

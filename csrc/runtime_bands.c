@@ -4,11 +4,14 @@
  * (RT_SPLIT_MIN_FLOPS: each layer's halves would be read by the other core in the next layer)
  * runs instead as nt bands of rows: thread t holds rows [H t / nt, H (t + 1) / nt) of every
  * value of H rows (csub_row_band), in buffers of its own (its workspace), and runs every layer up
- * to the global average pool on its rows alone. Only two things cross between the cores:
+ * to the global average pool on its rows alone. Only three things cross between the cores:
  *   - before a 3x3 conv, the rows next to a band: each thread copies its first and last row of the
  *     conv's input to a buffer of its own (band_buf, one place per conv, never reused within the
  *     forward), all threads meet at a barrier, and the conv reads the row above its band and the
  *     row below from its neighbours' copies (csub_rows);
+ *   - before a group norm, each band's sums per group (in double, about the band's own first value
+ *     of the group: csub_groupnorm_band_sums), the same way; each thread then adds every band's
+ *     and normalises its rows;
  *   - at the pool, each band's per-channel sums: the threads meet, and thread 0 adds them and runs
  *     the layers after the pool (the classifier) alone.
  * A 1x1 conv, a batch norm, a ReLU and an add read only the thread's own rows: a stride-2 1x1 conv
@@ -16,17 +19,18 @@
  * in halves does.
  *
  * The plan (band_plan) checks every layer before the pool is one of those: a dense conv on the
- * direct or Winograd 3x3 kernels or a 1x1 one, a batch norm (a group norm needs the whole plane's
- * statistics), a ReLU, an add; one global average pool, then only layers on its output; every
- * value at least nt rows. Any other graph runs as before. CSUB_BANDS=0 in the environment at
- * set_alpha turns the bands off.
+ * direct or Winograd 3x3 kernels or a 1x1 one, a batch or group norm, a ReLU, an add; one global
+ * average pool, then only layers on its output; every value at least nt rows. Any other graph (the
+ * sparse and integer kernels' plans are made for whole images; other pools) runs as before.
+ * CSUB_BANDS=0 in the environment at set_alpha turns the bands off.
  *
  * A Winograd conv runs on a band's plane with the tile size csub_winograd_pays picks for it (F(2x2)
  * where a band has at most 2 tiles of F(4x4), as cPreResNet20's 8 x 8 stage halved): its weight is
  * transformed a second time where that differs from the whole image's (op->wwb, at the plan).
  *
  * Results: the direct kernels compute the same bits as on the whole image; Winograd tiles start
- * at the band's first row, and the pool adds the bands' sums: a few float32 roundings
+ * at the band's first row, and the group norms and the pool add the bands' sums: a few float32
+ * roundings
  * (tests/test_bands.py).
  */
 #include <string.h>
@@ -59,6 +63,7 @@ static int band_check(const csub_model *m, int nt, int64_t *halo, int *gap, int6
             continue;
         }
         if (s.h < nt || (op->kind != OP_GAP && o.h < nt)) return 0;
+        if (op->kind != OP_CONV && m->vslot[op->x] < 0) return 0; /* the input is read whole: by a conv only */
         switch (op->kind) {
         case OP_CONV: {
             int k = band_conv(m, op);
@@ -81,7 +86,12 @@ static int band_check(const csub_model *m, int nt, int64_t *halo, int *gap, int6
             break;
         }
         case OP_NORM:
-            if (!op->bn) return 0;
+            if (!op->bn) { /* a group norm: each band's sums (doubles) */
+                if (op->agroups < 1 || s.c % op->agroups) return 0;
+                off = (off + 1) / 2 * 2;
+                if (halo) halo[i] = off;
+                off += 6 * op->agroups;
+            }
             if (op->pre_fused) /* applied by its readers: the pool only */
                 for (int j = i + 1; j < m->nops; j++)
                     if (m->ops[j].pre == i && m->ops[j].kind != OP_GAP) return 0;
@@ -191,6 +201,10 @@ static int band_op(const csub_model *m, const workspace *w, const float *input, 
         return csub_conv3x3_forward_rows(&r, op->wd, b, res, op->relu, y, C, s.h, s.w, op->aout, op->stride, p0, p1);
     }
     case OP_NORM:
+        if (!op->bn) /* every band's sums are in (csub_rt_bands_forward) */
+            return csub_groupnorm_band_apply(x, op->ga, op->ba, y, C, op->agroups, n,
+                                             (const double *)(m->band_buf + m->band_halo[i]), nt, m->band_part / 2,
+                                             s.h, s.w, op->eps, op->relu);
         if (!op->pre_fused)
             csub_batchnorm_infer(x, op->ga, op->ba, op->rmean, op->rvar, y, 1, C, a1 - a0, s.w, op->eps, op->relu);
         break;
@@ -212,15 +226,20 @@ static int band_op(const csub_model *m, const workspace *w, const float *input, 
     return CSUB_OK;
 }
 
-/* Thread t's first and last row of op i's input, for its neighbours */
-static void push_rows(const csub_model *m, const workspace *w, int i, int t, int nt)
+/* What thread t's band gives the others before op i: a 3x3 conv's first and last row of its input,
+ * for its neighbours; a group norm's sums */
+static void share(const csub_model *m, const workspace *w, const float *input, int i, int t, int nt)
 {
     const op_t *op = &m->ops[i];
     shape3 s = m->vshape[op->x];
     int64_t C = m->vc[op->x], a0, a1;
     csub_row_band(s.h, t, nt, &a0, &a1);
-    const float *x = csub_rt_value(m, w, NULL, op->x);
+    const float *x = csub_rt_value(m, w, input, op->x);
     float *first = m->band_buf + t * m->band_part + m->band_halo[i], *last = first + C * s.w;
+    if (op->kind == OP_NORM) {
+        csub_groupnorm_band_sums(x, C, op->agroups, (a1 - a0) * s.w, (double *)first);
+        return;
+    }
     for (int64_t c = 0; c < C; c++) {
         const float *xc = x + c * (a1 - a0) * s.w;
         memcpy(first + c * s.w, xc, sizeof(float) * (size_t)s.w);
@@ -239,8 +258,8 @@ int csub_rt_bands_forward(const csub_model *m, const float *input, float *output
             int s2;
             #pragma omp atomic read
             s2 = st;
-            if (m->band_halo[i] >= 0) {
-                if (!s2) push_rows(m, w, i, t, nt);
+            if (m->band_halo[i] >= 0) { /* a 3x3 conv's rows, a group norm's sums: every band's first */
+                if (!s2) share(m, w, input, i, t, nt);
                 #pragma omp barrier
             }
             if (s2 || (s2 = band_op(m, w, input, i, t, nt)) == CSUB_OK) continue;

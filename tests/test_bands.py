@@ -1,5 +1,6 @@
 """One image as row bands on several threads (csrc/runtime_bands.c): each thread runs its band of
-rows through the whole network, reading its neighbours' edge rows before each 3x3 conv.
+rows through the whole network, reading its neighbours' edge rows before each 3x3 conv and every
+band's sums before a group norm.
 
 The kernels: the direct and Winograd 3x3 convs on a band of an image's rows with the rows just
 above and below held apart (_core.conv3x3_forward_rows) against a float64 convolution, the
@@ -114,13 +115,14 @@ def bn_net(rng, shape, regime="unstructured", norm="bn"):
     return model, x
 
 
+@pytest.mark.parametrize("norm", ["bn", "gn"])
 @pytest.mark.parametrize("shape", [(3, 32, 32), (3, 24, 24), (3, 16, 16)])
-def test_bands_match_one_thread_and_training(rng, threads, monkeypatch, shape):
-    """cPreResNet20 with batch norm, dense kernels (alpha 1, and keep 0.8 on the masked dense
-    weights): at batch 1 on two threads it runs as bands; the logits agree with one thread's, with
-    CSUB_BANDS=0's (which runs on one thread, the same bits as one thread) and with the training
-    forward."""
-    model, x = bn_net(rng, shape)
+def test_bands_match_one_thread_and_training(rng, threads, monkeypatch, shape, norm):
+    """cPreResNet20 with batch norm or group norm, dense kernels (alpha 1, and keep 0.8 on the
+    masked dense weights): at batch 1 on two threads it runs as bands; the logits agree with one
+    thread's, with CSUB_BANDS=0's (which runs on one thread, the same bits as one thread) and with
+    the training forward."""
+    model, x = bn_net(rng, shape, norm=norm)
     for alpha in (1.0, 0.8):
         model.set_alpha(alpha)
         want = model(x)
@@ -164,13 +166,14 @@ def test_bands_follow_set_alpha_and_threads(rng, threads):
         seen[(alpha, t)] = got
 
 
-@pytest.mark.parametrize("norm,regime", [("gn", "unstructured"), ("bn", "quantized")])
-def test_other_networks_keep_their_plan(rng, threads, norm, regime):
-    """Group norm needs a whole plane's statistics, the integer kernels take whole images: these run
-    on one thread at batch 1, as before, with the same bits as one thread."""
+@pytest.mark.parametrize("norm,regime,alpha", [("gn", "unstructured", 0.1), ("bn", "unstructured", 0.1),
+                                              ("bn", "quantized", 1.0)])
+def test_other_networks_keep_their_plan(rng, threads, norm, regime, alpha):
+    """The sparse and integer kernels' plans are made for whole images: these run on one thread at
+    batch 1, as before, with the same bits as one thread."""
     model, x = bn_net(rng, (3, 32, 32), regime=regime, norm=norm)
     threads(1)
-    net = model.compress(1.0, input_shape=(3, 32, 32))
+    net = model.compress(alpha, input_shape=(3, 32, 32))
     one = net(x)
     threads(2)
     assert net.plan(1) == "serial"
