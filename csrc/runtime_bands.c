@@ -1,8 +1,8 @@
 /* runtime_bands.c - one image on several threads as row bands (the overview: runtime.c).
  *
- * A forward of one image on nt threads whose layers are too small to split one by one
- * (RT_SPLIT_MIN_FLOPS: each layer's halves would be read by the other core in the next layer)
- * runs instead as nt bands of rows: thread t holds rows [H t / nt, H (t + 1) / nt) of every
+ * Split layer by layer, each layer's halves of one image would be read by the other core in the
+ * next layer (too slow for small layers: RT_SPLIT_MIN_FLOPS). A forward of one image on nt threads
+ * runs instead, where the graph allows, as nt bands of rows: thread t holds rows [H t / nt, H (t + 1) / nt) of every
  * value of H rows (csub_row_band), in buffers of its own (its workspace), and runs every layer up
  * to the global average pool on its rows alone. Only three things cross between the cores:
  *   - before a 3x3 conv, the rows next to a band: each thread copies its first and last row of the
@@ -62,8 +62,10 @@ static int band_check(const csub_model *m, int nt, int64_t *halo, int *gap, int6
             if (s.h != 1 || s.w != 1 || op->kind == OP_GAP || op->x2 >= 0) return 0;
             continue;
         }
+        int xv = op->pre >= 0 ? m->ops[op->pre].x : op->x; /* the value it reads */
         if (s.h < nt || (op->kind != OP_GAP && o.h < nt)) return 0;
-        if (op->kind != OP_CONV && m->vslot[op->x] < 0) return 0; /* the input is read whole: by a conv only */
+        /* the input is read whole, by a 3x3 conv only; a residual or a second addend is a band */
+        if ((op->kind != OP_CONV && m->vslot[xv] < 0) || (op->x2 >= 0 && m->vslot[op->x2] < 0)) return 0;
         switch (op->kind) {
         case OP_CONV: {
             int k = band_conv(m, op);

@@ -248,15 +248,14 @@ static int forward_bands(csub_model *m, const float *input, float *output, int n
     return CSUB_OK;
 }
 
-/* Fewer images than threads and too little work to split them layer by layer (RT_SPLIT_MIN_FLOPS):
- * one image as row bands where the graph allows (not when profiling: op_ms times each layer), else
- * the whole forward on the calling thread */
+/* One image on several threads: as row bands where the graph allows (not when profiling: op_ms
+ * times each layer); else split layer by layer, or with too little work for that
+ * (RT_SPLIT_MIN_FLOPS) the whole forward on the calling thread */
 static int forward(csub_model *m, const float *input, int64_t batch, float *output, double *op_ms)
 {
-    int small = m && m->ready && batch >= 1 && batch < csub_get_num_threads() &&
-                (double)batch * (double)m->flops < RT_SPLIT_MIN_FLOPS;
-    if (small && !op_ms && input && output && csub_rt_bands_apply(m, batch, csub_get_num_threads()))
-        return forward_bands(m, input, output, csub_get_num_threads());
+    int nt = csub_get_num_threads(), few = m && m->ready && batch >= 1 && batch < nt;
+    if (few && !op_ms && input && output && csub_rt_bands_apply(m, batch, nt)) return forward_bands(m, input, output, nt);
+    int small = few && (double)batch * (double)m->flops < RT_SPLIT_MIN_FLOPS;
     int cap = small ? csub_threads_cap(1) : 0;
     int st = forward_threads(m, input, batch, output, op_ms);
     if (small) csub_threads_cap(cap);
@@ -279,9 +278,9 @@ const char *csub_model_plan(const csub_model *m, int64_t batch)
     if (!m || !m->ready || batch < 1 || batch > RT_MAX_BATCH) return "";
     int nt = csub_get_num_threads();
     if (csub_rt_image_parallel(m, batch, nt)) return "images";
-    if (batch < nt && (double)batch * (double)m->flops < RT_SPLIT_MIN_FLOPS)
-        return csub_rt_bands_floats(m, batch, nt) ? "bands" : "serial";
-    return nt > 1 && batch < nt ? "layers" : "serial";
+    if (batch < nt && csub_rt_bands_floats(m, batch, nt)) return "bands";
+    if (batch < nt && (double)batch * (double)m->flops < RT_SPLIT_MIN_FLOPS) return "serial";
+    return nt > 1 ? "layers" : "serial";
 }
 
 int csub_model_num_ops(const csub_model *m)

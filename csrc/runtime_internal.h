@@ -37,9 +37,9 @@ typedef struct workspace {
  * (batch 1): the dense products split well and the CSR ones do not, so they
  * stop paying earlier: 0.94x / 1.05x at keep 0.4 in two runs, 0.82x at 0.5.
  * Between the two, a layer holds both forms. */
-/* Below this many float operations a forward of fewer images than threads is not split layer by
- * layer (runtime_exec.c): one image runs as row bands where the graph allows (runtime_bands.c), else
- * on one thread. Splitting each image across two cores, measured at batch 1 before the rule
+/* A forward of one image on several threads runs as row bands where the graph allows
+ * (runtime_bands.c); else, below this many float operations, it is not split layer by layer but
+ * runs on one thread (runtime_exec.c). Splitting each image across two cores, measured at batch 1 before the rule
  * (benchmarks/bench_split.py times 2 threads against 1): 1.11-1.28x slower at 8-67 MFLOP
  * (cPreResNet20 dense and 90 % sparse, group and batch norm: the halves each thread writes are
  * read by the other in the next layer, for a few microseconds of arithmetic), even at 47 MFLOP

@@ -140,10 +140,9 @@ class CompressedNet:
 
     def plan(self, batch_size: int = 1) -> str:
         """How a forward of ``batch_size`` images runs at the current alpha and thread count
-        (``csub.set_num_threads``): ``"images"`` (each thread whole images), ``"layers"`` (fewer
-        images than threads: each layer split across them), ``"bands"`` (one image too small to
-        split layer by layer: each thread a band of rows through the whole network) or
-        ``"serial"`` (one thread)."""
+        (``csub.set_num_threads``): ``"images"`` (each thread whole images), ``"bands"`` (one image,
+        each thread a band of its rows through the whole network, where every layer allows it),
+        ``"layers"`` (each layer split across the threads) or ``"serial"`` (one thread)."""
         return _core.model_plan(self._m, _count(batch_size, "batch_size"))
 
     def default_alphas(self) -> list[float]:

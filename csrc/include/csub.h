@@ -555,11 +555,13 @@ int csub_model_profile(csub_model *model, const float *input, int64_t batch, flo
 int csub_model_num_ops(const csub_model *model);
 /* How a forward of `batch` images runs at the current alpha and thread count
  * (csub_set_num_threads): "images" (each thread whole images, a few at a
- * time), "layers" (fewer images than threads: each layer split across them),
- * "bands" (one image too small to split layer by layer: each thread a band of
- * rows through the whole network, meeting before each 3x3 conv and at the
- * pool), "serial" (one thread); "" for a batch outside 1..2^24 or no alpha set.
- * A profile (csub_model_profile) runs "bands" layer by layer, on one thread. */
+ * time), "bands" (one image, each thread a band of its rows through the whole
+ * network, meeting before each 3x3 conv and group norm and at the pool, where
+ * every layer allows it), "layers" (each layer split across the threads:
+ * fewer images than threads, or layers that take their activation range from
+ * the batch), "serial" (one thread: one thread set, or one image too small to
+ * split layer by layer); "" for a batch outside 1..2^24 or no alpha set.
+ * A profile (csub_model_profile) runs "bands" layer by layer. */
 const char *csub_model_plan(const csub_model *model, int64_t batch);
 const char *csub_model_op_name(const csub_model *model, int i);
 
