@@ -369,21 +369,12 @@ int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const 
     return CSUB_OK;
 }
 
-/* Whether x holds every row in [0, H) that output rows [p0, p1) of a 3x3 pad-1 conv at `stride` read */
-int csub_rows_cover(const csub_rows *x, int64_t H, int64_t stride, int64_t p0, int64_t p1)
-{
-    int64_t a = p0 * stride - 1, e = (p1 - 1) * stride + 2; /* rows [a, e) */
-    if (a < 0) a = 0;
-    if (e > H) e = H;
-    return a >= e || (a >= x->lo - (x->up ? 1 : 0) && e <= x->hi + (x->dn ? 1 : 0));
-}
-
 int csub_conv3x3_forward_rows(const csub_rows *x, const float *wp, const float *b, const float *res, int relu,
                               float *y, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride, int64_t p0,
                               int64_t p1)
 {
     int64_t P = csub_conv_out_size(H, 3, stride, 1), Q = csub_conv_out_size(W, 3, stride, 1);
-    if (p0 < 0 || p1 > P || (stride != 1 && stride != 2) || !csub_rows_cover(x, H, stride, p0, p1)) return CSUB_ERR_ARG;
+    if (p0 < 0 || p1 > P || (stride != 1 && stride != 2) || !csub_rows_cover(x, H, 3, stride, 1, p0, p1)) return CSUB_ERR_ARG;
     if (p1 <= p0 || K <= 0 || Q <= 0) return CSUB_OK;
     size_t bytes;
     float *work;

@@ -584,7 +584,7 @@ int csub_winograd_forward(const float *x, const float *u, const float *b, const 
 int csub_winograd_forward_rows(const csub_rows *x, const float *u, const float *b, const float *res, int relu,
                                float *y, int64_t C, int64_t H, int64_t W, int64_t K, int m, int64_t p0, int64_t p1)
 {
-    if ((m != 2 && m != 4) || p0 < 0 || p1 > H || !csub_rows_cover(x, H, 1, p0, p1)) return CSUB_ERR_ARG;
+    if ((m != 2 && m != 4) || p0 < 0 || p1 > H || !csub_rows_cover(x, H, 3, 1, 1, p0, p1)) return CSUB_ERR_ARG;
     if (p1 <= p0 || K <= 0 || W <= 0) return CSUB_OK;
     wgeom g = wino_geom(C, p1 - p0, W, K, m, TILES_PER_BLOCK);
     size_t bytes;

@@ -166,6 +166,10 @@ typedef struct {
     int64_t lo, hi, cs;
 } csub_rows;
 
+/* Whether x holds every input row in [0, H) that output rows [p0, p1) of a conv with R rows of taps,
+ * stride and padding read (core.c) */
+int csub_rows_cover(const csub_rows *x, int64_t H, int64_t R, int64_t stride, int64_t pad, int64_t p0, int64_t p1);
+
 /* Row h of channel c (W floats), or NULL where the rows do not hold it */
 static inline const float *csub_rows_at(const csub_rows *r, int64_t c, int64_t h, int64_t W)
 {
@@ -251,6 +255,18 @@ csub_spjit *csub_conv2d_sparse_jit(const int64_t *rowptr, const int64_t *foff, c
                                    int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
 int64_t csub_conv2d_sparse_jit_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                                     int64_t stride, int64_t pad, int nthreads);
+/* Output rows [p0, p1) of one image from the rows x holds (internal.h, csub_rows), y and res holding
+ * just those rows (y[K][p1 - p0][Q]): the planned forwards' sums for a row band of the runtime, on
+ * the thread that calls; a conv whose outputs are its plane's rows (1x1) is not taken (CSUB_ERR_ARG,
+ * as for rows x does not hold). */
+int csub_conv2d_sparse_forward_rows(const csub_rows *x, const int64_t *rowptr, const int64_t *foff,
+                                    const float *values, const float *b, float *y, int64_t C, int64_t H, int64_t W,
+                                    int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t p0,
+                                    int64_t p1, const float *res, int relu, float *work, int64_t work_len);
+int csub_conv2d_sparse_forward_jit_rows(const csub_rows *x, const csub_spjit *j, const float *b, float *y, int64_t C,
+                                        int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride,
+                                        int64_t pad, int64_t p0, int64_t p1, const float *res, int relu, float *work,
+                                        int64_t work_len);
 int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const float *b, float *y, int64_t N,
                                    int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride,
                                    int64_t pad, const float *res, int relu, const csub_pre *pre, float *work,
@@ -269,8 +285,6 @@ void csub_conv3x3_pack(const float *w, float *wp, int64_t K, int64_t C);
 void csub_conv3x3_pack_flipped(const float *w, float *wp, int64_t K, int64_t C);
 int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const float *res, int relu, float *y,
                          int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride);
-/* Whether x holds every input row in [0, H) that output rows [p0, p1) of a 3x3 pad-1 conv at stride read */
-int csub_rows_cover(const csub_rows *x, int64_t H, int64_t stride, int64_t p0, int64_t p1);
 /* Output rows [p0, p1) of one image of H x W from the rows x holds (each row the band reads, or
  * padding): y and res (may be NULL) hold just those rows, y[K][p1 - p0][Q]. The same bits as
  * csub_conv3x3_forward's rows. Single-threaded (a thread's band of the runtime's row bands).

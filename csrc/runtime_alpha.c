@@ -17,7 +17,9 @@ void csub_rt_free_materialised(op_t *op)
 {
     free(op->wa); free(op->ba); free(op->ga); free(op->rowptr); free(op->colidx); free(op->vals); free(op->oscale);
     free(op->foff); free(op->fs); free(op->wd); free(op->ww); free(op->wwb); free(op->pre_ab); free(op->pre_k);
+    free(op->band_foff);
     op->pre_ab = op->pre_k = op->wwb = NULL;
+    op->band_foff = NULL;
     csub_spjit_free(op->spj);
     op->spj = NULL;
     op->wd = op->ww = NULL;

@@ -39,10 +39,16 @@
 
 #include "runtime_internal.h"
 
-/* op i's conv kernel on bands: 3 (direct or Winograd 3x3), 1 (1x1, no padding), 0 (none) */
+/* op i's conv kernel on bands: 3 (3x3, pad 1: dense on the direct or Winograd kernel, or sparse), 1 (1x1,
+ * no padding: dense, or sparse on the gather, a batch norm it reads through applied), 0 (none) */
 static int band_conv(const csub_model *m, const op_t *op)
 {
-    if (op->kind != OP_CONV || op->path != PATH_DENSE || op->pre >= 0) return 0;
+    if (op->kind != OP_CONV) return 0;
+    if (op->path == PATH_SPARSE) {
+        if (op->k == 1 && op->pad == 0 && !op->spj) return 1;
+        return op->k == 3 && op->pad == 1 && op->pre < 0 && (op->stride == 1 || op->stride == 2) ? 3 : 0;
+    }
+    if (op->path != PATH_DENSE || op->pre >= 0) return 0;
     if (op->ww || op->wd) return 3;
     return op->k == 1 && op->pad == 0 && !op->oscale && m->fold ? 1 : 0;
 }
@@ -63,7 +69,9 @@ static int band_check(const csub_model *m, int nt, int64_t *halo, int *gap, int6
             continue;
         }
         int xv = op->pre >= 0 ? m->ops[op->pre].x : op->x; /* the value it reads */
-        if (s.h < nt || (op->kind != OP_GAP && o.h < nt)) return 0;
+        /* every band at least a vector of values a plane (the kernels take narrower planes one value
+         * at a time: a 2 x 4 band's 1x1 convs took 1 ms) */
+        if (s.h / nt * s.w < 16 || (op->kind != OP_GAP && o.h / nt * o.w < 16)) return 0;
         /* the input is read whole, by a 3x3 conv only; a residual or a second addend is a band */
         if ((op->kind != OP_CONV && m->vslot[xv] < 0) || (op->x2 >= 0 && m->vslot[op->x2] < 0)) return 0;
         switch (op->kind) {
@@ -79,7 +87,7 @@ static int band_check(const csub_model *m, int nt, int64_t *halo, int *gap, int6
                 csub_rows r = {NULL, NULL, NULL, a0, a1, 0};
                 r.up = t > 0 ? (const float *)m : NULL; /* held: the neighbours' rows (any non-NULL) */
                 r.dn = t < nt - 1 ? (const float *)m : NULL;
-                if (k == 3 && m->vslot[op->x] >= 0 && !csub_rows_cover(&r, s.h, op->stride, p0, p1)) return 0;
+                if (k == 3 && m->vslot[op->x] >= 0 && !csub_rows_cover(&r, s.h, 3, op->stride, 1, p0, p1)) return 0;
             }
             if (k == 3 && m->vslot[op->x] >= 0) {
                 if (halo) halo[i] = off;
@@ -94,10 +102,7 @@ static int band_check(const csub_model *m, int nt, int64_t *halo, int *gap, int6
                 if (halo) halo[i] = off;
                 off += 6 * op->agroups;
             }
-            if (op->pre_fused) /* applied by its readers: the pool only */
-                for (int j = i + 1; j < m->nops; j++)
-                    if (m->ops[j].pre == i && m->ops[j].kind != OP_GAP) return 0;
-            break;
+            break; /* one its readers apply (pre_fused): each reader is checked as itself */
         case OP_GAP:
             g = i;
             *sums = off; /* the band's sums */
@@ -135,13 +140,27 @@ static int band_plan(csub_model *m, int nt)
     m->band_ok = 0;
     for (int i = 0; i < m->nops; i++) {
         free(m->ops[i].wwb);
+        free(m->ops[i].band_foff);
         m->ops[i].wwb = NULL;
+        m->ops[i].band_foff = NULL;
     }
     if (!m->band_halo && !(m->band_halo = xcalloc((size_t)m->nops, sizeof(int64_t)))) return CSUB_ERR_NOMEM;
     if (band_check(m, nt, m->band_halo, &m->band_gap, &m->band_sums, &m->band_part)) {
         if (!(m->band_buf = falloc(m->band_part * nt))) return CSUB_ERR_NOMEM;
         for (int i = 0; i < m->nops; i++) {
             op_t *op = &m->ops[i];
+            if (op->path == PATH_SPARSE && band_conv(m, op) == 1) { /* the offsets of each band's rows */
+                shape3 s = m->vshape[op->x];
+                if (!(op->band_foff = malloc(sizeof(int64_t) * (size_t)(nt * (op->nnz > 0 ? op->nnz : 1)))))
+                    return CSUB_ERR_NOMEM;
+                for (int t = 0; t < nt; t++) {
+                    int64_t a0, a1;
+                    csub_row_band(s.h, t, nt, &a0, &a1);
+                    if (csub_conv2d_sparse_offsets(op->colidx, op->nnz, op->cin, a1 - a0, s.w, 1, 1, op->stride, 0,
+                                                   op->band_foff + t * op->nnz))
+                        return CSUB_ERR_NOMEM;
+                }
+            }
             if (!(op->wmb = band_wm(m, op, nt))) continue;
             if (!(op->wwb = falloc(csub_winograd_packed_len(op->aout, op->ain, op->wmb)))) return CSUB_ERR_NOMEM;
             csub_winograd_pack(op->wa, op->wwb, op->aout, op->ain, op->wmb);
@@ -159,8 +178,10 @@ int64_t csub_rt_bands_floats(const csub_model *m, int64_t batch, int nt)
     if (!m->bands || batch != 1 || nt < 2 || !band_check(m, nt, NULL, &g, &sums, &part)) return 0;
     int64_t n = part * nt;
     for (int i = 0; i < m->nops; i++) {
-        int wm = band_wm(m, &m->ops[i], nt);
-        if (wm) n += csub_winograd_packed_len(m->ops[i].aout, m->ops[i].ain, wm);
+        const op_t *op = &m->ops[i];
+        int wm = band_wm(m, op, nt);
+        if (wm) n += csub_winograd_packed_len(op->aout, op->ain, wm);
+        if (op->path == PATH_SPARSE && band_conv(m, op) == 1) n += 2 * nt * op->nnz; /* band_foff */
     }
     return n;
 }
@@ -187,6 +208,15 @@ static int band_op(const csub_model *m, const workspace *w, const float *input, 
     switch (op->kind) {
     case OP_CONV: {
         const float *b = op->bias ? op->ba : NULL, *res = op->x2 >= 0 ? csub_rt_value(m, w, input, op->x2) : NULL;
+        int sparse = op->path == PATH_SPARSE;
+        if (band_conv(m, op) == 1 && sparse) { /* the band as an image of its own, with its offsets */
+            const op_t *nm = op->pre >= 0 ? &m->ops[op->pre] : NULL;
+            csub_pre pre = {nm ? nm->pre_ab : NULL, nm ? nm->pre_ab + nm->c : NULL, op->pre_k,
+                            op->pre_k ? op->pre_k + op->nnz : NULL};
+            return csub_conv2d_sparse_forward_planned(x, op->rowptr, op->band_foff + t * op->nnz, op->vals, b, y, 1, C,
+                                                      a1 - a0, s.w, op->aout, 1, 1, op->stride, 0, res, op->relu,
+                                                      nm ? &pre : NULL, w->spwork, w->spwork_len);
+        }
         if (band_conv(m, op) == 1)
             return csub_conv2d_forward_fused(x, op->wa, b, res, op->relu, y, 1, C, a1 - a0, s.w, op->aout, 1, 1,
                                              op->stride, 0);
@@ -196,6 +226,13 @@ static int band_op(const csub_model *m, const workspace *w, const float *input, 
             r = (csub_rows){x, t > 0 ? hb + (t - 1) * m->band_part + C * s.w : NULL,
                             t < nt - 1 ? hb + (t + 1) * m->band_part : NULL, a0, a1, n};
         }
+        if (sparse && op->spj)
+            return csub_conv2d_sparse_forward_jit_rows(&r, op->spj, b, y, C, s.h, s.w, op->aout, 3, 3, op->stride, 1,
+                                                       p0, p1, res, op->relu, w->spwork, w->spwork_len);
+        if (sparse)
+            return csub_conv2d_sparse_forward_rows(&r, op->rowptr, op->foff, op->vals, b, y, C, s.h, s.w, op->aout, 3,
+                                                   3, op->stride, 1, p0, p1, res, op->relu, w->spwork,
+                                                   w->spwork_len);
         if (op->wwb)
             return csub_winograd_forward_rows(&r, op->wwb, b, res, op->relu, y, C, s.h, s.w, op->aout, op->wmb, p0, p1);
         if (op->ww)

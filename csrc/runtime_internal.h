@@ -102,6 +102,7 @@ typedef struct {
     int wm;                      /* its tile size m (2 or 4), 0 without */
     float *wwb;                  /* the same for the row bands' planes where they take another m (runtime_bands.c) */
     int wmb;
+    int64_t *band_foff;          /* a sparse 1x1 conv on row bands: foff for each band's rows [bands][nnz] */
     int64_t ww_len;              /* floats of ww */
     int64_t *rowptr;
     int32_t *colidx;

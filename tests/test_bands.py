@@ -115,15 +115,17 @@ def bn_net(rng, shape, regime="unstructured", norm="bn"):
     return model, x
 
 
+@pytest.mark.parametrize("alphas", [(1.0, 0.8), (0.1, 0.3)], ids=["dense", "sparse"])
 @pytest.mark.parametrize("norm", ["bn", "gn"])
-@pytest.mark.parametrize("shape", [(3, 32, 32), (3, 24, 24), (3, 16, 16), (3, 64, 64)])
-def test_bands_match_one_thread_and_training(rng, threads, monkeypatch, shape, norm):
+@pytest.mark.parametrize("shape", [(3, 32, 32), (3, 24, 24), (3, 64, 64)])
+def test_bands_match_one_thread_and_training(rng, threads, monkeypatch, shape, norm, alphas):
     """cPreResNet20 with batch norm or group norm, dense kernels (alpha 1, and keep 0.8 on the
-    masked dense weights): at batch 1 on two threads it runs as bands (at 64x64 too, above the
-    layer-by-layer split's threshold); the logits agree with one thread's, with CSUB_BANDS=0's and
-    with the training forward."""
+    masked dense weights) or sparse ones (keep 0.1 and 0.3: the gather, the compiled code, a batch
+    norm applied by the 1x1 layers that read it): at batch 1 on two threads it runs as bands (at
+    64x64 too, above the layer-by-layer split's threshold); the logits agree with one thread's,
+    with CSUB_BANDS=0's and with the training forward."""
     model, x = bn_net(rng, shape, norm=norm)
-    for alpha in (1.0, 0.8):
+    for alpha in alphas:
         model.set_alpha(alpha)
         want = model(x)
         threads(1)
@@ -138,7 +140,7 @@ def test_bands_match_one_thread_and_training(rng, threads, monkeypatch, shape, n
         assert np.array_equal(net(x), got)  # the same bits call after call
         monkeypatch.setenv("CSUB_BANDS", "0")
         net.set_alpha(alpha)
-        assert net.plan(1) == ("layers" if shape[1] == 64 else "serial")
+        assert net.plan(1) != "bands"
         assert_close(net(x), one, 1e-5, 1e-5, f"CSUB_BANDS=0 at alpha {alpha}")
         monkeypatch.delenv("CSUB_BANDS")
         net.set_alpha(alpha)
@@ -146,15 +148,14 @@ def test_bands_match_one_thread_and_training(rng, threads, monkeypatch, shape, n
 
 
 def test_bands_follow_set_alpha_and_threads(rng, threads):
-    """The plan is remade at each alpha and thread count: sparse layers (keep 0.1) and three threads
-    (32 rows do not halve into 16 twice over three threads) run as before, and the bands come back
-    with the dense alpha and two threads."""
+    """The plan is remade at each alpha and thread count: three threads (32 rows do not halve into
+    16 twice over three threads) run as before, and the bands come back with two threads."""
     model, x = bn_net(rng, (3, 32, 32))
     threads(2)
     net = model.compress(1.0, input_shape=(3, 32, 32))
     seen = {}
-    for alpha, t, plan in [(1.0, 2, "bands"), (0.1, 2, "serial"), (1.0, 3, "serial"), (1.0, 2, "bands"),
-                           (0.1, 2, "serial")]:
+    for alpha, t, plan in [(1.0, 2, "bands"), (0.1, 2, "bands"), (1.0, 3, "serial"), (1.0, 2, "bands"),
+                           (0.1, 3, "serial"), (0.1, 2, "bands")]:
         threads(t)
         net.set_alpha(alpha)
         model.set_alpha(alpha)
@@ -166,14 +167,14 @@ def test_bands_follow_set_alpha_and_threads(rng, threads):
         seen[(alpha, t)] = got
 
 
-@pytest.mark.parametrize("norm,regime,alpha", [("gn", "unstructured", 0.1), ("bn", "unstructured", 0.1),
-                                              ("bn", "quantized", 1.0)])
-def test_other_networks_keep_their_plan(rng, threads, norm, regime, alpha):
-    """The sparse and integer kernels' plans are made for whole images: these run on one thread at
-    batch 1, as before, with the same bits as one thread."""
-    model, x = bn_net(rng, (3, 32, 32), regime=regime, norm=norm)
+@pytest.mark.parametrize("regime,shape", [("quantized", (3, 32, 32)), ("unstructured", (3, 16, 16))])
+def test_other_networks_keep_their_plan(rng, threads, regime, shape):
+    """The integer kernels take whole images, and bands of fewer than 16 values a plane (16x16
+    inputs: the last stage's 4 x 4 planes in halves) would run the kernels' one-value-at-a-time
+    tails: these run on one thread at batch 1, as before, with the same bits as one thread."""
+    model, x = bn_net(rng, shape, regime=regime)
     threads(1)
-    net = model.compress(alpha, input_shape=(3, 32, 32))
+    net = model.compress(1.0, input_shape=shape)
     one = net(x)
     threads(2)
     assert net.plan(1) == "serial"
@@ -202,3 +203,17 @@ def test_bands_memory(rng, threads):
     assert banded > net.memory_bytes(1)
     with pytest.raises(ValueError, match="batch_size"):
         net.plan(0)
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_sparse_bands_on_the_gather(rng, threads, monkeypatch, norm):
+    """The sparse 3x3 layers on the gather kernels (CSUB_SPARSE_JIT=0) instead of compiled code, on
+    bands: the logits agree with one thread's."""
+    monkeypatch.setenv("CSUB_SPARSE_JIT", "0")
+    model, x = bn_net(rng, (3, 32, 32), norm=norm)
+    threads(1)
+    net = model.compress(0.1, input_shape=(3, 32, 32))
+    one = net(x)
+    threads(2)
+    assert net.plan(1) == "bands"
+    assert_close(net(x), one, 1e-5, 1e-5, "gather bands against one thread")

@@ -464,7 +464,7 @@ static PyObject *py_conv3x3_forward_rows(PyObject *self, PyObject *args, PyObjec
     }
     csub_rows rows = {F32(x), up && lo > 0 ? F32(up) : NULL, dn && lo + hb < height ? F32(dn) : NULL, lo, lo + hb,
                       hb * W};
-    if (!csub_rows_cover(&rows, height, stride, p0, p1)) {
+    if (!csub_rows_cover(&rows, height, 3, stride, 1, p0, p1)) {
         PyErr_Format(PyExc_ValueError, "x, up, dn: output rows [%lld, %lld) read input rows these do not hold", p0, p1);
         return NULL;
     }
