@@ -16,13 +16,18 @@
  *     the layers after the pool (the classifier) alone.
  * A 1x1 conv, a batch norm, a ReLU and an add read only the thread's own rows: a stride-2 1x1 conv
  * needs its input band to start at twice its output band's first row, as a 32-row value split
- * in halves does.
+ * in halves does. A sparse 1x1 conv runs its band as an image of its own rows, with the offsets of
+ * its kept weights for that height (op->band_foff, at the plan; a batch norm it applies as it reads,
+ * csub_pre, as on the whole image); a sparse 3x3 conv keeps the whole image's plane geometry (its
+ * offsets and compiled code are made for it) and lays out only its band's plane rows, from the
+ * band's rows and its neighbours' (csub_conv2d_sparse_forward_rows, _jit_rows).
  *
- * The plan (band_plan) checks every layer before the pool is one of those: a dense conv on the
- * direct or Winograd 3x3 kernels or a 1x1 one, a batch or group norm, a ReLU, an add; one global
- * average pool, then only layers on its output; every value at least nt rows. Any other graph (the
- * sparse and integer kernels' plans are made for whole images; other pools) runs as before.
- * CSUB_BANDS=0 in the environment at set_alpha turns the bands off.
+ * The plan (band_plan) checks every layer before the pool is one of those: a 3x3 pad-1 conv, dense
+ * on the direct or Winograd kernels or sparse, a 1x1 conv, a batch or group norm, a ReLU, an add;
+ * one global average pool, then only layers on its output; every band at least 16 values a plane
+ * (narrower planes go through the kernels' one-value-at-a-time tails). Any other graph (the integer
+ * kernels take whole images; other pools and kernel sizes) runs as before. CSUB_BANDS=0 in the
+ * environment at set_alpha turns the bands off.
  *
  * A Winograd conv runs on a band's plane with the tile size csub_winograd_pays picks for it (F(2x2)
  * where a band has at most 2 tiles of F(4x4), as cPreResNet20's 8 x 8 stage halved): its weight is
