@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """One image on one thread or two: where splitting an image across the threads pays.
 
-The runtime splits each image across the threads when a batch has fewer
-images than threads, unless the forward is below RT_SPLIT_MIN_FLOPS float
-operations (csrc/runtime_internal.h): then it runs on the calling thread. This
+The runtime splits each image across the threads layer by layer when a batch
+has fewer images than threads and the network cannot run as row bands
+(csrc/runtime_bands.c; CSUB_BANDS=0 in the environment measures the split
+alone), unless the forward is below RT_SPLIT_MIN_FLOPS float operations
+(csrc/runtime_internal.h): then it runs on the calling thread. This
 times the batch-1 forward of cPreResNet20 and ResNet18 (batch norm, dense and
 90 % sparse, the networks of bench_peers.py) at several input sizes with
 csub.set_num_threads(1) and (2), alternating, and prints the medians and the

@@ -292,22 +292,29 @@ void csub_gap_forward(const float *x, float *y, int64_t NC, int64_t HW)
     }
 }
 
-/* The mean of max(0, x[i] a + b) over i < HW: 16 running sums (one vector), then added in order */
-static CSUB_ALWAYS_INLINE void gap_pre_row_body(const float *x, float a, float b, int64_t HW, float *y)
+/* The sum of max(0, x[i] a + b) (pre) or of x[i] over i < n: 16 running sums (one vector), then added
+ * in order */
+static CSUB_ALWAYS_INLINE float sum16(const float *x, int pre, float a, float b, int64_t n)
 {
     float acc[16] = {0}, sum = 0.0f;
     int64_t j = 0;
-    for (; j + 16 <= HW; j += 16)
+    for (; j + 16 <= n; j += 16)
         for (int l = 0; l < 16; l++) {
-            float u = x[j + l] * a + b;
-            acc[l] += u <= 0.0f ? 0.0f : u;
+            float u = pre ? x[j + l] * a + b : x[j + l];
+            acc[l] += pre && u <= 0.0f ? 0.0f : u;
         }
     for (int l = 0; l < 16; l++) sum += acc[l];
-    for (; j < HW; j++) {
-        float u = x[j] * a + b;
-        sum += u <= 0.0f ? 0.0f : u;
+    for (; j < n; j++) {
+        float u = pre ? x[j] * a + b : x[j];
+        sum += pre && u <= 0.0f ? 0.0f : u;
     }
-    *y = sum / (float)HW;
+    return sum;
+}
+
+/* The mean of max(0, x[i] a + b) over i < HW */
+static CSUB_ALWAYS_INLINE void gap_pre_row_body(const float *x, float a, float b, int64_t HW, float *y)
+{
+    *y = sum16(x, 1, a, b, HW) / (float)HW;
 }
 CSUB_VARIANTS(gap_pre_row, (const float *x, float a, float b, int64_t HW, float *y), (x, a, b, HW, y))
 
@@ -322,6 +329,19 @@ void csub_gap_pre_forward(const float *x, const float *a, const float *b, float 
     }
     #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < N * C; i++) gap_pre_row(x + i * HW, a[i % C], b[i % C], HW, y + i);
+}
+
+static CSUB_ALWAYS_INLINE void gap_partial_body(const float *x, const float *a, const float *b, float *part, int64_t C,
+                                                int64_t n, int64_t cs)
+{
+    for (int64_t c = 0; c < C; c++) part[c] = sum16(x + c * cs, a != NULL, a ? a[c] : 1.0f, b ? b[c] : 0.0f, n);
+}
+CSUB_VARIANTS(gap_partial, (const float *x, const float *a, const float *b, float *part, int64_t C, int64_t n,
+                            int64_t cs), (x, a, b, part, C, n, cs))
+
+void csub_gap_sum(const float *x, const float *a, const float *b, float *part, int64_t C, int64_t n, int64_t cs)
+{
+    gap_partial(x, a, b, part, C, n, cs);
 }
 
 /* dy[NC] -> dx[NC,HW] = dy / HW */

@@ -146,8 +146,9 @@ CSUB_TARGET_AVX512 static void split_row_avx512(const float *xr, float *d0, floa
 }
 #endif
 
-/* x[C,H,W] -> xin[C][nph][Lin]: the zero-padded input rows of output rows [p0, p0 + np) */
-static void lay_out(const float *x, float *xin, const band_geom *b, int64_t C, int64_t H, int64_t W,
+/* x's rows of an image [C,H,W] -> xin[C][nph][Lin]: the zero-padded input rows of output rows
+ * [p0, p0 + np) (each row it reads in [0, H) held by x: the caller checks) */
+static void lay_out(const csub_rows *x, float *xin, const band_geom *b, int64_t C, int64_t H, int64_t W,
                     int64_t stride, int64_t p0, int64_t np)
 {
     int64_t G = b->G, Lin = b->Lin;
@@ -155,13 +156,12 @@ static void lay_out(const float *x, float *xin, const band_geom *b, int64_t C, i
     int avx512 = csub_isa_level() >= CSUB_ISA_AVX512;
 #endif
     for (int64_t c = 0; c < C; c++) {
-        const float *xc = x + c * H * W;
         if (stride == 1) { /* padded rows p0 .. p0 + np + 1, i.e. input rows p0 - 1 .. p0 + np */
             float *d = xin + c * Lin;
             memset(d, 0, sizeof(float) * (size_t)Lin);
             for (int64_t i = 0; i < np + 2; i++) {
                 int64_t h = p0 + i - 1;
-                if (h >= 0 && h < H) memcpy(d + i * G + 1, xc + h * W, sizeof(float) * (size_t)W);
+                if (h >= 0 && h < H) memcpy(d + i * G + 1, csub_rows_at(x, c, h, W), sizeof(float) * (size_t)W);
             }
             continue;
         }
@@ -173,7 +173,7 @@ static void lay_out(const float *x, float *xin, const band_geom *b, int64_t C, i
             for (int64_t i = 0; i < np + 1 - a; i++) {
                 int64_t h = 2 * (p0 + i) + a - 1;
                 if (h < 0 || h >= H) continue;
-                const float *xr = xc + h * W;
+                const float *xr = csub_rows_at(x, c, h, W);
                 float *d0 = ph + (a * 2) * Lin + i * G, *d1 = ph + (a * 2 + 1) * Lin + i * G;
 #if CSUB_X86
                 if (avx512) {
@@ -257,19 +257,20 @@ static void grid(const float *xin, const int64_t *off, const float *wg, int64_t 
 }
 
 /* The epilogue of a group's grid, as the im2col path's: y[k][p][0, Q) = relu?(out[k - k0][(p - p0) G ..]
- * + b[k] + res[k][p]) for channels [k0, k0 + nk), rows [p0, p1). Compiled for each level (it ran
- * 4-float vectors, a few percent of cPreResNet20's dense forward at batch 1). */
+ * + b[k] + res[k][p]) for channels [k0, k0 + nk), rows [p0, p1); y and res hold rows from yr0 on, planes
+ * ys floats apart. Compiled for each level (it ran 4-float vectors, a few percent of cPreResNet20's dense
+ * forward at batch 1). */
 static CSUB_ALWAYS_INLINE void band_epilogue_body(const float *out, int64_t Lo, int64_t G, const float *b,
                                                   const float *res, int relu, float *y, int64_t k0, int64_t nk,
-                                                  int64_t PQ, int64_t Q, int64_t p0, int64_t p1)
+                                                  int64_t ys, int64_t yr0, int64_t Q, int64_t p0, int64_t p1)
 {
     for (int64_t j = 0; j < nk; j++) {
         int64_t k = k0 + j;
         float bk = b ? b[k] : 0.0f;
         for (int64_t p = p0; p < p1; p++) {
             const float *src = out + j * Lo + (p - p0) * G;
-            float *yr = y + k * PQ + p * Q;
-            const float *rr = res ? res + k * PQ + p * Q : NULL;
+            float *yr = y + k * ys + (p - yr0) * Q;
+            const float *rr = res ? res + k * ys + (p - yr0) * Q : NULL;
             if (rr && relu)
                 for (int64_t q = 0; q < Q; q++) {
                     float v = src[q] + bk + rr[q];
@@ -288,25 +289,33 @@ static CSUB_ALWAYS_INLINE void band_epilogue_body(const float *out, int64_t Lo, 
     }
 }
 CSUB_VARIANTS(band_epilogue, (const float *out, int64_t Lo, int64_t G, const float *b, const float *res, int relu,
-                              float *y, int64_t k0, int64_t nk, int64_t PQ, int64_t Q, int64_t p0, int64_t p1),
-              (out, Lo, G, b, res, relu, y, k0, nk, PQ, Q, p0, p1))
+                              float *y, int64_t k0, int64_t nk, int64_t ys, int64_t yr0, int64_t Q, int64_t p0,
+                              int64_t p1),
+              (out, Lo, G, b, res, relu, y, k0, nk, ys, yr0, Q, p0, p1))
 
-/* Output rows [p0, p1) of one image: x[C,H,W] -> y[K,P,Q] = relu?(conv + b + res), work: band_work floats */
-static void conv_band(const float *x, const float *wp, const float *b, const float *res, int relu, float *y,
-                      int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride, int64_t P, int64_t Q,
+/* Output rows [p0, p1) of one image from x's rows -> y[K,P,Q] = relu?(conv + b + res), y and res holding
+ * rows from yr0 on, planes ys floats apart; work: band_work floats */
+static void conv_band(const csub_rows *x, const float *wp, const float *b, const float *res, int relu, float *y,
+                      int64_t ys, int64_t yr0, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride, int64_t Q,
                       int64_t p0, int64_t p1, float *work)
 {
     int64_t np = p1 - p0;
     if (np <= 0) return;
     band_geom bg = geom(W, stride, np);
-    int64_t CS = bg.nph * bg.Lin, G = bg.G, PQ = P * Q;
+    int64_t CS = bg.nph * bg.Lin, G = bg.G;
     float *xin = work, *out = work + C * CS;
     lay_out(x, xin, &bg, C, H, W, stride, p0, np);
     for (int64_t g = 0; g * OCG < K; g++) {
         grid(xin, bg.off, wp + g * C * 9 * OCG, C, CS, out, bg.Lo);
         int64_t k0 = g * OCG;
-        band_epilogue(out, bg.Lo, G, b, res, relu, y, k0, K - k0 < OCG ? K - k0 : OCG, PQ, Q, p0, p1);
+        band_epilogue(out, bg.Lo, G, b, res, relu, y, k0, K - k0 < OCG ? K - k0 : OCG, ys, yr0, Q, p0, p1);
     }
+}
+
+/* Image n of x[N,C,H,W] as rows */
+static csub_rows image_rows(const float *x, int64_t n, int64_t C, int64_t H, int64_t W)
+{
+    return (csub_rows){x + n * C * H * W, NULL, NULL, 0, H, H * W};
 }
 
 /* x[N,C,H,W], wp (csub_conv3x3_pack of w[K,C,3,3]), b[K] or NULL, res[N,K,P,Q] or NULL -> y[N,K,P,Q] */
@@ -325,11 +334,13 @@ int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const 
     if (csub_bytes_overflow(per * nt, sizeof(float), &bytes)) return CSUB_ERR_NOMEM;
     float *work = malloc(bytes);
     if (!work) return CSUB_ERR_NOMEM;
-    int64_t KPQ = K * P * Q, CHW = C * H * W;
+    int64_t PQ = P * Q, KPQ = K * PQ;
     if (nt == 1) { /* no parallel region (csub_conv2d_sparse_forward_planned) */
-        for (int64_t n = 0; n < N; n++)
-            conv_band(x + n * CHW, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, C, H, W, K, stride, P, Q, 0,
-                      P, work);
+        for (int64_t n = 0; n < N; n++) {
+            csub_rows xr = image_rows(x, n, C, H, W);
+            conv_band(&xr, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, PQ, 0, C, H, W, K, stride, Q, 0, P,
+                      work);
+        }
         free(work);
         return CSUB_OK;
     }
@@ -340,16 +351,36 @@ int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const 
         if (split) {
             int64_t p0, p1;
             csub_row_band(P, t, omp_get_num_threads(), &p0, &p1);
-            for (int64_t n = 0; n < N; n++)
-                conv_band(x + n * CHW, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, C, H, W, K, stride, P, Q,
-                          p0, p1, wk);
+            for (int64_t n = 0; n < N; n++) {
+                csub_rows xr = image_rows(x, n, C, H, W);
+                conv_band(&xr, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, PQ, 0, C, H, W, K, stride, Q, p0,
+                          p1, wk);
+            }
         } else {
             #pragma omp for schedule(static)
-            for (int64_t n = 0; n < N; n++)
-                conv_band(x + n * CHW, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, C, H, W, K, stride, P, Q,
-                          0, P, wk);
+            for (int64_t n = 0; n < N; n++) {
+                csub_rows xr = image_rows(x, n, C, H, W);
+                conv_band(&xr, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, PQ, 0, C, H, W, K, stride, Q, 0, P,
+                          wk);
+            }
         }
     }
+    free(work);
+    return CSUB_OK;
+}
+
+int csub_conv3x3_forward_rows(const csub_rows *x, const float *wp, const float *b, const float *res, int relu,
+                              float *y, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride, int64_t p0,
+                              int64_t p1)
+{
+    int64_t P = csub_conv_out_size(H, 3, stride, 1), Q = csub_conv_out_size(W, 3, stride, 1);
+    if (p0 < 0 || p1 > P || (stride != 1 && stride != 2) || !csub_rows_cover(x, H, 3, stride, 1, p0, p1)) return CSUB_ERR_ARG;
+    if (p1 <= p0 || K <= 0 || Q <= 0) return CSUB_OK;
+    size_t bytes;
+    float *work;
+    if (csub_bytes_overflow(band_work(C, W, stride, p1 - p0), sizeof(float), &bytes) || !(work = malloc(bytes)))
+        return CSUB_ERR_NOMEM;
+    conv_band(x, wp, b, res, relu, y, (p1 - p0) * Q, p0, C, H, W, K, stride, Q, p0, p1, work);
     free(work);
     return CSUB_OK;
 }

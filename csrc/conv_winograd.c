@@ -146,14 +146,16 @@ static CSUB_ALWAYS_INLINE void transpose16(f32x16 *r)
 #define STORE16(p, v) memcpy((p), &(v), sizeof(f32x16))
 
 /* ------------------------------------------------------------ input: transpose
- * x[C,H,W] -> xt[Hp][Wp][Cp]: xt[h + 1][w + 1][c] = x[c][h][w], zeros elsewhere; rows [r0, r1) of xt */
-static CSUB_ALWAYS_INLINE void transpose_in_body(const float *x, float *xt, int64_t C, int64_t H, int64_t W,
-                                                 int64_t Wp, int64_t Cp, int64_t r0, int64_t r1)
+ * x's rows of an image [C,H,W] -> xt[Hp][Wp][Cp]: xt[h - h0 + 1][w + 1][c] = x[c][h][w], zeros elsewhere
+ * (the tiles' output rows start at row h0); rows [r0, r1) of xt */
+static CSUB_ALWAYS_INLINE void transpose_in_body(const csub_rows *x, float *xt, int64_t C, int64_t H, int64_t W,
+                                                 int64_t Wp, int64_t Cp, int64_t h0, int64_t r0, int64_t r1)
 {
     for (int64_t r = r0; r < r1; r++) {
         float *row = xt + r * Wp * Cp;
-        int64_t h = r - 1;
-        if (h < 0 || h >= H) { /* the top row, the rows past H */
+        int64_t h = h0 + r - 1;
+        /* the top row, the rows past H, and rows of a band's last tile past those its outputs read */
+        if (h < 0 || h >= H || !csub_rows_at(x, 0, h, W)) {
             memset(row, 0, sizeof(float) * (size_t)(Wp * Cp));
             continue;
         }
@@ -167,11 +169,12 @@ static CSUB_ALWAYS_INLINE void transpose_in_body(const float *x, float *xt, int6
                 int64_t w0 = W >= 16 && wn + 16 > W ? W - 16 : wn, nw = W - w0 < 16 ? W - w0 : 16;
                 f32x16 r[16];
                 if (nc == LB && nw == 16) {
-                    for (int c = 0; c < 16; c++) LOAD16(r[c], x + ((cb + c) * H + h) * W + w0);
+                    for (int c = 0; c < 16; c++) LOAD16(r[c], csub_rows_at(x, cb + c, h, W) + w0);
                 } else {
                     float buf[16][16];
                     memset(buf, 0, sizeof buf);
-                    for (int64_t c = 0; c < nc; c++) memcpy(buf[c], x + ((cb + c) * H + h) * W + w0, sizeof(float) * (size_t)nw);
+                    for (int64_t c = 0; c < nc; c++)
+                        memcpy(buf[c], csub_rows_at(x, cb + c, h, W) + w0, sizeof(float) * (size_t)nw);
                     for (int c = 0; c < 16; c++) LOAD16(r[c], buf[c]);
                 }
                 transpose16(r);
@@ -180,8 +183,8 @@ static CSUB_ALWAYS_INLINE void transpose_in_body(const float *x, float *xt, int6
         }
     }
 }
-CSUB_VARIANTS(transpose_in, (const float *x, float *xt, int64_t C, int64_t H, int64_t W, int64_t Wp, int64_t Cp,
-                             int64_t r0, int64_t r1), (x, xt, C, H, W, Wp, Cp, r0, r1))
+CSUB_VARIANTS(transpose_in, (const csub_rows *x, float *xt, int64_t C, int64_t H, int64_t W, int64_t Wp, int64_t Cp,
+                             int64_t h0, int64_t r0, int64_t r1), (x, xt, C, H, W, Wp, Cp, h0, r0, r1))
 
 /* ------------------------------------------------------------ input: transform
  * The patch at xt[m ty + r][m tx + s] (r, s < A) of one tile -> v[(r A + s) vs + c] = B^T d B, every c < Cp */
@@ -361,15 +364,15 @@ CSUB_VARIANTS(out_tile2, (const float *mm, int64_t ms, float *st, int64_t srow, 
                           int64_t tx), (mm, ms, st, srow, Kp, k0, k1, tx))
 
 /* A finished strip -> y[k][p0 + i][q] = relu?(st[i][q][k] + b[k] + res[k][p0 + i][q]) for rows i < np,
- * columns [q0, q1), channels [k0, k1): 16 x 16 blocks transposed in registers, so that the bias,
+ * columns [q0, q1), channels [k0, k1) (y's and res's planes ys floats apart): 16 x 16 blocks transposed in registers, so that the bias,
  * residual and ReLU run on whole rows of the output (y and res read and written in order). A row
  * of 16 or more columns goes by whole vectors, the last one shifted back to end at q1 (its first
  * columns computed twice, the same values); a narrower one by single values. */
 static CSUB_ALWAYS_INLINE void flush_strip_body(const float *st, int64_t srow, int64_t Kp, const float *b,
                                                 const float *res, int relu, float *y, int64_t k0, int64_t k1,
-                                                int64_t P, int64_t Q, int64_t p0, int64_t np, int64_t q0, int64_t q1)
+                                                int64_t ys, int64_t Q, int64_t p0, int64_t np, int64_t q0, int64_t q1)
 {
-    int64_t PQ = P * Q, wide = q1 - q0 >= 16;
+    int64_t wide = q1 - q0 >= 16;
     for (int64_t kb = k0; kb < k1; kb += LB) {
         int64_t nk = k1 - kb < LB ? k1 - kb : LB;
         for (int64_t i = 0; i < np; i++)
@@ -379,7 +382,7 @@ static CSUB_ALWAYS_INLINE void flush_strip_body(const float *st, int64_t srow, i
                 for (int j = 0; j < 16; j++) LOAD16(r[j], st + i * srow + (qc + j) * Kp + kb);
                 transpose16(r); /* r[kk]: columns qc .. qc + 15 of channel kb + kk */
                 for (int64_t kk = 0; kk < nk; kk++) {
-                    int64_t off = (kb + kk) * PQ + (p0 + i) * Q + qc;
+                    int64_t off = (kb + kk) * ys + (p0 + i) * Q + qc;
                     float bk = b ? b[kb + kk] : 0.0f;
                     if (nq == 16) {
                         f32x16 z = r[kk] + bk, rz;
@@ -404,9 +407,9 @@ static CSUB_ALWAYS_INLINE void flush_strip_body(const float *st, int64_t srow, i
     }
 }
 CSUB_VARIANTS(flush_strip, (const float *st, int64_t srow, int64_t Kp, const float *b, const float *res, int relu,
-                            float *y, int64_t k0, int64_t k1, int64_t P, int64_t Q, int64_t p0, int64_t np, int64_t q0,
+                            float *y, int64_t k0, int64_t k1, int64_t ys, int64_t Q, int64_t p0, int64_t np, int64_t q0,
                             int64_t q1),
-              (st, srow, Kp, b, res, relu, y, k0, k1, P, Q, p0, np, q0, q1))
+              (st, srow, Kp, b, res, relu, y, k0, k1, ys, Q, p0, np, q0, q1))
 
 /* ------------------------------------------------------------ the forward */
 
@@ -416,6 +419,7 @@ typedef struct {
     int64_t srow;   /* floats per row of the output strip */
 } wgeom;
 
+/* The geometry for output planes of H rows (a row band's) and W columns */
 static wgeom wino_geom(int64_t C, int64_t H, int64_t W, int64_t K, int m, int64_t tb)
 {
     wgeom g;
@@ -444,13 +448,15 @@ static int64_t thread_work(const wgeom *g)
     return g->cap * g->Hp * g->Wp * g->Cp + g->A2 * (g->vs + g->ms) + g->m * g->srow;
 }
 
-/* Tiles [g0, g1) (numbered over images, tile rows, tile columns) of x[N,C,H,W] -> output channels
- * [16 kb0, min(K, 16 kb1)) of y[N,K,H,W] */
-static void run_tiles(const float *x, const float *u, const float *b, const float *res, int relu, float *y,
-                      int64_t C, int64_t H, int64_t W, int64_t K, const wgeom *g, int64_t g0, int64_t g1,
-                      int64_t kb0, int64_t kb1, float *work)
+/* Tiles [g0, g1) (numbered over images, tile rows, tile columns) of the output rows [h0, h0 + H')
+ * (g->th tile rows) of each image of x (image n: x's rows, its planes xn floats further on), from
+ * an input of H rows -> output channels [16 kb0, min(K, 16 kb1)) of y (image n at y + n yn, planes
+ * ys apart, holding rows from h0 on, as res) */
+static void run_tiles(const csub_rows *x, int64_t xn, const float *u, const float *b, const float *res, int relu,
+                      float *y, int64_t ys, int64_t yn, int64_t C, int64_t H, int64_t W, int64_t K, int64_t h0,
+                      int64_t h1, const wgeom *g, int64_t g0, int64_t g1, int64_t kb0, int64_t kb1, float *work)
 {
-    int64_t img = g->Hp * g->Wp * g->Cp, CHW = C * H * W, KHW = K * H * W, m = g->m;
+    int64_t img = g->Hp * g->Wp * g->Cp, m = g->m;
     int64_t k0 = kb0 * LB, k1 = kb1 * LB < K ? kb1 * LB : K, q0 = 0;
     float *xt = work, *v = xt + g->cap * img, *mm = v + g->A2 * g->vs, *st = mm + g->A2 * g->ms;
     memset(st, 0, sizeof(float) * (size_t)(m * g->srow)); /* the columns past the plane are read, never stored */
@@ -461,8 +467,9 @@ static void run_tiles(const float *x, const float *u, const float *b, const floa
             int64_t a = g0 > next * g->tpi ? g0 - next * g->tpi : 0;
             int64_t e = g1 < (next + 1) * g->tpi ? g1 - next * g->tpi : g->tpi;
             int64_t r0 = a / g->tw * m, r1 = (e - 1) / g->tw * m + m + 2;
-            transpose_in(x + next * CHW, xt + (next % g->cap) * img, C, H, W, g->Wp, g->Cp, r0,
-                         r1 < g->Hp ? r1 : g->Hp);
+            csub_rows xi = *x;
+            xi.x += next * xn;
+            transpose_in(&xi, xt + (next % g->cap) * img, C, H, W, g->Wp, g->Cp, h0, r0, r1 < g->Hp ? r1 : g->Hp);
         }
         for (int64_t i = 0; i < nt; i++) {
             int64_t t = t0 + i, n = t / g->tpi, ty = t % g->tpi / g->tw, tx = t % g->tw;
@@ -479,9 +486,9 @@ static void run_tiles(const float *x, const float *u, const float *b, const floa
             if (m == 4) out_tile4(mm + i * g->Kp, ms, st, g->srow, g->Kp, k0, k1, tx);
             else out_tile2(mm + i * g->Kp, ms, st, g->srow, g->Kp, k0, k1, tx);
             if (tx == g->tw - 1 || t == g1 - 1) {
-                int64_t p0 = ty * m, q1 = (tx + 1) * m < W ? (tx + 1) * m : W;
-                flush_strip(st, g->srow, g->Kp, b, res ? res + n * KHW : NULL, relu, y + n * KHW, k0, k1, H, W, p0,
-                            H - p0 < m ? H - p0 : m, q0, q1);
+                int64_t p0 = ty * m, q1 = (tx + 1) * m < W ? (tx + 1) * m : W, np = h1 - h0 - p0 < m ? h1 - h0 - p0 : m;
+                flush_strip(st, g->srow, g->Kp, b, res ? res + n * yn : NULL, relu, y + n * yn, k0, k1, ys, W, p0, np,
+                            q0, q1);
             }
         }
     }
@@ -499,12 +506,17 @@ static void run_tiles(const float *x, const float *u, const float *b, const floa
  *   traffic of the other work), F(2x2) (16 C K floats) 1.25-2.06x; at batch 2 F(4x4) 1.19-2.12x,
  *   F(2x2) 1.40-1.72x. F(2x2) where a plane has at most 4 tiles and the F(4x4) weight is larger
  *   than an L2 cache (2 MB): never slower than the direct kernel.
+ * - Planes of at most 2 F(4x4) tiles (cPreResNet20's 8 x 8 stage as the 4 x 8 row band of one of
+ *   two threads, or at 16 x 16 inputs its 4 x 4 stage), one image, one thread, microseconds per call
+ *   (direct, F(2x2), F(4x4)): 32 channels on 4 x 8 6.4, 5.6, 6.5; 64 on 4 x 8 16.5, 8.3, 12.9; 128 on
+ *   4 x 8 60.9, 26.8, 58.5; 64 on 4 x 4 12.3, 7.0, 8.2; 256 on 4 x 4 167.5, 135.6, 290.2 (64 on 8 x 8,
+ *   4 tiles: 27.3, 17.9, 13.7). F(2x2).
  * Returns the tile size m, or 0 for the direct kernel. */
 int csub_winograd_pays(int64_t C, int64_t K, int64_t H, int64_t W)
 {
     if (C < 32 || K < 32) return 0;
     int64_t tiles = ((H + 3) / 4) * ((W + 3) / 4);
-    return tiles <= 4 && 36.0 * (double)C * (double)K * 4.0 > 2097152.0 ? 2 : 4;
+    return tiles <= 2 || (tiles <= 4 && 36.0 * (double)C * (double)K * 4.0 > 2097152.0) ? 2 : 4;
 }
 
 /* Tiles per block by default: three groups of the AVX-512 products' 12. Measured on ResNet18's
@@ -522,7 +534,8 @@ int csub_winograd_forward(const float *x, const float *u, const float *b, const 
     if (N <= 0 || K <= 0 || H <= 0 || W <= 0) return CSUB_OK;
     if (tb <= 0) tb = TILES_PER_BLOCK;
     wgeom g = wino_geom(C, H, W, K, m, tb);
-    int64_t T = N * g.tpi, nkb = g.Kp / LB;
+    int64_t T = N * g.tpi, nkb = g.Kp / LB, HW = H * W, CHW = C * HW;
+    csub_rows xr = {x, NULL, NULL, 0, H, HW};
     int nt = omp_in_parallel() ? 1 : csub_get_num_threads();
     /* fewer images than threads: each thread a run of the tiles, or where the tiles are fewer than
      * the output channels (the transformed weight, read once per block, outweighs the inputs) and
@@ -541,7 +554,7 @@ int csub_winograd_forward(const float *x, const float *u, const float *b, const 
     float *work = malloc(bytes);
     if (!work) return CSUB_ERR_NOMEM;
     if (nt == 1) { /* every tile and channel, no parallel region (csub_conv2d_sparse_forward_planned) */
-        run_tiles(x, u, b, res, relu, y, C, H, W, K, &g, 0, T, 0, nkb, work);
+        run_tiles(&xr, CHW, u, b, res, relu, y, HW, K * HW, C, H, W, K, 0, H, &g, 0, T, 0, nkb, work);
         free(work);
         return CSUB_OK;
     }
@@ -561,8 +574,23 @@ int csub_winograd_forward(const float *x, const float *u, const float *b, const 
             hi = N * (t + 1) / T_ * g.tpi;
         }
         if (lo < hi && kb0 < kb1)
-            run_tiles(x, u, b, res, relu, y, C, H, W, K, &g, lo, hi, kb0, kb1, work + (size_t)t * (size_t)per);
+            run_tiles(&xr, CHW, u, b, res, relu, y, HW, K * HW, C, H, W, K, 0, H, &g, lo, hi, kb0, kb1,
+                      work + (size_t)t * (size_t)per);
     }
+    free(work);
+    return CSUB_OK;
+}
+
+int csub_winograd_forward_rows(const csub_rows *x, const float *u, const float *b, const float *res, int relu,
+                               float *y, int64_t C, int64_t H, int64_t W, int64_t K, int m, int64_t p0, int64_t p1)
+{
+    if ((m != 2 && m != 4) || p0 < 0 || p1 > H || !csub_rows_cover(x, H, 3, 1, 1, p0, p1)) return CSUB_ERR_ARG;
+    if (p1 <= p0 || K <= 0 || W <= 0) return CSUB_OK;
+    wgeom g = wino_geom(C, p1 - p0, W, K, m, TILES_PER_BLOCK);
+    size_t bytes;
+    float *work;
+    if (csub_bytes_overflow(thread_work(&g), sizeof(float), &bytes) || !(work = malloc(bytes))) return CSUB_ERR_NOMEM;
+    run_tiles(x, 0, u, b, res, relu, y, (p1 - p0) * W, 0, C, H, W, K, p0, p1, &g, 0, g.tpi, 0, g.Kp / LB, work);
     free(work);
     return CSUB_OK;
 }

@@ -145,6 +145,14 @@ void csub_row_band(int64_t H, int t, int T, int64_t *lo, int64_t *hi)
     *hi = H * (t + 1) / T;
 }
 
+int csub_rows_cover(const csub_rows *x, int64_t H, int64_t R, int64_t stride, int64_t pad, int64_t p0, int64_t p1)
+{
+    int64_t a = p0 * stride - pad, e = (p1 - 1) * stride - pad + R; /* rows [a, e) */
+    if (a < 0) a = 0;
+    if (e > H) e = H;
+    return a >= e || (a >= x->lo - (x->up ? 1 : 0) && e <= x->hi + (x->dn ? 1 : 0));
+}
+
 void csub_gemm_serial(int transa, int transb, int64_t M, int64_t N, int64_t K,
                       float alpha, const float *A, int64_t lda,
                       const float *B, int64_t ldb, float beta, float *C, int64_t ldc)

@@ -360,10 +360,20 @@ CSUB_TARGET_AVX512 static void sp_gather_pre_avx512(float *out, int64_t L, const
         }
         PRE_STORE512(out + i0, a0);
     }
+    if (i0 < L) { /* the last values, fewer than a vector: masked (a masked load never faults) */
+        __mmask16 mk = (__mmask16)((1u << (L - i0)) - 1);
+        __m512 a0 = _mm512_set1_ps(init);
+        if (r) a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(mk, r + i0));
+        for (int64_t t = 0; t < T; t++) {
+            __m512 sa = _mm512_set1_ps(ka[t]), sb = _mm512_set1_ps(kb[t]), w = _mm512_set1_ps(v[t]);
+            __m512 u = _mm512_max_ps(zero, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, base + off[t] + i0), sa, sb));
+            a0 = _mm512_fmadd_ps(w, u, a0);
+        }
+        if (relu) a0 = _mm512_mask_mov_ps(a0, _mm512_cmp_ps_mask(a0, zero, _CMP_LE_OQ), zero);
+        _mm512_mask_storeu_ps(out + i0, mk, a0);
+    }
 #undef PRE_MADD512
 #undef PRE_STORE512
-    if (i0 < L) sp_gather_pre_portable_baseline(out + i0, L - i0, base + i0, off, v, ka, kb, T, init, r ? r + i0 : NULL,
-                                                relu);
 }
 #endif
 
@@ -451,6 +461,9 @@ typedef struct {
     int direct_y;        /* wide rows are the real rows (Wph == Q) */
     int direct_dy;       /* dy[n] serves as the margined gradient (no shift, no wide columns) */
     csub_pre pre;        /* the forward's input transform (csub_pre), all NULL for none */
+    const csub_rows *rows; /* the input's rows where a forward reads a band of them (the runtime's row bands),
+                            * else NULL: the image */
+    int64_t yps, yr0;    /* the output's planes: floats apart (P Q), and the first row they hold (0) */
 } geom;
 
 static geom make_geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
@@ -473,7 +486,17 @@ static geom make_geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int
     g.direct_y = g.Wph == g.Q;
     g.direct_dy = g.offmax == 0 && g.direct_y && g.Hph == g.P;
     g.pre = (csub_pre){NULL, NULL, NULL, NULL};
+    g.rows = NULL;
+    g.yps = g.P * g.Q;
+    g.yr0 = 0;
     return g;
+}
+
+/* Input row h (in [0, H)) of channel c: of the image xn, or of g->rows (NULL: not held, read as zeros:
+ * a row past those the outputs read) */
+static inline const float *input_row(const geom *g, const float *xn, int64_t c, int64_t h)
+{
+    return g->rows ? csub_rows_at(g->rows, c, h, g->W) : xn + (c * g->H + h) * g->W;
 }
 
 /* For every weight column j = (c * R + r) * S + s: tab[2j] = its plane index
@@ -514,12 +537,12 @@ CSUB_VARIANTS(copy_even, (float *restrict dst, const float *restrict src, int64_
         for (int64_t a = 0; a < (g)->sa; a++)                                                        \
             for (int64_t b = 0; b < (g)->sb; b++) {                                                  \
                 float *pl = (planes) + ((c * (g)->sa + a) * (g)->sb + b) * (g)->plane;               \
-                const float *xc = (xn) + c * (g)->H * (g)->W;                                        \
                 int64_t j0, j1;                                                                      \
                 valid_cols((g), b, &j0, &j1);                                                        \
                 for (int64_t i = (i0); i < (i1); i++) {                                              \
                     int64_t h = i * (g)->st + a - (g)->pad;                                          \
-                    ROW(pl + i * (g)->Wph, h < 0 || h >= (g)->H ? NULL : xc + h * (g)->W + b - (g)->pad, j0, j1); \
+                    const float *xr = h < 0 || h >= (g)->H ? NULL : input_row((g), (xn), c, h);      \
+                    ROW(pl + i * (g)->Wph, xr ? xr + b - (g)->pad : NULL, j0, j1);                   \
                 }                                                                                    \
             }
 
@@ -538,7 +561,7 @@ CSUB_TARGET_AVX512 static void build_planes_avx512(const geom *g, const float *x
     int64_t ns = (g->Wph + 15) / 16, st = g->st;
     if (ns > PLANE_STEPS) {
 #define ROW_AVX512(row, xr, j0, j1) \
-    csub_plane_row_avx512(row, (xr) ? (xr) : xn, g->Wph, (xr) ? (j0) : 0, (xr) ? (j1) : 0, g->st)
+    csub_plane_row_avx512(row, (xr) ? (xr) : (row), g->Wph, (xr) ? (j0) : 0, (xr) ? (j1) : 0, g->st)
         PLANE_ROWS(g, xn, planes, c0, c1, i0, i1, ROW_AVX512)
 #undef ROW_AVX512
         return;
@@ -556,16 +579,16 @@ CSUB_TARGET_AVX512 static void build_planes_avx512(const geom *g, const float *x
         for (int64_t a = 0; a < g->sa; a++)
             for (int64_t b = 0; b < g->sb; b++) {
                 float *pl = planes + ((c * g->sa + a) * g->sb + b) * g->plane;
-                const float *xc = xn + c * g->H * g->W;
                 for (int64_t i = i0; i < i1; i++) {
                     int64_t h = i * st + a - g->pad;
                     float *row = pl + i * g->Wph;
-                    if (h < 0 || h >= g->H) {
+                    const float *xr = h < 0 || h >= g->H ? NULL : input_row(g, xn, c, h);
+                    if (!xr) {
                         for (int64_t k = 0; k < ns; k++)
                             _mm512_mask_storeu_ps(row + 16 * k, out[k], _mm512_setzero_ps());
                         continue;
                     }
-                    const float *xr = xc + h * g->W + b - g->pad; /* read at the valid columns only */
+                    xr += b - g->pad; /* read at the valid columns only */
                     for (int64_t k = 0; k < ns; k++) {
                         __m512 v = st == 1 ? _mm512_maskz_loadu_ps(lo[b][k], xr + 16 * k)
                                            : _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo[b][k], xr + 32 * k), ev,
@@ -750,19 +773,20 @@ static void fwd_block_ptrs(const geom *g, const flay *f, const int64_t *rowptr, 
 CSUB_TARGET_AVX512 static void store_rows_avx512(const geom *g, const float *wide, int64_t ld, const float *resn,
                                                  int relu, float *yn, int64_t k0, int64_t k1, int64_t p0, int64_t p1)
 {
-    int64_t Q = g->Q, Wph = g->Wph, PQ = g->P * g->Q;
+    int64_t Q = g->Q, Wph = g->Wph, ps = g->yps;
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t k = k0; k < k1; k++) {
-        const float *wk = wide + (k - k0) * ld, *r = resn ? resn + k * PQ : NULL;
-        float *out = yn + k * PQ;
+        const float *wk = wide + (k - k0) * ld, *r = resn ? resn + k * ps : NULL;
+        float *out = yn + k * ps;
         for (int64_t p = p0; p < p1; p++) {
             const float *src = wk + (p - p0) * Wph;
+            int64_t o = (p - g->yr0) * Q;
             for (int64_t q = 0; q < Q; q += 16) {
                 __mmask16 m = Q - q >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (Q - q)) - 1);
                 __m512 v = _mm512_maskz_loadu_ps(m, src + q);
-                if (r) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r + p * Q + q));
+                if (r) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r + o + q));
                 if (relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LE_OQ), zero); /* NaN stays */
-                _mm512_mask_storeu_ps(out + p * Q + q, m, v);
+                _mm512_mask_storeu_ps(out + o + q, m, v);
             }
         }
     }
@@ -770,7 +794,8 @@ CSUB_TARGET_AVX512 static void store_rows_avx512(const geom *g, const float *wid
 #endif
 
 /* y[n][k] rows [p0, p1) = relu?(the wide rows (channel k - k0 at wide + (k - k0) * ld, row p at
- * (p - p0) * Wph) (+ res[n][k])), channels [k0, k1) */
+ * (p - p0) * Wph) (+ res[n][k])), channels [k0, k1); y's and res's planes g->yps floats apart, holding
+ * rows from g->yr0 on */
 static void store_rows(const geom *g, const float *wide, int64_t ld, const float *resn, int relu, float *yn,
                        int64_t k0, int64_t k1, int64_t p0, int64_t p1)
 {
@@ -780,20 +805,20 @@ static void store_rows(const geom *g, const float *wide, int64_t ld, const float
         return;
     }
 #endif
-    int64_t Q = g->Q, Wph = g->Wph, PQ = g->P * g->Q;
+    int64_t Q = g->Q, Wph = g->Wph, ps = g->yps;
     for (int64_t k = k0; k < k1; k++) {
-        const float *wk = wide + (k - k0) * ld, *r = resn ? resn + k * PQ : NULL;
-        float *out = yn + k * PQ;
+        const float *wk = wide + (k - k0) * ld, *rk = resn ? resn + k * ps : NULL;
+        float *out = yn + k * ps;
         for (int64_t p = p0; p < p1; p++) {
-            const float *src = wk + (p - p0) * Wph;
-            float *o = out + p * Q;
+            const float *src = wk + (p - p0) * Wph, *r = rk ? rk + (p - g->yr0) * Q : NULL;
+            float *o = out + (p - g->yr0) * Q;
             if (r && relu) /* one branch-free loop per case, so that each vectorises */
                 for (int64_t q = 0; q < Q; q++) {
-                    float v = src[q] + r[p * Q + q];
+                    float v = src[q] + r[q];
                     o[q] = v <= 0.0f ? 0.0f : v;
                 }
             else if (r)
-                for (int64_t q = 0; q < Q; q++) o[q] = src[q] + r[p * Q + q];
+                for (int64_t q = 0; q < Q; q++) o[q] = src[q] + r[q];
             else if (relu)
                 for (int64_t q = 0; q < Q; q++) o[q] = src[q] <= 0.0f ? 0.0f : src[q];
             else
@@ -1006,6 +1031,56 @@ int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, co
             }
         }
     }
+    free(own);
+    free(cbp);
+    return CSUB_OK;
+}
+
+/* The first plane row past those output rows [p0, p1) read, with the next one, which the last vectors
+ * of a band read past them (their lanes unused) */
+static int64_t plane_rows_end(const geom *g, int64_t p1)
+{
+    int64_t i1 = p1 + (g->R - 1) / g->st + 1;
+    return i1 < g->Hph ? i1 : g->Hph;
+}
+
+/* A forward of rows [p0, p1) from a band of rows (csub_conv2d_sparse_forward_rows, _jit_rows): the
+ * geometry of the whole image, its input read through x, its output held as the band's rows;
+ * CSUB_ERR_ARG where x does not hold the rows they read, or where the sums would go to y itself
+ * (direct_y: a 1x1 conv, which runs a band as an image of its own) */
+static int rows_geom(geom *g, const csub_rows *x, int64_t p0, int64_t p1)
+{
+    if (g->direct_y || p0 < 0 || p1 > g->P || !csub_rows_cover(x, g->H, g->R, g->st, g->pad, p0, p1))
+        return CSUB_ERR_ARG;
+    g->rows = x;
+    g->yps = (p1 - p0) * g->Q;
+    g->yr0 = p0;
+    return CSUB_OK;
+}
+
+int csub_conv2d_sparse_forward_rows(const csub_rows *x, const int64_t *rowptr, const int64_t *foff,
+                                    const float *values, const float *b, float *y, int64_t C, int64_t H, int64_t W,
+                                    int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t p0,
+                                    int64_t p1, const float *res, int relu, float *work, int64_t work_len)
+{
+    geom g = make_geom(1, C, H, W, K, R, S, stride, pad);
+    if (rows_geom(&g, x, p0, p1)) return CSUB_ERR_ARG;
+    if (p1 <= p0 || K <= 0) return CSUB_OK;
+    flay f = fwd_layout(&g, rowptr[K]);
+    int64_t pf, wf, *cbp = NULL;
+    fwd_sizes(&g, &f, &pf, &wf);
+    float *own;
+    if (work_buffer(&work, work_len, pf + wf, &own)) return CSUB_ERR_NOMEM;
+    if (f.ncb > 1) {
+        if (!(cbp = malloc(sizeof(int64_t) * (size_t)(K * f.ncb + 1)))) {
+            free(own);
+            return CSUB_ERR_NOMEM;
+        }
+        fwd_block_ptrs(&g, &f, rowptr, foff, cbp);
+    }
+    zero_slack(&g, work, pf, 1);
+    build_planes(&g, NULL, work, 0, C, p0, plane_rows_end(&g, p1));
+    fwd_rows(&g, &f, cbp ? cbp : rowptr, foff, values, b, work, res, relu, y, work + pf, 1, 0, K, p0, p1);
     free(own);
     free(cbp);
     return CSUB_OK;
@@ -1235,6 +1310,27 @@ int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const fl
             }
         }
     }
+    free(own);
+    return CSUB_OK;
+}
+
+int csub_conv2d_sparse_forward_jit_rows(const csub_rows *x, const csub_spjit *j, const float *b, float *y, int64_t C,
+                                        int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride,
+                                        int64_t pad, int64_t p0, int64_t p1, const float *res, int relu, float *work,
+                                        int64_t work_len)
+{
+    geom g = make_geom(1, C, H, W, K, R, S, stride, pad);
+    int64_t B, ld, pf, wf;
+    jit_band(&g, &B, &ld);
+    if (csub_spjit_ld(j) != ld || csub_spjit_rows(j) != K || rows_geom(&g, x, p0, p1)) return CSUB_ERR_ARG;
+    if (p1 <= p0) return CSUB_OK;
+    jit_sizes(&g, ld, &pf, &wf);
+    float *own;
+    if (work_buffer(&work, work_len, pf + wf + 16, &own)) return CSUB_ERR_NOMEM;
+    work = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63); /* the code reads the planes in aligned blocks */
+    zero_slack(&g, work, pf, 1);
+    build_planes(&g, NULL, work, 0, C, p0, plane_rows_end(&g, p1));
+    jit_rows(&g, j, b, work, res, relu, y, work + pf, B, ld, 0, csub_spjit_chunks(j), p0, p1, 1, 0, 0, 0);
     free(own);
     return CSUB_OK;
 }

@@ -156,6 +156,29 @@ void csub_gemm_serial(int transa, int transb, int64_t M, int64_t N, int64_t K,
  * each layer reads mostly what the same core wrote in the layer before. */
 void csub_row_band(int64_t H, int t, int T, int64_t *lo, int64_t *hi);
 
+/* The input rows of one image that a kernel reading by rows may use (the runtime's row bands,
+ * runtime_bands.c): rows [lo, hi) of each of its C planes, channel c's row h at
+ * x + c * cs + (h - lo) * W; and one row either side held apart, a neighbouring thread's: row
+ * lo - 1 of channel c at up + c * W, row hi at dn + c * W (NULL: not held). A whole image x[C,H,W]
+ * is {x, NULL, NULL, 0, H, H W}. Rows outside [0, H) are the convolution's zero padding. */
+typedef struct {
+    const float *x, *up, *dn;
+    int64_t lo, hi, cs;
+} csub_rows;
+
+/* Whether x holds every input row in [0, H) that output rows [p0, p1) of a conv with R rows of taps,
+ * stride and padding read (core.c) */
+int csub_rows_cover(const csub_rows *x, int64_t H, int64_t R, int64_t stride, int64_t pad, int64_t p0, int64_t p1);
+
+/* Row h of channel c (W floats), or NULL where the rows do not hold it */
+static inline const float *csub_rows_at(const csub_rows *r, int64_t c, int64_t h, int64_t W)
+{
+    if (h >= r->lo && h < r->hi) return r->x + c * r->cs + (h - r->lo) * W;
+    if (h == r->lo - 1 && r->up) return r->up + c * W;
+    if (h == r->hi && r->dn) return r->dn + c * W;
+    return NULL;
+}
+
 /* csub_conv2d_sparse_forward in two steps, for a weight that serves many
  * calls (the runtime): foff[nnz] receives where each kept weight reads the
  * laid-out input (once per weight), and the forward takes a work buffer of
@@ -179,6 +202,18 @@ void csub_pre_per_weight(const int32_t *colidx, int64_t nnz, int64_t RS, const f
                          float *kb);
 /* The global average pool of such a transformed input (act.c): y[N,C] = the mean of max(0, x a[c] + b[c]) */
 void csub_gap_pre_forward(const float *x, const float *a, const float *b, float *y, int64_t N, int64_t C, int64_t HW);
+/* part[c] = the sum of max(0, x a[c] + b[c]) over the n values of channel c (a, b NULL: of x), its
+ * values at x + c cs, c < C: a row band's share of a global average pool (16 running sums, as
+ * csub_gap_pre_forward) */
+void csub_gap_sum(const float *x, const float *a, const float *b, float *part, int64_t C, int64_t n, int64_t cs);
+/* A row band's share of a group norm of G groups on C planes (norm.c, for runtime_bands.c): the band's
+ * sums s[3 g ..] = {x0, sum (x - x0), sum (x - x0)^2} over the n values of each of group g's planes
+ * x[C][n], x0 its first value here; then y[C][n] = relu?((x - mu) gamma is + beta) from the sums of the T
+ * bands of an H x W image (band t's at parts + t stride, its rows csub_row_band's). */
+void csub_groupnorm_band_sums(const float *x, int64_t C, int64_t G, int64_t n, double *s);
+int csub_groupnorm_band_apply(const float *x, const float *gamma, const float *beta, float *y, int64_t C, int64_t G,
+                              int64_t n, const double *parts, int T, int64_t stride, int64_t H, int64_t W, float eps,
+                              int relu); /* CSUB_OK or CSUB_ERR_NOMEM */
 int64_t csub_conv2d_sparse_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S,
                                 int64_t stride, int64_t pad, int nthreads);
 int csub_conv2d_sparse_forward_planned(const float *x, const int64_t *rowptr, const int64_t *foff,
@@ -220,6 +255,18 @@ csub_spjit *csub_conv2d_sparse_jit(const int64_t *rowptr, const int64_t *foff, c
                                    int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad);
 int64_t csub_conv2d_sparse_jit_work(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                                     int64_t stride, int64_t pad, int nthreads);
+/* Output rows [p0, p1) of one image from the rows x holds (internal.h, csub_rows), y and res holding
+ * just those rows (y[K][p1 - p0][Q]): the planned forwards' sums for a row band of the runtime, on
+ * the thread that calls; a conv whose outputs are its plane's rows (1x1) is not taken (CSUB_ERR_ARG,
+ * as for rows x does not hold). */
+int csub_conv2d_sparse_forward_rows(const csub_rows *x, const int64_t *rowptr, const int64_t *foff,
+                                    const float *values, const float *b, float *y, int64_t C, int64_t H, int64_t W,
+                                    int64_t K, int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t p0,
+                                    int64_t p1, const float *res, int relu, float *work, int64_t work_len);
+int csub_conv2d_sparse_forward_jit_rows(const csub_rows *x, const csub_spjit *j, const float *b, float *y, int64_t C,
+                                        int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride,
+                                        int64_t pad, int64_t p0, int64_t p1, const float *res, int relu, float *work,
+                                        int64_t work_len);
 int csub_conv2d_sparse_forward_jit(const float *x, const csub_spjit *j, const float *b, float *y, int64_t N,
                                    int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t stride,
                                    int64_t pad, const float *res, int relu, const csub_pre *pre, float *work,
@@ -238,6 +285,13 @@ void csub_conv3x3_pack(const float *w, float *wp, int64_t K, int64_t C);
 void csub_conv3x3_pack_flipped(const float *w, float *wp, int64_t K, int64_t C);
 int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const float *res, int relu, float *y,
                          int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride);
+/* Output rows [p0, p1) of one image of H x W from the rows x holds (each row the band reads, or
+ * padding): y and res (may be NULL) hold just those rows, y[K][p1 - p0][Q]. The same bits as
+ * csub_conv3x3_forward's rows. Single-threaded (a thread's band of the runtime's row bands).
+ * Returns CSUB_OK, CSUB_ERR_ARG (a row it reads is not held) or CSUB_ERR_NOMEM. */
+int csub_conv3x3_forward_rows(const csub_rows *x, const float *wp, const float *b, const float *res, int relu,
+                              float *y, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride, int64_t p0,
+                              int64_t p1);
 
 /* The rows y[K, L] (row stride ld) of a convolution's product, in place: + b[k] (b may be NULL),
  * + res (same layout, or NULL), then the ReLU when relu (NaN stays NaN) (conv.c) */
@@ -274,5 +328,9 @@ void csub_winograd_pack(const float *w, float *u, int64_t K, int64_t C, int m);
 int csub_winograd_pays(int64_t C, int64_t K, int64_t H, int64_t W);
 int csub_winograd_forward(const float *x, const float *u, const float *b, const float *res, int relu, float *y,
                           int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int m, int64_t tb);
+/* Output rows [p0, p1) of one image, as csub_conv3x3_forward_rows (its tiles start at row p0, so the
+ * roundings may differ from the whole image's where p0 is not a multiple of m) */
+int csub_winograd_forward_rows(const csub_rows *x, const float *u, const float *b, const float *res, int relu,
+                               float *y, int64_t C, int64_t H, int64_t W, int64_t K, int m, int64_t p0, int64_t p1);
 
 #endif /* CSUB_INTERNAL_H */

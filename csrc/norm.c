@@ -402,6 +402,36 @@ CSUB_VARIANTS(gn_groups, (const float *x, const float *gamma, const float *beta,
  * gn_groups: the two accumulators hold sums_body's lanes l and l + 16, the
  * reduction (_mm512_reduce_add_ps: l + 8, l + 4, l + 2, l + 1) is its tree, and
  * the statistics and affine map are its expressions. */
+/* The sums of x - x0 over a group's nv vectors (nv even), x0 its first value */
+CSUB_TARGET_AVX512 static inline void small_sums(const float *xg, int64_t nv, float *s1, float *s2)
+{
+    __m512 x0 = _mm512_set1_ps(xg[0]), a1 = _mm512_setzero_ps(), a2 = a1, c1 = a1, c2 = a1;
+    for (int64_t k = 0; k < nv; k += 2) {
+        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xg + 16 * k), x0);
+        __m512 f = _mm512_sub_ps(_mm512_loadu_ps(xg + 16 * k + 16), x0);
+        a1 = _mm512_add_ps(a1, d), a2 = _mm512_add_ps(a2, _mm512_mul_ps(d, d));
+        c1 = _mm512_add_ps(c1, f), c2 = _mm512_add_ps(c2, _mm512_mul_ps(f, f));
+    }
+    *s1 = _mm512_reduce_add_ps(_mm512_add_ps(a1, c1));
+    *s2 = _mm512_reduce_add_ps(_mm512_add_ps(a2, c2));
+}
+
+/* affine_body on a plane of whole vectors: ((x - mh) - ml) a + b, then the ReLU */
+CSUB_TARGET_AVX512 static inline void small_affine(const float *xc, float *yc, int64_t n, double mu, float a, float b,
+                                                   int relu)
+{
+    float mh = (float)mu, ml = (float)(mu - (double)mh);
+    __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml), zero = _mm512_setzero_ps();
+    __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+    for (int64_t k = 0; k < n; k += 16) {
+        __m512 t = _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(xc + k), vmh), vml);
+        t = _mm512_add_ps(_mm512_mul_ps(t, va), vb);
+        if (relu) /* t <= 0 -> 0 as in affine_body: a NaN stays NaN */
+            t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, zero, _CMP_LE_OQ), t, zero);
+        _mm512_storeu_ps(yc + k, t);
+    }
+}
+
 CSUB_TARGET_AVX512 static void gn_groups_small(const float *x, const float *gamma, const float *beta, float *y,
                                                int64_t ng0, int64_t ng1, int64_t G, int64_t Cg, int64_t HW, float eps,
                                                int relu)
@@ -412,41 +442,39 @@ CSUB_TARGET_AVX512 static void gn_groups_small(const float *x, const float *gamm
         int64_t e = b + GN_SMALL_CHUNK < ng1 ? b + GN_SMALL_CHUNK : ng1;
         float s1[GN_SMALL_CHUNK], s2[GN_SMALL_CHUNK];
         double mu[GN_SMALL_CHUNK], is[GN_SMALL_CHUNK];
-        for (int64_t ng = b; ng < e; ng++) { /* sums of x - x0, x0 the group's first value */
-            const float *xg = x + ng * m;
-            __m512 x0 = _mm512_set1_ps(xg[0]), a1 = _mm512_setzero_ps(), a2 = a1, c1 = a1, c2 = a1;
-            for (int64_t k = 0; k < nv; k += 2) { /* nv even */
-                __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xg + 16 * k), x0);
-                __m512 f = _mm512_sub_ps(_mm512_loadu_ps(xg + 16 * k + 16), x0);
-                a1 = _mm512_add_ps(a1, d), a2 = _mm512_add_ps(a2, _mm512_mul_ps(d, d));
-                c1 = _mm512_add_ps(c1, f), c2 = _mm512_add_ps(c2, _mm512_mul_ps(f, f));
-            }
-            s1[ng - b] = _mm512_reduce_add_ps(_mm512_add_ps(a1, c1));
-            s2[ng - b] = _mm512_reduce_add_ps(_mm512_add_ps(a2, c2));
-        }
+        for (int64_t ng = b; ng < e; ng++) /* sums of x - x0, x0 the group's first value */
+            small_sums(x + ng * m, nv, &s1[ng - b], &s2[ng - b]);
         for (int64_t i = 0; i < e - b; i++) { /* as group_stats */
             double d = s1[i] * inv_m, var = s2[i] * inv_m - d * d;
             mu[i] = (double)x[(b + i) * m] + d;
             is[i] = 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps);
         }
-        for (int64_t ng = b; ng < e; ng++) { /* affine_body: ((x - mh) - ml) a + b, then the ReLU */
-            float mh = (float)mu[ng - b], ml = (float)(mu[ng - b] - (double)mh);
-            __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml), zero = _mm512_setzero_ps();
+        for (int64_t ng = b; ng < e; ng++) {
             int64_t c0 = (ng % G) * Cg;
-            for (int64_t j = 0; j < Cg; j++) {
-                const float *xc = x + ng * m + j * HW;
-                float *yc = y + ng * m + j * HW;
-                __m512 va = _mm512_set1_ps(gamma[c0 + j] * (float)is[ng - b]), vb = _mm512_set1_ps(beta[c0 + j]);
-                for (int64_t k = 0; k < HW; k += 16) {
-                    __m512 t = _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(xc + k), vmh), vml);
-                    t = _mm512_add_ps(_mm512_mul_ps(t, va), vb);
-                    if (relu) /* t <= 0 -> 0 as in affine_body: a NaN stays NaN */
-                        t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, zero, _CMP_LE_OQ), t, zero);
-                    _mm512_storeu_ps(yc + k, t);
-                }
-            }
+            for (int64_t j = 0; j < Cg; j++)
+                small_affine(x + ng * m + j * HW, y + ng * m + j * HW, HW, mu[ng - b],
+                             gamma[c0 + j] * (float)is[ng - b], beta[c0 + j], relu);
         }
     }
+}
+
+/* The row bands' group norm (csub_groupnorm_band_sums, _apply) in this form, where it applies */
+CSUB_TARGET_AVX512 static void gn_band_sums_small(const float *x, int64_t C, int64_t G, int64_t n, double *s)
+{
+    int64_t m = C / G * n;
+    for (int64_t g = 0; g < G; g++) {
+        float s1, s2;
+        small_sums(x + g * m, m / 16, &s1, &s2);
+        s[3 * g] = (double)x[g * m];
+        s[3 * g + 1] = s1;
+        s[3 * g + 2] = s2;
+    }
+}
+
+CSUB_TARGET_AVX512 static void gn_band_affine_small(const float *x, const float *gamma, const float *beta, float *y,
+                                                    int64_t c0, int64_t c1, int64_t n, double mu, float is, int relu)
+{
+    for (int64_t c = c0; c < c1; c++) small_affine(x + c * n, y + c * n, n, mu, gamma[c] * is, beta[c], relu);
 }
 
 /* The AVX-512 form applies: a level with AVX-512 (csub_isa_level) and groups of whole 32-value blocks. */
@@ -457,6 +485,8 @@ static int gn_small_ok(int64_t Cg, int64_t HW)
 }
 #else
 #define gn_groups_small gn_groups
+#define gn_band_sums_small gn_band_sums
+#define gn_band_affine_small gn_band_affine
 static int gn_small_ok(int64_t Cg, int64_t HW) { return 0; }
 #endif
 
@@ -521,6 +551,71 @@ void csub_groupnorm_infer(const float *x, const float *gamma, const float *beta,
         csub_row_band(N * G, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
         gn_range(x, gamma, beta, y, lo, hi, G, Cg, HW, eps, relu);
     }
+}
+
+/* csub_groupnorm_band_sums: a group's planes are adjacent in the band, x[C][n], so its Cg n values
+ * are summed as one run, as gn_groups_body sums a whole image's group */
+static CSUB_ALWAYS_INLINE void gn_band_sums_body(const float *x, int64_t C, int64_t G, int64_t n, double *s)
+{
+    int64_t m = C / G * n;
+    for (int64_t g = 0; g < G; g++) {
+        const float *xg = x + g * m;
+        sums_body(xg, m, xg[0], s + 3 * g + 1);
+        s[3 * g] = (double)xg[0];
+    }
+}
+CSUB_VARIANTS(gn_band_sums, (const float *x, int64_t C, int64_t G, int64_t n, double *s), (x, C, G, n, s))
+
+void csub_groupnorm_band_sums(const float *x, int64_t C, int64_t G, int64_t n, double *s)
+{
+    if (gn_small_ok(C / G, n)) gn_band_sums_small(x, C, G, n, s);
+    else gn_band_sums(x, C, G, n, s);
+}
+
+/* Channels [c0, c1) of csub_groupnorm_band_apply, their group's mean mu and 1 / std is */
+static CSUB_ALWAYS_INLINE void gn_band_affine_body(const float *x, const float *gamma, const float *beta, float *y,
+                                                   int64_t c0, int64_t c1, int64_t n, double mu, float is, int relu)
+{
+    for (int64_t c = c0; c < c1; c++) affine_body(x + c * n, y + c * n, n, mu, gamma[c] * is, beta[c], relu);
+}
+CSUB_VARIANTS(gn_band_affine, (const float *x, const float *gamma, const float *beta, float *y, int64_t c0, int64_t c1,
+                               int64_t n, double mu, float is, int relu),
+              (x, gamma, beta, y, c0, c1, n, mu, is, relu))
+
+int csub_groupnorm_band_apply(const float *x, const float *gamma, const float *beta, float *y, int64_t C, int64_t G,
+                              int64_t n, const double *parts, int T, int64_t stride, int64_t H, int64_t W, float eps,
+                              int relu)
+{
+    int64_t Cg = C / G;
+    double *st = malloc(sizeof(double) * (size_t)(2 * G + T)), *mu = st, *is = st + G, *nv = st + 2 * G;
+    if (!st) return CSUB_ERR_NOMEM;
+    for (int t = 0; t < T; t++) { /* values a group in band t */
+        int64_t h0, h1;
+        csub_row_band(H, t, T, &h0, &h1);
+        nv[t] = (double)(Cg * (h1 - h0) * W);
+    }
+    double inv_m = 1.0 / (double)(Cg * H * W);
+    for (int64_t g = 0; g < G; g++) {
+        /* the bands' sums, each about its own first value, moved to the first band's: with
+         * d = x0_t - x0, sum (x - x0) = s1_t + n_t d and sum (x - x0)^2 = s2_t + 2 d s1_t + n_t d^2 */
+        double x0 = parts[3 * g], s1 = 0.0, s2 = 0.0;
+        for (int t = 0; t < T; t++) {
+            const double *p = parts + t * stride + 3 * g;
+            double d = p[0] - x0;
+            s1 += p[1] + nv[t] * d;
+            s2 += p[2] + 2.0 * d * p[1] + nv[t] * d * d;
+        }
+        double dm = s1 * inv_m, var = s2 * inv_m - dm * dm; /* as group_stats */
+        mu[g] = x0 + dm;
+        is[g] = 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps);
+    }
+    int small = gn_small_ok(Cg, n);
+    for (int64_t g = 0; g < G; g++) {
+        if (small) gn_band_affine_small(x, gamma, beta, y, g * Cg, (g + 1) * Cg, n, mu[g], (float)is[g], relu);
+        else gn_band_affine(x, gamma, beta, y, g * Cg, (g + 1) * Cg, n, mu[g], (float)is[g], relu);
+    }
+    free(st);
+    return CSUB_OK;
 }
 
 #if CSUB_X86

@@ -29,7 +29,9 @@
  *   forward     run the graph on a batch with the materialised weights: each
  *               thread whole images, a chunk at a time, or (fewer images than
  *               threads) layer by layer, each kernel splitting an image across
- *               the threads when it is large enough to pay.
+ *               the threads when it is large enough to pay; or one image as
+ *               row bands, each thread its rows through the whole network
+ *               (runtime_bands.c), where every layer allows it.
  *   fold, fuse  a batch norm that only a conv or linear layer's output feeds is
  *               folded into that layer at set_alpha, in every regime (weight rows
  *               times gamma / sqrt(var + eps) after top-k or width selection, and

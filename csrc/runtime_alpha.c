@@ -16,8 +16,10 @@
 void csub_rt_free_materialised(op_t *op)
 {
     free(op->wa); free(op->ba); free(op->ga); free(op->rowptr); free(op->colidx); free(op->vals); free(op->oscale);
-    free(op->foff); free(op->fs); free(op->wd); free(op->ww); free(op->pre_ab); free(op->pre_k);
-    op->pre_ab = op->pre_k = NULL;
+    free(op->foff); free(op->fs); free(op->wd); free(op->ww); free(op->wwb); free(op->pre_ab); free(op->pre_k);
+    free(op->band_foff);
+    op->pre_ab = op->pre_k = op->wwb = NULL;
+    op->band_foff = NULL;
     csub_spjit_free(op->spj);
     op->spj = NULL;
     op->wd = op->ww = NULL;
@@ -335,6 +337,9 @@ int csub_model_set_alpha(csub_model *m, double alpha)
     m->sparse_jit = !(jit && !strcmp(jit, "0"));
     const char *pre = getenv("CSUB_PRE_FUSE"); /* "0": every batch norm runs as its own pass */
     m->pre_fuse = !(pre && !strcmp(pre, "0"));
+    const char *bands = getenv("CSUB_BANDS"); /* "0": one image never runs as row bands */
+    m->bands = !(bands && !strcmp(bands, "0"));
+    m->band_nt = 0; /* the band plan is remade for this alpha */
     m->alpha = alpha;
     m->keep = m->regime == REG_UNSTRUCTURED ? alpha : 1.0;
     m->width = m->regime == REG_STRUCTURED ? m->w_lo + (m->w_hi - m->w_lo) * alpha : 1.0;

@@ -8,11 +8,6 @@
 
 #include "runtime_internal.h"
 
-static float *value_ptr(const csub_model *m, const workspace *w, const float *input, int v)
-{
-    return m->vslot[v] < 0 ? (float *)input : w->slots[m->vslot[v]];
-}
-
 /* Fake-quantize x[n] into dst on the layer's activation grid (dynamic: the batch's own range).
  * CSUB_ERR_ARG when a dynamic range is not finite (NaN or inf in x). */
 static int quantize_input(const op_t *op, int bits, const float *x, float *dst, int64_t n, float *scale, int32_t *zp)
@@ -118,58 +113,67 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
     return CSUB_OK;
 }
 
+float *csub_rt_value(const csub_model *m, const workspace *w, const float *input, int v)
+{
+    return m->vslot[v] < 0 ? (float *)input : w->slots[m->vslot[v]];
+}
+
+int csub_rt_run_op(const csub_model *m, const workspace *w, const float *input, int64_t N, int split, int i)
+{
+    const op_t *op = &m->ops[i];
+    shape3 s = m->vshape[op->x];
+    int64_t C = m->vc[op->x], HW = s.h * s.w;
+    /* a reader of a fused norm (fuse_pre) reads the norm's input */
+    const float *x = csub_rt_value(m, w, input, op->pre >= 0 ? m->ops[op->pre].x : op->x);
+    float *y = csub_rt_value(m, w, input, op->y);
+    switch (op->kind) {
+    case OP_CONV: case OP_LINEAR:
+        return run_weighted(m, op, split ? op->path_split : op->path, w, x,
+                            op->x2 >= 0 ? csub_rt_value(m, w, input, op->x2) : NULL, y, N);
+    case OP_NORM:
+        if (op->pre_fused) /* its readers apply it */
+            break;
+        if (op->bn)
+            csub_batchnorm_infer(x, op->ga, op->ba, op->rmean, op->rvar, y, N, C, s.h, s.w, op->eps, op->relu);
+        else
+            csub_groupnorm_infer(x, op->ga, op->ba, y, N, C, s.h, s.w, op->agroups, op->eps, op->relu);
+        break;
+    case OP_RELU:
+        csub_relu_forward(x, y, N * C * HW);
+        break;
+    case OP_MAXPOOL:
+        csub_maxpool2d_infer(x, y, N, C, s.h, s.w, op->pk, op->ps);
+        break;
+    case OP_AVGPOOL:
+        csub_avgpool2d_forward(x, y, N, C, s.h, s.w, op->pk, op->ps);
+        break;
+    case OP_GAP:
+        if (op->pre >= 0)
+            csub_gap_pre_forward(x, m->ops[op->pre].pre_ab, m->ops[op->pre].pre_ab + C, y, N, C, HW);
+        else
+            csub_gap_forward(x, y, N * C, HW);
+        break;
+    case OP_ADD:
+        csub_add_nchw(x, csub_rt_value(m, w, input, op->x2), y, N, C, s.h, s.w);
+        break;
+    default: /* flatten, alias: the same buffer */
+        break;
+    }
+    return CSUB_OK;
+}
+
 /* The graph on N images with workspace w, each image split across threads (split) or
  * not. Returns CSUB_OK, or a status with *failed = the op. */
 static int run_graph(const csub_model *m, const workspace *w, const float *input, int64_t N, int split,
                      float *output, double *op_ms, int *failed)
 {
     for (int i = 0; i < m->nops; i++) {
-        const op_t *op = &m->ops[i];
-        shape3 s = m->vshape[op->x];
-        int64_t C = m->vc[op->x], HW = s.h * s.w;
-        /* a reader of a fused norm (fuse_pre) reads the norm's input */
-        const float *x = value_ptr(m, w, input, op->pre >= 0 ? m->ops[op->pre].x : op->x);
-        float *y = value_ptr(m, w, input, op->y);
-        int st = CSUB_OK;
         double t0 = op_ms ? csub_rt_now_ms() : 0.0;
-        switch (op->kind) {
-        case OP_CONV: case OP_LINEAR:
-            st = run_weighted(m, op, split ? op->path_split : op->path, w, x,
-                              op->x2 >= 0 ? value_ptr(m, w, input, op->x2) : NULL, y, N);
-            break;
-        case OP_NORM:
-            if (op->pre_fused) /* its readers apply it */
-                break;
-            if (op->bn)
-                csub_batchnorm_infer(x, op->ga, op->ba, op->rmean, op->rvar, y, N, C, s.h, s.w, op->eps, op->relu);
-            else
-                csub_groupnorm_infer(x, op->ga, op->ba, y, N, C, s.h, s.w, op->agroups, op->eps, op->relu);
-            break;
-        case OP_RELU:
-            csub_relu_forward(x, y, N * C * HW);
-            break;
-        case OP_MAXPOOL:
-            csub_maxpool2d_infer(x, y, N, C, s.h, s.w, op->pk, op->ps);
-            break;
-        case OP_AVGPOOL:
-            csub_avgpool2d_forward(x, y, N, C, s.h, s.w, op->pk, op->ps);
-            break;
-        case OP_GAP:
-            if (op->pre >= 0)
-                csub_gap_pre_forward(x, m->ops[op->pre].pre_ab, m->ops[op->pre].pre_ab + C, y, N, C, HW);
-            else
-                csub_gap_forward(x, y, N * C, HW);
-            break;
-        case OP_ADD:
-            csub_add_nchw(x, value_ptr(m, w, input, op->x2), y, N, C, s.h, s.w);
-            break;
-        default: /* flatten, alias: the same buffer */
-            break;
-        }
+        int st = csub_rt_run_op(m, w, input, N, split, i);
         if (st) { *failed = i; return st; }
         if (op_ms) op_ms[i] = csub_rt_now_ms() - t0;
     }
-    memcpy(output, value_ptr(m, w, input, m->out_val), sizeof(float) * (size_t)(N * m->classes));
+    memcpy(output, csub_rt_value(m, w, input, m->out_val), sizeof(float) * (size_t)(N * m->classes));
     return CSUB_OK;
 }
 
@@ -203,7 +207,7 @@ static int forward_threads(csub_model *m, const float *input, int64_t batch, flo
         m->split = nt > 1 && batch < nt; /* fewer images than threads: the kernels split each image */
         st = run_graph(m, &m->ws[0], input, batch, m->split, output, op_ms, &failed);
     } else {
-        if (nt > m->nws) nt = m->nws;
+        if (csub_rt_ws_reserve(m, nt)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for the workspaces");
         for (int t = 0; t < nt; t++)
             if (csub_rt_ws_ensure(m, &m->ws[t], m->chunk, 1)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for the workspace");
         /* chunks of m->chunk images, or fewer where that leaves a thread without one (a batch of 2
@@ -232,12 +236,26 @@ static int forward_threads(csub_model *m, const float *input, int64_t batch, flo
     return CSUB_OK;
 }
 
-/* Fewer images than threads and too little work to split them (RT_SPLIT_MIN_FLOPS): the whole
- * forward on the calling thread */
+/* One image as row bands on nt threads (runtime_bands.c) */
+static int forward_bands(csub_model *m, const float *input, float *output, int nt)
+{
+    int failed = -1, st;
+    m->split = 0;
+    for (int t = 0; t < nt; t++)
+        if (csub_rt_ws_ensure(m, &m->ws[t], 1, 1)) return MFAIL(m, CSUB_ERR_NOMEM, "out of memory for the workspace");
+    if ((st = csub_rt_bands_forward(m, input, output, nt, &failed)))
+        return MFAIL(m, st, "graph[%d] (%s): %s", failed, csub_model_op_name(m, failed), csub_strerror(st));
+    return CSUB_OK;
+}
+
+/* One image on several threads: as row bands where the graph allows (not when profiling: op_ms
+ * times each layer); else split layer by layer, or with too little work for that
+ * (RT_SPLIT_MIN_FLOPS) the whole forward on the calling thread */
 static int forward(csub_model *m, const float *input, int64_t batch, float *output, double *op_ms)
 {
-    int small = m && m->ready && batch >= 1 && batch < csub_get_num_threads() &&
-                (double)batch * (double)m->flops < RT_SPLIT_MIN_FLOPS;
+    int nt = csub_get_num_threads(), few = m && m->ready && batch >= 1 && batch < nt;
+    if (few && !op_ms && input && output && csub_rt_bands_apply(m, batch, nt)) return forward_bands(m, input, output, nt);
+    int small = few && (double)batch * (double)m->flops < RT_SPLIT_MIN_FLOPS;
     int cap = small ? csub_threads_cap(1) : 0;
     int st = forward_threads(m, input, batch, output, op_ms);
     if (small) csub_threads_cap(cap);
@@ -253,6 +271,16 @@ int csub_model_profile(csub_model *m, const float *input, int64_t batch, float *
 {
     if (m && !op_ms) return MFAIL(m, CSUB_ERR_ARG, "op_ms: NULL pointer");
     return forward(m, input, batch, output, op_ms);
+}
+
+const char *csub_model_plan(const csub_model *m, int64_t batch)
+{
+    if (!m || !m->ready || batch < 1 || batch > RT_MAX_BATCH) return "";
+    int nt = csub_get_num_threads();
+    if (csub_rt_image_parallel(m, batch, nt)) return "images";
+    if (batch < nt && csub_rt_bands_floats(m, batch, nt)) return "bands";
+    if (batch < nt && (double)batch * (double)m->flops < RT_SPLIT_MIN_FLOPS) return "serial";
+    return nt > 1 ? "layers" : "serial";
 }
 
 int csub_model_num_ops(const csub_model *m)

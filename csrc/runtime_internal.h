@@ -9,6 +9,7 @@
  *   runtime_memory.c  activation buffers by liveness, per-thread workspaces, memory bound
  *   runtime_alpha.c   set_alpha: the weights materialised per regime
  *   runtime_exec.c    forward: the graph run on a batch
+ *   runtime_bands.c   forward: one image as row bands on several threads
  */
 #ifndef CSUB_RUNTIME_INTERNAL_H
 #define CSUB_RUNTIME_INTERNAL_H
@@ -36,8 +37,9 @@ typedef struct workspace {
  * (batch 1): the dense products split well and the CSR ones do not, so they
  * stop paying earlier: 0.94x / 1.05x at keep 0.4 in two runs, 0.82x at 0.5.
  * Between the two, a layer holds both forms. */
-/* Below this many float operations a forward of fewer images than threads runs on one thread
- * (runtime_exec.c). Splitting each image across two cores, measured at batch 1 before the rule
+/* A forward of one image on several threads runs as row bands where the graph allows
+ * (runtime_bands.c); else, below this many float operations, it is not split layer by layer but
+ * runs on one thread (runtime_exec.c). Splitting each image across two cores, measured at batch 1 before the rule
  * (benchmarks/bench_split.py times 2 threads against 1): 1.11-1.28x slower at 8-67 MFLOP
  * (cPreResNet20 dense and 90 % sparse, group and batch norm: the halves each thread writes are
  * read by the other in the next layer, for a few microseconds of arithmetic), even at 47 MFLOP
@@ -98,6 +100,9 @@ typedef struct {
     float *ww;                   /* a 3x3 stride-1 conv's wa transformed for Winograd F(wm x wm, 3x3)
                                   * (csub_winograd_pack) instead of wd, or NULL: its float32 dense path runs that */
     int wm;                      /* its tile size m (2 or 4), 0 without */
+    float *wwb;                  /* the same for the row bands' planes where they take another m (runtime_bands.c) */
+    int wmb;
+    int64_t *band_foff;          /* a sparse 1x1 conv on row bands: foff for each band's rows [bands][nnz] */
     int64_t ww_len;              /* floats of ww */
     int64_t *rowptr;
     int32_t *colidx;
@@ -137,7 +142,7 @@ struct csub_model {
     int nslots;
     int64_t *slot_size;          /* floats per sample at full width */
     int64_t scratch_size;        /* floats per sample */
-    workspace *ws;               /* one per thread (ws[0]: layer-by-layer runs) */
+    workspace *ws;               /* one per thread (ws[0]: layer-by-layer runs), nws of them (csub_rt_ws_reserve) */
     int nws;
     float *tmp;                  /* one full tensor (interpolation) */
     uint8_t *mask;
@@ -154,6 +159,15 @@ struct csub_model {
     int sparse_jit;              /* sparse convs as code where it can be made (CSUB_SPARSE_JIT, at set_alpha) */
     int pre_fuse;                /* batch norms fused into the sparse layers that read them (CSUB_PRE_FUSE) */
     int chunk;                   /* images per chunk of the image-parallel mode (RT_CHUNK or 1, set_alpha) */
+    /* one image as row bands on several threads (runtime_bands.c) */
+    int bands;                   /* allowed (CSUB_BANDS, at set_alpha) */
+    int band_nt, band_ok;        /* the threads the plan is for (0: none since set_alpha); whether the graph runs so */
+    int band_gap;                /* the global average pool's op */
+    int64_t *band_halo;          /* per op: where a 3x3 conv's input rows next to a band go in a thread's part of
+                                  * band_buf, or -1 */
+    int64_t band_sums;           /* where a band's sums for the pool go in it */
+    int64_t band_part;           /* floats of a thread's part of band_buf */
+    float *band_buf;
 };
 
 #define MFAIL(m, code, ...) csub_fail((m)->err, sizeof (m)->err, code, __VA_ARGS__)
@@ -177,13 +191,27 @@ int csub_rt_prepare_graph(csub_model *m, char *err, size_t errlen);
 /* runtime_memory.c */
 int csub_rt_assign_slots(csub_model *m);
 int csub_rt_ws_ensure(const csub_model *m, workspace *w, int64_t N, int threads);
+/* at least nt workspaces (the thread count can grow after load): CSUB_OK or CSUB_ERR_NOMEM */
+int csub_rt_ws_reserve(csub_model *m, int nt);
 void csub_rt_ws_free(workspace *w, int nslots);
 
 /* runtime_alpha.c: frees what set_alpha made of op */
 void csub_rt_free_materialised(op_t *op);
 
-/* runtime_exec.c: a batch of N images runs image-parallel on nt threads */
+/* runtime_exec.c: a batch of N images runs image-parallel on nt threads; the buffer of value v
+ * in workspace w (the input for value 0); op i on N images (split: each image split across the
+ * threads), CSUB_OK or a status */
 int csub_rt_image_parallel(const csub_model *m, int64_t N, int nt);
+float *csub_rt_value(const csub_model *m, const workspace *w, const float *input, int v);
+int csub_rt_run_op(const csub_model *m, const workspace *w, const float *input, int64_t N, int split, int i);
+
+/* runtime_bands.c: whether a forward of `batch` images on nt threads runs as row bands (making the
+ * plan for nt threads once per set_alpha); that forward on one image, the workspaces ws[0 .. nt)
+ * ready for one image: CSUB_OK, or a status with *failed = the op */
+int csub_rt_bands_apply(csub_model *m, int64_t batch, int nt);
+/* the same without making the plan: band_buf's floats if it would, else 0 */
+int64_t csub_rt_bands_floats(const csub_model *m, int64_t batch, int nt);
+int csub_rt_bands_forward(const csub_model *m, const float *input, float *output, int nt, int *failed);
 
 /* runtime.c: a monotonic clock in milliseconds; a conv or linear op's float operations per image */
 double csub_rt_now_ms(void);

@@ -365,6 +365,7 @@ void csub_model_free(csub_model *m)
     free(m->ws); free(m->slot_size); free(m->ops); free(m->vshape); free(m->vc); free(m->vslot);
     free(m->tmp); free(m->mask); free(m->input_mean); free(m->input_std);
     free(m->level_alpha); free(m->level_acc);
+    free(m->band_halo); free(m->band_buf);
     free(m);
 }
 

@@ -82,6 +82,17 @@ static int64_t sp_work(const csub_model *m, int64_t N, int threads)
     return sp;
 }
 
+int csub_rt_ws_reserve(csub_model *m, int nt)
+{
+    if (nt <= m->nws) return CSUB_OK;
+    workspace *ws = realloc(m->ws, (size_t)nt * sizeof *ws);
+    if (!ws) return CSUB_ERR_NOMEM;
+    memset(ws + m->nws, 0, (size_t)(nt - m->nws) * sizeof *ws);
+    m->ws = ws;
+    m->nws = nt;
+    return CSUB_OK;
+}
+
 /* Buffers for N images run by `threads` threads (the kernels' own split). */
 int csub_rt_ws_ensure(const csub_model *m, workspace *w, int64_t N, int threads)
 {
@@ -108,12 +119,14 @@ int64_t csub_model_memory(const csub_model *m, int64_t batch)
     csub_model_info(m, &d);
     int64_t act = m->scratch_size; /* each term at most 2^32 floats per image (VALUE_MAX), nslots <= RT_MAX_OPS */
     for (int s = 0; s < m->nslots; s++) act += m->slot_size[s];
-    int nt = csub_get_num_threads() < m->nws ? csub_get_num_threads() : m->nws;
+    int nt = csub_get_num_threads(); /* the workspaces the forward makes (csub_rt_ws_reserve) */
     int par = csub_rt_image_parallel(m, batch, nt);
-    int64_t images = par ? (int64_t)nt * m->chunk : batch, sp; /* buffers held at once */
-    if (par && csub_mul_overflow(sp_work(m, m->chunk, 1), nt, &sp)) return -1;
-    if (!par) sp = sp_work(m, batch, nt); /* the CSR convolutions' planes */
-    if (csub_mul_overflow(act, images, &act) || __builtin_add_overflow(act, sp, &act)
+    /* row bands (runtime_bands.c): a workspace of one image per thread, and the rows they exchange */
+    int64_t bands = !par && batch < nt ? csub_rt_bands_floats(m, batch, nt) : 0;
+    int64_t images = par ? (int64_t)nt * m->chunk : bands ? nt : batch, sp; /* buffers held at once */
+    if ((par || bands) && csub_mul_overflow(sp_work(m, par ? m->chunk : 1, 1), nt, &sp)) return -1;
+    if (!par && !bands) sp = sp_work(m, batch, nt); /* the CSR convolutions' planes */
+    if (csub_mul_overflow(act, images, &act) || __builtin_add_overflow(act, sp + bands, &act)
         || csub_mul_overflow(act, 4, &act) || __builtin_add_overflow(act, d.subspace_bytes + d.weight_bytes, &act))
         return -1;
     return act;

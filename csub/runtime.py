@@ -138,6 +138,13 @@ class CompressedNet:
         """Bytes to run a batch at the current alpha: subspace, weights at alpha, activations."""
         return _core.model_memory(self._m, _count(batch_size, "batch_size"))
 
+    def plan(self, batch_size: int = 1) -> str:
+        """How a forward of ``batch_size`` images runs at the current alpha and thread count
+        (``csub.set_num_threads``): ``"images"`` (each thread whole images), ``"bands"`` (one image,
+        each thread a band of its rows through the whole network, where every layer allows it),
+        ``"layers"`` (each layer split across the threads) or ``"serial"`` (one thread)."""
+        return _core.model_plan(self._m, _count(batch_size, "batch_size"))
+
     def default_alphas(self) -> list[float]:
         """The alphas of the stored accuracy levels, else a grid of the regime's levels."""
         if self.meta.get("levels"):

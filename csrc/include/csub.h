@@ -553,6 +553,16 @@ int csub_model_forward(csub_model *model, const float *input, int64_t batch, flo
  * "gn+relu", "add", ...; a fused ReLU shows as "alias" with ~0 ms). */
 int csub_model_profile(csub_model *model, const float *input, int64_t batch, float *output, double *op_ms);
 int csub_model_num_ops(const csub_model *model);
+/* How a forward of `batch` images runs at the current alpha and thread count
+ * (csub_set_num_threads): "images" (each thread whole images, a few at a
+ * time), "bands" (one image, each thread a band of its rows through the whole
+ * network, meeting before each 3x3 conv and group norm and at the pool, where
+ * every layer allows it), "layers" (each layer split across the threads:
+ * fewer images than threads, or layers that take their activation range from
+ * the batch), "serial" (one thread: one thread set, or one image too small to
+ * split layer by layer); "" for a batch outside 1..2^24 or no alpha set.
+ * A profile (csub_model_profile) runs "bands" layer by layer. */
+const char *csub_model_plan(const csub_model *model, int64_t batch);
 const char *csub_model_op_name(const csub_model *model, int i);
 
 /* pixels[batch, C, H, W] 0..255 -> out = (pixel / 255 - mean[c]) / std[c], the

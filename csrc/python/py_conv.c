@@ -427,6 +427,67 @@ static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw
     return finish(st, "conv3x3_forward", y);
 }
 
+/* Output rows [p0, p1) of the direct or Winograd 3x3 kernel from a band of an image's rows (the
+ * runtime's row bands): x[C, hb, W] holds rows [lo, lo + hb) of an image of `height` rows, up[C, W]
+ * and dn[C, W] the rows just above and below when given */
+static PyObject *py_conv3x3_forward_rows(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *w, *up = NULL, *dn = NULL, *b = NULL, *res = NULL;
+    long long height, lo, p0, p1, stride = 1;
+    int relu = 0, m = 0;
+    KW("x", "w", "height", "lo", "p0", "p1", "up", "dn", "b", "res", "relu", "stride", "winograd");
+    if (!parse(args, kw, "O&O&LLLL|O&O&O&O&pLi", kwlist, ARG_F32(x, 3), ARG_F32(w, 4), &height, &lo, &p0, &p1,
+               ARG_OPT_F32(up, 2), ARG_OPT_F32(dn, 2), ARG_OPT_F32(b, 1), ARG_OPT_F32(res, 3), &relu, &stride, &m))
+        return NULL;
+    npy_intp C = PyArray_DIM(x, 0), hb = PyArray_DIM(x, 1), W = PyArray_DIM(x, 2), K = PyArray_DIM(w, 0);
+    npy_intp ws[4] = {K, C, 3, 3}, rs[2] = {C, W};
+    if (shape_check(w, "w", 4, ws, "(K, C, 3, 3), C of x") || (up && shape_check(up, "up", 2, rs, "(C, W) of x")) ||
+        (dn && shape_check(dn, "dn", 2, rs, "(C, W) of x")))
+        return NULL;
+    if (m && (winograd_m(m) || (stride != 1 && (PyErr_SetString(PyExc_ValueError,
+                                                                "stride: Winograd takes stride 1 only"), 1))))
+        return NULL;
+    if (stride != 1 && stride != 2) {
+        PyErr_SetString(PyExc_ValueError, "stride: the direct kernel takes 1 or 2");
+        return NULL;
+    }
+    if (lo < 0 || height < lo + hb || height > ((int64_t)1 << 24)) {
+        PyErr_Format(PyExc_ValueError, "lo, height: rows [%lld, %lld) of x are not in an image of %lld rows", lo,
+                     lo + (long long)hb, height);
+        return NULL;
+    }
+    int64_t P = csub_conv_out_size(height, 3, stride, 1), Q = csub_conv_out_size(W, 3, stride, 1);
+    if (p0 < 0 || p1 < p0 || p1 > P) {
+        PyErr_Format(PyExc_ValueError, "p0, p1: expected 0 <= p0 <= p1 <= %lld output rows, got %lld, %lld",
+                     (long long)P, p0, p1);
+        return NULL;
+    }
+    csub_rows rows = {F32(x), up && lo > 0 ? F32(up) : NULL, dn && lo + hb < height ? F32(dn) : NULL, lo, lo + hb,
+                      hb * W};
+    if (!csub_rows_cover(&rows, height, 3, stride, 1, p0, p1)) {
+        PyErr_Format(PyExc_ValueError, "x, up, dn: output rows [%lld, %lld) read input rows these do not hold", p0, p1);
+        return NULL;
+    }
+    npy_intp bs[1] = {K}, ys[3] = {K, p1 - p0, Q};
+    if ((b && shape_check(b, "b", 1, bs, "(K,)")) || (res && shape_check(res, "res", 3, ys, "(K, p1 - p0, Q)")))
+        return NULL;
+    PyArrayObject *y = new_f32(3, ys);
+    if (!y) return NULL;
+    int64_t len = m ? csub_winograd_packed_len(K, C, m) : csub_conv3x3_packed_len(K, C);
+    float *u = malloc(sizeof(float) * (size_t)(len > 0 ? len : 1));
+    if (!u) {
+        Py_DECREF(y);
+        return PyErr_NoMemory();
+    }
+    int st;
+    NOGIL(if (m) csub_winograd_pack(F32(w), u, K, C, m); else csub_conv3x3_pack(F32(w), u, K, C);
+          st = m ? csub_winograd_forward_rows(&rows, u, OPT_F32(b), OPT_F32(res), relu, F32(y), C, height, W, K, m, p0, p1)
+                 : csub_conv3x3_forward_rows(&rows, u, OPT_F32(b), OPT_F32(res), relu, F32(y), C, height, W, K, stride,
+                                             p0, p1));
+    free(u);
+    return finish(st, "conv3x3_forward_rows", y);
+}
+
 PyMethodDef csub_py_conv_methods[] = {
     M(linear_forward, "linear_forward(x[N,I], w[O,I], b[O]=None) -> y[N,O]"),
     M(linear_backward, "linear_backward(x, w, dy[N,O], dw=None, db=None, need_dx=True) -> dx; dw, db +="),
@@ -438,6 +499,10 @@ PyMethodDef csub_py_conv_methods[] = {
     M(conv3x3_forward, "conv3x3_forward(x[N,C,H,W], w[K,C,3,3], b=None, res=None, relu=False, stride=1, winograd=0, "
                        "packed=None, tiles_per_block=0) -> y = relu?(conv(x, w, pad 1) + b + res): the runtime's direct "
                        "3x3 kernel, or Winograd F(m x m, 3x3) for winograd=m (stride 1); packed: conv3x3_pack(w, winograd)"),
+    M(conv3x3_forward_rows, "conv3x3_forward_rows(x[C,hb,W], w[K,C,3,3], height, lo, p0, p1, up=None, dn=None, "
+                            "b=None, res=None, relu=False, stride=1, winograd=0) -> y[K,p1-p0,Q]: conv3x3_forward's "
+                            "output rows [p0, p1) from rows [lo, lo + hb) of an image of `height` rows, up[C,W] and "
+                            "dn[C,W] the rows above and below them (the runtime's row bands)"),
     M(relu_forward, "relu_forward(x) -> y"),
     M(relu_backward, "relu_backward(x, dy) -> dx"),
     M(add, "add(a, b, out=None) -> a + b (out may be a or b)"),

@@ -184,6 +184,16 @@ static PyObject *py_model_memory(PyObject *self, PyObject *args, PyObject *kw)
     return PyLong_FromLongLong((long long)bytes);
 }
 
+static PyObject *py_model_plan(PyObject *self, PyObject *args, PyObject *kw)
+{
+    rt_box *b;
+    long long batch;
+    KW("model", "batch");
+    if (!parse(args, kw, "O&L", kwlist, ARG_MODEL(b), &batch) || positive(batch, "batch")) return NULL;
+    if (batch > ((long long)1 << 24)) return PyErr_Format(PyExc_ValueError, "batch: expected 1..2^24, got %lld", batch);
+    return PyUnicode_FromString(csub_model_plan(b->m, batch));
+}
+
 static PyObject *py_model_calibrate(PyObject *self, PyObject *args, PyObject *kw)
 {
     rt_box *b;
@@ -265,6 +275,8 @@ PyMethodDef csub_py_runtime_methods[] = {
     M(model_profile, "model_profile(model, x) -> [(op name, ms), ...] one timed forward"),
     M(model_info, "model_info(model) -> dict (regime, level, sizes, flops)"),
     M(model_memory, "model_memory(model, batch) -> bytes to run a batch at the current alpha"),
+    M(model_plan, "model_plan(model, batch) -> how a forward of batch images runs here: 'images', 'layers', "
+                  "'bands' or 'serial'"),
     M(model_calibrate, "model_calibrate(model, alphas float64[n], batch=1, reps=5) -> list of dicts"),
     M(pick_alpha, "pick_alpha(alphas, latency_ms, memory_bytes int64, accuracy, latency_budget=0, "
                   "memory_budget=0) -> alpha or None"),

@@ -1,0 +1,219 @@
+"""One image as row bands on several threads (csrc/runtime_bands.c): each thread runs its band of
+rows through the whole network, reading its neighbours' edge rows before each 3x3 conv and every
+band's sums before a group norm.
+
+The kernels: the direct and Winograd 3x3 convs on a band of an image's rows with the rows just
+above and below held apart (_core.conv3x3_forward_rows) against a float64 convolution, the
+direct one bit for bit against its whole-image forward. The runtime: which networks run as bands
+(CompressedNet.plan), and their logits against one thread's and the training forward."""
+import numpy as np
+import pytest
+
+import csub
+from csub import _core, models
+from gradcheck import assert_close
+from reference import conv as ref
+from test_runtime import RTOL_FLOAT, _prepare, _rel
+
+
+def band_case(rng, C, K, H, W):
+    x = rng.normal(0, 1, (C, H, W)).astype(np.float32)
+    w = (rng.normal(0, 1, (K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    b = rng.normal(0, 1, K).astype(np.float32)
+    return x, w, b
+
+
+def rows_for(x, stride, p0, p1):
+    """The band of x's rows output rows [p0, p1) own at `stride` (their first input row on), and the
+    rows above and below it: (band, lo, up, dn)"""
+    H = x.shape[1]
+    lo = min(p0 * stride, H - 1)
+    hi = max(min((p1 - 1) * stride + 1, H), lo + 1)
+    up = np.ascontiguousarray(x[:, lo - 1]) if lo > 0 else None
+    dn = np.ascontiguousarray(x[:, hi]) if hi < H else None
+    return np.ascontiguousarray(x[:, lo:hi]), lo, up, dn
+
+
+SHAPES = [(16, 16, 32, 32), (3, 16, 32, 32), (40, 24, 15, 13), (20, 24, 9, 19), (64, 64, 8, 8)]
+
+
+@pytest.mark.parametrize("C,K,H,W", SHAPES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_direct_rows_equal_the_whole_image(rng, C, K, H, W, stride):
+    """Every output band [p0, p1), from its own input rows and the neighbours' edge rows: the same
+    bits as those rows of the whole image's forward (bias, residual and ReLU included), and within
+    float32 rounding of a float64 convolution."""
+    x, w, b = band_case(rng, C, K, H, W)
+    whole = _core.conv3x3_forward(x[None], w, b, None, False, stride)[0]
+    want = ref.conv2d_forward(x[None].astype(np.float64), w.astype(np.float64), b.astype(np.float64), stride, 1)[0]
+    P = whole.shape[1]
+    for p0 in range(P):
+        for p1 in range(p0 + 1, P + 1):
+            band, lo, up, dn = rows_for(x, stride, p0, p1)
+            res = rng.normal(0, 1, (K, p1 - p0, whole.shape[2])).astype(np.float32)
+            got = _core.conv3x3_forward_rows(band, w, H, lo, p0, p1, up, dn, b, res, True, stride)
+            assert np.array_equal(got, np.maximum(whole[:, p0:p1] + res, 0)), (p0, p1)
+            plain = _core.conv3x3_forward_rows(band, w, H, lo, p0, p1, up, dn, b, stride=stride)
+            assert_close(plain, want[:, p0:p1], 1e-5, 1e-5, f"rows [{p0}, {p1})")
+
+
+@pytest.mark.parametrize("C,K,H,W", SHAPES)
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_rows_against_float64(rng, C, K, H, W, m):
+    """Winograd's tiles start at the band's first row: every band within float32 rounding of a
+    float64 convolution, and of the whole image's Winograd rows."""
+    x, w, b = band_case(rng, C, K, H, W)
+    whole = _core.conv3x3_forward(x[None], w, b, None, False, 1, m)[0]
+    want = ref.conv2d_forward(x[None].astype(np.float64), w.astype(np.float64), b.astype(np.float64), 1, 1)[0]
+    for p0 in range(H):
+        for p1 in range(p0 + 1, H + 1):
+            band, lo, up, dn = rows_for(x, 1, p0, p1)
+            res = rng.normal(0, 1, (K, p1 - p0, W)).astype(np.float32)
+            got = _core.conv3x3_forward_rows(band, w, H, lo, p0, p1, up, dn, b, res, True, 1, m)
+            assert_close(got, np.maximum(want[:, p0:p1] + res, 0), 2e-5, 2e-5, f"F({m}) rows [{p0}, {p1})")
+            plain = _core.conv3x3_forward_rows(band, w, H, lo, p0, p1, up, dn, b, winograd=m)
+            assert_close(plain, whole[:, p0:p1], 2e-5, 2e-5, f"F({m}) rows [{p0}, {p1}) against the whole image")
+
+
+def test_rows_bad_input(rng):
+    x, w, b = band_case(rng, 8, 8, 12, 12)
+    band, lo, up, dn = rows_for(x, 1, 4, 8)
+    with pytest.raises(ValueError, match="x, up, dn"):  # the row above not given
+        _core.conv3x3_forward_rows(band, w, 12, lo, 4, 8, None, dn)
+    with pytest.raises(ValueError, match="x, up, dn"):  # outputs past the rows held
+        _core.conv3x3_forward_rows(band, w, 12, lo, 4, 10, up, dn)
+    with pytest.raises(ValueError, match="lo, height"):
+        _core.conv3x3_forward_rows(band, w, 6, lo, 0, 2)
+    with pytest.raises(ValueError, match="p0, p1"):
+        _core.conv3x3_forward_rows(band, w, 12, lo, 5, 13, up, dn)
+    with pytest.raises(ValueError, match="up"):
+        _core.conv3x3_forward_rows(band, w, 12, lo, 4, 8, up[:, :5].copy(), dn)
+    with pytest.raises(ValueError, match="w"):
+        _core.conv3x3_forward_rows(band, w[:, :4].copy(), 12, lo, 4, 8, up, dn)
+    with pytest.raises(ValueError, match="res"):
+        _core.conv3x3_forward_rows(band, w, 12, lo, 4, 8, up, dn, b, np.zeros((8, 3, 12), np.float32))
+    with pytest.raises(ValueError, match="stride"):
+        _core.conv3x3_forward_rows(band, w, 12, lo, 4, 8, up, dn, stride=2, winograd=4)
+
+
+# ------------------------------------------------------------------ the runtime
+
+
+@pytest.fixture
+def threads():
+    old = csub.get_num_threads()
+    yield csub.set_num_threads
+    csub.set_num_threads(old)
+
+
+def bn_net(rng, shape, regime="unstructured", norm="bn"):
+    csub.manual_seed(3)
+    model = models.cpreresnet20(regime=regime, norm=norm)
+    x = rng.normal(0, 1, (1,) + shape).astype(np.float32)
+    _prepare(model, x, regime, rng)
+    model.eval()
+    return model, x
+
+
+@pytest.mark.parametrize("alphas", [(1.0, 0.8), (0.1, 0.3)], ids=["dense", "sparse"])
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+@pytest.mark.parametrize("shape", [(3, 32, 32), (3, 24, 24), (3, 64, 64)])
+def test_bands_match_one_thread_and_training(rng, threads, monkeypatch, shape, norm, alphas):
+    """cPreResNet20 with batch norm or group norm, dense kernels (alpha 1, and keep 0.8 on the
+    masked dense weights) or sparse ones (keep 0.1 and 0.3: the gather, the compiled code, a batch
+    norm applied by the 1x1 layers that read it): at batch 1 on two threads it runs as bands (at
+    64x64 too, above the layer-by-layer split's threshold); the logits agree with one thread's,
+    with CSUB_BANDS=0's and with the training forward."""
+    model, x = bn_net(rng, shape, norm=norm)
+    for alpha in alphas:
+        model.set_alpha(alpha)
+        want = model(x)
+        threads(1)
+        net = model.compress(alpha, input_shape=shape)
+        one = net(x)
+        assert net.plan(1) == "serial"
+        threads(2)
+        assert net.plan(1) == "bands" and net.plan(2) == "images"
+        got = net(x)
+        assert_close(got, one, 1e-5, 1e-5, f"bands against one thread at alpha {alpha}")
+        assert _rel(got, want) < RTOL_FLOAT, alpha
+        assert np.array_equal(net(x), got)  # the same bits call after call
+        monkeypatch.setenv("CSUB_BANDS", "0")
+        net.set_alpha(alpha)
+        assert net.plan(1) != "bands"
+        assert_close(net(x), one, 1e-5, 1e-5, f"CSUB_BANDS=0 at alpha {alpha}")
+        monkeypatch.delenv("CSUB_BANDS")
+        net.set_alpha(alpha)
+        assert net.plan(1) == "bands"
+
+
+def test_bands_follow_set_alpha_and_threads(rng, threads):
+    """The plan is remade at each alpha and thread count: three threads (32 rows do not halve into
+    16 twice over three threads) run as before, and the bands come back with two threads."""
+    model, x = bn_net(rng, (3, 32, 32))
+    threads(2)
+    net = model.compress(1.0, input_shape=(3, 32, 32))
+    seen = {}
+    for alpha, t, plan in [(1.0, 2, "bands"), (0.1, 2, "bands"), (1.0, 3, "serial"), (1.0, 2, "bands"),
+                           (0.1, 3, "serial"), (0.1, 2, "bands")]:
+        threads(t)
+        net.set_alpha(alpha)
+        model.set_alpha(alpha)
+        assert net.plan(1) == plan, (alpha, t)
+        got = net(x)
+        assert _rel(got, model(x)) < RTOL_FLOAT, (alpha, t)
+        if (alpha, t) in seen:
+            assert np.array_equal(got, seen[(alpha, t)])
+        seen[(alpha, t)] = got
+
+
+@pytest.mark.parametrize("regime,shape", [("quantized", (3, 32, 32)), ("unstructured", (3, 16, 16))])
+def test_other_networks_keep_their_plan(rng, threads, regime, shape):
+    """The integer kernels take whole images, and bands of fewer than 16 values a plane (16x16
+    inputs: the last stage's 4 x 4 planes in halves) would run the kernels' one-value-at-a-time
+    tails: these run on one thread at batch 1, as before, with the same bits as one thread."""
+    model, x = bn_net(rng, shape, regime=regime)
+    threads(1)
+    net = model.compress(1.0, input_shape=shape)
+    one = net(x)
+    threads(2)
+    assert net.plan(1) == "serial"
+    assert np.array_equal(net(x), one)
+
+
+def test_resnet18_and_cnn_are_not_bands(rng, threads):
+    """A max pool (ResNet18's stem, the CNN's stages) is not run on bands."""
+    threads(2)
+    for name, kw, shape in [("resnet18", dict(norm="bn", num_classes=10), (3, 32, 32)),
+                            ("cnn", dict(widths=(8, 16, 16), norm="bn"), (1, 28, 28))]:
+        model = models.build(name, regime="unstructured", **kw)
+        model.eval()
+        net = model.compress(1.0, input_shape=shape)
+        assert net.plan(1) in ("serial", "layers"), name
+
+
+def test_bands_memory(rng, threads):
+    """memory_bytes counts a workspace per band."""
+    model, x = bn_net(rng, (3, 32, 32))
+    threads(2)
+    net = model.compress(1.0, input_shape=(3, 32, 32))
+    banded = net.memory_bytes(1)
+    threads(1)
+    net.set_alpha(1.0)
+    assert banded > net.memory_bytes(1)
+    with pytest.raises(ValueError, match="batch_size"):
+        net.plan(0)
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_sparse_bands_on_the_gather(rng, threads, monkeypatch, norm):
+    """The sparse 3x3 layers on the gather kernels (CSUB_SPARSE_JIT=0) instead of compiled code, on
+    bands: the logits agree with one thread's."""
+    monkeypatch.setenv("CSUB_SPARSE_JIT", "0")
+    model, x = bn_net(rng, (3, 32, 32), norm=norm)
+    threads(1)
+    net = model.compress(0.1, input_shape=(3, 32, 32))
+    one = net(x)
+    threads(2)
+    assert net.plan(1) == "bands"
+    assert_close(net(x), one, 1e-5, 1e-5, "gather bands against one thread")
