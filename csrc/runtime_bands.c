@@ -2,7 +2,7 @@
  *
  * Split layer by layer, each layer's halves of one image would be read by the other core in the
  * next layer (too slow for small layers: RT_SPLIT_MIN_FLOPS). A forward of one image on nt threads
- * runs instead, where the graph allows, as nt bands of rows: thread t holds rows [H t / nt, H (t + 1) / nt) of every
+ * runs instead, where the graph allows, as nt bands of rows (at most one a processor: band_threads): thread t holds rows [H t / nt, H (t + 1) / nt) of every
  * value of H rows (csub_row_band), in buffers of its own (its workspace), and runs every layer up
  * to the global average pool on its rows alone. Only three things cross between the cores:
  *   - before a 3x3 conv, the rows next to a band: each thread copies its first and last row of the
@@ -176,10 +176,20 @@ static int band_plan(csub_model *m, int nt)
     return CSUB_OK;
 }
 
-int64_t csub_rt_bands_floats(const csub_model *m, int64_t batch, int nt)
+/* The bands for nt threads: one a processor at most (more would wait at every barrier for a thread
+ * the system has not run: on 2 processors, 4 threads ran the 90 % sparse group-norm network 2x
+ * slower than one thread) */
+static int band_threads(int nt)
+{
+    int np = omp_get_num_procs();
+    return nt < np ? nt : np;
+}
+
+int64_t csub_rt_bands_floats(const csub_model *m, int64_t batch, int nt, int *bands)
 {
     int g;
     int64_t sums, part;
+    *bands = nt = band_threads(nt);
     if (!m->bands || batch != 1 || nt < 2 || !band_check(m, nt, NULL, &g, &sums, &part)) return 0;
     int64_t n = part * nt;
     for (int i = 0; i < m->nops; i++) {
@@ -193,9 +203,10 @@ int64_t csub_rt_bands_floats(const csub_model *m, int64_t batch, int nt)
 
 int csub_rt_bands_apply(csub_model *m, int64_t batch, int nt)
 {
+    nt = band_threads(nt);
     if (!m->bands || batch != 1 || nt < 2) return 0;
     if (csub_rt_ws_reserve(m, nt) || band_plan(m, nt)) return 0; /* out of memory for the plan: run as before */
-    return m->band_ok;
+    return m->band_ok ? nt : 0;
 }
 
 /* Op i (before the pool) on thread t's rows: its kernel on the band, for a 3x3 conv with the rows

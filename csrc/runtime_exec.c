@@ -253,8 +253,9 @@ static int forward_bands(csub_model *m, const float *input, float *output, int n
  * (RT_SPLIT_MIN_FLOPS) the whole forward on the calling thread */
 static int forward(csub_model *m, const float *input, int64_t batch, float *output, double *op_ms)
 {
-    int nt = csub_get_num_threads(), few = m && m->ready && batch >= 1 && batch < nt;
-    if (few && !op_ms && input && output && csub_rt_bands_apply(m, batch, nt)) return forward_bands(m, input, output, nt);
+    int nt = csub_get_num_threads(), few = m && m->ready && batch >= 1 && batch < nt, bands;
+    if (few && !op_ms && input && output && (bands = csub_rt_bands_apply(m, batch, nt)))
+        return forward_bands(m, input, output, bands);
     int small = few && (double)batch * (double)m->flops < RT_SPLIT_MIN_FLOPS;
     int cap = small ? csub_threads_cap(1) : 0;
     int st = forward_threads(m, input, batch, output, op_ms);
@@ -278,7 +279,8 @@ const char *csub_model_plan(const csub_model *m, int64_t batch)
     if (!m || !m->ready || batch < 1 || batch > RT_MAX_BATCH) return "";
     int nt = csub_get_num_threads();
     if (csub_rt_image_parallel(m, batch, nt)) return "images";
-    if (batch < nt && csub_rt_bands_floats(m, batch, nt)) return "bands";
+    int nb;
+    if (batch < nt && csub_rt_bands_floats(m, batch, nt, &nb)) return "bands";
     if (batch < nt && (double)batch * (double)m->flops < RT_SPLIT_MIN_FLOPS) return "serial";
     return nt > 1 ? "layers" : "serial";
 }

@@ -205,12 +205,14 @@ int csub_rt_image_parallel(const csub_model *m, int64_t N, int nt);
 float *csub_rt_value(const csub_model *m, const workspace *w, const float *input, int v);
 int csub_rt_run_op(const csub_model *m, const workspace *w, const float *input, int64_t N, int split, int i);
 
-/* runtime_bands.c: whether a forward of `batch` images on nt threads runs as row bands (making the
- * plan for nt threads once per set_alpha); that forward on one image, the workspaces ws[0 .. nt)
- * ready for one image: CSUB_OK, or a status with *failed = the op */
+/* runtime_bands.c: how many bands a forward of `batch` images on nt threads runs as (at most one a
+ * processor), 0 for none (making the plan once per set_alpha and count); that forward on one image
+ * in nt bands, the workspaces ws[0 .. nt) ready for one image: CSUB_OK, or a status with *failed =
+ * the op */
 int csub_rt_bands_apply(csub_model *m, int64_t batch, int nt);
-/* the same without making the plan: band_buf's floats if it would, else 0 */
-int64_t csub_rt_bands_floats(const csub_model *m, int64_t batch, int nt);
+/* the same without making the plan: the floats of the bands' buffers and weights if it would (*bands:
+ * how many), else 0 */
+int64_t csub_rt_bands_floats(const csub_model *m, int64_t batch, int nt, int *bands);
 int csub_rt_bands_forward(const csub_model *m, const float *input, float *output, int nt, int *failed);
 
 /* runtime.c: a monotonic clock in milliseconds; a conv or linear op's float operations per image */

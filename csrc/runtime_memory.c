@@ -122,9 +122,10 @@ int64_t csub_model_memory(const csub_model *m, int64_t batch)
     int nt = csub_get_num_threads(); /* the workspaces the forward makes (csub_rt_ws_reserve) */
     int par = csub_rt_image_parallel(m, batch, nt);
     /* row bands (runtime_bands.c): a workspace of one image per thread, and the rows they exchange */
-    int64_t bands = !par && batch < nt ? csub_rt_bands_floats(m, batch, nt) : 0;
-    int64_t images = par ? (int64_t)nt * m->chunk : bands ? nt : batch, sp; /* buffers held at once */
-    if ((par || bands) && csub_mul_overflow(sp_work(m, par ? m->chunk : 1, 1), nt, &sp)) return -1;
+    int nb = 0;
+    int64_t bands = !par && batch < nt ? csub_rt_bands_floats(m, batch, nt, &nb) : 0;
+    int64_t images = par ? (int64_t)nt * m->chunk : bands ? nb : batch, sp; /* buffers held at once */
+    if ((par || bands) && csub_mul_overflow(sp_work(m, par ? m->chunk : 1, 1), par ? nt : nb, &sp)) return -1;
     if (!par && !bands) sp = sp_work(m, batch, nt); /* the CSR convolutions' planes */
     if (csub_mul_overflow(act, images, &act) || __builtin_add_overflow(act, sp + bands, &act)
         || csub_mul_overflow(act, 4, &act) || __builtin_add_overflow(act, d.subspace_bytes + d.weight_bytes, &act))
