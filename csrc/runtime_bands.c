@@ -102,7 +102,7 @@ static int band_check(const csub_model *m, int nt, int64_t *halo, int *gap, int6
         }
         case OP_NORM:
             if (!op->bn) { /* a group norm: each band's sums (doubles) */
-                if (op->agroups < 1 || s.c % op->agroups) return 0;
+                if (op->agroups < 1 || m->vc[op->x] % op->agroups) return 0;
                 off = (off + 1) / 2 * 2;
                 if (halo) halo[i] = off;
                 off += 6 * op->agroups;

@@ -230,3 +230,22 @@ def test_sparse_bands_on_the_gather(rng, threads, monkeypatch, norm):
     threads(2)
     assert net.plan(1) == "bands"
     assert_close(net(x), one, 1e-5, 1e-5, "gather bands against one thread")
+
+
+def test_structured_widths_on_bands(rng, threads):
+    """The structured regime (group norm) at widths whose channel counts are not the stored ones:
+    bands at every alpha, the logits as one thread's and the training forward's."""
+    model, x = bn_net(rng, (3, 32, 32), regime="structured", norm="gn")
+    threads(1)
+    net = model.compress(1.0, input_shape=(3, 32, 32))
+    for alpha in (0.0, 0.3, 0.7, 1.0):
+        model.set_alpha(alpha)
+        want = model(x)
+        threads(1)
+        net.set_alpha(alpha)
+        one = net(x)
+        threads(2)
+        assert net.plan(1) == "bands", alpha
+        got = net(x)
+        assert_close(got, one, 1e-5, 1e-5, f"bands against one thread at alpha {alpha}")
+        assert _rel(got, want) < RTOL_FLOAT, alpha
