@@ -312,10 +312,14 @@ static void conv_band(const csub_rows *x, const float *wp, const float *b, const
     }
 }
 
-/* Image n of x[N,C,H,W] as rows */
-static csub_rows image_rows(const float *x, int64_t n, int64_t C, int64_t H, int64_t W)
+/* Output rows [p0, p1) of image n of x[N,C,H,W] -> y[N,K,P,Q] (res likewise) */
+static void conv_image(const float *x, int64_t n, const float *wp, const float *b, const float *res, int relu,
+                       float *y, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride, int64_t P, int64_t Q,
+                       int64_t p0, int64_t p1, float *work)
 {
-    return (csub_rows){x + n * C * H * W, NULL, NULL, 0, H, H * W};
+    int64_t KPQ = K * P * Q;
+    csub_rows xr = {x + n * C * H * W, NULL, NULL, 0, H, H * W};
+    conv_band(&xr, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, P * Q, 0, C, H, W, K, stride, Q, p0, p1, work);
 }
 
 /* x[N,C,H,W], wp (csub_conv3x3_pack of w[K,C,3,3]), b[K] or NULL, res[N,K,P,Q] or NULL -> y[N,K,P,Q] */
@@ -334,13 +338,8 @@ int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const 
     if (csub_bytes_overflow(per * nt, sizeof(float), &bytes)) return CSUB_ERR_NOMEM;
     float *work = malloc(bytes);
     if (!work) return CSUB_ERR_NOMEM;
-    int64_t PQ = P * Q, KPQ = K * PQ;
     if (nt == 1) { /* no parallel region (csub_conv2d_sparse_forward_planned) */
-        for (int64_t n = 0; n < N; n++) {
-            csub_rows xr = image_rows(x, n, C, H, W);
-            conv_band(&xr, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, PQ, 0, C, H, W, K, stride, Q, 0, P,
-                      work);
-        }
+        for (int64_t n = 0; n < N; n++) conv_image(x, n, wp, b, res, relu, y, C, H, W, K, stride, P, Q, 0, P, work);
         free(work);
         return CSUB_OK;
     }
@@ -351,18 +350,10 @@ int csub_conv3x3_forward(const float *x, const float *wp, const float *b, const 
         if (split) {
             int64_t p0, p1;
             csub_row_band(P, t, omp_get_num_threads(), &p0, &p1);
-            for (int64_t n = 0; n < N; n++) {
-                csub_rows xr = image_rows(x, n, C, H, W);
-                conv_band(&xr, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, PQ, 0, C, H, W, K, stride, Q, p0,
-                          p1, wk);
-            }
+            for (int64_t n = 0; n < N; n++) conv_image(x, n, wp, b, res, relu, y, C, H, W, K, stride, P, Q, p0, p1, wk);
         } else {
             #pragma omp for schedule(static)
-            for (int64_t n = 0; n < N; n++) {
-                csub_rows xr = image_rows(x, n, C, H, W);
-                conv_band(&xr, wp, b, res ? res + n * KPQ : NULL, relu, y + n * KPQ, PQ, 0, C, H, W, K, stride, Q, 0, P,
-                          wk);
-            }
+            for (int64_t n = 0; n < N; n++) conv_image(x, n, wp, b, res, relu, y, C, H, W, K, stride, P, Q, 0, P, wk);
         }
     }
     free(work);
