@@ -49,6 +49,11 @@
 static int band_conv(const csub_model *m, const op_t *op)
 {
     if (op->kind != OP_CONV) return 0;
+    if (op->path == PATH_INT8) { /* on the layer's own activation grid (a dynamic one is the whole image's) */
+        if (op->act_dynamic || op->pre >= 0) return 0;
+        if (op->k == 1 && op->pad == 0) return 1;
+        return op->k == 3 && op->pad == 1 && (op->stride == 1 || op->stride == 2) ? 3 : 0;
+    }
     if (op->path == PATH_SPARSE) {
         if (op->k == 1 && op->pad == 0 && !op->spj) return 1;
         return op->k == 3 && op->pad == 1 && op->pre < 0 && (op->stride == 1 || op->stride == 2) ? 3 : 0;
@@ -224,8 +229,23 @@ static int band_op(const csub_model *m, const workspace *w, const float *input, 
     switch (op->kind) {
     case OP_CONV: {
         const float *b = op->bias ? op->ba : NULL, *res = op->x2 >= 0 ? csub_rt_value(m, w, input, op->x2) : NULL;
-        int sparse = op->path == PATH_SPARSE;
-        if (band_conv(m, op) == 1 && sparse) { /* the band as an image of its own, with its offsets */
+        int sparse = op->path == PATH_SPARSE, k = band_conv(m, op);
+        csub_rows r = {x, NULL, NULL, 0, s.h, s.h * s.w}; /* a 3x3 conv's input image: every row */
+        if (k == 3 && m->vslot[op->x] >= 0) { /* a band, with its neighbours' rows */
+            const float *hb = m->band_buf + m->band_halo[i];
+            r = (csub_rows){x, t > 0 ? hb + (t - 1) * m->band_part + C * s.w : NULL,
+                            t < nt - 1 ? hb + (t + 1) * m->band_part : NULL, a0, a1, n};
+        }
+        if (op->path == PATH_INT8) { /* the integer product (the same sums as on the whole image), then as
+                                      * runtime_exec.c the residual and the ReLU */
+            int st = k == 1 ? csub_conv2d_int8_forward(x, op->xscale, op->xzp, &op->qw, op->oscale, op->ba, y, 1, C,
+                                                       a1 - a0, s.w, 1, 1, op->stride, 0)
+                            : csub_conv2d_int8_forward_rows(&r, op->xscale, op->xzp, &op->qw, op->oscale, op->ba, y, C,
+                                                            s.h, s.w, 3, 3, op->stride, 1, p0, p1);
+            if (!st) csub_rt_residual_relu(y, res, op->relu, 1, op->aout, p1 - p0, o.w);
+            return st;
+        }
+        if (k == 1 && sparse) { /* the band as an image of its own, with its offsets */
             const op_t *nm = op->pre >= 0 ? &m->ops[op->pre] : NULL;
             csub_pre pre = {nm ? nm->pre_ab : NULL, nm ? nm->pre_ab + nm->c : NULL, op->pre_k,
                             op->pre_k ? op->pre_k + op->nnz : NULL};
@@ -233,15 +253,9 @@ static int band_op(const csub_model *m, const workspace *w, const float *input, 
                                                       a1 - a0, s.w, op->aout, 1, 1, op->stride, 0, res, op->relu,
                                                       nm ? &pre : NULL, w->spwork, w->spwork_len);
         }
-        if (band_conv(m, op) == 1)
+        if (k == 1)
             return csub_conv2d_forward_fused(x, op->wa, b, res, op->relu, y, 1, C, a1 - a0, s.w, op->aout, 1, 1,
                                              op->stride, 0);
-        csub_rows r = {x, NULL, NULL, 0, s.h, s.h * s.w}; /* the input image: every row */
-        if (m->vslot[op->x] >= 0) {
-            const float *hb = m->band_buf + m->band_halo[i];
-            r = (csub_rows){x, t > 0 ? hb + (t - 1) * m->band_part + C * s.w : NULL,
-                            t < nt - 1 ? hb + (t + 1) * m->band_part : NULL, a0, a1, n};
-        }
         if (sparse && op->spj)
             return csub_conv2d_sparse_forward_jit_rows(&r, op->spj, b, y, C, s.h, s.w, op->aout, 3, 3, op->stride, 1,
                                                        p0, p1, res, op->relu, w->spwork, w->spwork_len);
