@@ -43,6 +43,10 @@
  * are few. Small images are never shared, and a call under TEAM_MIN
  * multiply-adds runs on one thread: a team costs more than it saves.
  * Integer sums are exact, so the result does not depend on the thread count.
+ * csub_conv2d_int8_forward_rows computes some output rows of one image on the
+ * calling thread (a row band of the runtime, runtime_bands.c), from the rows
+ * a csub_rows holds: the planes' rows start at the band's first output row,
+ * and the same sums give the same bits as the whole image's.
  * Workspace is allocated once per call, never in the loops.
  *
  * Files: int8.c (this one) the drivers, int8_quant.c the activation and

@@ -22,20 +22,26 @@
  * offsets and compiled code are made for it) and lays out only its band's plane rows, from the
  * band's rows and its neighbours' (csub_conv2d_sparse_forward_rows, _jit_rows).
  *
+ * An integer (8-bit) conv runs on its band on the activation grid recorded in training: a 1x1 one
+ * as an image of the band's rows, a 3x3 one laying out the codes of its band's rows and of the
+ * neighbours' edge rows (csub_conv2d_int8_forward_rows), then the residual and the ReLU as on the
+ * whole image (csub_rt_residual_relu). A grid never recorded (each batch's own range) needs the
+ * whole image: no bands.
+ *
  * The plan (band_plan) checks every layer before the pool is one of those: a 3x3 pad-1 conv, dense
- * on the direct or Winograd kernels or sparse, a 1x1 conv, a batch or group norm, a ReLU, an add;
- * one global average pool, then only layers on its output; every band at least 16 values a plane
- * (narrower planes go through the kernels' one-value-at-a-time tails). Any other graph (the integer
- * kernels take whole images; other pools and kernel sizes) runs as before. CSUB_BANDS=0 in the
- * environment at set_alpha turns the bands off.
+ * on the direct or Winograd kernels, sparse or integer, a 1x1 conv, a batch or group norm, a ReLU,
+ * an add; one global average pool, then only layers on its output; every band at least 16 values a
+ * plane (narrower planes go through the kernels' one-value-at-a-time tails). Any other graph (other
+ * pools and kernel sizes, fake-quantized layers of more than 8 bits) runs as before. CSUB_BANDS=0
+ * in the environment at set_alpha turns the bands off.
  *
  * A Winograd conv runs on a band's plane with the tile size csub_winograd_pays picks for it (F(2x2)
  * where a band has at most 2 tiles of F(4x4), as cPreResNet20's 8 x 8 stage halved): its weight is
  * transformed a second time where that differs from the whole image's (op->wwb, at the plan).
  *
- * Results: the direct kernels compute the same bits as on the whole image; Winograd tiles start
- * at the band's first row, and the group norms and the pool add the bands' sums: a few float32
- * roundings
+ * Results: the direct and integer kernels compute the same bits as on the whole image; Winograd
+ * tiles start at the band's first row, and the group norms and the pool add the bands' sums: a few
+ * float32 roundings (which, before an integer layer, can cross a quantization step)
  * (tests/test_bands.py).
  */
 #include <string.h>
@@ -44,8 +50,9 @@
 
 #include "runtime_internal.h"
 
-/* op i's conv kernel on bands: 3 (3x3, pad 1: dense on the direct or Winograd kernel, or sparse), 1 (1x1,
- * no padding: dense, or sparse on the gather, a batch norm it reads through applied), 0 (none) */
+/* op i's conv kernel on bands: 3 (3x3, pad 1: dense on the direct or Winograd kernel, sparse, or
+ * integer), 1 (1x1, no padding: dense, integer, or sparse on the gather, a batch norm it reads through
+ * applied), 0 (none) */
 static int band_conv(const csub_model *m, const op_t *op)
 {
     if (op->kind != OP_CONV) return 0;
