@@ -43,6 +43,10 @@
  * are few. Small images are never shared, and a call under TEAM_MIN
  * multiply-adds runs on one thread: a team costs more than it saves.
  * Integer sums are exact, so the result does not depend on the thread count.
+ * csub_conv2d_int8_forward_rows computes some output rows of one image on the
+ * calling thread (a row band of the runtime, runtime_bands.c), from the rows
+ * a csub_rows holds: the planes' rows start at the band's first output row,
+ * and the same sums give the same bits as the whole image's.
  * Workspace is allocated once per call, never in the loops.
  *
  * Files: int8.c (this one) the drivers, int8_quant.c the activation and
@@ -72,6 +76,7 @@ static variant get_variant(void)
 
 typedef struct {
     int64_t C, H, W, K, R, S, st, pad, P, Q;
+    int64_t hoff;        /* padded row of the first output row's taps (a row band's: its first row times st) */
     int64_t Cg;          /* channel quadruples ceil(C / 4) */
     int64_t sa, sb;      /* phases used along each axis: min(st, R), min(st, S) */
     int64_t nph;         /* sa * sb */
@@ -85,11 +90,14 @@ typedef struct {
     int direct_y;        /* wide rows are the real rows (Wph == Q) */
 } geom;
 
-static geom make_geom(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t st, int64_t pad)
+/* The geometry of output rows [p0, p1) (p1 < 0: every row) of a conv on images of H x W */
+static geom make_geom(int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t st, int64_t pad,
+                      int64_t p0, int64_t p1)
 {
     geom g;
     g.C = C, g.H = H, g.W = W, g.K = K, g.R = R, g.S = S, g.st = st, g.pad = pad;
-    g.P = csub_conv_out_size(H, R, st, pad);
+    g.P = p1 < 0 ? csub_conv_out_size(H, R, st, pad) : p1 - p0;
+    g.hoff = p0 * st;
     g.Q = csub_conv_out_size(W, S, st, pad);
     g.Cg = (C + 3) / 4;
     g.sa = st < R ? st : R;
@@ -133,34 +141,42 @@ static void fill_cells(uint32_t *d, int64_t n, uint32_t v)
     for (int64_t i = 0; i < n; i++) d[i] = v;
 }
 
-/* planes[(c'*sa + a)*sb + b][i*Wph + j] = cell of xpad[4c'..4c'+3][i*st + a][j*st + b]
- * for quadruples [cg0, cg1); padding holds the zero point. x[C,H,W].
+/* planes[(c'*sa + a)*sb + b][i*Wph + j] = cell of xpad[4c'..4c'+3][hoff + i*st + a][j*st + b]
+ * for quadruples [cg0, cg1); padding holds the zero point. x: the rows of x[C,H,W] (internal.h:
+ * a whole image, or a row band with its neighbours' rows), every row the planes read.
  * Returns 1 if x has a NaN there. */
-static int build_planes(const geom *g, const variant *vr, const xgrid *xg, const float *xn,
+static int build_planes(const geom *g, const variant *vr, const xgrid *xg, const csub_rows *x,
                         uint32_t *planes, int64_t cg0, int64_t cg1)
 {
-    int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph, Hph = g->Hph, HW = H * W;
+    int64_t st = g->st, pad = g->pad, H = g->H, W = g->W, Wph = g->Wph, Hph = g->Hph;
     int nan = 0;
     for (int64_t cg = cg0; cg < cg1; cg++) {
         int64_t nch = g->C - 4 * cg < 4 ? g->C - 4 * cg : 4;
         uint32_t chmask = nch == 4 ? 0xffffffffu : (1u << (8 * nch)) - 1;
         uint32_t padv = (uint32_t)xg->zu * 0x01010101u & chmask;
-        const float *xc = xn + 4 * cg * HW;
         for (int64_t a = 0; a < g->sa; a++) {
-            /* plane rows [i0, i1) read x rows h = i * st + a - pad in [0, H) */
-            int64_t i0, i1;
-            valid_range(pad - a, H + pad - a, st, Hph, &i0, &i1);
+            /* plane rows [i0, i1) read x rows h = hoff + i * st + a - pad in [0, H) */
+            int64_t i0, i1, h0 = g->hoff + a - pad;
+            valid_range(-h0, H - h0, st, Hph, &i0, &i1);
             for (int64_t b = 0; b < g->sb; b++) {
                 uint32_t *pl = planes + (cg * g->nph + a * g->sb + b) * g->plane;
                 int64_t j0, j1;
                 valid_range(pad - b, W + pad - b, st, Wph, &j0, &j1);
                 fill_cells(pl, i0 * Wph, padv);
                 fill_cells(pl + i1 * Wph, (Hph - i1) * Wph, padv);
-                if (i1 > i0 && j1 > j0) {
+                /* runs of rows x holds evenly spaced: its own rows in one, a neighbour's row alone; a
+                 * row past those (a band's plane row that only discarded columns read) holds padding */
+                for (int64_t i = i0, n; i < i1 && j1 > j0; i += n) {
+                    int64_t h = h0 + i * st;
+                    n = h >= x->lo && h < x->hi ? (x->hi - 1 - h) / st + 1 : 1;
+                    if (n > i1 - i) n = i1 - i;
+                    if (!csub_rows_at(x, 0, h, W)) {
+                        fill_cells(pl + i * Wph + j0, j1 - j0, padv);
+                        continue;
+                    }
                     const float *xr[4];
-                    int64_t e = (i0 * st + a - pad) * W + j0 * st + b - pad;
-                    for (int j = 0; j < 4; j++) xr[j] = xc + (j < nch ? j : 0) * HW + e;
-                    nan |= vr->quant4(xr, j1 - j0, st, i1 - i0, st * W, pl + i0 * Wph + j0, Wph, xg, chmask);
+                    for (int j = 0; j < 4; j++) xr[j] = csub_rows_at(x, 4 * cg + (j < nch ? j : 0), h, W) + j0 * st + b - pad;
+                    nan |= vr->quant4(xr, j1 - j0, st, n, st * W, pl + i * Wph + j0, Wph, xg, chmask);
                 }
                 for (int64_t i = i0; i < i1; i++) {
                     fill_cells(pl + i * Wph, j0, padv);
@@ -292,7 +308,7 @@ static void conv_part(const conv_ctx *cx, const img_buf *ib, const thr_buf *tb, 
  * (T = 1: alone). The planes are built by channel quadruples, then the
  * product is split by output rows (or by row blocks of the weight when the
  * rows are few), each thread with its own column terms. Returns 1 if x has a NaN. */
-static int conv_image(const conv_ctx *cx, const float *xn, float *yn, const img_buf *ib, const thr_buf *tb,
+static int conv_image(const conv_ctx *cx, const csub_rows *xn, float *yn, const img_buf *ib, const thr_buf *tb,
                       int t, int T, const float *next)
 {
     const geom *g = &cx->g;
@@ -352,18 +368,19 @@ static int grid_ok(const csub_qweight *qw, int32_t xzero_point)
     return xzero_point >= qmin && xzero_point <= qmax;
 }
 
-int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
-                             const csub_qweight *qw, const float *oscale, const float *b, float *y,
-                             int64_t N, int64_t C, int64_t H, int64_t W,
-                             int64_t R, int64_t S, int64_t stride, int64_t pad)
+/* The forward of csub_conv2d_int8_forward, or with rows (N = 1) that of output rows [p0, p1) of the
+ * image whose rows `rows` holds, on the calling thread (csub_conv2d_int8_forward_rows) */
+static int conv_forward(const float *x, const csub_rows *rows, int64_t p0, int64_t p1, float xscale,
+                        int32_t xzero_point, const csub_qweight *qw, const float *oscale, const float *b, float *y,
+                        int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_t stride, int64_t pad)
 {
     if (!grid_ok(qw, xzero_point) || N < 0 || C < 1 || H < 1 || W < 1 || R < 1 || S < 1 ||
         stride < 1 || pad < 0 || H + 2 * pad < R || W + 2 * pad < S || C * R * S != qw->cols ||
         (qw->taps != R * S && qw->taps != 1))
         return CSUB_ERR_ARG;
     int64_t K = qw->K;
-    geom g = make_geom(C, H, W, K, R, S, stride, pad);
-    if (N == 0) return CSUB_OK;
+    geom g = make_geom(C, H, W, K, R, S, stride, pad, rows ? p0 : 0, rows ? p1 : -1);
+    if (N == 0 || g.P <= 0) return CSUB_OK;
     if (!(xscale > 0.0f) || !isfinite(xscale)) { /* every activation code is the zero point */
         fill_bias(y, b, N, K, g.P * g.Q);
         return CSUB_OK;
@@ -376,7 +393,7 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
     int zw = cx.zw != 0;
 
     /* Threads: whole images, or (large images, fewer left than threads) shared images. */
-    int nt = csub_get_num_threads();
+    int nt = rows ? 1 : csub_get_num_threads();
     double macs = (double)K * (double)g.G * 4.0 * (double)g.L; /* per image */
     if (macs * (double)N < (double)TEAM_MIN) nt = 1;
     int shared = nt > 1 && macs >= (double)SPLIT_MIN;
@@ -424,24 +441,27 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
             thr_buf tb = {zw ? (int32_t *)tw : NULL, zw ? (int32_t *)(tw + g.sums) : NULL};
             img_buf own = {(uint32_t *)(ws + img_f * (size_t)(t < nimg ? t : 0)), NULL};
             own.wide = wide_buf ? (float *)own.planes + g.cells : NULL;
-            if (Nper == N) { /* whole images only: no barrier before the end of the region */
+            if (rows) { /* a row band, this thread alone */
+                nan |= conv_image(&cx, rows, y, &own, &tb, 0, 1, NULL);
+            } else if (Nper == N) { /* whole images only: no barrier before the end of the region */
                 #pragma omp for schedule(static) nowait
                 for (int64_t n = 0; n < N; n++)
-                    nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &own, &tb, 0, 1,
-                                      n + 1 < N ? x + (n + 1) * C_HW : NULL);
+                    nan |= conv_image(&cx, &(csub_rows){x + n * C_HW, NULL, NULL, 0, H, H * W}, y + n * KPQ, &own,
+                                      &tb, 0, 1, n + 1 < N ? x + (n + 1) * C_HW : NULL);
             } else {
                 #pragma omp for schedule(static)
                 for (int64_t n = 0; n < Nper; n++)
-                    nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &own, &tb, 0, 1,
-                                      n + 1 < Nper ? x + (n + 1) * C_HW : NULL);
+                    nan |= conv_image(&cx, &(csub_rows){x + n * C_HW, NULL, NULL, 0, H, H * W}, y + n * KPQ, &own,
+                                      &tb, 0, 1, n + 1 < Nper ? x + (n + 1) * C_HW : NULL);
             }
             /* the rest: every thread on each image, in the first image buffers */
             img_buf sh = {(uint32_t *)ws, wide_buf ? ws + g.cells : NULL};
-            for (int64_t n = Nper; n < N; n++) {
+            for (int64_t n = Nper; n < N && !rows; n++) {
                 if (n > Nper) {
                     #pragma omp barrier
                 }
-                nan |= conv_image(&cx, x + n * C_HW, y + n * KPQ, &sh, &tb, t, T, NULL);
+                nan |= conv_image(&cx, &(csub_rows){x + n * C_HW, NULL, NULL, 0, H, H * W}, y + n * KPQ, &sh, &tb,
+                                  t, T, NULL);
             }
         }
         if (nan) st = CSUB_ERR_ARG;
@@ -454,6 +474,24 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
     free(alpha);
     free(beta);
     return st;
+}
+
+int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
+                             const csub_qweight *qw, const float *oscale, const float *b, float *y,
+                             int64_t N, int64_t C, int64_t H, int64_t W,
+                             int64_t R, int64_t S, int64_t stride, int64_t pad)
+{
+    return conv_forward(x, NULL, 0, -1, xscale, xzero_point, qw, oscale, b, y, N, C, H, W, R, S, stride, pad);
+}
+
+int csub_conv2d_int8_forward_rows(const csub_rows *x, float xscale, int32_t xzero_point, const csub_qweight *qw,
+                                  const float *oscale, const float *b, float *y, int64_t C, int64_t H, int64_t W,
+                                  int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t p0, int64_t p1)
+{
+    if (!x || p0 < 0 || p1 > csub_conv_out_size(H, R, stride, pad) || p1 < p0 ||
+        !csub_rows_cover(x, H, R, stride, pad, p0, p1))
+        return CSUB_ERR_ARG;
+    return conv_forward(NULL, x, p0, p1, xscale, xzero_point, qw, oscale, b, y, 1, C, H, W, R, S, stride, pad);
 }
 
 /* x[N, IN] -> y[N, O]: the product with the batch as columns, B[c'][n] the

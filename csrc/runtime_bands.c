@@ -22,20 +22,26 @@
  * offsets and compiled code are made for it) and lays out only its band's plane rows, from the
  * band's rows and its neighbours' (csub_conv2d_sparse_forward_rows, _jit_rows).
  *
+ * An integer (8-bit) conv runs on its band on the activation grid recorded in training: a 1x1 one
+ * as an image of the band's rows, a 3x3 one laying out the codes of its band's rows and of the
+ * neighbours' edge rows (csub_conv2d_int8_forward_rows), then the residual and the ReLU as on the
+ * whole image (csub_rt_residual_relu). A grid never recorded (each batch's own range) needs the
+ * whole image: no bands.
+ *
  * The plan (band_plan) checks every layer before the pool is one of those: a 3x3 pad-1 conv, dense
- * on the direct or Winograd kernels or sparse, a 1x1 conv, a batch or group norm, a ReLU, an add;
- * one global average pool, then only layers on its output; every band at least 16 values a plane
- * (narrower planes go through the kernels' one-value-at-a-time tails). Any other graph (the integer
- * kernels take whole images; other pools and kernel sizes) runs as before. CSUB_BANDS=0 in the
- * environment at set_alpha turns the bands off.
+ * on the direct or Winograd kernels, sparse or integer, a 1x1 conv, a batch or group norm, a ReLU,
+ * an add; one global average pool, then only layers on its output; every band at least 16 values a
+ * plane (narrower planes go through the kernels' one-value-at-a-time tails). Any other graph (other
+ * pools and kernel sizes, fake-quantized layers of more than 8 bits) runs as before. CSUB_BANDS=0
+ * in the environment at set_alpha turns the bands off.
  *
  * A Winograd conv runs on a band's plane with the tile size csub_winograd_pays picks for it (F(2x2)
  * where a band has at most 2 tiles of F(4x4), as cPreResNet20's 8 x 8 stage halved): its weight is
  * transformed a second time where that differs from the whole image's (op->wwb, at the plan).
  *
- * Results: the direct kernels compute the same bits as on the whole image; Winograd tiles start
- * at the band's first row, and the group norms and the pool add the bands' sums: a few float32
- * roundings
+ * Results: the direct and integer kernels compute the same bits as on the whole image; Winograd
+ * tiles start at the band's first row, and the group norms and the pool add the bands' sums: a few
+ * float32 roundings (which, before an integer layer, can cross a quantization step)
  * (tests/test_bands.py).
  */
 #include <string.h>
@@ -44,11 +50,17 @@
 
 #include "runtime_internal.h"
 
-/* op i's conv kernel on bands: 3 (3x3, pad 1: dense on the direct or Winograd kernel, or sparse), 1 (1x1,
- * no padding: dense, or sparse on the gather, a batch norm it reads through applied), 0 (none) */
+/* op i's conv kernel on bands: 3 (3x3, pad 1: dense on the direct or Winograd kernel, sparse, or
+ * integer), 1 (1x1, no padding: dense, integer, or sparse on the gather, a batch norm it reads through
+ * applied), 0 (none) */
 static int band_conv(const csub_model *m, const op_t *op)
 {
     if (op->kind != OP_CONV) return 0;
+    if (op->path == PATH_INT8) { /* on the layer's own activation grid (a dynamic one is the whole image's) */
+        if (op->act_dynamic || op->pre >= 0) return 0;
+        if (op->k == 1 && op->pad == 0) return 1;
+        return op->k == 3 && op->pad == 1 && (op->stride == 1 || op->stride == 2) ? 3 : 0;
+    }
     if (op->path == PATH_SPARSE) {
         if (op->k == 1 && op->pad == 0 && !op->spj) return 1;
         return op->k == 3 && op->pad == 1 && op->pre < 0 && (op->stride == 1 || op->stride == 2) ? 3 : 0;
@@ -224,8 +236,23 @@ static int band_op(const csub_model *m, const workspace *w, const float *input, 
     switch (op->kind) {
     case OP_CONV: {
         const float *b = op->bias ? op->ba : NULL, *res = op->x2 >= 0 ? csub_rt_value(m, w, input, op->x2) : NULL;
-        int sparse = op->path == PATH_SPARSE;
-        if (band_conv(m, op) == 1 && sparse) { /* the band as an image of its own, with its offsets */
+        int sparse = op->path == PATH_SPARSE, k = band_conv(m, op);
+        csub_rows r = {x, NULL, NULL, 0, s.h, s.h * s.w}; /* a 3x3 conv's input image: every row */
+        if (k == 3 && m->vslot[op->x] >= 0) { /* a band, with its neighbours' rows */
+            const float *hb = m->band_buf + m->band_halo[i];
+            r = (csub_rows){x, t > 0 ? hb + (t - 1) * m->band_part + C * s.w : NULL,
+                            t < nt - 1 ? hb + (t + 1) * m->band_part : NULL, a0, a1, n};
+        }
+        if (op->path == PATH_INT8) { /* the integer product (the same sums as on the whole image), then as
+                                      * runtime_exec.c the residual and the ReLU */
+            int st = k == 1 ? csub_conv2d_int8_forward(x, op->xscale, op->xzp, &op->qw, op->oscale, op->ba, y, 1, C,
+                                                       a1 - a0, s.w, 1, 1, op->stride, 0)
+                            : csub_conv2d_int8_forward_rows(&r, op->xscale, op->xzp, &op->qw, op->oscale, op->ba, y, C,
+                                                            s.h, s.w, 3, 3, op->stride, 1, p0, p1);
+            if (!st) csub_rt_residual_relu(y, res, op->relu, 1, op->aout, p1 - p0, o.w);
+            return st;
+        }
+        if (k == 1 && sparse) { /* the band as an image of its own, with its offsets */
             const op_t *nm = op->pre >= 0 ? &m->ops[op->pre] : NULL;
             csub_pre pre = {nm ? nm->pre_ab : NULL, nm ? nm->pre_ab + nm->c : NULL, op->pre_k,
                             op->pre_k ? op->pre_k + op->nnz : NULL};
@@ -233,15 +260,9 @@ static int band_op(const csub_model *m, const workspace *w, const float *input, 
                                                       a1 - a0, s.w, op->aout, 1, 1, op->stride, 0, res, op->relu,
                                                       nm ? &pre : NULL, w->spwork, w->spwork_len);
         }
-        if (band_conv(m, op) == 1)
+        if (k == 1)
             return csub_conv2d_forward_fused(x, op->wa, b, res, op->relu, y, 1, C, a1 - a0, s.w, op->aout, 1, 1,
                                              op->stride, 0);
-        csub_rows r = {x, NULL, NULL, 0, s.h, s.h * s.w}; /* the input image: every row */
-        if (m->vslot[op->x] >= 0) {
-            const float *hb = m->band_buf + m->band_halo[i];
-            r = (csub_rows){x, t > 0 ? hb + (t - 1) * m->band_part + C * s.w : NULL,
-                            t < nt - 1 ? hb + (t + 1) * m->band_part : NULL, a0, a1, n};
-        }
         if (sparse && op->spj)
             return csub_conv2d_sparse_forward_jit_rows(&r, op->spj, b, y, C, s.h, s.w, op->aout, 3, 3, op->stride, 1,
                                                        p0, p1, res, op->relu, w->spwork, w->spwork_len);

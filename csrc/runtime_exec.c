@@ -106,11 +106,16 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
         if (!st && op->oscale) scale_shift(y, op->oscale, b, N, op->aout, o.h * o.w);
     }
     if (st) return st;
-    int64_t n_out = N * op->aout * o.h * o.w;
-    if (res && op->relu) add_relu(y, res, n_out);
-    else if (res) csub_add_nchw(y, res, y, N, op->aout, o.h, o.w);
-    else if (op->relu) csub_relu_forward(y, y, n_out);
+    csub_rt_residual_relu(y, res, op->relu, N, op->aout, o.h, o.w);
     return CSUB_OK;
+}
+
+void csub_rt_residual_relu(float *y, const float *res, int relu, int64_t N, int64_t C, int64_t H, int64_t W)
+{
+    int64_t n = N * C * H * W;
+    if (res && relu) add_relu(y, res, n);
+    else if (res) csub_add_nchw(y, res, y, N, C, H, W);
+    else if (relu) csub_relu_forward(y, y, n);
 }
 
 float *csub_rt_value(const csub_model *m, const workspace *w, const float *input, int v)

@@ -15,7 +15,7 @@ import csub
 from csub import _core, models
 from gradcheck import assert_close
 from reference import conv as ref
-from test_runtime import RTOL_FLOAT, _prepare, _rel
+from test_runtime import RTOL_FLOAT, RTOL_INT, _prepare, _rel
 
 
 def band_case(rng, C, K, H, W):
@@ -75,6 +75,57 @@ def test_winograd_rows_against_float64(rng, C, K, H, W, m):
             assert_close(got, np.maximum(want[:, p0:p1] + res, 0), 2e-5, 2e-5, f"F({m}) rows [{p0}, {p1})")
             plain = _core.conv3x3_forward_rows(band, w, H, lo, p0, p1, up, dn, b, winograd=m)
             assert_close(plain, whole[:, p0:p1], 2e-5, 2e-5, f"F({m}) rows [{p0}, {p1}) against the whole image")
+
+
+INT8_SHAPES = [(16, 16, 32, 32), (3, 16, 12, 12), (21, 24, 15, 13), (20, 8, 9, 19)]
+
+
+@pytest.mark.parametrize("C,K,H,W", INT8_SHAPES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("wzero", [True, False], ids=["wzp", "wzp0"])
+def test_int8_rows_equal_the_whole_image(rng, C, K, H, W, stride, wzero):
+    """The integer 3x3 conv on every output band [p0, p1), from its own input rows and the
+    neighbours' edge rows (the codes of the rows above and below the band laid out with its own):
+    the same bits as those rows of the whole image's integer forward, whose sums are exact, with a
+    weight zero point (the column terms) and without, and the input grid's zero point inside and at
+    the grid's end (the padding's code)."""
+    x, w, _ = band_case(rng, C, K, H, W)
+    if wzero:
+        w += 0.3
+    b = rng.normal(0, 1, K).astype(np.float32)
+    oscale = rng.uniform(0.5, 2.0, K).astype(np.float32)
+    for xz in (None, -128):
+        xs, z = _core.quant_params(float(x.min()), float(x.max()), 8)
+        z = z if xz is None else xz
+        whole = _core.conv2d_int8_forward(x[None], w, 8, xs, z, oscale, b, stride, 1)[0]
+        P = whole.shape[1]
+        for p0 in range(P):
+            for p1 in range(p0 + 1, P + 1):
+                band, lo, up, dn = rows_for(x, stride, p0, p1)
+                got = _core.conv2d_int8_forward_rows(band, w, 8, xs, z, H, lo, p0, p1, up, dn, oscale, b, stride)
+                assert np.array_equal(got, whole[:, p0:p1]), (xz, p0, p1)
+
+
+def test_int8_rows_bad_input(rng):
+    x, w, b = band_case(rng, 8, 8, 12, 12)
+    band, lo, up, dn = rows_for(x, 1, 4, 8)
+    xs, xz = _core.quant_params(-3.0, 3.0, 8)
+    with pytest.raises(ValueError, match="x, up, dn"):
+        _core.conv2d_int8_forward_rows(band, w, 8, xs, xz, 12, lo, 4, 8, None, dn)
+    with pytest.raises(ValueError, match="p0, p1"):
+        _core.conv2d_int8_forward_rows(band, w, 8, xs, xz, 12, lo, 5, 13, up, dn)
+    with pytest.raises(ValueError, match="lo, height"):
+        _core.conv2d_int8_forward_rows(band, w, 8, xs, xz, 6, lo, 0, 2)
+    with pytest.raises(ValueError, match="weight"):
+        _core.conv2d_int8_forward_rows(band, w[:, :4].copy(), 8, xs, xz, 12, lo, 4, 8, up, dn)
+    with pytest.raises(ValueError, match="stride"):
+        _core.conv2d_int8_forward_rows(band, w, 8, xs, xz, 12, lo, 2, 4, up, dn, stride=3)
+    with pytest.raises(ValueError, match="bits"):
+        _core.conv2d_int8_forward_rows(band, w, 9, xs, xz, 12, lo, 4, 8, up, dn)
+    with pytest.raises(ValueError, match="NaN"):
+        bad = band.copy()
+        bad[1, 2, 3] = np.nan
+        _core.conv2d_int8_forward_rows(bad, w, 8, xs, xz, 12, lo, 4, 8, up, dn)
 
 
 def test_rows_bad_input(rng):
@@ -180,18 +231,55 @@ def test_bands_follow_set_alpha_and_threads(rng, threads):
         seen[(alpha, t)] = got
 
 
-@pytest.mark.parametrize("regime,shape", [("quantized", (3, 32, 32)), ("unstructured", (3, 16, 16))])
-def test_other_networks_keep_their_plan(rng, threads, regime, shape):
-    """The integer kernels take whole images, and bands of fewer than 16 values a plane (16x16
-    inputs: the last stage's 4 x 4 planes in halves) would run the kernels' one-value-at-a-time
-    tails: these run on one thread at batch 1, as before, with the same bits as one thread."""
-    model, x = bn_net(rng, shape, regime=regime)
+def test_small_planes_keep_their_plan(rng, threads):
+    """Bands of fewer than 16 values a plane (16x16 inputs: the last stage's 4 x 4 planes in halves)
+    would run the kernels' one-value-at-a-time tails: the network runs on one thread at batch 1, as
+    before, with the same bits as one thread."""
+    model, x = bn_net(rng, (3, 16, 16))
     threads(1)
-    net = model.compress(1.0, input_shape=shape)
+    net = model.compress(1.0, input_shape=(3, 16, 16))
     one = net(x)
     threads(2)
     assert net.plan(1) == "serial"
     assert np.array_equal(net(x), one)
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+@pytest.mark.parametrize("shape", [(3, 32, 32), (3, 48, 40)])
+def test_quantized_bands(rng, threads, monkeypatch, norm, shape):
+    """The 8-bit network (integer products on activation grids recorded in training) on bands: its
+    integer sums are exact and each band's codes are the whole image's, so with batch norm the
+    logits are one thread's but for the pool's order of adding; with group norm the bands' sums
+    move a normalised value by a rounding, which can cross a quantization step (RTOL_INT, as the
+    runtime against training: test_runtime.py). A grid never recorded (each batch's own range)
+    needs the whole image: no bands."""
+    csub.manual_seed(3)
+    model = models.cpreresnet20(regime="quantized", subspace="line", norm=norm)
+    x = rng.normal(0, 1, (1,) + shape).astype(np.float32)
+    _prepare(model, rng.normal(0, 1, (4,) + shape).astype(np.float32), "quantized", rng)
+    model.eval()
+    for alpha in (1.0, 0.0):
+        model.set_alpha(alpha)
+        want = model(x)
+        threads(1)
+        net = model.compress(alpha, input_shape=shape)
+        one = net(x)
+        threads(2)
+        assert net.plan(1) == "bands" and net.info()["bits"] <= 8
+        got = net(x)
+        if norm == "bn":
+            assert_close(got, one, 1e-5, 1e-5, f"bands against one thread at alpha {alpha}")
+        assert _rel(got, one) < RTOL_INT and _rel(got, want) < RTOL_INT, alpha
+        assert np.array_equal(net(x), got)
+        monkeypatch.setenv("CSUB_BANDS", "0")
+        net.set_alpha(alpha)
+        assert net.plan(1) != "bands"
+        assert _rel(net(x), got) < RTOL_INT
+        monkeypatch.delenv("CSUB_BANDS")
+    fresh = models.cpreresnet20(regime="quantized", subspace="line", norm=norm)
+    fresh.eval()
+    threads(2)
+    assert fresh.compress(1.0, input_shape=shape).plan(1) != "bands"
 
 
 def test_resnet18_and_cnn_are_not_bands(rng, threads):

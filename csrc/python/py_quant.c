@@ -167,6 +167,64 @@ static PyObject *py_conv2d_int8_forward(PyObject *self, PyObject *args, PyObject
     return (PyObject *)y;
 }
 
+/* conv2d_int8_forward's 3x3, pad 1 conv for output rows [p0, p1) of an image of `height` rows from a row
+ * band x (rows [lo, lo + hb)) and its neighbours' rows up, dn (as conv3x3_forward_rows, py_conv.c) */
+static PyObject *py_conv2d_int8_forward_rows(PyObject *self, PyObject *args, PyObject *kw)
+{
+    PyArrayObject *x, *w, *up = NULL, *dn = NULL, *os = NULL, *b = NULL;
+    int bits;
+    double xscale;
+    long long xzp, height, lo, p0, p1, stride = 1;
+    KW("x", "weight", "bits", "xscale", "xzero_point", "height", "lo", "p0", "p1", "up", "dn", "oscale", "b",
+       "stride");
+    if (!parse(args, kw, "O&O&idLLLLL|O&O&O&O&L", kwlist, ARG_F32(x, 3), ARG_F32_AS(w, "weight", 4), &bits, &xscale,
+               &xzp, &height, &lo, &p0, &p1, ARG_OPT_F32(up, 2), ARG_OPT_F32(dn, 2), ARG_OPT_F32_AS(os, "oscale", 1),
+               ARG_OPT_F32(b, 1), &stride))
+        return NULL;
+    npy_intp C = PyArray_DIM(x, 0), hb = PyArray_DIM(x, 1), W = PyArray_DIM(x, 2), K = PyArray_DIM(w, 0);
+    npy_intp ws[4] = {K, C, 3, 3}, rs[2] = {C, W};
+    if (shape_check(w, "weight", 4, ws, "(K, C, 3, 3), C of x") || (up && shape_check(up, "up", 2, rs, "(C, W) of x")) ||
+        (dn && shape_check(dn, "dn", 2, rs, "(C, W) of x")) || K < 1 || int8_check(bits, xscale, xzp, os, b, K) ||
+        cols_check(C * 9))
+        return NULL;
+    if (stride != 1 && stride != 2) {
+        PyErr_Format(PyExc_ValueError, "stride: expected 1 or 2, got %lld", stride);
+        return NULL;
+    }
+    if (lo < 0 || height < lo + hb || height > ((int64_t)1 << 24) || W < 1 || hb < 1) {
+        PyErr_Format(PyExc_ValueError, "lo, height: rows [%lld, %lld) of x are not in an image of %lld rows", lo,
+                     lo + (long long)hb, height);
+        return NULL;
+    }
+    int64_t P = csub_conv_out_size(height, 3, stride, 1), Q = csub_conv_out_size(W, 3, stride, 1);
+    if (p0 < 0 || p1 < p0 || p1 > P) {
+        PyErr_Format(PyExc_ValueError, "p0, p1: expected 0 <= p0 <= p1 <= %lld output rows, got %lld, %lld",
+                     (long long)P, p0, p1);
+        return NULL;
+    }
+    csub_rows rows = {F32(x), up && lo > 0 ? F32(up) : NULL, dn && lo + hb < height ? F32(dn) : NULL, lo, lo + hb,
+                      hb * W};
+    if (!csub_rows_cover(&rows, height, 3, stride, 1, p0, p1)) {
+        PyErr_Format(PyExc_ValueError, "x, up, dn: output rows [%lld, %lld) read input rows these do not hold", p0, p1);
+        return NULL;
+    }
+    npy_intp ys[3] = {K, p1 - p0, Q};
+    PyArrayObject *y = new_f32(3, ys);
+    if (!y) return NULL;
+    int st_w, st = CSUB_OK;
+    Py_BEGIN_ALLOW_THREADS
+    csub_qweight qw;
+    st_w = csub_qweight_init_conv(&qw, F32(w), K, C, 3, 3, bits);
+    if (st_w == CSUB_OK) {
+        st = csub_conv2d_int8_forward_rows(&rows, (float)xscale, (int32_t)xzp, &qw, OPT_F32(os), OPT_F32(b), F32(y),
+                                           C, height, W, 3, 3, stride, 1, p0, p1);
+        csub_qweight_free(&qw);
+    }
+    Py_END_ALLOW_THREADS
+    if (int8_status(st_w, st, "conv2d_int8_forward_rows")) { Py_DECREF(y); return NULL; }
+    return (PyObject *)y;
+}
+
 static PyObject *py_linear_int8_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
     PyArrayObject *x, *w, *os = NULL, *b = NULL;
@@ -213,6 +271,10 @@ PyMethodDef csub_py_quant_methods[] = {
     M(channel_scale, "channel_scale(x[N,C,...], s[C], out=None) -> y = x * s[c] per channel"),
     M(conv2d_int8_forward, "conv2d_int8_forward(x[N,C,H,W], weight[K,C,R,S], bits, xscale, xzero_point, oscale=None, "
                            "b=None, stride=1, padding=0) -> y[N,K,P,Q], integer product of the quantized weight and input"),
+    M(conv2d_int8_forward_rows, "conv2d_int8_forward_rows(x[C,hb,W], weight[K,C,3,3], bits, xscale, xzero_point, "
+                                "height, lo, p0, p1, up=None, dn=None, oscale=None, b=None, stride=1) -> y[K,p1-p0,Q]: "
+                                "conv2d_int8_forward's (padding 1) output rows [p0, p1) from the rows [lo, lo + hb) of an "
+                                "image of `height` rows and the rows above (up) and below (dn) them"),
     M(linear_int8_forward, "linear_int8_forward(x[N,I], weight[O,I], bits, xscale, xzero_point, oscale=None, b=None) "
                            "-> y[N,O], integer product"),
     {"int8_kernel", (PyCFunction)py_int8_kernel, METH_NOARGS, "int8_kernel() -> name of the integer kernel this CPU runs"},
