@@ -9,7 +9,11 @@ weight decay 5e-4), group norm. Configurations:
   line a=1.0    ``regime="unstructured", subspace="line"`` at alpha 1.0 (the
                 baseline ``bench_sparse.py`` divides by: keep 1.0, nothing masked);
   line a=0.05   the same model at alpha 0.05: keep 0.05 of the block convs'
-                weights (top-k mask every step, CSR kernels below the crossover).
+                weights (top-k mask every step, CSR kernels below the crossover);
+  line a=...    --alphas adds more: at 0.002 (a few hundred kept weights in the
+                whole network) the step is the floor of the sparse steps, what
+                the CSR kernels' memory traffic, the norms and the rest cost with
+                almost no multiply-adds left.
 
 Every function of ``csub._core`` is wrapped by a timer for the run, so each
 row is the time spent inside that family of C kernels per step (medians over
@@ -18,7 +22,7 @@ bookkeeping, ``np.zeros`` of gradient buffers, ``grad +=`` and ``zero_grad``).
 The configurations' steps alternate, so a background load hits all alike.
 Nothing here asserts a timing.
 
-    python benchmarks/bench_step_profile.py [--threads 1 2] [--steps 7]
+    python benchmarks/bench_step_profile.py [--threads 1 2] [--steps 7] [--alphas 0.01 0.002]
 """
 import argparse
 import os
@@ -101,7 +105,7 @@ def make_step(model, alpha, x, y):
     return train_step(model, SGD(model.parameters(), 0.01, 0.9, 5e-4), CrossEntropyLoss(), x, y, alpha)
 
 
-def profile(threads, steps):
+def profile(threads, steps, alphas=()):
     csub.set_num_threads(threads)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((BATCH, 3, IMAGE, IMAGE), dtype=np.float32)
@@ -112,6 +116,7 @@ def profile(threads, steps):
     line = cpreresnet20(norm="gn", regime="unstructured", subspace="line")
     configs = [("dense", make_step(dense, None, x, y)), ("line a=1.0", make_step(line, 1.0, x, y)),
                ("line a=0.05", make_step(line, 0.05, x, y))]
+    configs += [(f"line a={a:g}", make_step(line, a, x, y)) for a in alphas if a not in (1.0, 0.05)]
     for _, fn in configs:  # warm-up
         fn()
     prof = Profiler()
@@ -152,19 +157,24 @@ def profile(threads, steps):
             t, wall = table[name][lab], table[name]["step (wall)"]
             cells.append(f"{t * 1e3:8.1f} ({100 * t / wall:3.0f}%)" if lab != "step (wall)" else f"{t * 1e3:16.1f}")
         print(f"{lab:<30}" + "".join(f" | {c:>16}" for c in cells))
-    r = table["line a=0.05"]["step (wall)"] / table["line a=1.0"]["step (wall)"]
-    print(f"   keep-0.05 step / alpha-1.0 step: {r:.2f}")
+    for name, _ in configs[2:]:
+        r = table[name]["step (wall)"] / table["line a=1.0"]["step (wall)"]
+        print(f"   keep-{name[len('line a='):]} step / alpha-1.0 step: {r:.2f}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--steps", type=int, default=7)
+    ap.add_argument("--alphas", type=float, nargs="*", default=[],
+                    help="more alphas of the line model to profile (in (0, 1])")
     args = ap.parse_args()
+    if any(not 0.0 < a <= 1.0 for a in args.alphas):
+        ap.error("--alphas: each in (0, 1]")
     print(f"csub {csub.__version__} from {os.path.dirname(csub.__file__)}; load average {os.getloadavg()[0]:.1f}"
           f" on {os.cpu_count()} CPUs (a shared machine: read the shares and ratios)")
     for n in args.threads:
-        profile(n, args.steps)
+        profile(n, args.steps, args.alphas)
 
 
 if __name__ == "__main__":
