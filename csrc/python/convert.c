@@ -392,6 +392,31 @@ int conv_check_dims(PyArrayObject *x, const npy_intp *wd, const char *wname,
     return 0;
 }
 
+int rows_band(PyArrayObject *x, PyArrayObject *up, PyArrayObject *dn, long long height, long long lo, long long p0,
+              long long p1, long long stride, csub_rows *rows, int64_t *Q)
+{
+    npy_intp hb = PyArray_DIM(x, 1), W = PyArray_DIM(x, 2);
+    if (lo < 0 || height < lo + hb || height > ((int64_t)1 << 24) || W < 1 || hb < 1) {
+        PyErr_Format(PyExc_ValueError, "lo, height: rows [%lld, %lld) of x are not in an image of %lld rows", lo,
+                     lo + (long long)hb, height);
+        return -1;
+    }
+    int64_t P = csub_conv_out_size(height, 3, stride, 1);
+    *Q = csub_conv_out_size(W, 3, stride, 1);
+    if (p0 < 0 || p1 < p0 || p1 > P) {
+        PyErr_Format(PyExc_ValueError, "p0, p1: expected 0 <= p0 <= p1 <= %lld output rows, got %lld, %lld",
+                     (long long)P, p0, p1);
+        return -1;
+    }
+    *rows = (csub_rows){(const float *)PyArray_DATA(x), up && lo > 0 ? (const float *)PyArray_DATA(up) : NULL,
+                        dn && lo + hb < height ? (const float *)PyArray_DATA(dn) : NULL, lo, lo + hb, hb * W};
+    if (!csub_rows_cover(rows, height, 3, stride, 1, p0, p1)) {
+        PyErr_Format(PyExc_ValueError, "x, up, dn: output rows [%lld, %lld) read input rows these do not hold", p0, p1);
+        return -1;
+    }
+    return 0;
+}
+
 /* x is (N, C, ...) with rank >= 2; returns N, C, and the product of the rest. */
 int nc_rest(PyArrayObject *x, const char *name, npy_intp *N, npy_intp *C, npy_intp *HW)
 {

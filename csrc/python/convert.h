@@ -73,6 +73,12 @@ typedef struct { npy_intp N, C, H, W, K, R, S, P, Q; } conv_dims;
 /* x[N,C,H,W] against a weight of shape wd = (K, C, R, S) named `wname`. */
 int conv_check_dims(PyArrayObject *x, const npy_intp *wd, const char *wname,
                     long long stride, long long pad, conv_dims *d);
+/* A 3x3, pad 1 conv's output rows [p0, p1) of an image of `height` rows from a row band x[C, hb, W]
+ * (the image's rows [lo, lo + hb)) and the rows above (up) and below (dn) it, each NULL or [C, W]
+ * (checked by the caller): checks lo, height, p0 and p1 and that the rows the outputs read are held;
+ * *rows, the output width *Q. */
+int rows_band(PyArrayObject *x, PyArrayObject *up, PyArrayObject *dn, long long height, long long lo, long long p0,
+              long long p1, long long stride, csub_rows *rows, int64_t *Q);
 
 /* ---------------------------------------------------------------- numbers */
 

@@ -181,7 +181,7 @@ static PyObject *py_conv2d_int8_forward_rows(PyObject *self, PyObject *args, PyO
                &xzp, &height, &lo, &p0, &p1, ARG_OPT_F32(up, 2), ARG_OPT_F32(dn, 2), ARG_OPT_F32_AS(os, "oscale", 1),
                ARG_OPT_F32(b, 1), &stride))
         return NULL;
-    npy_intp C = PyArray_DIM(x, 0), hb = PyArray_DIM(x, 1), W = PyArray_DIM(x, 2), K = PyArray_DIM(w, 0);
+    npy_intp C = PyArray_DIM(x, 0), W = PyArray_DIM(x, 2), K = PyArray_DIM(w, 0);
     npy_intp ws[4] = {K, C, 3, 3}, rs[2] = {C, W};
     if (shape_check(w, "weight", 4, ws, "(K, C, 3, 3), C of x") || (up && shape_check(up, "up", 2, rs, "(C, W) of x")) ||
         (dn && shape_check(dn, "dn", 2, rs, "(C, W) of x")) || K < 1 || int8_check(bits, xscale, xzp, os, b, K) ||
@@ -191,23 +191,9 @@ static PyObject *py_conv2d_int8_forward_rows(PyObject *self, PyObject *args, PyO
         PyErr_Format(PyExc_ValueError, "stride: expected 1 or 2, got %lld", stride);
         return NULL;
     }
-    if (lo < 0 || height < lo + hb || height > ((int64_t)1 << 24) || W < 1 || hb < 1) {
-        PyErr_Format(PyExc_ValueError, "lo, height: rows [%lld, %lld) of x are not in an image of %lld rows", lo,
-                     lo + (long long)hb, height);
-        return NULL;
-    }
-    int64_t P = csub_conv_out_size(height, 3, stride, 1), Q = csub_conv_out_size(W, 3, stride, 1);
-    if (p0 < 0 || p1 < p0 || p1 > P) {
-        PyErr_Format(PyExc_ValueError, "p0, p1: expected 0 <= p0 <= p1 <= %lld output rows, got %lld, %lld",
-                     (long long)P, p0, p1);
-        return NULL;
-    }
-    csub_rows rows = {F32(x), up && lo > 0 ? F32(up) : NULL, dn && lo + hb < height ? F32(dn) : NULL, lo, lo + hb,
-                      hb * W};
-    if (!csub_rows_cover(&rows, height, 3, stride, 1, p0, p1)) {
-        PyErr_Format(PyExc_ValueError, "x, up, dn: output rows [%lld, %lld) read input rows these do not hold", p0, p1);
-        return NULL;
-    }
+    csub_rows rows;
+    int64_t Q;
+    if (rows_band(x, up, dn, height, lo, p0, p1, stride, &rows, &Q)) return NULL;
     npy_intp ys[3] = {K, p1 - p0, Q};
     PyArrayObject *y = new_f32(3, ys);
     if (!y) return NULL;
