@@ -262,12 +262,13 @@ typedef struct {
     xgrid xg;
     job jb;      /* A, G, K, off, rowc, alpha, beta; B, colc, C, ldc per image */
     int32_t zw;
+    int relu;              /* the ReLU after the residual */
     const uint16_t *vmask; /* [Wph]: real lanes of a vector from each column of a wide row */
 } conv_ctx;
 
 /* The product for output rows [kb0, kb1) (blocks) x wide columns [o0, o1) of
  * one image whose planes are built: column terms, product, wide rows -> y. */
-static void conv_part(const conv_ctx *cx, const img_buf *ib, const thr_buf *tb, float *yn,
+static void conv_part(const conv_ctx *cx, const img_buf *ib, const thr_buf *tb, float *yn, const float *rn,
                       int64_t kb0, int64_t kb1, int64_t o0, int64_t o1, const float *next)
 {
     const geom *g = &cx->g;
@@ -290,17 +291,29 @@ static void conv_part(const conv_ctx *cx, const img_buf *ib, const thr_buf *tb, 
     int compact = !g->direct_y && !cx->vr.wide_out; /* wide rows through a buffer */
     jb.C = compact ? ib->wide : yn;
     jb.ldc = compact ? g->L : g->P * g->Q;
+    jb.res = compact ? NULL : rn; /* else added as the real columns are copied out */
+    jb.relu = compact ? 0 : cx->relu;
     if (!g->direct_y && cx->vr.wide_out) {
         jb.vmask = cx->vmask;
         jb.Wph = g->Wph;
         jb.Q = g->Q;
     }
     cx->vr.gemm(&jb, kb0, kb1, o0, o1);
-    if (compact) { /* the real columns of the wide rows [o0, o1) (whole rows) */
+    if (compact) { /* the real columns of the wide rows [o0, o1) (whole rows), + res, the ReLU */
         int64_t k1 = kb1 * MR < g->K ? kb1 * MR : g->K;
         for (int64_t k = kb0 * MR; k < k1; k++)
-            for (int64_t p = o0 / g->Wph; p < o1 / g->Wph; p++)
-                memcpy(yn + (k * g->P + p) * g->Q, ib->wide + k * g->L + p * g->Wph, sizeof(float) * (size_t)g->Q);
+            for (int64_t p = o0 / g->Wph; p < o1 / g->Wph; p++) {
+                float *yr = yn + (k * g->P + p) * g->Q;
+                const float *wr = ib->wide + k * g->L + p * g->Wph, *rr = rn ? rn + (k * g->P + p) * g->Q : NULL;
+                if (!rr && !cx->relu) {
+                    memcpy(yr, wr, sizeof(float) * (size_t)g->Q);
+                    continue;
+                }
+                for (int64_t q = 0; q < g->Q; q++) {
+                    float v = rr ? wr[q] + rr[q] : wr[q];
+                    yr[q] = cx->relu && v <= 0.0f ? 0.0f : v;
+                }
+            }
     }
 }
 
@@ -308,8 +321,8 @@ static void conv_part(const conv_ctx *cx, const img_buf *ib, const thr_buf *tb, 
  * (T = 1: alone). The planes are built by channel quadruples, then the
  * product is split by output rows (or by row blocks of the weight when the
  * rows are few), each thread with its own column terms. Returns 1 if x has a NaN. */
-static int conv_image(const conv_ctx *cx, const csub_rows *xn, float *yn, const img_buf *ib, const thr_buf *tb,
-                      int t, int T, const float *next)
+static int conv_image(const conv_ctx *cx, const csub_rows *xn, float *yn, const float *rn, const img_buf *ib,
+                      const thr_buf *tb, int t, int T, const float *next)
 {
     const geom *g = &cx->g;
     int64_t lo, hi, nkb = (g->K + MR - 1) / MR;
@@ -319,13 +332,13 @@ static int conv_image(const conv_ctx *cx, const csub_rows *xn, float *yn, const 
         #pragma omp barrier
     }
     if (T == 1) {
-        conv_part(cx, ib, tb, yn, 0, nkb, 0, g->L, next);
+        conv_part(cx, ib, tb, yn, rn, 0, nkb, 0, g->L, next);
     } else if (g->P >= 2 * T || nkb < T) {
         split(g->P, 1, t, T, &lo, &hi);
-        if (lo < hi) conv_part(cx, ib, tb, yn, 0, nkb, lo * g->Wph, hi * g->Wph, NULL);
+        if (lo < hi) conv_part(cx, ib, tb, yn, rn, 0, nkb, lo * g->Wph, hi * g->Wph, NULL);
     } else {
         split(nkb, 1, t, T, &lo, &hi);
-        if (lo < hi) conv_part(cx, ib, tb, yn, lo, hi, 0, g->L, NULL);
+        if (lo < hi) conv_part(cx, ib, tb, yn, rn, lo, hi, 0, g->L, NULL);
     }
     return nan;
 }
@@ -371,8 +384,9 @@ static int grid_ok(const csub_qweight *qw, int32_t xzero_point)
 /* The forward of csub_conv2d_int8_forward, or with rows (N = 1) that of output rows [p0, p1) of the
  * image whose rows `rows` holds, on the calling thread (csub_conv2d_int8_forward_rows) */
 static int conv_forward(const float *x, const csub_rows *rows, int64_t p0, int64_t p1, float xscale,
-                        int32_t xzero_point, const csub_qweight *qw, const float *oscale, const float *b, float *y,
-                        int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_t stride, int64_t pad)
+                        int32_t xzero_point, const csub_qweight *qw, const float *oscale, const float *b,
+                        const float *res, int relu, float *y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t R,
+                        int64_t S, int64_t stride, int64_t pad)
 {
     if (!grid_ok(qw, xzero_point) || N < 0 || C < 1 || H < 1 || W < 1 || R < 1 || S < 1 ||
         stride < 1 || pad < 0 || H + 2 * pad < R || W + 2 * pad < S || C * R * S != qw->cols ||
@@ -383,6 +397,10 @@ static int conv_forward(const float *x, const csub_rows *rows, int64_t p0, int64
     if (N == 0 || g.P <= 0) return CSUB_OK;
     if (!(xscale > 0.0f) || !isfinite(xscale)) { /* every activation code is the zero point */
         fill_bias(y, b, N, K, g.P * g.Q);
+        for (int64_t i = 0; (res || relu) && i < N * K * g.P * g.Q; i++) {
+            float v = res ? y[i] + res[i] : y[i];
+            y[i] = relu && v <= 0.0f ? 0.0f : v;
+        }
         return CSUB_OK;
     }
     conv_ctx cx;
@@ -390,6 +408,7 @@ static int conv_forward(const float *x, const csub_rows *rows, int64_t p0, int64
     cx.vr = get_variant();
     cx.xg = make_xgrid(xscale, xzero_point, qw->bits);
     cx.zw = qw->zero_point;
+    cx.relu = relu;
     int zw = cx.zw != 0;
 
     /* Threads: whole images, or (large images, fewer left than threads) shared images. */
@@ -442,17 +461,19 @@ static int conv_forward(const float *x, const csub_rows *rows, int64_t p0, int64
             img_buf own = {(uint32_t *)(ws + img_f * (size_t)(t < nimg ? t : 0)), NULL};
             own.wide = wide_buf ? (float *)own.planes + g.cells : NULL;
             if (rows) { /* a row band, this thread alone */
-                nan |= conv_image(&cx, rows, y, &own, &tb, 0, 1, NULL);
+                nan |= conv_image(&cx, rows, y, res, &own, &tb, 0, 1, NULL);
             } else if (Nper == N) { /* whole images only: no barrier before the end of the region */
                 #pragma omp for schedule(static) nowait
                 for (int64_t n = 0; n < N; n++)
-                    nan |= conv_image(&cx, &(csub_rows){x + n * C_HW, NULL, NULL, 0, H, H * W}, y + n * KPQ, &own,
-                                      &tb, 0, 1, n + 1 < N ? x + (n + 1) * C_HW : NULL);
+                    nan |= conv_image(&cx, &(csub_rows){x + n * C_HW, NULL, NULL, 0, H, H * W}, y + n * KPQ,
+                                      res ? res + n * KPQ : NULL, &own, &tb, 0, 1,
+                                      n + 1 < N ? x + (n + 1) * C_HW : NULL);
             } else {
                 #pragma omp for schedule(static)
                 for (int64_t n = 0; n < Nper; n++)
-                    nan |= conv_image(&cx, &(csub_rows){x + n * C_HW, NULL, NULL, 0, H, H * W}, y + n * KPQ, &own,
-                                      &tb, 0, 1, n + 1 < Nper ? x + (n + 1) * C_HW : NULL);
+                    nan |= conv_image(&cx, &(csub_rows){x + n * C_HW, NULL, NULL, 0, H, H * W}, y + n * KPQ,
+                                      res ? res + n * KPQ : NULL, &own, &tb, 0, 1,
+                                      n + 1 < Nper ? x + (n + 1) * C_HW : NULL);
             }
             /* the rest: every thread on each image, in the first image buffers */
             img_buf sh = {(uint32_t *)ws, wide_buf ? ws + g.cells : NULL};
@@ -460,8 +481,8 @@ static int conv_forward(const float *x, const csub_rows *rows, int64_t p0, int64
                 if (n > Nper) {
                     #pragma omp barrier
                 }
-                nan |= conv_image(&cx, &(csub_rows){x + n * C_HW, NULL, NULL, 0, H, H * W}, y + n * KPQ, &sh, &tb,
-                                  t, T, NULL);
+                nan |= conv_image(&cx, &(csub_rows){x + n * C_HW, NULL, NULL, 0, H, H * W}, y + n * KPQ,
+                                  res ? res + n * KPQ : NULL, &sh, &tb, t, T, NULL);
             }
         }
         if (nan) st = CSUB_ERR_ARG;
@@ -481,17 +502,28 @@ int csub_conv2d_int8_forward(const float *x, float xscale, int32_t xzero_point,
                              int64_t N, int64_t C, int64_t H, int64_t W,
                              int64_t R, int64_t S, int64_t stride, int64_t pad)
 {
-    return conv_forward(x, NULL, 0, -1, xscale, xzero_point, qw, oscale, b, y, N, C, H, W, R, S, stride, pad);
+    return conv_forward(x, NULL, 0, -1, xscale, xzero_point, qw, oscale, b, NULL, 0, y, N, C, H, W, R, S, stride,
+                        pad);
+}
+
+int csub_conv2d_int8_forward_res(const float *x, float xscale, int32_t xzero_point, const csub_qweight *qw,
+                                 const float *oscale, const float *b, const float *res, int relu, float *y, int64_t N,
+                                 int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_t stride, int64_t pad)
+{
+    return conv_forward(x, NULL, 0, -1, xscale, xzero_point, qw, oscale, b, res, relu, y, N, C, H, W, R, S, stride,
+                        pad);
 }
 
 int csub_conv2d_int8_forward_rows(const csub_rows *x, float xscale, int32_t xzero_point, const csub_qweight *qw,
-                                  const float *oscale, const float *b, float *y, int64_t C, int64_t H, int64_t W,
-                                  int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t p0, int64_t p1)
+                                  const float *oscale, const float *b, const float *res, int relu, float *y, int64_t C,
+                                  int64_t H, int64_t W, int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t p0,
+                                  int64_t p1)
 {
     if (!x || p0 < 0 || p1 > csub_conv_out_size(H, R, stride, pad) || p1 < p0 ||
         !csub_rows_cover(x, H, R, stride, pad, p0, p1))
         return CSUB_ERR_ARG;
-    return conv_forward(NULL, x, p0, p1, xscale, xzero_point, qw, oscale, b, y, 1, C, H, W, R, S, stride, pad);
+    return conv_forward(NULL, x, p0, p1, xscale, xzero_point, qw, oscale, b, res, relu, y, 1, C, H, W, R, S, stride,
+                        pad);
 }
 
 /* x[N, IN] -> y[N, O]: the product with the batch as columns, B[c'][n] the

@@ -4,7 +4,8 @@
  * Microkernel: MR rows x NV*16 columns of int32 accumulators in registers;
  * per group: NV vector loads of B and MR broadcasts of A. The epilogue adds
  * the corrections, converts to float, multiplies by
- * xscale * wscale * oscale[k], adds b[k] and stores (masked at the edge).
+ * xscale * wscale * oscale[k], adds b[k], then the residual and the ReLU
+ * where the job has them, and stores (masked at the edge).
  * Variants, one per instruction-set level (csub_isa_level, internal.h: the
  * CPU's best or the one CSUB_ISA names; never -march=native):
  *   avx512vnni  VPDPBUSD on zmm, 8 x 48 tile
@@ -57,9 +58,12 @@ static void gemm_portable(const job *jb, int64_t kb0, int64_t kb1, int64_t o0, i
             for (int m = 0; m < mrows; m++) {
                 int64_t k = kb * MR + m;
                 float *cr = jb->C + k * jb->ldc + o;
+                const float *rr = jb->res ? jb->res + k * jb->ldc + o : NULL;
                 for (int c = 0; c < nc; c++) {
                     uint32_t v = (uint32_t)acc[m][c] + (uint32_t)jb->rowc[k] + (jb->colc ? (uint32_t)jb->colc[o + c] : 0u);
-                    cr[c] = (float)(int32_t)v * jb->alpha[k] + jb->beta[k];
+                    float f = (float)(int32_t)v * jb->alpha[k] + jb->beta[k];
+                    if (rr) f = f + rr[c];
+                    cr[c] = jb->relu && f <= 0.0f ? 0.0f : f;
                 }
             }
             prefetch_step(jb, &pf, 1);
@@ -86,17 +90,24 @@ T_AVX512 INLINE void wide_lanes(const job *jb, int64_t o, __mmask16 *m, __mmask1
     *off = p * jb->Q + (q < jb->Q ? q : jb->Q);
 }
 
-/* Epilogue of row m (NV vectors of 16): add the corrections, scale, store.
+/* Epilogue of row m (NV vectors of 16): add the corrections, scale, add the
+ * residual, the ReLU, store.
  * A multiply then an add, no FMA, as in every variant: identical results.
  * Rows >= mrows are not stored. Plain layout: vector v at column o + 16 v,
  * the last one through the mask `last`. Wide layout (jb->vmask): only the
  * lanes of real columns wm<v>, compressed, at the row offset wo<v>. */
 #define EPI512_STORE(v)                                                                  \
     if (NV > v) {                                                                        \
-        if (jb->vmask)                                                                   \
-            _mm512_mask_storeu_ps(cr_ + wo##v, wn##v, _mm512_maskz_compress_ps(wm##v, f##v##_)); \
-        else                                                                             \
-            _mm512_mask_storeu_ps(cr_ + wo##v, wm##v, f##v##_);                          \
+        __mmask16 sm_ = wm##v;                                                           \
+        if (jb->vmask) {                                                                 \
+            f##v##_ = _mm512_maskz_compress_ps(wm##v, f##v##_);                          \
+            sm_ = wn##v;                                                                 \
+        }                                                                                \
+        if (rr_) f##v##_ = _mm512_add_ps(f##v##_, _mm512_maskz_loadu_ps(sm_, rr_ + wo##v)); \
+        if (jb->relu) /* NaN stays NaN */                                                \
+            f##v##_ = _mm512_mask_mov_ps(f##v##_, _mm512_cmp_ps_mask(f##v##_, _mm512_setzero_ps(), _CMP_LE_OQ), \
+                                         _mm512_setzero_ps());                           \
+        _mm512_mask_storeu_ps(cr_ + wo##v, sm_, f##v##_);                                \
     }
 #define EPI512_ROW(m)                                                                    \
     if (m < mrows) {                                                                     \
@@ -104,6 +115,7 @@ T_AVX512 INLINE void wide_lanes(const job *jb, int64_t o, __mmask16 *m, __mmask1
         __m512i rc_ = _mm512_set1_epi32(jb->rowc[k_]);                                   \
         __m512 al_ = _mm512_set1_ps(jb->alpha[k_]), be_ = _mm512_set1_ps(jb->beta[k_]);  \
         float *cr_ = jb->C + k_ * jb->ldc;                                               \
+        const float *rr_ = jb->res ? jb->res + k_ * jb->ldc : NULL;                      \
         __m512 f0_ = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##0, rc_), cc0)), al_), be_); \
         __m512 f1_ = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##1, rc_), cc1)), al_), be_); \
         __m512 f2_ = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a##m##2, rc_), cc2)), al_), be_); \
@@ -244,6 +256,8 @@ T_AVX2 INLINE void tile_avx2(const job *jb, int64_t kb, int mrows, int64_t o, in
         __m256 f = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(jb->alpha[k])),
                                  _mm256_set1_ps(jb->beta[k]));
         float *cr = jb->C + k * jb->ldc + o;
+        if (jb->res) f = _mm256_add_ps(f, _mm256_maskload_ps(jb->res + k * jb->ldc + o, mask));
+        if (jb->relu) f = _mm256_blendv_ps(f, _mm256_setzero_ps(), _mm256_cmp_ps(f, _mm256_setzero_ps(), _CMP_LE_OQ));
         if (ncols == 8) _mm256_storeu_ps(cr, f);
         else _mm256_maskstore_ps(cr, mask, f);
     }

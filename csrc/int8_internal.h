@@ -65,7 +65,9 @@ typedef int (*quantb_fn)(const float *x, int64_t n, uint8_t *dst, const xgrid *g
 
 /* C[k, o] = (A[k] . B[o] + rowc[k] + colc[o]) * alpha[k] + beta[k] for rows
  * k < K, columns o < L, where A[k] . B[o] = sum over g of the 4-byte dot
- * product of the weight cell (k, g) and the activation cell B[off[g] + o]. */
+ * product of the weight cell (k, g) and the activation cell B[off[g] + o];
+ * then + res[k, o] (laid out as C) and the ReLU (NaN stays NaN) where asked:
+ * the values of adding res to the stored C, then csub_relu_forward. */
 typedef struct {
     const int8_t *A;         /* [Kpad/MR][G][MR][4] */
     int64_t G, K;
@@ -76,6 +78,8 @@ typedef struct {
     const float *alpha, *beta; /* [Kpad] */
     float *C;
     int64_t ldc;
+    const float *res;        /* a residual laid out as C, or NULL */
+    int relu;
     const uint16_t *vmask;   /* AVX-512 only: wide rows of Wph columns, the first Q real, stored
                               * straight to C[k * ldc + p * Q + q] (see wide_lanes), or NULL */
     int64_t Wph, Q;

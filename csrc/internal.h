@@ -293,11 +293,17 @@ int csub_conv3x3_forward_rows(const csub_rows *x, const float *wp, const float *
                               float *y, int64_t C, int64_t H, int64_t W, int64_t K, int64_t stride, int64_t p0,
                               int64_t p1);
 
-/* csub_conv2d_int8_forward (csub.h) for output rows [p0, p1) of one image from the rows x holds,
- * y[K][p1 - p0][Q], on the calling thread (int8.c): the same integer sums, the same bits */
+/* csub_conv2d_int8_forward (csub.h), then + res[N,K,P,Q] (or NULL) and the ReLU (relu) as each tile is
+ * stored: the values of csub_add_nchw then csub_relu_forward after it (int8.c) */
+int csub_conv2d_int8_forward_res(const float *x, float xscale, int32_t xzero_point, const csub_qweight *qw,
+                                 const float *oscale, const float *b, const float *res, int relu, float *y, int64_t N,
+                                 int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_t stride, int64_t pad);
+/* The same for output rows [p0, p1) of one image from the rows x holds, y and res [K][p1 - p0][Q], on
+ * the calling thread: the same integer sums, the same bits */
 int csub_conv2d_int8_forward_rows(const csub_rows *x, float xscale, int32_t xzero_point, const csub_qweight *qw,
-                                  const float *oscale, const float *b, float *y, int64_t C, int64_t H, int64_t W,
-                                  int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t p0, int64_t p1);
+                                  const float *oscale, const float *b, const float *res, int relu, float *y, int64_t C,
+                                  int64_t H, int64_t W, int64_t R, int64_t S, int64_t stride, int64_t pad, int64_t p0,
+                                  int64_t p1);
 
 /* The rows y[K, L] (row stride ld) of a convolution's product, in place: + b[k] (b may be NULL),
  * + res (same layout, or NULL), then the ReLU when relu (NaN stays NaN) (conv.c) */

@@ -24,9 +24,8 @@
  *
  * An integer (8-bit) conv runs on its band on the activation grid recorded in training: a 1x1 one
  * as an image of the band's rows, a 3x3 one laying out the codes of its band's rows and of the
- * neighbours' edge rows (csub_conv2d_int8_forward_rows), then the residual and the ReLU as on the
- * whole image (csub_rt_residual_relu). A grid never recorded (each batch's own range) needs the
- * whole image: no bands.
+ * neighbours' edge rows (csub_conv2d_int8_forward_rows), the residual and the ReLU applied as its
+ * tiles are stored. A grid never recorded (each batch's own range) needs the whole image: no bands.
  *
  * The plan (band_plan) checks every layer before the pool is one of those: a 3x3 pad-1 conv, dense
  * on the direct or Winograd kernels, sparse or integer, a 1x1 conv, a batch or group norm, a ReLU,
@@ -243,15 +242,11 @@ static int band_op(const csub_model *m, const workspace *w, const float *input, 
             r = (csub_rows){x, t > 0 ? hb + (t - 1) * m->band_part + C * s.w : NULL,
                             t < nt - 1 ? hb + (t + 1) * m->band_part : NULL, a0, a1, n};
         }
-        if (op->path == PATH_INT8) { /* the integer product (the same sums as on the whole image), then as
-                                      * runtime_exec.c the residual and the ReLU */
-            int st = k == 1 ? csub_conv2d_int8_forward(x, op->xscale, op->xzp, &op->qw, op->oscale, op->ba, y, 1, C,
-                                                       a1 - a0, s.w, 1, 1, op->stride, 0)
-                            : csub_conv2d_int8_forward_rows(&r, op->xscale, op->xzp, &op->qw, op->oscale, op->ba, y, C,
-                                                            s.h, s.w, 3, 3, op->stride, 1, p0, p1);
-            if (!st) csub_rt_residual_relu(y, res, op->relu, 1, op->aout, p1 - p0, o.w);
-            return st;
-        }
+        if (op->path == PATH_INT8) /* the integer product (the same sums as on the whole image) */
+            return k == 1 ? csub_conv2d_int8_forward_res(x, op->xscale, op->xzp, &op->qw, op->oscale, op->ba, res,
+                                                         op->relu, y, 1, C, a1 - a0, s.w, 1, 1, op->stride, 0)
+                          : csub_conv2d_int8_forward_rows(&r, op->xscale, op->xzp, &op->qw, op->oscale, op->ba, res,
+                                                          op->relu, y, C, s.h, s.w, 3, 3, op->stride, 1, p0, p1);
         if (k == 1 && sparse) { /* the band as an image of its own, with its offsets */
             const op_t *nm = op->pre >= 0 ? &m->ops[op->pre] : NULL;
             csub_pre pre = {nm ? nm->pre_ab : NULL, nm ? nm->pre_ab + nm->c : NULL, op->pre_k,

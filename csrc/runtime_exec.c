@@ -74,11 +74,10 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
     const float *b = op->bias ? op->ba : NULL;
     if (path == PATH_INT8) {
         if ((st = quantize_input(op, m->bits, x, NULL, n_in, &xs, &xz))) return st;
-        if (op->kind == OP_CONV)
-            st = csub_conv2d_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N, C, s.h, s.w, op->k, op->k,
-                                          op->stride, op->pad);
-        else
-            st = csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
+        if (op->kind == OP_CONV) /* the residual and the ReLU as each tile is stored */
+            return csub_conv2d_int8_forward_res(x, xs, xz, &op->qw, op->oscale, op->ba, res, op->relu, y, N, C, s.h,
+                                                s.w, op->k, op->k, op->stride, op->pad);
+        st = csub_linear_int8_forward(x, xs, xz, &op->qw, op->oscale, op->ba, y, N);
     } else if (op->kind == OP_CONV && path == PATH_SPARSE) {
         const op_t *nm = op->pre >= 0 ? &m->ops[op->pre] : NULL; /* a norm it applies to x (fuse_pre) */
         csub_pre pre = {nm ? nm->pre_ab : NULL, nm ? nm->pre_ab + nm->c : NULL, op->pre_k,
@@ -106,16 +105,11 @@ static int run_weighted(const csub_model *m, const op_t *op, int path, const wor
         if (!st && op->oscale) scale_shift(y, op->oscale, b, N, op->aout, o.h * o.w);
     }
     if (st) return st;
-    csub_rt_residual_relu(y, res, op->relu, N, op->aout, o.h, o.w);
+    int64_t n_out = N * op->aout * o.h * o.w;
+    if (res && op->relu) add_relu(y, res, n_out);
+    else if (res) csub_add_nchw(y, res, y, N, op->aout, o.h, o.w);
+    else if (op->relu) csub_relu_forward(y, y, n_out);
     return CSUB_OK;
-}
-
-void csub_rt_residual_relu(float *y, const float *res, int relu, int64_t N, int64_t C, int64_t H, int64_t W)
-{
-    int64_t n = N * C * H * W;
-    if (res && relu) add_relu(y, res, n);
-    else if (res) csub_add_nchw(y, res, y, N, C, H, W);
-    else if (relu) csub_relu_forward(y, y, n);
 }
 
 float *csub_rt_value(const csub_model *m, const workspace *w, const float *input, int v)

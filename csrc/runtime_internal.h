@@ -204,9 +204,6 @@ void csub_rt_free_materialised(op_t *op);
 int csub_rt_image_parallel(const csub_model *m, int64_t N, int nt);
 float *csub_rt_value(const csub_model *m, const workspace *w, const float *input, int v);
 int csub_rt_run_op(const csub_model *m, const workspace *w, const float *input, int64_t N, int split, int i);
-/* y[N, C, H, W] (+ res, same layout) then the ReLU (NaN stays NaN): what a conv or linear layer whose
- * kernel has no epilogue of its own does after it */
-void csub_rt_residual_relu(float *y, const float *res, int relu, int64_t N, int64_t C, int64_t H, int64_t W);
 
 /* runtime_bands.c: how many bands a forward of `batch` images on nt threads runs as (at most one a
  * processor), 0 for none (making the plan once per set_alpha and count); that forward on one image

@@ -104,6 +104,10 @@ def test_int8_rows_equal_the_whole_image(rng, C, K, H, W, stride, wzero):
                 band, lo, up, dn = rows_for(x, stride, p0, p1)
                 got = _core.conv2d_int8_forward_rows(band, w, 8, xs, z, H, lo, p0, p1, up, dn, oscale, b, stride)
                 assert np.array_equal(got, whole[:, p0:p1]), (xz, p0, p1)
+                res = rng.normal(0, 1, got.shape).astype(np.float32)
+                fused = _core.conv2d_int8_forward_rows(band, w, 8, xs, z, H, lo, p0, p1, up, dn, oscale, b, stride,
+                                                       res, True)
+                assert np.array_equal(fused, np.maximum(got + res, 0)), (xz, p0, p1)
 
 
 def test_int8_rows_bad_input(rng):

@@ -231,6 +231,36 @@ def test_conv2d_thread_count_invariance(rng, threads):
     assert_close(out[0], ref.conv2d_int8_forward(x, w, 8, xs, xz, os_, b, shape[6], shape[7]))
 
 
+@pytest.mark.parametrize("shape", [(2, 16, 9, 9, 16, 3, 1, 1), (1, 20, 11, 13, 24, 3, 2, 1), (3, 64, 8, 8, 40, 1, 1, 0),
+                                   (2, 16, 9, 9, 32, 1, 2, 0), (1, 64, 32, 32, 64, 3, 1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_conv2d_residual_and_relu_as_stored(rng, threads, shape):
+    """The residual and the ReLU applied as each tile is stored (the runtime's fused epilogue) give
+    the bits of the product, then + res, then max(0, .) (NaN stays NaN), on the wide rows of a 3x3
+    conv, the plain ones of a 1x1, strided, an image shared by two threads (the last shape), and
+    at a zero scale (every code the zero point: the bias)."""
+    x, w, xs, xz, os_, b = make_case(rng, shape, 8, True, None, True, True)
+    st, pad = shape[6], shape[7]
+    for n in (1, 2):
+        threads(n)
+        for scale in (xs, 0.0):
+            plain = _core.conv2d_int8_forward(x, w, 8, scale, xz, os_, b, st, pad)
+            res = rng.standard_normal(plain.shape).astype(np.float32)
+            res.flat[::7] = -plain.flat[::7]  # sums of exactly 0
+            res.flat[5] = np.nan
+            got = _core.conv2d_int8_forward(x, w, 8, scale, xz, os_, b, st, pad, res)
+            np.testing.assert_array_equal(got, plain + res)
+            relu = _core.conv2d_int8_forward(x, w, 8, scale, xz, os_, b, st, pad, res, True)
+            want = plain + res
+            want = np.where(want <= 0, np.float32(0), want)
+            np.testing.assert_array_equal(relu, want)
+            assert np.isnan(relu.flat[5])
+            np.testing.assert_array_equal(_core.conv2d_int8_forward(x, w, 8, scale, xz, os_, b, st, pad, relu=True),
+                                          np.maximum(plain, 0))
+    with pytest.raises(ValueError, match="res"):
+        _core.conv2d_int8_forward(x, w, 8, xs, xz, os_, b, st, pad, res[:, :1].copy())
+
+
 def test_int8_kernel_name():
     assert _core.int8_kernel() in KERNELS
 

@@ -139,7 +139,11 @@ for threads in (1, 2):
         xs, xz = _core.quant_params(float(x.min()), float(x.max()), bits)
         os_, b = rng.uniform(0.5, 2, K).astype(np.float32), f32(K)
         y = _core.conv2d_int8_forward(x, w, bits, xs, xz, os_, b, st, pad)
-        check(f"int8_conv/{i}{t}", y, iref.conv2d_int8_forward(x, w, bits, xs, xz, os_, b, st, pad), 1e-6)
+        want = iref.conv2d_int8_forward(x, w, bits, xs, xz, os_, b, st, pad)
+        check(f"int8_conv/{i}{t}", y, want, 1e-6)
+        res = f32(*y.shape)  # the residual and the ReLU as the tiles are stored
+        check(f"int8_conv_res_relu/{i}{t}", _core.conv2d_int8_forward(x, w, bits, xs, xz, os_, b, st, pad, res, True),
+              np.maximum(want + res, 0), 1e-6)
     x, w = f32(17, 100), f32(30, 100)
     xs, xz = _core.quant_params(float(x.min()), float(x.max()), 7)
     check("int8_linear" + t, _core.linear_int8_forward(x, w, 7, xs, xz),

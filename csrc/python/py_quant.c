@@ -138,19 +138,21 @@ static int int8_status(int st_w, int st, const char *where)
 
 static PyObject *py_conv2d_int8_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *x, *w, *os = NULL, *b = NULL;
-    int bits;
+    PyArrayObject *x, *w, *os = NULL, *b = NULL, *res = NULL;
+    int bits, relu = 0;
     double xscale;
     long long xzp, stride = 1, pad = 0;
-    KW("x", "weight", "bits", "xscale", "xzero_point", "oscale", "b", "stride", "padding");
-    if (!parse(args, kw, "O&O&idL|O&O&LL", kwlist, ARG_F32(x, 4), ARG_F32_AS(w, "weight", 4), &bits, &xscale,
-                         &xzp, ARG_OPT_F32_AS(os, "oscale", 1), ARG_OPT_F32(b, 1), &stride, &pad))
+    KW("x", "weight", "bits", "xscale", "xzero_point", "oscale", "b", "stride", "padding", "res", "relu");
+    if (!parse(args, kw, "O&O&idL|O&O&LLO&p", kwlist, ARG_F32(x, 4), ARG_F32_AS(w, "weight", 4), &bits, &xscale,
+                         &xzp, ARG_OPT_F32_AS(os, "oscale", 1), ARG_OPT_F32(b, 1), &stride, &pad, ARG_OPT_F32(res, 4),
+                         &relu))
         return NULL;
     conv_dims d;
     if (conv_check_dims(x, PyArray_DIMS(w), "weight", stride, pad, &d) ||
         int8_check(bits, xscale, xzp, os, b, d.K) || cols_check(d.C * d.R * d.S))
         return NULL;
     npy_intp ys[4] = {d.N, d.K, d.P, d.Q};
+    if (res && shape_check(res, "res", 4, ys, "(N, K, P, Q) of the output")) return NULL;
     PyArrayObject *y = new_f32(4, ys);
     if (!y) return NULL;
     int st_w, st = CSUB_OK;
@@ -158,8 +160,8 @@ static PyObject *py_conv2d_int8_forward(PyObject *self, PyObject *args, PyObject
     csub_qweight qw;
     st_w = csub_qweight_init_conv(&qw, F32(w), d.K, d.C, d.R, d.S, bits);
     if (st_w == CSUB_OK) {
-        st = csub_conv2d_int8_forward(F32(x), (float)xscale, (int32_t)xzp, &qw, OPT_F32(os), OPT_F32(b), F32(y),
-                                      d.N, d.C, d.H, d.W, d.R, d.S, stride, pad);
+        st = csub_conv2d_int8_forward_res(F32(x), (float)xscale, (int32_t)xzp, &qw, OPT_F32(os), OPT_F32(b),
+                                          OPT_F32(res), relu, F32(y), d.N, d.C, d.H, d.W, d.R, d.S, stride, pad);
         csub_qweight_free(&qw);
     }
     Py_END_ALLOW_THREADS
@@ -171,15 +173,15 @@ static PyObject *py_conv2d_int8_forward(PyObject *self, PyObject *args, PyObject
  * band x (rows [lo, lo + hb)) and its neighbours' rows up, dn (as conv3x3_forward_rows, py_conv.c) */
 static PyObject *py_conv2d_int8_forward_rows(PyObject *self, PyObject *args, PyObject *kw)
 {
-    PyArrayObject *x, *w, *up = NULL, *dn = NULL, *os = NULL, *b = NULL;
-    int bits;
+    PyArrayObject *x, *w, *up = NULL, *dn = NULL, *os = NULL, *b = NULL, *res = NULL;
+    int bits, relu = 0;
     double xscale;
     long long xzp, height, lo, p0, p1, stride = 1;
     KW("x", "weight", "bits", "xscale", "xzero_point", "height", "lo", "p0", "p1", "up", "dn", "oscale", "b",
-       "stride");
-    if (!parse(args, kw, "O&O&idLLLLL|O&O&O&O&L", kwlist, ARG_F32(x, 3), ARG_F32_AS(w, "weight", 4), &bits, &xscale,
-               &xzp, &height, &lo, &p0, &p1, ARG_OPT_F32(up, 2), ARG_OPT_F32(dn, 2), ARG_OPT_F32_AS(os, "oscale", 1),
-               ARG_OPT_F32(b, 1), &stride))
+       "stride", "res", "relu");
+    if (!parse(args, kw, "O&O&idLLLLL|O&O&O&O&LO&p", kwlist, ARG_F32(x, 3), ARG_F32_AS(w, "weight", 4), &bits,
+               &xscale, &xzp, &height, &lo, &p0, &p1, ARG_OPT_F32(up, 2), ARG_OPT_F32(dn, 2),
+               ARG_OPT_F32_AS(os, "oscale", 1), ARG_OPT_F32(b, 1), &stride, ARG_OPT_F32(res, 3), &relu))
         return NULL;
     npy_intp C = PyArray_DIM(x, 0), W = PyArray_DIM(x, 2), K = PyArray_DIM(w, 0);
     npy_intp ws[4] = {K, C, 3, 3}, rs[2] = {C, W};
@@ -195,6 +197,7 @@ static PyObject *py_conv2d_int8_forward_rows(PyObject *self, PyObject *args, PyO
     int64_t Q;
     if (rows_band(x, up, dn, height, lo, p0, p1, stride, &rows, &Q)) return NULL;
     npy_intp ys[3] = {K, p1 - p0, Q};
+    if (res && shape_check(res, "res", 3, ys, "(K, p1 - p0, Q)")) return NULL;
     PyArrayObject *y = new_f32(3, ys);
     if (!y) return NULL;
     int st_w, st = CSUB_OK;
@@ -202,8 +205,8 @@ static PyObject *py_conv2d_int8_forward_rows(PyObject *self, PyObject *args, PyO
     csub_qweight qw;
     st_w = csub_qweight_init_conv(&qw, F32(w), K, C, 3, 3, bits);
     if (st_w == CSUB_OK) {
-        st = csub_conv2d_int8_forward_rows(&rows, (float)xscale, (int32_t)xzp, &qw, OPT_F32(os), OPT_F32(b), F32(y),
-                                           C, height, W, 3, 3, stride, 1, p0, p1);
+        st = csub_conv2d_int8_forward_rows(&rows, (float)xscale, (int32_t)xzp, &qw, OPT_F32(os), OPT_F32(b),
+                                           OPT_F32(res), relu, F32(y), C, height, W, 3, 3, stride, 1, p0, p1);
         csub_qweight_free(&qw);
     }
     Py_END_ALLOW_THREADS
@@ -256,11 +259,13 @@ PyMethodDef csub_py_quant_methods[] = {
     M(minmax, "minmax(x) -> (min, max) as floats; NaN if x has a NaN"),
     M(channel_scale, "channel_scale(x[N,C,...], s[C], out=None) -> y = x * s[c] per channel"),
     M(conv2d_int8_forward, "conv2d_int8_forward(x[N,C,H,W], weight[K,C,R,S], bits, xscale, xzero_point, oscale=None, "
-                           "b=None, stride=1, padding=0) -> y[N,K,P,Q], integer product of the quantized weight and input"),
+                           "b=None, stride=1, padding=0, res=None, relu=False) -> y[N,K,P,Q], integer product of the "
+                           "quantized weight and input (+ res[N,K,P,Q], then the ReLU)"),
     M(conv2d_int8_forward_rows, "conv2d_int8_forward_rows(x[C,hb,W], weight[K,C,3,3], bits, xscale, xzero_point, "
-                                "height, lo, p0, p1, up=None, dn=None, oscale=None, b=None, stride=1) -> y[K,p1-p0,Q]: "
-                                "conv2d_int8_forward's (padding 1) output rows [p0, p1) from the rows [lo, lo + hb) of an "
-                                "image of `height` rows and the rows above (up) and below (dn) them"),
+                                "height, lo, p0, p1, up=None, dn=None, oscale=None, b=None, stride=1, res=None, "
+                                "relu=False) -> y[K,p1-p0,Q]: conv2d_int8_forward's (padding 1) output rows [p0, p1) "
+                                "from the rows [lo, lo + hb) of an image of `height` rows and the rows above (up) and "
+                                "below (dn) them"),
     M(linear_int8_forward, "linear_int8_forward(x[N,I], weight[O,I], bits, xscale, xzero_point, oscale=None, b=None) "
                            "-> y[N,O], integer product"),
     {"int8_kernel", (PyCFunction)py_int8_kernel, METH_NOARGS, "int8_kernel() -> name of the integer kernel this CPU runs"},
