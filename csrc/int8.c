@@ -355,23 +355,24 @@ static void fill_bias(float *y, const float *b, int64_t N, int64_t K, int64_t PQ
 
 /* Per-row terms of the epilogue, Kpad entries (rows >= K zero):
  * rowc = -zu * rowsum + cols * zw * zu (mod 2^32), alpha = xscale * wscale * oscale, beta = b. */
-static int row_terms(const csub_qweight *qw, const xgrid *xg, float xscale, const float *oscale,
-                     const float *b, int32_t **rowc, float **alpha, float **beta)
+static void row_terms(const csub_qweight *qw, const xgrid *xg, float xscale, const float *oscale,
+                      const float *b, int32_t *rowc, float *alpha, float *beta)
 {
     int64_t Kpad = (qw->K + MR - 1) / MR * MR;
-    *rowc = calloc((size_t)Kpad, sizeof(int32_t));
-    *alpha = calloc((size_t)Kpad, sizeof(float));
-    *beta = calloc((size_t)Kpad, sizeof(float));
-    if (!*rowc || !*alpha || !*beta) return CSUB_ERR_NOMEM;
+    memset(rowc, 0, sizeof(int32_t) * (size_t)Kpad);
+    memset(alpha, 0, sizeof(float) * (size_t)Kpad);
+    memset(beta, 0, sizeof(float) * (size_t)Kpad);
     uint32_t zu = (uint32_t)xg->zu, zw = (uint32_t)qw->zero_point, cols = (uint32_t)qw->cols;
     float s = xscale * qw->scale;
     for (int64_t k = 0; k < qw->K; k++) {
-        (*rowc)[k] = (int32_t)(cols * zw * zu - zu * (uint32_t)qw->rowsum[k]);
-        (*alpha)[k] = oscale ? s * oscale[k] : s;
-        (*beta)[k] = b ? b[k] : 0.0f;
+        rowc[k] = (int32_t)(cols * zw * zu - zu * (uint32_t)qw->rowsum[k]);
+        alpha[k] = oscale ? s * oscale[k] : s;
+        beta[k] = b ? b[k] : 0.0f;
     }
-    return CSUB_OK;
 }
+
+/* Bytes n rounded up to whole cache lines: the parts of one allocation */
+static size_t lines(size_t n) { return (n + 63) / 64 * 64; }
 
 static int grid_ok(const csub_qweight *qw, int32_t xzero_point)
 {
@@ -424,15 +425,19 @@ static int conv_forward(const float *x, const csub_rows *rows, int64_t p0, int64
     size_t thr_f = zw ? (size_t)g.sums + (size_t)(g.L + 64) : 1;
 
     int8_t *A = qw->taps == R * S ? NULL : csub_int8_regroup(qw, R * S);
-    int64_t *off = malloc(sizeof(int64_t) * (size_t)g.G);
-    uint16_t *vmask = malloc(sizeof(uint16_t) * (size_t)g.Wph);
+    /* one allocation: the work space, the groups' offsets, the row terms, the lanes of each column */
+    size_t kpad = (size_t)((K + MR - 1) / MR * MR), b_ws = lines(sizeof(float) * (img_f * (size_t)nimg + thr_f * (size_t)nt));
+    size_t b_off = lines(sizeof(int64_t) * (size_t)g.G), b_row = lines(sizeof(float) * kpad);
+    char *mem = malloc(b_ws + b_off + 3 * b_row + lines(sizeof(uint16_t) * (size_t)g.Wph));
+    float *ws = (float *)mem;
+    int64_t *off = mem ? (int64_t *)(mem + b_ws) : NULL;
+    int32_t *rowc = mem ? (int32_t *)(mem + b_ws + b_off) : NULL;
+    float *alpha = mem ? (float *)(mem + b_ws + b_off + b_row) : NULL, *beta = mem ? alpha + b_row / sizeof(float) : NULL;
+    uint16_t *vmask = mem ? (uint16_t *)(mem + b_ws + b_off + 3 * b_row) : NULL;
     cx.vmask = vmask;
-    float *ws = malloc(sizeof(float) * (img_f * (size_t)nimg + thr_f * (size_t)nt));
-    int32_t *rowc = NULL;
-    float *alpha = NULL, *beta = NULL;
-    int st = (!off || !ws || !vmask || (qw->taps != R * S && !A)) ? CSUB_ERR_NOMEM
-                                                         : row_terms(qw, &cx.xg, xscale, oscale, b, &rowc, &alpha, &beta);
+    int st = (!mem || (qw->taps != R * S && !A)) ? CSUB_ERR_NOMEM : CSUB_OK;
     if (st == CSUB_OK) {
+        row_terms(qw, &cx.xg, xscale, oscale, b, rowc, alpha, beta);
         make_offsets(&g, off);
         /* lane l of vmask[q0]: column (q0 + l) % Wph is a real one (< Q); no division */
         unsigned m = 0;
@@ -488,12 +493,7 @@ static int conv_forward(const float *x, const csub_rows *rows, int64_t p0, int64
         if (nan) st = CSUB_ERR_ARG;
     }
     free(A);
-    free(off);
-    free(vmask);
-    free(ws);
-    free(rowc);
-    free(alpha);
-    free(beta);
+    free(mem);
     return st;
 }
 
@@ -549,11 +549,12 @@ int csub_linear_int8_forward(const float *x, float xscale, int32_t xzero_point,
     int32_t *colc = zw ? calloc((size_t)(N + 64), sizeof(int32_t)) : NULL;
     float *yt = malloc(sizeof(float) * (size_t)(O * N));
     uint8_t *tmp = malloc((size_t)(4 * Cg) * (size_t)nt);
-    int32_t *rowc = NULL;
-    float *alpha = NULL, *beta = NULL;
-    int st = (!off || !cells || (zw && !colc) || !yt || !tmp) ? CSUB_ERR_NOMEM
-             : row_terms(qw, &xg, xscale, oscale, b, &rowc, &alpha, &beta);
+    size_t kpad = (size_t)((O + MR - 1) / MR * MR);
+    int32_t *rowc = malloc(sizeof(int32_t) * kpad);
+    float *alpha = malloc(sizeof(float) * kpad), *beta = malloc(sizeof(float) * kpad);
+    int st = (!off || !cells || (zw && !colc) || !yt || !tmp || !rowc || !alpha || !beta) ? CSUB_ERR_NOMEM : CSUB_OK;
     if (st == CSUB_OK) {
+        row_terms(qw, &xg, xscale, oscale, b, rowc, alpha, beta);
         for (int64_t g = 0; g < Cg; g++) off[g] = g * N;
         memset(cells + Cg * N, 0, sizeof(uint32_t) * SLACK);
         job jb = {.A = qw->q, .G = Cg, .K = O, .B = cells, .off = off, .rowc = rowc, .colc = colc,
