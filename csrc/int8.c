@@ -175,7 +175,8 @@ static int build_planes(const geom *g, const variant *vr, const xgrid *xg, const
                         continue;
                     }
                     const float *xr[4];
-                    for (int j = 0; j < 4; j++) xr[j] = csub_rows_at(x, 4 * cg + (j < nch ? j : 0), h, W) + j0 * st + b - pad;
+                    for (int j = 0; j < 4; j++)
+                        xr[j] = csub_rows_at(x, 4 * cg + (j < nch ? j : 0), h, W) + j0 * st + b - pad;
                     nan |= vr->quant4(xr, j1 - j0, st, n, st * W, pl + i * Wph + j0, Wph, xg, chmask);
                 }
                 for (int64_t i = i0; i < i1; i++) {
@@ -426,13 +427,15 @@ static int conv_forward(const float *x, const csub_rows *rows, int64_t p0, int64
 
     int8_t *A = qw->taps == R * S ? NULL : csub_int8_regroup(qw, R * S);
     /* one allocation: the work space, the groups' offsets, the row terms, the lanes of each column */
-    size_t kpad = (size_t)((K + MR - 1) / MR * MR), b_ws = lines(sizeof(float) * (img_f * (size_t)nimg + thr_f * (size_t)nt));
+    size_t kpad = (size_t)((K + MR - 1) / MR * MR);
+    size_t b_ws = lines(sizeof(float) * (img_f * (size_t)nimg + thr_f * (size_t)nt));
     size_t b_off = lines(sizeof(int64_t) * (size_t)g.G), b_row = lines(sizeof(float) * kpad);
     char *mem = malloc(b_ws + b_off + 3 * b_row + lines(sizeof(uint16_t) * (size_t)g.Wph));
     float *ws = (float *)mem;
     int64_t *off = mem ? (int64_t *)(mem + b_ws) : NULL;
     int32_t *rowc = mem ? (int32_t *)(mem + b_ws + b_off) : NULL;
-    float *alpha = mem ? (float *)(mem + b_ws + b_off + b_row) : NULL, *beta = mem ? alpha + b_row / sizeof(float) : NULL;
+    float *alpha = mem ? (float *)(mem + b_ws + b_off + b_row) : NULL;
+    float *beta = mem ? (float *)(mem + b_ws + b_off + 2 * b_row) : NULL;
     uint16_t *vmask = mem ? (uint16_t *)(mem + b_ws + b_off + 3 * b_row) : NULL;
     cx.vmask = vmask;
     int st = (!mem || (qw->taps != R * S && !A)) ? CSUB_ERR_NOMEM : CSUB_OK;

@@ -185,9 +185,9 @@ static PyObject *py_conv2d_int8_forward_rows(PyObject *self, PyObject *args, PyO
         return NULL;
     npy_intp C = PyArray_DIM(x, 0), W = PyArray_DIM(x, 2), K = PyArray_DIM(w, 0);
     npy_intp ws[4] = {K, C, 3, 3}, rs[2] = {C, W};
-    if (shape_check(w, "weight", 4, ws, "(K, C, 3, 3), C of x") || (up && shape_check(up, "up", 2, rs, "(C, W) of x")) ||
-        (dn && shape_check(dn, "dn", 2, rs, "(C, W) of x")) || K < 1 || int8_check(bits, xscale, xzp, os, b, K) ||
-        cols_check(C * 9))
+    if (shape_check(w, "weight", 4, ws, "(K, C, 3, 3), C of x") ||
+        (up && shape_check(up, "up", 2, rs, "(C, W) of x")) || (dn && shape_check(dn, "dn", 2, rs, "(C, W) of x")) ||
+        K < 1 || int8_check(bits, xscale, xzp, os, b, K) || cols_check(C * 9))
         return NULL;
     if (stride != 1 && stride != 2) {
         PyErr_Format(PyExc_ValueError, "stride: expected 1 or 2, got %lld", stride);
