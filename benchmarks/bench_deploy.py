@@ -1,14 +1,16 @@
 """Compressed inference of cPreResNet20 with the C runtime (model.compress / csub_model_*), as ratios in one run.
 
     python benchmarks/bench_deploy.py [--reps 41] [--threads 2 1] [--batches 1 64] [--no-torch] [--crossover]
-                                      [--profile] [--halves]
+                                      [--profile] [--halves] [--norm gn]
 
 For batch 1 and batch 64 at 32x32, on each thread count of --threads:
   unstructured  keep 1.0 (dense) vs keep 0.10 (90 % of the block weights pruned, CSR kernels)
   structured    width 1.0 vs width 0.5 (really smaller layers)
   quantized     8-bit integer products vs the float32 network (regime None)
   dense float32 csub runtime vs PyTorch CPU inference (torch.inference_mode, same network)
-and the time of set_alpha (materialising a new alpha) per regime.
+and the time of set_alpha (materialising a new alpha) per regime. --norm picks
+the networks' norm: group norm (the default, csub's) or batch norm (the structured
+pair keeps group norm: batch norm's running statistics hold at one width only).
 Each pair is timed interleaved (compressed, peer, compressed, peer, ...), so
 that both see the same state of the machine: the medians of --reps forwards
 each, and the median of the per-repetition ratios (the speedup printed).
@@ -56,6 +58,9 @@ def set_alpha_ms(net, alphas, reps=5):
     return statistics.median(times) * 1e3
 
 
+ST_LABEL = "structured width 0.5 vs 1.0"
+
+
 def halves(models_by_name, x64, args):
     """The best a runtime could do at batch 1 by giving each thread its own rows of every
     activation (a strip of the image through the whole network): each network on images of
@@ -67,7 +72,7 @@ def halves(models_by_name, x64, args):
     print(f"\nbound of a per-thread strip runtime at batch 1 ({nt} threads, each network on {2 * nt} half images "
           f"3x16x32, two per thread):")
     for what, a, p, target in (("unstructured keep 0.10 vs dense", "uns", "uns_dense", 3.0),
-                               ("structured width 0.5 vs 1.0", "st", "st_full", 3.0),
+                               (ST_LABEL + (" (gn)" if args.norm != "gn" else ""), "st", "st_full", 3.0),
                                ("quantized 8-bit vs float32", "q", "dense", 2.0)):
         (ma, aa), (mp, pa) = models_by_name[a], models_by_name[p]
         na, npeer = ma.compress(aa, input_shape=(3, 16, 32)), mp.compress(pa, input_shape=(3, 16, 32))
@@ -83,24 +88,26 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--crossover", action="store_true")
     ap.add_argument("--profile", action="store_true", help="where the time goes: ms per operation kind, batch 1")
+    ap.add_argument("--norm", choices=("gn", "bn"), default="gn", help="the networks' norm")
     ap.add_argument("--halves", action="store_true",
                     help="the bound of a per-thread strip runtime at batch 1: each pair on half images")
     args = ap.parse_args()
     print_machine()
     print(f"csub {csub.__version__}, int8 kernel {csub._core.int8_kernel()}")
-    print(f"cPreResNet20, 32x32 inputs, group norm, {args.reps} interleaved forwards of each network\n")
+    norm = dict(gn="group norm", bn="batch norm")[args.norm]
+    print(f"cPreResNet20, 32x32 inputs, {norm}, {args.reps} interleaved forwards of each network\n")
     csub.manual_seed(0)
     rng = np.random.default_rng(0)
-    uns = models.cpreresnet20(regime="unstructured", subspace="line")
-    st = models.cpreresnet20(regime="structured", subspace="line")
-    q = models.cpreresnet20(regime="quantized", subspace="line")
+    uns = models.cpreresnet20(regime="unstructured", subspace="line", norm=args.norm)
+    st = models.cpreresnet20(regime="structured", subspace="line", norm="gn")
+    q = models.cpreresnet20(regime="quantized", subspace="line", norm=args.norm)
     x64 = rng.standard_normal((64, 3, 32, 32)).astype(np.float32)
     q.train()
     q.set_quantize_inputs(True)
     q.set_alpha(1.0)
     q(x64[:16])  # record activation ranges
     q.eval()
-    dense = models.cpreresnet20()
+    dense = models.cpreresnet20(norm=args.norm)
     dense.load_state_dict({k: v for k, v in uns.state_dict().items() if k in dense.state_dict()}, strict=False)
     # (model, alpha) of each network; one network object per side of each pair, so that the pair can be interleaved
     models_by_name = dict(uns=(uns, 0.1), uns_dense=(uns, 1.0), st=(st, 1 / 3), st_full=(st, 1.0), q=(q, 1.0),
@@ -126,7 +133,7 @@ def main():
                 return paired_ms(lambda: nets[a](x), lambda: nets[p](x), args.reps)
 
             rows = [("unstructured keep 0.10 vs dense", pair("uns", "uns_dense"), 3.0),
-                    ("structured width 0.5 vs 1.0", pair("st", "st_full"), 3.0),
+                    (ST_LABEL + (" (gn)" if args.norm != "gn" else ""), pair("st", "st_full"), 3.0),
                     ("quantized 8-bit vs float32", pair("q", "dense"), 2.0)]
             if torch is not None:
                 xt = torch.from_numpy(x)
