@@ -130,6 +130,8 @@ def test_int8_rows_bad_input(rng):
         bad = band.copy()
         bad[1, 2, 3] = np.nan
         _core.conv2d_int8_forward_rows(bad, w, 8, xs, xz, 12, lo, 4, 8, up, dn)
+    with pytest.raises(ValueError, match="res"):  # the residual of other rows than the output's
+        _core.conv2d_int8_forward_rows(band, w, 8, xs, xz, 12, lo, 4, 8, up, dn, res=np.zeros((8, 3, 12), np.float32))
 
 
 def test_rows_bad_input(rng):
